@@ -1,0 +1,45 @@
+//! Counters the core keeps per peer and per participant
+
+use std::time::Duration;
+
+/// Statistics for one remote peer
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PeerStats {
+    /// Whether we sent the offer on this connection
+    pub is_offerer: bool,
+    /// Whether the peer's data channel (or DTLS, without data) is usable
+    pub connected: bool,
+    /// From sending or receiving the offer to connected
+    pub connect_time: Option<Duration>,
+    /// Round-trip time from RTCP/STUN, when measured
+    pub rtt: Option<Duration>,
+    /// Data messages written to the channel
+    pub messages_sent: u64,
+    /// Data messages received
+    pub messages_received: u64,
+    /// Data payload bytes written
+    pub bytes_sent: u64,
+    /// Data payload bytes received
+    pub bytes_received: u64,
+    /// Datagrams this peer's `Rtc` accepted
+    pub datagrams_received: u64,
+    /// Datagrams this peer's `Rtc` emitted
+    pub datagrams_sent: u64,
+    /// Remote candidates ignored by the candidate policy
+    pub candidates_filtered: u64,
+    /// Messages waiting for the channel to open or drain
+    pub queued_messages: usize,
+}
+
+/// Input the participant dropped, by kind
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DropCounters {
+    /// Datagrams that were not STUN, DTLS, RTP or RTCP
+    pub malformed_datagrams: u64,
+    /// Datagrams that matched no peer
+    pub unroutable_datagrams: u64,
+    /// Signaling messages that were unexpected, named unknown peers or carried bad SDP
+    pub bad_signals: u64,
+    /// Candidates that could not be parsed
+    pub bad_candidates: u64,
+}

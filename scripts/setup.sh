@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs the Debian packages meshrtc needs to build and test, when missing.
+# Safe to run repeatedly; uses sudo only when not already root.
+set -euo pipefail
+
+needed=(pkg-config cmake)
+missing=()
+for p in "${needed[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if ! command -v cargo-nextest >/dev/null 2>&1 && ! cargo nextest --version >/dev/null 2>&1; then
+  echo "note: cargo-nextest not found; scripts/test.sh falls back to cargo test" >&2
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+fi
