@@ -80,6 +80,6 @@ mod static_checks {
 
     #[test]
     fn event_is_reasonably_sized() {
-        assert!(std::mem::size_of::<Event>() <= 160);
+        assert!(size_of::<Event>() <= 160);
     }
 }

@@ -26,11 +26,11 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Instant;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::signal::{
-    AnnounceResult, Capabilities, ClientFrame, ErrorCode, LeftReason, Notification, PeerId,
-    PeerInfo, Request, RequestId, RoomId, RpcError, ServerFrame, MAX_FRAME_BYTES,
+    empty_object, AnnounceResult, Capabilities, ClientFrame, ErrorCode, LeftReason, Notification,
+    PeerId, PeerInfo, Request, RequestId, RoomId, RpcError, ServerFrame, MAX_FRAME_BYTES,
 };
 
 /// Limits and seed of a [`Relay`]
@@ -91,37 +91,6 @@ pub struct Relay {
     conns: BTreeMap<ConnId, Conn>,
     rooms: BTreeMap<RoomId, Room>,
     outputs: VecDeque<RelayOutput>,
-}
-
-#[derive(Debug)]
-struct Conn {
-    bucket: TokenBucket,
-    /// Where the connection is once it has announced
-    seat: Option<Seat>,
-}
-
-#[derive(Debug)]
-struct Seat {
-    room: RoomId,
-    peer_id: PeerId,
-}
-
-#[derive(Debug, Default)]
-struct Room {
-    /// Members in join order
-    members: Vec<Member>,
-}
-
-#[derive(Debug)]
-struct Member {
-    conn: ConnId,
-    info: PeerInfo,
-}
-
-impl Room {
-    fn member(&self, peer_id: &PeerId) -> Option<&Member> {
-        self.members.iter().find(|m| &m.info.peer_id == peer_id)
-    }
 }
 
 impl Relay {
@@ -201,7 +170,7 @@ impl Relay {
     /// The connection dropped (closed by the client, or timed out)
     ///
     /// Same as `peer.disconnect` without the response: the other peers of its room get
-    /// `peer.left` with `reason`.
+    /// `peer.left` with `reason`. `now` is unused; it keeps every input timestamped.
     pub fn handle_disconnect(&mut self, _now: Instant, conn: ConnId, reason: LeftReason) {
         let Some(gone) = self.conns.remove(&conn) else {
             return;
@@ -248,11 +217,7 @@ impl Relay {
 
     fn handle_request(&mut self, conn: ConnId, frame: ClientFrame) {
         let ClientFrame { id, request } = frame;
-        let seat = self
-            .conns
-            .get(&conn)
-            .and_then(|c| c.seat.as_ref())
-            .map(|s| (s.room.clone(), s.peer_id.clone()));
+        let seat = self.conns.get(&conn).and_then(|c| c.seat.clone());
         match (request, seat) {
             (
                 Request::Announce {
@@ -263,8 +228,8 @@ impl Relay {
                 },
                 seat,
             ) => {
-                if let Some((room, peer_id)) = seat {
-                    let message = format!("already announced as {peer_id} in {room}");
+                if let Some(seat) = seat {
+                    let message = format!("already announced as {} in {}", seat.peer_id, seat.room);
                     let error = RpcError::new(ErrorCode::InvalidParams, message);
                     return self.send_error(conn, Some(id), error);
                 }
@@ -281,10 +246,22 @@ impl Relay {
                 );
             }
             (Request::Disconnect, Some(_)) => self.disconnect(conn, id),
-            (Request::Offer { to, sdp }, Some((room, from))) => {
+            (
+                Request::Offer { to, sdp },
+                Some(Seat {
+                    room,
+                    peer_id: from,
+                }),
+            ) => {
                 self.forward(conn, id, &room, &to, Notification::Offer { from, sdp });
             }
-            (Request::Answer { to, sdp }, Some((room, from))) => {
+            (
+                Request::Answer { to, sdp },
+                Some(Seat {
+                    room,
+                    peer_id: from,
+                }),
+            ) => {
                 self.forward(conn, id, &room, &to, Notification::Answer { from, sdp });
             }
             (
@@ -294,7 +271,10 @@ impl Relay {
                     sdp_mid,
                     sdp_m_line_index,
                 },
-                Some((room, from)),
+                Some(Seat {
+                    room,
+                    peer_id: from,
+                }),
             ) => {
                 let notification = Notification::IceCandidate {
                     from,
@@ -471,8 +451,35 @@ impl Relay {
     }
 }
 
-fn empty_object() -> Value {
-    Value::Object(Map::new())
+#[derive(Debug)]
+struct Conn {
+    bucket: TokenBucket,
+    /// Where the connection is once it has announced
+    seat: Option<Seat>,
+}
+
+#[derive(Clone, Debug)]
+struct Seat {
+    room: RoomId,
+    peer_id: PeerId,
+}
+
+#[derive(Debug, Default)]
+struct Room {
+    /// Members in join order
+    members: Vec<Member>,
+}
+
+#[derive(Debug)]
+struct Member {
+    conn: ConnId,
+    info: PeerInfo,
+}
+
+impl Room {
+    fn member(&self, peer_id: &PeerId) -> Option<&Member> {
+        self.members.iter().find(|m| &m.info.peer_id == peer_id)
+    }
 }
 
 /// A token bucket counting in billionths of a frame, so that refills are exact integers
@@ -533,7 +540,7 @@ mod tests {
         fn with_config(config: RelayConfig) -> Self {
             Self {
                 relay: Relay::new(config),
-                now: Instant::now(),
+                now: base_instant(),
             }
         }
 
@@ -577,6 +584,12 @@ mod tests {
             self.connect(conn);
             self.request(conn, 1, announce(room, Some(peer)))
         }
+    }
+
+    // The relay never reads the clock; its tests need one real instant to start from.
+    #[allow(clippy::disallowed_methods)]
+    fn base_instant() -> Instant {
+        Instant::now()
     }
 
     fn pid(s: &str) -> PeerId {

@@ -739,7 +739,8 @@ fn decode<T: DeserializeOwned>(params: Value) -> Result<T, serde_json::Error> {
     T::deserialize(params)
 }
 
-fn empty_object() -> Value {
+/// A JSON `{}`
+pub(crate) fn empty_object() -> Value {
     Value::Object(Map::new())
 }
 
@@ -1623,7 +1624,7 @@ mod tests {
     }
 
     fn check(tests: u64) -> QuickCheck {
-        QuickCheck::new().tests(tests * 20).r#gen(Gen::new(400))
+        QuickCheck::new().tests(tests)
     }
 
     #[test]

@@ -171,7 +171,7 @@ impl Sim {
 
     /// Sets the link from `from` to `to` (one direction)
     pub fn set_link(&mut self, from: HostId, to: HostId, config: NetemConfig) {
-        self.link_configs.insert((from.0, to.0), config.clone());
+        self.link_configs.insert((from.0, to.0), config);
         if let Some(link) = self.links.get_mut(&(from.0, to.0)) {
             link.set_config(config);
         }
@@ -465,8 +465,8 @@ impl Sim {
         };
         let now = self.now;
         let seed = self.config.seed;
-        let default = self.config.default_link.clone();
-        let cfg = self.link_configs.get(&(from, to)).cloned();
+        let default = self.config.default_link;
+        let cfg = self.link_configs.get(&(from, to)).copied();
         let link = self.links.entry((from, to)).or_insert_with(|| {
             let cfg = cfg.unwrap_or(default);
             let link_seed = seed ^ ((from as u64) << 32 | to as u64);

@@ -36,17 +36,6 @@ pub fn mesh(seed: u64, n: usize, room: &str) -> (Sim, Vec<HostId>) {
     (sim, hosts)
 }
 
-/// Peers `host` has seen connect
-pub fn connected_peers(sim: &Sim, host: HostId) -> Vec<PeerId> {
-    sim.events(host)
-        .iter()
-        .filter_map(|(_, e)| match e {
-            Event::PeerConnected { peer, .. } => Some(peer.clone()),
-            _ => None,
-        })
-        .collect()
-}
-
 /// Runs until every host has `n - 1` connected peers, or panics after `limit`
 pub fn await_full_mesh(sim: &mut Sim, hosts: &[HostId], limit: Duration) -> Duration {
     let n = hosts.len();
