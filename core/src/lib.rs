@@ -59,6 +59,7 @@ mod peer;
 pub mod relay;
 pub mod signal;
 mod stats;
+pub mod sync;
 
 pub use error::Error;
 pub use participant::{
