@@ -63,7 +63,14 @@ pub enum Error {
     #[error("send queue to {0} is full")]
     SendQueueFull(PeerId),
 
+    /// A codec failed (or is not built in)
+    #[error("codec: {0}")]
+    Codec(#[from] crate::codec::CodecError),
+
     // ---- misuse of the API ----
+    /// Media of this kind is not in the participant's capabilities
+    #[error("{0} is not enabled in the capabilities")]
+    MediaNotEnabled(&'static str),
     /// A data message is larger than [`MAX_DATA_MESSAGE`](crate::MAX_DATA_MESSAGE)
     #[error("data message of {0} bytes exceeds the limit")]
     MessageTooLarge(usize),

@@ -50,10 +50,12 @@
 //!     let _ = p.handle_input(input);
 //! }
 //! ```
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod codec;
 mod error;
+pub mod media;
 mod participant;
 mod peer;
 pub mod relay;
@@ -67,6 +69,9 @@ pub use participant::{
     Participant, Receive, TimeoutReason, Transmit, MAX_DATA_MESSAGE,
 };
 pub use stats::{DropCounters, PeerStats};
+
+#[cfg(test)]
+mod tests;
 
 #[cfg(test)]
 mod static_checks {

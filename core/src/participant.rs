@@ -9,12 +9,15 @@ use str0m::config::{CryptoProvider, DtlsCert};
 use str0m::net::Protocol;
 use str0m::Candidate;
 
+use crate::codec::{I420Frame, VideoCodec};
+use crate::media::{Encoders, MediaConfig, MediaOut, VideoPayload};
 use crate::peer::{Peer, PeerOutput, Role};
 use crate::signal::{
     AnnounceResult, Capabilities, ClientFrame, LeftReason, Notification, PeerId, PeerInfo, Request,
     RequestId, RoomId, RpcError, ServerFrame,
 };
 use crate::stats::{DropCounters, PeerStats};
+use crate::sync::PlayoutChunk;
 use crate::Error;
 
 /// The largest data message accepted by [`Participant::send_data`] (Chromium's default
@@ -41,6 +44,12 @@ pub struct Config {
     pub max_queued_messages: usize,
     /// Which remote candidates are used
     pub candidate_policy: CandidatePolicy,
+    /// Codecs, jitter buffer and lip-sync settings
+    pub media: MediaConfig,
+    /// A local instant and the wall-clock time at that instant, as str0m maps them for
+    /// RTCP (the driver takes both together at start-up). Needed only for capture-to-playout
+    /// latency figures; `None` leaves them unmeasured.
+    pub wallclock_anchor: Option<(Instant, std::time::SystemTime)>,
 }
 
 impl Default for Config {
@@ -58,6 +67,8 @@ impl Default for Config {
             disconnect_timeout: Duration::from_secs(10),
             max_queued_messages: 4096,
             candidate_policy: CandidatePolicy::Any,
+            media: MediaConfig::default(),
+            wallclock_anchor: None,
         }
     }
 }
@@ -237,6 +248,35 @@ pub enum Event {
         /// Why
         reason: FailReason,
     },
+    /// Ten milliseconds (one chunk) of a peer's audio, due to play now
+    AudioPlayout {
+        /// From whom
+        peer: PeerId,
+        /// The decoded (or concealed) audio
+        chunk: PlayoutChunk,
+    },
+    /// A peer's video frame, due to show now (in sync with its audio when both flow)
+    VideoFrame {
+        /// From whom
+        peer: PeerId,
+        /// The frame: decoded, or encoded in pass-through mode
+        payload: VideoPayload,
+        /// Its media time (90 kHz ticks, unwrapped)
+        media_ticks: i64,
+        /// Whether it is a keyframe
+        keyframe: bool,
+        /// The codec it arrived in
+        codec: VideoCodec,
+    },
+    /// A peer's encoded audio frame (pass-through mode: `MediaConfig::decode` is false)
+    EncodedAudio {
+        /// From whom
+        peer: PeerId,
+        /// Its media time (48 kHz ticks, unwrapped)
+        media_ticks: i64,
+        /// The Opus packet
+        data: Arc<[u8]>,
+    },
     /// The signaling server answered one of our requests with an error
     SignalError {
         /// The method of the request
@@ -255,6 +295,8 @@ pub enum TimeoutReason {
     Rtc(str0m::Reason),
     /// A peer's connect or disconnect deadline
     PeerDeadline,
+    /// Audio playout or video release
+    Playout,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -289,6 +331,7 @@ pub struct Participant {
     last_now: Instant,
     last_timeout_reason: TimeoutReason,
     drops: DropCounters,
+    encoders: Encoders,
 }
 
 /// A peer we know is in the room, with candidates that arrived before its offer
@@ -323,6 +366,7 @@ impl Participant {
             last_now: now,
             last_timeout_reason: TimeoutReason::Idle,
             drops: DropCounters::default(),
+            encoders: Encoders::new(),
         }
     }
 
@@ -435,6 +479,122 @@ impl Participant {
             }
         }
         Ok(sent)
+    }
+
+    /// Sends one frame of captured audio (interleaved PCM, exactly one Opus frame of
+    /// [`MediaConfig::opus`]) to every connected peer that takes audio; returns how many
+    ///
+    /// The frame is encoded once, whatever the number of peers. `capture` is when its first
+    /// sample was captured, on the local clock.
+    pub fn send_audio(&mut self, capture: Instant, pcm: &[i16]) -> Result<usize, Error> {
+        if !self.config.capabilities.audio {
+            return Err(Error::MediaNotEnabled("audio"));
+        }
+        let (ticks, data, _) = self.encoders.encode_audio(&self.config.media, pcm)?;
+        Ok(self.write_audio(capture, ticks, data))
+    }
+
+    /// Sends an already encoded Opus frame of `samples` per channel (pass-through)
+    pub fn send_encoded_audio(
+        &mut self,
+        capture: Instant,
+        data: bytes::Bytes,
+        samples: usize,
+    ) -> Result<usize, Error> {
+        if !self.config.capabilities.audio {
+            return Err(Error::MediaNotEnabled("audio"));
+        }
+        let ticks = self.encoders.advance_audio(samples);
+        Ok(self.write_audio(capture, ticks, Arc::from(&data[..])))
+    }
+
+    fn write_audio(&mut self, capture: Instant, ticks: i64, data: Arc<[u8]>) -> usize {
+        let ids: Vec<PeerId> = self.peers.keys().cloned().collect();
+        let mut sent = 0;
+        for id in ids {
+            let peer = self
+                .peers
+                .get_mut(&id)
+                .expect("listed above; panic means bug");
+            // One allocation for the payload, shared by every peer.
+            sent += peer.write_audio(capture, ticks, data.clone()) as usize;
+            self.drain_peer(&id);
+        }
+        sent
+    }
+
+    /// Sends one captured video frame to every connected peer that takes video; returns how
+    /// many
+    ///
+    /// The frame is encoded once per codec in use (peers that negotiated the same codec
+    /// share one encoding).
+    pub fn send_video(&mut self, capture: Instant, frame: &I420Frame) -> Result<usize, Error> {
+        if !self.config.capabilities.video {
+            return Err(Error::MediaNotEnabled("video"));
+        }
+        frame.check()?;
+        let ticks = self.encoders.video_ticks(capture);
+        let pts = Duration::from_micros((ticks.max(0) as u64 * 1000) / 90);
+        let mut by_codec: BTreeMap<VideoCodec, Vec<PeerId>> = BTreeMap::new();
+        for (id, peer) in self.peers.iter_mut() {
+            if peer.can_send_media() {
+                if let Some(c) = peer.video_send_codec() {
+                    by_codec.entry(c).or_default().push(id.clone());
+                }
+            }
+        }
+        let mut sent = 0;
+        for (codec, ids) in by_codec {
+            let Some(enc) = self
+                .encoders
+                .encode_video(&self.config.media, codec, frame, pts)?
+            else {
+                continue;
+            };
+            let data: Arc<[u8]> = Arc::from(&enc.data[..]);
+            for id in ids {
+                let peer = self
+                    .peers
+                    .get_mut(&id)
+                    .expect("listed above; panic means bug");
+                sent += peer.write_video(codec, capture, ticks, data.clone()) as usize;
+                self.drain_peer(&id);
+            }
+        }
+        Ok(sent)
+    }
+
+    /// Sends an already encoded video frame in `codec` (pass-through) to every peer that
+    /// receives that codec from us; returns how many
+    pub fn send_encoded_video(
+        &mut self,
+        capture: Instant,
+        codec: VideoCodec,
+        data: bytes::Bytes,
+    ) -> Result<usize, Error> {
+        if !self.config.capabilities.video {
+            return Err(Error::MediaNotEnabled("video"));
+        }
+        let ticks = self.encoders.video_ticks(capture);
+        let data: Arc<[u8]> = Arc::from(&data[..]);
+        let ids: Vec<PeerId> = self.peers.keys().cloned().collect();
+        let mut sent = 0;
+        for id in ids {
+            let peer = self
+                .peers
+                .get_mut(&id)
+                .expect("listed above; panic means bug");
+            sent += peer.write_video(codec, capture, ticks, data.clone()) as usize;
+            self.drain_peer(&id);
+        }
+        Ok(sent)
+    }
+
+    /// Asks every peer's encoder for a keyframe in its next video frame
+    pub fn request_keyframe(&mut self) {
+        for c in [VideoCodec::H264, VideoCodec::Vp8, VideoCodec::Vp9] {
+            self.encoders.request_keyframe(c);
+        }
     }
 
     /// Feeds one input; afterwards drain [`poll_output`](Self::poll_output)
@@ -863,6 +1023,36 @@ impl Participant {
                     }))
                 }
                 PeerOutput::Closed => end = Some(PeerEnd::Left(LeaveReason::Closed)),
+                PeerOutput::Media(m) => {
+                    let event = match m {
+                        MediaOut::Audio(chunk) => Event::AudioPlayout {
+                            peer: id.clone(),
+                            chunk,
+                        },
+                        MediaOut::EncodedAudio { media_ticks, data } => Event::EncodedAudio {
+                            peer: id.clone(),
+                            media_ticks,
+                            data,
+                        },
+                        MediaOut::Video {
+                            payload,
+                            media_ticks,
+                            keyframe,
+                            codec,
+                        } => Event::VideoFrame {
+                            peer: id.clone(),
+                            payload,
+                            media_ticks,
+                            keyframe,
+                            codec,
+                        },
+                        MediaOut::KeyframeWanted(codec) => {
+                            self.encoders.request_keyframe(codec);
+                            continue;
+                        }
+                    };
+                    self.outputs.push_back(Output::Event(event));
+                }
             }
         }
         if let Err(reason) = res {

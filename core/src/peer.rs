@@ -7,8 +7,12 @@ use std::time::{Duration, Instant};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::channel::ChannelId;
 use str0m::config::{CryptoProvider, DtlsCert};
+use str0m::format::Codec;
+use str0m::media::{Direction, Frequency, MediaKind, MediaTime};
 use str0m::{Candidate, Event as RtcEvent, IceConnectionState, IceCreds, Rtc};
 
+use crate::codec::VideoCodec;
+use crate::media::{video_codec_of, MediaOut, PeerMedia};
 use crate::participant::{
     CandidatePolicy, Config, DataMessage, FailReason, TimeoutReason, Transmit,
 };
@@ -18,6 +22,10 @@ use crate::Error;
 
 /// Below this many buffered bytes str0m tells us the channel can take more
 const BUFFERED_LOW_THRESHOLD: usize = 64 * 1024;
+
+/// Malformed media frames tolerated in one drain before the peer is failed (a bound, so a
+/// str0m that kept returning the same error could not spin us forever)
+const MAX_BAD_PACKETS: usize = 256;
 
 /// Remote candidates queued before the remote description is known, at most
 const MAX_QUEUED_CANDIDATES: usize = 64;
@@ -35,6 +43,7 @@ pub(crate) enum PeerOutput {
     Transmit(Transmit),
     Connected(Duration),
     Data { label: String, message: DataMessage },
+    Media(MediaOut),
     Closed,
 }
 
@@ -56,6 +65,11 @@ pub(crate) struct Peer {
     ice_disconnected_since: Option<Instant>,
     next_timeout: Instant,
     stats: PeerStats,
+    media: PeerMedia,
+    media_out: Vec<MediaOut>,
+    jitter_config: crate::sync::JitterConfig,
+    video_send_codec: Option<VideoCodec>,
+    video_preference: Vec<VideoCodec>,
 }
 
 impl Peer {
@@ -68,13 +82,30 @@ impl Peer {
         cert: DtlsCert,
         creds: IceCreds,
     ) -> Self {
-        let _ = config;
-        let rtc = Rtc::builder()
+        let mut builder = Rtc::builder()
             .set_crypto_provider(crypto)
             .set_dtls_cert(cert)
             .set_local_ice_credentials(creds)
             .set_stats_interval(Some(Duration::from_secs(1)))
-            .build(now);
+            // Our jitter buffer reorders audio; str0m should hand packets over at once.
+            .set_reordering_size_audio(0)
+            // An incomplete video frame waits this long for retransmission, then it is
+            // dropped and we ask for a keyframe.
+            .set_reordering_timeout_video(Some(config.media.max_video_wait))
+            .clear_codecs();
+        if config.capabilities.audio {
+            builder = builder.enable_opus(true, false);
+        }
+        if config.capabilities.video {
+            for c in &config.media.video_codecs {
+                builder = match c {
+                    VideoCodec::H264 => builder.enable_h264(true),
+                    VideoCodec::Vp8 => builder.enable_vp8(true),
+                    VideoCodec::Vp9 => builder.enable_vp9(true),
+                };
+            }
+        }
+        let rtc = builder.build(now);
         Self {
             info,
             role,
@@ -92,6 +123,11 @@ impl Peer {
             ice_disconnected_since: None,
             next_timeout: now,
             stats: PeerStats::default(),
+            media: PeerMedia::new(&config.media, config.wallclock_anchor),
+            media_out: Vec::new(),
+            jitter_config: config.media.jitter,
+            video_send_codec: None,
+            video_preference: config.media.video_codecs.clone(),
         }
     }
 
@@ -105,6 +141,13 @@ impl Peer {
         s.connect_time = self.connected_at.map(|t| t - self.created);
         s.queued_messages = self.send_queue.len();
         s.is_offerer = self.role == Role::Offerer;
+        s.clock_drift_ppm = self.media.drift_ppm();
+        if self.media.audio_mid.is_some() {
+            s.audio = Some(self.media.audio_stats());
+        }
+        if self.media.video_mid.is_some() {
+            s.video = Some(self.media.video_stats());
+        }
         s
     }
 
@@ -118,16 +161,34 @@ impl Peer {
             .map(Candidate::to_sdp_string)
     }
 
-    /// Creates the offer: the data channel (if configured) and, later, media
+    /// Creates the offer: media lines for what either side can send, and the data channel
     pub(crate) fn create_offer(&mut self, config: &Config) -> String {
+        let local = config.capabilities;
+        let remote = self.info.capabilities;
         let mut api = self.rtc.sdp_api();
-        // Without data or media there is nothing to negotiate; a data channel keeps the
-        // connection (and its keepalives) alive.
-        let label = config.channel_label.clone();
-        api.add_channel(label);
+        let mut mids = Vec::new();
+        for (kind, l, r) in [
+            (MediaKind::Audio, local.audio, remote.audio),
+            (MediaKind::Video, local.video, remote.video),
+        ] {
+            // We can only receive what we can decode, i.e. what we enabled locally.
+            let dir = match (l, r) {
+                (true, true) => Direction::SendRecv,
+                (true, false) => Direction::SendOnly,
+                _ => continue,
+            };
+            let mid = api.add_media(kind, dir, Some("meshrtc".into()), None, None);
+            mids.push((kind, mid));
+        }
+        // A data channel always: without it a media-less peer has nothing to negotiate,
+        // and it carries the application's messages.
+        api.add_channel(config.channel_label.clone());
         let (offer, pending) = api
             .apply()
             .expect("a change with a new channel always yields an offer; panic means bug");
+        for (kind, mid) in mids {
+            self.media.set_mid(kind, mid);
+        }
         self.pending_offer = Some(pending);
         offer.to_sdp_string()
     }
@@ -203,9 +264,96 @@ impl Peer {
 
     pub(crate) fn handle_timeout(&mut self, now: Instant) -> Result<(), String> {
         self.now = self.now.max(now);
+        self.media.handle_timeout(now, &mut self.media_out);
         self.rtc
             .handle_input(str0m::Input::Timeout(now))
             .map_err(|e| e.to_string())
+    }
+
+    /// The codec we send video with to this peer (first of our preference it accepted)
+    pub(crate) fn video_send_codec(&mut self) -> Option<VideoCodec> {
+        if self.video_send_codec.is_some() {
+            return self.video_send_codec;
+        }
+        let mid = self.media.video_mid?;
+        let writer = self.rtc.writer(mid)?;
+        let offered: Vec<VideoCodec> = writer
+            .payload_params()
+            .filter_map(|p| video_codec_of(p.spec().codec))
+            .collect();
+        self.video_send_codec = self
+            .video_preference
+            .iter()
+            .copied()
+            .find(|c| offered.contains(c));
+        self.video_send_codec
+    }
+
+    /// Whether media written now would be sent (ICE and DTLS are up)
+    pub(crate) fn can_send_media(&self) -> bool {
+        self.dtls_connected && self.rtc.is_connected()
+    }
+
+    /// Writes one encoded audio frame; false if this peer does not take audio from us
+    pub(crate) fn write_audio(&mut self, wallclock: Instant, ticks: i64, data: Arc<[u8]>) -> bool {
+        if !self.can_send_media() {
+            return false;
+        }
+        let Some(mid) = self.media.audio_mid else {
+            return false;
+        };
+        let Some(writer) = self.rtc.writer(mid) else {
+            return false;
+        };
+        let Some(pt) = writer
+            .payload_params()
+            .find(|p| p.spec().codec == Codec::Opus)
+            .map(|p| p.pt())
+        else {
+            return false;
+        };
+        let t = MediaTime::new(ticks.max(0) as u64, Frequency::FORTY_EIGHT_KHZ);
+        match writer.write(pt, wallclock, t, data) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(error = %e, "audio write refused");
+                false
+            }
+        }
+    }
+
+    /// Writes one encoded video frame in `codec`; false if not sent
+    pub(crate) fn write_video(
+        &mut self,
+        codec: VideoCodec,
+        wallclock: Instant,
+        ticks: i64,
+        data: Arc<[u8]>,
+    ) -> bool {
+        if !self.can_send_media() || self.video_send_codec() != Some(codec) {
+            return false;
+        }
+        let Some(mid) = self.media.video_mid else {
+            return false;
+        };
+        let Some(writer) = self.rtc.writer(mid) else {
+            return false;
+        };
+        let Some(pt) = writer
+            .payload_params()
+            .find(|p| video_codec_of(p.spec().codec) == Some(codec))
+            .map(|p| p.pt())
+        else {
+            return false;
+        };
+        let t = MediaTime::new(ticks.max(0) as u64, Frequency::NINETY_KHZ);
+        match writer.write(pt, wallclock, t, data) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(error = %e, "video write refused");
+                false
+            }
+        }
     }
 
     pub(crate) fn handle_receive(&mut self, input: str0m::Input<'_>) -> Result<(), String> {
@@ -248,10 +396,24 @@ impl Peer {
 
     /// Polls the `Rtc` until it returns a timeout, flushing the send queue as it opens
     pub(crate) fn drain(&mut self, out: &mut Vec<PeerOutput>) -> Result<(), String> {
+        out.extend(self.media_out.drain(..).map(PeerOutput::Media));
         loop {
             self.flush()?;
+            let mut bad_in_a_row = 0;
             loop {
-                let o = self.rtc.poll_output().map_err(|e| e.to_string())?;
+                let o = match self.rtc.poll_output() {
+                    Ok(o) => o,
+                    Err(str0m::RtcError::Packet(mid, pt, e)) if bad_in_a_row < MAX_BAD_PACKETS => {
+                        // A remote frame that cannot be depacketized: drop it, count it,
+                        // ask for a keyframe; the connection goes on.
+                        bad_in_a_row += 1;
+                        self.stats.malformed_media += 1;
+                        tracing::debug!(%mid, %pt, error = %e, "dropped malformed media");
+                        self.media.handle_malformed(&mut self.rtc, mid, self.now);
+                        continue;
+                    }
+                    Err(e) => return Err(e.to_string()),
+                };
                 match o {
                     str0m::Output::Timeout(t) => {
                         self.next_timeout = t;
@@ -268,6 +430,7 @@ impl Peer {
                     str0m::Output::Event(e) => self.handle_event(e, out),
                 }
             }
+            out.extend(self.media_out.drain(..).map(PeerOutput::Media));
             if !self.rtc.is_alive() {
                 out.push(PeerOutput::Closed);
                 return Ok(());
@@ -338,6 +501,31 @@ impl Peer {
                 }
             }
             RtcEvent::Closed => out.push(PeerOutput::Closed),
+            RtcEvent::MediaAdded(m) => self.media.set_mid(m.kind, m.mid),
+            RtcEvent::MediaData(d) => {
+                let cfg = self.jitter_config;
+                self.media
+                    .handle_media_data(&mut self.rtc, &cfg, d, &mut self.media_out);
+                // The first frame starts playout: schedule it.
+            }
+            RtcEvent::KeyframeRequest(r) if Some(r.mid) == self.media.video_mid => {
+                if let Some(c) = self.video_send_codec() {
+                    out.push(PeerOutput::Media(MediaOut::KeyframeWanted(c)));
+                }
+            }
+            RtcEvent::SenderFeedback(f) => {
+                self.media.handle_sender_report(
+                    f.mid,
+                    f.sender_info.ntp_time,
+                    f.sender_info.rtp_time.numer() as u32,
+                );
+            }
+            RtcEvent::MediaIngressStats(st) => {
+                self.media.handle_ingress_stats(st.mid, st.loss, st.jitter);
+                if st.rtt.is_some() {
+                    self.stats.rtt = st.rtt;
+                }
+            }
             _ => {}
         }
     }
@@ -360,6 +548,11 @@ impl Peer {
             self.next_timeout,
             TimeoutReason::Rtc(self.rtc.last_timeout_reason()),
         );
+        if let Some(t) = self.media.poll_timeout() {
+            if t < best.0 {
+                best = (t, TimeoutReason::Playout);
+            }
+        }
         let deadline = if self.connected_at.is_none() {
             Some(self.created + config.connect_timeout)
         } else {

@@ -25,10 +25,18 @@ pub struct PeerStats {
     pub datagrams_received: u64,
     /// Datagrams this peer's `Rtc` emitted
     pub datagrams_sent: u64,
+    /// Media frames from this peer that could not be depacketized (dropped)
+    pub malformed_media: u64,
     /// Remote candidates ignored by the candidate policy
     pub candidates_filtered: u64,
     /// Messages waiting for the channel to open or drain
     pub queued_messages: usize,
+    /// Estimated drift of the peer's clock relative to ours (ppm, + = theirs fast)
+    pub clock_drift_ppm: Option<f64>,
+    /// Audio receive statistics, when audio was negotiated
+    pub audio: Option<crate::media::AudioStats>,
+    /// Video receive statistics, when video was negotiated
+    pub video: Option<crate::media::VideoStats>,
 }
 
 /// Input the participant dropped, by kind

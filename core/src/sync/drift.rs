@@ -276,6 +276,7 @@ fn lower_envelope_slope(samples: &VecDeque<(f64, f64)>) -> Option<f64> {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // reason: tests anchor virtual time at a real instant
 mod tests {
     use super::*;
 

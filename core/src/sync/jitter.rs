@@ -191,6 +191,8 @@ pub struct AudioJitterBuffer {
     setpoint: f64,
     /// The fastest recent transit the relative delays are measured against
     fastest: Option<f64>,
+    /// Extra delay asked for by audio/video sync (seconds)
+    sync_delay: f64,
     drift_ppm: f64,
     playout: Option<Playout>,
     sync: SyncBuffer,
@@ -222,6 +224,7 @@ impl AudioJitterBuffer {
             target,
             setpoint: target.as_secs_f64(),
             fastest: None,
+            sync_delay: 0.0,
             drift_ppm: 0.0,
             playout: None,
             sync: SyncBuffer::default(),
@@ -248,6 +251,11 @@ impl AudioJitterBuffer {
         if ppm.is_finite() {
             self.drift_ppm = ppm.clamp(-5000.0, 5000.0);
         }
+    }
+
+    /// Adds delay on top of the target (lip-sync waiting for slower video)
+    pub fn set_sync_delay(&mut self, extra: Duration) {
+        self.sync_delay = extra.as_secs_f64().min(1.0);
     }
 
     /// Adds a received frame: `media_ticks` is its unwrapped media time
@@ -424,7 +432,7 @@ impl AudioJitterBuffer {
         let mut adj = drift_adj;
         if let Some(delay) = self.current_delay(tick, play_pos + out as i64) {
             let hyst = self.config.hysteresis.as_secs_f64();
-            let err = delay - (self.setpoint + hyst);
+            let err = delay - (self.setpoint + self.sync_delay + hyst);
             if err.abs() > hyst {
                 // Close a quarter of the error per chunk, within the rate limits.
                 adj += (err * rate / 4.0).round();
@@ -642,6 +650,7 @@ fn lengthen(pcm: &[i16], ch: usize, out: usize) -> Vec<i16> {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // reason: tests anchor virtual time at a real instant
 mod tests {
     use super::*;
 

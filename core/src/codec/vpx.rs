@@ -1,0 +1,497 @@
+//! VP8 and VP9 through the system libvpx (`env-libvpx-sys`)
+//!
+//! The encoder drives libvpx directly rather than through `vpx-encode`: that crate fixes
+//! `cpu-used` (6, VP9 only), eight threads and per-frame flags of 0, so it can neither force a
+//! keyframe nor select the real-time settings below.
+//!
+//! Real-time settings, after libwebrtc's: one pass, CBR, no look-ahead (`lag_in_frames` 0),
+//! `VPX_DL_REALTIME`, no frame dropping, keyframes only when we force them. VP8 runs at
+//! `cpu-used` -6; VP9 at speed 7 (8 from 720p up) with row multithreading, cyclic-refresh AQ
+//! and two tile columns from 1280 pixels wide.
+
+// reason: libvpx is a C library. This module is core's only FFI boundary: all unsafe code
+// lives here, each block with its SAFETY argument, behind a safe VideoEncoder/VideoDecoder.
+#![allow(unsafe_code)]
+
+use std::ffi::{c_int, c_long, c_uint, c_ulong, CStr};
+use std::mem::{size_of, MaybeUninit};
+use std::ptr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use vpx_sys::vp8e_enc_control_id::{
+    VP8E_SET_CPUUSED, VP8E_SET_MAX_INTRA_BITRATE_PCT, VP8E_SET_NOISE_SENSITIVITY,
+    VP8E_SET_STATIC_THRESHOLD, VP8E_SET_TOKEN_PARTITIONS, VP9E_SET_AQ_MODE,
+    VP9E_SET_NOISE_SENSITIVITY, VP9E_SET_ROW_MT, VP9E_SET_TILE_COLUMNS,
+};
+use vpx_sys::{
+    vpx_codec_control_, vpx_codec_ctx_t, vpx_codec_cx_pkt_kind, vpx_codec_dec_cfg_t,
+    vpx_codec_dec_init_ver, vpx_codec_decode, vpx_codec_destroy, vpx_codec_enc_cfg_t,
+    vpx_codec_enc_config_default, vpx_codec_enc_init_ver, vpx_codec_encode, vpx_codec_err_t,
+    vpx_codec_error, vpx_codec_error_detail, vpx_codec_get_cx_data, vpx_codec_get_frame,
+    vpx_codec_iface_t, vpx_codec_iter_t, vpx_codec_peek_stream_info, vpx_codec_stream_info_t,
+    vpx_codec_vp8_cx, vpx_codec_vp8_dx, vpx_codec_vp9_cx, vpx_codec_vp9_dx, vpx_enc_pass,
+    vpx_image_t, vpx_img_fmt, vpx_img_wrap, vpx_kf_mode, vpx_rc_mode, VPX_DECODER_ABI_VERSION,
+    VPX_DL_REALTIME, VPX_EFLAG_FORCE_KF, VPX_ENCODER_ABI_VERSION, VPX_FRAME_IS_KEY,
+};
+
+use super::{
+    CodecError, EncodedVideo, I420Frame, KeyframeSchedule, VideoCodec, VideoDecoder, VideoEncoder,
+    VideoEncoderConfig, MAX_DECODE_PIXELS,
+};
+
+/// Timebase of the pts we hand libvpx: the 90 kHz RTP video clock
+const TIMEBASE_HZ: u64 = 90_000;
+
+/// A libvpx codec context, destroyed on drop
+///
+/// Boxed so its address stays put: libvpx keeps pointers into the context it initialised.
+/// Only ever holds an initialised context (construction goes through [`Context::init`]).
+struct Context(Box<vpx_codec_ctx_t>);
+
+impl Context {
+    /// Initialises a context with `init`, which gets a zeroed context to fill in
+    fn init(
+        what: &str,
+        init: impl FnOnce(*mut vpx_codec_ctx_t) -> vpx_codec_err_t,
+    ) -> Result<Self, CodecError> {
+        // SAFETY: vpx_codec_ctx_t is a C struct of pointers, integers, a union of pointers
+        // and a codec error enum whose 0 is VPX_CODEC_OK, so all-zero bytes are a valid value
+        // (and the state libvpx expects before init).
+        let mut ctx = Box::new(unsafe { MaybeUninit::<vpx_codec_ctx_t>::zeroed().assume_init() });
+        let err = init(&mut *ctx);
+        if err != vpx_codec_err_t::VPX_CODEC_OK {
+            // A failed init leaves nothing to destroy; `ctx` is dropped as plain memory.
+            return Err(CodecError::Library(format!(
+                "{what}: {}",
+                error_string(&mut ctx, err)
+            )));
+        }
+        Ok(Self(ctx))
+    }
+
+    fn as_mut_ptr(&mut self) -> *mut vpx_codec_ctx_t {
+        &mut *self.0
+    }
+
+    /// Turns a libvpx status into a result, with libvpx's own message
+    fn check(&mut self, err: vpx_codec_err_t, what: &str) -> Result<(), String> {
+        if err == vpx_codec_err_t::VPX_CODEC_OK {
+            return Ok(());
+        }
+        Err(format!("{what}: {}", error_string(&mut self.0, err)))
+    }
+
+    /// Sets an encoder control taking an int
+    fn control(
+        &mut self,
+        id: vpx_sys::vp8e_enc_control_id,
+        value: c_int,
+    ) -> Result<(), CodecError> {
+        // SAFETY: the context is an initialised encoder (controls are only set on those), and
+        // every control used here takes a single int (or unsigned int, same size) argument.
+        let err = unsafe { vpx_codec_control_(self.as_mut_ptr(), id as c_int, value) };
+        self.check(err, &format!("control {id:?}"))
+            .map_err(CodecError::Library)
+    }
+}
+
+impl Drop for Context {
+    fn drop(&mut self) {
+        // SAFETY: the context was initialised by Context::init and is destroyed exactly once,
+        // here; nothing borrowed from it outlives `self`.
+        unsafe {
+            vpx_codec_destroy(self.as_mut_ptr());
+        }
+    }
+}
+
+/// libvpx's message for the last error on `ctx`, with its detail when there is one
+fn error_string(ctx: &mut vpx_codec_ctx_t, err: vpx_codec_err_t) -> String {
+    // SAFETY: vpx_codec_error and vpx_codec_error_detail accept any context, initialised or
+    // not, and return NULL or a NUL-terminated string owned by libvpx that stays valid until
+    // the next call on this context; we copy it out before returning.
+    unsafe {
+        let text = |p: *const std::ffi::c_char| {
+            (!p.is_null()).then(|| CStr::from_ptr(p).to_string_lossy().into_owned())
+        };
+        let main = text(vpx_codec_error(ctx)).unwrap_or_else(|| format!("{err:?}"));
+        match text(vpx_codec_error_detail(ctx)) {
+            Some(detail) => format!("{main} ({detail})"),
+            None => main,
+        }
+    }
+}
+
+/// VP8/VP9 encoder
+pub(super) struct Encoder {
+    ctx: Context,
+    cfg: VideoEncoderConfig,
+    keyframes: KeyframeSchedule,
+    /// Ticks per frame at the nominal rate
+    duration: c_ulong,
+    last_pts: Option<i64>,
+}
+
+// SAFETY: a libvpx encoder context is plain heap state with no thread affinity (no TLS, no
+// thread handles it expects to join from a given thread); we only touch it through
+// `&mut self`, so moving the owner to another thread is sound.
+unsafe impl Send for Encoder {}
+
+impl Encoder {
+    pub(super) fn new(cfg: VideoEncoderConfig) -> Result<Self, CodecError> {
+        let vp9 = match cfg.codec {
+            VideoCodec::Vp8 => false,
+            VideoCodec::Vp9 => true,
+            VideoCodec::H264 => {
+                return Err(CodecError::InvalidConfig("libvpx does not do h264".into()))
+            }
+        };
+        // SAFETY: these return pointers to libvpx's static interface tables.
+        let iface: *const vpx_codec_iface_t = unsafe {
+            if vp9 {
+                vpx_codec_vp9_cx()
+            } else {
+                vpx_codec_vp8_cx()
+            }
+        };
+
+        let mut enc = MaybeUninit::<vpx_codec_enc_cfg_t>::uninit();
+        // SAFETY: `iface` is a valid encoder interface and `enc` points to writable memory
+        // of the right type, which the call fills in completely on success.
+        let err = unsafe { vpx_codec_enc_config_default(iface, enc.as_mut_ptr(), 0) };
+        if err != vpx_codec_err_t::VPX_CODEC_OK {
+            return Err(CodecError::Library(format!("vpx default config: {err:?}")));
+        }
+        // SAFETY: initialised by the successful call above.
+        let mut enc = unsafe { enc.assume_init() };
+
+        let kbps = (cfg.bitrate_bps / 1000).max(1);
+        enc.g_w = cfg.width;
+        enc.g_h = cfg.height;
+        enc.g_timebase.num = 1;
+        enc.g_timebase.den = TIMEBASE_HZ as c_int;
+        enc.g_threads = 1;
+        enc.g_error_resilient = 0;
+        enc.g_pass = vpx_enc_pass::VPX_RC_ONE_PASS;
+        enc.g_lag_in_frames = 0;
+        enc.rc_end_usage = vpx_rc_mode::VPX_CBR;
+        enc.rc_target_bitrate = kbps;
+        enc.rc_dropframe_thresh = 0;
+        enc.rc_resize_allowed = 0;
+        enc.rc_min_quantizer = 2;
+        enc.rc_max_quantizer = if vp9 { 52 } else { 56 };
+        enc.rc_undershoot_pct = if vp9 { 50 } else { 100 };
+        enc.rc_overshoot_pct = if vp9 { 50 } else { 15 };
+        enc.rc_buf_initial_sz = 500;
+        enc.rc_buf_optimal_sz = 600;
+        enc.rc_buf_sz = 1000;
+        // Keyframes are forced by KeyframeSchedule on pts; libvpx places none of its own.
+        enc.kf_mode = vpx_kf_mode::VPX_KF_DISABLED;
+        enc.kf_min_dist = 0;
+        enc.kf_max_dist = c_uint::MAX;
+
+        let mut ctx = Context::init("vpx encoder init", |ctx| {
+            // SAFETY: `ctx` is a zeroed context owned by Context::init, `iface` a valid
+            // encoder interface and `enc` a complete config; libvpx copies the config.
+            unsafe { vpx_codec_enc_init_ver(ctx, iface, &enc, 0, VPX_ENCODER_ABI_VERSION as c_int) }
+        })?;
+
+        // Cap keyframe size at a few frames' worth of bits, as libwebrtc does:
+        // optimal buffer (ms) * 0.5 * fps / 10, in percent of the per-frame target.
+        let max_intra_pct = (600 * cfg.fps / 20).max(300) as c_int;
+        ctx.control(VP8E_SET_MAX_INTRA_BITRATE_PCT, max_intra_pct)?;
+        ctx.control(VP8E_SET_STATIC_THRESHOLD, 1)?;
+        if vp9 {
+            let big = u64::from(cfg.width) * u64::from(cfg.height) >= 1280 * 720;
+            ctx.control(VP8E_SET_CPUUSED, if big { 8 } else { 7 })?;
+            ctx.control(VP9E_SET_ROW_MT, 1)?;
+            ctx.control(VP9E_SET_TILE_COLUMNS, c_int::from(cfg.width >= 1280))?;
+            // Cyclic refresh: the real-time AQ mode.
+            ctx.control(VP9E_SET_AQ_MODE, 3)?;
+            ctx.control(VP9E_SET_NOISE_SENSITIVITY, 0)?;
+        } else {
+            ctx.control(VP8E_SET_CPUUSED, -6)?;
+            ctx.control(VP8E_SET_NOISE_SENSITIVITY, 0)?;
+            // One token partition: a single buffer per frame, as the RTP payloader expects.
+            ctx.control(VP8E_SET_TOKEN_PARTITIONS, 0)?;
+        }
+
+        Ok(Self {
+            ctx,
+            duration: (TIMEBASE_HZ / u64::from(cfg.fps)).max(1) as c_ulong,
+            keyframes: KeyframeSchedule::new(&cfg),
+            cfg,
+            last_pts: None,
+        })
+    }
+
+    /// `pts` in timebase ticks, strictly increasing as libvpx requires
+    fn ticks(&mut self, pts: Duration) -> i64 {
+        let ticks = (pts.as_nanos() * u128::from(TIMEBASE_HZ) / 1_000_000_000)
+            .min(i64::MAX as u128 / 2) as i64;
+        let ticks = match self.last_pts {
+            Some(last) if ticks <= last => last + 1,
+            _ => ticks,
+        };
+        self.last_pts = Some(ticks);
+        ticks
+    }
+}
+
+impl VideoEncoder for Encoder {
+    fn encode(
+        &mut self,
+        frame: &I420Frame,
+        pts: Duration,
+    ) -> Result<Option<EncodedVideo>, CodecError> {
+        self.cfg.check_frame(frame)?;
+        let force = self.keyframes.is_due(pts);
+        let ticks = self.ticks(pts);
+
+        let (w, h) = (frame.width, frame.height);
+        let mut img = MaybeUninit::<vpx_image_t>::uninit();
+        // SAFETY: vpx_img_wrap only fills in the image descriptor (it neither reads nor
+        // writes the pixels, nor allocates since img_data is non-NULL) and returns NULL on
+        // bad arguments.
+        let wrapped = unsafe {
+            vpx_img_wrap(
+                img.as_mut_ptr(),
+                vpx_img_fmt::VPX_IMG_FMT_I420,
+                w,
+                h,
+                1,
+                frame.y.as_ptr().cast_mut(),
+            )
+        };
+        if wrapped.is_null() {
+            return Err(CodecError::Library("vpx_img_wrap failed".into()));
+        }
+        // SAFETY: vpx_img_wrap succeeded, so it initialised the whole descriptor.
+        let mut img = unsafe { img.assume_init() };
+        // Point the chroma planes at our separate buffers (check_frame verified their sizes
+        // for these even dimensions).
+        img.planes[1] = frame.u.as_ptr().cast_mut();
+        img.planes[2] = frame.v.as_ptr().cast_mut();
+        img.stride = [w as c_int, (w / 2) as c_int, (w / 2) as c_int, 0];
+
+        let flags = if force {
+            VPX_EFLAG_FORCE_KF as c_long
+        } else {
+            0
+        };
+        // SAFETY: the context is an initialised encoder; `img` describes three planes that
+        // `frame` keeps alive and unchanged for the duration of the call, and libvpx only
+        // reads them (copying into its own buffers) during it.
+        let err = unsafe {
+            vpx_codec_encode(
+                self.ctx.as_mut_ptr(),
+                &img,
+                ticks,
+                self.duration,
+                flags,
+                VPX_DL_REALTIME as _,
+            )
+        };
+        self.ctx
+            .check(err, "vpx encode")
+            .map_err(CodecError::Library)?;
+
+        let mut data = Vec::new();
+        let mut keyframe = false;
+        let mut iter: vpx_codec_iter_t = ptr::null();
+        loop {
+            // SAFETY: initialised encoder context and an iterator that started NULL.
+            let pkt = unsafe { vpx_codec_get_cx_data(self.ctx.as_mut_ptr(), &mut iter) };
+            if pkt.is_null() {
+                break;
+            }
+            // SAFETY: a non-NULL packet is valid until the next call on the context.
+            let pkt = unsafe { &*pkt };
+            if pkt.kind != vpx_codec_cx_pkt_kind::VPX_CODEC_CX_FRAME_PKT {
+                continue;
+            }
+            // SAFETY: for VPX_CODEC_CX_FRAME_PKT the `frame` member of the union is the
+            // active one.
+            let f = unsafe { pkt.data.frame };
+            if !f.buf.is_null() && f.sz > 0 {
+                // SAFETY: libvpx guarantees `buf` points to `sz` readable bytes for the
+                // lifetime of the packet; we copy them out at once.
+                data.extend_from_slice(unsafe {
+                    std::slice::from_raw_parts(f.buf.cast::<u8>(), f.sz)
+                });
+            }
+            keyframe |= f.flags & VPX_FRAME_IS_KEY != 0;
+        }
+        if data.is_empty() {
+            return Ok(None);
+        }
+        self.keyframes.handle_output(pts, keyframe);
+        Ok(Some(EncodedVideo {
+            data: Bytes::from(data),
+            keyframe,
+        }))
+    }
+
+    fn request_keyframe(&mut self) {
+        self.keyframes.request();
+    }
+
+    fn config(&self) -> &VideoEncoderConfig {
+        &self.cfg
+    }
+}
+
+/// VP8/VP9 decoder
+pub(super) struct Decoder {
+    ctx: Context,
+    iface: *const vpx_codec_iface_t,
+    codec: VideoCodec,
+}
+
+// SAFETY: as for Encoder: the context has no thread affinity and is only used through
+// `&mut self`; `iface` points to an immutable static table.
+unsafe impl Send for Decoder {}
+
+impl Decoder {
+    pub(super) fn new(codec: VideoCodec) -> Result<Self, CodecError> {
+        // SAFETY: these return pointers to libvpx's static interface tables.
+        let iface: *const vpx_codec_iface_t = unsafe {
+            match codec {
+                VideoCodec::Vp8 => vpx_codec_vp8_dx(),
+                VideoCodec::Vp9 => vpx_codec_vp9_dx(),
+                VideoCodec::H264 => {
+                    return Err(CodecError::InvalidConfig("libvpx does not do h264".into()))
+                }
+            }
+        };
+        let cfg = vpx_codec_dec_cfg_t {
+            threads: 1,
+            w: 0,
+            h: 0,
+        };
+        let ctx = Context::init("vpx decoder init", |ctx| {
+            // SAFETY: `ctx` is a zeroed context owned by Context::init, `iface` a valid
+            // decoder interface; libvpx copies `cfg`.
+            unsafe { vpx_codec_dec_init_ver(ctx, iface, &cfg, 0, VPX_DECODER_ABI_VERSION as c_int) }
+        })?;
+        Ok(Self { ctx, iface, codec })
+    }
+
+    /// Rejects a frame that announces a picture above [`MAX_DECODE_PIXELS`]
+    fn check_size(&self, data: &[u8], len: c_uint) -> Result<(), CodecError> {
+        let mut info = vpx_codec_stream_info_t {
+            sz: size_of::<vpx_codec_stream_info_t>() as c_uint,
+            w: 0,
+            h: 0,
+            is_kf: 0,
+        };
+        // SAFETY: `data` is valid for `len` bytes, `info` is initialised with its size as
+        // the API requires, and `iface` is a valid decoder interface. Peeking only parses.
+        let err = unsafe { vpx_codec_peek_stream_info(self.iface, data.as_ptr(), len, &mut info) };
+        // Inter frames carry no size and fail to peek: nothing to check then.
+        if err == vpx_codec_err_t::VPX_CODEC_OK
+            && u64::from(info.w) * u64::from(info.h) > MAX_DECODE_PIXELS
+        {
+            return Err(CodecError::Decode(format!(
+                "{} picture of {}x{} is too large",
+                self.codec.name(),
+                info.w,
+                info.h
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl VideoDecoder for Decoder {
+    fn decode(&mut self, data: &[u8]) -> Result<Option<I420Frame>, CodecError> {
+        let name = self.codec.name();
+        let len = match c_uint::try_from(data.len()) {
+            Ok(0) | Err(_) => {
+                return Err(CodecError::Decode(format!(
+                    "{name} frame of {} bytes",
+                    data.len()
+                )))
+            }
+            Ok(len) => len,
+        };
+        self.check_size(data, len)?;
+        // SAFETY: initialised decoder context; `data` is valid for `len` bytes during the
+        // call and libvpx does not keep the pointer.
+        let err = unsafe {
+            vpx_codec_decode(
+                self.ctx.as_mut_ptr(),
+                data.as_ptr(),
+                len,
+                ptr::null_mut(),
+                0,
+            )
+        };
+        self.ctx.check(err, name).map_err(CodecError::Decode)?;
+
+        let mut picture = None;
+        let mut iter: vpx_codec_iter_t = ptr::null();
+        loop {
+            // SAFETY: initialised decoder context and an iterator that started NULL.
+            let img = unsafe { vpx_codec_get_frame(self.ctx.as_mut_ptr(), &mut iter) };
+            if img.is_null() {
+                break;
+            }
+            // SAFETY: a non-NULL image is valid until the next decode call on the context;
+            // copy_image copies it out at once.
+            picture = Some(copy_image(unsafe { &*img }, name)?);
+        }
+        Ok(picture)
+    }
+}
+
+/// Copies a decoded libvpx image into a tightly packed [`I420Frame`]
+fn copy_image(img: &vpx_image_t, name: &str) -> Result<I420Frame, CodecError> {
+    if img.fmt != vpx_img_fmt::VPX_IMG_FMT_I420 {
+        // E.g. VP9 profile 1-3 (4:4:4, high bit depth), which we do not negotiate.
+        return Err(CodecError::Decode(format!(
+            "{name} picture format {:?} is not 8-bit I420",
+            img.fmt
+        )));
+    }
+    let (w, h) = (img.d_w, img.d_h);
+    if w == 0 || h == 0 || u64::from(w) * u64::from(h) > MAX_DECODE_PIXELS {
+        return Err(CodecError::Decode(format!("{name} picture of {w}x{h}")));
+    }
+    let mut frame = I420Frame {
+        width: w,
+        height: h,
+        y: Vec::new(),
+        u: Vec::new(),
+        v: Vec::new(),
+    };
+    let (cw, ch) = (
+        frame.chroma_width() as usize,
+        frame.chroma_height() as usize,
+    );
+    let planes = [(0, w as usize, h as usize), (1, cw, ch), (2, cw, ch)];
+    for (index, width, rows) in planes {
+        let base = img.planes[index];
+        let stride = img.stride[index];
+        if base.is_null() || stride < 0 || (stride as usize) < width {
+            return Err(CodecError::Decode(format!(
+                "{name} picture plane {index} unusable"
+            )));
+        }
+        let dst = match index {
+            0 => &mut frame.y,
+            1 => &mut frame.u,
+            _ => &mut frame.v,
+        };
+        dst.reserve_exact(width * rows);
+        for row in 0..rows {
+            // SAFETY: an I420 libvpx image of d_w x d_h has `rows` rows of at least `width`
+            // bytes in each plane, `stride` bytes apart (checked non-negative and >= width).
+            let line =
+                unsafe { std::slice::from_raw_parts(base.add(row * stride as usize), width) };
+            dst.extend_from_slice(line);
+        }
+    }
+    Ok(frame)
+}
