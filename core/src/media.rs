@@ -73,6 +73,12 @@ pub struct AudioStats {
     pub packets_lost_fraction: Option<f32>,
     /// Interarrival jitter (RTP units) from str0m
     pub jitter: Option<u32>,
+    /// RTCP sender reports received for this stream
+    pub sender_reports: u64,
+    /// Longest gap between two sender reports (ms)
+    pub max_sender_report_interval_ms: Option<f64>,
+    /// Extra audio delay lip-sync currently adds so video can keep up (ms)
+    pub sync_delay_ms: f64,
 }
 
 /// Video receive statistics of one peer
@@ -94,6 +100,10 @@ pub struct VideoStats {
     pub av_offset_ms: Option<f64>,
     /// The codec being received
     pub codec: Option<VideoCodec>,
+    /// RTCP sender reports received for this stream
+    pub sender_reports: u64,
+    /// Longest gap between two sender reports (ms)
+    pub max_sender_report_interval_ms: Option<f64>,
 }
 
 /// A decoded (or, in pass-through, encoded) video frame
@@ -247,6 +257,7 @@ impl AudioDecode for OpusPlayout {
 struct SenderReport {
     wallclock: f64,
     rtp: i64,
+    received: Instant,
 }
 
 /// A video frame waiting for its render time
@@ -331,6 +342,7 @@ impl PeerMedia {
 
     pub(crate) fn audio_stats(&self) -> AudioStats {
         let mut s = self.audio_stats.clone();
+        s.sync_delay_ms = self.sync_delay * 1000.0;
         if let Some(jb) = &self.jitter {
             s.jitter_buffer = jb.stats();
         }
@@ -503,28 +515,47 @@ impl PeerMedia {
         }
     }
 
-    /// Records a sender report for `mid`
-    pub(crate) fn handle_sender_report(&mut self, mid: Mid, ntp: SystemTime, rtp: u32) {
+    /// Records a sender report for `mid`, received at local `received`
+    pub(crate) fn handle_sender_report(
+        &mut self,
+        mid: Mid,
+        received: Instant,
+        ntp: SystemTime,
+        rtp: u32,
+    ) {
         let wall = ntp
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
-        if Some(mid) == self.audio_mid {
-            // Place the report's 32-bit RTP time next to the stream's unwrapped time.
-            let mut u = self.audio_unwrap.clone();
-            let rtp = u.unwrap(rtp);
-            self.sr_audio = Some(SenderReport {
-                wallclock: wall,
-                rtp,
-            });
+        let (unwrap, slot, count, max_gap) = if Some(mid) == self.audio_mid {
+            (
+                &self.audio_unwrap,
+                &mut self.sr_audio,
+                &mut self.audio_stats.sender_reports,
+                &mut self.audio_stats.max_sender_report_interval_ms,
+            )
         } else if Some(mid) == self.video_mid {
-            let mut u = self.video_unwrap.clone();
-            let rtp = u.unwrap(rtp);
-            self.sr_video = Some(SenderReport {
-                wallclock: wall,
-                rtp,
-            });
+            (
+                &self.video_unwrap,
+                &mut self.sr_video,
+                &mut self.video_stats.sender_reports,
+                &mut self.video_stats.max_sender_report_interval_ms,
+            )
+        } else {
+            return;
+        };
+        // Place the report's 32-bit RTP time next to the stream's unwrapped time.
+        let rtp = unwrap.clone().unwrap(rtp);
+        if let Some(prev) = slot {
+            let gap = local_secs(received, prev.received) * 1000.0;
+            *max_gap = Some(max_gap.map_or(gap, |m: f64| m.max(gap)));
         }
+        *count += 1;
+        *slot = Some(SenderReport {
+            wallclock: wall,
+            rtp,
+            received,
+        });
     }
 
     pub(crate) fn handle_ingress_stats(&mut self, mid: Mid, loss: Option<f32>, jitter: u32) {

@@ -516,6 +516,7 @@ impl Peer {
             RtcEvent::SenderFeedback(f) => {
                 self.media.handle_sender_report(
                     f.mid,
+                    f.received_at,
                     f.sender_info.ntp_time,
                     f.sender_info.rtp_time.numer() as u32,
                 );

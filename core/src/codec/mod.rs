@@ -236,6 +236,10 @@ impl VideoEncoderConfig {
         Duration::from_secs(1) / self.fps
     }
 
+    #[cfg_attr(
+        not(any(feature = "h264", feature = "vpx")),
+        allow(dead_code, reason = "used by the video encoders only")
+    )]
     fn check_frame(&self, frame: &I420Frame) -> Result<(), CodecError> {
         if frame.width != self.width || frame.height != self.height {
             return Err(CodecError::InvalidInput(format!(
@@ -331,7 +335,10 @@ pub fn video_decoder(codec: VideoCodec) -> Result<Box<dyn VideoDecoder>, CodecEr
 /// frame, after a request, when `interval` (less half a frame period, so that a 2 s interval
 /// at 30 fps lands on frame 60 despite rounding) has passed since the last keyframe, or when
 /// `pts` went backwards.
-#[cfg_attr(not(any(feature = "h264", feature = "vpx")), allow(dead_code))]
+#[cfg_attr(
+    not(any(feature = "h264", feature = "vpx")),
+    allow(dead_code, reason = "used by the video encoders only")
+)]
 #[derive(Debug)]
 struct KeyframeSchedule {
     interval: Duration,
@@ -340,7 +347,10 @@ struct KeyframeSchedule {
     requested: bool,
 }
 
-#[cfg_attr(not(any(feature = "h264", feature = "vpx")), allow(dead_code))]
+#[cfg_attr(
+    not(any(feature = "h264", feature = "vpx")),
+    allow(dead_code, reason = "used by the video encoders only")
+)]
 impl KeyframeSchedule {
     fn new(cfg: &VideoEncoderConfig) -> Self {
         Self {

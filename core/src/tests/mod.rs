@@ -1,6 +1,7 @@
 //! Tests that reach into the core: a small in-memory mesh harness in virtual time
 
 mod media;
+mod sync;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
