@@ -150,6 +150,8 @@ pub struct OpusEncoder {
     inner: imp::Encoder,
     cfg: OpusConfig,
     frame_samples: usize,
+    /// Encoder output, copied into an exactly sized `Bytes` per packet
+    scratch: Vec<u8>,
 }
 
 impl OpusEncoder {
@@ -163,6 +165,7 @@ impl OpusEncoder {
             inner: imp::Encoder::new(&cfg)?,
             frame_samples: OPUS_RATE as usize / 1000 * cfg.frame_ms as usize,
             cfg,
+            scratch: vec![0; MAX_PACKET],
         })
     }
 
@@ -177,10 +180,8 @@ impl OpusEncoder {
                 pcm.len()
             )));
         }
-        let mut out = vec![0; MAX_PACKET];
-        let len = self.inner.encode(pcm, &mut out)?;
-        out.truncate(len);
-        Ok(Bytes::from(out))
+        let len = self.inner.encode(pcm, &mut self.scratch)?;
+        Ok(Bytes::copy_from_slice(&self.scratch[..len]))
     }
 
     /// Samples per channel in one frame (960 for 20 ms)

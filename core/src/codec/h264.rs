@@ -76,7 +76,13 @@ impl VideoEncoder for Encoder {
             FrameType::I | FrameType::P | FrameType::IPMixed => false,
             FrameType::Skip | FrameType::Invalid => return Ok(None),
         };
-        let mut data = Vec::new();
+        let mut len = 0;
+        for layer in (0..stream.num_layers()).filter_map(|l| stream.layer(l)) {
+            len += (0..layer.nal_count())
+                .filter_map(|n| layer.nal_unit(n).map(<[u8]>::len))
+                .sum::<usize>();
+        }
+        let mut data = Vec::with_capacity(len);
         stream.write_vec(&mut data);
         if data.is_empty() {
             return Ok(None);

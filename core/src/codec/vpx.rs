@@ -204,7 +204,7 @@ impl Encoder {
         ctx.control(VP8E_SET_STATIC_THRESHOLD, 1)?;
         if vp9 {
             let big = u64::from(cfg.width) * u64::from(cfg.height) >= 1280 * 720;
-            ctx.control(VP8E_SET_CPUUSED, if big { 8 } else { 7 })?;
+            ctx.control(VP8E_SET_CPUUSED, if big { 9 } else { 7 })?;
             ctx.control(VP9E_SET_ROW_MT, 1)?;
             ctx.control(VP9E_SET_TILE_COLUMNS, c_int::from(cfg.width >= 1280))?;
             // Cyclic refresh: the real-time AQ mode.
