@@ -31,8 +31,9 @@ pub use audio::{AudioFormat, OpusConfig, OpusDecoder, OpusEncoder, PcmFrame};
 
 /// Largest decoded picture the video decoders accept, in pixels (4096 x 4096)
 ///
-/// A stream announcing a bigger picture is rejected with [`CodecError::Decode`] before the
-/// codec library allocates for it, so a hostile peer cannot make us allocate gigabytes.
+/// Bigger pictures give [`CodecError::Decode`]. For VP8/VP9 the check runs on the frame
+/// header, before libvpx allocates, so a hostile keyframe cannot make us allocate gigabytes;
+/// OpenH264 enforces its own limit (level 5.2) and we check its output.
 pub const MAX_DECODE_PIXELS: u64 = 4096 * 4096;
 
 /// Errors from encoders and decoders

@@ -45,7 +45,8 @@ const TIMEBASE_HZ: u64 = 90_000;
 
 /// A libvpx codec context, destroyed on drop
 ///
-/// Boxed so its address stays put: libvpx keeps pointers into the context it initialised.
+/// Boxed so it never moves after init: libvpx's API expects a context to stay where it was
+/// initialised.
 /// Only ever holds an initialised context (construction goes through [`Context::init`]).
 struct Context(Box<vpx_codec_ctx_t>);
 
@@ -204,7 +205,7 @@ impl Encoder {
         ctx.control(VP8E_SET_STATIC_THRESHOLD, 1)?;
         if vp9 {
             let big = u64::from(cfg.width) * u64::from(cfg.height) >= 1280 * 720;
-            ctx.control(VP8E_SET_CPUUSED, if big { 9 } else { 7 })?;
+            ctx.control(VP8E_SET_CPUUSED, if big { 8 } else { 7 })?;
             ctx.control(VP9E_SET_ROW_MT, 1)?;
             ctx.control(VP9E_SET_TILE_COLUMNS, c_int::from(cfg.width >= 1280))?;
             // Cyclic refresh: the real-time AQ mode.

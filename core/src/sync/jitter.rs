@@ -82,7 +82,7 @@ impl Default for JitterConfig {
             chunk: Duration::from_millis(10),
             max_accelerate: 0.10,
             max_decelerate: 0.25,
-            hysteresis: Duration::from_millis(4),
+            hysteresis: Duration::from_millis(2),
             fastest_window: Duration::from_secs(10),
             max_frames: 200,
             idle_pause: Duration::from_millis(600),
@@ -350,7 +350,9 @@ impl AudioJitterBuffer {
         // The quantile covers the slow frames; a frame of typical delay then waits the
         // difference. That wait is the target buffer delay, clamped to the configured range.
         let q = q_slow.max(q_fast);
-        let wait = (q - self.mean_rel).max(0.0);
+        // A frame is decoded at the tick whose chunk reaches its first sample, up to one
+        // chunk before that sample plays: the wait covers that too.
+        let wait = (q - self.mean_rel).max(0.0) + self.config.chunk.as_secs_f64();
         let lo = self.config.min_delay.as_secs_f64();
         let hi = self.config.max_delay.as_secs_f64();
         let wait = wait.clamp(lo, hi);
@@ -425,12 +427,11 @@ impl AudioJitterBuffer {
         let drift_adj = p.drift_debt.trunc();
         p.drift_debt -= drift_adj;
 
-        // Steering toward the target delay. A frame is decoded at the tick whose chunk
-        // reaches its first sample, so what must cover the target is the delay of the
-        // chunk's *last* sample; the set point sits one hysteresis above the target so
-        // that the dead band never dips below it.
+        // Steering toward the target delay (which includes one chunk of decode lead). The
+        // set point sits one hysteresis above the target so that the dead band never dips
+        // below it.
         let mut adj = drift_adj;
-        if let Some(delay) = self.current_delay(tick, play_pos + out as i64) {
+        if let Some(delay) = self.current_delay(tick, play_pos) {
             let hyst = self.config.hysteresis.as_secs_f64();
             let err = delay - (self.setpoint + self.sync_delay + hyst);
             if err.abs() > hyst {

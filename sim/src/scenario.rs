@@ -1,0 +1,977 @@
+//! Scenario files (TOML): hosts, links, clocks, timeline, traffic, duration and seed
+//!
+//! The format is documented with examples in `sim/README.md`. Parsing is strict: unknown
+//! keys, values out of range and names that match no host are errors that name the file.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use meshrtc::signal::{PeerId, RoomId};
+use meshrtc::{CandidatePolicy, Config};
+use serde::Deserialize;
+
+use crate::clock::Clock;
+use crate::link::{Jitter, LinkConfig, Loss, QueueLimit, Rate};
+use crate::report::{self, Report, Series};
+use crate::sim::{Action, FlowConfig, HostId, HostOptions, Sim, SimConfig};
+use crate::trace::{resolve, CapacityTrace, PacketTrace};
+use crate::Error;
+
+/// A parsed scenario file
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Name in reports (defaults to the file's stem)
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Free text
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Seed of every random choice (overridden by `--seed`)
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Virtual seconds to run
+    pub duration_s: f64,
+    /// The room every host joins
+    #[serde(default = "default_room")]
+    pub room: String,
+    /// One-way delay between a host and the signaling server, in milliseconds
+    #[serde(default = "default_signal_latency")]
+    pub signal_latency_ms: f64,
+    /// Settings of every participant
+    #[serde(default)]
+    pub participant: ParticipantSpec,
+    /// The hosts, in order
+    pub hosts: Vec<HostSpec>,
+    /// The link every directed pair of hosts starts with
+    #[serde(default)]
+    pub link: LinkSpec,
+    /// Per-pair changes to that link
+    #[serde(default)]
+    pub links: Vec<LinkOverride>,
+    /// Changes during the run
+    #[serde(default)]
+    pub timeline: Vec<TimelineEvent>,
+    /// Measured data flows
+    #[serde(default)]
+    pub traffic: Vec<TrafficSpec>,
+    /// The folder relative trace paths are resolved against (the scenario file's)
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+fn default_seed() -> u64 {
+    1
+}
+
+fn default_room() -> String {
+    "room".into()
+}
+
+fn default_signal_latency() -> f64 {
+    5.0
+}
+
+/// Settings of every participant
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParticipantSpec {
+    /// Seconds a peer may take to connect before it is failed
+    pub connect_timeout_s: Option<f64>,
+    /// Seconds ICE may stay disconnected before the peer is failed
+    pub disconnect_timeout_s: Option<f64>,
+}
+
+/// One host, or `count` hosts named `name0`, `name1`, …
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostSpec {
+    /// The host's name, which is also its peer id (the prefix, with `count`)
+    pub name: String,
+    /// Make this many hosts, numbered from 0
+    #[serde(default)]
+    pub count: Option<usize>,
+    /// Clock drift in parts per million (positive: fast), within ±2000
+    #[serde(default)]
+    pub ppm: f64,
+    /// Clock offset in milliseconds (either sign)
+    #[serde(default)]
+    pub offset_ms: f64,
+    /// Whether the host joins the room at `join_s` (else only by a timeline `join`)
+    #[serde(default = "yes")]
+    pub join: bool,
+    /// When the host joins the room, in seconds
+    #[serde(default)]
+    pub join_s: f64,
+    /// With `count`: milliseconds between consecutive hosts' joins
+    #[serde(default)]
+    pub stagger_ms: f64,
+}
+
+/// A link description; every field is optional and overrides what it is applied to
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkSpec {
+    /// Base one-way delay, milliseconds
+    pub latency_ms: Option<f64>,
+    /// Jitter shape and size
+    pub jitter: Option<JitterSpec>,
+    /// Correlation of consecutive packets' jitter (0..1)
+    pub delay_correlation: Option<f64>,
+    /// Whether packets keep their order through the delay stage (default true)
+    pub keep_order: Option<bool>,
+    /// Random loss model
+    pub loss: Option<LossSpec>,
+    /// Duplication probability (0..1)
+    pub duplicate: Option<f64>,
+    /// Probability (0..1) that a packet is held back and overtaken
+    pub reorder: Option<f64>,
+    /// How long a reordered packet is held back, milliseconds
+    pub reorder_delay_ms: Option<f64>,
+    /// Bottleneck rate in kbit/s (0: unlimited); replaces a capacity trace
+    pub rate_kbps: Option<f64>,
+    /// Mahimahi capacity trace file (relative to the scenario file); replaces `rate_kbps`
+    pub capacity_trace: Option<String>,
+    /// Drop-tail limit in bytes (0: unlimited)
+    pub queue_bytes: Option<usize>,
+    /// Drop-tail limit in packets (0: unlimited)
+    pub queue_packets: Option<usize>,
+    /// meshrtc packet trace file (relative to the scenario file); `""` removes it
+    pub delay_trace: Option<String>,
+}
+
+/// Jitter in a scenario: `{ shape = "normal", std_ms = 5 }` and so on
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "shape", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum JitterSpec {
+    /// No jitter
+    None,
+    /// Uniform within ±`max_ms`
+    Uniform {
+        /// Half width, milliseconds
+        max_ms: f64,
+    },
+    /// Normal with standard deviation `std_ms`
+    Normal {
+        /// Standard deviation, milliseconds
+        std_ms: f64,
+    },
+    /// One-sided exponential with mean `mean_ms`
+    Exponential {
+        /// Mean, milliseconds
+        mean_ms: f64,
+    },
+    /// One-sided Pareto (Lomax) with mean `mean_ms` and tail index `alpha` (> 1)
+    Pareto {
+        /// Mean, milliseconds
+        mean_ms: f64,
+        /// Tail index
+        alpha: f64,
+    },
+}
+
+/// Loss in a scenario: `{ model = "random", rate = 0.05 }` or
+/// `{ model = "gilbert-elliott", p = 0.01, r = 0.3 }`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "model", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum LossSpec {
+    /// No loss
+    None,
+    /// Independent (or correlated) random loss
+    Random {
+        /// Loss probability
+        rate: f64,
+        /// Correlation with the previous draw (default 0)
+        #[serde(default)]
+        correlation: f64,
+    },
+    /// Gilbert–Elliott bursts
+    GilbertElliott {
+        /// GOOD → BAD probability per packet
+        p: f64,
+        /// BAD → GOOD probability per packet (mean burst 1/r)
+        r: f64,
+        /// Loss probability in BAD (default 1)
+        #[serde(default = "one")]
+        loss_in_bad: f64,
+        /// Loss probability in GOOD (default 0)
+        #[serde(default)]
+        loss_in_good: f64,
+    },
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// A change to the link between two hosts
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkOverride {
+    /// Sending host (`*`: every host)
+    pub from: String,
+    /// Receiving host (`*`: every host)
+    pub to: String,
+    /// Apply to the reverse direction too
+    #[serde(default)]
+    pub both_ways: bool,
+    /// The fields to change
+    pub link: LinkSpec,
+}
+
+/// One timeline event: `at_s` and the keys of an [`ActionSpec`]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "toml::Table")]
+pub struct TimelineEvent {
+    /// When, in seconds
+    pub at_s: f64,
+    /// What
+    pub action: ActionSpec,
+}
+
+impl TryFrom<toml::Table> for TimelineEvent {
+    type Error = String;
+
+    fn try_from(mut table: toml::Table) -> Result<Self, Self::Error> {
+        // serde's `flatten` cannot be combined with `deny_unknown_fields`, so `at_s` is taken
+        // out here and the rest must be exactly one action.
+        let at_s = match table.remove("at_s") {
+            Some(toml::Value::Float(v)) => v,
+            Some(toml::Value::Integer(v)) => v as f64,
+            Some(_) => return Err("timeline: at_s must be a number".into()),
+            None => return Err("timeline: an event needs at_s".into()),
+        };
+        let action = ActionSpec::deserialize(toml::Value::Table(table))
+            .map_err(|e| format!("timeline event at {at_s} s: {}", one_line(&e.to_string())))?;
+        Ok(Self { at_s, action })
+    }
+}
+
+/// What a timeline event does
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "action", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum ActionSpec {
+    /// Change a link's fields (for `duration_s`, then change them back)
+    SetLink {
+        /// Sending host (`*`: every host)
+        from: String,
+        /// Receiving host (`*`: every host)
+        to: String,
+        /// Apply to the reverse direction too
+        #[serde(default)]
+        both_ways: bool,
+        /// Revert after this many seconds
+        #[serde(default)]
+        duration_s: Option<f64>,
+        /// The fields to change
+        link: Box<LinkSpec>,
+    },
+    /// Cut the link between two hosts, both ways (for `duration_s`, else until `repair`)
+    Outage {
+        /// One host (`*`: every host)
+        from: String,
+        /// The other host (`*`: every host)
+        to: String,
+        /// Cut only `from → to`
+        #[serde(default)]
+        one_way: bool,
+        /// Repair after this many seconds
+        #[serde(default)]
+        duration_s: Option<f64>,
+    },
+    /// Repair a cut link, both ways
+    Repair {
+        /// One host
+        from: String,
+        /// The other host
+        to: String,
+        /// Repair only `from → to`
+        #[serde(default)]
+        one_way: bool,
+    },
+    /// Cut a host off from everything (signaling frames are held, as TCP would)
+    Isolate {
+        /// The host
+        host: String,
+        /// Reconnect after this many seconds
+        #[serde(default)]
+        duration_s: Option<f64>,
+    },
+    /// Reconnect an isolated host
+    Reconnect {
+        /// The host
+        host: String,
+    },
+    /// The host joins the room (again, with a fresh participant, if it left)
+    Join {
+        /// The host
+        host: String,
+    },
+    /// The host leaves the room
+    Leave {
+        /// The host
+        host: String,
+    },
+}
+
+/// A measured flow of data messages
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrafficSpec {
+    /// Stream name in the report
+    #[serde(default = "default_stream")]
+    pub name: String,
+    /// Sending host (`*`: every host)
+    pub from: String,
+    /// Receiving host (`*`: every host)
+    pub to: String,
+    /// Messages per second
+    pub rate_hz: f64,
+    /// Message size in bytes (at least 24)
+    #[serde(default = "default_size")]
+    pub size_bytes: usize,
+    /// First message, seconds
+    #[serde(default)]
+    pub start_s: f64,
+    /// No message at or after this time, seconds
+    #[serde(default)]
+    pub stop_s: Option<f64>,
+    /// A message whose one-way delay exceeds this is late, milliseconds
+    #[serde(default = "default_late")]
+    pub late_ms: f64,
+}
+
+fn default_stream() -> String {
+    "data".into()
+}
+
+fn default_size() -> usize {
+    160
+}
+
+fn default_late() -> f64 {
+    150.0
+}
+
+/// A scenario ready to run: the simulation and what the report needs to know
+pub struct Prepared {
+    /// The simulation, with hosts, links, timeline and flows in place
+    pub sim: Sim,
+    /// Host names, by host index
+    pub names: Vec<String>,
+    /// Scenario name
+    pub name: String,
+    /// The seed used
+    pub seed: u64,
+    /// When the run ends
+    pub duration: Duration,
+}
+
+/// A finished run
+pub struct Outcome {
+    /// The report
+    pub report: Report,
+    /// One-way delay over time per directed pair and stream
+    pub series: Vec<Series>,
+    /// The simulation as it ended
+    pub sim: Sim,
+}
+
+impl Scenario {
+    /// Reads and parses a scenario file
+    pub fn from_path(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let mut s = Self::parse(&text, path)?;
+        if s.name.is_none() {
+            s.name = path.file_stem().map(|n| n.to_string_lossy().into_owned());
+        }
+        Ok(s)
+    }
+
+    /// Parses scenario text; `path` names it in errors and anchors relative trace paths
+    pub fn parse(text: &str, path: &Path) -> Result<Self, Error> {
+        let mut s: Scenario = toml::from_str(text).map_err(|e| Error::Scenario {
+            path: path.to_path_buf(),
+            message: one_line(&e.to_string()),
+        })?;
+        s.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        // Build the simulation once, so every error is reported before anything runs.
+        s.prepare(None).map_err(|e| in_file(path, e))?;
+        Ok(s)
+    }
+
+    /// Every host's name, in order (`count` expanded)
+    fn host_names(&self) -> Result<Vec<String>, Error> {
+        let mut names = Vec::new();
+        for h in &self.hosts {
+            match h.count {
+                Some(n) => names.extend((0..n).map(|i| format!("{}{i}", h.name))),
+                None => names.push(h.name.clone()),
+            }
+        }
+        let mut seen = BTreeMap::new();
+        for n in &names {
+            PeerId::new(n).map_err(|e| Error::Config(format!("host name {n:?}: {e:?}")))?;
+            if seen.insert(n.clone(), ()).is_some() {
+                return Err(Error::Config(format!("host {n:?} is defined twice")));
+            }
+        }
+        Ok(names)
+    }
+
+    /// Builds the simulation with `seed` (the scenario's own if `None`)
+    pub fn prepare(&self, seed: Option<u64>) -> Result<Prepared, Error> {
+        let seed = seed.unwrap_or(self.seed);
+        positive("duration_s", self.duration_s)?;
+        non_negative("signal_latency_ms", self.signal_latency_ms)?;
+        RoomId::new(&self.room).map_err(|e| Error::Config(format!("room: {e:?}")))?;
+        let names = self.host_names()?;
+        if names.is_empty() {
+            return Err(Error::Config("no hosts".into()));
+        }
+        let mut traces = Traces::new(&self.base_dir);
+        let default_link = self.link.apply(&LinkConfig::default(), &mut traces)?;
+        default_link.validate()?;
+        let mut sim = Sim::new(SimConfig {
+            seed,
+            signal_latency: ms(self.signal_latency_ms),
+            default_link: default_link.clone(),
+            ..SimConfig::default()
+        });
+        let mut participant = Config {
+            candidate_policy: CandidatePolicy::LoopbackOnly,
+            ..Config::default()
+        };
+        if let Some(s) = self.participant.connect_timeout_s {
+            participant.connect_timeout = secs(positive("connect_timeout_s", s)?);
+        }
+        if let Some(s) = self.participant.disconnect_timeout_s {
+            participant.disconnect_timeout = secs(positive("disconnect_timeout_s", s)?);
+        }
+        let mut joins = Vec::new();
+        for h in &self.hosts {
+            let n = h.count.unwrap_or(1);
+            for i in 0..n {
+                let offset_ns = (h.offset_ms * 1e6).round();
+                if !offset_ns.is_finite() || offset_ns.abs() > i64::MAX as f64 {
+                    return Err(Error::Config(format!(
+                        "offset_ms {} is out of range",
+                        h.offset_ms
+                    )));
+                }
+                let clock = Clock::new(offset_ns as i64, h.ppm)?;
+                let id = sim.add_host_with(participant.clone(), HostOptions { clock });
+                let join = non_negative("join_s", h.join_s)?
+                    + i as f64 * non_negative("stagger_ms", h.stagger_ms)? / 1000.0;
+                if h.join {
+                    joins.push((id, secs(join)));
+                }
+            }
+        }
+        // Links: the default everywhere, then overrides in file order.
+        let mut current: BTreeMap<(usize, usize), LinkConfig> = BTreeMap::new();
+        for o in &self.links {
+            for (a, b) in pairs(&names, &o.from, &o.to, o.both_ways)? {
+                let base = current.get(&(a, b)).unwrap_or(&default_link).clone();
+                current.insert((a, b), o.link.apply(&base, &mut traces)?);
+            }
+        }
+        for (&(a, b), cfg) in &current {
+            sim.set_link(HostId(a), HostId(b), cfg.clone())?;
+        }
+        for (id, at) in joins {
+            let action = Action::Join {
+                host: id,
+                room: self.room.clone(),
+                peer_id: names[id.0].clone(),
+            };
+            sim.schedule(at, action);
+        }
+        // The timeline, in time order (stable for equal times); link changes are resolved
+        // here, so a change with a duration reverts to what was there before it.
+        for e in &self.timeline {
+            non_negative("at_s", e.at_s)?;
+        }
+        let mut events: Vec<&TimelineEvent> = self.timeline.iter().collect();
+        events.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
+        let mut reverts: Vec<Revert> = Vec::new();
+        for e in events {
+            // Reverts due before this event happen first.
+            reverts.sort_by(|a, b| a.0.total_cmp(&b.0));
+            while reverts.first().is_some_and(|r| r.0 <= e.at_s) {
+                let (at, list) = reverts.remove(0);
+                for ((a, b), cfg) in list {
+                    current.insert((a, b), cfg.clone());
+                    sim.schedule(secs(at), set_link(a, b, cfg));
+                }
+            }
+            let at = secs(e.at_s);
+            self.schedule_event(
+                &mut sim,
+                &names,
+                e,
+                at,
+                &mut current,
+                &default_link,
+                &mut traces,
+                &mut reverts,
+            )?;
+        }
+        reverts.sort_by(|a, b| a.0.total_cmp(&b.0));
+        for (at, list) in reverts {
+            for ((a, b), cfg) in list {
+                sim.schedule(secs(at), set_link(a, b, cfg));
+            }
+        }
+        // Flows, in file order, each expanded over its pairs in host order.
+        for t in &self.traffic {
+            positive("rate_hz", t.rate_hz)?;
+            non_negative("start_s", t.start_s)?;
+            non_negative("late_ms", t.late_ms)?;
+            for (a, b) in pairs(&names, &t.from, &t.to, false)? {
+                sim.add_flow(FlowConfig {
+                    name: t.name.clone(),
+                    from: HostId(a),
+                    to: HostId(b),
+                    interval: Duration::from_nanos((1e9 / t.rate_hz).round().max(1.0) as u64),
+                    size: t.size_bytes,
+                    start: secs(t.start_s),
+                    stop: t.stop_s.map(secs),
+                    late_after: ms(t.late_ms),
+                })?;
+            }
+        }
+        Ok(Prepared {
+            sim,
+            names,
+            name: self.name.clone().unwrap_or_else(|| "scenario".into()),
+            seed,
+            duration: secs(self.duration_s),
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)] // reason: the compile state of one pass, kept local
+    fn schedule_event(
+        &self,
+        sim: &mut Sim,
+        names: &[String],
+        e: &TimelineEvent,
+        at: Duration,
+        current: &mut BTreeMap<(usize, usize), LinkConfig>,
+        default_link: &LinkConfig,
+        traces: &mut Traces,
+        reverts: &mut Vec<Revert>,
+    ) -> Result<(), Error> {
+        match &e.action {
+            ActionSpec::SetLink {
+                from,
+                to,
+                both_ways,
+                duration_s,
+                link,
+            } => {
+                let mut old = Vec::new();
+                for (a, b) in pairs(names, from, to, *both_ways)? {
+                    let before = current.get(&(a, b)).unwrap_or(default_link).clone();
+                    let after = link.apply(&before, traces)?;
+                    after.validate()?;
+                    current.insert((a, b), after.clone());
+                    sim.schedule(at, set_link(a, b, after));
+                    old.push(((a, b), before));
+                }
+                if let Some(d) = duration_s {
+                    reverts.push((e.at_s + positive("duration_s", *d)?, old));
+                }
+            }
+            ActionSpec::Outage {
+                from,
+                to,
+                one_way,
+                duration_s,
+            } => {
+                for (a, b) in pairs(names, from, to, !one_way)? {
+                    sim.schedule(
+                        at,
+                        Action::LinkDown {
+                            from: HostId(a),
+                            to: HostId(b),
+                        },
+                    );
+                    if let Some(d) = duration_s {
+                        sim.schedule(
+                            at + secs(positive("duration_s", *d)?),
+                            Action::LinkUp {
+                                from: HostId(a),
+                                to: HostId(b),
+                            },
+                        );
+                    }
+                }
+            }
+            ActionSpec::Repair { from, to, one_way } => {
+                for (a, b) in pairs(names, from, to, !one_way)? {
+                    sim.schedule(
+                        at,
+                        Action::LinkUp {
+                            from: HostId(a),
+                            to: HostId(b),
+                        },
+                    );
+                }
+            }
+            ActionSpec::Isolate { host, duration_s } => {
+                let h = HostId(find(names, host)?);
+                sim.schedule(at, Action::Isolate(h));
+                if let Some(d) = duration_s {
+                    sim.schedule(at + secs(positive("duration_s", *d)?), Action::Reconnect(h));
+                }
+            }
+            ActionSpec::Reconnect { host } => {
+                sim.schedule(at, Action::Reconnect(HostId(find(names, host)?)));
+            }
+            ActionSpec::Join { host } => {
+                let h = find(names, host)?;
+                sim.schedule(
+                    at,
+                    Action::Join {
+                        host: HostId(h),
+                        room: self.room.clone(),
+                        peer_id: names[h].clone(),
+                    },
+                );
+            }
+            ActionSpec::Leave { host } => {
+                sim.schedule(at, Action::Leave(HostId(find(names, host)?)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Builds and runs the scenario with `seed` (the scenario's own if `None`)
+    pub fn run(&self, seed: Option<u64>) -> Result<Outcome, Error> {
+        let Prepared {
+            mut sim,
+            names,
+            name,
+            seed,
+            duration,
+        } = self.prepare(seed)?;
+        tracing::info!(scenario = %name, seed, ?duration, hosts = names.len(), "running");
+        sim.run_until(duration);
+        let report = report::build(&sim, &name, seed, &names, duration);
+        let series = report::series(&sim, &names);
+        Ok(Outcome {
+            report,
+            series,
+            sim,
+        })
+    }
+}
+
+impl LinkSpec {
+    /// `base` with this spec's fields applied
+    pub fn apply(&self, base: &LinkConfig, traces: &mut Traces) -> Result<LinkConfig, Error> {
+        let mut c = base.clone();
+        if let Some(v) = self.latency_ms {
+            c.latency = ms(non_negative("latency_ms", v)?);
+        }
+        if let Some(j) = &self.jitter {
+            c.jitter = match *j {
+                JitterSpec::None => Jitter::None,
+                JitterSpec::Uniform { max_ms } => Jitter::Uniform {
+                    max: ms(non_negative("max_ms", max_ms)?),
+                },
+                JitterSpec::Normal { std_ms } => Jitter::Normal {
+                    std_dev: ms(non_negative("std_ms", std_ms)?),
+                },
+                JitterSpec::Exponential { mean_ms } => Jitter::Exponential {
+                    mean: ms(non_negative("mean_ms", mean_ms)?),
+                },
+                JitterSpec::Pareto { mean_ms, alpha } => Jitter::Pareto {
+                    mean: ms(non_negative("mean_ms", mean_ms)?),
+                    shape: alpha,
+                },
+            };
+        }
+        if let Some(v) = self.delay_correlation {
+            c.delay_correlation = v;
+        }
+        if let Some(v) = self.keep_order {
+            c.keep_order = v;
+        }
+        if let Some(l) = &self.loss {
+            c.loss = match *l {
+                LossSpec::None => Loss::None,
+                LossSpec::Random { rate, correlation } => Loss::Random {
+                    probability: rate,
+                    correlation,
+                },
+                LossSpec::GilbertElliott {
+                    p,
+                    r,
+                    loss_in_bad,
+                    loss_in_good,
+                } => Loss::GilbertElliott {
+                    p,
+                    r,
+                    loss_in_bad,
+                    loss_in_good,
+                },
+            };
+        }
+        if let Some(v) = self.duplicate {
+            c.duplicate = v;
+        }
+        if let Some(v) = self.reorder {
+            c.reorder = v;
+        }
+        if let Some(v) = self.reorder_delay_ms {
+            c.reorder_delay = ms(non_negative("reorder_delay_ms", v)?);
+        }
+        match (self.rate_kbps, &self.capacity_trace) {
+            (Some(_), Some(_)) => {
+                return Err(Error::Config(
+                    "set rate_kbps or capacity_trace, not both".into(),
+                ))
+            }
+            (Some(k), None) => {
+                c.rate = if non_negative("rate_kbps", k)? == 0.0 {
+                    Rate::Unlimited
+                } else {
+                    Rate::Constant {
+                        bits_per_sec: (k * 1000.0).round().max(1.0) as u64,
+                    }
+                };
+            }
+            (None, Some(path)) => c.rate = Rate::Trace(traces.capacity(path)?),
+            (None, None) => {}
+        }
+        match (self.queue_bytes, self.queue_packets) {
+            (Some(_), Some(_)) => {
+                return Err(Error::Config(
+                    "set queue_bytes or queue_packets, not both".into(),
+                ))
+            }
+            (Some(0), None) | (None, Some(0)) => c.queue = QueueLimit::Unlimited,
+            (Some(b), None) => c.queue = QueueLimit::Bytes(b),
+            (None, Some(p)) => c.queue = QueueLimit::Packets(p),
+            (None, None) => {}
+        }
+        if let Some(path) = &self.delay_trace {
+            c.delay_trace = if path.is_empty() {
+                None
+            } else {
+                Some(traces.packet(path)?)
+            };
+        }
+        Ok(c)
+    }
+}
+
+/// Trace files loaded for one scenario, each read once
+pub struct Traces {
+    base: PathBuf,
+    capacity: BTreeMap<PathBuf, Arc<CapacityTrace>>,
+    packet: BTreeMap<PathBuf, Arc<PacketTrace>>,
+}
+
+impl Traces {
+    /// Traces resolved against `base` (the scenario file's folder)
+    pub fn new(base: &Path) -> Self {
+        Self {
+            base: base.to_path_buf(),
+            capacity: BTreeMap::new(),
+            packet: BTreeMap::new(),
+        }
+    }
+
+    fn capacity(&mut self, name: &str) -> Result<Arc<CapacityTrace>, Error> {
+        let path = resolve(&self.base, name);
+        if let Some(t) = self.capacity.get(&path) {
+            return Ok(t.clone());
+        }
+        let t = Arc::new(CapacityTrace::from_path(&path)?);
+        self.capacity.insert(path, t.clone());
+        Ok(t)
+    }
+
+    fn packet(&mut self, name: &str) -> Result<Arc<PacketTrace>, Error> {
+        let path = resolve(&self.base, name);
+        if let Some(t) = self.packet.get(&path) {
+            return Ok(t.clone());
+        }
+        let t = Arc::new(PacketTrace::from_path(&path)?);
+        self.packet.insert(path, t.clone());
+        Ok(t)
+    }
+}
+
+/// Link changes to undo at a time (seconds): each pair with the configuration to restore
+type Revert = (f64, Vec<((usize, usize), LinkConfig)>);
+
+fn set_link(a: usize, b: usize, config: LinkConfig) -> Action {
+    Action::SetLink {
+        from: HostId(a),
+        to: HostId(b),
+        config,
+    }
+}
+
+/// Host indices a name selects (`*`: all)
+fn select(names: &[String], name: &str) -> Result<Vec<usize>, Error> {
+    if name == "*" {
+        return Ok((0..names.len()).collect());
+    }
+    find(names, name).map(|i| vec![i])
+}
+
+fn find(names: &[String], name: &str) -> Result<usize, Error> {
+    names
+        .iter()
+        .position(|n| n == name)
+        .ok_or_else(|| Error::Config(format!("no host named {name:?}")))
+}
+
+/// Directed pairs `from → to` (and back, with `both_ways`), distinct hosts, in order
+fn pairs(
+    names: &[String],
+    from: &str,
+    to: &str,
+    both_ways: bool,
+) -> Result<Vec<(usize, usize)>, Error> {
+    let froms = select(names, from)?;
+    let tos = select(names, to)?;
+    let mut out = Vec::new();
+    for &a in &froms {
+        for &b in &tos {
+            if a == b {
+                continue;
+            }
+            if !out.contains(&(a, b)) {
+                out.push((a, b));
+            }
+            if both_ways && !out.contains(&(b, a)) {
+                out.push((b, a));
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::Config(format!(
+            "{from:?} → {to:?} names no pair of hosts"
+        )));
+    }
+    Ok(out)
+}
+
+fn positive(name: &str, v: f64) -> Result<f64, Error> {
+    if v.is_finite() && v > 0.0 {
+        Ok(v)
+    } else {
+        Err(Error::Config(format!("{name} must be above 0, found {v}")))
+    }
+}
+
+fn non_negative(name: &str, v: f64) -> Result<f64, Error> {
+    if v.is_finite() && v >= 0.0 {
+        Ok(v)
+    } else {
+        Err(Error::Config(format!(
+            "{name} must be 0 or more, found {v}"
+        )))
+    }
+}
+
+fn ms(v: f64) -> Duration {
+    Duration::from_nanos((v * 1e6).round() as u64)
+}
+
+fn secs(v: f64) -> Duration {
+    Duration::from_nanos((v * 1e9).round() as u64)
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn in_file(path: &Path, e: Error) -> Error {
+    match e {
+        Error::Config(message) => Error::Scenario {
+            path: path.to_path_buf(),
+            message,
+        },
+        e => e,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Scenario, Error> {
+        Scenario::parse(text, Path::new("test.toml"))
+    }
+
+    const MINIMAL: &str = r#"
+        duration_s = 1
+        [[hosts]]
+        name = "a"
+        [[hosts]]
+        name = "b"
+        ppm = 100
+    "#;
+
+    #[test]
+    fn minimal_scenario_parses() {
+        let s = parse(MINIMAL).unwrap();
+        assert_eq!(s.host_names().unwrap(), vec!["a", "b"]);
+        assert_eq!(s.seed, 1);
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let cases = [
+            ("duration_s = 1\nhosts = []\nbogus = 1\n", "bogus"),
+            (
+                &format!("{MINIMAL}\n[link]\nlatency_ms = -1\n"),
+                "latency_ms",
+            ),
+            (
+                &format!("{MINIMAL}\n[[traffic]]\nfrom = \"a\"\nto = \"zz\"\nrate_hz = 1\n"),
+                "zz",
+            ),
+            (
+                &format!("{MINIMAL}\n[link]\nloss = {{ model = \"random\", rate = 2 }}\n"),
+                "loss",
+            ),
+            (
+                &format!("{MINIMAL}\n[link]\njitter = {{ shape = \"triangle\", max_ms = 2 }}\n"),
+                "triangle",
+            ),
+            (
+                "duration_s = 1\n[[hosts]]\nname = \"a\"\nppm = 5000\n",
+                "ppm",
+            ),
+            (
+                &format!("{MINIMAL}\n[link]\ncapacity_trace = \"/nonexistent/trace\"\n"),
+                "nonexistent",
+            ),
+        ];
+        for (text, needle) in cases {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(needle), "{needle}: {e}");
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
+    }
+
+    #[test]
+    fn count_expands_names() {
+        let s = parse("duration_s = 1\n[[hosts]]\nname = \"p\"\ncount = 3\n").unwrap();
+        assert_eq!(s.host_names().unwrap(), vec!["p0", "p1", "p2"]);
+    }
+}

@@ -1,0 +1,1221 @@
+//! The simulation: hosts, links, the signaling server, flows and the scheduler
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use meshrtc::relay::{ConnId, Relay, RelayConfig, RelayOutput};
+use meshrtc::signal::{ClientFrame, LeftReason, PeerId, RoomId, ServerFrame};
+use meshrtc::{
+    Config, DataMessage, Event, Input, Output, Participant, PeerStats, Receive, Transmit,
+};
+
+use crate::clock::{Anchor, Clock};
+use crate::link::{charged_size, mix, Link, LinkConfig, LinkStats, Verdict};
+use crate::Error;
+
+/// Index of a host in the simulation
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HostId(pub usize);
+
+/// Index of a flow in the simulation
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FlowId(pub usize);
+
+/// Configuration of a simulation
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Seed for links, participants, the signaling server and str0m's thread-local generator
+    pub seed: u64,
+    /// One-way delay between a host and the signaling server
+    pub signal_latency: Duration,
+    /// The link used between two hosts unless [`Sim::set_link`] says otherwise
+    pub default_link: LinkConfig,
+    /// How often every participant's per-peer statistics are sampled (the last sample of a
+    /// peer is kept after it goes away)
+    pub stats_interval: Duration,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            seed: 1,
+            signal_latency: Duration::from_millis(5),
+            default_link: LinkConfig::with_latency(Duration::from_millis(10)),
+            stats_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// How a host is set up
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HostOptions {
+    /// The host's clock
+    pub clock: Clock,
+}
+
+/// One line of the simulation's event log
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntry {
+    /// Virtual time since the start
+    pub at: Duration,
+    /// The host the event happened on
+    pub host: HostId,
+    /// A stable description of the event (kind and peer)
+    pub what: String,
+}
+
+/// A change the timeline applies at a given virtual time ([`Sim::schedule`])
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// Replace the configuration of the link `from → to`
+    SetLink {
+        /// Sending host
+        from: HostId,
+        /// Receiving host
+        to: HostId,
+        /// The new configuration
+        config: LinkConfig,
+    },
+    /// Cut the link `from → to`: packets entering it or arriving on it are dropped
+    LinkDown {
+        /// Sending host
+        from: HostId,
+        /// Receiving host
+        to: HostId,
+    },
+    /// Repair the link `from → to`
+    LinkUp {
+        /// Sending host
+        from: HostId,
+        /// Receiving host
+        to: HostId,
+    },
+    /// Cut a host off: every link to and from it is down and its signaling frames are held
+    /// (as TCP would) until [`Action::Reconnect`]
+    Isolate(HostId),
+    /// Repair a host cut off by [`Action::Isolate`]; held signaling frames go out now
+    Reconnect(HostId),
+    /// Join the room (a host that left gets a fresh participant and signaling connection)
+    Join {
+        /// The host
+        host: HostId,
+        /// The room
+        room: String,
+        /// The peer id to ask for
+        peer_id: String,
+    },
+    /// Leave the room
+    Leave(HostId),
+}
+
+/// A stream of fixed-size data messages at a fixed rate, measured end to end
+///
+/// Each message carries its flow, a sequence number and its virtual send time; the receiver's
+/// side of the simulation reads them to measure one-way delay, loss and lateness. A tick
+/// at which the sender has no open channel to the receiver sends nothing (it is counted as
+/// `not_connected`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlowConfig {
+    /// The stream's name in reports (for example `data`)
+    pub name: String,
+    /// Sending host
+    pub from: HostId,
+    /// Receiving host
+    pub to: HostId,
+    /// Time between messages
+    pub interval: Duration,
+    /// Message size in bytes (at least [`FLOW_HEADER_BYTES`])
+    pub size: usize,
+    /// First tick
+    pub start: Duration,
+    /// No tick at or after this time (`None`: until the run ends)
+    pub stop: Option<Duration>,
+    /// A message is late if its one-way delay exceeds this
+    pub late_after: Duration,
+}
+
+/// Bytes of a flow message's header (magic, flow, sequence number, send time)
+pub const FLOW_HEADER_BYTES: usize = 24;
+
+const FLOW_MAGIC: &[u8; 4] = b"MSIM";
+
+/// One received flow message
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DelaySample {
+    /// Its sequence number
+    pub seq: u64,
+    /// When it was sent (virtual time)
+    pub sent_at: Duration,
+    /// Its one-way delay (virtual time)
+    pub delay: Duration,
+}
+
+/// What a flow measured
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FlowStats {
+    /// Messages the sender's participant accepted
+    pub sent: u64,
+    /// Ticks skipped because the channel to the receiver was not open
+    pub not_connected: u64,
+    /// Messages the participant refused (send queue full)
+    pub send_failed: u64,
+    /// Distinct messages received
+    pub received: u64,
+    /// Messages received more than once
+    pub duplicates: u64,
+    /// Messages received after one with a higher sequence number
+    pub out_of_order: u64,
+    /// Send time of every accepted message, by sequence number
+    pub sent_at: Vec<Duration>,
+    /// Every received message, in arrival order
+    pub samples: Vec<DelaySample>,
+    received_seqs: BTreeSet<u64>,
+    max_seq: Option<u64>,
+}
+
+struct Flow {
+    config: FlowConfig,
+    stats: FlowStats,
+}
+
+/// How a host's deadlines were met: the check that local deadlines map back to virtual time
+/// exactly
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TimeoutStats {
+    /// Timeouts fed at the first virtual nanosecond at which the host's clock reached the
+    /// participant's deadline
+    pub exact: u64,
+    /// Timeouts fed later than that because the deadline had already passed when it was
+    /// given (or a deadline that would spin was pushed back)
+    pub overdue: u64,
+    /// Timeouts fed before the deadline (never, unless the clock conversion is wrong)
+    pub early: u64,
+}
+
+/// When a host first connected to a peer
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectInfo {
+    /// Virtual time of the `PeerConnected` event
+    pub at: Duration,
+    /// The connect time the participant reported (its local clock)
+    pub connect_time: Duration,
+}
+
+struct Host {
+    participant: Participant,
+    config: Config,
+    clock: Clock,
+    addr: SocketAddr,
+    conn: ConnId,
+    connected: bool,
+    peer_id: Option<PeerId>,
+    joined_once: bool,
+    incarnation: u64,
+    /// Virtual deadline of the participant and the generation of its heap entry
+    deadline: u64,
+    deadline_gen: u64,
+    /// The participant's deadline on its own clock, and whether `deadline` is its exact
+    /// virtual image
+    deadline_local: i128,
+    deadline_exact: bool,
+    last_timeout_fed: Option<u64>,
+    timeouts: TimeoutStats,
+    events: Vec<(Duration, Event)>,
+    errors: Vec<(Duration, String)>,
+    isolated: bool,
+    held: Vec<SignalHop>,
+    connects: BTreeMap<PeerId, ConnectInfo>,
+    last_stats: BTreeMap<PeerId, PeerStats>,
+}
+
+#[derive(Debug)]
+enum SignalHop {
+    ToServer(ConnId, String),
+    ToClient(ConnId, String),
+    Disconnect(ConnId),
+}
+
+/// What the scheduler does next; the derived order breaks ties at one instant
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Due {
+    /// A timeline action, in scheduling order
+    Action(u64),
+    /// A signaling hop, in sending order
+    Signal(u64),
+    /// A datagram arriving, by link and then by the order it entered the link
+    Deliver { from: usize, to: usize, seq: u64 },
+    /// A flow's tick
+    Flow(usize),
+    /// A host's deadline (stale generations are skipped)
+    Host { idx: usize, generation: u64 },
+    /// Sample every participant's statistics
+    Stats,
+}
+
+enum Payload {
+    None,
+    Action(Action),
+    Signal(SignalHop),
+    Datagram(Transmit, usize),
+}
+
+struct Scheduled {
+    at: u64,
+    due: Due,
+    payload: Payload,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Scheduled {}
+
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (self.at, self.due).cmp(&(other.at, other.due))
+    }
+}
+
+/// A deterministic simulation of many participants over impaired links
+///
+/// Everything runs on the calling thread in virtual time. The scheduler always takes the
+/// earliest pending item; at one instant it goes timeline actions → signaling hops (in
+/// sending order) → datagrams (by `(from, to)` and then the order they entered that link)
+/// → flow ticks → host deadlines (by host) → statistics samples. Given the same
+/// configuration and seed the run is the same, whatever order str0m's hash maps emit things
+/// in within one instant, and however long DTLS handshake packets happen to be
+/// ([`charged_size`]).
+///
+/// `Sim::new` seeds the thread-local `fastrand` generator that str0m draws from, so run one
+/// simulation per thread at a time.
+pub struct Sim {
+    config: SimConfig,
+    anchor: Anchor,
+    now: u64,
+    hosts: Vec<Host>,
+    by_addr: BTreeMap<SocketAddr, usize>,
+    conn_host: BTreeMap<ConnId, usize>,
+    next_conn: u64,
+    relay: Relay,
+    links: BTreeMap<(usize, usize), Link>,
+    link_seq: BTreeMap<(usize, usize), u64>,
+    link_configs: BTreeMap<(usize, usize), LinkConfig>,
+    cut: BTreeSet<(usize, usize)>,
+    flows: Vec<Flow>,
+    queue: BinaryHeap<Reverse<Scheduled>>,
+    seq: u64,
+    log: Vec<LogEntry>,
+}
+
+impl Sim {
+    /// Creates an empty simulation
+    ///
+    /// # Panics
+    ///
+    /// If `config.default_link` is not valid ([`LinkConfig::validate`]): check it first.
+    pub fn new(config: SimConfig) -> Self {
+        if let Err(e) = config.default_link.validate() {
+            panic!("SimConfig::default_link is not valid: {e}");
+        }
+        // str0m draws some randomness from the thread-local generator: seed it here so the
+        // run depends only on the seed.
+        fastrand::seed(config.seed);
+        let relay = Relay::new(RelayConfig {
+            seed: config.seed,
+            ..RelayConfig::default()
+        });
+        let mut sim = Self {
+            anchor: Anchor::new(),
+            now: 0,
+            hosts: Vec::new(),
+            by_addr: BTreeMap::new(),
+            conn_host: BTreeMap::new(),
+            next_conn: 0,
+            relay,
+            links: BTreeMap::new(),
+            link_seq: BTreeMap::new(),
+            link_configs: BTreeMap::new(),
+            cut: BTreeSet::new(),
+            flows: Vec::new(),
+            queue: BinaryHeap::new(),
+            seq: 0,
+            log: Vec::new(),
+            config,
+        };
+        if !sim.config.stats_interval.is_zero() {
+            let at = sim.config.stats_interval.as_nanos() as u64;
+            sim.push(at, Due::Stats, Payload::None);
+        }
+        sim
+    }
+
+    /// The configuration the simulation was created with
+    pub fn config(&self) -> &SimConfig {
+        &self.config
+    }
+
+    /// Virtual time since the start
+    pub fn elapsed(&self) -> Duration {
+        Duration::from_nanos(self.now)
+    }
+
+    /// The current virtual instant (the signaling server's clock, which has no drift)
+    pub fn now(&self) -> Instant {
+        self.anchor.instant(self.now as i128)
+    }
+
+    /// The host's local clock reading now, as its participant sees it
+    pub fn local_now(&self, host: HostId) -> Instant {
+        self.local_instant(host.0)
+    }
+
+    /// The host's clock
+    pub fn clock(&self, host: HostId) -> Clock {
+        self.hosts[host.0].clock
+    }
+
+    /// Adds a host with an ideal clock; see [`add_host_with`](Self::add_host_with)
+    pub fn add_host(&mut self, config: Config) -> HostId {
+        self.add_host_with(config, HostOptions::default())
+    }
+
+    /// Adds a host running a participant with `config` (its seed is derived from the
+    /// simulation's seed and the host's index) and connects it to the signaling server
+    pub fn add_host_with(&mut self, config: Config, options: HostOptions) -> HostId {
+        let idx = self.hosts.len();
+        let ip = Ipv4Addr::new(127, 0, (idx / 250) as u8 + 1, (idx % 250) as u8 + 1);
+        let addr = SocketAddr::from((ip, 5000));
+        let conn = self.connect_signaling(idx);
+        let local = self.anchor.instant(options.clock.local_ns(self.now));
+        let participant = new_participant(&config, self.participant_seed(idx, 0), addr, local);
+        self.hosts.push(Host {
+            participant,
+            config,
+            clock: options.clock,
+            addr,
+            conn,
+            connected: true,
+            peer_id: None,
+            joined_once: false,
+            incarnation: 0,
+            deadline: u64::MAX,
+            deadline_gen: 0,
+            deadline_local: 0,
+            deadline_exact: false,
+            last_timeout_fed: None,
+            timeouts: TimeoutStats::default(),
+            events: Vec::new(),
+            errors: Vec::new(),
+            isolated: false,
+            held: Vec::new(),
+            connects: BTreeMap::new(),
+            last_stats: BTreeMap::new(),
+        });
+        self.by_addr.insert(addr, idx);
+        self.drain_relay();
+        self.drain_host(idx);
+        HostId(idx)
+    }
+
+    fn participant_seed(&self, idx: usize, incarnation: u64) -> u64 {
+        mix(mix(self.config.seed, 0x5eed_0000 + idx as u64), incarnation)
+    }
+
+    fn connect_signaling(&mut self, idx: usize) -> ConnId {
+        let conn = ConnId(self.next_conn);
+        self.next_conn += 1;
+        self.conn_host.insert(conn, idx);
+        let now = self.now();
+        self.relay.handle_connect(now, conn);
+        conn
+    }
+
+    /// Sets the link from `from` to `to` (one direction), now
+    pub fn set_link(&mut self, from: HostId, to: HostId, config: LinkConfig) -> Result<(), Error> {
+        config.validate()?;
+        let now = self.elapsed();
+        if let Some(link) = self.links.get_mut(&(from.0, to.0)) {
+            link.set_config(config.clone(), now)?;
+        }
+        self.link_configs.insert((from.0, to.0), config);
+        Ok(())
+    }
+
+    /// The link configuration from `from` to `to`
+    pub fn link_config(&self, from: HostId, to: HostId) -> &LinkConfig {
+        self.link_configs
+            .get(&(from.0, to.0))
+            .unwrap_or(&self.config.default_link)
+    }
+
+    /// The counters of the link from `from` to `to` (zero if it never carried a packet)
+    pub fn link_stats(&self, from: HostId, to: HostId) -> LinkStats {
+        self.links
+            .get(&(from.0, to.0))
+            .map(|l| *l.stats())
+            .unwrap_or_default()
+    }
+
+    /// The host's datagram address
+    pub fn addr(&self, host: HostId) -> SocketAddr {
+        self.hosts[host.0].addr
+    }
+
+    /// The host's participant
+    pub fn participant(&self, host: HostId) -> &Participant {
+        &self.hosts[host.0].participant
+    }
+
+    /// The peer id the host asked for when it joined
+    pub fn peer_id(&self, host: HostId) -> Option<&PeerId> {
+        self.hosts[host.0].peer_id.as_ref()
+    }
+
+    /// The signaling server's state
+    pub fn relay(&self) -> &Relay {
+        &self.relay
+    }
+
+    /// Schedules `action` at virtual time `at` (now if `at` has passed)
+    pub fn schedule(&mut self, at: Duration, action: Action) {
+        self.seq += 1;
+        let at = (at.as_nanos() as u64).max(self.now);
+        self.push(at, Due::Action(self.seq), Payload::Action(action));
+    }
+
+    /// Applies `action` now
+    pub fn apply(&mut self, action: Action) -> Result<(), Error> {
+        tracing::debug!(at = ?self.elapsed(), ?action, "timeline");
+        match action {
+            Action::SetLink { from, to, config } => self.set_link(from, to, config)?,
+            Action::LinkDown { from, to } => {
+                self.cut.insert((from.0, to.0));
+                self.refresh_links();
+            }
+            Action::LinkUp { from, to } => {
+                self.cut.remove(&(from.0, to.0));
+                self.refresh_links();
+            }
+            Action::Isolate(h) => {
+                self.hosts[h.0].isolated = true;
+                self.refresh_links();
+            }
+            Action::Reconnect(h) => {
+                self.hosts[h.0].isolated = false;
+                self.refresh_links();
+                let held = std::mem::take(&mut self.hosts[h.0].held);
+                let at = self.now + self.config.signal_latency.as_nanos() as u64;
+                for hop in held {
+                    self.push_signal(at, hop);
+                }
+            }
+            Action::Join {
+                host,
+                room,
+                peer_id,
+            } => self.join(host, &room, &peer_id),
+            Action::Leave(h) => self.leave(h),
+        }
+        Ok(())
+    }
+
+    fn path_up(&self, from: usize, to: usize) -> bool {
+        !self.cut.contains(&(from, to)) && !self.hosts[from].isolated && !self.hosts[to].isolated
+    }
+
+    fn refresh_links(&mut self) {
+        let keys: Vec<(usize, usize)> = self.links.keys().copied().collect();
+        for (a, b) in keys {
+            let up = self.path_up(a, b);
+            if let Some(l) = self.links.get_mut(&(a, b)) {
+                l.set_up(up);
+            }
+        }
+    }
+
+    /// Joins `room` on `host` with the given peer id
+    ///
+    /// A host that already joined once gets a fresh participant (same configuration and
+    /// clock, a new seed) and a new signaling connection; if it is still in a room it
+    /// leaves first.
+    ///
+    /// # Panics
+    ///
+    /// If `room` or `peer_id` is not a valid id ([`RoomId::new`], [`PeerId::new`]).
+    pub fn join(&mut self, host: HostId, room: &str, peer_id: &str) {
+        let idx = host.0;
+        if self.hosts[idx].joined_once {
+            if self.hosts[idx].participant.room().is_some() {
+                self.leave(host);
+            }
+            self.restart_host(idx);
+        }
+        let room = RoomId::new(room).expect("room ids are checked by the caller");
+        let id = PeerId::new(peer_id).expect("peer ids are checked by the caller");
+        let h = &mut self.hosts[idx];
+        h.peer_id = Some(id.clone());
+        h.joined_once = true;
+        let res = h.participant.join(room, Some(id));
+        self.note(idx, res.map(|_| ()));
+        self.drain_host(idx);
+    }
+
+    fn restart_host(&mut self, idx: usize) {
+        // The old connection goes away (a no-op for the server if it already closed it).
+        let old = self.hosts[idx].conn;
+        self.push_signal(self.now, SignalHop::Disconnect(old));
+        let conn = self.connect_signaling(idx);
+        let incarnation = self.hosts[idx].incarnation + 1;
+        let seed = self.participant_seed(idx, incarnation);
+        let local = self.local_instant(idx);
+        let h = &mut self.hosts[idx];
+        h.incarnation = incarnation;
+        h.participant = new_participant(&h.config, seed, h.addr, local);
+        h.conn = conn;
+        h.connected = true;
+        h.last_timeout_fed = None;
+        self.drain_relay();
+    }
+
+    /// Leaves the room on `host` (sends `peer.disconnect`, closes every peer)
+    pub fn leave(&mut self, host: HostId) {
+        self.snapshot_stats(host.0);
+        self.hosts[host.0].participant.leave();
+        self.drain_host(host.0);
+    }
+
+    /// Runs an application command on `host`'s participant at the current time (given in
+    /// the host's local clock), then drains it, e.g. to send media:
+    /// `sim.with(host, |p, now| p.send_audio(now, &pcm))`
+    pub fn with<R>(&mut self, host: HostId, f: impl FnOnce(&mut Participant, Instant) -> R) -> R {
+        let now = self.local_instant(host.0);
+        let r = f(&mut self.hosts[host.0].participant, now);
+        self.drain_host(host.0);
+        r
+    }
+
+    /// Sends a data message from `host` to `to`
+    pub fn send(
+        &mut self,
+        host: HostId,
+        to: &PeerId,
+        message: DataMessage,
+    ) -> Result<(), meshrtc::Error> {
+        let res = self.hosts[host.0].participant.send_data(to, message);
+        self.drain_host(host.0);
+        res
+    }
+
+    /// Broadcasts a data message from `host`; returns how many peers accepted it
+    pub fn broadcast(
+        &mut self,
+        host: HostId,
+        message: DataMessage,
+    ) -> Result<usize, meshrtc::Error> {
+        let res = self.hosts[host.0].participant.broadcast(message);
+        self.drain_host(host.0);
+        res
+    }
+
+    /// Delivers a datagram to `host` as if it came from `source`, now
+    pub fn inject_datagram(
+        &mut self,
+        host: HostId,
+        source: SocketAddr,
+        bytes: &[u8],
+    ) -> Result<(), meshrtc::Error> {
+        let local = self.local_instant(host.0);
+        let h = &mut self.hosts[host.0];
+        let recv = Receive {
+            source,
+            destination: h.addr,
+            contents: bytes,
+        };
+        let res = h.participant.handle_input(Input::Receive(local, recv));
+        self.drain_host(host.0);
+        res
+    }
+
+    /// Delivers a signaling frame to `host` as if the server sent it, now
+    pub fn inject_signal(
+        &mut self,
+        host: HostId,
+        frame: ServerFrame,
+    ) -> Result<(), meshrtc::Error> {
+        let local = self.local_instant(host.0);
+        let res = self.hosts[host.0]
+            .participant
+            .handle_input(Input::Signal(local, frame));
+        self.drain_host(host.0);
+        res
+    }
+
+    /// Events the host's participant emitted, with their virtual times
+    ///
+    /// Flow messages ([`add_flow`](Self::add_flow)) are measured, not kept here.
+    pub fn events(&self, host: HostId) -> &[(Duration, Event)] {
+        &self.hosts[host.0].events
+    }
+
+    /// Takes (and clears) the host's events
+    pub fn take_events(&mut self, host: HostId) -> Vec<(Duration, Event)> {
+        std::mem::take(&mut self.hosts[host.0].events)
+    }
+
+    /// Errors `handle_input` returned on the host (rejected input)
+    pub fn errors(&self, host: HostId) -> &[(Duration, String)] {
+        &self.hosts[host.0].errors
+    }
+
+    /// How the host's deadlines were met so far
+    pub fn timeout_stats(&self, host: HostId) -> TimeoutStats {
+        self.hosts[host.0].timeouts
+    }
+
+    /// When the host first connected to `peer`
+    pub fn connect_info(&self, host: HostId, peer: &PeerId) -> Option<ConnectInfo> {
+        self.hosts[host.0].connects.get(peer).copied()
+    }
+
+    /// The host's statistics for `peer`: live if the peer is there, else the last sample
+    pub fn peer_stats(&self, host: HostId, peer: &PeerId) -> Option<PeerStats> {
+        let h = &self.hosts[host.0];
+        h.participant
+            .peer_stats(peer)
+            .or_else(|| h.last_stats.get(peer).cloned())
+    }
+
+    /// The log of every event on every host: kind, peer and virtual time
+    pub fn log(&self) -> &[LogEntry] {
+        &self.log
+    }
+
+    /// Number of hosts
+    pub fn host_count(&self) -> usize {
+        self.hosts.len()
+    }
+
+    /// Adds a flow of measured data messages
+    pub fn add_flow(&mut self, config: FlowConfig) -> Result<FlowId, Error> {
+        if config.interval.is_zero() {
+            return Err(Error::Config(format!(
+                "flow {}: interval must be above zero",
+                config.name
+            )));
+        }
+        if config.size < FLOW_HEADER_BYTES || config.size > meshrtc::MAX_DATA_MESSAGE {
+            return Err(Error::Config(format!(
+                "flow {}: size must be within {FLOW_HEADER_BYTES}..={}",
+                config.name,
+                meshrtc::MAX_DATA_MESSAGE
+            )));
+        }
+        if config.from == config.to
+            || config.from.0 >= self.hosts.len()
+            || config.to.0 >= self.hosts.len()
+        {
+            return Err(Error::Config(format!(
+                "flow {}: needs two distinct existing hosts",
+                config.name
+            )));
+        }
+        let idx = self.flows.len();
+        let start = (config.start.as_nanos() as u64).max(self.now);
+        self.flows.push(Flow {
+            config,
+            stats: FlowStats::default(),
+        });
+        self.push(start, Due::Flow(idx), Payload::None);
+        Ok(FlowId(idx))
+    }
+
+    /// A flow's configuration
+    pub fn flow_config(&self, id: FlowId) -> &FlowConfig {
+        &self.flows[id.0].config
+    }
+
+    /// What a flow measured so far
+    pub fn flow_stats(&self, id: FlowId) -> &FlowStats {
+        &self.flows[id.0].stats
+    }
+
+    /// Number of flows
+    pub fn flow_count(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// Runs until virtual time `at` (since the start)
+    pub fn run_until(&mut self, at: Duration) {
+        let end = at.as_nanos() as u64;
+        while self.step(end) {}
+        self.now = self.now.max(end);
+    }
+
+    /// Runs for `d` of virtual time
+    pub fn run_for(&mut self, d: Duration) {
+        let at = self.elapsed() + d;
+        self.run_until(at);
+    }
+
+    /// Runs until `done` holds or `limit` of virtual time has passed; true if it held
+    pub fn run_until_cond(&mut self, limit: Duration, mut done: impl FnMut(&Sim) -> bool) -> bool {
+        let end = self.now + limit.as_nanos() as u64;
+        loop {
+            if done(self) {
+                return true;
+            }
+            if !self.step(end) {
+                self.now = self.now.max(end);
+                return done(self);
+            }
+        }
+    }
+
+    fn push(&mut self, at: u64, due: Due, payload: Payload) {
+        self.queue.push(Reverse(Scheduled { at, due, payload }));
+    }
+
+    fn push_signal(&mut self, at: u64, hop: SignalHop) {
+        self.seq += 1;
+        self.push(at, Due::Signal(self.seq), Payload::Signal(hop));
+    }
+
+    /// Processes the earliest item if it is not later than `end`; false if there was none
+    fn step(&mut self, end: u64) -> bool {
+        let Some(Reverse(next)) = self.queue.peek() else {
+            return false;
+        };
+        if next.at > end {
+            return false;
+        }
+        let Reverse(Scheduled { at, due, payload }) =
+            self.queue.pop().expect("peeked above; panic means bug");
+        self.now = self.now.max(at);
+        match (due, payload) {
+            (Due::Action(_), Payload::Action(a)) => {
+                if let Err(e) = self.apply(a) {
+                    tracing::warn!(error = %e, "timeline action failed");
+                }
+            }
+            (Due::Signal(_), Payload::Signal(hop)) => self.step_signal(hop),
+            (Due::Deliver { from, to, .. }, Payload::Datagram(t, charged)) => {
+                self.step_deliver(from, to, t, charged)
+            }
+            (Due::Flow(i), _) => self.step_flow(i),
+            (Due::Host { idx, generation }, _) => {
+                if self.hosts[idx].deadline_gen == generation {
+                    self.step_host(idx);
+                }
+            }
+            (Due::Stats, _) => {
+                for i in 0..self.hosts.len() {
+                    self.snapshot_stats(i);
+                }
+                let next = self.now + self.config.stats_interval.as_nanos() as u64;
+                self.push(next, Due::Stats, Payload::None);
+            }
+            (due, _) => unreachable!("{due:?} scheduled without its payload; panic means bug"),
+        }
+        true
+    }
+
+    fn step_signal(&mut self, hop: SignalHop) {
+        let conn = match &hop {
+            SignalHop::ToServer(c, _) | SignalHop::ToClient(c, _) | SignalHop::Disconnect(c) => *c,
+        };
+        let host = self.conn_host.get(&conn).copied();
+        // A cut-off host's frames wait, as TCP would, until it is reconnected.
+        if let (Some(h), false) = (host, matches!(hop, SignalHop::Disconnect(_))) {
+            if self.hosts[h].isolated {
+                self.hosts[h].held.push(hop);
+                return;
+            }
+        }
+        let now = self.now();
+        match hop {
+            SignalHop::ToServer(conn, text) => {
+                self.relay.handle_text(now, conn, &text);
+                self.drain_relay();
+            }
+            SignalHop::Disconnect(conn) => {
+                self.relay
+                    .handle_disconnect(now, conn, LeftReason::Disconnect);
+                self.drain_relay();
+            }
+            SignalHop::ToClient(conn, text) => {
+                let Some(idx) = host else {
+                    return;
+                };
+                let _span = tracing::trace_span!("host", host = idx).entered();
+                if self.hosts[idx].conn != conn {
+                    // For a connection the host has since replaced.
+                    return;
+                }
+                let res = match ServerFrame::parse(&text) {
+                    Ok(frame) => {
+                        let local = self.local_instant(idx);
+                        self.hosts[idx]
+                            .participant
+                            .handle_input(Input::Signal(local, frame))
+                    }
+                    Err(e) => {
+                        let at = self.elapsed();
+                        self.hosts[idx].errors.push((at, format!("bad frame: {e}")));
+                        Ok(())
+                    }
+                };
+                self.note(idx, res);
+                self.drain_host(idx);
+            }
+        }
+    }
+
+    fn step_deliver(&mut self, from: usize, to: usize, t: Transmit, charged: usize) {
+        let _span = tracing::trace_span!("host", host = to).entered();
+        let link = self
+            .links
+            .get_mut(&(from, to))
+            .expect("a scheduled datagram's link exists; panic means bug");
+        if !link.is_up() {
+            link.note_outage_in_flight();
+            return;
+        }
+        link.note_delivered(charged);
+        let local = self.local_instant(to);
+        let h = &mut self.hosts[to];
+        let recv = Receive {
+            source: t.source,
+            destination: t.destination,
+            contents: &t.contents,
+        };
+        let res = h.participant.handle_input(Input::Receive(local, recv));
+        self.note(to, res);
+        self.drain_host(to);
+    }
+
+    fn step_host(&mut self, idx: usize) {
+        let _span = tracing::trace_span!("host", host = idx).entered();
+        let now = self.now;
+        let local = self.local_instant(idx);
+        let h = &mut self.hosts[idx];
+        let local_ns = h.clock.local_ns(now);
+        if local_ns < h.deadline_local {
+            h.timeouts.early += 1;
+        } else if h.deadline_exact && (now == 0 || h.clock.local_ns(now - 1) < h.deadline_local) {
+            h.timeouts.exact += 1;
+        } else {
+            h.timeouts.overdue += 1;
+        }
+        h.deadline = u64::MAX;
+        h.last_timeout_fed = Some(now);
+        let res = h.participant.handle_input(Input::Timeout(local));
+        self.note(idx, res);
+        self.drain_host(idx);
+    }
+
+    fn step_flow(&mut self, i: usize) {
+        let flow = &self.flows[i];
+        let (from, to) = (flow.config.from.0, flow.config.to.0);
+        if flow
+            .config
+            .stop
+            .is_some_and(|s| self.now >= s.as_nanos() as u64)
+        {
+            return;
+        }
+        let interval = flow.config.interval.as_nanos() as u64;
+        let size = flow.config.size;
+        let target = self.hosts[to].peer_id.clone();
+        let open = target
+            .as_ref()
+            .is_some_and(|p| self.hosts[from].participant.is_connected(p));
+        match target {
+            Some(peer) if open => {
+                let seq = self.flows[i].stats.sent_at.len() as u64;
+                let mut msg = Vec::with_capacity(size);
+                msg.extend_from_slice(FLOW_MAGIC);
+                msg.extend_from_slice(&(i as u32).to_le_bytes());
+                msg.extend_from_slice(&seq.to_le_bytes());
+                msg.extend_from_slice(&self.now.to_le_bytes());
+                msg.resize(size, 0);
+                let res = self.hosts[from]
+                    .participant
+                    .send_data(&peer, DataMessage::Binary(msg));
+                let stats = &mut self.flows[i].stats;
+                match res {
+                    Ok(()) => {
+                        stats.sent += 1;
+                        stats.sent_at.push(Duration::from_nanos(self.now));
+                    }
+                    Err(meshrtc::Error::SendQueueFull(_)) => stats.send_failed += 1,
+                    Err(_) => stats.not_connected += 1,
+                }
+                self.drain_host(from);
+            }
+            _ => self.flows[i].stats.not_connected += 1,
+        }
+        let next = self.now + interval;
+        self.push(next, Due::Flow(i), Payload::None);
+    }
+
+    /// Records a flow message received on `host`; false if `bytes` is not one
+    fn record_flow_message(&mut self, host: usize, bytes: &[u8]) -> bool {
+        if bytes.len() < FLOW_HEADER_BYTES || &bytes[..4] != FLOW_MAGIC {
+            return false;
+        }
+        let word = |r: std::ops::Range<usize>| {
+            let mut b = [0u8; 8];
+            b[..r.len()].copy_from_slice(&bytes[r]);
+            u64::from_le_bytes(b)
+        };
+        let flow = word(4..8) as usize;
+        let seq = word(8..16);
+        let sent = word(16..24);
+        let Some(f) = self.flows.get_mut(flow) else {
+            return false;
+        };
+        if f.config.to.0 != host || sent > self.now {
+            return false;
+        }
+        let stats = &mut f.stats;
+        if !stats.received_seqs.insert(seq) {
+            stats.duplicates += 1;
+            return true;
+        }
+        if stats.max_seq.is_some_and(|m| seq < m) {
+            stats.out_of_order += 1;
+        }
+        stats.max_seq = Some(stats.max_seq.map_or(seq, |m| m.max(seq)));
+        stats.received += 1;
+        stats.samples.push(DelaySample {
+            seq,
+            sent_at: Duration::from_nanos(sent),
+            delay: Duration::from_nanos(self.now - sent),
+        });
+        true
+    }
+
+    fn snapshot_stats(&mut self, idx: usize) {
+        let h = &mut self.hosts[idx];
+        let ids: Vec<PeerId> = h.participant.peer_ids().cloned().collect();
+        for id in ids {
+            if let Some(s) = h.participant.peer_stats(&id) {
+                h.last_stats.insert(id, s);
+            }
+        }
+    }
+
+    fn local_instant(&self, idx: usize) -> Instant {
+        self.anchor
+            .instant(self.hosts[idx].clock.local_ns(self.now))
+    }
+
+    fn note(&mut self, idx: usize, res: Result<(), meshrtc::Error>) {
+        if let Err(e) = res {
+            let at = self.elapsed();
+            tracing::debug!(host = idx, error = %e, "input rejected");
+            self.hosts[idx].errors.push((at, e.to_string()));
+        }
+    }
+
+    fn drain_host(&mut self, idx: usize) {
+        let now = self.now;
+        loop {
+            let out = self.hosts[idx].participant.poll_output();
+            match out {
+                Output::Timeout(t) => {
+                    let h = &mut self.hosts[idx];
+                    let local = self.anchor.local_ns(t);
+                    let exact = h.clock.virtual_at_or_after(local);
+                    // A deadline that is not in the future after a timeout was just fed at
+                    // this instant would spin; nudge it by the smallest useful step.
+                    let at = if exact <= now && h.last_timeout_fed == Some(now) {
+                        now + 1_000_000
+                    } else {
+                        exact.max(now)
+                    };
+                    h.deadline_local = local;
+                    h.deadline_exact = at == exact;
+                    if at != h.deadline {
+                        h.deadline = at;
+                        h.deadline_gen += 1;
+                        let generation = h.deadline_gen;
+                        self.push(at, Due::Host { idx, generation }, Payload::None);
+                    }
+                    return;
+                }
+                Output::Transmit(t) => self.transmit(idx, t),
+                Output::Signal(frame) => self.signal_to_server(idx, &frame),
+                Output::Event(e) => self.on_event(idx, e),
+            }
+        }
+    }
+
+    fn on_event(&mut self, idx: usize, e: Event) {
+        let at = self.elapsed();
+        if let Event::DataReceived {
+            message: DataMessage::Binary(b),
+            ..
+        } = &e
+        {
+            if self.record_flow_message(idx, b) {
+                return;
+            }
+        }
+        if let Event::PeerConnected { peer, connect_time } = &e {
+            self.hosts[idx]
+                .connects
+                .entry(peer.clone())
+                .or_insert(ConnectInfo {
+                    at,
+                    connect_time: *connect_time,
+                });
+        }
+        if let Some(what) = describe(&e) {
+            self.log.push(LogEntry {
+                at,
+                host: HostId(idx),
+                what,
+            });
+        }
+        self.hosts[idx].events.push((at, e));
+    }
+
+    fn transmit(&mut self, from: usize, t: Transmit) {
+        let Some(&to) = self.by_addr.get(&t.destination) else {
+            tracing::trace!(dest = %t.destination, "datagram to no host dropped");
+            return;
+        };
+        let now = self.elapsed();
+        let key = (from, to);
+        if !self.links.contains_key(&key) {
+            let cfg = self
+                .link_configs
+                .get(&key)
+                .unwrap_or(&self.config.default_link)
+                .clone();
+            let seed = mix(mix(self.config.seed, 0x11e4_0000 + from as u64), to as u64);
+            let mut link = Link::new(cfg, seed, now)
+                .expect("link configurations are validated when set; panic means bug");
+            link.set_up(self.path_up(from, to));
+            self.links.insert(key, link);
+        }
+        let link = self
+            .links
+            .get_mut(&key)
+            .expect("inserted above; panic means bug");
+        let charged = charged_size(&t.contents);
+        let fate = link.handle_packet(now, charged);
+        let times: Vec<Duration> = fate
+            .verdicts()
+            .filter_map(|v| match v {
+                Verdict::Deliver(at) => Some(at),
+                Verdict::Drop(_) => None,
+            })
+            .collect();
+        let mut t = Some(t);
+        let n = times.len();
+        for (i, at) in times.into_iter().enumerate() {
+            let payload = if i + 1 == n {
+                t.take()
+                    .expect("taken only for the last copy; panic means bug")
+            } else {
+                t.clone()
+                    .expect("taken only for the last copy; panic means bug")
+            };
+            let seq = self.link_seq.entry(key).or_insert(0);
+            *seq += 1;
+            let due = Due::Deliver {
+                from,
+                to,
+                seq: *seq,
+            };
+            self.push(
+                at.as_nanos() as u64,
+                due,
+                Payload::Datagram(payload, charged),
+            );
+        }
+    }
+
+    fn signal_to_server(&mut self, idx: usize, frame: &ClientFrame) {
+        let h = &self.hosts[idx];
+        if !h.connected {
+            return;
+        }
+        let conn = h.conn;
+        let at = self.now + self.config.signal_latency.as_nanos() as u64;
+        let close = matches!(frame.request, meshrtc::signal::Request::Disconnect);
+        self.push_signal(at, SignalHop::ToServer(conn, frame.to_json()));
+        if close {
+            self.hosts[idx].connected = false;
+        }
+    }
+
+    fn drain_relay(&mut self) {
+        while let Some(o) = self.relay.poll_output() {
+            match o {
+                RelayOutput::Send { conn, text } => {
+                    let at = self.now + self.config.signal_latency.as_nanos() as u64;
+                    self.push_signal(at, SignalHop::ToClient(conn, text));
+                }
+                RelayOutput::Close { conn } => {
+                    if let Some(&idx) = self.conn_host.get(&conn) {
+                        if self.hosts[idx].conn == conn {
+                            self.hosts[idx].connected = false;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Drops the host's signaling connection, as if its WebSocket died
+    pub fn drop_signaling(&mut self, host: HostId) {
+        let h = &mut self.hosts[host.0];
+        h.connected = false;
+        let conn = h.conn;
+        let at = self.now;
+        self.push_signal(at, SignalHop::Disconnect(conn));
+    }
+}
+
+fn new_participant(config: &Config, seed: u64, addr: SocketAddr, now: Instant) -> Participant {
+    let mut config = config.clone();
+    config.seed = seed;
+    let mut participant = Participant::new(config, now);
+    participant
+        .add_local_candidate(addr)
+        .expect("a loopback host candidate is valid; panic means bug");
+    participant
+}
+
+/// A stable, run-independent description of an event; `None` for media events, which are
+/// too frequent to log
+fn describe(e: &Event) -> Option<String> {
+    Some(match e {
+        Event::Announced { peer_id, peers, .. } => {
+            format!("announced {peer_id} peers={}", peers.len())
+        }
+        Event::PeerJoined(info) => format!("joined {}", info.peer_id),
+        Event::PeerConnected { peer, .. } => format!("connected {peer}"),
+        Event::DataReceived { peer, message, .. } => format!("data {peer} {}B", message.len()),
+        Event::PeerLeft { peer, reason } => format!("left {peer} {reason:?}"),
+        Event::PeerFailed { peer, reason } => format!("failed {peer} {reason:?}"),
+        Event::SignalError { method, error } => format!("signal-error {method} {}", error.code),
+        Event::AudioPlayout { .. } | Event::VideoFrame { .. } | Event::EncodedAudio { .. } => {
+            return None
+        }
+    })
+}

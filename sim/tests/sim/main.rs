@@ -1,0 +1,12 @@
+//! meshrtc-sim: every impairment measured against its configuration, clocks, the timeline,
+//! trace replay, exact replay, the named scenarios and the command line (virtual time, no
+//! sockets)
+
+mod cli;
+mod clocks;
+mod determinism;
+mod impairments;
+mod scenarios;
+mod timeline;
+mod traces;
+mod util;
