@@ -496,7 +496,12 @@ impl Peer {
                 }
             }
             RtcEvent::PeerStats(s) => {
-                if let Some(rtt) = s.rtt {
+                // RTCP's round trip when media flows, else ICE's (STUN consent checks).
+                let ice_rtt = s
+                    .selected_candidate_pair
+                    .as_ref()
+                    .and_then(|p| p.current_round_trip_time);
+                if let Some(rtt) = s.rtt.or(ice_rtt) {
                     self.stats.rtt = Some(rtt);
                 }
             }

@@ -254,11 +254,12 @@ enum Due {
     Stats,
 }
 
+/// What a scheduled item carries; boxed, so the heap moves small entries
 enum Payload {
     None,
-    Action(Action),
-    Signal(SignalHop),
-    Datagram(Transmit, usize),
+    Action(Box<Action>),
+    Signal(Box<SignalHop>),
+    Datagram(Box<(Transmit, usize)>),
 }
 
 struct Scheduled {
@@ -491,7 +492,7 @@ impl Sim {
     pub fn schedule(&mut self, at: Duration, action: Action) {
         self.seq += 1;
         let at = (at.as_nanos() as u64).max(self.now);
-        self.push(at, Due::Action(self.seq), Payload::Action(action));
+        self.push(at, Due::Action(self.seq), Payload::Action(Box::new(action)));
     }
 
     /// Applies `action` now
@@ -788,7 +789,7 @@ impl Sim {
 
     fn push_signal(&mut self, at: u64, hop: SignalHop) {
         self.seq += 1;
-        self.push(at, Due::Signal(self.seq), Payload::Signal(hop));
+        self.push(at, Due::Signal(self.seq), Payload::Signal(Box::new(hop)));
     }
 
     /// Processes the earliest item if it is not later than `end`; false if there was none
@@ -804,12 +805,13 @@ impl Sim {
         self.now = self.now.max(at);
         match (due, payload) {
             (Due::Action(_), Payload::Action(a)) => {
-                if let Err(e) = self.apply(a) {
+                if let Err(e) = self.apply(*a) {
                     tracing::warn!(error = %e, "timeline action failed");
                 }
             }
-            (Due::Signal(_), Payload::Signal(hop)) => self.step_signal(hop),
-            (Due::Deliver { from, to, .. }, Payload::Datagram(t, charged)) => {
+            (Due::Signal(_), Payload::Signal(hop)) => self.step_signal(*hop),
+            (Due::Deliver { from, to, .. }, Payload::Datagram(d)) => {
+                let (t, charged) = *d;
                 self.step_deliver(from, to, t, charged)
             }
             (Due::Flow(i), _) => self.step_flow(i),
@@ -1144,7 +1146,7 @@ impl Sim {
             self.push(
                 at.as_nanos() as u64,
                 due,
-                Payload::Datagram(payload, charged),
+                Payload::Datagram(Box::new((payload, charged))),
             );
         }
     }

@@ -86,7 +86,11 @@ fn run(args: &Args) -> Result<(), Error> {
 }
 
 fn print_summary(r: &Report, wall_s: f64) {
-    println!(
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = writeln!(
+        out,
         "{} seed {}: {:.1} s simulated in {:.2} s ({:.0}x)",
         r.scenario,
         r.seed,
@@ -95,8 +99,13 @@ fn print_summary(r: &Report, wall_s: f64) {
         r.duration_s / wall_s.max(1e-9)
     );
     let connected = r.pairs.iter().filter(|p| p.connected).count();
-    println!("pairs connected at the end: {connected}/{}", r.pairs.len());
-    println!(
+    let _ = writeln!(
+        out,
+        "pairs connected at the end: {connected}/{}",
+        r.pairs.len()
+    );
+    let _ = writeln!(
+        out,
         "{:<18} {:>9} {:>7} {:>7} {:>6} {:>6} {:>9} {:>9} {:>9}",
         "pair", "connect", "sent", "recv", "lost", "late", "p50 ms", "p95 ms", "p99 ms"
     );
@@ -108,7 +117,8 @@ fn print_summary(r: &Report, wall_s: f64) {
                 .map_or(("-".into(), "-".into(), "-".into()), |d| {
                     (fmt(d.p50), fmt(d.p95), fmt(d.p99))
                 });
-            println!(
+            let _ = writeln!(
+                out,
                 "{:<18} {:>9} {:>7} {:>7} {:>6} {:>6} {:>9} {:>9} {:>9}",
                 format!("{}→{}", p.from, p.to),
                 p.connect_ms.map_or("-".into(), fmt),
@@ -122,6 +132,8 @@ fn print_summary(r: &Report, wall_s: f64) {
             );
         }
     }
+    // A closed stdout (`| head`) is not an error: the report is already written.
+    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), out.as_bytes());
 }
 
 fn fmt(v: f64) -> String {

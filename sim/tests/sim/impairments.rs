@@ -57,6 +57,10 @@ fn random_loss_of_5_percent_measures_5_percent() {
         .filter(|(_, v)| v[0] == Verdict::Drop(DropReason::Loss))
         .count();
     let rate = lost as f64 / n as f64;
+    eprintln!(
+        "random loss: configured 5 %, measured {:.3} %",
+        rate * 100.0
+    );
     // σ = sqrt(0.05·0.95/200000) = 0.05 %; tolerance ±0.25 % (5σ).
     assert!((rate - 0.05).abs() < 0.0025, "measured {rate}");
     assert_eq!(l.stats().lost, lost as u64);
@@ -94,6 +98,10 @@ fn gilbert_elliott_gives_its_loss_rate_and_burst_length() {
         }
     }
     let burst = mean(&bursts);
+    eprintln!(
+        "gilbert-elliott: configured 10 % in bursts of 3.333, measured {:.3} % in bursts of {burst:.3}",
+        rate * 100.0
+    );
     // ~9000 bursts: the rate is within ±1 % absolute, the mean burst within ±0.25 packets.
     assert!((rate - 0.10).abs() < 0.01, "loss rate {rate}");
     assert!((burst - 1.0 / 0.3).abs() < 0.25, "mean burst {burst}");
@@ -112,6 +120,10 @@ fn duplication_rate_matches() {
     let out = offer(&mut l, n, Duration::from_millis(1), 200);
     let dups = out.iter().filter(|(_, v)| v.len() == 2).count();
     let rate = dups as f64 / n as f64;
+    eprintln!(
+        "duplication: configured 2 %, measured {:.3} %",
+        rate * 100.0
+    );
     // σ = 0.03 %; tolerance ±0.15 %.
     assert!((rate - 0.02).abs() < 0.0015, "measured {rate}");
     assert_eq!(l.stats().duplicated, dups as u64);
@@ -139,6 +151,10 @@ fn check_shape(jitter: Jitter, rho: f64) -> Vec<f64> {
     let want_mean = 50.0 + jitter.mean().as_secs_f64() * 1000.0;
     let want_p95 = 50.0 + jitter.quantile_ns(0.95) / 1e6;
     let (m, p95) = (mean(&d), quantile(&d, 0.95));
+    eprintln!(
+        "{jitter:?} ρ={rho}: mean {m:.3} ms (want {want_mean:.3}), p95 {p95:.3} ms (want {want_p95:.3}), lag-1 correlation {:.3}",
+        lag1_correlation(&d)
+    );
     // Independent draws: the estimates' σ are below 0.03 ms (mean) and 0.13 ms (p95).
     // Correlated (ρ = 0.8) draws carry about a ninth of the information: 3x the σ.
     let (tol_mean, tol_p95) = if rho == 0.0 { (0.15, 0.6) } else { (0.45, 1.5) };
@@ -251,6 +267,7 @@ fn reordering_holds_back_its_share_of_packets() {
         min_later = min_later.min(a);
     }
     let rate = reordered as f64 / n as f64;
+    eprintln!("reordering: configured 5 %, measured {:.3} %", rate * 100.0);
     // σ = 0.07 %; tolerance ±0.35 %.
     assert!((rate - 0.05).abs() < 0.0035, "measured {rate}");
     // Held back by exactly the configured delay; every held packet is overtaken (the last
@@ -292,6 +309,10 @@ fn rate_limit_gives_its_throughput_and_drops_at_the_tail() {
     assert!((bps - 1_000_000.0).abs() < 1.0, "throughput {bps}");
     // Half the offered load is dropped at the tail (±1 %).
     let share = dropped as f64 / out.len() as f64;
+    eprintln!(
+        "rate limit 1 Mbit/s, 20 kB queue, 2 Mbit/s offered: throughput {bps:.1} bit/s, tail drops {:.2} %",
+        share * 100.0
+    );
     assert!((share - 0.5).abs() < 0.01, "dropped share {share}");
     assert_eq!(l.stats().queue_dropped, dropped as u64);
     // The queue bounds the delay: 20 kB at 1 Mbit/s is 160 ms, plus latency.
