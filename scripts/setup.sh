@@ -3,7 +3,10 @@
 # Safe to run repeatedly; uses sudo only when not already root.
 set -euo pipefail
 
-needed=(pkg-config cmake)
+# Codecs (core features opus/h264/vpx): cmake builds the bundled libopus; g++ and nasm build
+# OpenH264 (nasm for its SIMD, which is several times faster); libvpx-dev via pkg-config for
+# VP8/VP9, and libclang-dev for bindgen, which generates the libvpx bindings from its headers.
+needed=(pkg-config cmake g++ nasm libvpx-dev libclang-dev)
 missing=()
 for p in "${needed[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
