@@ -1,6 +1,8 @@
 //! Tests that reach into the core: a small in-memory mesh harness in virtual time
 
+#[cfg(all(feature = "opus", feature = "h264", feature = "vpx"))]
 mod media;
+#[cfg(all(feature = "opus", feature = "vpx"))]
 mod sync;
 
 use std::collections::BTreeMap;
