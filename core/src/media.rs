@@ -21,6 +21,9 @@ pub const AUDIO_RATE: u32 = 48_000;
 /// Video RTP clock
 pub const VIDEO_RATE: u32 = 90_000;
 
+/// How long lip-sync remembers how late video frames were
+const SYNC_WINDOW: Duration = Duration::from_secs(3);
+
 /// Drift-estimator streams of one peer
 const DRIFT_AUDIO: usize = 0;
 const DRIFT_VIDEO: usize = 1;
@@ -290,6 +293,8 @@ pub(crate) struct PeerMedia {
     sync_delay: f64,
     sync_wanted: f64,
     last_sync_step: Option<Instant>,
+    /// (arrival, how far behind its audio a video frame would be with no sync delay)
+    behind: VecDeque<(Instant, f64)>,
     decoders: BTreeMap<VideoCodec, Box<dyn codec::VideoDecoder>>,
     waiting_keyframe: bool,
     last_pli: Option<Instant>,
@@ -322,6 +327,7 @@ impl PeerMedia {
             sync_delay: 0.0,
             sync_wanted: 0.0,
             last_sync_step: None,
+            behind: VecDeque::new(),
             decoders: BTreeMap::new(),
             waiting_keyframe: false,
             last_pli: None,
@@ -442,11 +448,22 @@ impl PeerMedia {
             let ideal = self.ideal_render(ticks);
             let mut render_at = ideal.unwrap_or(now).max(now);
             if let Some(ideal) = ideal {
-                if ideal < now {
-                    // Video is behind its audio: ask audio to wait this much longer.
-                    let behind = local_secs(now, ideal) + 0.005;
-                    self.sync_wanted = self.sync_wanted.max(self.sync_delay + behind).min(1.0);
+                // How far this frame is behind its audio (negative: ahead). Audio should wait
+                // for what video *usually* needs — a high quantile over the last seconds —
+                // not for one slow keyframe.
+                let behind = local_secs(now, ideal);
+                self.behind.push_back((now, behind + self.sync_delay));
+                while self
+                    .behind
+                    .front()
+                    .is_some_and(|(t, _)| *t + SYNC_WINDOW < now)
+                {
+                    self.behind.pop_front();
                 }
+                let mut v: Vec<f64> = self.behind.iter().map(|b| b.1).collect();
+                v.sort_by(f64::total_cmp);
+                let q = v[((v.len() - 1) as f64 * 0.9).round() as usize];
+                self.sync_wanted = if q > 0.0 { (q + 0.005).min(1.0) } else { 0.0 };
                 render_at = render_at.min(now + self.max_video_hold);
             }
             self.video_queue.push_back(Pending {
@@ -634,8 +651,6 @@ impl PeerMedia {
         let max = self.max_sync_step * dt;
         let diff = self.sync_wanted - self.sync_delay;
         self.sync_delay += diff.clamp(-max, max);
-        // What video asked for decays slowly, so the correction relaxes when no longer needed.
-        self.sync_wanted = (self.sync_wanted - 0.002 * dt).max(0.0);
     }
 }
 

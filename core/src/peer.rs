@@ -87,6 +87,10 @@ impl Peer {
             .set_dtls_cert(cert)
             .set_local_ice_credentials(creds)
             .set_stats_interval(Some(Duration::from_secs(1)))
+            // Sender reports every second for both kinds: lip-sync, latency and drift from
+            // reports all start from the first pair of them.
+            .set_rtcp_report_interval_audio(Duration::from_secs(1))
+            .set_rtcp_report_interval_video(Duration::from_secs(1))
             // Our jitter buffer reorders audio; str0m should hand packets over at once.
             .set_reordering_size_audio(0)
             // An incomplete video frame waits this long for retransmission, then it is

@@ -272,6 +272,111 @@ fn bounce(t: u64, span: u32) -> u32 {
     (if t <= span { t } else { 2 * span - t }) as u32
 }
 
+/// One frame from [`TestSources`]
+#[derive(Debug, Clone)]
+pub enum SourceFrame {
+    /// One 20 ms frame of interleaved PCM at 48 kHz
+    Audio(Vec<i16>),
+    /// One video frame
+    Video(I420Frame),
+}
+
+/// The CLI's and tests' media sources on a schedule: a 440 Hz tone in 20 ms frames and a
+/// moving test pattern at a frame rate, sans-IO
+///
+/// Call [`start`](Self::start) once, then at [`poll_timeout`](Self::poll_timeout) call
+/// [`poll_frame`](Self::poll_frame) until it returns `None`. Each frame carries its
+/// scheduled capture instant. A caller that falls more than [`MAX_LAG`] behind skips the
+/// missed frames instead of sending a burst.
+#[derive(Debug, Clone)]
+pub struct TestSources {
+    tone: Option<Tone>,
+    pattern: Option<TestPattern>,
+    fps: u32,
+    start: Option<std::time::Instant>,
+    audio_n: u64,
+    video_n: u64,
+}
+
+/// How far behind schedule [`TestSources`] may fall before it skips frames
+pub const MAX_LAG: std::time::Duration = std::time::Duration::from_millis(200);
+
+impl TestSources {
+    /// Sources for a tone with `audio_channels` (0 = no audio) and, with `video`, a pattern
+    /// of (width, height, fps)
+    pub fn new(audio_channels: u16, video: Option<(u32, u32, u32)>) -> Self {
+        Self {
+            tone: (audio_channels > 0).then(|| Tone::new(48_000, audio_channels)),
+            pattern: video.map(|(w, h, _)| TestPattern::new(w, h)),
+            fps: video.map_or(30, |(_, _, f)| f.max(1)),
+            start: None,
+            audio_n: 0,
+            video_n: 0,
+        }
+    }
+
+    /// Starts the schedule at `now`
+    pub fn start(&mut self, now: std::time::Instant) {
+        self.start.get_or_insert(now);
+    }
+
+    fn audio_at(&self, n: u64) -> Option<std::time::Instant> {
+        self.tone.as_ref()?;
+        Some(self.start? + std::time::Duration::from_millis(20 * n))
+    }
+
+    fn video_at(&self, n: u64) -> Option<std::time::Instant> {
+        self.pattern.as_ref()?;
+        Some(self.start? + std::time::Duration::from_nanos(n * 1_000_000_000 / self.fps as u64))
+    }
+
+    /// When the next frame is due (`None` before `start` or without sources)
+    pub fn poll_timeout(&self) -> Option<std::time::Instant> {
+        match (self.audio_at(self.audio_n), self.video_at(self.video_n)) {
+            (Some(a), Some(v)) => Some(a.min(v)),
+            (a, v) => a.or(v),
+        }
+    }
+
+    /// The next frame due at `now`, with its capture instant
+    pub fn poll_frame(
+        &mut self,
+        now: std::time::Instant,
+    ) -> Option<(std::time::Instant, SourceFrame)> {
+        // Skip what is hopelessly late rather than bursting it out.
+        while self
+            .audio_at(self.audio_n)
+            .is_some_and(|t| t + MAX_LAG < now)
+        {
+            self.audio_n += 1;
+            if let Some(t) = &mut self.tone {
+                t.next_samples(960);
+            }
+        }
+        while self
+            .video_at(self.video_n)
+            .is_some_and(|t| t + MAX_LAG < now)
+        {
+            self.video_n += 1;
+        }
+        let a = self.audio_at(self.audio_n).filter(|t| *t <= now);
+        let v = self.video_at(self.video_n).filter(|t| *t <= now);
+        match (a, v) {
+            (Some(a), v) if v.is_none_or(|v| a <= v) => {
+                self.audio_n += 1;
+                let pcm = self.tone.as_mut()?.next_samples(960);
+                Some((a, SourceFrame::Audio(pcm)))
+            }
+            (_, Some(v)) => {
+                self.video_n += 1;
+                let f = self.pattern.as_mut()?.next_frame();
+                Some((v, SourceFrame::Video(f)))
+            }
+            _ => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -344,5 +449,37 @@ mod tests {
         }
         assert!((psnr(&a, &c) - 48.13).abs() < 0.01, "{}", psnr(&a, &c));
         assert_eq!(psnr(&a, &TestPattern::new(32, 32).next_frame()), 0.0);
+    }
+
+    #[test]
+    #[allow(clippy::disallowed_methods)] // reason: an anchor for the schedule
+    fn sources_follow_their_schedule_and_skip_when_far_behind() {
+        let t0 = std::time::Instant::now();
+        let mut s = TestSources::new(1, Some((64, 36, 30)));
+        assert!(s.poll_timeout().is_none());
+        s.start(t0);
+        let mut audio = 0;
+        let mut video = 0;
+        let end = t0 + std::time::Duration::from_secs(1);
+        while let Some(t) = s.poll_timeout().filter(|t| *t < end) {
+            while let Some((cap, f)) = s.poll_frame(t) {
+                assert!(cap <= t);
+                match f {
+                    SourceFrame::Audio(p) => {
+                        assert_eq!(p.len(), 960);
+                        audio += 1;
+                    }
+                    SourceFrame::Video(_) => video += 1,
+                }
+            }
+        }
+        assert_eq!((audio, video), (50, 30));
+        // Two seconds late: frames older than MAX_LAG are skipped, not burst out.
+        let late = end + std::time::Duration::from_secs(2);
+        let mut burst = 0;
+        while s.poll_frame(late).is_some() {
+            burst += 1;
+        }
+        assert!(burst <= 20, "{burst}");
     }
 }

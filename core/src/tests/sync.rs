@@ -45,17 +45,17 @@ fn run_av(m: &mut Mesh, secs: u64, video_lag: Duration) {
 }
 
 #[test]
-fn sender_reports_arrive_at_least_every_5s_audio_and_1s_video() {
+fn sender_reports_arrive_at_least_every_second() {
     let mut m = Mesh::new(vec![av(), av()], perfect(15));
     m.connect_all();
     run_av(&mut m, 12, Duration::ZERO);
     let st = m.parts[1].peer_stats(&Mesh::id(0)).unwrap();
     let a = st.audio.unwrap();
     let v = st.video.unwrap();
-    assert!(a.sender_reports >= 2, "{a:?}");
+    assert!(a.sender_reports >= 10, "{a:?}");
     assert!(v.sender_reports >= 10, "{v:?}");
     // A small allowance for the report riding on the next timeout after its due time.
-    assert!(a.max_sender_report_interval_ms.unwrap() <= 5_050.0, "{a:?}");
+    assert!(a.max_sender_report_interval_ms.unwrap() <= 1_050.0, "{a:?}");
     assert!(v.max_sender_report_interval_ms.unwrap() <= 1_050.0, "{v:?}");
 }
 

@@ -1,0 +1,386 @@
+//! Figures for the tokio driver: connect times, data-channel throughput, memory
+//!
+//! Not a timed test: run it with `cargo bench -p meshrtc-tokio --bench figures` and read
+//! the printed table. Everything runs on loopback in this process.
+//!
+//! * connect time of a pair (p50/p95 over 20 runs) and of a full 10-peer mesh
+//! * data-channel throughput between two peers, 1 KiB and 16 KiB messages: meshrtc over
+//!   loopback UDP against two raw str0m `Rtc`s wired together in memory (the protocol's
+//!   ceiling on this machine), with the ratio
+//! * memory per idle remote peer (resident set growth per `Rtc`)
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use meshrtc::signal::{PeerId, RoomId};
+use meshrtc::{CandidatePolicy, DataMessage};
+use meshrtc_tokio::{Event, EventStream, Session, SessionConfig, SessionHandle, SignalServer};
+
+/// Bytes moved per throughput run
+const THROUGHPUT_BYTES: usize = 64 * 1024 * 1024;
+
+fn main() {
+    // `cargo bench` passes `--bench`; any other argument picks sections by name.
+    let picked: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let wants = |section: &str| picked.is_empty() || picked.iter().any(|p| p == section);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let server = SignalServer::bind("127.0.0.1:0".parse().expect("an address"))
+            .await
+            .expect("a server");
+        let url = server.url();
+
+        if wants("connect") {
+            println!("== connect time, pair on loopback (20 runs) ==");
+            let mut core_ms = Vec::new();
+            let mut wall_ms = Vec::new();
+            for run in 0..20 {
+                let (core, wall) = pair_connect(&url, &format!("pair{run}")).await;
+                core_ms.push(core);
+                wall_ms.push(wall);
+            }
+            report("offer to channel open (core)", &mut core_ms);
+            report("announce to both connected (wall)", &mut wall_ms);
+            let mut raw_ms: Vec<f64> = (0..20).map(|_| str0m_in_memory(1024, 0).0).collect();
+            report("raw str0m in memory, offer to open", &mut raw_ms);
+
+            println!("== connect time, full mesh of 10 (5 runs) ==");
+            let mut mesh_ms = Vec::new();
+            let mut mesh_core_ms = Vec::new();
+            for run in 0..5 {
+                let (core, wall) = mesh_connect(&url, &format!("mesh{run}"), 10).await;
+                mesh_core_ms.push(core);
+                mesh_ms.push(wall);
+            }
+            report("slowest pair, offer to open (core)", &mut mesh_core_ms);
+            report(
+                "first announce to all 45 pairs connected (wall)",
+                &mut mesh_ms,
+            );
+        }
+        if wants("throughput") {
+            println!(
+                "== data-channel throughput, {} MiB per run ==",
+                THROUGHPUT_BYTES >> 20
+            );
+            for size in [1024, 16 * 1024] {
+                let (_, ceiling) = str0m_in_memory(size, THROUGHPUT_BYTES);
+                let (mesh, max_gap) = meshrtc_loopback(&url, size, THROUGHPUT_BYTES).await;
+                println!(
+                    "  {:>2} KiB messages: meshrtc {mesh:7.1} MB/s (longest gap {max_gap:.1} ms), \
+                 raw str0m in memory {ceiling:7.1} MB/s, ratio {:.2}",
+                    size / 1024,
+                    mesh / ceiling
+                );
+            }
+        }
+        if wants("memory") {
+            println!("== memory ==");
+            memory(&url).await;
+        }
+        server.shutdown().await;
+    });
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn report(what: &str, values: &mut [f64]) {
+    values.sort_by(f64::total_cmp);
+    println!(
+        "  {what}: p50 {:.2} ms, p95 {:.2} ms, max {:.2} ms",
+        percentile(values, 0.5),
+        percentile(values, 0.95),
+        values[values.len() - 1]
+    );
+}
+
+fn config(url: &str, room: &str, id: &str, seed: u64) -> SessionConfig {
+    let mut c = SessionConfig::new(url, RoomId::new(room).expect("a room id"));
+    c.peer_id = Some(PeerId::new(id).expect("a peer id"));
+    c.participant.seed = seed;
+    c.participant.candidate_policy = CandidatePolicy::LoopbackOnly;
+    c
+}
+
+fn join(
+    url: &str,
+    room: &str,
+    id: &str,
+    seed: u64,
+) -> impl std::future::Future<Output = (SessionHandle, EventStream)> {
+    let c = config(url, room, id, seed);
+    async move { Session::join(c).await.expect("joined") }
+}
+
+/// Waits for `n` `PeerConnected` events; returns the largest connect time in ms
+async fn connected(events: &mut EventStream, n: usize) -> f64 {
+    let mut seen = BTreeSet::new();
+    let mut slowest = Duration::ZERO;
+    while seen.len() < n {
+        let e = tokio::time::timeout(Duration::from_secs(20), events.recv())
+            .await
+            .expect("connected in time")
+            .expect("session alive");
+        if let Event::Mesh(meshrtc::Event::PeerConnected { peer, connect_time }) = e {
+            seen.insert(peer);
+            slowest = slowest.max(connect_time);
+        }
+    }
+    slowest.as_secs_f64() * 1e3
+}
+
+async fn pair_connect(url: &str, room: &str) -> (f64, f64) {
+    let (a, mut a_events) = join(url, room, "alice", 1).await;
+    let started = Instant::now();
+    let (b, mut b_events) = join(url, room, "bob", 2).await;
+    let (ca, cb) = tokio::join!(connected(&mut a_events, 1), connected(&mut b_events, 1));
+    let wall = started.elapsed().as_secs_f64() * 1e3;
+    a.leave().await.expect("left");
+    b.leave().await.expect("left");
+    (ca.max(cb), wall)
+}
+
+async fn mesh_connect(url: &str, room: &str, n: usize) -> (f64, f64) {
+    let started = Instant::now();
+    let joins = (0..n).map(|i| join(url, room, &format!("p{i}"), i as u64 + 1));
+    let sessions = futures_util::future::join_all(joins).await;
+    let mut waits = Vec::new();
+    let mut handles = Vec::new();
+    for (h, mut events) in sessions {
+        handles.push(h);
+        waits.push(async move { connected(&mut events, n - 1).await });
+    }
+    let slowest = futures_util::future::join_all(waits)
+        .await
+        .into_iter()
+        .fold(0.0, f64::max);
+    let wall = started.elapsed().as_secs_f64() * 1e3;
+    for h in handles {
+        h.leave().await.expect("left");
+    }
+    (slowest, wall)
+}
+
+/// MB/s from alice to bob over loopback UDP, and the longest gap between two arrivals
+async fn meshrtc_loopback(url: &str, size: usize, total: usize) -> (f64, f64) {
+    let room = format!("tp{size}");
+    let (a, mut a_events) = join(url, &room, "alice", 1).await;
+    let (b, mut b_events) = join(url, &room, "bob", 2).await;
+    connected(&mut a_events, 1).await;
+    connected(&mut b_events, 1).await;
+    let count = total / size;
+    let bob = PeerId::new("bob").expect("a peer id");
+    let started = Instant::now();
+    let sender = tokio::spawn({
+        let a = a.clone();
+        async move {
+            let payload = vec![0x5a; size];
+            for _ in 0..count {
+                a.send(&bob, DataMessage::Binary(payload.clone()))
+                    .await
+                    .expect("sent");
+            }
+        }
+    });
+    let mut received = 0;
+    let mut last = Instant::now();
+    let mut max_gap = Duration::ZERO;
+    while received < count {
+        let e = tokio::time::timeout(Duration::from_secs(30), b_events.recv())
+            .await
+            .expect("data keeps flowing")
+            .expect("session alive");
+        if let Event::Mesh(meshrtc::Event::DataReceived { .. }) = e {
+            received += 1;
+            let now = Instant::now();
+            max_gap = max_gap.max(now - last);
+            last = now;
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    sender.await.expect("sender done");
+    a.leave().await.expect("left");
+    b.leave().await.expect("left");
+    (
+        (count * size) as f64 / secs / 1e6,
+        max_gap.as_secs_f64() * 1e3,
+    )
+}
+
+/// MB/s between two str0m `Rtc`s in one thread, datagrams handed over in memory
+///
+/// Also returns the connect time (offer created to channel open, in ms); with `total` 0
+/// only the connection is made.
+fn str0m_in_memory(size: usize, total: usize) -> (f64, f64) {
+    use str0m::net::{Protocol, Receive};
+    use str0m::{Candidate, Input, Rtc};
+
+    let addr_a: SocketAddr = "127.0.0.1:10000".parse().expect("an address");
+    let addr_b: SocketAddr = "127.0.0.1:20000".parse().expect("an address");
+    // Certificates are made ahead, as a meshrtc participant does; building the `Rtc`s is
+    // part of the connect time, as it is in meshrtc.
+    let crypto = std::sync::Arc::new(str0m::crypto::from_feature_flags());
+    let cert = || {
+        crypto
+            .dtls_provider
+            .generate_certificate()
+            .expect("a certificate")
+    };
+    let (cert_a, cert_b) = (cert(), cert());
+    let offered = Instant::now();
+    let build = |cert| {
+        Rtc::builder()
+            .set_crypto_provider(crypto.clone())
+            .set_dtls_cert(cert)
+            .build(Instant::now())
+    };
+    let mut a = build(cert_a);
+    let mut b = build(cert_b);
+    a.add_local_candidate(Candidate::host(addr_a, "udp").expect("a candidate"));
+    b.add_local_candidate(Candidate::host(addr_b, "udp").expect("a candidate"));
+    let mut change = a.sdp_api();
+    let cid = change.add_channel("bench".into());
+    let (offer, pending) = change.apply().expect("an offer");
+    let answer = b.sdp_api().accept_offer(offer).expect("an answer");
+    a.sdp_api()
+        .accept_answer(pending, answer)
+        .expect("answer accepted");
+
+    let payload = vec![0x5a; size];
+    let count = total / size;
+    let mut sent = 0;
+    let mut pump = Pump::default();
+    let mut started = Instant::now();
+    let mut connect_ms = None;
+    while !pump.open || pump.received < count {
+        if pump.open && connect_ms.is_none() {
+            connect_ms = Some(offered.elapsed().as_secs_f64() * 1e3);
+        }
+        if pump.open && sent < count {
+            if pump.started.is_none() {
+                pump.started = Some(Instant::now());
+                started = Instant::now();
+            }
+            if let Some(mut ch) = a.channel(cid) {
+                while sent < count && ch.write(true, &payload).expect("write") {
+                    sent += 1;
+                }
+            }
+        }
+        pump.next = None;
+        pump.drain(&mut a, true);
+        pump.drain(&mut b, false);
+        if pump.queue.is_empty() {
+            let now = Instant::now();
+            if !pump.open {
+                let wait = pump
+                    .next
+                    .map_or(Duration::ZERO, |n| n.saturating_duration_since(now));
+                std::thread::sleep(wait.min(Duration::from_millis(1)));
+            }
+            let now = Instant::now();
+            a.handle_input(Input::Timeout(now)).expect("timeout");
+            b.handle_input(Input::Timeout(now)).expect("timeout");
+            continue;
+        }
+        // Deliver every datagram, draining the receiver after each one.
+        while let Some((from_a, contents, source, destination)) = pump.queue.pop_front() {
+            let to = if from_a { &mut b } else { &mut a };
+            let r = Receive::new(Protocol::Udp, source, destination, &contents).expect("parse");
+            to.handle_input(Input::Receive(Instant::now(), r))
+                .expect("receive");
+            pump.drain(to, !from_a);
+        }
+    }
+    let connect_ms = connect_ms.unwrap_or_else(|| offered.elapsed().as_secs_f64() * 1e3);
+    let rate = (count * size) as f64 / started.elapsed().as_secs_f64() / 1e6;
+    (connect_ms, rate)
+}
+
+/// Datagrams in flight between the two in-memory `Rtc`s, and what arrived
+#[derive(Default)]
+struct Pump {
+    queue: std::collections::VecDeque<(bool, Vec<u8>, SocketAddr, SocketAddr)>,
+    received: usize,
+    open: bool,
+    started: Option<Instant>,
+    next: Option<Instant>,
+}
+
+impl Pump {
+    /// Polls `rtc` until its timeout, queueing its datagrams
+    fn drain(&mut self, rtc: &mut str0m::Rtc, is_a: bool) {
+        loop {
+            match rtc.poll_output().expect("poll") {
+                str0m::Output::Timeout(t) => {
+                    self.next = Some(self.next.map_or(t, |n| n.min(t)));
+                    return;
+                }
+                str0m::Output::Transmit(t) => {
+                    self.queue
+                        .push_back((is_a, t.contents.to_vec(), t.source, t.destination));
+                }
+                str0m::Output::Event(str0m::Event::ChannelOpen(..)) if is_a => self.open = true,
+                str0m::Output::Event(str0m::Event::ChannelData(_)) => self.received += 1,
+                str0m::Output::Event(_) => {}
+            }
+        }
+    }
+}
+
+/// Resident set size of this process in KiB
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Growth of the resident set per idle `Rtc`: ten lone sessions, then ten sessions in one
+/// room (90 `Rtc`s); the difference of the two growths divided by 90
+async fn memory(url: &str) {
+    let settle = Duration::from_secs(1);
+    tokio::time::sleep(settle).await;
+    let base = rss_kib();
+    let mut lone = Vec::new();
+    for i in 0..10 {
+        lone.push(join(url, &format!("lone{i}"), "solo", 100 + i).await);
+    }
+    tokio::time::sleep(settle).await;
+    let with_lone = rss_kib();
+    let joins = (0..10).map(|i| join(url, "idle", &format!("p{i}"), 200 + i as u64));
+    let mut mesh = Vec::new();
+    for (h, mut events) in futures_util::future::join_all(joins).await {
+        connected(&mut events, 9).await;
+        mesh.push((h, events));
+    }
+    tokio::time::sleep(settle).await;
+    let with_mesh = rss_kib();
+    let per_session = (with_lone - base) as f64 / 10.0;
+    let rtcs = (with_mesh - with_lone) as f64 - 10.0 * per_session;
+    println!("  per session (socket, thread, runtime, buffers): {per_session:.0} KiB");
+    println!(
+        "  per idle remote peer (one Rtc and its state): {:.0} KiB",
+        rtcs / 90.0
+    );
+    println!(
+        "  process RSS with 20 sessions and 90 Rtcs: {} KiB",
+        with_mesh
+    );
+    for (h, _) in lone.into_iter().chain(mesh) {
+        h.leave().await.expect("left");
+    }
+}

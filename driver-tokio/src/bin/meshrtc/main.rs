@@ -1,0 +1,266 @@
+//! The `meshrtc` command of `contracts/cli.md`: `signal`, `peer` and `demo`
+
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::error::ErrorKind;
+use clap::{Parser, Subcommand, ValueEnum};
+use meshrtc::signal::{PeerId, RoomId};
+
+mod demo;
+mod peer;
+mod signal;
+
+/// meshrtc: a WebRTC full mesh for small rooms
+#[derive(Debug, Parser)]
+#[command(name = "meshrtc", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the signaling server (JSON-RPC 2.0 over WebSocket)
+    Signal(SignalArgs),
+    /// Join a room and connect to every other peer in it
+    Peer(PeerArgs),
+    /// Start a signaling server and N peers on loopback, full mesh, and report per pair
+    Demo(DemoArgs),
+}
+
+/// Arguments of `meshrtc signal`
+#[derive(Debug, clap::Args)]
+struct SignalArgs {
+    /// Address to listen on; port 0 picks a free port
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8787")]
+    listen: SocketAddr,
+    /// Peers a room holds before announces get "room full"
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    max_peers_per_room: u32,
+}
+
+/// Arguments of `meshrtc peer`
+#[derive(Debug, clap::Args)]
+struct PeerArgs {
+    /// Signaling server URL
+    #[arg(long, value_name = "URL", value_parser = parse_signal_url)]
+    signal: String,
+    /// Room to join (1-64 characters of [A-Za-z0-9_.-])
+    #[arg(long, value_parser = parse_room)]
+    room: RoomId,
+    /// Our peer id (assigned by the server when absent)
+    #[arg(long, value_parser = parse_peer_id)]
+    id: Option<PeerId>,
+    /// Audio to send
+    #[arg(long, value_enum, default_value_t = AudioMode::None)]
+    audio: AudioMode,
+    /// Video to send
+    #[arg(long, value_enum, default_value_t = VideoMode::None)]
+    video: VideoMode,
+    /// Video codec to send and accept (default: H.264, VP8 and VP9, in that preference)
+    #[arg(long, value_enum)]
+    video_codec: Option<VideoCodec>,
+    /// Data channel behaviour
+    #[arg(long, value_enum, default_value_t = DataMode::Echo)]
+    data: DataMode,
+    /// Seconds to stay in the room before leaving
+    #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = parse_seconds)]
+    duration: Duration,
+    /// Write per-peer statistics as JSON to this file when leaving
+    #[arg(long, value_name = "FILE")]
+    stats_json: Option<PathBuf>,
+    /// Local address for the UDP socket and the only host candidate (IP or IP:PORT)
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1", value_parser = parse_bind)]
+    bind: SocketAddr,
+    /// Video width in pixels
+    #[arg(long, default_value_t = 640)]
+    width: u32,
+    /// Video height in pixels
+    #[arg(long, default_value_t = 360)]
+    height: u32,
+    /// Video frames per second
+    #[arg(long, default_value_t = 30)]
+    fps: u32,
+    /// Seed for the core's random choices (random when absent)
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+/// Arguments of `meshrtc demo`
+#[derive(Debug, clap::Args)]
+struct DemoArgs {
+    /// Number of peers (2-10)
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(2..=10))]
+    peers: u8,
+    /// Seconds to run once every peer has joined
+    #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = parse_seconds)]
+    duration: Duration,
+    /// Also send video
+    #[arg(long)]
+    video: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum AudioMode {
+    /// A 440 Hz Opus tone
+    Tone,
+    /// No audio
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum VideoMode {
+    /// A moving test pattern
+    Testsrc,
+    /// No video
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum VideoCodec {
+    /// H.264
+    H264,
+    /// VP8
+    Vp8,
+    /// VP9
+    Vp9,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DataMode {
+    /// Ping every connected peer once a second and echo what arrives
+    Echo,
+    /// Open no data channel
+    None,
+}
+
+fn parse_signal_url(s: &str) -> Result<String, String> {
+    meshrtc_tokio::parse_url(s)
+        .map(|_| s.to_string())
+        .map_err(|e| e.to_string())
+}
+
+fn parse_room(s: &str) -> Result<RoomId, String> {
+    RoomId::new(s).map_err(|e| e.to_string())
+}
+
+fn parse_peer_id(s: &str) -> Result<PeerId, String> {
+    PeerId::new(s).map_err(|e| e.to_string())
+}
+
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| "not a number of seconds".to_string())?;
+    if !secs.is_finite() || secs <= 0.0 || secs > 1e6 {
+        return Err("must be a positive number of seconds".into());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_bind(s: &str) -> Result<SocketAddr, String> {
+    let addr = match s.parse::<IpAddr>() {
+        Ok(ip) => SocketAddr::new(ip, 0),
+        Err(_) => s
+            .parse::<SocketAddr>()
+            .map_err(|_| "not an IP address or IP:PORT".to_string())?,
+    };
+    if addr.ip().is_unspecified() || addr.ip().is_multicast() {
+        return Err("must be a specific unicast address (it is the host candidate)".into());
+    }
+    Ok(addr)
+}
+
+/// Renders a clap error as one line: the first line, plus the indented lines that
+/// complete it when it ends with a colon
+fn one_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let mut lines = text.lines();
+    let mut line = lines
+        .next()
+        .unwrap_or("error: bad arguments")
+        .trim()
+        .to_string();
+    if line.ends_with(':') {
+        for more in lines.take_while(|l| l.starts_with("  ")) {
+            line.push(' ');
+            line.push_str(more.trim());
+        }
+    }
+    format!("{line} (see --help)")
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            return match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+                    let _ = e.print();
+                    ExitCode::SUCCESS
+                }
+                ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+                | ErrorKind::MissingSubcommand => {
+                    eprintln!("error: a subcommand is required: signal, peer or demo (see --help)");
+                    ExitCode::from(2)
+                }
+                _ => {
+                    eprintln!("{}", one_line(&e));
+                    ExitCode::from(2)
+                }
+            };
+        }
+    };
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Signal(args) => signal::run(args).await,
+            Command::Peer(args) => peer::run(args).await,
+            Command::Demo(args) => demo::run(args).await,
+        }
+    });
+    // Driver threads and server tasks end on their own; do not wait for stragglers.
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    let _ = std::io::stdout().flush();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to stderr; `RUST_LOG` sets the filter (default: warnings only)
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// `127.0.0.1` with port 0
+fn loopback_any_port() -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0)
+}
+
+/// Milliseconds with three decimals, for JSON and tables
+fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}

@@ -1,0 +1,251 @@
+//! `meshrtc peer`: join a room, run the data echo, leave, write stats
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::time::Instant;
+
+use meshrtc::codec::testsrc::TestSources;
+use meshrtc::codec::VideoEncoderConfig;
+use meshrtc::signal::{Capabilities, PeerId};
+use meshrtc::{CandidatePolicy, PeerStats};
+use meshrtc_tokio::echo::{self, Echo, RemoteReport};
+use meshrtc_tokio::{EventStream, Session, SessionConfig, SessionHandle};
+use serde::Serialize;
+
+use crate::{millis, AudioMode, DataMode, PeerArgs, VideoCodec, VideoMode};
+
+/// The stats file of `contracts/cli.md`
+#[derive(Debug, Serialize)]
+struct StatsJson {
+    peer_id: String,
+    room: String,
+    remote: BTreeMap<String, RemoteJson>,
+}
+
+/// One remote peer in the stats file; what cannot be measured is `null`
+#[derive(Debug, Serialize)]
+struct RemoteJson {
+    connected: bool,
+    connect_ms: Option<f64>,
+    audio: Option<serde_json::Value>,
+    video: Option<serde_json::Value>,
+    data: Option<DataJson>,
+    rtt_ms: Option<f64>,
+    loss: Option<f64>,
+    clock_drift_ppm: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+struct DataJson {
+    pings_sent: u64,
+    pongs_received: u64,
+    messages_received: u64,
+}
+
+pub(crate) async fn run(args: PeerArgs) -> Result<(), String> {
+    // Open the stats file first: a bad path fails before joining, not after the run.
+    let mut stats_file = match &args.stats_json {
+        Some(path) => Some(
+            File::create(path)
+                .map_err(|e| format!("cannot write stats file {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
+    let data = args.data == DataMode::Echo;
+    let send_audio = args.audio == AudioMode::Tone;
+    let send_video = args.video == VideoMode::Testsrc;
+    let codecs = match args.video_codec {
+        Some(VideoCodec::H264) => vec![meshrtc::codec::VideoCodec::H264],
+        Some(VideoCodec::Vp8) => vec![meshrtc::codec::VideoCodec::Vp8],
+        Some(VideoCodec::Vp9) => vec![meshrtc::codec::VideoCodec::Vp9],
+        None => meshrtc::codec::VideoCodec::ALL.to_vec(),
+    };
+    let codec = codecs[0];
+    let mut config = SessionConfig::new(args.signal.clone(), args.room.clone());
+    config.peer_id = args.id.clone();
+    config.bind = args.bind;
+    config.participant.seed = args.seed.unwrap_or_else(|| fastrand::u64(..));
+    // We can always receive and play audio and video; we send what the flags say.
+    config.participant.capabilities = Capabilities {
+        audio: true,
+        video: true,
+        data,
+    };
+    config.participant.media.video_codecs = codecs;
+    let mut video = VideoEncoderConfig::new(codec, args.width, args.height);
+    video.fps = args.fps;
+    video.bitrate_bps = bitrate_for(args.width, args.height, args.fps);
+    config.participant.media.video = video;
+    config.test_sources = Some(TestSources::new(
+        u16::from(send_audio),
+        send_video.then_some((args.width, args.height, args.fps)),
+    ));
+    if args.bind.ip().is_loopback() {
+        // A loopback socket cannot reach any other address.
+        config.participant.candidate_policy = CandidatePolicy::LoopbackOnly;
+    }
+    let (handle, mut events) = Session::join(config).await.map_err(|e| e.to_string())?;
+    println!(
+        "joined room {} as {} (udp {})",
+        handle.room(),
+        handle.peer_id(),
+        handle.local_addr()
+    );
+    // The run ends after --duration, or earlier on SIGINT/SIGTERM; either way we leave
+    // cleanly and write the stats.
+    let duration = args.duration;
+    let stop = async move {
+        tokio::select! {
+            () = tokio::time::sleep(duration) => {}
+            r = crate::signal::wait_for_termination() => {
+                if r.is_err() {
+                    // Cannot watch signals: run for the full duration.
+                    tokio::time::sleep(duration).await;
+                }
+            }
+        }
+    };
+    let report = if data {
+        echo::run_echo(&handle, &mut events, stop, None)
+            .await
+            .map_err(|e| e.to_string())?
+    } else {
+        observe(&handle, &mut events, stop).await
+    };
+    let peer_id = handle.peer_id().clone();
+    let room = handle.room().to_string();
+    // Media counters live in the core's per-peer statistics: read them before leaving.
+    let media = handle.stats().await.map(|s| s.peers).unwrap_or_default();
+    handle.leave().await.map_err(|e| e.to_string())?;
+    print_summary(&report, &media);
+    if let Some(file) = &mut stats_file {
+        let json = stats_json(&peer_id, room, &report, &media, data);
+        let text = serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?;
+        writeln!(file, "{text}")
+            .and_then(|()| file.flush())
+            .map_err(|e| format!("cannot write stats file: {e}"))?;
+    }
+    Ok(())
+}
+
+/// `--data none`: only watch peers come and go
+async fn observe(
+    handle: &SessionHandle,
+    events: &mut EventStream,
+    stop: impl std::future::Future<Output = ()>,
+) -> BTreeMap<PeerId, RemoteReport> {
+    let mut echo = Echo::new(handle.peer_id().clone());
+    let watch = async {
+        while let Some(event) = events.recv().await {
+            // No data channel: there is never anything to answer.
+            let _ = echo.handle_event(Instant::now(), &event);
+        }
+    };
+    tokio::select! {
+        () = watch => {}
+        () = stop => {}
+    }
+    if let Ok(stats) = handle.stats().await {
+        echo.record_stats(&stats);
+    }
+    echo.report()
+}
+
+/// A sensible bitrate for a resolution and frame rate, within 500 kbit/s - 5 Mbit/s
+pub(crate) fn bitrate_for(width: u32, height: u32, fps: u32) -> u32 {
+    let bits = u64::from(width) * u64::from(height) * u64::from(fps) / 10;
+    bits.clamp(500_000, 5_000_000) as u32
+}
+
+/// The `audio` object of the stats file, when audio was negotiated
+pub(crate) fn audio_json(s: &PeerStats) -> Option<serde_json::Value> {
+    let a = s.audio.as_ref()?;
+    let jb = &a.jitter_buffer;
+    let mut lat = a.latency_ms.clone();
+    lat.sort_by(f64::total_cmp);
+    let q = |q: f64| (!lat.is_empty()).then(|| lat[((lat.len() - 1) as f64 * q).round() as usize]);
+    Some(serde_json::json!({
+        "frames_received": jb.frames_received,
+        "frames_decoded": jb.frames_decoded,
+        "jitter_buffer_ms": jb.mean_delay().map(millis),
+        "concealed_ms": jb.concealed_samples as f64 / 48.0,
+        "latency_ms_p50": q(0.5),
+        "latency_ms_p95": q(0.95),
+    }))
+}
+
+/// The `video` object of the stats file, when video was negotiated
+pub(crate) fn video_json(s: &PeerStats) -> Option<serde_json::Value> {
+    let v = s.video.as_ref()?;
+    Some(serde_json::json!({
+        "frames_received": v.frames_received,
+        "frames_decoded": v.frames_decoded,
+        "keyframes": v.keyframes,
+    }))
+}
+
+fn stats_json(
+    peer_id: &PeerId,
+    room: String,
+    report: &BTreeMap<PeerId, RemoteReport>,
+    media: &BTreeMap<PeerId, PeerStats>,
+    data: bool,
+) -> StatsJson {
+    let remote = report
+        .iter()
+        .map(|(peer, r)| {
+            let st = media.get(peer);
+            let json = RemoteJson {
+                connected: r.connected,
+                connect_ms: r.connect_time.map(millis),
+                audio: st.and_then(audio_json),
+                video: st.and_then(video_json),
+                data: data.then_some(DataJson {
+                    pings_sent: r.pings_sent,
+                    pongs_received: r.pongs_received,
+                    messages_received: r.messages_received,
+                }),
+                rtt_ms: r.rtt.map(millis),
+                loss: st
+                    .and_then(|s| s.audio.as_ref())
+                    .and_then(|a| a.packets_lost_fraction)
+                    .map(f64::from),
+                clock_drift_ppm: st.and_then(|s| s.clock_drift_ppm),
+            };
+            (peer.to_string(), json)
+        })
+        .collect();
+    StatsJson {
+        peer_id: peer_id.to_string(),
+        room,
+        remote,
+    }
+}
+
+fn print_summary(report: &BTreeMap<PeerId, RemoteReport>, media: &BTreeMap<PeerId, PeerStats>) {
+    if report.is_empty() {
+        println!("no other peer connected");
+    }
+    for (peer, r) in report {
+        let connect = r.connect_time.map_or_else(
+            || "never connected".to_string(),
+            |d| format!("connected in {:.1} ms", millis(d)),
+        );
+        let rtt = r
+            .rtt
+            .map_or_else(|| "-".to_string(), |d| format!("{:.2} ms", millis(d)));
+        let av = media.get(peer).map_or_else(String::new, |s| {
+            let a = s
+                .audio
+                .as_ref()
+                .map_or(0, |a| a.jitter_buffer.frames_decoded);
+            let v = s.video.as_ref().map_or(0, |v| v.frames_decoded);
+            format!(", audio frames {a}, video frames {v}")
+        });
+        println!(
+            "{peer}: {connect}, pings sent {}, pongs received {}, messages received {}, rtt {rtt}{av}",
+            r.pings_sent, r.pongs_received, r.messages_received
+        );
+    }
+}

@@ -1,0 +1,66 @@
+//! meshrtc on tokio: UDP sockets, the WebSocket signaling server and client
+//!
+//! The sans-IO core ([`meshrtc::Participant`], [`meshrtc::relay::Relay`]) makes every
+//! protocol decision; this crate only moves bytes and time in and out of it.
+//!
+//! * [`Session`] puts one participant on a UDP socket and a signaling connection. One task
+//!   owns the participant; it waits on the socket, the core's next deadline, the signaling
+//!   WebSocket and the application's commands, feeds exactly one input and drains the
+//!   outputs, then waits again.
+//! * [`SignalServer`] runs the JSON-RPC signaling server of `contracts/signaling.md`: one
+//!   task owns the relay, one task per connection moves WebSocket frames.
+//! * [`echo`] is the data-channel behaviour of `meshrtc peer --data echo`.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use meshrtc::signal::RoomId;
+//! use meshrtc::DataMessage;
+//! use meshrtc_tokio::{Event, Session, SessionConfig, SignalServer};
+//!
+//! # async fn example() -> meshrtc_tokio::Result<()> {
+//! let server = SignalServer::bind("127.0.0.1:0".parse().unwrap()).await?;
+//! let room = RoomId::new("demo").unwrap();
+//! let (handle, mut events) = Session::join(SessionConfig::new(server.url(), room)).await?;
+//! while let Some(event) = events.recv().await {
+//!     if let Event::Mesh(meshrtc::Event::PeerConnected { peer, .. }) = event {
+//!         handle.send(&peer, DataMessage::Text("hello".into())).await?;
+//!     }
+//! }
+//! handle.leave().await?;
+//! # Ok(())
+//! # }
+//! ```
+#![deny(missing_docs)]
+
+mod client;
+mod clock;
+pub mod echo;
+mod error;
+mod server;
+mod session;
+mod udp;
+
+pub use client::{parse_url, SignalClient, SignalEvent};
+pub use clock::{Clock, SharedClock, TokioClock};
+pub use error::{Error, Result};
+pub use server::{ServerConfig, ServerCounts, SignalServer};
+pub use session::{
+    Event, EventStream, Session, SessionConfig, SessionHandle, SessionStats, DEFAULT_COMMAND_QUEUE,
+    DEFAULT_SOCKET_BUFFER,
+};
+
+#[cfg(test)]
+mod static_checks {
+    use super::*;
+
+    fn is_send<T: Send>() {}
+
+    #[test]
+    fn handles_are_send() {
+        is_send::<SessionHandle>();
+        is_send::<EventStream>();
+        is_send::<SignalServer>();
+        is_send::<Event>();
+    }
+}

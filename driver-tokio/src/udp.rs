@@ -1,0 +1,147 @@
+//! The UDP socket: large kernel buffers and batched receive (`recvmmsg`, GRO) via `quinn-udp`
+
+use std::io::{self, IoSliceMut};
+use std::net::SocketAddr;
+
+use quinn_udp::{RecvMeta, UdpSockRef, UdpSocketState};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+
+/// Datagram slots filled by one receive call
+///
+/// Eight `recvmmsg` slots already empty a loopback burst in a few calls; more only cost
+/// memory (each slot holds a GRO batch).
+const RECV_SLOTS: usize = 8;
+
+/// Bytes of one receive slot: the largest UDP payload, which also bounds a GRO batch
+const SLOT_BYTES: usize = 64 * 1024;
+
+/// A bound UDP socket with `quinn-udp`'s per-socket state
+#[derive(Debug)]
+pub(crate) struct UdpIo {
+    socket: UdpSocket,
+    state: UdpSocketState,
+    local: SocketAddr,
+}
+
+impl UdpIo {
+    /// Binds `addr` with receive and send buffers of `buffer_bytes`
+    ///
+    /// Must be called inside a tokio runtime. Kernel limits (`net.core.rmem_max`) may give
+    /// smaller buffers; that is logged, not an error.
+    pub(crate) fn bind(addr: SocketAddr, buffer_bytes: usize) -> io::Result<Self> {
+        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(true)?;
+        }
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        for (what, set, get) in [
+            (
+                "receive",
+                Socket::set_recv_buffer_size as fn(&Socket, usize) -> io::Result<()>,
+                Socket::recv_buffer_size as fn(&Socket) -> io::Result<usize>,
+            ),
+            (
+                "send",
+                Socket::set_send_buffer_size,
+                Socket::send_buffer_size,
+            ),
+        ] {
+            if let Err(e) = set(&socket, buffer_bytes) {
+                tracing::warn!(%e, what, "cannot size udp socket buffer");
+            }
+            let got = get(&socket).unwrap_or(0);
+            if got < buffer_bytes {
+                // Info, not warn: the kernel's limit is the administrator's choice, and
+                // `meshrtc peer` keeps stderr for errors.
+                tracing::info!(
+                    what,
+                    got,
+                    wanted = buffer_bytes,
+                    "udp buffer smaller than asked (see net.core.rmem_max/wmem_max)"
+                );
+            }
+        }
+        let std_socket: std::net::UdpSocket = socket.into();
+        let state = UdpSocketState::new(UdpSockRef::from(&std_socket))?;
+        let socket = UdpSocket::from_std(std_socket)?;
+        let local = socket.local_addr()?;
+        Ok(Self {
+            socket,
+            state,
+            local,
+        })
+    }
+
+    /// The bound address (a host candidate)
+    pub(crate) fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Waits for datagrams and receives a batch into `buf`; returns how many slots were filled
+    ///
+    /// Cancel-safe: nothing is received unless the future completes.
+    pub(crate) async fn recv(&self, buf: &mut RecvBuf) -> io::Result<usize> {
+        let RecvBuf { data, meta } = buf;
+        self.socket
+            .async_io(Interest::READABLE, || {
+                let mut chunks = data.chunks_mut(SLOT_BYTES);
+                let mut slices: [IoSliceMut<'_>; RECV_SLOTS] = std::array::from_fn(|_| {
+                    // RecvBuf::new allocates exactly RECV_SLOTS slots; panic means bug.
+                    IoSliceMut::new(chunks.next().expect("one chunk per slot"))
+                });
+                self.state
+                    .recv(UdpSockRef::from(&self.socket), &mut slices, meta)
+            })
+            .await
+    }
+
+    /// Sends one datagram, waiting while the kernel buffer is full
+    ///
+    /// Errors other than a full buffer are returned; UDP is unreliable, so callers log them
+    /// and go on.
+    pub(crate) async fn send(&self, destination: SocketAddr, contents: &[u8]) -> io::Result<()> {
+        let transmit = quinn_udp::Transmit {
+            destination,
+            ecn: None,
+            contents,
+            segment_size: None,
+            src_ip: None,
+        };
+        self.socket
+            .async_io(Interest::WRITABLE, || {
+                self.state
+                    .try_send(UdpSockRef::from(&self.socket), &transmit)
+            })
+            .await
+    }
+}
+
+/// Buffers for one batched receive
+#[derive(Debug)]
+pub(crate) struct RecvBuf {
+    data: Box<[u8]>,
+    meta: [RecvMeta; RECV_SLOTS],
+}
+
+impl RecvBuf {
+    pub(crate) fn new() -> Self {
+        Self {
+            data: vec![0; RECV_SLOTS * SLOT_BYTES].into_boxed_slice(),
+            meta: [RecvMeta::default(); RECV_SLOTS],
+        }
+    }
+
+    /// The datagrams of the first `filled` slots, GRO batches split at their stride
+    pub(crate) fn datagrams(&self, filled: usize) -> impl Iterator<Item = (SocketAddr, &[u8])> {
+        self.meta[..filled]
+            .iter()
+            .zip(self.data.chunks(SLOT_BYTES))
+            .flat_map(|(meta, slot)| {
+                let stride = meta.stride.max(1);
+                slot[..meta.len].chunks(stride).map(move |d| (meta.addr, d))
+            })
+    }
+}

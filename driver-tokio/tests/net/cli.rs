@@ -1,0 +1,479 @@
+//! The `meshrtc` binary, black-box
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+fn meshrtc() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_meshrtc"));
+    c.env_remove("RUST_LOG");
+    c
+}
+
+/// Runs `cmd` to completion; kills it and fails the test after `limit`
+fn run(mut cmd: Command, limit: Duration) -> Output {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait(child, limit)
+}
+
+fn wait(child: Child, limit: Duration) -> Output {
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            // Our own child, ended by its id.
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg(pid.to_string())
+                .status();
+            panic!("meshrtc did not finish within {limit:?}");
+        }
+    }
+}
+
+fn stderr_lines(out: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// `meshrtc signal --listen 127.0.0.1:0`, returning the child and its URL
+fn start_signal() -> (Child, String) {
+    start_signal_with(&[])
+}
+
+fn start_signal_with(extra: &[&str]) -> (Child, String) {
+    let mut child = meshrtc()
+        .args(["signal", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("signal printed its listening line");
+    let url = line
+        .strip_suffix('\n')
+        .and_then(|l| l.strip_prefix("listening on "))
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    assert!(
+        url.starts_with("ws://127.0.0.1:") && url.ends_with('/'),
+        "{url}"
+    );
+    (child, url)
+}
+
+/// Sends `signal` (e.g. `-TERM`) to our own child, by its id, and waits for it to exit
+fn signal(child: Child, signal: &str) -> Output {
+    Command::new("kill")
+        .arg(signal)
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    wait(child, Duration::from_secs(10))
+}
+
+fn terminate(child: Child) -> Output {
+    signal(child, "-TERM")
+}
+
+#[test]
+fn signal_and_two_peers_exchange_data_and_write_stats() {
+    let (server, url) = start_signal();
+    let dir = std::env::temp_dir().join(format!("meshrtc-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Alice stays 3.5 s; bob would stay a minute but is interrupted once alice is done:
+    // both leave cleanly and write their stats.
+    let spawn_peer = |id: &str, duration: &str| {
+        meshrtc()
+            .args(["peer", "--signal", &url, "--room", "cli", "--id", id])
+            .args([
+                "--duration",
+                duration,
+                "--bind",
+                "127.0.0.1",
+                "--data",
+                "echo",
+            ])
+            .arg("--stats-json")
+            .arg(dir.join(format!("{id}.json")))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let alice = spawn_peer("alice", "3.5");
+    let bob = spawn_peer("bob", "60");
+    let out = wait(alice, Duration::from_secs(30));
+    assert!(
+        out.status.success(),
+        "alice: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "alice: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = signal(bob, "-INT");
+    assert!(
+        out.status.success(),
+        "bob: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "bob: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (me, other) in [("alice", "bob"), ("bob", "alice")] {
+        let text = std::fs::read_to_string(dir.join(format!("{me}.json"))).unwrap();
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["peer_id"], me);
+        assert_eq!(v["room"], "cli");
+        let r = &v["remote"][other];
+        assert_eq!(r["connected"], true, "{text}");
+        let connect_ms = r["connect_ms"].as_f64().unwrap();
+        assert!(connect_ms > 0.0 && connect_ms < 5000.0, "{text}");
+        let data = &r["data"];
+        let pings = data["pings_sent"].as_u64().unwrap();
+        let pongs = data["pongs_received"].as_u64().unwrap();
+        let received = data["messages_received"].as_u64().unwrap();
+        assert!(pings >= 2, "{text}");
+        assert!(pongs >= 1 && pongs <= pings, "{text}");
+        assert!(received > pongs, "pongs plus the other's pings: {text}");
+        assert!(r["rtt_ms"].as_f64().unwrap() > 0.0, "{text}");
+        // Audio and video are negotiated (every peer can receive them) but nobody sent any:
+        // zero frames, and no loss or drift figure made up from nothing.
+        for kind in ["audio", "video"] {
+            let frames = &r[kind]["frames_received"];
+            assert!(frames.is_null() || frames == 0, "{kind}: {text}");
+        }
+        for unmeasured in ["loss", "clock_drift_ppm"] {
+            assert!(r[unmeasured].is_null(), "{unmeasured}: {text}");
+        }
+        assert!(r["audio"]["latency_ms_p50"].is_null(), "{text}");
+        assert_eq!(v["remote"].as_object().unwrap().len(), 1, "{text}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = terminate(server);
+    assert!(
+        out.status.success(),
+        "signal exits 0 on SIGTERM: {:?}",
+        out.status
+    );
+}
+
+#[test]
+fn help_works_for_every_subcommand() {
+    for args in [
+        &["--help"][..],
+        &["signal", "--help"],
+        &["peer", "--help"],
+        &["demo", "--help"],
+    ] {
+        let mut cmd = meshrtc();
+        cmd.args(args);
+        let out = run(cmd, Duration::from_secs(10));
+        assert!(out.status.success(), "{args:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("Usage: meshrtc"), "{args:?}: {text}");
+    }
+    let mut cmd = meshrtc();
+    cmd.args(["peer", "--help"]);
+    let text = String::from_utf8(run(cmd, Duration::from_secs(10)).stdout).unwrap();
+    for flag in [
+        "--signal",
+        "--room",
+        "--id",
+        "--audio",
+        "--video",
+        "--video-codec",
+        "--data",
+        "--duration",
+        "--stats-json",
+        "--bind",
+        "--width",
+        "--height",
+        "--fps",
+    ] {
+        assert!(text.contains(flag), "peer --help lists {flag}");
+    }
+}
+
+#[test]
+fn bad_input_exits_non_zero_with_one_line() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().map(|a| (a, taken)).unwrap();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["peer".into(), "--bogus".into()], "--bogus"),
+        (vec!["bogus".into()], "bogus"),
+        (vec![], "subcommand"),
+        (
+            vec!["signal".into(), "--listen".into(), "nowhere".into()],
+            "--listen",
+        ),
+        (
+            vec!["signal".into(), "--listen".into(), taken.0.to_string()],
+            "cannot listen",
+        ),
+        (
+            ["peer", "--signal", "http://127.0.0.1:1/", "--room", "r"]
+                .map(String::from)
+                .to_vec(),
+            "ws://",
+        ),
+        (
+            [
+                "peer",
+                "--signal",
+                "ws://127.0.0.1:1/",
+                "--room",
+                "bad room",
+            ]
+            .map(String::from)
+            .to_vec(),
+            "--room",
+        ),
+        (
+            [
+                "peer",
+                "--signal",
+                "ws://127.0.0.1:1/",
+                "--room",
+                "r",
+                "--audio",
+                "loud",
+            ]
+            .map(String::from)
+            .to_vec(),
+            "--audio",
+        ),
+        (
+            [
+                "peer",
+                "--signal",
+                "ws://127.0.0.1:1/",
+                "--room",
+                "r",
+                "--stats-json",
+                "/nonexistent/dir/s.json",
+            ]
+            .map(String::from)
+            .to_vec(),
+            "stats",
+        ),
+        (
+            [
+                "peer",
+                "--signal",
+                "ws://127.0.0.1:1/",
+                "--room",
+                "r",
+                "--bind",
+                "0.0.0.0",
+            ]
+            .map(String::from)
+            .to_vec(),
+            "--bind",
+        ),
+        (
+            ["demo", "--peers", "11"].map(String::from).to_vec(),
+            "--peers",
+        ),
+    ];
+    for (args, needle) in cases {
+        let mut cmd = meshrtc();
+        cmd.args(&args);
+        let out = run(cmd, Duration::from_secs(15));
+        assert!(!out.status.success(), "{args:?} must fail");
+        let lines = stderr_lines(&out);
+        assert_eq!(
+            lines.len(),
+            1,
+            "{args:?}: one line on stderr, got {lines:?}"
+        );
+        assert!(lines[0].starts_with("error: "), "{args:?}: {lines:?}");
+        assert!(
+            lines[0].contains(needle),
+            "{args:?}: {lines:?} should mention {needle}"
+        );
+    }
+    drop(taken);
+}
+
+#[test]
+fn unreachable_server_is_one_clear_line() {
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}/", free.local_addr().unwrap());
+    drop(free);
+    let mut cmd = meshrtc();
+    cmd.args(["peer", "--signal", &url, "--room", "r", "--duration", "1"]);
+    let out = run(cmd, Duration::from_secs(15));
+    assert!(!out.status.success());
+    let lines = stderr_lines(&out);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains("cannot connect to signaling server"),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn media_flags_send_a_tone_and_a_test_pattern() {
+    let (server, url) = start_signal();
+    let dir = std::env::temp_dir().join(format!("meshrtc-media-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Bob leaves first, so alice is still there when bob reads his stats.
+    let spawn_peer = |id: &str, media: &[&str]| {
+        let duration = if id == "bob" { "3.5" } else { "5" };
+        meshrtc()
+            .args(["peer", "--signal", &url, "--room", "media", "--id", id])
+            .args(["--duration", duration])
+            .args(media)
+            .args(["--width", "320", "--height", "240", "--fps", "15"])
+            .arg("--stats-json")
+            .arg(dir.join(format!("{id}.json")))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let alice = spawn_peer(
+        "alice",
+        &[
+            "--audio",
+            "tone",
+            "--video",
+            "testsrc",
+            "--video-codec",
+            "h264",
+        ],
+    );
+    let bob = spawn_peer("bob", &["--video-codec", "h264"]);
+    for (name, child) in [("alice", alice), ("bob", bob)] {
+        let out = wait(child, Duration::from_secs(30));
+        assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = std::fs::read_to_string(dir.join("bob.json")).unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let r = &v["remote"]["alice"];
+    // About 3.5 s of media after connecting: 20 ms audio frames and 15 fps video.
+    let audio = r["audio"]["frames_decoded"].as_u64().expect(&text);
+    let video = r["video"]["frames_decoded"].as_u64().expect(&text);
+    assert!(audio >= 100, "audio frames {audio}: {text}");
+    assert!(video >= 30, "video frames {video}: {text}");
+    assert!(r["video"]["keyframes"].as_u64().unwrap() >= 1, "{text}");
+    let p50 = r["audio"]["latency_ms_p50"].as_f64().unwrap();
+    assert!(p50 > 0.0 && p50 < 1000.0, "latency {p50}: {text}");
+    assert!(
+        r["audio"]["jitter_buffer_ms"].as_f64().unwrap() > 0.0,
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    terminate(server);
+}
+
+#[test]
+fn demo_connects_every_pair() {
+    let mut cmd = meshrtc();
+    cmd.args(["demo", "--peers", "3", "--duration", "2"]);
+    let out = run(cmd, Duration::from_secs(30));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("all 3 pairs connected"), "{stdout}");
+    for pair in ["peer1 <-> peer2", "peer1 <-> peer3", "peer2 <-> peer3"] {
+        assert!(stdout.contains(pair), "{stdout}");
+    }
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pairs connected 3/3"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signal_honours_max_peers_per_room() {
+    let (server, url) = start_signal_with(&["--max-peers-per-room", "1"]);
+    let addr: std::net::SocketAddr = url
+        .trim_start_matches("ws://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    crate::util::bounded(async {
+        let mut first = crate::util::Raw::connect_addr(addr, "/").await.unwrap();
+        first.announce(1, "small", Some("a")).await;
+        let mut second = crate::util::Raw::connect_addr(addr, "/rpc").await.unwrap();
+        second
+            .request(1, "peer.announce", serde_json::json!({"room": "small"}))
+            .await;
+        second.expect_error(-32001, serde_json::json!(1)).await;
+    })
+    .await;
+    assert!(terminate(server).status.success());
+}
+
+#[test]
+fn data_none_reports_null_data() {
+    let (server, url) = start_signal();
+    let dir = std::env::temp_dir().join(format!("meshrtc-none-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let children: Vec<Child> = ["carol", "dave"]
+        .into_iter()
+        .map(|id| {
+            meshrtc()
+                .args(["peer", "--signal", &url, "--room", "quiet", "--id", id])
+                .args(["--duration", "2", "--data", "none", "--stats-json"])
+                .arg(dir.join(format!("{id}.json")))
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = wait(child, Duration::from_secs(20));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = std::fs::read_to_string(dir.join("carol.json")).unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let dave = &v["remote"]["dave"];
+    assert_eq!(dave["connected"], true, "{text}");
+    assert!(dave["data"].is_null(), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+    terminate(server);
+}

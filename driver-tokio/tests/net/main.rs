@@ -1,0 +1,9 @@
+//! Scenario tests of the tokio driver, the signaling server and the `meshrtc` binary
+//!
+//! Everything runs on loopback (127.0.0.1) and every test is bounded in time.
+
+mod cli;
+mod mesh;
+mod server;
+mod session;
+mod util;

@@ -1,0 +1,236 @@
+//! The session API: leaving, dropping, losing signaling, errors, stats, back-pressure, clocks
+
+use std::time::{Duration, Instant};
+
+use meshrtc::signal::ErrorCode;
+use meshrtc::{DataMessage, LeaveReason};
+use meshrtc_tokio::{Clock, Error, Event, EventStream, Session, SessionHandle, SharedClock};
+
+use crate::util::*;
+
+const LIMIT: Duration = Duration::from_secs(15);
+
+async fn pair(
+    url: &str,
+    room: &str,
+) -> ((SessionHandle, EventStream), (SessionHandle, EventStream)) {
+    let (a, mut a_events) = join(url, room, "alice").await;
+    let (b, mut b_events) = join(url, room, "bob").await;
+    assert_eq!(wait_for(&mut a_events, LIMIT, connected).await, pid("bob"));
+    assert_eq!(
+        wait_for(&mut b_events, LIMIT, connected).await,
+        pid("alice")
+    );
+    ((a, a_events), (b, b_events))
+}
+
+fn data_from(e: &Event) -> Option<(meshrtc::signal::PeerId, DataMessage)> {
+    match e {
+        Event::Mesh(meshrtc::Event::DataReceived { peer, message, .. }) => {
+            Some((peer.clone(), message.clone()))
+        }
+        _ => None,
+    }
+}
+
+fn left(e: &Event) -> Option<(meshrtc::signal::PeerId, LeaveReason)> {
+    match e {
+        Event::Mesh(meshrtc::Event::PeerLeft { peer, reason }) => Some((peer.clone(), *reason)),
+        _ => None,
+    }
+}
+
+async fn stream_ends(events: &mut EventStream) {
+    tokio::time::timeout(LIMIT, async { while events.recv().await.is_some() {} })
+        .await
+        .expect("the event stream ends when the session ends");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leave_releases_the_socket_and_tells_the_room() {
+    bounded(async {
+        let server = server().await;
+        let ((a, mut a_events), (_b, mut b_events)) = pair(&server.url(), "leave").await;
+        let addr = a.local_addr();
+        a.leave().await.unwrap();
+        // The socket is closed by the time leave returns.
+        std::net::UdpSocket::bind(addr).expect("the session's port is free again");
+        let (peer, _) = wait_for(&mut b_events, LIMIT, left).await;
+        assert_eq!(peer, pid("alice"));
+        stream_ends(&mut a_events).await;
+        counts_until(&server, LIMIT, |c| c.rooms == 1 && c.connections == 1).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_handle_leaves() {
+    bounded(async {
+        let server = server().await;
+        let ((a, mut a_events), (_b, mut b_events)) = pair(&server.url(), "drop").await;
+        drop(a);
+        let (peer, _) = wait_for(&mut b_events, LIMIT, left).await;
+        assert_eq!(peer, pid("alice"));
+        stream_ends(&mut a_events).await;
+        counts_until(&server, LIMIT, |c| c.connections == 1).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_signaling_is_an_event_and_peers_keep_talking() {
+    bounded(async {
+        let server = server().await;
+        let ((a, mut a_events), (b, mut b_events)) = pair(&server.url(), "lost").await;
+        server.shutdown().await;
+        for events in [&mut a_events, &mut b_events] {
+            wait_for(events, LIMIT, |e| {
+                matches!(e, Event::SignalingLost { .. }).then_some(())
+            })
+            .await;
+        }
+        assert!(!a.stats().await.unwrap().signaling_connected);
+        a.send(&pid("bob"), DataMessage::Binary(vec![1, 2, 3]))
+            .await
+            .unwrap();
+        let (from, msg) = wait_for(&mut b_events, LIMIT, data_from).await;
+        assert_eq!(
+            (from, msg),
+            (pid("alice"), DataMessage::Binary(vec![1, 2, 3]))
+        );
+        a.leave().await.unwrap();
+        b.leave().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_errors_are_typed() {
+    bounded(async {
+        let server = server().await;
+        let url = server.url();
+
+        let err = Session::join(config("http://127.0.0.1:1/", "r", "x"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::BadUrl { .. }), "{err}");
+
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let closed = format!("ws://{}/", free.local_addr().unwrap());
+        drop(free);
+        let err = Session::join(config(&closed, "r", "x")).await.unwrap_err();
+        assert!(matches!(err, Error::SignalConnect { .. }), "{err}");
+
+        let mut c = config(&url, "r", "x");
+        c.bind = "0.0.0.0:0".parse().unwrap();
+        let err = Session::join(c).await.unwrap_err();
+        assert!(matches!(err, Error::BadBindAddress(_)), "{err}");
+
+        let (_x, _x_events) = join(&url, "r", "x").await;
+        let err = Session::join(config(&url, "r", "x")).await.unwrap_err();
+        let Error::Rejected(rpc) = &err else {
+            panic!("expected a rejection, got {err}");
+        };
+        assert_eq!(rpc.error_code(), Some(ErrorCode::PeerIdTaken));
+
+        // The refused session left nothing behind on the server.
+        counts_until(&server, LIMIT, |c| c.connections == 1).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_peer_is_reported_not_fatal() {
+    bounded(async {
+        let server = server().await;
+        let (a, mut a_events) = join(&server.url(), "r", "alice").await;
+        a.send(&pid("nobody"), DataMessage::Text("?".into()))
+            .await
+            .unwrap();
+        let failed = wait_for(&mut a_events, LIMIT, |e| match e {
+            Event::SendFailed { peer, .. } => Some(peer.clone()),
+            _ => None,
+        })
+        .await;
+        assert_eq!(failed, Some(pid("nobody")));
+        assert!(a.stats().await.unwrap().peers.is_empty());
+        let too_big = DataMessage::Binary(vec![0; meshrtc::MAX_DATA_MESSAGE + 1]);
+        assert!(a.send(&pid("nobody"), too_big).await.is_err());
+        a.leave().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_data_arrives_complete_and_in_order() {
+    bounded(async {
+        const COUNT: usize = 5000;
+        let server = server().await;
+        let ((a, _a_events), (b, mut b_events)) = pair(&server.url(), "bulk").await;
+        let started = Instant::now();
+        let sender = tokio::spawn({
+            let a = a.clone();
+            async move {
+                for i in 0..COUNT {
+                    let mut payload = vec![(i % 251) as u8; 1024];
+                    payload[..8].copy_from_slice(&(i as u64).to_be_bytes());
+                    a.send(&pid("bob"), DataMessage::Binary(payload))
+                        .await
+                        .unwrap();
+                }
+            }
+        });
+        for i in 0..COUNT {
+            let (_, msg) = wait_for(&mut b_events, LIMIT, data_from).await;
+            let DataMessage::Binary(bytes) = msg else {
+                panic!("binary expected");
+            };
+            assert_eq!(bytes.len(), 1024);
+            assert_eq!(u64::from_be_bytes(bytes[..8].try_into().unwrap()), i as u64);
+        }
+        sender.await.unwrap();
+        eprintln!("{COUNT} x 1 KiB in {:?}", started.elapsed());
+        let a_stats = a.stats().await.unwrap();
+        let b_stats = b.stats().await.unwrap();
+        assert_eq!(a_stats.peers[&pid("bob")].messages_sent, COUNT as u64);
+        assert_eq!(b_stats.peers[&pid("alice")].messages_received, COUNT as u64);
+        assert!(a_stats.peers[&pid("bob")].connected);
+        a.leave().await.unwrap();
+        b.leave().await.unwrap();
+    })
+    .await;
+}
+
+/// A clock an hour ahead of tokio's
+struct Shifted;
+
+impl Clock for Shifted {
+    fn now(&self) -> Instant {
+        tokio::time::Instant::now().into_std() + Duration::from_secs(3600)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_runs_on_any_clock() {
+    bounded(async {
+        let server = server().await;
+        let url = server.url();
+        let mut c = config(&url, "clock", "alice");
+        c.clock = SharedClock::new(Shifted);
+        let (a, mut a_events) = Session::join(c).await.unwrap();
+        let (b, mut b_events) = join(&url, "clock", "bob").await;
+        assert_eq!(wait_for(&mut a_events, LIMIT, connected).await, pid("bob"));
+        assert_eq!(
+            wait_for(&mut b_events, LIMIT, connected).await,
+            pid("alice")
+        );
+        b.send(&pid("alice"), DataMessage::Text("tick".into()))
+            .await
+            .unwrap();
+        let (_, msg) = wait_for(&mut a_events, LIMIT, data_from).await;
+        assert_eq!(msg, DataMessage::Text("tick".into()));
+        a.leave().await.unwrap();
+        b.leave().await.unwrap();
+    })
+    .await;
+}
