@@ -441,6 +441,15 @@ impl Participant {
         self.state = RoomState::Left;
     }
 
+    /// Whether [`send_data`](Self::send_data) to `peer` would be accepted now (the peer
+    /// exists and its queue has room); lets a driver apply back-pressure instead of losing
+    /// a message to [`Error::SendQueueFull`]
+    pub fn can_send(&self, peer: &PeerId) -> bool {
+        self.peers
+            .get(peer)
+            .is_some_and(|p| p.stats().queued_messages < self.config.max_queued_messages)
+    }
+
     /// Sends a data message to one peer
     ///
     /// If the channel is not open yet or its send buffer is full, the message is queued

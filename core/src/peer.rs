@@ -70,6 +70,8 @@ pub(crate) struct Peer {
     jitter_config: crate::sync::JitterConfig,
     video_send_codec: Option<VideoCodec>,
     video_preference: Vec<VideoCodec>,
+    /// Whether we use a data channel with this peer (else DTLS up counts as connected)
+    wants_data: bool,
 }
 
 impl Peer {
@@ -132,6 +134,7 @@ impl Peer {
             jitter_config: config.media.jitter,
             video_send_codec: None,
             video_preference: config.media.video_codecs.clone(),
+            wants_data: config.capabilities.data,
         }
     }
 
@@ -184,9 +187,11 @@ impl Peer {
             let mid = api.add_media(kind, dir, Some("meshrtc".into()), None, None);
             mids.push((kind, mid));
         }
-        // A data channel always: without it a media-less peer has nothing to negotiate,
-        // and it carries the application's messages.
-        api.add_channel(config.channel_label.clone());
+        // The data channel, when we want one; a peer with neither media nor data still
+        // gets one, as there would be nothing to negotiate otherwise.
+        if local.data || mids.is_empty() {
+            api.add_channel(config.channel_label.clone());
+        }
         let (offer, pending) = api
             .apply()
             .expect("a change with a new channel always yields an offer; panic means bug");
@@ -450,6 +455,11 @@ impl Peer {
         match e {
             RtcEvent::Connected => {
                 self.dtls_connected = true;
+                // Without a data channel, DTLS up is when media becomes usable.
+                if !self.wants_data && self.connected_at.is_none() {
+                    self.connected_at = Some(self.now);
+                    out.push(PeerOutput::Connected(self.now - self.created));
+                }
             }
             RtcEvent::IceConnectionStateChange(state) => match state {
                 IceConnectionState::Disconnected => {

@@ -389,7 +389,6 @@ struct Driver {
     ready: Option<oneshot::Sender<Result<Joined>>>,
     /// A send the core could not queue yet (its queue for the peer is full)
     stalled: Option<(PeerId, DataMessage)>,
-    max_queued: usize,
     /// Set when the announce was refused: the driver ends
     refused: bool,
     sources: Option<TestSources>,
@@ -416,7 +415,6 @@ impl Driver {
             Err(e) => return Err((ready, e)),
         };
         let clock = config.clock.clone();
-        let max_queued = config.participant.max_queued_messages;
         let mut pconfig = config.participant;
         // Capture-to-playout latency needs our instants on str0m's wall-clock time base:
         // read both clocks together once.
@@ -439,7 +437,6 @@ impl Driver {
             events,
             ready: Some(ready),
             stalled: None,
-            max_queued,
             refused: false,
             sources: config.test_sources,
         })
@@ -682,9 +679,7 @@ impl Driver {
 
     /// Whether the core would refuse a message to `peer` with `SendQueueFull`
     fn queue_is_full(&self, peer: &PeerId) -> bool {
-        self.participant
-            .peer_stats(peer)
-            .is_some_and(|s| s.queued_messages >= self.max_queued)
+        self.participant.peer_stats(peer).is_some() && !self.participant.can_send(peer)
     }
 
     fn send_now(&mut self, peer: PeerId, message: DataMessage) {
