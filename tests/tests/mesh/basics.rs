@@ -19,6 +19,7 @@ fn two_peers_connect_and_exchange_data_both_ways() {
             _ => None,
         });
         let ct = ct.expect("a connect event");
+        eprintln!("2-peer connect time (virtual, 10 ms links, 5 ms to the server): {ct:?}");
         assert!(
             ct > Duration::from_millis(10) && ct < Duration::from_secs(2),
             "{ct:?}"
