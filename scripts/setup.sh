@@ -6,7 +6,8 @@ set -euo pipefail
 # Codecs (core features opus/h264/vpx): cmake builds the bundled libopus; g++ and nasm build
 # OpenH264 (nasm for its SIMD, which is several times faster); libvpx-dev via pkg-config for
 # VP8/VP9, and libclang-dev for bindgen, which generates the libvpx bindings from its headers.
-needed=(pkg-config cmake g++ nasm libvpx-dev libclang-dev)
+# chromium: Debian's headless browser for the interop tests (interop/, /usr/bin/chromium).
+needed=(pkg-config cmake g++ nasm libvpx-dev libclang-dev chromium)
 missing=()
 for p in "${needed[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

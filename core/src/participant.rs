@@ -332,7 +332,28 @@ pub struct Participant {
     last_timeout_reason: TimeoutReason,
     drops: DropCounters,
     encoders: Encoders,
+    /// Datagrams no peer accepted yet, retried for a short while
+    strays: VecDeque<Stray>,
+    /// Last statistics of peers that went away
+    departed: BTreeMap<PeerId, PeerStats>,
 }
+
+/// How many departed peers' statistics are kept
+const MAX_DEPARTED: usize = 64;
+
+/// A datagram no peer accepted when it arrived
+struct Stray {
+    at: Instant,
+    source: SocketAddr,
+    destination: SocketAddr,
+    contents: Vec<u8>,
+}
+
+/// How many unroutable datagrams are held for a retry, at most
+const MAX_STRAYS: usize = 16;
+
+/// How long an unroutable datagram is held for a retry
+const STRAY_TTL: Duration = Duration::from_millis(250);
 
 /// A peer we know is in the room, with candidates that arrived before its offer
 #[derive(Debug)]
@@ -367,6 +388,8 @@ impl Participant {
             last_timeout_reason: TimeoutReason::Idle,
             drops: DropCounters::default(),
             encoders: Encoders::new(),
+            strays: VecDeque::new(),
+            departed: BTreeMap::new(),
         }
     }
 
@@ -669,9 +692,20 @@ impl Participant {
         self.peers.get(peer).is_some_and(Peer::is_connected)
     }
 
-    /// Statistics for one peer
+    /// Statistics for one peer: a connected one, or the last figures of one that left
     pub fn peer_stats(&self, peer: &PeerId) -> Option<PeerStats> {
-        self.peers.get(peer).map(Peer::stats)
+        self.peers
+            .get(peer)
+            .map(Peer::stats)
+            .or_else(|| self.departed.get(peer).cloned())
+    }
+
+    /// Peers that left or failed and whose last statistics are kept (at most 64, oldest
+    /// forgotten first), in id order
+    pub fn departed_peer_ids(&self) -> impl Iterator<Item = &PeerId> {
+        self.departed
+            .keys()
+            .filter(|id| !self.peers.contains_key(*id))
     }
 
     /// Counters of input that was dropped
@@ -682,6 +716,7 @@ impl Participant {
     // ---- inputs ----
 
     fn handle_timeout(&mut self, now: Instant) {
+        self.retry_strays(now);
         let ids: Vec<PeerId> = self.peers.keys().cloned().collect();
         for id in ids {
             let Some(peer) = self.peers.get_mut(&id) else {
@@ -695,6 +730,56 @@ impl Participant {
     }
 
     fn handle_receive(&mut self, now: Instant, recv: Receive<'_>) -> Result<(), Error> {
+        if !self.config.candidate_policy.allows(recv.source) {
+            // The policy limits which addresses we talk to, whatever a remote's ICE checks
+            // would otherwise teach str0m (peer-reflexive candidates).
+            self.drops.unroutable_datagrams += 1;
+            return Err(Error::UnroutableDatagram(recv.source));
+        }
+        let res = self.route(now, recv);
+        if matches!(res, Err(Error::UnroutableDatagram(_))) {
+            self.drops.unroutable_datagrams += 1;
+            // A connectivity check or DTLS hello can arrive a moment before the candidate
+            // or pair that makes it routable: keep a few for a short while and retry.
+            if self.strays.len() >= MAX_STRAYS {
+                self.strays.pop_front();
+            }
+            self.strays.push_back(Stray {
+                at: now,
+                source: recv.source,
+                destination: recv.destination,
+                contents: recv.contents.to_vec(),
+            });
+        } else {
+            self.retry_strays(now);
+        }
+        res
+    }
+
+    /// Feeds held datagrams that some peer now accepts; forgets old ones
+    fn retry_strays(&mut self, now: Instant) {
+        if self.strays.is_empty() {
+            return;
+        }
+        let held = std::mem::take(&mut self.strays);
+        for stray in held {
+            if now >= stray.at + STRAY_TTL {
+                continue;
+            }
+            let recv = Receive {
+                source: stray.source,
+                destination: stray.destination,
+                contents: &stray.contents,
+            };
+            if self.route(now, recv).is_err() {
+                self.strays.push_back(stray);
+            } else {
+                tracing::debug!(source = %stray.source, "held datagram delivered");
+            }
+        }
+    }
+
+    fn route(&mut self, now: Instant, recv: Receive<'_>) -> Result<(), Error> {
         let parsed =
             str0m::net::Receive::new(Protocol::Udp, recv.source, recv.destination, recv.contents);
         let parsed = match parsed {
@@ -714,7 +799,6 @@ impl Participant {
             .find(|(_, p)| p.accepts(&input))
             .map(|(id, _)| id.clone());
         let Some(id) = target else {
-            self.drops.unroutable_datagrams += 1;
             return Err(Error::UnroutableDatagram(recv.source));
         };
         let peer = self
@@ -902,6 +986,8 @@ impl Participant {
         if let Some(peer) = self.peers.get_mut(&from) {
             let res = peer.add_remote_candidate(&candidate, policy);
             self.drain_peer(&from);
+            // A check that arrived before this candidate may be routable now.
+            self.retry_strays(self.last_now);
             return res.map_err(|reason| {
                 self.drops.bad_candidates += 1;
                 Error::BadCandidate { peer: from, reason }
@@ -1090,8 +1176,13 @@ impl Participant {
     }
 
     fn remove_peer(&mut self, id: &PeerId, end: PeerEnd) {
-        if self.peers.remove(id).is_none() {
+        let Some(peer) = self.peers.remove(id) else {
             return;
+        };
+        // Keep the last figures of a peer that went away (bounded), for reports.
+        self.departed.insert(id.clone(), peer.stats());
+        while self.departed.len() > MAX_DEPARTED {
+            self.departed.pop_first();
         }
         let event = match end {
             PeerEnd::Left(reason) => Event::PeerLeft {

@@ -89,6 +89,9 @@ impl Peer {
             .set_dtls_cert(cert)
             .set_local_ice_credentials(creds)
             .set_stats_interval(Some(Duration::from_secs(1)))
+            // The largest message we accept (256 KiB) must fit the send buffer in one go,
+            // or a write would be refused forever.
+            .set_sctp_max_buffered_amount(crate::MAX_DATA_MESSAGE + BUFFERED_LOW_THRESHOLD)
             // Sender reports every second for both kinds: lip-sync, latency and drift from
             // reports all start from the first pair of them.
             .set_rtcp_report_interval_audio(Duration::from_secs(1))
@@ -210,7 +213,7 @@ impl Peer {
             .accept_offer(offer)
             .map_err(|e| e.to_string())?;
         self.on_remote_description();
-        Ok(answer.to_sdp_string())
+        Ok(fill_rejected_media_lines(&answer.to_sdp_string(), sdp))
     }
 
     pub(crate) fn accept_answer(&mut self, sdp: &str) -> Result<(), String> {
@@ -588,6 +591,37 @@ impl Peer {
     }
 }
 
+/// Gives every rejected media line of an answer (`m=video 0 PROTO` with no formats, which
+/// str0m writes when no codec matches) the first format of the offer's line at the same
+/// position, as RFC 3264 asks: browsers refuse an answer whose format list is empty
+fn fill_rejected_media_lines(answer: &str, offer: &str) -> String {
+    let offer_formats: Vec<&str> = offer
+        .lines()
+        .filter(|l| l.starts_with("m="))
+        .map(|l| l.split_whitespace().nth(3).unwrap_or("0"))
+        .collect();
+    let mut index = 0;
+    let mut out = String::with_capacity(answer.len() + 8);
+    for line in answer.split_inclusive('\n') {
+        let body = line.trim_end_matches(['\r', '\n']);
+        if body.starts_with("m=") {
+            let fields: Vec<&str> = body.split_whitespace().collect();
+            if fields.len() == 3 && fields[1] == "0" {
+                let fmt = offer_formats.get(index).copied().unwrap_or("0");
+                out.push_str(&format!(
+                    "{} {} {} {fmt}\r\n",
+                    fields[0], fields[1], fields[2]
+                ));
+                index += 1;
+                continue;
+            }
+            index += 1;
+        }
+        out.push_str(line);
+    }
+    out
+}
+
 /// Parses a trickled candidate line; `Ok(None)` is the end-of-candidates marker
 pub(crate) fn parse_candidate(line: &str) -> Result<Option<Candidate>, String> {
     let line = line.trim();
@@ -598,4 +632,23 @@ pub(crate) fn parse_candidate(line: &str) -> Result<Option<Candidate>, String> {
     Candidate::from_sdp_string(line)
         .map(Some)
         .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejected_media_lines_get_a_format_from_the_offer() {
+        let offer = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111 63\r\na=x\r\nm=video 9 UDP/TLS/RTP/SAVPF 96 97\r\n";
+        let answer = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=y\r\nm=video 0 UDP/TLS/RTP/SAVPF \r\na=z\r\n";
+        let fixed = fill_rejected_media_lines(answer, offer);
+        assert_eq!(
+            fixed,
+            "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=y\r\nm=video 0 UDP/TLS/RTP/SAVPF 96\r\na=z\r\n"
+        );
+        // Nothing to fill: unchanged.
+        let ok = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n";
+        assert_eq!(fill_rejected_media_lines(ok, offer), ok);
+    }
 }

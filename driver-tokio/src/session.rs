@@ -109,7 +109,8 @@ pub enum Event {
 /// A snapshot of a session's counters
 #[derive(Debug, Clone)]
 pub struct SessionStats {
-    /// Every remote peer that currently has a connection (connecting or connected)
+    /// Every remote peer that has a connection (connecting or connected), and the last
+    /// figures of those that left
     pub peers: BTreeMap<PeerId, PeerStats>,
     /// Input the core dropped
     pub drops: DropCounters,
@@ -695,6 +696,7 @@ impl Driver {
         let peers = self
             .participant
             .peer_ids()
+            .chain(self.participant.departed_peer_ids())
             .filter_map(|id| Some((id.clone(), self.participant.peer_stats(id)?)))
             .collect();
         SessionStats {
