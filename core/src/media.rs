@@ -284,6 +284,7 @@ pub(crate) struct PeerMedia {
     video_unwrap: TimestampUnwrapper,
     drift: DriftEstimator,
     drift_ppm: Option<f64>,
+    drift_reports: DriftEstimator,
     last_drift_update: Option<Instant>,
     sr_audio: Option<SenderReport>,
     sr_video: Option<SenderReport>,
@@ -320,6 +321,11 @@ impl PeerMedia {
             video_unwrap: TimestampUnwrapper::default(),
             drift: DriftEstimator::new(DriftConfig::default()),
             drift_ppm: None,
+            drift_reports: DriftEstimator::new(DriftConfig {
+                min_samples: 5,
+                min_span: Duration::from_secs(4),
+                ..DriftConfig::default()
+            }),
             last_drift_update: None,
             sr_audio: None,
             sr_video: None,
@@ -344,6 +350,11 @@ impl PeerMedia {
     /// The estimated drift of the sender's clock, in ppm
     pub(crate) fn drift_ppm(&self) -> Option<f64> {
         self.drift_ppm
+    }
+
+    /// The drift of the sender's wall clock estimated from its sender reports, in ppm
+    pub(crate) fn report_drift_ppm(&self) -> Option<f64> {
+        self.drift_reports.estimate().map(|e| e.ppm)
     }
 
     pub(crate) fn audio_stats(&self) -> AudioStats {
@@ -563,6 +574,10 @@ impl PeerMedia {
         };
         // Place the report's 32-bit RTP time next to the stream's unwrapped time.
         let rtp = unwrap.clone().unwrap(rtp);
+        // Reports give a second, independent view of the sender's clock (its wall clock
+        // rather than its media clock): estimated apart, since a handful of samples pooled
+        // with thousands of packets would only add noise.
+        self.drift_reports.handle_sample(0, received, wall);
         if let Some(prev) = slot {
             let gap = local_secs(received, prev.received) * 1000.0;
             *max_gap = Some(max_gap.map_or(gap, |m: f64| m.max(gap)));

@@ -152,6 +152,7 @@ impl Peer {
         s.queued_messages = self.send_queue.len();
         s.is_offerer = self.role == Role::Offerer;
         s.clock_drift_ppm = self.media.drift_ppm();
+        s.report_clock_drift_ppm = self.media.report_drift_ppm();
         if self.media.audio_mid.is_some() {
             s.audio = Some(self.media.audio_stats());
         }

@@ -33,6 +33,8 @@ pub struct PeerStats {
     pub queued_messages: usize,
     /// Estimated drift of the peer's clock relative to ours (ppm, + = theirs fast)
     pub clock_drift_ppm: Option<f64>,
+    /// The same drift estimated from RTCP sender reports (the sender's wall clock), ppm
+    pub report_clock_drift_ppm: Option<f64>,
     /// Audio receive statistics, when audio was negotiated
     pub audio: Option<crate::media::AudioStats>,
     /// Video receive statistics, when video was negotiated

@@ -63,6 +63,24 @@ fn blocking_and_tokio_exchange_data_and_audio() {
     let audio = AudioLoop::start(capture, playout);
     tokio_hears(&rt, &mut t_events, &blk, 50);
 
+    // And the other way: the tokio peer sends a tone frame every 20 ms; the blocking
+    // peer's audio callback pops it from its playout ring.
+    let sender = t_handle.clone();
+    let tone_task = rt.spawn(async move {
+        let mut tone = meshrtc::codec::testsrc::Tone::new(48_000, 1);
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(20));
+        for _ in 0..150 {
+            tick.tick().await;
+            if sender.send_audio(tone.next_samples(960)).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut idx = Indices::default();
+    let tok_at_blk = idx.wait(&events, &tok, |_| {});
+    audio.wait_audible(tok_at_blk, 0, 50, "blocking hears tokio");
+    rt.block_on(tone_task).unwrap();
+
     audio.stop();
     handle.leave().unwrap();
     rt.block_on(t_handle.leave()).unwrap();

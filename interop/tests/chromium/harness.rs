@@ -103,8 +103,11 @@ pub fn meshrtc_bin() -> &'static Path {
             .and_then(Path::parent)
             .expect("the test binary lives in target/<profile>/deps")
             .to_path_buf();
+        // Tests in target/debug were built with the `test` profile: building the binary with
+        // the same profile reuses every dependency already compiled for the tests (the `dev`
+        // profile would compile them all again).
         let profile = match profile_dir.file_name().and_then(|s| s.to_str()) {
-            Some("debug") | None => "dev".to_string(),
+            Some("debug") | None => "test".to_string(),
             Some(other) => other.to_string(),
         };
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
