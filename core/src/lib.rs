@@ -53,6 +53,7 @@
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod clock;
 pub mod codec;
 mod error;
 pub mod media;

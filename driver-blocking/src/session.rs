@@ -15,7 +15,7 @@ use crate::audio::{
     self, AudioCapture, AudioPlayout, PeerIndex, RtCounts, DEFAULT_CAPTURE_SLOTS,
     DEFAULT_PLAYOUT_SLOTS,
 };
-use crate::clock::SharedClock;
+use crate::clock::{SharedClock, SystemClock};
 use crate::driver::{self, Control, DataCommand, Joined, WaitMode};
 use crate::signaling::{self, Backoff};
 use crate::{Error, Result};
@@ -88,7 +88,7 @@ impl SessionConfig {
             playout_slots: DEFAULT_PLAYOUT_SLOTS,
             join_timeout: Duration::from_secs(10),
             reconnect: Backoff::default(),
-            clock: SharedClock::default(),
+            clock: SharedClock::new(SystemClock),
             wait: WaitMode::default(),
         }
     }

@@ -15,7 +15,7 @@ use meshrtc::{
 use tokio::sync::{mpsc, oneshot};
 
 use crate::client::{SignalClient, SignalEvent};
-use crate::clock::SharedClock;
+use crate::clock::{SharedClock, TokioClock};
 use crate::udp::{RecvBuf, UdpIo};
 use crate::{Error, Result};
 
@@ -77,7 +77,7 @@ impl SessionConfig {
             socket_buffer: DEFAULT_SOCKET_BUFFER,
             command_queue: DEFAULT_COMMAND_QUEUE,
             join_timeout: Duration::from_secs(10),
-            clock: SharedClock::default(),
+            clock: SharedClock::new(TokioClock),
             test_sources: None,
         }
     }
