@@ -1,12 +1,14 @@
-//! Figures for the tokio driver: connect times, data-channel throughput, memory
+//! Figures for meshrtc: connect times, data-channel throughput, memory
 //!
-//! Not a timed test: run it with `cargo bench -p meshrtc-tokio --bench figures` and read
-//! the printed table. Everything runs on loopback in this process.
+//! Not a timed test: run it with `cargo bench -p meshrtc-benches --bench figures
+//! [section...]` (sections: `connect`, `throughput`, `memory`; none means all) and read the
+//! printed table. Everything runs on loopback (127.0.0.1) in this process.
 //!
 //! * connect time of a pair (p50/p95 over 20 runs) and of a full 10-peer mesh
 //! * data-channel throughput between two peers, 1 KiB and 16 KiB messages: meshrtc over
-//!   loopback UDP against two raw str0m `Rtc`s wired together in memory (the protocol's
-//!   ceiling on this machine), with the ratio
+//!   loopback UDP, two raw str0m `Rtc`s wired together in memory (the protocol's ceiling on
+//!   this machine) and, with `--features webrtc-rs`, two webrtc-rs peers over loopback UDP;
+//!   with the ratios meshrtc/str0m and meshrtc/webrtc-rs
 //! * memory per idle remote peer (resident set growth per `Rtc`)
 
 use std::collections::BTreeSet;
@@ -16,6 +18,9 @@ use std::time::{Duration, Instant};
 use meshrtc::signal::{PeerId, RoomId};
 use meshrtc::{CandidatePolicy, DataMessage};
 use meshrtc_tokio::{Event, EventStream, Session, SessionConfig, SessionHandle, SignalServer};
+
+#[cfg(feature = "webrtc-rs")]
+mod webrtc_rs;
 
 /// Bytes moved per throughput run
 const THROUGHPUT_BYTES: usize = 64 * 1024 * 1024;
@@ -67,20 +72,7 @@ fn main() {
             );
         }
         if wants("throughput") {
-            println!(
-                "== data-channel throughput, {} MiB per run ==",
-                THROUGHPUT_BYTES >> 20
-            );
-            for size in [1024, 16 * 1024] {
-                let (_, ceiling) = str0m_in_memory(size, THROUGHPUT_BYTES);
-                let (mesh, max_gap) = meshrtc_loopback(&url, size, THROUGHPUT_BYTES).await;
-                println!(
-                    "  {:>2} KiB messages: meshrtc {mesh:7.1} MB/s (longest gap {max_gap:.1} ms), \
-                 raw str0m in memory {ceiling:7.1} MB/s, ratio {:.2}",
-                    size / 1024,
-                    mesh / ceiling
-                );
-            }
+            throughput(&url).await;
         }
         if wants("memory") {
             println!("== memory ==");
@@ -88,6 +80,83 @@ fn main() {
         }
         server.shutdown().await;
     });
+}
+
+/// The throughput table: one row per message size, every stack on the same bytes
+async fn throughput(url: &str) {
+    println!(
+        "== data-channel throughput, {} MiB per run, reliable ordered channel ==",
+        THROUGHPUT_BYTES >> 20
+    );
+    println!(
+        "  {:>5} | {:>24} | {:>13} | {:>24} | {:>13} | {:>17}",
+        "msg",
+        "meshrtc MB/s (gap ms)",
+        "str0m MB/s",
+        "webrtc-rs MB/s (gap ms)",
+        "meshrtc/str0m",
+        "meshrtc/webrtc-rs"
+    );
+    for size in [1024, 16 * 1024] {
+        let (_, ceiling) = str0m_in_memory(size, THROUGHPUT_BYTES);
+        let drops = udp_receive_drops();
+        let (mesh, mesh_gap) = meshrtc_loopback(url, size, THROUGHPUT_BYTES).await;
+        report_drops("meshrtc", drops);
+        #[cfg(feature = "webrtc-rs")]
+        let webrtc = {
+            let drops = udp_receive_drops();
+            let r = webrtc_rs::loopback(size, THROUGHPUT_BYTES).await;
+            report_drops("webrtc-rs", drops);
+            Some(r)
+        };
+        #[cfg(not(feature = "webrtc-rs"))]
+        let webrtc: Option<(f64, f64)> = None;
+        let (webrtc_col, webrtc_ratio) = match webrtc {
+            Some((rate, gap)) => (
+                format!("{rate:.1} ({gap:.1})"),
+                format!("{:.2}", mesh / rate),
+            ),
+            None => ("-".to_string(), "-".to_string()),
+        };
+        println!(
+            "  {:>2} KiB | {:>24} | {:>13.1} | {:>24} | {:>13.2} | {:>17}",
+            size / 1024,
+            format!("{mesh:.1} ({mesh_gap:.1})"),
+            ceiling,
+            webrtc_col,
+            mesh / ceiling,
+            webrtc_ratio
+        );
+    }
+    println!(
+        "  (gap: longest time between two deliveries; str0m: two Rtcs in one thread, in memory)"
+    );
+    #[cfg(not(feature = "webrtc-rs"))]
+    println!(
+        "  webrtc-rs column: cargo bench -p meshrtc-benches --bench figures \
+         --features webrtc-rs throughput"
+    );
+}
+
+/// The machine's count of UDP datagrams dropped for a full receive buffer
+/// (`RcvbufErrors` in `/proc/net/snmp`; system-wide, so other processes count too)
+fn udp_receive_drops() -> Option<u64> {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").ok()?;
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (names, values) = (udp.next()?, udp.next()?);
+    let i = names.split_whitespace().position(|n| n == "RcvbufErrors")?;
+    values.split_whitespace().nth(i)?.parse().ok()
+}
+
+/// With `MESHRTC_BENCH_VERBOSE=1`, how many datagrams were dropped since `before`
+fn report_drops(stack: &str, before: Option<u64>) {
+    let verbose = std::env::var_os("MESHRTC_BENCH_VERBOSE").is_some_and(|v| v != "0");
+    if let (true, Some(before), Some(after)) = (verbose, before, udp_receive_drops()) {
+        println!(
+            "    {stack}: {} UDP datagrams dropped for a full receive buffer (system-wide)",
+            after - before
+        );
+    }
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
