@@ -55,6 +55,7 @@
 
 pub mod clock;
 pub mod codec;
+pub mod echo;
 mod error;
 pub mod media;
 mod participant;

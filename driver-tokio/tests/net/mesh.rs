@@ -80,8 +80,10 @@ async fn mesh_peer(
             }
             _ => {}
         }
-        for (peer, msg) in echo.handle_event(Instant::now(), &event) {
-            handle.send(&peer, msg).await.unwrap();
+        if let Event::Mesh(event) = &event {
+            for (peer, msg) in echo.handle_event(Instant::now(), event) {
+                handle.send(&peer, msg).await.unwrap();
+            }
         }
     }
     handle.leave().await.unwrap();

@@ -10,6 +10,7 @@
 //! Without `/usr/bin/chromium` the tests print `SKIPPED` and pass, unless `CI` is set; then
 //! they fail. `MESHRTC_INTEROP_KEEP=1` keeps the scratch directories (logs, stats files).
 
+mod blocking;
 mod data;
 mod figures;
 mod harness;

@@ -1,25 +1,29 @@
-//! Case 5: a room of three, two meshrtc peers and Chromium, full mesh, data, audio and video
+//! Case 5: a room of three, one meshrtc peer per driver and Chromium, full mesh, data, audio
+//! and video
 
 use std::time::Duration;
 
 use serde_json::json;
 
+use crate::blocking::{BlockingMedia, BlockingPeer};
 use crate::data::{check_pair, PageRole, PairExpect};
 use crate::harness::{num, run, Checks, World, EXIT_SLACK, LONG_RUN, PAGE_START};
-use crate::media::{check_media, media_args, MediaExpect};
+use crate::media::{check_media, media_args, MediaExpect, FPS, HEIGHT, WIDTH};
 
 const PROBES: &[usize] = &[8, 1200, 16_384];
 
-/// alpha joins first; Chromium joins second and offers to alpha; bravo joins third and offers
-/// to alpha and to Chromium (so Chromium is an offerer and an answerer in one room). Everyone
-/// sends Opus audio and VP8 video at 320x180. Once Chromium's channel to bravo is open, all
-/// stay 8 s, then alpha is told to leave, then bravo. Every pair must connect and carry at
+/// alpha (`meshrtc peer`, the tokio driver) joins first; Chromium joins second and offers to
+/// alpha; bravo (the blocking driver, in this process: [`BlockingPeer`]) joins third and
+/// offers to alpha and to Chromium (so Chromium is an offerer and an answerer in one room).
+/// Everyone sends Opus audio and VP8 video at 320x180. Once Chromium's channel to bravo is
+/// open, all stay 8 s, then bravo leaves, then alpha. Every pair must connect and carry at
 /// least 5 pings and pongs each way, the echoed probes, and audio and video both ways (80% of
 /// the 10 s minimums of `media`).
 ///
-/// One gap: `meshrtc peer` reads its media statistics when it leaves, and a peer that left
-/// before is no longer in them (its `audio`/`video` come out `null`). So bravo's view of
-/// alpha's media cannot be checked; alpha's view of bravo's media is (alpha leaves first).
+/// One gap: a peer reads its media statistics when it leaves, and a peer that left before is
+/// no longer in them (its `audio`/`video` come out `null`). So alpha's view of bravo's media
+/// cannot be checked; bravo's view of alpha's media is (bravo leaves first), and bravo's
+/// audio callback must have played out alpha's and Chromium's audio.
 #[test]
 fn three_party_room() {
     run("three_party_room", |w: &mut World| {
@@ -33,14 +37,25 @@ fn three_party_room() {
             &format!("id=chromium&probe_sizes=8,1200,16384&{query}"),
         )?;
         w.wait_page_connected("page", "alpha", PAGE_START)?;
-        w.spawn_peer("bravo", LONG_RUN, &args)?;
+        let bravo = BlockingPeer::start(
+            &w.signal.url,
+            &w.room,
+            "bravo",
+            BlockingMedia {
+                codec: meshrtc::codec::VideoCodec::Vp8,
+                width: WIDTH,
+                height: HEIGHT,
+                fps: FPS,
+            },
+        )?;
         w.wait_page_connected("page", "bravo", Duration::from_secs(20))?;
         std::thread::sleep(hold);
+        let bravo_played = bravo.chunks_played();
+        let bravo = bravo.finish()?;
         w.peer("alpha").terminate();
         let alpha = w.finish_peer("alpha", EXIT_SLACK)?;
-        w.peer("bravo").terminate();
-        let bravo = w.finish_peer("bravo", EXIT_SLACK)?;
         let page = w.wait_page_saw_leave("page", "alpha")?;
+        let page_saw_bravo_leave = w.wait_page_saw_leave("page", "bravo").is_ok();
         let mut c = Checks::new();
         for (mesh, id, role) in [
             (&alpha, "alpha", PageRole::Offerer),
@@ -79,18 +94,25 @@ fn three_party_room() {
                 5.0,
             );
         }
-        // bravo → alpha media, as alpha saw it (see above for the other direction).
-        let from_bravo = |what: &str| num(&alpha, &format!("remote.bravo.{what}"));
+        // alpha → bravo media, as bravo saw it (see above for the other direction).
+        let from_alpha = |what: &str| num(&bravo, &format!("remote.alpha.{what}"));
         c.at_least(
-            "meshrtc alpha: audio.frames_decoded from bravo",
-            from_bravo("audio.frames_decoded"),
+            "meshrtc bravo (blocking): audio.frames_decoded from alpha",
+            from_alpha("audio.frames_decoded"),
             200.0,
         );
         c.at_least(
-            "meshrtc alpha: video.frames_decoded from bravo",
-            from_bravo("video.frames_decoded"),
+            "meshrtc bravo (blocking): video.frames_decoded from alpha",
+            from_alpha("video.frames_decoded"),
             80.0,
         );
+        // 8 s of 10 ms chunks from each of two peers, at 80%: what the callback played.
+        c.at_least(
+            "meshrtc bravo (blocking): audio chunks its callback played out",
+            Some(bravo_played as f64),
+            2.0 * 800.0 * 0.8,
+        );
+        c.check(page_saw_bravo_leave, "page: saw bravo leave");
         c.equal(
             "page: peers it knew",
             &json!(page["peers"].as_object().map(|o| o.len())),

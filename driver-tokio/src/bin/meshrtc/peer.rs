@@ -9,39 +9,10 @@ use meshrtc::codec::testsrc::TestSources;
 use meshrtc::codec::VideoEncoderConfig;
 use meshrtc::signal::{Capabilities, PeerId};
 use meshrtc::{CandidatePolicy, PeerStats};
-use meshrtc_tokio::echo::{self, Echo, RemoteReport};
+use meshrtc_tokio::echo::{self, Echo, RemoteReport, StatsFile};
 use meshrtc_tokio::{EventStream, Session, SessionConfig, SessionHandle};
-use serde::Serialize;
 
 use crate::{millis, AudioMode, DataMode, PeerArgs, VideoCodec, VideoMode};
-
-/// The stats file of `contracts/cli.md`
-#[derive(Debug, Serialize)]
-struct StatsJson {
-    peer_id: String,
-    room: String,
-    remote: BTreeMap<String, RemoteJson>,
-}
-
-/// One remote peer in the stats file; what cannot be measured is `null`
-#[derive(Debug, Serialize)]
-struct RemoteJson {
-    connected: bool,
-    connect_ms: Option<f64>,
-    audio: Option<serde_json::Value>,
-    video: Option<serde_json::Value>,
-    data: Option<DataJson>,
-    rtt_ms: Option<f64>,
-    loss: Option<f64>,
-    clock_drift_ppm: Option<f64>,
-}
-
-#[derive(Debug, Serialize)]
-struct DataJson {
-    pings_sent: u64,
-    pongs_received: u64,
-    messages_received: u64,
-}
 
 pub(crate) async fn run(args: PeerArgs) -> Result<(), String> {
     // Open the stats file first: a bad path fails before joining, not after the run.
@@ -120,7 +91,7 @@ pub(crate) async fn run(args: PeerArgs) -> Result<(), String> {
     handle.leave().await.map_err(|e| e.to_string())?;
     print_summary(&report, &media);
     if let Some(file) = &mut stats_file {
-        let json = stats_json(&peer_id, room, &report, &media, data);
+        let json = StatsFile::new(&peer_id, room, &report, &media, data);
         let text = serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?;
         writeln!(file, "{text}")
             .and_then(|()| file.flush())
@@ -139,7 +110,9 @@ async fn observe(
     let watch = async {
         while let Some(event) = events.recv().await {
             // No data channel: there is never anything to answer.
-            let _ = echo.handle_event(Instant::now(), &event);
+            if let meshrtc_tokio::Event::Mesh(event) = &event {
+                let _ = echo.handle_event(Instant::now(), event);
+            }
         }
     };
     tokio::select! {
@@ -147,7 +120,7 @@ async fn observe(
         () = stop => {}
     }
     if let Ok(stats) = handle.stats().await {
-        echo.record_stats(&stats);
+        echo.record_stats(&stats.peers);
     }
     echo.report()
 }
@@ -156,71 +129,6 @@ async fn observe(
 pub(crate) fn bitrate_for(width: u32, height: u32, fps: u32) -> u32 {
     let bits = u64::from(width) * u64::from(height) * u64::from(fps) / 10;
     bits.clamp(500_000, 5_000_000) as u32
-}
-
-/// The `audio` object of the stats file, when audio was negotiated
-pub(crate) fn audio_json(s: &PeerStats) -> Option<serde_json::Value> {
-    let a = s.audio.as_ref()?;
-    let jb = &a.jitter_buffer;
-    let mut lat = a.latency_ms.clone();
-    lat.sort_by(f64::total_cmp);
-    let q = |q: f64| (!lat.is_empty()).then(|| lat[((lat.len() - 1) as f64 * q).round() as usize]);
-    Some(serde_json::json!({
-        "frames_received": jb.frames_received,
-        "frames_decoded": jb.frames_decoded,
-        "jitter_buffer_ms": jb.mean_delay().map(millis),
-        "concealed_ms": jb.concealed_samples as f64 / 48.0,
-        "latency_ms_p50": q(0.5),
-        "latency_ms_p95": q(0.95),
-    }))
-}
-
-/// The `video` object of the stats file, when video was negotiated
-pub(crate) fn video_json(s: &PeerStats) -> Option<serde_json::Value> {
-    let v = s.video.as_ref()?;
-    Some(serde_json::json!({
-        "frames_received": v.frames_received,
-        "frames_decoded": v.frames_decoded,
-        "keyframes": v.keyframes,
-    }))
-}
-
-fn stats_json(
-    peer_id: &PeerId,
-    room: String,
-    report: &BTreeMap<PeerId, RemoteReport>,
-    media: &BTreeMap<PeerId, PeerStats>,
-    data: bool,
-) -> StatsJson {
-    let remote = report
-        .iter()
-        .map(|(peer, r)| {
-            let st = media.get(peer);
-            let json = RemoteJson {
-                connected: r.connected,
-                connect_ms: r.connect_time.map(millis),
-                audio: st.and_then(audio_json),
-                video: st.and_then(video_json),
-                data: data.then_some(DataJson {
-                    pings_sent: r.pings_sent,
-                    pongs_received: r.pongs_received,
-                    messages_received: r.messages_received,
-                }),
-                rtt_ms: r.rtt.map(millis),
-                loss: st
-                    .and_then(|s| s.audio.as_ref())
-                    .and_then(|a| a.packets_lost_fraction)
-                    .map(f64::from),
-                clock_drift_ppm: st.and_then(|s| s.clock_drift_ppm),
-            };
-            (peer.to_string(), json)
-        })
-        .collect();
-    StatsJson {
-        peer_id: peer_id.to_string(),
-        room,
-        remote,
-    }
 }
 
 fn print_summary(report: &BTreeMap<PeerId, RemoteReport>, media: &BTreeMap<PeerId, PeerStats>) {
