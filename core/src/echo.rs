@@ -319,6 +319,7 @@ fn millis(d: Duration) -> f64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // reason: tests anchor virtual time at a real instant
 mod tests {
     use super::*;
 

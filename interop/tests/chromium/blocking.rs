@@ -132,11 +132,9 @@ impl BlockingPeer {
                         next_ping += PING_INTERVAL;
                     }
                     let wait = next_frame.min(next_ping).saturating_duration_since(now);
-                    if let Some(event) = events.recv_timeout(wait) {
-                        if let Event::Mesh(event) = &event {
-                            for (peer, msg) in echo.handle_event(Instant::now(), event) {
-                                let _ = handle.send_data(&peer, msg);
-                            }
+                    if let Some(Event::Mesh(event)) = events.recv_timeout(wait) {
+                        for (peer, msg) in echo.handle_event(Instant::now(), &event) {
+                            let _ = handle.send_data(&peer, msg);
                         }
                     }
                 }
