@@ -1,5 +1,6 @@
 //! Host clocks: `local = offset + (1 + ppm·1e-6)·t`, computed exactly in integer nanoseconds
 
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::Error;
@@ -112,12 +113,23 @@ impl Clock {
 pub(crate) struct Anchor(Instant);
 
 impl Anchor {
+    /// The process's anchor: every simulation in one process places its readings on the
+    /// same instants
+    ///
+    /// str0m turns instants into NTP wall-clock time (sender reports) against a moment it
+    /// fixes once per process, and the core's lip-sync does arithmetic on those absolute
+    /// times in `f64`, whose rounding depends on their size. With one anchor per process
+    /// the same local reading always gives the same wall-clock time, so two runs in one
+    /// process cannot differ by that rounding.
     pub(crate) fn new() -> Self {
-        // The anchor only places virtual readings on the `Instant` scale; the real time it
-        // was taken at never enters a result.
-        #[allow(clippy::disallowed_methods)] // reason: an anchor, never read as "now" again
-        let real = Instant::now();
-        Self(real + MAX_OFFSET + Duration::from_secs(3600))
+        static ANCHOR: OnceLock<Instant> = OnceLock::new();
+        Self(*ANCHOR.get_or_init(|| {
+            // The anchor only places virtual readings on the `Instant` scale; the real time
+            // it was taken at never enters a result.
+            #[allow(clippy::disallowed_methods)] // reason: an anchor, never read as "now" again
+            let real = Instant::now();
+            real + MAX_OFFSET + Duration::from_secs(3600)
+        }))
     }
 
     /// The instant of a local reading

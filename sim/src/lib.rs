@@ -37,6 +37,7 @@
 pub mod clock;
 mod error;
 pub mod link;
+pub mod media;
 pub mod plot;
 pub mod report;
 pub mod scenario;
@@ -46,6 +47,7 @@ pub mod trace;
 pub use clock::Clock;
 pub use error::Error;
 pub use link::{Fate, Jitter, Link, LinkConfig, LinkStats, Loss, QueueLimit, Rate, Verdict};
+pub use media::{MediaSample, MediaSource, MediaStats, MediaStreamConfig, MediaStreamId};
 pub use report::Report;
 pub use scenario::Scenario;
 pub use sim::{

@@ -11,6 +11,7 @@ use meshrtc::PeerStats;
 use serde::Serialize;
 
 use crate::link::LinkStats;
+use crate::media::{MediaSource, MediaStreamId};
 use crate::sim::{FlowId, FlowStats, HostId, Sim};
 
 /// The whole report
@@ -68,6 +69,130 @@ pub struct PairReport {
     pub link: LinkStats,
     /// Measured streams from `from` to `to`, in scenario order
     pub streams: Vec<StreamReport>,
+    /// Media streams `from` sends, as `to` played them, in scenario order
+    pub media: Vec<MediaReport>,
+}
+
+/// One media stream of a pair: what the receiver played of what the sender captured
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MediaReport {
+    /// Stream name
+    pub name: String,
+    /// `audio` or `video`
+    pub kind: String,
+    /// The codec the sender prefers (`opus`, `h264`, `vp8`, `vp9`)
+    pub codec: String,
+    /// Frames handed to the sender's participant while the pair was connected
+    pub sent: u64,
+    /// Distinct frames played out (audio) or rendered (video)
+    pub played: u64,
+    /// Frames sent and never played, captured longer than the lateness limit before the end
+    pub lost: u64,
+    /// Frames sent and not played yet, captured within the lateness limit before the end
+    pub pending: u64,
+    /// Played frames whose capture-to-playout delay exceeded the lateness limit
+    pub late: u64,
+    /// The lateness limit, milliseconds
+    pub late_after_ms: f64,
+    /// Captures while the pair was not connected (not sent to this receiver)
+    pub not_connected: u64,
+    /// Frames the sender's participant refused (for the whole stream)
+    pub send_failed: u64,
+    /// Video frames rendered twice
+    pub duplicates: u64,
+    /// Video frames rendered after a later one
+    pub out_of_order: u64,
+    /// Audio playout chunks (10 ms) that were concealment, in whole or in part
+    pub concealed_chunks: u64,
+    /// Playout events that matched no captured frame (0 unless something is wrong)
+    pub unmatched: u64,
+    /// Capture-to-playout delay of played frames (virtual time)
+    pub delay_ms: Option<DelayReport>,
+    /// The longest time without playout between the first and the last, milliseconds
+    pub longest_gap_ms: Option<f64>,
+    /// What the receiver's core reports about this sender's media
+    pub receiver: Option<ReceiverReport>,
+}
+
+/// The receiver's core statistics about one sender's media ([`meshrtc::PeerStats`])
+///
+/// `PeerStats::report_clock_drift_ppm` (drift from RTCP sender reports) is left out: the
+/// core computes it from absolute NTP times in `f64`, whose rounding depends on the wall
+/// clock at process start, so its last digits change from one process to the next.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReceiverReport {
+    /// Estimated drift of the sender's clock against the receiver's, from packet arrivals,
+    /// ppm
+    pub clock_drift_ppm: Option<f64>,
+    /// The truth: the sender's clock rate over the receiver's, less one, ppm
+    pub true_clock_drift_ppm: f64,
+    /// Audio receive statistics (audio streams)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audio: Option<AudioReceiverReport>,
+    /// Video receive statistics (video streams)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub video: Option<VideoReceiverReport>,
+}
+
+/// The core's audio receive statistics ([`meshrtc::media::AudioStats`])
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AudioReceiverReport {
+    /// Frames that reached the jitter buffer
+    pub frames_received: u64,
+    /// Frames decoded
+    pub frames_decoded: u64,
+    /// Frames never received by the time they were due (concealed)
+    pub frames_lost: u64,
+    /// Frames that arrived after their time had been played
+    pub frames_late: u64,
+    /// Frames dropped (buffer full, duplicates)
+    pub frames_discarded: u64,
+    /// Frames that failed to decode
+    pub decode_errors: u64,
+    /// Audio synthesised by concealment, milliseconds
+    pub concealed_ms: f64,
+    /// Audio inserted to slow playout down, milliseconds
+    pub inserted_ms: f64,
+    /// Audio removed to speed playout up, milliseconds
+    pub removed_ms: f64,
+    /// Mean time a sample waited in the jitter buffer (W3C jitterBufferDelay / emitted),
+    /// milliseconds, on the receiver's clock
+    pub jitter_buffer_delay_ms: Option<f64>,
+    /// Mean target delay over emitted samples, milliseconds
+    pub jitter_buffer_target_delay_ms: Option<f64>,
+    /// The target delay at the end, milliseconds
+    pub target_delay_ms: f64,
+    /// Fraction of RTP packets lost on the way (str0m's receiver statistics)
+    pub packets_lost_fraction: Option<f64>,
+    /// RTP interarrival jitter, milliseconds
+    pub jitter_ms: Option<f64>,
+    /// RTCP sender reports received
+    pub sender_reports: u64,
+    /// Extra delay lip-sync adds to audio at the end, milliseconds
+    pub sync_delay_ms: f64,
+}
+
+/// The core's video receive statistics ([`meshrtc::media::VideoStats`])
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VideoReceiverReport {
+    /// The codec received
+    pub codec: Option<String>,
+    /// Encoded frames received
+    pub frames_received: u64,
+    /// Frames decoded
+    pub frames_decoded: u64,
+    /// Frames handed to the application
+    pub frames_rendered: u64,
+    /// Keyframes received
+    pub keyframes: u64,
+    /// Frames that failed to decode
+    pub decode_errors: u64,
+    /// Keyframe requests (PLI) sent
+    pub plis_sent: u64,
+    /// Audio/video offset of the last frame rendered (+ = video late), milliseconds
+    pub av_offset_ms: Option<f64>,
+    /// RTCP sender reports received
+    pub sender_reports: u64,
 }
 
 /// The core's per-peer statistics ([`meshrtc::PeerStats`])
@@ -157,6 +282,12 @@ pub fn ms(d: Duration) -> f64 {
 /// Seconds, rounded to the microsecond
 fn s(d: Duration) -> f64 {
     ms(d) / 1000.0
+}
+
+/// A figure rounded to three decimals (microseconds for milliseconds), never `-0`
+fn r3(v: f64) -> f64 {
+    // Adding +0 turns -0 into +0, so a figure that rounds to nothing prints as `0.0`.
+    (v * 1000.0).round() / 1000.0 + 0.0
 }
 
 /// Nearest-rank percentile of sorted values (`q` in 0..=1)
@@ -266,6 +397,105 @@ fn pair_report(
         peer: stats.as_ref().map(peer_report),
         link: sim.link_stats(a, b),
         streams,
+        media: (0..sim.media_stream_count())
+            .map(MediaStreamId)
+            .filter(|&m| sim.media_stream_config(m).from == a)
+            .map(|m| media_report(sim, m, b, duration))
+            .collect(),
+    }
+}
+
+fn media_report(sim: &Sim, id: MediaStreamId, to: HostId, end: Duration) -> MediaReport {
+    let config = sim.media_stream_config(id);
+    let from = config.from;
+    let audio = matches!(config.source, MediaSource::Audio { .. });
+    let codec = if audio {
+        "opus".to_string()
+    } else {
+        sim.host_config(from)
+            .media
+            .video_codecs
+            .first()
+            .map_or("none", |c| c.name())
+            .to_string()
+    };
+    let st = sim.media_stats(id, to).cloned().unwrap_or_default();
+    let (lost, pending) = sim.media_unplayed(id, to, end);
+    let delays: Vec<Duration> = st.samples.iter().map(|x| x.delay).collect();
+    let receiver = sim
+        .peer_id(from)
+        .and_then(|p| sim.peer_stats(to, p))
+        .map(|p| {
+            let (ps, pr) = (sim.clock(from).ppb() as f64, sim.clock(to).ppb() as f64);
+            ReceiverReport {
+                clock_drift_ppm: p.clock_drift_ppm.map(r3),
+                true_clock_drift_ppm: r3(((1e9 + ps) / (1e9 + pr) - 1.0) * 1e6),
+                audio: p.audio.as_ref().filter(|_| audio).map(audio_report),
+                video: p.video.as_ref().filter(|_| !audio).map(video_report),
+            }
+        });
+    MediaReport {
+        name: config.name.clone(),
+        kind: config.source.kind().to_string(),
+        codec,
+        sent: st.sent,
+        played: st.played,
+        lost,
+        pending,
+        late: st.late,
+        late_after_ms: ms(config.late_after),
+        not_connected: st.not_connected,
+        send_failed: sim.media_send_failed(id),
+        duplicates: st.duplicates,
+        out_of_order: st.out_of_order,
+        concealed_chunks: st.concealed_chunks,
+        unmatched: st.unmatched,
+        delay_ms: delay_report(&delays),
+        longest_gap_ms: st.longest_gap.map(ms),
+        receiver,
+    }
+}
+
+fn audio_report(a: &meshrtc::media::AudioStats) -> AudioReceiverReport {
+    let jb = &a.jitter_buffer;
+    let rate = f64::from(meshrtc::media::AUDIO_RATE) / 1000.0;
+    let per_emitted = |sum: f64| {
+        (jb.jitter_buffer_emitted_count > 0)
+            .then(|| r3(sum / jb.jitter_buffer_emitted_count as f64 * 1000.0))
+    };
+    AudioReceiverReport {
+        frames_received: jb.frames_received,
+        frames_decoded: jb.frames_decoded,
+        frames_lost: jb.frames_lost,
+        frames_late: jb.frames_late,
+        frames_discarded: jb.frames_discarded,
+        decode_errors: jb.decode_errors,
+        concealed_ms: r3(jb.concealed_samples as f64 / rate),
+        inserted_ms: r3(jb.inserted_samples_for_deceleration as f64 / rate),
+        removed_ms: r3(jb.removed_samples_for_acceleration as f64 / rate),
+        jitter_buffer_delay_ms: per_emitted(jb.jitter_buffer_delay),
+        jitter_buffer_target_delay_ms: per_emitted(jb.jitter_buffer_target_delay),
+        target_delay_ms: r3(jb.target_delay * 1000.0),
+        packets_lost_fraction: a
+            .packets_lost_fraction
+            .map(|f| (f64::from(f) * 1e6).round() / 1e6),
+        jitter_ms: a.jitter.map(|j| r3(f64::from(j) / rate)),
+        sender_reports: a.sender_reports,
+        sync_delay_ms: r3(a.sync_delay_ms),
+    }
+}
+
+fn video_report(v: &meshrtc::media::VideoStats) -> VideoReceiverReport {
+    VideoReceiverReport {
+        codec: v.codec.map(|c| c.name().to_string()),
+        frames_received: v.frames_received,
+        frames_decoded: v.frames_decoded,
+        frames_rendered: v.frames_rendered,
+        keyframes: v.keyframes,
+        decode_errors: v.decode_errors,
+        plis_sent: v.plis_sent,
+        av_offset_ms: v.av_offset_ms.map(r3),
+        sender_reports: v.sender_reports,
     }
 }
 
@@ -327,8 +557,36 @@ fn stream_report(sim: &Sim, f: FlowId, end: Duration) -> StreamReport {
     }
 }
 
-/// One-way delay over time per directed pair and stream, for plots
+/// One-way delay over time per directed pair and stream (data flows, then media streams'
+/// capture-to-playout delay), for plots
 pub fn series(sim: &Sim, names: &[String]) -> Vec<Series> {
+    let mut out = flow_series(sim, names);
+    for id in (0..sim.media_stream_count()).map(MediaStreamId) {
+        let c = sim.media_stream_config(id);
+        for (to, name) in names.iter().enumerate() {
+            let Some(st) = sim.media_stats(id, HostId(to)) else {
+                continue;
+            };
+            if st.samples.is_empty() {
+                continue;
+            }
+            let mut points: Vec<(f64, f64)> = st
+                .samples
+                .iter()
+                .map(|x| (s(x.captured_at), ms(x.delay)))
+                .collect();
+            // In capture order, as the data flows are in send order.
+            points.sort_by(|a, b| a.0.total_cmp(&b.0));
+            out.push(Series {
+                label: format!("{} → {name} {}", names[c.from.0], c.name),
+                points,
+            });
+        }
+    }
+    out
+}
+
+fn flow_series(sim: &Sim, names: &[String]) -> Vec<Series> {
     (0..sim.flow_count())
         .map(FlowId)
         .map(|f| {

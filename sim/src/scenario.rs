@@ -8,12 +8,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use meshrtc::codec::VideoCodec;
 use meshrtc::signal::{PeerId, RoomId};
 use meshrtc::{CandidatePolicy, Config};
 use serde::Deserialize;
 
 use crate::clock::Clock;
 use crate::link::{Jitter, LinkConfig, Loss, QueueLimit, Rate};
+use crate::media::{MediaSource, MediaStreamConfig};
 use crate::report::{self, Report, Series};
 use crate::sim::{Action, FlowConfig, HostId, HostOptions, Sim, SimConfig};
 use crate::trace::{resolve, CapacityTrace, PacketTrace};
@@ -57,6 +59,9 @@ pub struct Scenario {
     /// Measured data flows
     #[serde(default)]
     pub traffic: Vec<TrafficSpec>,
+    /// Measured media streams (Opus audio, H.264/VP8/VP9 video)
+    #[serde(default)]
+    pub media: Vec<MediaSpec>,
     /// The folder relative trace paths are resolved against (the scenario file's)
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -347,6 +352,155 @@ pub struct TrafficSpec {
     pub late_ms: f64,
 }
 
+/// Audio or video
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MediaKindSpec {
+    /// Opus audio
+    Audio,
+    /// H.264, VP8 or VP9 video
+    Video,
+}
+
+/// A codec name
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CodecSpec {
+    /// Opus (audio)
+    Opus,
+    /// H.264 constrained baseline (video)
+    H264,
+    /// VP8 (video)
+    Vp8,
+    /// VP9 (video)
+    Vp9,
+}
+
+impl CodecSpec {
+    fn video(self) -> Option<VideoCodec> {
+        match self {
+            Self::Opus => None,
+            Self::H264 => Some(VideoCodec::H264),
+            Self::Vp8 => Some(VideoCodec::Vp8),
+            Self::Vp9 => Some(VideoCodec::Vp9),
+        }
+    }
+}
+
+/// A measured media stream: a test source (a 440 Hz tone or a moving test pattern)
+/// captured on the sending host's own clock and sent to every peer it is connected to
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaSpec {
+    /// Stream name in the report (default: the kind)
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `audio` or `video`
+    pub kind: MediaKindSpec,
+    /// `opus` for audio (the default); `h264`, `vp8` (the default) or `vp9` for video
+    #[serde(default)]
+    pub codec: Option<CodecSpec>,
+    /// Sending host (`*`: every host); it sends to every peer it is connected to
+    pub from: String,
+    /// First capture, seconds
+    #[serde(default)]
+    pub start_s: f64,
+    /// No capture at or after this time, seconds
+    #[serde(default)]
+    pub stop_s: Option<f64>,
+    /// A frame played later than this after its capture is late, milliseconds (default 150
+    /// for audio, 250 for video)
+    #[serde(default)]
+    pub late_ms: Option<f64>,
+    /// Encoder target bitrate, kbit/s (default 32 for audio, 300 for video)
+    #[serde(default)]
+    pub bitrate_kbps: Option<f64>,
+    /// Audio: Opus frame length, 10, 20 (the default), 40 or 60 ms
+    #[serde(default)]
+    pub frame_ms: Option<u32>,
+    /// Audio: 1 (the default) or 2 channels
+    #[serde(default)]
+    pub channels: Option<u16>,
+    /// Video: width in pixels, even (default 320)
+    #[serde(default)]
+    pub width: Option<u32>,
+    /// Video: height in pixels, even (default 240)
+    #[serde(default)]
+    pub height: Option<u32>,
+    /// Video: frames per second, 1..=120 (default 30)
+    #[serde(default)]
+    pub fps: Option<u32>,
+    /// Video: seconds between periodic keyframes (default 2)
+    #[serde(default)]
+    pub keyframe_interval_s: Option<f64>,
+}
+
+impl MediaSpec {
+    /// The stream's name in reports
+    pub fn stream_name(&self) -> &str {
+        self.name.as_deref().unwrap_or(match self.kind {
+            MediaKindSpec::Audio => "audio",
+            MediaKindSpec::Video => "video",
+        })
+    }
+
+    /// Checks that the keys fit the kind and the codec is one of the kind's; returns the
+    /// video codec (`None` for audio)
+    fn check(&self) -> Result<Option<VideoCodec>, Error> {
+        let name = self.stream_name();
+        let bad = |what: String| Err(Error::Config(format!("media {name}: {what}")));
+        let (wrong_keys, codec): (&[(&str, bool)], _) = match self.kind {
+            MediaKindSpec::Audio => (
+                &[
+                    ("width", self.width.is_some()),
+                    ("height", self.height.is_some()),
+                    ("fps", self.fps.is_some()),
+                    ("keyframe_interval_s", self.keyframe_interval_s.is_some()),
+                ],
+                self.codec.unwrap_or(CodecSpec::Opus),
+            ),
+            MediaKindSpec::Video => (
+                &[
+                    ("frame_ms", self.frame_ms.is_some()),
+                    ("channels", self.channels.is_some()),
+                ],
+                self.codec.unwrap_or(CodecSpec::Vp8),
+            ),
+        };
+        let kind = match self.kind {
+            MediaKindSpec::Audio => "audio",
+            MediaKindSpec::Video => "video",
+        };
+        if let Some((key, _)) = wrong_keys.iter().find(|(_, set)| *set) {
+            return bad(format!("{key} does not apply to {kind}"));
+        }
+        non_negative("start_s", self.start_s)?;
+        if let Some(v) = self.stop_s {
+            if non_negative("stop_s", v)? <= self.start_s {
+                return bad(format!("stop_s {v} is not after start_s {}", self.start_s));
+            }
+        }
+        if let Some(v) = self.late_ms {
+            non_negative("late_ms", v)?;
+        }
+        if let Some(v) = self.bitrate_kbps {
+            positive("bitrate_kbps", v)?;
+        }
+        if let Some(v) = self.keyframe_interval_s {
+            positive("keyframe_interval_s", v)?;
+        }
+        match (self.kind, codec.video()) {
+            (MediaKindSpec::Audio, None) => Ok(None),
+            (MediaKindSpec::Video, Some(c)) if c.is_supported() => Ok(Some(c)),
+            (MediaKindSpec::Video, Some(c)) => {
+                bad(format!("{} support is not compiled in", c.name()))
+            }
+            (MediaKindSpec::Audio, Some(c)) => bad(format!("{} is not an audio codec", c.name())),
+            (MediaKindSpec::Video, None) => bad("opus is not a video codec".into()),
+        }
+    }
+}
+
 fn default_stream() -> String {
     "data".into()
 }
@@ -454,6 +608,7 @@ impl Scenario {
         if let Some(s) = self.participant.disconnect_timeout_s {
             participant.disconnect_timeout = secs(positive("disconnect_timeout_s", s)?);
         }
+        let configs = self.host_configs(&names, &participant)?;
         let mut joins = Vec::new();
         for h in &self.hosts {
             let n = h.count.unwrap_or(1);
@@ -466,7 +621,8 @@ impl Scenario {
                     )));
                 }
                 let clock = Clock::new(offset_ns as i64, h.ppm)?;
-                let id = sim.add_host_with(participant.clone(), HostOptions { clock });
+                let config = configs[sim.host_count()].clone();
+                let id = sim.add_host_with(config, HostOptions { clock });
                 let join = non_negative("join_s", h.join_s)?
                     + i as f64 * non_negative("stagger_ms", h.stagger_ms)? / 1000.0;
                 if h.join {
@@ -547,6 +703,35 @@ impl Scenario {
                 })?;
             }
         }
+        // Media streams, in file order, each expanded over its senders in host order.
+        for m in &self.media {
+            for a in select(&names, &m.from)? {
+                let config = &configs[a];
+                let source = match m.kind {
+                    MediaKindSpec::Audio => MediaSource::Audio {
+                        frame: Duration::from_millis(u64::from(config.media.opus.frame_ms)),
+                        channels: config.media.opus.channels,
+                    },
+                    MediaKindSpec::Video => MediaSource::Video {
+                        width: config.media.video.width,
+                        height: config.media.video.height,
+                        fps: config.media.video.fps,
+                    },
+                };
+                let late = m.late_ms.unwrap_or(match m.kind {
+                    MediaKindSpec::Audio => 150.0,
+                    MediaKindSpec::Video => 250.0,
+                });
+                sim.add_media_stream(MediaStreamConfig {
+                    name: m.stream_name().to_string(),
+                    from: HostId(a),
+                    source,
+                    start: secs(m.start_s),
+                    stop: m.stop_s.map(secs),
+                    late_after: ms(late),
+                })?;
+            }
+        }
         Ok(Prepared {
             sim,
             names,
@@ -554,6 +739,70 @@ impl Scenario {
             seed,
             duration: secs(self.duration_s),
         })
+    }
+
+    /// Every host's participant configuration: `base` with the capabilities and codec
+    /// settings the media streams need
+    ///
+    /// Every host receives every kind that any host sends, so each gets the capability;
+    /// each offers every video codec in use, its own (what it sends) first.
+    fn host_configs(&self, names: &[String], base: &Config) -> Result<Vec<Config>, Error> {
+        let mut configs = vec![base.clone(); names.len()];
+        let mut in_use: Vec<VideoCodec> = Vec::new();
+        let mut sends: Vec<[Option<&MediaSpec>; 2]> = vec![[None, None]; names.len()];
+        for m in &self.media {
+            if let Some(c) = m.check()? {
+                if !in_use.contains(&c) {
+                    in_use.push(c);
+                }
+            }
+            let slot = match m.kind {
+                MediaKindSpec::Audio => 0,
+                MediaKindSpec::Video => 1,
+            };
+            for a in select(names, &m.from)? {
+                if let Some(other) = sends[a][slot] {
+                    return Err(Error::Config(format!(
+                        "host {:?} sends two {} streams ({} and {}); a participant has one of each",
+                        names[a],
+                        if slot == 0 { "audio" } else { "video" },
+                        other.stream_name(),
+                        m.stream_name()
+                    )));
+                }
+                sends[a][slot] = Some(m);
+            }
+        }
+        let any_audio = self.media.iter().any(|m| m.kind == MediaKindSpec::Audio);
+        let any_video = self.media.iter().any(|m| m.kind == MediaKindSpec::Video);
+        for (config, [audio, video]) in configs.iter_mut().zip(sends) {
+            config.capabilities.audio |= any_audio;
+            config.capabilities.video |= any_video;
+            if any_video {
+                config.media.video_codecs = in_use.clone();
+            }
+            if let Some(a) = audio {
+                let opus = &mut config.media.opus;
+                opus.frame_ms = a.frame_ms.unwrap_or(20);
+                opus.channels = a.channels.unwrap_or(1);
+                opus.bitrate_bps = kbps("bitrate_kbps", a.bitrate_kbps.unwrap_or(32.0))?;
+            }
+            if let Some(v) = video {
+                let own = v
+                    .check()?
+                    .expect("a video stream has a video codec; panic means bug");
+                config.media.video_codecs.retain(|c| *c != own);
+                config.media.video_codecs.insert(0, own);
+                let enc = &mut config.media.video;
+                enc.codec = own;
+                enc.width = v.width.unwrap_or(320);
+                enc.height = v.height.unwrap_or(240);
+                enc.fps = v.fps.unwrap_or(30);
+                enc.bitrate_bps = kbps("bitrate_kbps", v.bitrate_kbps.unwrap_or(300.0))?;
+                enc.keyframe_interval = secs(v.keyframe_interval_s.unwrap_or(2.0));
+            }
+        }
+        Ok(configs)
     }
 
     #[allow(clippy::too_many_arguments)] // reason: the compile state of one pass, kept local
@@ -885,6 +1134,15 @@ fn non_negative(name: &str, v: f64) -> Result<f64, Error> {
             "{name} must be 0 or more, found {v}"
         )))
     }
+}
+
+/// kbit/s as bit/s, within u32
+fn kbps(name: &str, v: f64) -> Result<u32, Error> {
+    let bps = (positive(name, v)? * 1000.0).round();
+    if bps > f64::from(u32::MAX) {
+        return Err(Error::Config(format!("{name} {v} is too large")));
+    }
+    Ok(bps as u32)
 }
 
 fn ms(v: f64) -> Duration {

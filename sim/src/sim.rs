@@ -13,6 +13,10 @@ use meshrtc::{
 
 use crate::clock::{Anchor, Clock};
 use crate::link::{charged_size, mix, Link, LinkConfig, LinkStats, Verdict};
+use crate::media::{
+    Generator, MediaSource, MediaStats, MediaStream, MediaStreamConfig, MediaStreamId,
+    PatternCache, SentFrame, AUDIO_RATE,
+};
 use crate::Error;
 
 /// Index of a host in the simulation
@@ -141,6 +145,9 @@ pub const FLOW_HEADER_BYTES: usize = 24;
 
 const FLOW_MAGIC: &[u8; 4] = b"MSIM";
 
+/// Timeouts fed to one host at one instant before its deadline is nudged 1 ms forward
+const MAX_REFEEDS: u32 = 16;
+
 /// One received flow message
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DelaySample {
@@ -221,6 +228,8 @@ struct Host {
     deadline_local: i128,
     deadline_exact: bool,
     last_timeout_fed: Option<u64>,
+    /// Timeouts fed at `last_timeout_fed` beyond the first
+    refeeds: u32,
     timeouts: TimeoutStats,
     events: Vec<(Duration, Event)>,
     errors: Vec<(Duration, String)>,
@@ -228,6 +237,12 @@ struct Host {
     held: Vec<SignalHop>,
     connects: BTreeMap<PeerId, ConnectInfo>,
     last_stats: BTreeMap<PeerId, PeerStats>,
+    /// The media streams this host sends, by kind
+    audio_stream: Option<usize>,
+    video_stream: Option<usize>,
+    /// For each peer whose media plays here: the incarnation of its participant that sent
+    /// it (fixed at its first playout, forgotten when the peer leaves)
+    media_epoch: BTreeMap<PeerId, u64>,
 }
 
 #[derive(Debug)]
@@ -248,6 +263,8 @@ enum Due {
     Deliver { from: usize, to: usize, seq: u64 },
     /// A flow's tick
     Flow(usize),
+    /// A media stream's capture
+    Media(usize),
     /// A host's deadline (stale generations are skipped)
     Host { idx: usize, generation: u64 },
     /// Sample every participant's statistics
@@ -293,7 +310,7 @@ impl Ord for Scheduled {
 /// Everything runs on the calling thread in virtual time. The scheduler always takes the
 /// earliest pending item; at one instant it goes timeline actions → signaling hops (in
 /// sending order) → datagrams (by `(from, to)` and then the order they entered that link)
-/// → flow ticks → host deadlines (by host) → statistics samples. Given the same
+/// → flow ticks → media captures → host deadlines (by host) → statistics samples. Given the same
 /// configuration and seed the run is the same, whatever order str0m's hash maps emit things
 /// in within one instant, and however long DTLS handshake packets happen to be
 /// ([`charged_size`]).
@@ -314,6 +331,9 @@ pub struct Sim {
     link_configs: BTreeMap<(usize, usize), LinkConfig>,
     cut: BTreeSet<(usize, usize)>,
     flows: Vec<Flow>,
+    media: Vec<MediaStream>,
+    patterns: PatternCache,
+    by_peer: BTreeMap<PeerId, usize>,
     queue: BinaryHeap<Reverse<Scheduled>>,
     seq: u64,
     log: Vec<LogEntry>,
@@ -349,6 +369,9 @@ impl Sim {
             link_configs: BTreeMap::new(),
             cut: BTreeSet::new(),
             flows: Vec::new(),
+            media: Vec::new(),
+            patterns: PatternCache::default(),
+            by_peer: BTreeMap::new(),
             queue: BinaryHeap::new(),
             seq: 0,
             log: Vec::new(),
@@ -414,6 +437,7 @@ impl Sim {
             deadline_gen: 0,
             deadline_local: 0,
             deadline_exact: false,
+            refeeds: 0,
             last_timeout_fed: None,
             timeouts: TimeoutStats::default(),
             events: Vec::new(),
@@ -422,6 +446,9 @@ impl Sim {
             held: Vec::new(),
             connects: BTreeMap::new(),
             last_stats: BTreeMap::new(),
+            audio_stream: None,
+            video_stream: None,
+            media_epoch: BTreeMap::new(),
         });
         self.by_addr.insert(addr, idx);
         self.drain_relay();
@@ -564,6 +591,7 @@ impl Sim {
         }
         let room = RoomId::new(room).expect("room ids are checked by the caller");
         let id = PeerId::new(peer_id).expect("peer ids are checked by the caller");
+        self.by_peer.insert(id.clone(), idx);
         let h = &mut self.hosts[idx];
         h.peer_id = Some(id.clone());
         h.joined_once = true;
@@ -586,6 +614,7 @@ impl Sim {
         h.conn = conn;
         h.connected = true;
         h.last_timeout_fed = None;
+        h.media_epoch.clear();
         self.drain_relay();
     }
 
@@ -664,7 +693,8 @@ impl Sim {
 
     /// Events the host's participant emitted, with their virtual times
     ///
-    /// Flow messages ([`add_flow`](Self::add_flow)) are measured, not kept here.
+    /// Flow messages ([`add_flow`](Self::add_flow)) and the playout of media streams
+    /// ([`add_media_stream`](Self::add_media_stream)) are measured, not kept here.
     pub fn events(&self, host: HostId) -> &[(Duration, Event)] {
         &self.hosts[host.0].events
     }
@@ -756,6 +786,115 @@ impl Sim {
         self.flows.len()
     }
 
+    /// Adds a media stream: test sources captured on the sending host's clock and sent to
+    /// every peer it is connected to; what each receiver plays is measured (and those
+    /// playout events are not kept in [`events`](Self::events))
+    ///
+    /// The host's participant `Config` decides the codec and its settings: `capabilities`
+    /// must include the kind, audio frames must match `media.opus` (frame length and
+    /// channels), video goes out in the first of `media.video_codecs` the peer accepted.
+    /// A host has at most one stream of each kind. Every receiver needs the capability too.
+    pub fn add_media_stream(&mut self, config: MediaStreamConfig) -> Result<MediaStreamId, Error> {
+        let bad = |what: String| Err(Error::Config(format!("media {}: {what}", config.name)));
+        let Some(h) = self.hosts.get(config.from.0) else {
+            return bad("no such host".into());
+        };
+        let media = &h.config.media;
+        match config.source {
+            MediaSource::Audio { frame, channels } => {
+                if !h.config.capabilities.audio {
+                    return bad("the sender's capabilities have no audio".into());
+                }
+                if h.audio_stream.is_some() {
+                    return bad("the host already sends an audio stream".into());
+                }
+                if frame != Duration::from_millis(u64::from(media.opus.frame_ms))
+                    || channels != media.opus.channels
+                {
+                    return bad(format!(
+                        "frames of {frame:?} x {channels} channels do not match the sender's \
+                         opus config ({} ms x {})",
+                        media.opus.frame_ms, media.opus.channels
+                    ));
+                }
+                // Fails here, not at the first frame, on settings the codec refuses.
+                meshrtc::codec::OpusEncoder::new(media.opus)
+                    .map_err(|e| Error::Config(format!("media {}: {e}", config.name)))?;
+            }
+            MediaSource::Video { width, height, fps } => {
+                if !h.config.capabilities.video {
+                    return bad("the sender's capabilities have no video".into());
+                }
+                if h.video_stream.is_some() {
+                    return bad("the host already sends a video stream".into());
+                }
+                let Some(&codec) = media.video_codecs.first() else {
+                    return bad("the sender offers no video codec".into());
+                };
+                if !(1..=120).contains(&fps) {
+                    return bad(format!("fps {fps} is not in 1..=120"));
+                }
+                let cfg = meshrtc::codec::VideoEncoderConfig {
+                    codec,
+                    width,
+                    height,
+                    ..media.video
+                };
+                meshrtc::codec::video_encoder(cfg)
+                    .map_err(|e| Error::Config(format!("media {}: {e}", config.name)))?;
+            }
+        }
+        if config.stop.is_some_and(|s| s <= config.start) {
+            return bad("stop must be after start".into());
+        }
+        let idx = self.media.len();
+        let from = config.from.0;
+        let start = (config.start.as_nanos() as u64).max(self.now);
+        let local_start = self.hosts[from].clock.local_ns(start);
+        match config.source {
+            MediaSource::Audio { .. } => self.hosts[from].audio_stream = Some(idx),
+            MediaSource::Video { .. } => self.hosts[from].video_stream = Some(idx),
+        }
+        self.media.push(MediaStream::new(config, local_start));
+        self.push(start, Due::Media(idx), Payload::None);
+        Ok(MediaStreamId(idx))
+    }
+
+    /// A media stream's configuration
+    pub fn media_stream_config(&self, id: MediaStreamId) -> &MediaStreamConfig {
+        &self.media[id.0].config
+    }
+
+    /// What `receiver` played of a media stream so far (`None` if it never was sent or
+    /// played anything of it)
+    pub fn media_stats(&self, id: MediaStreamId, receiver: HostId) -> Option<&MediaStats> {
+        self.media[id.0].receivers.get(&receiver.0)
+    }
+
+    /// Frames of a stream sent to `receiver` and not played: `(lost, pending)`; pending
+    /// ones were captured within the stream's lateness limit before `end`
+    pub fn media_unplayed(&self, id: MediaStreamId, receiver: HostId, end: Duration) -> (u64, u64) {
+        let m = &self.media[id.0];
+        m.receivers
+            .get(&receiver.0)
+            .map_or((0, 0), |r| r.unplayed(&m.epochs, m.config.late_after, end))
+    }
+
+    /// Frames of a stream its sender's participant refused (codec errors)
+    pub fn media_send_failed(&self, id: MediaStreamId) -> u64 {
+        self.media[id.0].send_failed
+    }
+
+    /// Number of media streams
+    pub fn media_stream_count(&self) -> usize {
+        self.media.len()
+    }
+
+    /// The participant configuration the host was added with
+    pub fn host_config(&self, host: HostId) -> &Config {
+        &self.hosts[host.0].config
+    }
+
     /// Runs until virtual time `at` (since the start)
     pub fn run_until(&mut self, at: Duration) {
         let end = at.as_nanos() as u64;
@@ -815,6 +954,7 @@ impl Sim {
                 self.step_deliver(from, to, t, charged)
             }
             (Due::Flow(i), _) => self.step_flow(i),
+            (Due::Media(i), _) => self.step_media(i),
             (Due::Host { idx, generation }, _) => {
                 if self.hosts[idx].deadline_gen == generation {
                     self.step_host(idx);
@@ -920,6 +1060,11 @@ impl Sim {
             h.timeouts.overdue += 1;
         }
         h.deadline = u64::MAX;
+        if h.last_timeout_fed == Some(now) {
+            h.refeeds += 1;
+        } else {
+            h.refeeds = 0;
+        }
         h.last_timeout_fed = Some(now);
         let res = h.participant.handle_input(Input::Timeout(local));
         self.note(idx, res);
@@ -1008,6 +1153,196 @@ impl Sim {
         true
     }
 
+    /// One capture of a media stream: sent if the sender is connected to anyone
+    fn step_media(&mut self, i: usize) {
+        let (from, source, k) = {
+            let m = &self.media[i];
+            (m.config.from.0, m.config.source, m.tick)
+        };
+        if self.media[i]
+            .config
+            .stop
+            .is_some_and(|s| self.now >= s.as_nanos() as u64)
+        {
+            return;
+        }
+        let local = self.media[i].local_start + source.offset_ns(k);
+        let mut targets = Vec::new();
+        for j in 0..self.hosts.len() {
+            if j == from {
+                continue;
+            }
+            let open = self.hosts[j]
+                .peer_id
+                .as_ref()
+                .is_some_and(|p| self.hosts[from].participant.is_connected(p));
+            if open {
+                targets.push(j);
+            } else {
+                self.media[i].receivers.entry(j).or_default().not_connected += 1;
+            }
+        }
+        if !targets.is_empty() {
+            let capture = self.anchor.instant(local);
+            let incarnation = self.hosts[from].incarnation;
+            let m = &mut self.media[i];
+            let res = match &mut m.generator {
+                Generator::Tone { tone, samples } => {
+                    let pcm = tone.next_samples(*samples);
+                    self.hosts[from].participant.send_audio(capture, &pcm)
+                }
+                &mut Generator::Pattern { width, height } => {
+                    // The participant's video ticks count from the first frame it is
+                    // given, whether or not that frame encodes: so does the origin here.
+                    let (_, epoch) = m.epoch_mut(incarnation);
+                    epoch.video_origin.get_or_insert(capture);
+                    let f = self.patterns.frame(width, height, k);
+                    self.hosts[from].participant.send_video(capture, &f)
+                }
+            };
+            let captured_at = Duration::from_nanos(self.now);
+            let m = &mut self.media[i];
+            match res {
+                Ok(_) => {
+                    let (e, epoch) = m.epoch_mut(incarnation);
+                    let frame = epoch.frames.len() as u32;
+                    epoch.frames.push(SentFrame {
+                        captured_at,
+                        local_ns: local,
+                    });
+                    if let Some(origin) = epoch.video_origin {
+                        let ticks = (meshrtc::sync::time::local_secs(capture, origin)
+                            * f64::from(meshrtc::media::VIDEO_RATE))
+                        .round() as i64;
+                        epoch.by_ticks.insert(ticks, frame);
+                    }
+                    for j in targets {
+                        m.receivers.entry(j).or_default().note_sent(e, frame);
+                    }
+                }
+                Err(err) => {
+                    tracing::debug!(stream = %m.config.name, error = %err, "media frame refused");
+                    m.send_failed += 1;
+                }
+            }
+            self.drain_host(from);
+        }
+        let m = &mut self.media[i];
+        m.tick += 1;
+        let next_local = m.local_start + source.offset_ns(m.tick);
+        let at = self.hosts[from]
+            .clock
+            .virtual_at_or_after(next_local)
+            .max(self.now);
+        self.push(at, Due::Media(i), Payload::None);
+    }
+
+    /// The sender host, its stream of `kind` and the epoch of the media `receiver` plays
+    /// from `peer`; `None` if no stream measures it
+    fn media_source(
+        &mut self,
+        receiver: usize,
+        peer: &PeerId,
+        audio: bool,
+    ) -> Option<(usize, usize, Option<usize>)> {
+        let sender = *self.by_peer.get(peer)?;
+        let stream = if audio {
+            self.hosts[sender].audio_stream?
+        } else {
+            self.hosts[sender].video_stream?
+        };
+        let current = self.hosts[sender].incarnation;
+        let incarnation = *self.hosts[receiver]
+            .media_epoch
+            .entry(peer.clone())
+            .or_insert(current);
+        let epoch = self.media[stream].epoch_of(incarnation);
+        Some((sender, stream, epoch))
+    }
+
+    /// Measures an audio chunk `receiver` plays from `peer`; false if no stream measures it
+    fn record_audio(
+        &mut self,
+        receiver: usize,
+        peer: &PeerId,
+        chunk: &meshrtc::sync::PlayoutChunk,
+    ) -> bool {
+        let Some((sender, stream, epoch)) = self.media_source(receiver, peer, true) else {
+            return false;
+        };
+        let now = Duration::from_nanos(self.now);
+        let clock = self.hosts[sender].clock;
+        let max_decelerate = self.hosts[receiver].config.media.jitter.max_decelerate;
+        let m = &mut self.media[stream];
+        let n = m.config.source.frame_ticks().max(1);
+        let late_after = m.config.late_after;
+        let rx = m.receivers.entry(receiver).or_default();
+        if chunk.concealed {
+            rx.concealed_chunks += 1;
+            return true;
+        }
+        rx.note_playout(now);
+        let Some(e) = epoch else {
+            rx.unmatched += 1;
+            return true;
+        };
+        let frames = &m.epochs[e].frames;
+        let first = chunk.media_ticks.div_euclid(n);
+        let Some(f0) = usize::try_from(first).ok().and_then(|i| frames.get(i)) else {
+            rx.unmatched += 1;
+            return true;
+        };
+        // The capture of the chunk's first sample, on the sender's clock, in virtual time.
+        let within = i128::from(chunk.media_ticks - first * n) * 1_000_000_000 / AUDIO_RATE;
+        let captured = Duration::from_nanos(clock.virtual_at_or_after(f0.local_ns + within));
+        let delay = now.saturating_sub(captured);
+        let emitted = chunk.samples.len() / chunk.channels.max(1);
+        let covered = ((emitted as f64 * (1.0 - max_decelerate)).floor() as i64).max(1);
+        let last = (chunk.media_ticks + covered - 1).div_euclid(n);
+        for j in first..=last {
+            let Some(f) = usize::try_from(j).ok().and_then(|i| frames.get(i)) else {
+                break;
+            };
+            let frame = j as u32;
+            // Consecutive chunks overlap frames: only the first playout counts.
+            if !rx.is_played(e, frame) {
+                rx.note_played(e, frame, f.captured_at, delay, late_after);
+            }
+        }
+        true
+    }
+
+    /// Measures a video frame `receiver` renders from `peer`; false if no stream measures it
+    fn record_video(&mut self, receiver: usize, peer: &PeerId, media_ticks: i64) -> bool {
+        let Some((_, stream, epoch)) = self.media_source(receiver, peer, false) else {
+            return false;
+        };
+        let now = Duration::from_nanos(self.now);
+        let m = &mut self.media[stream];
+        let late_after = m.config.late_after;
+        let rx = m.receivers.entry(receiver).or_default();
+        rx.note_playout(now);
+        let Some(e) = epoch else {
+            rx.unmatched += 1;
+            return true;
+        };
+        let ep = &m.epochs[e];
+        // Exact, unless a capture instant was rounded differently: then the nearest.
+        let found = ep.by_ticks.get(&media_ticks).copied().or_else(|| {
+            ep.by_ticks
+                .range(media_ticks.saturating_sub(2)..=media_ticks.saturating_add(2))
+                .min_by_key(|(t, _)| (**t - media_ticks).abs())
+                .map(|(_, f)| *f)
+        });
+        let Some(frame) = found else {
+            rx.unmatched += 1;
+            return true;
+        };
+        let captured = ep.frames[frame as usize].captured_at;
+        rx.note_played(e, frame, captured, now.saturating_sub(captured), late_after);
+        true
+    }
+
     fn snapshot_stats(&mut self, idx: usize) {
         let h = &mut self.hosts[idx];
         let ids: Vec<PeerId> = h.participant.peer_ids().cloned().collect();
@@ -1040,10 +1375,18 @@ impl Sim {
                     let h = &mut self.hosts[idx];
                     let local = self.anchor.local_ns(t);
                     let exact = h.clock.virtual_at_or_after(local);
-                    // A deadline that is not in the future after a timeout was just fed at
-                    // this instant would spin; nudge it by the smallest useful step.
+                    // A deadline that is not in the future after a timeout was fed at this
+                    // instant: feed another at the same instant, since str0m's pacer may
+                    // release one queued packet per timeout, in an order that depends on its
+                    // hash maps; each packet then leaves at the same instant whatever that
+                    // order. Only a participant that keeps asking is nudged forward, so that
+                    // it cannot spin.
                     let at = if exact <= now && h.last_timeout_fed == Some(now) {
-                        now + 1_000_000
+                        if h.refeeds < MAX_REFEEDS {
+                            now
+                        } else {
+                            now + 1_000_000
+                        }
                     } else {
                         exact.max(now)
                     };
@@ -1066,14 +1409,20 @@ impl Sim {
 
     fn on_event(&mut self, idx: usize, e: Event) {
         let at = self.elapsed();
-        if let Event::DataReceived {
-            message: DataMessage::Binary(b),
-            ..
-        } = &e
-        {
-            if self.record_flow_message(idx, b) {
-                return;
+        // Measured flow messages and media playouts are counted, not kept.
+        match &e {
+            Event::DataReceived {
+                message: DataMessage::Binary(b),
+                ..
+            } if self.record_flow_message(idx, b) => return,
+            Event::AudioPlayout { peer, chunk } if self.record_audio(idx, peer, chunk) => return,
+            Event::VideoFrame {
+                peer, media_ticks, ..
+            } if self.record_video(idx, peer, *media_ticks) => return,
+            Event::PeerLeft { peer, .. } | Event::PeerFailed { peer, .. } => {
+                self.hosts[idx].media_epoch.remove(peer);
             }
+            _ => {}
         }
         if let Event::PeerConnected { peer, connect_time } = &e {
             self.hosts[idx]

@@ -132,6 +132,46 @@ fn print_summary(r: &Report, wall_s: f64) {
             );
         }
     }
+    if r.pairs.iter().any(|p| !p.media.is_empty()) {
+        let _ = writeln!(
+            out,
+            "{:<18} {:<8} {:>7} {:>7} {:>6} {:>6} {:>9} {:>9} {:>9} {:>9}",
+            "media",
+            "stream",
+            "sent",
+            "played",
+            "lost",
+            "late",
+            "p50 ms",
+            "p95 ms",
+            "p99 ms",
+            "gap ms"
+        );
+        for p in &r.pairs {
+            for m in &p.media {
+                let (p50, p95, p99) = m
+                    .delay_ms
+                    .as_ref()
+                    .map_or(("-".into(), "-".into(), "-".into()), |d| {
+                        (fmt(d.p50), fmt(d.p95), fmt(d.p99))
+                    });
+                let _ = writeln!(
+                    out,
+                    "{:<18} {:<8} {:>7} {:>7} {:>6} {:>6} {:>9} {:>9} {:>9} {:>9}",
+                    format!("{}→{}", p.from, p.to),
+                    m.name,
+                    m.sent,
+                    m.played,
+                    m.lost,
+                    m.late,
+                    p50,
+                    p95,
+                    p99,
+                    m.longest_gap_ms.map_or("-".into(), fmt)
+                );
+            }
+        }
+    }
     // A closed stdout (`| head`) is not an error: the report is already written.
     let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), out.as_bytes());
 }

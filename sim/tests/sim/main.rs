@@ -6,6 +6,7 @@ mod cli;
 mod clocks;
 mod determinism;
 mod impairments;
+mod media;
 mod scenarios;
 mod timeline;
 mod traces;
