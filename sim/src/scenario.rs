@@ -435,13 +435,20 @@ pub struct MediaSpec {
     pub keyframe_interval_s: Option<f64>,
 }
 
+impl MediaKindSpec {
+    /// `audio` or `video`
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Audio => "audio",
+            Self::Video => "video",
+        }
+    }
+}
+
 impl MediaSpec {
     /// The stream's name in reports
     pub fn stream_name(&self) -> &str {
-        self.name.as_deref().unwrap_or(match self.kind {
-            MediaKindSpec::Audio => "audio",
-            MediaKindSpec::Video => "video",
-        })
+        self.name.as_deref().unwrap_or(self.kind.name())
     }
 
     /// Checks that the keys fit the kind and the codec is one of the kind's; returns the
@@ -467,10 +474,7 @@ impl MediaSpec {
                 self.codec.unwrap_or(CodecSpec::Vp8),
             ),
         };
-        let kind = match self.kind {
-            MediaKindSpec::Audio => "audio",
-            MediaKindSpec::Video => "video",
-        };
+        let kind = self.kind.name();
         if let Some((key, _)) = wrong_keys.iter().find(|(_, set)| *set) {
             return bad(format!("{key} does not apply to {kind}"));
         }
@@ -749,9 +753,12 @@ impl Scenario {
     fn host_configs(&self, names: &[String], base: &Config) -> Result<Vec<Config>, Error> {
         let mut configs = vec![base.clone(); names.len()];
         let mut in_use: Vec<VideoCodec> = Vec::new();
-        let mut sends: Vec<[Option<&MediaSpec>; 2]> = vec![[None, None]; names.len()];
+        // Per host, the audio and the video stream it sends (with the video codec).
+        type Sent<'a> = Option<(&'a MediaSpec, Option<VideoCodec>)>;
+        let mut sends: Vec<[Sent<'_>; 2]> = vec![[None, None]; names.len()];
         for m in &self.media {
-            if let Some(c) = m.check()? {
+            let codec = m.check()?;
+            if let Some(c) = codec {
                 if !in_use.contains(&c) {
                     in_use.push(c);
                 }
@@ -761,16 +768,16 @@ impl Scenario {
                 MediaKindSpec::Video => 1,
             };
             for a in select(names, &m.from)? {
-                if let Some(other) = sends[a][slot] {
+                if let Some((other, _)) = sends[a][slot] {
                     return Err(Error::Config(format!(
                         "host {:?} sends two {} streams ({} and {}); a participant has one of each",
                         names[a],
-                        if slot == 0 { "audio" } else { "video" },
+                        m.kind.name(),
                         other.stream_name(),
                         m.stream_name()
                     )));
                 }
-                sends[a][slot] = Some(m);
+                sends[a][slot] = Some((m, codec));
             }
         }
         let any_audio = self.media.iter().any(|m| m.kind == MediaKindSpec::Audio);
@@ -781,16 +788,13 @@ impl Scenario {
             if any_video {
                 config.media.video_codecs = in_use.clone();
             }
-            if let Some(a) = audio {
+            if let Some((a, _)) = audio {
                 let opus = &mut config.media.opus;
                 opus.frame_ms = a.frame_ms.unwrap_or(20);
                 opus.channels = a.channels.unwrap_or(1);
                 opus.bitrate_bps = kbps("bitrate_kbps", a.bitrate_kbps.unwrap_or(32.0))?;
             }
-            if let Some(v) = video {
-                let own = v
-                    .check()?
-                    .expect("a video stream has a video codec; panic means bug");
+            if let Some((v, Some(own))) = video {
                 config.media.video_codecs.retain(|c| *c != own);
                 config.media.video_codecs.insert(0, own);
                 let enc = &mut config.media.video;

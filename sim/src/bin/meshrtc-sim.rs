@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
+use meshrtc_sim::report::DelayReport;
 use meshrtc_sim::{plot, Error, Report, Scenario};
 
 /// Runs a meshrtc network scenario in virtual time
@@ -111,12 +112,7 @@ fn print_summary(r: &Report, wall_s: f64) {
     );
     for p in &r.pairs {
         for s in &p.streams {
-            let (p50, p95, p99) = s
-                .delay_ms
-                .as_ref()
-                .map_or(("-".into(), "-".into(), "-".into()), |d| {
-                    (fmt(d.p50), fmt(d.p95), fmt(d.p99))
-                });
+            let (p50, p95, p99) = percentiles(s.delay_ms.as_ref());
             let _ = writeln!(
                 out,
                 "{:<18} {:>9} {:>7} {:>7} {:>6} {:>6} {:>9} {:>9} {:>9}",
@@ -149,12 +145,7 @@ fn print_summary(r: &Report, wall_s: f64) {
         );
         for p in &r.pairs {
             for m in &p.media {
-                let (p50, p95, p99) = m
-                    .delay_ms
-                    .as_ref()
-                    .map_or(("-".into(), "-".into(), "-".into()), |d| {
-                        (fmt(d.p50), fmt(d.p95), fmt(d.p99))
-                    });
+                let (p50, p95, p99) = percentiles(m.delay_ms.as_ref());
                 let _ = writeln!(
                     out,
                     "{:<18} {:<8} {:>7} {:>7} {:>6} {:>6} {:>9} {:>9} {:>9} {:>9}",
@@ -178,4 +169,11 @@ fn print_summary(r: &Report, wall_s: f64) {
 
 fn fmt(v: f64) -> String {
     format!("{v:.1}")
+}
+
+/// A delay's p50, p95 and p99 for the table (`-` when nothing was measured)
+fn percentiles(d: Option<&DelayReport>) -> (String, String, String) {
+    d.map_or(("-".into(), "-".into(), "-".into()), |d| {
+        (fmt(d.p50), fmt(d.p95), fmt(d.p99))
+    })
 }

@@ -309,39 +309,40 @@ fn bad_media_config_is_rejected_with_a_clear_error() {
     // The test configuration has no media capabilities; the sender gets audio.
     let b = sim.add_host(config());
     assert!(!sim.host_config(b).capabilities.audio);
-    let e = sim
-        .add_media_stream(MediaStreamConfig {
+    // Each refused with an `Error::Config` that says why.
+    let refused = |sim: &mut Sim, stream: MediaStreamConfig, why: &str| {
+        let e = sim.add_media_stream(stream).unwrap_err();
+        assert!(matches!(&e, Error::Config(m) if m.contains(why)), "{e:?}");
+    };
+    refused(
+        &mut sim,
+        MediaStreamConfig {
             from: b,
             ..audio.clone()
-        })
-        .unwrap_err();
-    assert!(
-        matches!(&e, Error::Config(m) if m.contains("no audio")),
-        "{e:?}"
+        },
+        "no audio",
     );
-    let e = sim
-        .add_media_stream(MediaStreamConfig {
+    refused(
+        &mut sim,
+        MediaStreamConfig {
             source: MediaSource::Audio {
                 frame: Duration::from_millis(40),
                 channels: 1,
             },
             ..audio.clone()
-        })
-        .unwrap_err();
-    assert!(
-        matches!(&e, Error::Config(m) if m.contains("opus config")),
-        "{e:?}"
+        },
+        "opus config",
     );
-    let e = sim
-        .add_media_stream(MediaStreamConfig {
+    refused(
+        &mut sim,
+        MediaStreamConfig {
             from: HostId(9),
             ..audio.clone()
-        })
-        .unwrap_err();
-    assert!(matches!(&e, Error::Config(m) if m.contains("no such host")));
+        },
+        "no such host",
+    );
     sim.add_media_stream(audio.clone()).unwrap();
-    let e = sim.add_media_stream(audio).unwrap_err();
-    assert!(matches!(&e, Error::Config(m) if m.contains("already sends")));
+    refused(&mut sim, audio, "already sends");
 }
 
 #[test]
