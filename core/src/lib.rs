@@ -64,6 +64,7 @@ pub mod relay;
 pub mod signal;
 mod stats;
 pub mod sync;
+mod window;
 
 pub use error::Error;
 pub use participant::{

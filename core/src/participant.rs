@@ -1,6 +1,6 @@
 //! One local participant in one room: the mesh of `Rtc`s and the signaling state
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -328,6 +328,9 @@ pub struct Participant {
     next_request: i64,
     pending_requests: BTreeMap<i64, &'static str>,
     outputs: VecDeque<Output>,
+    /// Peers given data since they were last drained: drained at the next `poll_output`,
+    /// so a burst of sends reaches str0m in one write-then-poll round
+    unflushed: BTreeSet<PeerId>,
     last_now: Instant,
     last_timeout_reason: TimeoutReason,
     drops: DropCounters,
@@ -384,6 +387,7 @@ impl Participant {
             next_request: 1,
             pending_requests: BTreeMap::new(),
             outputs: VecDeque::new(),
+            unflushed: BTreeSet::new(),
             last_now: now,
             last_timeout_reason: TimeoutReason::Idle,
             drops: DropCounters::default(),
@@ -470,13 +474,14 @@ impl Participant {
     pub fn can_send(&self, peer: &PeerId) -> bool {
         self.peers
             .get(peer)
-            .is_some_and(|p| p.stats().queued_messages < self.config.max_queued_messages)
+            .is_some_and(|p| p.queued_messages() < self.config.max_queued_messages)
     }
 
     /// Sends a data message to one peer
     ///
-    /// If the channel is not open yet or its send buffer is full, the message is queued
-    /// (in order) up to [`Config::max_queued_messages`].
+    /// The message is queued (in order, up to [`Config::max_queued_messages`]) and handed
+    /// to the channel at the next [`poll_output`](Self::poll_output), as far as the channel
+    /// is open and its send window takes it; so a burst of sends goes out together.
     pub fn send_data(&mut self, peer: &PeerId, message: DataMessage) -> Result<(), Error> {
         if message.len() > MAX_DATA_MESSAGE {
             return Err(Error::MessageTooLarge(message.len()));
@@ -490,7 +495,9 @@ impl Participant {
             .get_mut(peer)
             .ok_or_else(|| Error::UnknownPeer(peer.clone()))?;
         p.send(message, max)?;
-        self.drain_peer(peer);
+        if !self.unflushed.contains(peer) {
+            self.unflushed.insert(peer.clone());
+        }
         Ok(())
     }
 
@@ -648,6 +655,9 @@ impl Participant {
 
     /// Returns the next output; call until it returns [`Output::Timeout`]
     pub fn poll_output(&mut self) -> Output {
+        while let Some(id) = self.unflushed.pop_first() {
+            self.drain_peer(&id);
+        }
         if let Some(o) = self.outputs.pop_front() {
             return o;
         }

@@ -18,10 +18,15 @@ use crate::participant::{
 };
 use crate::signal::PeerInfo;
 use crate::stats::PeerStats;
+use crate::window::SendWindow;
 use crate::Error;
 
 /// Below this many buffered bytes str0m tells us the channel can take more
 const BUFFERED_LOW_THRESHOLD: usize = 64 * 1024;
+
+/// str0m's send buffer per peer: the largest message we accept (256 KiB) must fit it in one
+/// go, or a write would be refused forever
+const SCTP_BUFFER: usize = crate::MAX_DATA_MESSAGE + BUFFERED_LOW_THRESHOLD;
 
 /// Malformed media frames tolerated in one drain before the peer is failed (a bound, so a
 /// str0m that kept returning the same error could not spin us forever)
@@ -60,6 +65,8 @@ pub(crate) struct Peer {
     /// Open channels with their labels, in opening order
     labels: Vec<(ChannelId, String)>,
     send_queue: VecDeque<DataMessage>,
+    /// How much of the send queue str0m may hold at once
+    window: SendWindow,
     connected_at: Option<Instant>,
     dtls_connected: bool,
     ice_disconnected_since: Option<Instant>,
@@ -89,9 +96,7 @@ impl Peer {
             .set_dtls_cert(cert)
             .set_local_ice_credentials(creds)
             .set_stats_interval(Some(Duration::from_secs(1)))
-            // The largest message we accept (256 KiB) must fit the send buffer in one go,
-            // or a write would be refused forever.
-            .set_sctp_max_buffered_amount(crate::MAX_DATA_MESSAGE + BUFFERED_LOW_THRESHOLD)
+            .set_sctp_max_buffered_amount(SCTP_BUFFER)
             // Sender reports every second for both kinds: lip-sync, latency and drift from
             // reports all start from the first pair of them.
             .set_rtcp_report_interval_audio(Duration::from_secs(1))
@@ -127,6 +132,7 @@ impl Peer {
             channel: None,
             labels: Vec::new(),
             send_queue: VecDeque::new(),
+            window: SendWindow::new(SCTP_BUFFER),
             connected_at: None,
             dtls_connected: false,
             ice_disconnected_since: None,
@@ -143,6 +149,11 @@ impl Peer {
 
     pub(crate) fn is_connected(&self) -> bool {
         self.connected_at.is_some()
+    }
+
+    /// Messages waiting for the channel
+    pub(crate) fn queued_messages(&self) -> usize {
+        self.send_queue.len()
     }
 
     pub(crate) fn stats(&self) -> PeerStats {
@@ -391,7 +402,11 @@ impl Peer {
             return Ok(false);
         };
         let mut wrote = false;
+        self.window.update(self.now, chan.buffered_amount());
         while let Some(m) = self.send_queue.front() {
+            if !self.window.admits(m.len()) {
+                break;
+            }
             let binary = matches!(m, DataMessage::Binary(_));
             let accepted = chan
                 .write(binary, m.as_bytes())
@@ -401,6 +416,7 @@ impl Peer {
             }
             self.stats.messages_sent += 1;
             self.stats.bytes_sent += m.len() as u64;
+            self.window.wrote(m.len());
             self.send_queue.pop_front();
             wrote = true;
         }
@@ -485,7 +501,12 @@ impl Peer {
                 }
                 if self.connected_at.is_none() {
                     self.connected_at = Some(self.now);
-                    out.push(PeerOutput::Connected(self.now - self.created));
+                    let connect_time = self.now - self.created;
+                    // Connecting took at least four round trips (ICE check, DTLS and SCTP
+                    // handshakes): a first, generous round trip for the send window's
+                    // sample periods until str0m measures one.
+                    self.window.handle_rtt(connect_time / 4);
+                    out.push(PeerOutput::Connected(connect_time));
                 }
             }
             RtcEvent::ChannelData(d) => {
@@ -521,6 +542,7 @@ impl Peer {
                     .and_then(|p| p.current_round_trip_time);
                 if let Some(rtt) = s.rtt.or(ice_rtt) {
                     self.stats.rtt = Some(rtt);
+                    self.window.handle_rtt(rtt);
                 }
             }
             RtcEvent::Closed => out.push(PeerOutput::Closed),
@@ -546,8 +568,9 @@ impl Peer {
             }
             RtcEvent::MediaIngressStats(st) => {
                 self.media.handle_ingress_stats(st.mid, st.loss, st.jitter);
-                if st.rtt.is_some() {
-                    self.stats.rtt = st.rtt;
+                if let Some(rtt) = st.rtt {
+                    self.stats.rtt = Some(rtt);
+                    self.window.handle_rtt(rtt);
                 }
             }
             _ => {}

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::client::{SignalClient, SignalEvent};
 use crate::clock::{SharedClock, TokioClock};
-use crate::udp::{RecvBuf, UdpIo};
+use crate::udp::{Outbox, RecvBuf, UdpIo};
 use crate::{Error, Result};
 
 /// Default size of the UDP socket's kernel receive and send buffers
@@ -34,6 +34,11 @@ pub const DEFAULT_COMMAND_QUEUE: usize = 1024;
 /// Data commands served per wake-up at most, so that a busy application cannot starve
 /// the socket and the timer
 const DATA_BATCH: usize = 64;
+
+/// Queued datagrams are sent once they reach this many bytes, even in the middle of a
+/// drain: GSO batches big enough to save system calls, small enough that the remote starts
+/// on them (and acknowledges) while we go on
+const OUTBOX_SEND_BYTES: usize = 16 * 1024;
 
 /// How a [`Session`] is set up
 #[derive(Debug, Clone)]
@@ -384,6 +389,8 @@ fn drive(
 struct Driver {
     participant: Participant,
     udp: UdpIo,
+    /// Datagrams from drains, sent together before the loop waits again
+    outbox: Outbox,
     signal: Option<SignalClient>,
     clock: SharedClock,
     events: mpsc::UnboundedSender<Event>,
@@ -433,6 +440,7 @@ impl Driver {
         Ok(Self {
             participant,
             udp,
+            outbox: Outbox::default(),
             signal: Some(signal),
             clock,
             events,
@@ -470,6 +478,7 @@ impl Driver {
             if self.stalled.is_some() {
                 self.retry_stalled().await;
             }
+            self.udp.send_all(&mut self.outbox).await;
             let wait = deadline.saturating_duration_since(self.clock.now());
             // A deadline that has passed is served at once: tokio's timer would round it up
             // to its next millisecond tick, and a handshake has several of them. Other
@@ -501,9 +510,11 @@ impl Driver {
                     return None;
                 }
                 Wake::Data(Some(cmd)) => {
-                    self.handle_data(cmd);
+                    let mut wrote_media = self.handle_data(cmd);
                     // Commands that queued up meanwhile are served in the same wake-up,
-                    // each followed by a full drain, without a trip through the select.
+                    // without a trip through the select. Data messages only queue in the
+                    // core (it writes them to str0m at the next drain, all together); a
+                    // media frame is written at once, so a drain follows it.
                     for _ in 1..DATA_BATCH {
                         if self.stalled.is_some() {
                             break;
@@ -511,8 +522,10 @@ impl Driver {
                         let Ok(cmd) = data.try_recv() else {
                             break;
                         };
-                        self.drain().await;
-                        self.handle_data(cmd);
+                        if wrote_media {
+                            self.drain().await;
+                        }
+                        wrote_media = self.handle_data(cmd);
                     }
                 }
                 Wake::Data(None) => data_open = false,
@@ -563,8 +576,10 @@ impl Driver {
             match self.participant.poll_output() {
                 Output::Timeout(t) => return t,
                 Output::Transmit(t) => {
-                    if let Err(e) = self.udp.send(t.destination, &t.contents).await {
-                        tracing::debug!(%e, to = %t.destination, "udp send failed");
+                    let max = self.udp.max_segments();
+                    self.outbox.push(t.destination, &t.contents, max);
+                    if self.outbox.bytes() >= OUTBOX_SEND_BYTES {
+                        self.udp.send_all(&mut self.outbox).await;
                     }
                 }
                 Output::Signal(frame) => {
@@ -638,22 +653,25 @@ impl Driver {
         }
     }
 
-    fn handle_data(&mut self, cmd: DataCommand) {
+    /// Carries out one command; true if it wrote media (which wants a drain before the next)
+    fn handle_data(&mut self, cmd: DataCommand) -> bool {
         match cmd {
             DataCommand::Audio(pcm) => {
                 if let Err(e) = self.participant.send_audio(self.clock.now(), &pcm) {
                     tracing::debug!(%e, "audio frame not sent");
                 }
+                return true;
             }
             DataCommand::Video(frame) => {
                 if let Err(e) = self.participant.send_video(self.clock.now(), &frame) {
                     tracing::debug!(%e, "video frame not sent");
                 }
+                return true;
             }
             DataCommand::Send(peer, message) => {
                 if self.queue_is_full(&peer) {
                     self.stalled = Some((peer, message));
-                    return;
+                    return false;
                 }
                 self.send_now(peer, message);
             }
@@ -663,6 +681,7 @@ impl Driver {
                 }
             }
         }
+        false
     }
 
     async fn retry_stalled(&mut self) {
@@ -680,7 +699,7 @@ impl Driver {
 
     /// Whether the core would refuse a message to `peer` with `SendQueueFull`
     fn queue_is_full(&self, peer: &PeerId) -> bool {
-        self.participant.peer_stats(peer).is_some() && !self.participant.can_send(peer)
+        self.participant.peer_ids().any(|p| p == peer) && !self.participant.can_send(peer)
     }
 
     fn send_now(&mut self, peer: PeerId, message: DataMessage) {
@@ -710,6 +729,7 @@ impl Driver {
     async fn shutdown(&mut self) {
         self.participant.leave();
         self.drain().await;
+        self.udp.send_all(&mut self.outbox).await;
         if let Some(signal) = self.signal.take() {
             signal.close().await;
         }

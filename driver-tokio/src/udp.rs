@@ -1,4 +1,5 @@
-//! The UDP socket: large kernel buffers and batched receive (`recvmmsg`, GRO) via `quinn-udp`
+//! The UDP socket: large kernel buffers, batched receive (`recvmmsg`, GRO) and batched send
+//! (GSO) via `quinn-udp`
 
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
@@ -98,16 +99,50 @@ impl UdpIo {
             .await
     }
 
-    /// Sends one datagram, waiting while the kernel buffer is full
+    /// Most datagrams one send may carry (GSO segments); 1 where the OS has no GSO
+    pub(crate) fn max_segments(&self) -> usize {
+        self.state.max_gso_segments().min(MAX_SEGMENTS)
+    }
+
+    /// Sends every datagram of `outbox` (a batch per system call where GSO allows) and
+    /// empties it, waiting while the kernel buffer is full
     ///
-    /// Errors other than a full buffer are returned; UDP is unreliable, so callers log them
-    /// and go on.
-    pub(crate) async fn send(&self, destination: SocketAddr, contents: &[u8]) -> io::Result<()> {
+    /// UDP is unreliable, so a datagram the OS refuses is logged and dropped.
+    pub(crate) async fn send_all(&self, outbox: &mut Outbox) {
+        for batch in &outbox.batches {
+            let contents = &outbox.data[batch.start..batch.end];
+            let segments = contents.len().div_ceil(batch.segment);
+            let segment_size = (segments > 1).then_some(batch.segment);
+            match self.send(batch.destination, contents, segment_size).await {
+                Ok(()) => {}
+                Err(e) if segment_size.is_some() => {
+                    // A kernel or device without working GSO (quinn-udp now knows and
+                    // sends no more batches): the batch goes out datagram by datagram.
+                    tracing::debug!(%e, "gso send failed; sending one by one");
+                    for d in contents.chunks(batch.segment) {
+                        if let Err(e) = self.send(batch.destination, d, None).await {
+                            tracing::debug!(%e, to = %batch.destination, "udp send failed");
+                        }
+                    }
+                }
+                Err(e) => tracing::debug!(%e, to = %batch.destination, "udp send failed"),
+            }
+        }
+        outbox.batches.clear();
+        outbox.data.clear();
+    }
+
+    async fn send(
+        &self,
+        destination: SocketAddr,
+        contents: &[u8],
+        segment_size: Option<usize>,
+    ) -> io::Result<()> {
         let transmit = quinn_udp::Transmit {
             destination,
             ecn: None,
             contents,
-            segment_size: None,
+            segment_size,
             src_ip: None,
         };
         self.socket
@@ -116,6 +151,64 @@ impl UdpIo {
                     .try_send(UdpSockRef::from(&self.socket), &transmit)
             })
             .await
+    }
+}
+
+/// GSO segments per send at most (Linux takes 64)
+const MAX_SEGMENTS: usize = 64;
+
+/// Bytes per GSO send at most: a UDP datagram's limit, with room for headers
+const MAX_BATCH_BYTES: usize = 65_000;
+
+/// Datagrams waiting to be sent, coalesced into GSO batches: runs of datagrams to one
+/// destination, all of one size but the last, which may be shorter
+#[derive(Debug, Default)]
+pub(crate) struct Outbox {
+    data: Vec<u8>,
+    batches: Vec<Batch>,
+}
+
+#[derive(Debug)]
+struct Batch {
+    destination: SocketAddr,
+    segment: usize,
+    start: usize,
+    end: usize,
+    /// A shorter datagram ended the batch
+    closed: bool,
+}
+
+impl Outbox {
+    /// Bytes waiting
+    pub(crate) fn bytes(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Queues one datagram; `max_segments` is [`UdpIo::max_segments`]
+    pub(crate) fn push(&mut self, destination: SocketAddr, contents: &[u8], max_segments: usize) {
+        let start = self.data.len();
+        self.data.extend_from_slice(contents);
+        let end = self.data.len();
+        if let Some(b) = self.batches.last_mut() {
+            let fits = b.destination == destination
+                && !b.closed
+                && !contents.is_empty()
+                && contents.len() <= b.segment
+                && (b.end - b.start) / b.segment < max_segments
+                && end - b.start <= MAX_BATCH_BYTES;
+            if fits {
+                b.end = end;
+                b.closed = contents.len() < b.segment;
+                return;
+            }
+        }
+        self.batches.push(Batch {
+            destination,
+            segment: contents.len().max(1),
+            start,
+            end,
+            closed: false,
+        });
     }
 }
 

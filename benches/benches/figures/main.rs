@@ -29,7 +29,7 @@ fn main() {
     // `cargo bench` passes `--bench`; any other argument picks sections by name.
     let picked: Vec<String> = std::env::args()
         .skip(1)
-        .filter(|a| !a.starts_with("--"))
+        .filter(|a| !a.starts_with("--") && a.parse::<usize>().is_err())
         .collect();
     let wants = |section: &str| picked.is_empty() || picked.iter().any(|p| p == section);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -84,62 +84,96 @@ fn main() {
 
 /// The throughput table: one row per message size, every stack on the same bytes
 async fn throughput(url: &str) {
+    let rounds = rounds();
     println!(
-        "== data-channel throughput, {} MiB per run, reliable ordered channel ==",
+        "== data-channel throughput, {} MiB per run, reliable ordered channel, \
+         median (min-max) of {rounds} interleaved rounds ==",
         THROUGHPUT_BYTES >> 20
     );
-    println!(
-        "  {:>5} | {:>24} | {:>13} | {:>24} | {:>13} | {:>17}",
-        "msg",
-        "meshrtc MB/s (gap ms)",
-        "str0m MB/s",
-        "webrtc-rs MB/s (gap ms)",
-        "meshrtc/str0m",
-        "meshrtc/webrtc-rs"
-    );
     for size in [1024, 16 * 1024] {
-        let (_, ceiling) = str0m_in_memory(size, THROUGHPUT_BYTES);
-        let drops = udp_receive_drops();
-        let (mesh, mesh_gap) = meshrtc_loopback(url, size, THROUGHPUT_BYTES).await;
-        report_drops("meshrtc", drops);
-        #[cfg(feature = "webrtc-rs")]
-        let webrtc = {
+        let mut ceiling = Vec::new();
+        let mut mesh = Vec::new();
+        let mut mesh_gap = Vec::new();
+        let mut webrtc: Vec<f64> = Vec::new();
+        let mut webrtc_gap: Vec<f64> = Vec::new();
+        for _ in 0..rounds {
+            ceiling.push(str0m_in_memory(size, THROUGHPUT_BYTES).1);
             let drops = udp_receive_drops();
-            let r = webrtc_rs::loopback(size, THROUGHPUT_BYTES).await;
-            report_drops("webrtc-rs", drops);
-            Some(r)
-        };
-        #[cfg(not(feature = "webrtc-rs"))]
-        let webrtc: Option<(f64, f64)> = None;
-        let (webrtc_col, webrtc_ratio) = match webrtc {
-            Some((rate, gap)) => (
-                format!("{rate:.1} ({gap:.1})"),
-                format!("{:.2}", mesh / rate),
-            ),
-            None => ("-".to_string(), "-".to_string()),
-        };
+            let (rate, gap) = meshrtc_loopback(url, size, THROUGHPUT_BYTES).await;
+            report_drops("meshrtc", drops);
+            mesh.push(rate);
+            mesh_gap.push(gap);
+            #[cfg(feature = "webrtc-rs")]
+            {
+                let drops = udp_receive_drops();
+                let (rate, gap) = webrtc_rs::loopback(size, THROUGHPUT_BYTES).await;
+                report_drops("webrtc-rs", drops);
+                webrtc.push(rate);
+                webrtc_gap.push(gap);
+            }
+        }
+        println!("  {:>2} KiB messages:", size / 1024);
+        let c = Spread::of(&mut ceiling);
+        let m = Spread::of(&mut mesh);
+        println!("    raw str0m in memory   {c} MB/s");
         println!(
-            "  {:>2} KiB | {:>24} | {:>13.1} | {:>24} | {:>13.2} | {:>17}",
-            size / 1024,
-            format!("{mesh:.1} ({mesh_gap:.1})"),
-            ceiling,
-            webrtc_col,
-            mesh / ceiling,
-            webrtc_ratio
+            "    meshrtc on loopback   {m} MB/s, longest gap {:.1} ms, {:.2}x str0m",
+            Spread::of(&mut mesh_gap).max,
+            m.median / c.median
         );
+        if !webrtc.is_empty() {
+            let w = Spread::of(&mut webrtc);
+            println!(
+                "    webrtc-rs on loopback {w} MB/s, longest gap {:.1} ms; meshrtc/webrtc-rs {:.2}",
+                Spread::of(&mut webrtc_gap).max,
+                m.median / w.median
+            );
+        }
     }
     println!(
         "  (gap: longest time between two deliveries; str0m: two Rtcs in one thread, in memory)"
     );
     #[cfg(not(feature = "webrtc-rs"))]
     println!(
-        "  webrtc-rs column: cargo bench -p meshrtc-benches --bench figures \
+        "  webrtc-rs figures: cargo bench -p meshrtc-benches --bench figures \
          --features webrtc-rs throughput"
     );
 }
 
-/// The machine's count of UDP datagrams dropped for a full receive buffer
-/// (`RcvbufErrors` in `/proc/net/snmp`; system-wide, so other processes count too)
+/// Throughput rounds: `--rounds N` (default 5)
+fn rounds() -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == "--rounds")
+        .and_then(|i| args.get(i + 1)?.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(5)
+}
+
+/// Median, least and most of some measurements
+struct Spread {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Spread {
+    fn of(values: &mut [f64]) -> Self {
+        values.sort_by(f64::total_cmp);
+        Self {
+            median: percentile(values, 0.5),
+            min: values[0],
+            max: values[values.len() - 1],
+        }
+    }
+}
+
+impl std::fmt::Display for Spread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:6.1} ({:.1}-{:.1})", self.median, self.min, self.max)
+    }
+}
+
 fn udp_receive_drops() -> Option<u64> {
     let snmp = std::fs::read_to_string("/proc/net/snmp").ok()?;
     let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
