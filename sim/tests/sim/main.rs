@@ -8,6 +8,7 @@ mod determinism;
 mod impairments;
 mod media;
 mod scenarios;
+mod throughput;
 mod timeline;
 mod traces;
 mod util;
