@@ -404,7 +404,7 @@ impl Peer {
         let mut wrote = false;
         self.window.update(self.now, chan.buffered_amount());
         while let Some(m) = self.send_queue.front() {
-            if !self.window.admits(m.len()) {
+            if !self.window.admits() {
                 break;
             }
             let binary = matches!(m, DataMessage::Binary(_));

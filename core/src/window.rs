@@ -15,9 +15,9 @@
 
 use std::time::{Duration, Instant};
 
-/// The smallest window: enough to keep SCTP's delayed acknowledgements from stalling a
-/// sender
-pub(crate) const MIN_WINDOW: usize = 64 * 1024;
+/// The smallest window: about 30 packets in flight, which on loopback measured best (16 KiB
+/// and 64 KiB floors were slower with 1 KiB messages)
+pub(crate) const MIN_WINDOW: usize = 32 * 1024;
 
 /// A rate sample spans at least this long (a loopback round trip is far shorter, and a
 /// sample of a few packets is noise)
@@ -153,10 +153,14 @@ impl SendWindow {
         Phase::ProbingUp { from, rate }
     }
 
-    /// Whether `len` more bytes may be written now; an empty buffer takes any message, so a
-    /// message larger than the window still goes out
-    pub(crate) fn admits(&mut self, len: usize) -> bool {
-        let ok = self.buffered == 0 || self.buffered + len <= self.limit;
+    /// Whether another message may be written now: while the buffer is below the window,
+    /// whatever its size (str0m refuses what its buffer cannot hold)
+    ///
+    /// Letting a message overshoot keeps messages larger than the window pipelined: were a
+    /// message let in only where it fits, such messages would go one at a time, each
+    /// waiting for the acknowledgement of its last packet, which SCTP may delay by 200 ms.
+    pub(crate) fn admits(&mut self) -> bool {
+        let ok = self.buffered < self.limit;
         self.limited |= !ok;
         ok
     }
@@ -179,7 +183,8 @@ mod tests {
     use super::*;
 
     const MAX: usize = 320 * 1024;
-    const STEP: Duration = Duration::from_millis(1);
+    /// The model's time step: short enough that refilling once per step never limits
+    const STEP: Duration = Duration::from_micros(100);
 
     /// A sender that always has data, over a path whose delivery rate (bytes/s) for a given
     /// window is `rate_of`; returns the window after each millisecond for `ms` milliseconds
@@ -189,19 +194,19 @@ mod tests {
         w.handle_rtt(rtt);
         let mut buffered = 0usize;
         let mut limits = Vec::new();
-        let mut carried = 0.0;
-        for i in 0..ms {
+        for i in 0..ms * 10 {
             let now = start + STEP * i as u32;
-            carried += rate_of(w.limit()) * STEP.as_secs_f64();
-            let acked = (carried as usize).min(buffered);
-            carried -= acked as f64;
-            buffered -= acked;
+            // Capacity not used in a step (nothing buffered) is lost, as on a real link.
+            let carried = rate_of(w.limit()) * STEP.as_secs_f64();
+            buffered -= (carried as usize).min(buffered);
             w.update(now, buffered);
-            while w.admits(1024) {
+            while w.admits() {
                 w.wrote(1024);
                 buffered += 1024;
             }
-            limits.push(w.limit());
+            if i % 10 == 9 {
+                limits.push(w.limit());
+            }
         }
         limits
     }
@@ -254,17 +259,19 @@ mod tests {
         for i in 0..1000u32 {
             // One 1 KiB message per millisecond, acknowledged at once.
             w.update(start + STEP * i, 0);
-            assert!(w.admits(1024));
+            assert!(w.admits());
             w.wrote(1024);
         }
         assert_eq!(w.limit(), MIN_WINDOW);
     }
 
     #[test]
-    fn an_empty_buffer_takes_a_message_larger_than_the_window() {
+    fn a_message_may_overshoot_the_window_but_the_next_waits() {
         let mut w = SendWindow::new(MAX);
-        assert!(w.admits(256 * 1024));
+        assert!(w.admits());
         w.wrote(256 * 1024);
-        assert!(!w.admits(1));
+        assert!(!w.admits());
+        w.update(Instant::now(), MIN_WINDOW - 1);
+        assert!(w.admits());
     }
 }
