@@ -255,7 +255,8 @@ impl AudioDecode for OpusPlayout {
     }
 }
 
-/// One RTCP sender report: the sender's wall clock (seconds) against its RTP time (ticks)
+/// One RTCP sender report: the sender's wall clock (seconds since the first report's, see
+/// [`PeerMedia::wall_epoch`]) against its RTP time (ticks)
 #[derive(Debug, Clone, Copy)]
 struct SenderReport {
     wallclock: f64,
@@ -303,6 +304,10 @@ pub(crate) struct PeerMedia {
     max_video_hold: Duration,
     max_sync_step: f64,
     anchor: Option<(Instant, SystemTime)>,
+    /// The sender's wall clock in its first sender report: report times are kept as seconds
+    /// since then, so that an `f64` holds them to the nanosecond (seconds since 1970 would
+    /// keep only about a quarter of a microsecond, and results would vary with the date)
+    wall_epoch: Option<SystemTime>,
     /// A fixed local instant that lip-sync offsets are measured from
     origin: Option<Instant>,
     audio_stats: AudioStats,
@@ -327,6 +332,7 @@ impl PeerMedia {
                 ..DriftConfig::default()
             }),
             last_drift_update: None,
+            wall_epoch: None,
             sr_audio: None,
             sr_video: None,
             audio_offset: None,
@@ -551,10 +557,8 @@ impl PeerMedia {
         ntp: SystemTime,
         rtp: u32,
     ) {
-        let wall = ntp
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0);
+        let epoch = *self.wall_epoch.get_or_insert(ntp);
+        let wall = secs_since(epoch, ntp);
         let (unwrap, slot, count, max_gap) = if Some(mid) == self.audio_mid {
             (
                 &self.audio_unwrap,
@@ -620,13 +624,10 @@ impl PeerMedia {
                     if let Some(origin) = self.origin {
                         self.audio_offset = Some(local_secs(chunk.playout, origin) - wall);
                     }
-                    if let (Some((anchor_local, anchor_sys)), false) =
-                        (self.anchor, chunk.concealed)
+                    if let (Some((anchor_local, anchor_sys)), Some(epoch), false) =
+                        (self.anchor, self.wall_epoch, chunk.concealed)
                     {
-                        let anchor_wall = anchor_sys
-                            .duration_since(SystemTime::UNIX_EPOCH)
-                            .map(|d| d.as_secs_f64())
-                            .unwrap_or(0.0);
+                        let anchor_wall = secs_since(epoch, anchor_sys);
                         // Both wall clocks share one time base (exact on one machine).
                         let local_wall = anchor_wall + local_secs(chunk.playout, anchor_local);
                         if self.audio_stats.latency_ms.len() < 100_000 {
@@ -715,4 +716,12 @@ fn vp9_is_keyframe(data: &[u8]) -> bool {
     }
     let frame_type = (b >> (bit - 2)) & 1;
     frame_type == 0
+}
+
+/// Seconds from `epoch` to `t`, negative if `t` is earlier
+fn secs_since(epoch: SystemTime, t: SystemTime) -> f64 {
+    match t.duration_since(epoch) {
+        Ok(d) => d.as_secs_f64(),
+        Err(e) => -e.duration().as_secs_f64(),
+    }
 }

@@ -115,15 +115,14 @@ pub struct MediaReport {
 }
 
 /// The receiver's core statistics about one sender's media ([`meshrtc::PeerStats`])
-///
-/// `PeerStats::report_clock_drift_ppm` (drift from RTCP sender reports) is left out: the
-/// core computes it from absolute NTP times in `f64`, whose rounding depends on the wall
-/// clock at process start, so its last digits change from one process to the next.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ReceiverReport {
     /// Estimated drift of the sender's clock against the receiver's, from packet arrivals,
     /// ppm
     pub clock_drift_ppm: Option<f64>,
+    /// Estimated drift of the sender's clock from its RTCP sender reports (its wall clock
+    /// against our arrival times), ppm
+    pub report_clock_drift_ppm: Option<f64>,
     /// The truth: the sender's clock rate over the receiver's, less one, ppm
     pub true_clock_drift_ppm: f64,
     /// Audio receive statistics (audio streams)
@@ -429,6 +428,7 @@ fn media_report(sim: &Sim, id: MediaStreamId, to: HostId, end: Duration) -> Medi
             let (ps, pr) = (sim.clock(from).ppb() as f64, sim.clock(to).ppb() as f64);
             ReceiverReport {
                 clock_drift_ppm: p.clock_drift_ppm.map(r3),
+                report_clock_drift_ppm: p.report_clock_drift_ppm.map(r3),
                 true_clock_drift_ppm: r3(((1e9 + ps) / (1e9 + pr) - 1.0) * 1e6),
                 audio: p.audio.as_ref().filter(|_| audio).map(audio_report),
                 video: p.video.as_ref().filter(|_| !audio).map(video_report),
