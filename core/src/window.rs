@@ -11,7 +11,8 @@
 //! only if the rate at which str0m's buffer drains (the remote acknowledging) grew with it.
 //! On a long link the rate follows the window up to the path's limit; on a fast short link
 //! the rate is bounded by CPU and a bigger window only costs, so the window falls back.
-//! Every so often it probes again, up and down, so a changed path is followed.
+//! Every so often it probes again: up, and down by halves for as long as the rate holds,
+//! so a changed path is followed and a window that grew during a ramp-up comes back.
 
 use std::time::{Duration, Instant};
 
@@ -141,8 +142,19 @@ impl SendWindow {
             Phase::ProbingDown { from, rate: before } => {
                 if rate < before * KEEP {
                     self.limit = from;
+                    Phase::Steady { periods: 1 }
+                } else if self.limit > MIN_WINDOW && self.limited {
+                    // Half did as well: try half of that (a window that grew while a
+                    // connection ramped up comes back down in a few periods).
+                    let from = self.limit;
+                    self.limit = (self.limit / 2).max(MIN_WINDOW);
+                    Phase::ProbingDown {
+                        from,
+                        rate: before.max(rate),
+                    }
+                } else {
+                    Phase::Steady { periods: 1 }
                 }
-                Phase::Steady { periods: 1 }
             }
         };
     }

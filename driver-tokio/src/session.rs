@@ -35,10 +35,13 @@ pub const DEFAULT_COMMAND_QUEUE: usize = 1024;
 /// the socket and the timer
 const DATA_BATCH: usize = 64;
 
-/// Queued datagrams are sent once they reach this many bytes, even in the middle of a
-/// drain: GSO batches big enough to save system calls, small enough that the remote starts
-/// on them (and acknowledges) while we go on
+/// Queued datagrams are sent once they reach this many bytes or this many datagrams, even in
+/// the middle of a drain: GSO batches big enough to save system calls, small enough that the
+/// remote starts on them (and acknowledges) while we go on. The count matters for small
+/// datagrams: acknowledgements held back until a whole receive batch is done would leave the
+/// sender waiting.
 const OUTBOX_SEND_BYTES: usize = 16 * 1024;
+const OUTBOX_SEND_DATAGRAMS: usize = 8;
 
 /// How a [`Session`] is set up
 #[derive(Debug, Clone)]
@@ -578,7 +581,9 @@ impl Driver {
                 Output::Transmit(t) => {
                     let max = self.udp.max_segments();
                     self.outbox.push(t.destination, &t.contents, max);
-                    if self.outbox.bytes() >= OUTBOX_SEND_BYTES {
+                    if self.outbox.bytes() >= OUTBOX_SEND_BYTES
+                        || self.outbox.datagrams() >= OUTBOX_SEND_DATAGRAMS
+                    {
                         self.udp.send_all(&mut self.outbox).await;
                     }
                 }

@@ -130,6 +130,7 @@ impl UdpIo {
         }
         outbox.batches.clear();
         outbox.data.clear();
+        outbox.count = 0;
     }
 
     async fn send(
@@ -165,6 +166,7 @@ const MAX_BATCH_BYTES: usize = 65_000;
 #[derive(Debug, Default)]
 pub(crate) struct Outbox {
     data: Vec<u8>,
+    count: usize,
     batches: Vec<Batch>,
 }
 
@@ -184,9 +186,15 @@ impl Outbox {
         self.data.len()
     }
 
+    /// Datagrams waiting
+    pub(crate) fn datagrams(&self) -> usize {
+        self.count
+    }
+
     /// Queues one datagram; `max_segments` is [`UdpIo::max_segments`]
     pub(crate) fn push(&mut self, destination: SocketAddr, contents: &[u8], max_segments: usize) {
         let start = self.data.len();
+        self.count += 1;
         self.data.extend_from_slice(contents);
         let end = self.data.len();
         if let Some(b) = self.batches.last_mut() {

@@ -94,15 +94,21 @@ async fn throughput(url: &str) {
         let mut ceiling = Vec::new();
         let mut mesh = Vec::new();
         let mut mesh_gap = Vec::new();
+        let mut sender_cpu = Vec::new();
+        let mut receiver_cpu = Vec::new();
         let mut webrtc: Vec<f64> = Vec::new();
         let mut webrtc_gap: Vec<f64> = Vec::new();
         for _ in 0..rounds {
             ceiling.push(str0m_in_memory(size, THROUGHPUT_BYTES).1);
             let drops = udp_receive_drops();
-            let (rate, gap) = meshrtc_loopback(url, size, THROUGHPUT_BYTES).await;
+            let run = meshrtc_loopback(url, size, THROUGHPUT_BYTES).await;
             report_drops("meshrtc", drops);
-            mesh.push(rate);
-            mesh_gap.push(gap);
+            mesh.push(run.rate);
+            mesh_gap.push(run.gap_ms);
+            if let Some((tx, rx)) = run.cpu_us {
+                sender_cpu.push(tx);
+                receiver_cpu.push(rx);
+            }
             #[cfg(feature = "webrtc-rs")]
             {
                 let drops = udp_receive_drops();
@@ -121,6 +127,17 @@ async fn throughput(url: &str) {
             Spread::of(&mut mesh_gap).max,
             m.median / c.median
         );
+        if !sender_cpu.is_empty() {
+            // The in-memory pair runs flat out on one thread: its CPU per message is its
+            // time per message, for both sides together.
+            let both = size as f64 / c.median;
+            println!(
+                "    CPU per message       str0m both sides {both:.1} us; meshrtc sender \
+                 thread {:.1} us, receiver thread {:.1} us",
+                Spread::of(&mut sender_cpu).median,
+                Spread::of(&mut receiver_cpu).median
+            );
+        }
         if !webrtc.is_empty() {
             let w = Spread::of(&mut webrtc);
             println!(
@@ -276,7 +293,7 @@ async fn mesh_connect(url: &str, room: &str, n: usize) -> (f64, f64) {
 }
 
 /// MB/s from alice to bob over loopback UDP, and the longest gap between two arrivals
-async fn meshrtc_loopback(url: &str, size: usize, total: usize) -> (f64, f64) {
+async fn meshrtc_loopback(url: &str, size: usize, total: usize) -> Run {
     let room = format!("tp{size}");
     let (a, mut a_events) = join(url, &room, "alice", 1).await;
     let (b, mut b_events) = join(url, &room, "bob", 2).await;
@@ -284,6 +301,7 @@ async fn meshrtc_loopback(url: &str, size: usize, total: usize) -> (f64, f64) {
     connected(&mut b_events, 1).await;
     let count = total / size;
     let bob = PeerId::new("bob").expect("a peer id");
+    let cpu_before = session_cpu();
     let started = Instant::now();
     let sender = tokio::spawn({
         let a = a.clone();
@@ -312,13 +330,53 @@ async fn meshrtc_loopback(url: &str, size: usize, total: usize) -> (f64, f64) {
         }
     }
     let secs = started.elapsed().as_secs_f64();
+    let cpu = session_cpu().map(|after| {
+        let before = cpu_before.unwrap_or_default();
+        let per_message = |a: f64, b: f64| (a - b) / count as f64 * 1e6;
+        (
+            per_message(after.0, before.0),
+            per_message(after.1, before.1),
+        )
+    });
     sender.await.expect("sender done");
     a.leave().await.expect("left");
     b.leave().await.expect("left");
-    (
-        (count * size) as f64 / secs / 1e6,
-        max_gap.as_secs_f64() * 1e3,
-    )
+    Run {
+        rate: (count * size) as f64 / secs / 1e6,
+        gap_ms: max_gap.as_secs_f64() * 1e3,
+        cpu_us: cpu,
+    }
+}
+
+/// One meshrtc throughput run
+struct Run {
+    /// MB/s
+    rate: f64,
+    /// Longest time between two deliveries
+    gap_ms: f64,
+    /// CPU time per message of the sending and the receiving session thread (µs)
+    cpu_us: Option<(f64, f64)>,
+}
+
+/// CPU seconds used so far by the session threads `meshrtc-alice` and `meshrtc-bob` (Linux)
+fn session_cpu() -> Option<(f64, f64)> {
+    let ticks = |name: &str| -> Option<f64> {
+        for task in std::fs::read_dir("/proc/self/task").ok()? {
+            let dir = task.ok()?.path();
+            let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+            if comm.trim() != name {
+                continue;
+            }
+            let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+            // Fields after the parenthesised name: utime and stime are the 12th and 13th.
+            let rest = stat.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let (u, s): (f64, f64) = (f.get(11)?.parse().ok()?, f.get(12)?.parse().ok()?);
+            return Some((u + s) / 100.0);
+        }
+        None
+    };
+    Some((ticks("meshrtc-alice")?, ticks("meshrtc-bob")?))
 }
 
 /// MB/s between two str0m `Rtc`s in one thread, datagrams handed over in memory

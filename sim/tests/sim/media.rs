@@ -418,7 +418,9 @@ fn a_sender_at_1000_ppm_plays_without_growing_delay() {
     let est = stats.clock_drift_ppm.expect("drift estimated");
     assert!((est - 1000.0).abs() < 50.0, "estimated {est} ppm");
     // The sender reports' view of the same clock (its wall clock, not its media clock).
-    let est = stats.report_clock_drift_ppm.expect("drift from sender reports");
+    let est = stats
+        .report_clock_drift_ppm
+        .expect("drift from sender reports");
     assert!((est - 1000.0).abs() < 50.0, "from sender reports {est} ppm");
     // Compensation removed about 1 ms of audio per second of the run.
     let removed = stats
