@@ -477,6 +477,18 @@ impl Participant {
             .is_some_and(|p| p.queued_messages() < self.config.max_queued_messages)
     }
 
+    /// How many more messages [`send_data`](Self::send_data) to `peer` would accept now
+    /// (`None` for an unknown peer): a driver that stops taking data at a full queue can
+    /// wait for room for a whole batch, instead of waking its application for every message
+    pub fn send_room(&self, peer: &PeerId) -> Option<usize> {
+        let p = self.peers.get(peer)?;
+        Some(
+            self.config
+                .max_queued_messages
+                .saturating_sub(p.queued_messages()),
+        )
+    }
+
     /// Sends a data message to one peer
     ///
     /// The message is queued (in order, up to [`Config::max_queued_messages`]) and handed

@@ -400,6 +400,8 @@ struct Driver {
     ready: Option<oneshot::Sender<Result<Joined>>>,
     /// A send the core could not queue yet (its queue for the peer is full)
     stalled: Option<(PeerId, DataMessage)>,
+    /// The core's send queue limit per peer
+    max_queued: usize,
     /// Set when the announce was refused: the driver ends
     refused: bool,
     sources: Option<TestSources>,
@@ -427,6 +429,7 @@ impl Driver {
         };
         let clock = config.clock.clone();
         let mut pconfig = config.participant;
+        let max_queued = pconfig.max_queued_messages.max(1);
         // Capture-to-playout latency needs our instants on str0m's wall-clock time base:
         // read both clocks together once.
         pconfig
@@ -449,6 +452,7 @@ impl Driver {
             events,
             ready: Some(ready),
             stalled: None,
+            max_queued,
             refused: false,
             sources: config.test_sources,
         })
@@ -693,7 +697,13 @@ impl Driver {
         let Some((peer, _)) = &self.stalled else {
             return;
         };
-        if self.queue_is_full(peer) {
+        // Resume once a whole batch fits: taking commands one at a time as the queue drains
+        // would wake the application's sending task for every message.
+        if self
+            .participant
+            .send_room(peer)
+            .is_some_and(|room| room < DATA_BATCH.min(self.max_queued))
+        {
             return;
         }
         if let Some((peer, message)) = self.stalled.take() {

@@ -161,44 +161,66 @@ async fn unknown_peer_is_reported_not_fatal() {
     .await;
 }
 
+/// Alice sends `count` numbered 1 KiB messages to Bob with her core's send queue limited to
+/// `max_queued` messages and her command channel to `command_queue`; Bob must get them all,
+/// in order
+async fn bulk(room: &str, count: usize, max_queued: usize, command_queue: usize) {
+    let server = server().await;
+    let url = server.url();
+    let mut config = config(&url, room, "alice");
+    config.participant.max_queued_messages = max_queued;
+    config.command_queue = command_queue;
+    let (a, mut a_events) = Session::join(config).await.unwrap();
+    let (b, mut b_events) = join(&url, room, "bob").await;
+    wait_for(&mut a_events, LIMIT, connected).await;
+    wait_for(&mut b_events, LIMIT, connected).await;
+    let started = Instant::now();
+    let sender = tokio::spawn({
+        let a = a.clone();
+        async move {
+            for i in 0..count {
+                let mut payload = vec![(i % 251) as u8; 1024];
+                payload[..8].copy_from_slice(&(i as u64).to_be_bytes());
+                a.send(&pid("bob"), DataMessage::Binary(payload))
+                    .await
+                    .unwrap();
+            }
+        }
+    });
+    for i in 0..count {
+        let (_, msg) = wait_for(&mut b_events, LIMIT, data_from).await;
+        let DataMessage::Binary(bytes) = msg else {
+            panic!("binary expected");
+        };
+        assert_eq!(bytes.len(), 1024);
+        assert_eq!(u64::from_be_bytes(bytes[..8].try_into().unwrap()), i as u64);
+    }
+    sender.await.unwrap();
+    eprintln!("{count} x 1 KiB in {:?}", started.elapsed());
+    let a_stats = a.stats().await.unwrap();
+    let b_stats = b.stats().await.unwrap();
+    assert_eq!(a_stats.peers[&pid("bob")].messages_sent, count as u64);
+    assert_eq!(b_stats.peers[&pid("alice")].messages_received, count as u64);
+    assert!(a_stats.peers[&pid("bob")].connected);
+    // Nothing was refused for a full queue: the sender waited instead.
+    while let Some(e) = a_events.try_recv() {
+        assert!(!matches!(e, Event::SendFailed { .. }), "{e:?}");
+    }
+    a.leave().await.unwrap();
+    b.leave().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bulk_data_arrives_complete_and_in_order() {
-    bounded(async {
-        const COUNT: usize = 5000;
-        let server = server().await;
-        let ((a, _a_events), (b, mut b_events)) = pair(&server.url(), "bulk").await;
-        let started = Instant::now();
-        let sender = tokio::spawn({
-            let a = a.clone();
-            async move {
-                for i in 0..COUNT {
-                    let mut payload = vec![(i % 251) as u8; 1024];
-                    payload[..8].copy_from_slice(&(i as u64).to_be_bytes());
-                    a.send(&pid("bob"), DataMessage::Binary(payload))
-                        .await
-                        .unwrap();
-                }
-            }
-        });
-        for i in 0..COUNT {
-            let (_, msg) = wait_for(&mut b_events, LIMIT, data_from).await;
-            let DataMessage::Binary(bytes) = msg else {
-                panic!("binary expected");
-            };
-            assert_eq!(bytes.len(), 1024);
-            assert_eq!(u64::from_be_bytes(bytes[..8].try_into().unwrap()), i as u64);
-        }
-        sender.await.unwrap();
-        eprintln!("{COUNT} x 1 KiB in {:?}", started.elapsed());
-        let a_stats = a.stats().await.unwrap();
-        let b_stats = b.stats().await.unwrap();
-        assert_eq!(a_stats.peers[&pid("bob")].messages_sent, COUNT as u64);
-        assert_eq!(b_stats.peers[&pid("alice")].messages_received, COUNT as u64);
-        assert!(a_stats.peers[&pid("bob")].connected);
-        a.leave().await.unwrap();
-        b.leave().await.unwrap();
-    })
-    .await;
+    bounded(bulk("bulk", 5000, 4096, 1024)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_send_queue_makes_the_sender_wait_and_loses_nothing() {
+    // Queues far smaller than the run: the driver stops taking commands while the core's
+    // queue is full and resumes as it drains, again and again.
+    bounded(bulk("tiny-queues", 3000, 16, 4)).await;
+    bounded(bulk("batch-sized-queue", 3000, 64, 64)).await;
 }
 
 /// A clock an hour ahead of tokio's
