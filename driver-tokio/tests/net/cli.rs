@@ -7,6 +7,34 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+/// A child process that is killed if the test ends, or panics, before waiting for it: a
+/// failed assertion must not leave a `meshrtc signal` running
+struct Reaper(Option<Child>);
+
+impl Reaper {
+    fn new(child: Child) -> Self {
+        Self(Some(child))
+    }
+
+    fn id(&self) -> u32 {
+        self.0.as_ref().map_or(0, Child::id)
+    }
+
+    /// The child, now the caller's to wait for
+    fn take(mut self) -> Child {
+        self.0.take().expect("a child")
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 fn meshrtc() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_meshrtc"));
     c.env_remove("RUST_LOG");
@@ -21,11 +49,12 @@ fn run(mut cmd: Command, limit: Duration) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait(child, limit)
+    wait(Reaper::new(child), limit)
 }
 
-fn wait(child: Child, limit: Duration) -> Output {
+fn wait(child: Reaper, limit: Duration) -> Output {
     let pid = child.id();
+    let child = child.take();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let _ = tx.send(child.wait_with_output());
@@ -51,11 +80,11 @@ fn stderr_lines(out: &Output) -> Vec<String> {
 }
 
 /// `meshrtc signal --listen 127.0.0.1:0`, returning the child and its URL
-fn start_signal() -> (Child, String) {
+fn start_signal() -> (Reaper, String) {
     start_signal_with(&[])
 }
 
-fn start_signal_with(extra: &[&str]) -> (Child, String) {
+fn start_signal_with(extra: &[&str]) -> (Reaper, String) {
     let mut child = meshrtc()
         .args(["signal", "--listen", "127.0.0.1:0"])
         .args(extra)
@@ -65,6 +94,7 @@ fn start_signal_with(extra: &[&str]) -> (Child, String) {
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
+    let child = Reaper::new(child);
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut line = String::new();
@@ -87,7 +117,7 @@ fn start_signal_with(extra: &[&str]) -> (Child, String) {
 }
 
 /// Sends `signal` (e.g. `-TERM`) to our own child, by its id, and waits for it to exit
-fn signal(child: Child, signal: &str) -> Output {
+fn signal(child: Reaper, signal: &str) -> Output {
     Command::new("kill")
         .arg(signal)
         .arg(child.id().to_string())
@@ -96,7 +126,7 @@ fn signal(child: Child, signal: &str) -> Output {
     wait(child, Duration::from_secs(10))
 }
 
-fn terminate(child: Child) -> Output {
+fn terminate(child: Reaper) -> Output {
     signal(child, "-TERM")
 }
 
@@ -124,6 +154,7 @@ fn signal_and_two_peers_exchange_data_and_write_stats() {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
+            .map(Reaper::new)
             .unwrap()
     };
     let alice = spawn_peer("alice", "3.5");
@@ -362,6 +393,7 @@ fn media_flags_send_a_tone_and_a_test_pattern() {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
+            .map(Reaper::new)
             .unwrap()
     };
     let alice = spawn_peer(
@@ -447,7 +479,7 @@ fn data_none_reports_null_data() {
     let (server, url) = start_signal();
     let dir = std::env::temp_dir().join(format!("meshrtc-none-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let children: Vec<Child> = ["carol", "dave"]
+    let children: Vec<Reaper> = ["carol", "dave"]
         .into_iter()
         .map(|id| {
             meshrtc()
@@ -458,6 +490,7 @@ fn data_none_reports_null_data() {
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
+                .map(Reaper::new)
                 .unwrap()
         })
         .collect();
