@@ -18,8 +18,42 @@ use meshrtc::PeerStats;
 
 use crate::{loopback_any_port, millis, DemoArgs};
 
-/// The demo's video: 360p at 30 fps
-const VIDEO: (u32, u32, u32) = (640, 360, 30);
+/// The demo's video sizes (width, height, fps), best first: the first the machine can carry
+/// for the number of peers is used
+const VIDEO_LADDER: [(u32, u32, u32); 5] = [
+    (640, 360, 30),
+    (480, 270, 30),
+    (320, 180, 30),
+    (320, 180, 15),
+    (160, 90, 15),
+];
+
+/// CPU time of one video frame: a fixed part per encode or decode call and a part per
+/// pixel; an encode counts as [`ENCODE_COST`] decodes. Fitted on this project's 2-core
+/// machine with H.264: 4 peers at 640x360 30 fps took about one core, 10 peers at 160x90
+/// 15 fps about 0.9 core (besides audio), 10 peers at 320x180 15 fps overloaded it.
+const FRAME_FIXED_SECS: f64 = 0.45e-3;
+const FRAME_PIXEL_SECS: f64 = 3.8e-9;
+const ENCODE_COST: f64 = 3.0;
+
+/// Share of the cores the demo's codecs may take: the rest is for the network, audio and
+/// the progress line, so that handshakes and playout stay on time
+const CODEC_SHARE: f64 = 0.5;
+
+/// The best video size whose encodes (one per peer) and decodes (every peer decodes every
+/// other) fit in [`CODEC_SHARE`] of `cores`; the smallest size if none does
+fn video_for(peers: usize, cores: usize) -> (u32, u32, u32) {
+    let n = peers as f64;
+    let frames_per_fps = n * (n - 1.0) + ENCODE_COST * n;
+    let budget = CODEC_SHARE * cores.max(1) as f64;
+    VIDEO_LADDER
+        .into_iter()
+        .find(|&(w, h, fps)| {
+            let per_frame = FRAME_FIXED_SECS + f64::from(w * h) * FRAME_PIXEL_SECS;
+            f64::from(fps) * frames_per_fps * per_frame <= budget
+        })
+        .unwrap_or(VIDEO_LADDER[VIDEO_LADDER.len() - 1])
+}
 
 /// How often the progress line is redrawn on a terminal (elsewhere: once a second)
 const PROGRESS_TTY: Duration = Duration::from_millis(200);
@@ -46,6 +80,8 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), String> {
         .map(|i| PeerId::new(format!("peer{i}")).expect("a valid id; panic means bug"))
         .collect();
 
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let video_size = video_for(n, cores);
     let started = Instant::now();
     let joins = ids.iter().enumerate().map(|(i, id)| {
         let mut config = SessionConfig::new(server.url(), room.clone());
@@ -57,22 +93,27 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), String> {
             video: args.video,
             data: true,
         };
-        let (w, h, fps) = VIDEO;
+        let (w, h, fps) = video_size;
         let mut video = VideoEncoderConfig::new(VideoCodec::H264, w, h);
         video.fps = fps;
         video.bitrate_bps = crate::peer::bitrate_for(w, h, fps);
         config.participant.media.video = video;
-        config.test_sources = Some(TestSources::new(1, args.video.then_some(VIDEO)));
+        config.test_sources = Some(TestSources::new(1, args.video.then_some(video_size)));
         Session::join(config)
     });
     let mut sessions = Vec::with_capacity(n);
     for joined in futures_util::future::join_all(joins).await {
         sessions.push(joined.map_err(|e| e.to_string())?);
     }
+    let (w, h, fps) = video_size;
+    let video = if args.video {
+        format!(", {w}x{h} {fps} fps H.264 video (sized for {n} peers on {cores} cores)")
+    } else {
+        String::new()
+    };
     println!(
-        "{n} peers joined room {room} in {:.1} ms (data, Opus audio{})",
+        "{n} peers joined room {room} in {:.1} ms (data, Opus audio{video})",
         millis(started.elapsed()),
-        if args.video { ", 360p30 video" } else { "" }
     );
 
     let mut watchers = Vec::with_capacity(n);
@@ -267,5 +308,28 @@ fn print_table(rows: &[PairRow]) {
             num(r.loss, 3),
             num(r.drift, 1),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn video_shrinks_as_peers_grow_and_cores_shrink() {
+        assert_eq!(video_for(4, 2), (640, 360, 30));
+        assert_eq!(video_for(6, 2), (320, 180, 30));
+        assert_eq!(video_for(10, 2), (160, 90, 15));
+        assert_eq!(video_for(10, 8), (480, 270, 30));
+        assert_eq!(video_for(2, 1), (640, 360, 30));
+        // Never nothing: the smallest size when even that is too much.
+        assert_eq!(video_for(10, 0), (160, 90, 15));
+        let mut last = u64::MAX;
+        for peers in 2..=10 {
+            let (w, h, fps) = video_for(peers, 2);
+            let px = u64::from(w * h * fps);
+            assert!(px <= last, "{peers} peers: {w}x{h}@{fps}");
+            last = px;
+        }
     }
 }
