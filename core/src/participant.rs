@@ -472,9 +472,7 @@ impl Participant {
     /// exists and its queue has room); lets a driver apply back-pressure instead of losing
     /// a message to [`Error::SendQueueFull`]
     pub fn can_send(&self, peer: &PeerId) -> bool {
-        self.peers
-            .get(peer)
-            .is_some_and(|p| p.queued_messages() < self.config.max_queued_messages)
+        self.send_room(peer).is_some_and(|room| room > 0)
     }
 
     /// How many more messages [`send_data`](Self::send_data) to `peer` would accept now

@@ -123,7 +123,6 @@ pub(crate) fn run(setup: Setup) {
         }
     }
     let audio = config.participant.capabilities.audio;
-    let max_queued = config.participant.max_queued_messages;
     let mut participant = Participant::new(config.participant, clock.now());
     let started = participant
         .add_local_candidate(local_addr)
@@ -147,7 +146,6 @@ pub(crate) fn run(setup: Setup) {
         data,
         data_open: true,
         stalled: None,
-        max_queued,
         capture,
         audio,
         audio_error_reported: false,
@@ -188,7 +186,6 @@ struct Driver {
     data_open: bool,
     /// A send the core could not queue yet (its queue for the peer is full)
     stalled: Option<(PeerId, DataMessage)>,
-    max_queued: usize,
     capture: CaptureSource,
     audio: bool,
     audio_error_reported: bool,
@@ -474,9 +471,7 @@ impl Driver {
 
     /// Whether the core would refuse a message to `peer` with `SendQueueFull`
     fn queue_is_full(&self, peer: &PeerId) -> bool {
-        self.participant
-            .peer_stats(peer)
-            .is_some_and(|s| s.queued_messages >= self.max_queued)
+        self.participant.send_room(peer) == Some(0)
     }
 
     fn send_now(&mut self, peer: PeerId, message: DataMessage) {

@@ -714,7 +714,7 @@ impl Driver {
 
     /// Whether the core would refuse a message to `peer` with `SendQueueFull`
     fn queue_is_full(&self, peer: &PeerId) -> bool {
-        self.participant.peer_ids().any(|p| p == peer) && !self.participant.can_send(peer)
+        self.participant.send_room(peer) == Some(0)
     }
 
     fn send_now(&mut self, peer: PeerId, message: DataMessage) {

@@ -128,9 +128,7 @@ impl UdpIo {
                 Err(e) => tracing::debug!(%e, to = %batch.destination, "udp send failed"),
             }
         }
-        outbox.batches.clear();
-        outbox.data.clear();
-        outbox.count = 0;
+        outbox.clear();
     }
 
     async fn send(
@@ -181,6 +179,12 @@ struct Batch {
 }
 
 impl Outbox {
+    fn clear(&mut self) {
+        self.batches.clear();
+        self.data.clear();
+        self.count = 0;
+    }
+
     /// Bytes waiting
     pub(crate) fn bytes(&self) -> usize {
         self.data.len()

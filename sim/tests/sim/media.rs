@@ -232,6 +232,21 @@ fn media_runs_replay_exactly() {
     assert_ne!(a, c, "another seed, the same report");
 }
 
+/// Mono Opus in 20 ms frames from `from`, for the whole run, late after 150 ms
+fn voice(from: HostId) -> MediaStreamConfig {
+    MediaStreamConfig {
+        name: "voice".into(),
+        from,
+        source: MediaSource::Audio {
+            frame: Duration::from_millis(20),
+            channels: 1,
+        },
+        start: Duration::ZERO,
+        stop: None,
+        late_after: Duration::from_millis(150),
+    }
+}
+
 #[test]
 fn bad_media_config_is_rejected_with_a_clear_error() {
     let base = |media: &str| two_peers(5, "", media);
@@ -295,17 +310,7 @@ fn bad_media_config_is_rejected_with_a_clear_error() {
     let mut with_audio = config();
     with_audio.capabilities.audio = true;
     let a = sim.add_host(with_audio);
-    let audio = MediaStreamConfig {
-        name: "voice".into(),
-        from: a,
-        source: MediaSource::Audio {
-            frame: Duration::from_millis(20),
-            channels: 1,
-        },
-        start: Duration::ZERO,
-        stop: None,
-        late_after: Duration::from_millis(150),
-    };
+    let audio = voice(a);
     // The test configuration has no media capabilities; the sender gets audio.
     let b = sim.add_host(config());
     assert!(!sim.host_config(b).capabilities.audio);
@@ -370,19 +375,7 @@ fn a_sender_at_1000_ppm_plays_without_growing_delay() {
         },
     );
     let slow = sim.add_host(cfg);
-    let voice = sim
-        .add_media_stream(MediaStreamConfig {
-            name: "voice".into(),
-            from: fast,
-            source: MediaSource::Audio {
-                frame: Duration::from_millis(20),
-                channels: 1,
-            },
-            start: Duration::ZERO,
-            stop: None,
-            late_after: Duration::from_millis(150),
-        })
-        .unwrap();
+    let voice = sim.add_media_stream(voice(fast)).unwrap();
     sim.join(fast, "room", "fast");
     sim.join(slow, "room", "slow");
     let end = Duration::from_secs(60);
