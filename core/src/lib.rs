@@ -10,7 +10,7 @@
 //! > [`Participant::poll_output`] until it returns [`Output::Timeout`]. Internally each
 //! > owned `Rtc` is drained the same way after each of its mutations.
 //!
-//! The signaling server's logic is here too, as the sans-IO [`relay::Relay`], so that the
+//! The signaling server's logic is here too, as the sans-IO [`signal::server::Server`], so that the
 //! WebSocket server and the simulator share it.
 //!
 //! # Run loop
@@ -60,7 +60,6 @@ mod error;
 pub mod media;
 mod participant;
 mod peer;
-pub mod relay;
 pub mod signal;
 mod stats;
 pub mod sync;

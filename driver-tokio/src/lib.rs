@@ -1,6 +1,6 @@
 //! meshrtc on tokio: UDP sockets, the WebSocket signaling server and client
 //!
-//! The sans-IO core ([`meshrtc::Participant`], [`meshrtc::relay::Relay`]) makes every
+//! The sans-IO core ([`meshrtc::Participant`], [`meshrtc::signal::server::Server`]) makes every
 //! protocol decision; this crate only moves bytes and time in and out of it.
 //!
 //! * [`Session`] puts one participant on a UDP socket and a signaling connection. One task
@@ -44,7 +44,7 @@ mod udp;
 pub use client::{parse_url, SignalClient, SignalEvent};
 pub use clock::{Clock, SharedClock, TokioClock};
 pub use error::{Error, Result};
-pub use server::{ServerConfig, ServerCounts, SignalServer};
+pub use server::{ServerCounts, SignalServer, SignalServerConfig};
 pub use session::{
     Event, EventStream, Session, SessionConfig, SessionHandle, SessionStats, DEFAULT_COMMAND_QUEUE,
     DEFAULT_SOCKET_BUFFER,

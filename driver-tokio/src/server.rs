@@ -1,9 +1,9 @@
-//! The signaling server: WebSocket transport around the sans-IO [`Relay`]
+//! The signaling server: WebSocket transport around the sans-IO [`Server`]
 //!
-//! One task owns the [`Relay`]; one task per connection moves frames between its WebSocket
-//! and the relay task over channels. The connection tasks only do transport work: the
+//! One task owns the [`Server`]; one task per connection moves frames between its WebSocket
+//! and the logic task over channels. The connection tasks only do transport work: the
 //! handshake (paths `/` and `/rpc`), pings, the idle timeout and a hard cap on frame size
-//! far above the protocol's limit, so that the relay itself answers oversize frames with
+//! far above the protocol's limit, so that the logic itself answers oversize frames with
 //! `-32004` and the connection stays open.
 
 use std::collections::HashMap;
@@ -20,7 +20,7 @@ use async_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use async_tungstenite::tungstenite::{Error as WsError, Message};
 use async_tungstenite::WebSocketStream;
 use futures_util::StreamExt;
-use meshrtc::relay::{ConnId, Relay, RelayConfig, RelayOutput};
+use meshrtc::signal::server::{ConnId, Server, ServerConfig, ServerOutput};
 use meshrtc::signal::LeftReason;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -28,28 +28,28 @@ use tokio::task::JoinHandle;
 
 use crate::{Error, Result};
 
-/// Frames queued from connection tasks to the relay task
+/// Frames queued from connection tasks to the logic task
 ///
 /// Bounded so that a flooding client is slowed down at its own socket instead of growing
 /// the server's memory.
-const RELAY_QUEUE: usize = 4096;
+const SERVER_QUEUE: usize = 4096;
 
 /// How long a closing connection waits for the client's close frame
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// How a [`SignalServer`] behaves
 #[derive(Debug, Clone)]
-pub struct ServerConfig {
-    /// Room size, frame limit, rate limit and seed of the relay
-    pub relay: RelayConfig,
+pub struct SignalServerConfig {
+    /// Room size, frame limit, rate limit and seed of the server logic
+    pub rooms: ServerConfig,
     /// How often the server pings each connection (contract: 15 s)
     pub ping_interval: Duration,
     /// A connection silent for this long is dropped as `timeout` (contract: 45 s)
     pub idle_timeout: Duration,
     /// Largest WebSocket message the transport reads before closing the connection
     ///
-    /// Must be well above [`RelayConfig::max_frame_bytes`] so that oversize frames reach
-    /// the relay, which answers them with `-32004` (default 1 MiB).
+    /// Must be well above [`ServerConfig::max_frame_bytes`] so that oversize frames reach
+    /// the logic, which answers them with `-32004` (default 1 MiB).
     pub max_ws_message: usize,
     /// How long the WebSocket handshake may take
     pub handshake_timeout: Duration,
@@ -57,10 +57,10 @@ pub struct ServerConfig {
     pub outbound_queue: usize,
 }
 
-impl Default for ServerConfig {
+impl Default for SignalServerConfig {
     fn default() -> Self {
         Self {
-            relay: RelayConfig::default(),
+            rooms: ServerConfig::default(),
             ping_interval: Duration::from_secs(15),
             idle_timeout: Duration::from_secs(45),
             max_ws_message: 1024 * 1024,
@@ -75,7 +75,7 @@ impl Default for ServerConfig {
 pub struct ServerCounts {
     /// Rooms with at least one peer
     pub rooms: usize,
-    /// Connections the relay knows (announced or not)
+    /// Connections the logic knows (announced or not)
     pub connections: usize,
     /// Connection tasks still running (including ones in their handshake)
     pub tasks: usize,
@@ -87,7 +87,7 @@ pub struct ServerCounts {
 #[derive(Debug)]
 pub struct SignalServer {
     local_addr: SocketAddr,
-    relay: mpsc::Sender<RelayInput>,
+    logic: mpsc::Sender<ServerInput>,
     stop: watch::Sender<bool>,
     tasks: Arc<AtomicUsize>,
     accept: JoinHandle<()>,
@@ -98,30 +98,30 @@ impl SignalServer {
     ///
     /// `127.0.0.1:0` picks a free port; see [`local_addr`](Self::local_addr).
     pub async fn bind(addr: SocketAddr) -> Result<Self> {
-        Self::bind_with(addr, ServerConfig::default()).await
+        Self::bind_with(addr, SignalServerConfig::default()).await
     }
 
     /// Listens on `addr` with `config`; must be called inside a tokio runtime
-    pub async fn bind_with(addr: SocketAddr, config: ServerConfig) -> Result<Self> {
+    pub async fn bind_with(addr: SocketAddr, config: SignalServerConfig) -> Result<Self> {
         let listen_err = |source| Error::Listen { addr, source };
         let listener = TcpListener::bind(addr).await.map_err(listen_err)?;
         let local_addr = listener.local_addr().map_err(listen_err)?;
-        let (relay_tx, relay_rx) = mpsc::channel(RELAY_QUEUE);
+        let (server_tx, server_rx) = mpsc::channel(SERVER_QUEUE);
         let (stop, stop_rx) = watch::channel(false);
         let tasks = Arc::new(AtomicUsize::new(0));
-        let relay = Relay::new(config.relay.clone());
-        tokio::spawn(run_relay(relay, relay_rx));
+        let logic = Server::new(config.rooms.clone());
+        tokio::spawn(run_server(logic, server_rx));
         let accept = tokio::spawn(accept_loop(
             listener,
             Arc::new(config),
-            relay_tx.clone(),
+            server_tx.clone(),
             stop_rx,
             tasks.clone(),
         ));
         tracing::debug!(%local_addr, "signaling server listening");
         Ok(Self {
             local_addr,
-            relay: relay_tx,
+            logic: server_tx,
             stop,
             tasks,
             accept,
@@ -138,11 +138,11 @@ impl SignalServer {
         format!("ws://{}/", self.local_addr)
     }
 
-    /// Rooms, relay connections and connection tasks right now
+    /// Rooms, logic connections and connection tasks right now
     pub async fn counts(&self) -> Result<ServerCounts> {
         let (tx, rx) = oneshot::channel();
-        self.relay
-            .send(RelayInput::Counts(tx))
+        self.logic
+            .send(ServerInput::Counts(tx))
             .await
             .map_err(|_| Error::ServerStopped)?;
         let (rooms, connections) = rx.await.map_err(|_| Error::ServerStopped)?;
@@ -154,7 +154,7 @@ impl SignalServer {
     }
 
     /// Stops accepting, closes every connection and waits (up to a few seconds) for the
-    /// connection tasks and the relay task to end
+    /// connection tasks and the logic task to end
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
         let _ = (&mut self.accept).await;
@@ -164,7 +164,7 @@ impl SignalServer {
             }
         };
         let _ = tokio::time::timeout(CLOSE_GRACE * 3, wait).await;
-        // The relay task ends once the last sender (ours, dropped now) is gone.
+        // The logic task ends once the last sender (ours, dropped now) is gone.
     }
 }
 
@@ -174,9 +174,9 @@ impl Drop for SignalServer {
     }
 }
 
-/// What connection tasks tell the relay task
+/// What connection tasks tell the logic task
 #[derive(Debug)]
-enum RelayInput {
+enum ServerInput {
     Connect {
         conn: ConnId,
         out: mpsc::Sender<ConnOutput>,
@@ -196,40 +196,40 @@ enum RelayInput {
     Counts(oneshot::Sender<(usize, usize)>),
 }
 
-/// What the relay task tells one connection task
+/// What the logic task tells one connection task
 #[derive(Debug)]
 enum ConnOutput {
     Text(String),
     Close,
 }
 
-/// The one task that owns the relay
-async fn run_relay(mut relay: Relay, mut rx: mpsc::Receiver<RelayInput>) {
+/// The one task that owns the logic
+async fn run_server(mut logic: Server, mut rx: mpsc::Receiver<ServerInput>) {
     let mut conns: HashMap<ConnId, mpsc::Sender<ConnOutput>> = HashMap::new();
     while let Some(input) = rx.recv().await {
         let now = tokio::time::Instant::now().into_std();
         match input {
-            RelayInput::Connect { conn, out } => {
+            ServerInput::Connect { conn, out } => {
                 conns.insert(conn, out);
-                relay.handle_connect(now, conn);
+                logic.handle_connect(now, conn);
             }
-            RelayInput::Text { conn, text } => relay.handle_text(now, conn, &text),
-            RelayInput::Binary { conn, len } => relay.handle_binary(now, conn, len),
-            RelayInput::Disconnect { conn, reason } => {
+            ServerInput::Text { conn, text } => logic.handle_text(now, conn, &text),
+            ServerInput::Binary { conn, len } => logic.handle_binary(now, conn, len),
+            ServerInput::Disconnect { conn, reason } => {
                 conns.remove(&conn);
-                relay.handle_disconnect(now, conn, reason);
+                logic.handle_disconnect(now, conn, reason);
             }
-            RelayInput::Counts(reply) => {
-                let _ = reply.send((relay.room_count(), relay.connection_count()));
+            ServerInput::Counts(reply) => {
+                let _ = reply.send((logic.room_count(), logic.connection_count()));
             }
         }
         // Drain; a connection whose queue is full is too slow to keep up and is dropped,
         // which may produce more output (peer.left), so loop until nothing is left.
         loop {
             let mut too_slow = Vec::new();
-            while let Some(output) = relay.poll_output() {
+            while let Some(output) = logic.poll_output() {
                 match output {
-                    RelayOutput::Send { conn, text } => {
+                    ServerOutput::Send { conn, text } => {
                         let Some(tx) = conns.get(&conn) else {
                             continue;
                         };
@@ -237,7 +237,7 @@ async fn run_relay(mut relay: Relay, mut rx: mpsc::Receiver<RelayInput>) {
                             too_slow.push(conn);
                         }
                     }
-                    RelayOutput::Close { conn } => {
+                    ServerOutput::Close { conn } => {
                         // Dropping the sender also ends the connection if its queue is full.
                         if let Some(tx) = conns.remove(&conn) {
                             let _ = tx.try_send(ConnOutput::Close);
@@ -251,7 +251,7 @@ async fn run_relay(mut relay: Relay, mut rx: mpsc::Receiver<RelayInput>) {
             for conn in too_slow {
                 if conns.remove(&conn).is_some() {
                     tracing::debug!(?conn, "connection too slow to read; dropped");
-                    relay.handle_disconnect(now, conn, LeftReason::Kicked);
+                    logic.handle_disconnect(now, conn, LeftReason::Kicked);
                 }
             }
         }
@@ -260,8 +260,8 @@ async fn run_relay(mut relay: Relay, mut rx: mpsc::Receiver<RelayInput>) {
 
 async fn accept_loop(
     listener: TcpListener,
-    config: Arc<ServerConfig>,
-    relay: mpsc::Sender<RelayInput>,
+    config: Arc<SignalServerConfig>,
+    logic: mpsc::Sender<ServerInput>,
     mut stop: watch::Receiver<bool>,
     tasks: Arc<AtomicUsize>,
 ) {
@@ -281,7 +281,7 @@ async fn accept_loop(
                     remote,
                     conn,
                     config.clone(),
-                    relay.clone(),
+                    logic.clone(),
                     stop.clone(),
                     task,
                 ));
@@ -335,8 +335,8 @@ async fn serve(
     tcp: TcpStream,
     remote: SocketAddr,
     conn: ConnId,
-    config: Arc<ServerConfig>,
-    relay: mpsc::Sender<RelayInput>,
+    config: Arc<SignalServerConfig>,
+    logic: mpsc::Sender<ServerInput>,
     mut stop: watch::Receiver<bool>,
     _task: TaskGuard,
 ) {
@@ -358,8 +358,8 @@ async fn serve(
         }
     };
     let (out_tx, mut out_rx) = mpsc::channel(config.outbound_queue.max(1));
-    if relay
-        .send(RelayInput::Connect { conn, out: out_tx })
+    if logic
+        .send(ServerInput::Connect { conn, out: out_tx })
         .await
         .is_err()
     {
@@ -376,8 +376,8 @@ async fn serve(
         tokio::select! {
             msg = ws.next() => {
                 let input = match msg {
-                    Some(Ok(Message::Text(text))) => RelayInput::Text { conn, text: text.as_str().to_owned() },
-                    Some(Ok(Message::Binary(data))) => RelayInput::Binary { conn, len: data.len() },
+                    Some(Ok(Message::Text(text))) => ServerInput::Text { conn, text: text.as_str().to_owned() },
+                    Some(Ok(Message::Binary(data))) => ServerInput::Binary { conn, len: data.len() },
                     Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
                         last_heard = tokio::time::Instant::now();
                         continue;
@@ -395,7 +395,7 @@ async fn serve(
                     }
                 };
                 last_heard = tokio::time::Instant::now();
-                if relay.send(input).await.is_err() {
+                if logic.send(input).await.is_err() {
                     break None;
                 }
             }
@@ -406,7 +406,7 @@ async fn serve(
                         break Some(LeftReason::Disconnect);
                     }
                 }
-                // The relay has forgotten this connection (peer.disconnect, or too slow).
+                // The logic has forgotten this connection (peer.disconnect, or too slow).
                 Some(ConnOutput::Close) | None => {
                     close_gracefully(&mut ws).await;
                     break None;
@@ -430,8 +430,8 @@ async fn serve(
         }
     };
     if let Some(reason) = reason {
-        // Harmless when the relay already forgot the connection.
-        let _ = relay.send(RelayInput::Disconnect { conn, reason }).await;
+        // Harmless when the logic already forgot the connection.
+        let _ = logic.send(ServerInput::Disconnect { conn, reason }).await;
     }
     tracing::debug!(?conn, ?reason, "connection closed");
 }

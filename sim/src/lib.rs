@@ -7,7 +7,7 @@
 //! one [`Link`] per direction (latency, jitter of several shapes, correlation, random and
 //! Gilbert–Elliott loss, duplication, reordering, a rate limit with a drop-tail queue,
 //! Mahimahi capacity traces and per-packet delay traces). Signaling frames cross an
-//! in-memory copy of the signaling server ([`meshrtc::relay::Relay`]) as JSON text, exactly
+//! in-memory copy of the signaling server ([`meshrtc::signal::server::Server`]) as JSON text, exactly
 //! as they would over a WebSocket.
 //!
 //! A [`Sim`] is driven from code (the mesh tests do this); a [`Scenario`] file describes

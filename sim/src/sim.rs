@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use meshrtc::relay::{ConnId, Relay, RelayConfig, RelayOutput};
+use meshrtc::signal::server::{ConnId, Server, ServerConfig, ServerOutput};
 use meshrtc::signal::{ClientFrame, LeftReason, PeerId, RoomId, ServerFrame};
 use meshrtc::{
     Config, DataMessage, Event, Input, Output, Participant, PeerStats, Receive, Transmit,
@@ -325,7 +325,7 @@ pub struct Sim {
     by_addr: BTreeMap<SocketAddr, usize>,
     conn_host: BTreeMap<ConnId, usize>,
     next_conn: u64,
-    relay: Relay,
+    relay: Server,
     links: BTreeMap<(usize, usize), Link>,
     link_seq: BTreeMap<(usize, usize), u64>,
     link_configs: BTreeMap<(usize, usize), LinkConfig>,
@@ -352,9 +352,9 @@ impl Sim {
         // str0m draws some randomness from the thread-local generator: seed it here so the
         // run depends only on the seed.
         fastrand::seed(config.seed);
-        let relay = Relay::new(RelayConfig {
+        let relay = Server::new(ServerConfig {
             seed: config.seed,
-            ..RelayConfig::default()
+            ..ServerConfig::default()
         });
         let mut sim = Self {
             anchor: Anchor::new(),
@@ -451,7 +451,7 @@ impl Sim {
             media_epoch: BTreeMap::new(),
         });
         self.by_addr.insert(addr, idx);
-        self.drain_relay();
+        self.drain_server();
         self.drain_host(idx);
         HostId(idx)
     }
@@ -511,7 +511,7 @@ impl Sim {
     }
 
     /// The signaling server's state
-    pub fn relay(&self) -> &Relay {
+    pub fn relay(&self) -> &Server {
         &self.relay
     }
 
@@ -615,7 +615,7 @@ impl Sim {
         h.connected = true;
         h.last_timeout_fed = None;
         h.media_epoch.clear();
-        self.drain_relay();
+        self.drain_server();
     }
 
     /// Leaves the room on `host` (sends `peer.disconnect`, closes every peer)
@@ -988,12 +988,12 @@ impl Sim {
         match hop {
             SignalHop::ToServer(conn, text) => {
                 self.relay.handle_text(now, conn, &text);
-                self.drain_relay();
+                self.drain_server();
             }
             SignalHop::Disconnect(conn) => {
                 self.relay
                     .handle_disconnect(now, conn, LeftReason::Disconnect);
-                self.drain_relay();
+                self.drain_server();
             }
             SignalHop::ToClient(conn, text) => {
                 let Some(idx) = host else {
@@ -1514,14 +1514,14 @@ impl Sim {
         }
     }
 
-    fn drain_relay(&mut self) {
+    fn drain_server(&mut self) {
         while let Some(o) = self.relay.poll_output() {
             match o {
-                RelayOutput::Send { conn, text } => {
+                ServerOutput::Send { conn, text } => {
                     let at = self.now + self.config.signal_latency.as_nanos() as u64;
                     self.push_signal(at, SignalHop::ToClient(conn, text));
                 }
-                RelayOutput::Close { conn } => {
+                ServerOutput::Close { conn } => {
                     if let Some(&idx) = self.conn_host.get(&conn) {
                         if self.hosts[idx].conn == conn {
                             self.hosts[idx].connected = false;

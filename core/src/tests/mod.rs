@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::relay::{ConnId, Relay, RelayConfig, RelayOutput};
+use crate::signal::server::{ConnId, Server, ServerConfig, ServerOutput};
 use crate::signal::{PeerId, RoomId, ServerFrame};
 use crate::{CandidatePolicy, Config, Event, Input, Output, Participant, Receive, Transmit};
 
@@ -23,7 +23,7 @@ pub(crate) struct Mesh {
     pub(crate) parts: Vec<Participant>,
     addrs: Vec<SocketAddr>,
     deadlines: Vec<Instant>,
-    relay: Relay,
+    relay: Server,
     /// (time, seq) -> what
     queue: BTreeMap<(Instant, u64), Pending>,
     seq: u64,
@@ -48,7 +48,7 @@ impl Mesh {
             parts: Vec::new(),
             addrs: Vec::new(),
             deadlines: Vec::new(),
-            relay: Relay::new(RelayConfig::default()),
+            relay: Server::new(ServerConfig::default()),
             queue: BTreeMap::new(),
             seq: 0,
             link,
@@ -157,7 +157,7 @@ impl Mesh {
                 Pending::ToServer(from, text) => {
                     self.relay.handle_text(self.now, ConnId(from as u64), &text);
                     while let Some(o) = self.relay.poll_output() {
-                        if let RelayOutput::Send { conn, text } = o {
+                        if let ServerOutput::Send { conn, text } = o {
                             self.push(
                                 Duration::from_millis(5),
                                 Pending::ToClient(conn.0 as usize, text),

@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use async_tungstenite::tungstenite::Message;
-use meshrtc::relay::RelayConfig;
+use meshrtc::signal::server::ServerConfig;
 use meshrtc::DataMessage;
-use meshrtc_tokio::ServerConfig;
+use meshrtc_tokio::SignalServerConfig;
 use serde_json::{json, Value};
 
 use crate::util::*;
@@ -13,12 +13,12 @@ use crate::util::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_error_code_over_a_websocket() {
     bounded(async {
-        let config = ServerConfig {
-            relay: RelayConfig {
+        let config = SignalServerConfig {
+            rooms: ServerConfig {
                 max_peers_per_room: 2,
-                ..RelayConfig::default()
+                ..ServerConfig::default()
             },
-            ..ServerConfig::default()
+            ..SignalServerConfig::default()
         };
         let server = server_with(config).await;
         let mut c1 = Raw::connect(&server).await;
@@ -111,13 +111,13 @@ async fn every_error_code_over_a_websocket() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flooding_is_rate_limited() {
     bounded(async {
-        let config = ServerConfig {
-            relay: RelayConfig {
+        let config = SignalServerConfig {
+            rooms: ServerConfig {
                 rate_limit_per_sec: 10,
                 rate_limit_burst: 5,
-                ..RelayConfig::default()
+                ..ServerConfig::default()
             },
-            ..ServerConfig::default()
+            ..SignalServerConfig::default()
         };
         let server = server_with(config).await;
         let mut c = Raw::connect(&server).await;
@@ -161,10 +161,10 @@ async fn paths_root_and_rpc_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_connection_times_out() {
     bounded(async {
-        let config = ServerConfig {
+        let config = SignalServerConfig {
             ping_interval: Duration::from_millis(100),
             idle_timeout: Duration::from_millis(1000),
-            ..ServerConfig::default()
+            ..SignalServerConfig::default()
         };
         let server = server_with(config).await;
         let mut quiet = Raw::connect(&server).await;

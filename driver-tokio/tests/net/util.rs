@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use meshrtc::signal::{PeerId, RoomId};
 use meshrtc::CandidatePolicy;
 use meshrtc_tokio::{
-    Event, EventStream, ServerConfig, Session, SessionConfig, SessionHandle, SignalServer,
+    Event, EventStream, Session, SessionConfig, SessionHandle, SignalServer, SignalServerConfig,
 };
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
@@ -35,7 +35,7 @@ pub async fn server() -> SignalServer {
     SignalServer::bind(loopback()).await.unwrap()
 }
 
-pub async fn server_with(config: ServerConfig) -> SignalServer {
+pub async fn server_with(config: SignalServerConfig) -> SignalServer {
     SignalServer::bind_with(loopback(), config).await.unwrap()
 }
 

@@ -4,11 +4,11 @@ use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
-use meshrtc::relay::RelayConfig;
+use meshrtc::signal::server::ServerConfig;
 use meshrtc::signal::{PeerId, RoomId};
 use meshrtc::CandidatePolicy;
 use meshrtc_tokio::echo::{self, RemoteReport};
-use meshrtc_tokio::{ServerConfig, Session, SessionConfig, SignalServer};
+use meshrtc_tokio::{Session, SessionConfig, SignalServer, SignalServerConfig};
 use tokio::sync::watch;
 
 use meshrtc::codec::testsrc::TestSources;
@@ -65,12 +65,12 @@ type Report = BTreeMap<PeerId, RemoteReport>;
 
 pub(crate) async fn run(args: DemoArgs) -> Result<(), String> {
     let n = usize::from(args.peers);
-    let config = ServerConfig {
-        relay: RelayConfig {
+    let config = SignalServerConfig {
+        rooms: ServerConfig {
             max_peers_per_room: n,
-            ..RelayConfig::default()
+            ..ServerConfig::default()
         },
-        ..ServerConfig::default()
+        ..SignalServerConfig::default()
     };
     let server = SignalServer::bind_with(loopback_any_port(), config)
         .await

@@ -2,19 +2,19 @@
 
 use std::io::Write;
 
-use meshrtc::relay::RelayConfig;
-use meshrtc_tokio::{ServerConfig, SignalServer};
+use meshrtc::signal::server::ServerConfig;
+use meshrtc_tokio::{SignalServer, SignalServerConfig};
 
 use crate::SignalArgs;
 
 pub(crate) async fn run(args: SignalArgs) -> Result<(), String> {
-    let config = ServerConfig {
-        relay: RelayConfig {
+    let config = SignalServerConfig {
+        rooms: ServerConfig {
             max_peers_per_room: args.max_peers_per_room as usize,
             seed: fastrand::u64(..),
-            ..RelayConfig::default()
+            ..ServerConfig::default()
         },
-        ..ServerConfig::default()
+        ..SignalServerConfig::default()
     };
     let server = SignalServer::bind_with(args.listen, config)
         .await

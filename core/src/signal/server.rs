@@ -1,19 +1,19 @@
 //! The signaling server's logic as a sans-IO state machine
 //!
-//! [`Relay`] holds every room and connection and implements `contracts/signaling.md`;
+//! [`Server`] holds every room and connection and implements `contracts/signaling.md`;
 //! a driver (the WebSocket server, the simulator) only moves frames in and out.
 //!
 //! # Call order
 //!
-//! * [`Relay::handle_connect`] once when a connection opens, before anything else about it.
-//! * [`Relay::handle_text`] and [`Relay::handle_binary`] for every frame it receives.
-//! * [`Relay::handle_disconnect`] once when the connection drops, unless the relay asked to
-//!   close it with [`RelayOutput::Close`] (calling it then anyway is harmless).
-//! * After each `handle_*` call, drain [`Relay::poll_output`] until it returns `None`.
+//! * [`Server::handle_connect`] once when a connection opens, before anything else about it.
+//! * [`Server::handle_text`] and [`Server::handle_binary`] for every frame it receives.
+//! * [`Server::handle_disconnect`] once when the connection drops, unless the server asked to
+//!   close it with [`ServerOutput::Close`] (calling it then anyway is harmless).
+//! * After each `handle_*` call, drain [`Server::poll_output`] until it returns `None`.
 //!
-//! Inputs about a connection the relay does not know (never connected, or already closed)
-//! are ignored. Outputs come in a deterministic order, and peer ids the relay assigns come
-//! from [`RelayConfig::seed`], so the same inputs always give the same outputs.
+//! Inputs about a connection the server does not know (never connected, or already closed)
+//! are ignored. Outputs come in a deterministic order, and peer ids the server assigns come
+//! from [`ServerConfig::seed`], so the same inputs always give the same outputs.
 //!
 //! # Behaviour beyond the contract
 //!
@@ -33,9 +33,9 @@ use crate::signal::{
     PeerId, PeerInfo, Request, RequestId, RoomId, RpcError, ServerFrame, MAX_FRAME_BYTES,
 };
 
-/// Limits and seed of a [`Relay`]
+/// Limits and seed of a [`Server`]
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RelayConfig {
+pub struct ServerConfig {
     /// Peers a room holds before `peer.announce` gets `-32001` (default 10)
     pub max_peers_per_room: usize,
     /// Largest text frame accepted, in bytes (default 64 KiB)
@@ -48,7 +48,7 @@ pub struct RelayConfig {
     pub seed: u64,
 }
 
-impl Default for RelayConfig {
+impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             max_peers_per_room: 10,
@@ -66,7 +66,7 @@ pub struct ConnId(pub u64);
 
 /// Something the driver must do
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum RelayOutput {
+pub enum ServerOutput {
     /// Send `text` as one WebSocket text frame on `conn`
     Send {
         /// The connection to send on
@@ -76,7 +76,7 @@ pub enum RelayOutput {
     },
     /// Close `conn` after sending what was queued for it
     ///
-    /// The relay has already forgotten the connection.
+    /// The server has already forgotten the connection.
     Close {
         /// The connection to close
         conn: ConnId,
@@ -85,17 +85,17 @@ pub enum RelayOutput {
 
 /// The signaling server: rooms, connections and the protocol between them
 #[derive(Debug)]
-pub struct Relay {
-    config: RelayConfig,
+pub struct Server {
+    config: ServerConfig,
     rng: fastrand::Rng,
     conns: BTreeMap<ConnId, Conn>,
     rooms: BTreeMap<RoomId, Room>,
-    outputs: VecDeque<RelayOutput>,
+    outputs: VecDeque<ServerOutput>,
 }
 
-impl Relay {
+impl Server {
     /// A relay with no rooms and no connections
-    pub fn new(config: RelayConfig) -> Self {
+    pub fn new(config: ServerConfig) -> Self {
         Self {
             rng: fastrand::Rng::with_seed(config.seed),
             config,
@@ -181,7 +181,7 @@ impl Relay {
     }
 
     /// The next thing the driver must do, in order; `None` when there is nothing left
-    pub fn poll_output(&mut self) -> Option<RelayOutput> {
+    pub fn poll_output(&mut self) -> Option<ServerOutput> {
         self.outputs.pop_front()
     }
 
@@ -371,7 +371,7 @@ impl Relay {
     /// Answers `peer.disconnect` from an announced connection, then closes it
     fn disconnect(&mut self, conn: ConnId, id: RequestId) {
         self.send_ok(conn, id, empty_object());
-        self.outputs.push_back(RelayOutput::Close { conn });
+        self.outputs.push_back(ServerOutput::Close { conn });
         if let Some(seat) = self.conns.remove(&conn).and_then(|c| c.seat) {
             self.leave(seat, LeftReason::Disconnect);
         }
@@ -423,7 +423,7 @@ impl Relay {
     }
 
     fn send(&mut self, conn: ConnId, frame: &ServerFrame) {
-        self.outputs.push_back(RelayOutput::Send {
+        self.outputs.push_back(ServerOutput::Send {
             conn,
             text: frame.to_json(),
         });
@@ -444,7 +444,7 @@ impl Relay {
         }
         let text = frame.to_json();
         self.outputs
-            .extend(conns.iter().map(|&conn| RelayOutput::Send {
+            .extend(conns.iter().map(|&conn| ServerOutput::Send {
                 conn,
                 text: text.clone(),
             }));
@@ -528,18 +528,18 @@ mod tests {
 
     /// A relay plus a clock, decoding every output for the assertions
     struct Harness {
-        relay: Relay,
+        relay: Server,
         now: Instant,
     }
 
     impl Harness {
         fn new() -> Self {
-            Self::with_config(RelayConfig::default())
+            Self::with_config(ServerConfig::default())
         }
 
-        fn with_config(config: RelayConfig) -> Self {
+        fn with_config(config: ServerConfig) -> Self {
             Self {
-                relay: Relay::new(config),
+                relay: Server::new(config),
                 now: base_instant(),
             }
         }
@@ -571,10 +571,10 @@ mod tests {
         fn drain(&mut self) -> Vec<(u64, Option<ServerFrame>)> {
             std::iter::from_fn(|| self.relay.poll_output())
                 .map(|out| match out {
-                    RelayOutput::Send { conn, text } => {
+                    ServerOutput::Send { conn, text } => {
                         (conn.0, Some(ServerFrame::parse(&text).unwrap()))
                     }
-                    RelayOutput::Close { conn } => (conn.0, None),
+                    ServerOutput::Close { conn } => (conn.0, None),
                 })
                 .collect()
         }
@@ -586,7 +586,7 @@ mod tests {
         }
     }
 
-    // The relay never reads the clock; its tests need one real instant to start from.
+    // The server never reads the clock; its tests need one real instant to start from.
     #[allow(clippy::disallowed_methods)]
     fn base_instant() -> Instant {
         Instant::now()
@@ -808,11 +808,11 @@ mod tests {
         assert_eq!(
             texts,
             vec![
-                RelayOutput::Send {
+                ServerOutput::Send {
                     conn: ConnId(1),
                     text: r#"{"jsonrpc":"2.0","id":9,"result":{}}"#.into()
                 },
-                RelayOutput::Send {
+                ServerOutput::Send {
                     conn: ConnId(2),
                     text: r#"{"jsonrpc":"2.0","method":"peer.ice_candidate","params":{"from":"alice","candidate":"","sdp_mid":null,"sdp_m_line_index":null}}"#.into()
                 },
@@ -844,7 +844,7 @@ mod tests {
             ]
         );
         assert_eq!(h.relay.connection_count(), 2);
-        // The relay forgot the closed connection: later input about it is ignored.
+        // The server forgot the closed connection: later input about it is ignored.
         assert!(h.request(2, 6, offer("alice")).is_empty());
         h.relay
             .handle_disconnect(h.now, ConnId(2), LeftReason::Disconnect);
@@ -918,9 +918,9 @@ mod tests {
     #[test]
     fn every_error_code_is_answered_and_changes_nothing() {
         use ErrorCode::*;
-        let config = RelayConfig {
+        let config = ServerConfig {
             max_peers_per_room: 2,
-            ..RelayConfig::default()
+            ..ServerConfig::default()
         };
         let mut h = Harness::with_config(config);
         h.connect(1);
@@ -1007,9 +1007,9 @@ mod tests {
         // The connection that got errors still works.
         assert_eq!(h.request(3, 16, announce("s", Some("carol"))).len(), 1);
 
-        let config = RelayConfig {
+        let config = ServerConfig {
             rate_limit_burst: 0,
-            ..RelayConfig::default()
+            ..ServerConfig::default()
         };
         let mut h = Harness::with_config(config);
         h.connect(1);
@@ -1025,9 +1025,9 @@ mod tests {
 
     #[test]
     fn oversize_frames_follow_the_configured_limit() {
-        let config = RelayConfig {
+        let config = ServerConfig {
             max_frame_bytes: 2 * MAX_FRAME_BYTES,
-            ..RelayConfig::default()
+            ..ServerConfig::default()
         };
         let mut h = Harness::with_config(config);
         h.join(1, "r", "a");
@@ -1042,10 +1042,10 @@ mod tests {
 
     #[test]
     fn rate_limit_kicks_in_and_recovers() {
-        let config = RelayConfig {
+        let config = ServerConfig {
             rate_limit_per_sec: 10,
             rate_limit_burst: 5,
-            ..RelayConfig::default()
+            ..ServerConfig::default()
         };
         let mut h = Harness::with_config(config);
         h.join(1, "r", "alice");
@@ -1134,9 +1134,9 @@ mod tests {
     #[test]
     fn assigned_ids_are_uuids_and_deterministic() {
         fn assigned(seed: u64) -> Vec<String> {
-            let mut h = Harness::with_config(RelayConfig {
+            let mut h = Harness::with_config(ServerConfig {
                 seed,
-                ..RelayConfig::default()
+                ..ServerConfig::default()
             });
             (0..5)
                 .map(|conn| {

@@ -12,6 +12,8 @@
 //! Objects held as [`serde_json::Value`] (metadata, response results) are written in
 //! `serde_json`'s map order.
 
+pub mod server;
+
 use std::fmt;
 
 use serde::de::{DeserializeOwned, Deserializer};
