@@ -12,14 +12,14 @@ use str0m::media::{Direction, Frequency, MediaKind, MediaTime};
 use str0m::{Candidate, Event as RtcEvent, IceConnectionState, IceCreds, Rtc};
 
 use crate::codec::VideoCodec;
+use crate::config::{CandidatePolicy, Config};
+use crate::error::{CommandError, SdpRejection, TransportError};
+use crate::event::{DataMessage, FailReason};
 use crate::media::{video_codec_of, MediaOut, PeerMedia};
-use crate::participant::{
-    CandidatePolicy, Config, DataMessage, FailReason, TimeoutReason, Transmit,
-};
+use crate::shared::{TimeoutReason, Transmit};
 use crate::signal::PeerInfo;
 use crate::stats::PeerStats;
 use crate::window::SendWindow;
-use crate::Error;
 
 /// Below this many buffered bytes str0m tells us the channel can take more
 const BUFFERED_LOW_THRESHOLD: usize = 64 * 1024;
@@ -217,26 +217,28 @@ impl Peer {
         offer.to_sdp_string()
     }
 
-    pub(crate) fn accept_offer(&mut self, sdp: &str) -> Result<String, String> {
-        let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| e.to_string())?;
+    pub(crate) fn accept_offer(&mut self, sdp: &str) -> Result<String, SdpRejection> {
+        let offer =
+            SdpOffer::from_sdp_string(sdp).map_err(|e| SdpRejection::Unparsable(e.to_string()))?;
         let answer = self
             .rtc
             .sdp_api()
             .accept_offer(offer)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| SdpRejection::Unacceptable(e.to_string()))?;
         self.on_remote_description();
         Ok(fill_rejected_media_lines(&answer.to_sdp_string(), sdp))
     }
 
-    pub(crate) fn accept_answer(&mut self, sdp: &str) -> Result<(), String> {
+    pub(crate) fn accept_answer(&mut self, sdp: &str) -> Result<(), SdpRejection> {
         let Some(pending) = self.pending_offer.take() else {
-            return Err("answer without a pending offer".into());
+            return Err(SdpRejection::UnexpectedAnswer);
         };
-        let answer = SdpAnswer::from_sdp_string(sdp).map_err(|e| e.to_string())?;
+        let answer =
+            SdpAnswer::from_sdp_string(sdp).map_err(|e| SdpRejection::Unparsable(e.to_string()))?;
         self.rtc
             .sdp_api()
             .accept_answer(pending, answer)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| SdpRejection::Unacceptable(e.to_string()))?;
         self.on_remote_description();
         Ok(())
     }
@@ -278,20 +280,24 @@ impl Peer {
         Ok(())
     }
 
-    pub(crate) fn send(&mut self, message: DataMessage, max_queued: usize) -> Result<(), Error> {
+    pub(crate) fn send(
+        &mut self,
+        message: DataMessage,
+        max_queued: usize,
+    ) -> Result<(), CommandError> {
         if self.send_queue.len() >= max_queued {
-            return Err(Error::SendQueueFull(self.info.peer_id.clone()));
+            return Err(CommandError::SendQueueFull(self.info.peer_id.clone()));
         }
         self.send_queue.push_back(message);
         Ok(())
     }
 
-    pub(crate) fn handle_timeout(&mut self, now: Instant) -> Result<(), String> {
+    pub(crate) fn handle_timeout(&mut self, now: Instant) -> Result<(), TransportError> {
         self.now = self.now.max(now);
         self.media.handle_timeout(now, &mut self.media_out);
         self.rtc
             .handle_input(str0m::Input::Timeout(now))
-            .map_err(|e| e.to_string())
+            .map_err(|e| TransportError::from_rtc(&e))
     }
 
     /// The codec we send video with to this peer (first of our preference it accepted)
@@ -380,12 +386,14 @@ impl Peer {
         }
     }
 
-    pub(crate) fn handle_receive(&mut self, input: str0m::Input<'_>) -> Result<(), String> {
+    pub(crate) fn handle_receive(&mut self, input: str0m::Input<'_>) -> Result<(), TransportError> {
         if let str0m::Input::Receive(t, _) = &input {
             self.now = self.now.max(*t);
         }
         self.stats.datagrams_received += 1;
-        self.rtc.handle_input(input).map_err(|e| e.to_string())
+        self.rtc
+            .handle_input(input)
+            .map_err(|e| TransportError::from_rtc(&e))
     }
 
     pub(crate) fn close(&mut self) {
@@ -394,7 +402,7 @@ impl Peer {
     }
 
     /// Writes queued messages while the channel takes them; true if any was written
-    fn flush(&mut self) -> Result<bool, String> {
+    fn flush(&mut self) -> Result<bool, TransportError> {
         let Some(id) = self.channel else {
             return Ok(false);
         };
@@ -410,7 +418,7 @@ impl Peer {
             let binary = matches!(m, DataMessage::Binary(_));
             let accepted = chan
                 .write(binary, m.as_bytes())
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| TransportError::from_rtc(&e))?;
             if !accepted {
                 break;
             }
@@ -424,7 +432,7 @@ impl Peer {
     }
 
     /// Polls the `Rtc` until it returns a timeout, flushing the send queue as it opens
-    pub(crate) fn drain(&mut self, out: &mut Vec<PeerOutput>) -> Result<(), String> {
+    pub(crate) fn drain(&mut self, out: &mut Vec<PeerOutput>) -> Result<(), TransportError> {
         out.extend(self.media_out.drain(..).map(PeerOutput::Media));
         loop {
             self.flush()?;
@@ -441,7 +449,7 @@ impl Peer {
                         self.media.handle_malformed(&mut self.rtc, mid, self.now);
                         continue;
                     }
-                    Err(e) => return Err(e.to_string()),
+                    Err(e) => return Err(TransportError::from_rtc(&e)),
                 };
                 match o {
                     str0m::Output::Timeout(t) => {

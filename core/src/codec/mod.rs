@@ -41,7 +41,7 @@ pub const MAX_DECODE_PIXELS: u64 = 4096 * 4096;
 /// Grouped by who is at fault: the remote peer (malformed input), the local codec library,
 /// or the caller (misuse of this API).
 #[non_exhaustive]
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CodecError {
     // The remote peer's fault.
     /// Encoded input could not be decoded: malformed, truncated, or missing its references

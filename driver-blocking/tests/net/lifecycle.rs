@@ -3,17 +3,16 @@
 use std::net::{TcpListener, UdpSocket};
 use std::time::Duration;
 
+use meshrtc::session::JoinError;
 use meshrtc::signal::{AnnounceResult, ClientFrame, ErrorCode, Request, ServerFrame};
 use meshrtc::LeaveReason;
 use meshrtc_blocking::{Error, Event, Session};
 
 use crate::util::*;
 
-fn left(e: &meshrtc_tokio::Event, who: &meshrtc::signal::PeerId) -> Option<LeaveReason> {
+fn left(e: &Event, who: &meshrtc::signal::PeerId) -> Option<LeaveReason> {
     match e {
-        meshrtc_tokio::Event::Mesh(meshrtc::Event::PeerLeft { peer, reason }) if peer == who => {
-            Some(*reason)
-        }
+        Event::Mesh(meshrtc::Event::PeerLeft { peer, reason }) if peer == who => Some(*reason),
         _ => None,
     }
 }
@@ -97,7 +96,9 @@ fn join_errors_are_typed() {
     let first = join_blocking(&url, "r", "same");
     let second = Session::join(blocking_config(&url, "r", "same"));
     match second {
-        Err(Error::Rejected(e)) => assert_eq!(e.error_code(), Some(ErrorCode::PeerIdTaken)),
+        Err(Error::Join(JoinError::Rejected(e))) => {
+            assert_eq!(e.error_code(), Some(ErrorCode::PeerIdTaken))
+        }
         other => panic!("expected a refusal, got {other:?}"),
     }
     // The refused session's threads are gone; the first one is unaffected.
