@@ -60,10 +60,10 @@ pub(crate) enum SignalOut {
 
 pub(crate) type Ws = WebSocket<TcpStream>;
 
-/// Opens a WebSocket to `url`, failing after `timeout`; the error says why, naming the URL
+/// Opens a WebSocket to `url`, failing after `timeout`; the error names the URL and says why
 fn connect(url: &str, timeout: Duration) -> Result<Ws, String> {
     let SignalUrl { host, port } = SignalUrl::parse(url).map_err(|e| e.to_string())?;
-    let fail = |reason: String| format!("cannot connect to {url}: {reason}");
+    let fail = |reason: String| format!("{url}: {reason}");
     let addrs: Vec<_> = (host.as_str(), port)
         .to_socket_addrs()
         .map_err(|e| fail(e.to_string()))?

@@ -55,7 +55,7 @@ impl SignalClient {
         let url = url.as_str();
         let timeout = CONNECT_TIMEOUT;
         let SignalUrl { host, port } = SignalUrl::parse(url).map_err(|e| e.to_string())?;
-        let fail = |reason: String| format!("cannot connect to {url}: {reason}");
+        let fail = |reason: String| format!("{url}: {reason}");
         let connect = async {
             let tcp = TcpStream::connect((host.as_str(), port))
                 .await

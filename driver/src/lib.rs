@@ -179,15 +179,7 @@ pub enum Error {
     BadBindAddress(SocketAddr),
 
     // ---- the network or the server ----
-    /// The signaling server could not be reached
-    #[error("cannot connect to signaling server {url}: {reason}")]
-    SignalConnect {
-        /// The URL
-        url: String,
-        /// Why
-        reason: String,
-    },
-    /// Joining failed (refused, signaling lost, timed out)
+    /// Joining failed (server unreachable, refused, signaling lost, timed out)
     #[error(transparent)]
     Join(#[from] JoinError),
 

@@ -289,8 +289,9 @@ impl Event {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum JoinError {
-    /// The signaling server could not be reached (the first connection failed)
-    #[error("{0}")]
+    /// The signaling server could not be reached (the first connection failed); says where
+    /// and why
+    #[error("cannot connect to signaling server {0}")]
     Unreachable(String),
     /// The server refused our announce
     #[error("signaling server refused to join: {0}")]
@@ -751,6 +752,8 @@ impl Session {
         }
         self.participant.signaling_lost();
         self.rejoin_at = None;
+        // The connection is gone: nothing to close (the arms below may plan a new one).
+        self.signaling = Signaling::Closed;
         match self.phase {
             Phase::Joining { .. } if !was_up => self.fail_join(JoinError::Unreachable(reason)),
             Phase::Joining { .. } => self.fail_join(JoinError::SignalingLost(reason)),
