@@ -60,6 +60,7 @@ mod error;
 pub mod media;
 mod participant;
 mod peer;
+pub mod pipeline;
 pub mod signal;
 mod stats;
 pub mod sync;
