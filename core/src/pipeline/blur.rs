@@ -63,7 +63,10 @@ impl Blur {
     /// Blurs `frame` in place; returns the pixels processed
     pub fn apply_in_place(&mut self, frame: &mut I420Frame) -> u64 {
         let (w, h) = (frame.width as usize, frame.height as usize);
-        let (cw, ch) = (frame.chroma_width() as usize, frame.chroma_height() as usize);
+        let (cw, ch) = (
+            frame.chroma_width() as usize,
+            frame.chroma_height() as usize,
+        );
         let rc = self.chroma_radius();
         let mut work = self.plane_in_place(&mut frame.y, w, h, self.radius);
         work += self.plane_in_place(&mut frame.u, cw, ch, rc);
@@ -256,7 +259,10 @@ mod tests {
             ("v", &src.v, &dst.v, 320, 180),
         ] {
             let (ea, eb) = (hf_energy(a, w, h), hf_energy(b, w, h));
-            println!("{name}: high-frequency energy {ea:.0} -> {eb:.2} ({:.4})", eb / ea);
+            println!(
+                "{name}: high-frequency energy {ea:.0} -> {eb:.2} ({:.4})",
+                eb / ea
+            );
             assert!(eb < ea * 0.01, "{name}: {ea} -> {eb}");
             // Blurring keeps the average brightness and colour.
             assert!((mean(a) - mean(b)).abs() < 1.0);

@@ -103,7 +103,11 @@ impl Compositor {
     pub fn tile(&self, index: usize, count: usize, width: u32, height: u32) -> Rect {
         let cell = self.cell(index, count);
         if width == 0 || height == 0 {
-            return Rect { width: 0, height: 0, ..cell };
+            return Rect {
+                width: 0,
+                height: 0,
+                ..cell
+            };
         }
         let (cw, ch) = (u64::from(cell.width), u64::from(cell.height));
         let (sw, sh) = (u64::from(width), u64::from(height));

@@ -265,6 +265,8 @@ pub struct Mixer {
     local_limiter: Limiter,
     /// Whether the last `mix` produced N−1 mixes
     has_minus: bool,
+    /// Inputs that contributed a frame to the last `mix` (or had one for a `skip`)
+    contributed: usize,
 }
 
 impl Mixer {
@@ -298,6 +300,7 @@ impl Mixer {
             scratch: vec![0.0; frame_len],
             local: vec![0; frame_len],
             has_minus: false,
+            contributed: 0,
         })
     }
 
@@ -330,7 +333,10 @@ impl Mixer {
 
     /// An input's counters
     pub fn input_stats(&self, source: Source<'_>) -> Option<MixInputStats> {
-        self.inputs.iter().find(|i| i.key.is(source)).map(|i| i.stats)
+        self.inputs
+            .iter()
+            .find(|i| i.key.is(source))
+            .map(|i| i.stats)
     }
 
     /// An input's level in the last frame, dBFS (RMS of a full-scale sine = 0 dB), gain
@@ -386,11 +392,13 @@ impl Mixer {
     pub fn mix(&mut self, minus: bool) -> u64 {
         let n = self.frame_len;
         self.remote.fill(0.0);
+        self.contributed = 0;
         let mut local_in: Option<usize> = None;
         for (k, input) in self.inputs.iter_mut().enumerate() {
             if input.fifo.len >= n {
                 input.fifo.pop_into(&mut input.frame, input.gain);
                 input.flowing = true;
+                self.contributed += 1;
                 input.stats.frames_mixed += 1;
             } else {
                 if input.flowing {
@@ -406,7 +414,8 @@ impl Mixer {
             }
         }
         let ch = usize::from(self.config.channels);
-        self.local_limiter.process(&self.remote, ch, &mut self.local);
+        self.local_limiter
+            .process(&self.remote, ch, &mut self.local);
         let mut work = (n * (self.inputs.len() + 1)) as u64;
         self.has_minus = minus;
         if minus {
@@ -431,7 +440,9 @@ impl Mixer {
 
     /// Drops one frame from every input without mixing (a skipped tick)
     pub fn skip(&mut self) {
+        self.contributed = 0;
         for input in &mut self.inputs {
+            self.contributed += usize::from(input.fifo.len >= self.frame_len);
             input.fifo.discard(self.frame_len);
         }
         self.local.fill(0);
@@ -459,9 +470,9 @@ impl Mixer {
             })
     }
 
-    /// Whether any input holds a whole frame
-    pub fn has_frame(&self) -> bool {
-        self.inputs.iter().any(|i| i.fifo.len >= self.frame_len)
+    /// How many inputs contributed audio to the last frame
+    pub const fn contributors(&self) -> usize {
+        self.contributed
     }
 
     fn input_index(&mut self, source: Source<'_>) -> usize {
@@ -498,7 +509,7 @@ fn samples_in(d: Duration) -> usize {
     (d.as_nanos() * u128::from(AUDIO_RATE) / 1_000_000_000) as usize
 }
 
-/// Ticks with nothing buffered anywhere before the stage stops ticking (until audio returns)
+/// Ticks to which no input contributed before the stage stops ticking (until audio returns)
 const IDLE_TICKS: u32 = 50;
 
 /// Runs a [`Mixer`] on the session clock: one frame per `frame` period
@@ -568,7 +579,7 @@ impl MixerStage {
                 }
             }
         }
-        if self.mixer.has_frame() {
+        if self.mixer.contributors() > 0 {
             self.idle = 0;
         } else {
             self.idle += 1;
@@ -584,7 +595,12 @@ impl Stage for MixerStage {
         "mixer"
     }
 
-    fn handle_audio(&mut self, emit: &mut Emit<'_>, source: Source<'_>, audio: AudioIn<'_>) -> Work {
+    fn handle_audio(
+        &mut self,
+        emit: &mut Emit<'_>,
+        source: Source<'_>,
+        audio: AudioIn<'_>,
+    ) -> Work {
         self.mixer.push(source, audio);
         if self.next_tick.is_none() {
             self.next_tick = Some(emit.now());
@@ -707,8 +723,11 @@ mod tests {
                 }
             }
             // No foreign peaks: the other four tones carry (almost) all the power.
-            let total: f64 =
-                mix.iter().map(|&s| (f64::from(s) / 32768.0).powi(2)).sum::<f64>() / mix.len() as f64;
+            let total: f64 = mix
+                .iter()
+                .map(|&s| (f64::from(s) / 32768.0).powi(2))
+                .sum::<f64>()
+                / mix.len() as f64;
             let tones: f64 = (0..5)
                 .filter(|&j| j != i)
                 .map(|j| {
@@ -829,14 +848,36 @@ mod tests {
         .unwrap();
         let (a, b) = (peer(0), peer(1));
         let mono = vec![1000i16; 480];
-        let stereo: Vec<i16> = (0..960).map(|i| if i % 2 == 0 { 2000 } else { -2000 }).collect();
-        m.push(Source::Peer(&a), AudioIn { samples: &mono, channels: 1 });
-        m.push(Source::Peer(&b), AudioIn { samples: &stereo, channels: 2 });
+        let stereo: Vec<i16> = (0..960)
+            .map(|i| if i % 2 == 0 { 2000 } else { -2000 })
+            .collect();
+        m.push(
+            Source::Peer(&a),
+            AudioIn {
+                samples: &mono,
+                channels: 1,
+            },
+        );
+        m.push(
+            Source::Peer(&b),
+            AudioIn {
+                samples: &stereo,
+                channels: 2,
+            },
+        );
         m.mix(true);
         assert_eq!(m.local_mix().len(), 960);
         assert!(m.local_mix().chunks(2).all(|f| f == [3000, -1000]));
-        assert!(m.minus_mix(&a).unwrap().chunks(2).all(|f| f == [2000, -2000]));
-        assert!(m.minus_mix(&b).unwrap().chunks(2).all(|f| f == [1000, 1000]));
+        assert!(m
+            .minus_mix(&a)
+            .unwrap()
+            .chunks(2)
+            .all(|f| f == [2000, -2000]));
+        assert!(m
+            .minus_mix(&b)
+            .unwrap()
+            .chunks(2)
+            .all(|f| f == [1000, 1000]));
     }
 
     #[test]
@@ -845,8 +886,20 @@ mod tests {
         let a = peer(0);
         let mic = vec![500i16; 480];
         let remote = vec![300i16; 480];
-        m.push(Source::Local, AudioIn { samples: &mic, channels: 1 });
-        m.push(Source::Peer(&a), AudioIn { samples: &remote, channels: 1 });
+        m.push(
+            Source::Local,
+            AudioIn {
+                samples: &mic,
+                channels: 1,
+            },
+        );
+        m.push(
+            Source::Peer(&a),
+            AudioIn {
+                samples: &remote,
+                channels: 1,
+            },
+        );
         m.mix(true);
         assert!(m.local_mix().iter().all(|&s| s == 300));
         assert!(m.minus_mix(&a).unwrap().iter().all(|&s| s == 500));
@@ -856,9 +909,18 @@ mod tests {
     #[test]
     fn bad_configs_are_rejected() {
         for c in [
-            MixerConfig { channels: 3, ..Default::default() },
-            MixerConfig { frame: Duration::ZERO, ..Default::default() },
-            MixerConfig { max_buffer: Duration::from_millis(15), ..Default::default() },
+            MixerConfig {
+                channels: 3,
+                ..Default::default()
+            },
+            MixerConfig {
+                frame: Duration::ZERO,
+                ..Default::default()
+            },
+            MixerConfig {
+                max_buffer: Duration::from_millis(15),
+                ..Default::default()
+            },
         ] {
             assert!(Mixer::new(c).is_err());
         }

@@ -284,6 +284,16 @@ pub enum Media {
     Video(VideoFrame),
 }
 
+impl Media {
+    /// The local instant the media stands for
+    pub const fn capture(&self) -> Instant {
+        match self {
+            Self::Audio(a) => a.capture,
+            Self::Video(v) => v.capture,
+        }
+    }
+}
+
 /// One frame for an outgoing track
 #[derive(Debug, Clone)]
 pub struct Outgoing {
@@ -331,7 +341,7 @@ impl StageId {
 /// How a stage is scheduled and what it is fed
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StageConfig {
-    /// Time the stage may spend per input frame or tick, on average
+    /// Time the stage may spend per input frame or tick, on average (zero never runs it)
     pub budget: Duration,
     /// Audio inputs it takes
     pub audio: Select,
@@ -497,7 +507,12 @@ pub trait Stage: Send {
     fn name(&self) -> &str;
 
     /// A block of 48 kHz audio from `source` (one 10 ms playout chunk from a peer)
-    fn handle_audio(&mut self, emit: &mut Emit<'_>, source: Source<'_>, audio: AudioIn<'_>) -> Work {
+    fn handle_audio(
+        &mut self,
+        emit: &mut Emit<'_>,
+        source: Source<'_>,
+        audio: AudioIn<'_>,
+    ) -> Work {
         let _ = (emit, source, audio);
         Work::NONE
     }
@@ -518,7 +533,8 @@ pub trait Stage: Send {
         None
     }
 
-    /// The deadline from `poll_timeout` is reached (`emit.now()`)
+    /// The deadline from `poll_timeout` is reached (`emit.now()` is the time of the call, at
+    /// or after the deadline)
     fn handle_timeout(&mut self, emit: &mut Emit<'_>) -> Work {
         let _ = emit;
         Work::NONE
@@ -848,7 +864,11 @@ impl fmt::Debug for Pipeline {
             .field("peers", &self.routes.peers)
             .field(
                 "stages",
-                &self.stages.iter().map(|s| s.stage.name()).collect::<Vec<_>>(),
+                &self
+                    .stages
+                    .iter()
+                    .map(|s| s.stage.name())
+                    .collect::<Vec<_>>(),
             )
             .field("queued", &self.outbox.queue.len())
             .finish()
@@ -1172,9 +1192,10 @@ impl Pipeline {
         for _ in 0..MAX_TICKS_PER_CALL {
             match self.stages[i].stage.poll_timeout() {
                 Some(t) if t <= now => {
-                    // The tick runs at its own deadline, so its outputs carry that instant.
-                    if !self.run(i, t, |stage, emit| stage.handle_timeout(emit)) {
-                        self.stages[i].stage.skip_timeout(t);
+                    // The run happens now, however late: the stage sees how late it is and
+                    // may skip ahead rather than burst.
+                    if !self.run(i, now, |stage, emit| stage.handle_timeout(emit)) {
+                        self.stages[i].stage.skip_timeout(now);
                     }
                 }
                 _ => return,
@@ -1300,7 +1321,12 @@ impl Stage for Forward {
         "forward"
     }
 
-    fn handle_audio(&mut self, emit: &mut Emit<'_>, _source: Source<'_>, audio: AudioIn<'_>) -> Work {
+    fn handle_audio(
+        &mut self,
+        emit: &mut Emit<'_>,
+        _source: Source<'_>,
+        audio: AudioIn<'_>,
+    ) -> Work {
         if !emit.is_wanted(self.track) {
             return Work::NONE;
         }

@@ -233,8 +233,8 @@ impl Resampler {
                     } else {
                         // Nearest stored phase; the last one wraps to phase 0 of the next
                         // input sample, which the stored table does not hold, so clamp.
-                        ((self.frac * f.phases as u64 + f.up / 2) / f.up)
-                            .min(f.phases as u64 - 1) as usize
+                        ((self.frac * f.phases as u64 + f.up / 2) / f.up).min(f.phases as u64 - 1)
+                            as usize
                     };
                     let c = &f.coeffs[phase * f.taps..(phase + 1) * f.taps];
                     for h in &self.history {
@@ -414,7 +414,11 @@ mod tests {
         let input = tone_f32(44_100, 1000.0, 0.5, 44_100);
         let out = run(44_100, 48_000, &input);
         // Length follows the ratio exactly (one second in, one second out).
-        assert!((out.len() as i64 - 48_000).abs() <= 1, "{} samples", out.len());
+        assert!(
+            (out.len() as i64 - 48_000).abs() <= 1,
+            "{} samples",
+            out.len()
+        );
         // Skip the edges, where the signal starts and stops abruptly.
         let mid = &out[2_000..46_000];
         let fit = fit_tone(mid, 48_000, 1000.0);
@@ -480,6 +484,29 @@ mod tests {
     }
 
     #[test]
+    fn transition_band_is_narrow() {
+        // 96 kHz -> 48 kHz: the passband edge, and tones just above the output's Nyquist
+        // frequency (24 kHz) folding back into the top of the band.
+        let level = |freq: f64, at: f64| {
+            let input = tone_f32(96_000, freq, 0.9, 96_000);
+            let out = run(96_000, 48_000, &input);
+            let n = out.len();
+            20.0 * (fit_tone(&out[n / 8..n * 7 / 8], 48_000, at).amplitude / 0.9).log10()
+        };
+        let edge = level(19_000.0, 19_000.0);
+        // The worst alias over the stopband, 24.25 kHz to 47.75 kHz in 500 Hz steps.
+        let (worst_at, worst) = (0..48)
+            .map(|k| {
+                let f = 24_250.0 + 500.0 * f64::from(k);
+                (f, level(f, 48_000.0 - f))
+            })
+            .fold((0.0, f64::MIN), |a, b| if b.1 > a.1 { b } else { a });
+        println!("96k->48k: 19 kHz {edge:+.3} dB; worst alias {worst:.1} dB (from {worst_at} Hz)");
+        assert!(edge.abs() < 0.1);
+        assert!(worst < -80.0, "{worst} dB from {worst_at} Hz");
+    }
+
+    #[test]
     fn equal_rates_are_exact_and_channels_convert() {
         let mut r = Resampler::new(fmt(48_000, 2), fmt(48_000, 2)).unwrap();
         let input: Vec<i16> = (0..960).map(|i| (i * 37 % 2000) as i16 - 1000).collect();
@@ -518,7 +545,11 @@ mod tests {
         for block in inter.chunks(882) {
             rs.process(block, &mut out);
         }
-        let left: Vec<f32> = out.iter().step_by(2).map(|&s| f32::from(s) / 32768.0).collect();
+        let left: Vec<f32> = out
+            .iter()
+            .step_by(2)
+            .map(|&s| f32::from(s) / 32768.0)
+            .collect();
         let right: Vec<f32> = out[1..]
             .iter()
             .step_by(2)

@@ -283,7 +283,15 @@ mod tests {
 
     #[test]
     fn weights_sum_to_one_and_solid_colours_survive() {
-        for (s, d) in [(1, 1), (1, 7), (7, 1), (640, 213), (213, 640), (1920, 160), (3, 2)] {
+        for (s, d) in [
+            (1, 1),
+            (1, 7),
+            (7, 1),
+            (640, 213),
+            (213, 640),
+            (1920, 160),
+            (3, 2),
+        ] {
             let a = Axis::new(s, d);
             for row in a.weights.chunks_exact(a.taps) {
                 assert_eq!(row.iter().sum::<i32>(), ONE, "{s}->{d}");
@@ -293,7 +301,11 @@ mod tests {
             }
         }
         let mut sc = Scaler::new();
-        for (sw, sh, dw, dh) in [(640, 360, 320, 180), (161, 91, 640, 360), (1920, 1080, 214, 120)] {
+        for (sw, sh, dw, dh) in [
+            (640, 360, 320, 180),
+            (161, 91, 640, 360),
+            (1920, 1080, 214, 120),
+        ] {
             let src = solid(sw, sh, (120, 60, 200));
             let mut dst = I420Frame::black(dw, dh);
             sc.scale(&src, &mut dst);
@@ -308,7 +320,11 @@ mod tests {
         // A one-pixel checkerboard scaled by 1/4 must come out flat grey, not a pattern.
         let mut src = I420Frame::black(256, 256);
         for (i, v) in src.y.iter_mut().enumerate() {
-            *v = if (i % 256 + i / 256) % 2 == 0 { 16 } else { 235 };
+            *v = if (i % 256 + i / 256) % 2 == 0 {
+                16
+            } else {
+                235
+            };
         }
         let mut dst = I420Frame::black(64, 64);
         Scaler::new().scale(&src, &mut dst);

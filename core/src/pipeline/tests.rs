@@ -60,7 +60,10 @@ fn forward_audio_pipeline() -> (Pipeline, TrackId, [PeerId; 3]) {
     let mut p = Pipeline::new(PipelineConfig::default());
     let peers = [peer("a"), peer("b"), peer("c")];
     let t = p.add_track(TrackKind::Audio, Routing::Broadcast);
-    p.add_stage(Forward::new(t), StageConfig::new(ms(5)).audio(Select::Local));
+    p.add_stage(
+        Forward::new(t),
+        StageConfig::new(ms(5)).audio(Select::Local),
+    );
     for q in &peers {
         p.add_peer(q.clone());
     }
@@ -78,13 +81,22 @@ fn unicast_set_and_broadcast_tracks_reach_exactly_their_peers() {
     );
     let everyone = p.add_track(TrackKind::Video, Routing::Broadcast);
     let local = p.add_track(TrackKind::Video, Routing::Local);
-    p.add_stage(Forward::new(original), StageConfig::new(ms(5)).video(Select::Local));
+    p.add_stage(
+        Forward::new(original),
+        StageConfig::new(ms(5)).video(Select::Local),
+    );
     p.add_stage(
         BlurStage::new(Blur::new(2), blurred),
         StageConfig::new(ms(20)).video(Select::Local),
     );
-    p.add_stage(Forward::new(everyone), StageConfig::new(ms(5)).video(Select::Local));
-    p.add_stage(Forward::new(local), StageConfig::new(ms(5)).video(Select::Peers));
+    p.add_stage(
+        Forward::new(everyone),
+        StageConfig::new(ms(5)).video(Select::Local),
+    );
+    p.add_stage(
+        Forward::new(local),
+        StageConfig::new(ms(5)).video(Select::Peers),
+    );
     for q in [&a, &b, &c] {
         p.add_peer(q.clone());
     }
@@ -105,7 +117,8 @@ fn unicast_set_and_broadcast_tracks_reach_exactly_their_peers() {
     assert_eq!(p.sending_to(&b).collect::<Vec<_>>(), [original, everyone]);
 
     let t0 = Instant::now();
-    p.handle_local_video(t0, solid(64, 36, (50, 60, 70))).unwrap();
+    p.handle_local_video(t0, solid(64, 36, (50, 60, 70)))
+        .unwrap();
     p.handle_video(&a, t0, solid(32, 18, (90, 90, 90))).unwrap();
     let (media, _) = drain(&mut p);
     let by_track: BTreeMap<TrackId, Vec<PeerId>> =
@@ -123,13 +136,15 @@ fn unicast_set_and_broadcast_tracks_reach_exactly_their_peers() {
     assert!(!Arc::ptr_eq(&frame(original), &frame(blurred)));
 
     // Rerouting the unicast track to c moves it.
-    p.set_routing(original, Routing::Unicast(c.clone())).unwrap();
+    p.set_routing(original, Routing::Unicast(c.clone()))
+        .unwrap();
     let (_, states) = drain(&mut p);
     assert_eq!(
         states,
         [(original, b.clone(), false), (original, c.clone(), true)]
     );
-    p.handle_local_video(t0 + ms(33), solid(64, 36, (1, 2, 3))).unwrap();
+    p.handle_local_video(t0 + ms(33), solid(64, 36, (1, 2, 3)))
+        .unwrap();
     let (media, _) = drain(&mut p);
     let to: Vec<_> = media
         .iter()
@@ -193,7 +208,8 @@ fn slow_stage_drops_counted_frames_and_latency_stays_flat() {
     // A blur that costs 50 ms per frame on a 20 ms budget, fed 30 frames per second for
     // 10 s; and the same stage within budget (15 ms).
     for (cost, budget) in [(ms(50), ms(20)), (ms(15), ms(20))] {
-        let mut p = Pipeline::with_meter(PipelineConfig::default(), Box::new(StageCosts(vec![cost])));
+        let mut p =
+            Pipeline::with_meter(PipelineConfig::default(), Box::new(StageCosts(vec![cost])));
         let t = p.add_track(TrackKind::Video, Routing::Broadcast);
         let s = p.add_stage(
             BlurStage::new(Blur::new(1), t),
@@ -248,8 +264,11 @@ fn without_a_budget_that_binds_latency_would_grow() {
     p.add_peer(peer("a"));
     let t0 = Instant::now();
     for i in 0..300u32 {
-        p.handle_local_video(t0 + Duration::from_micros(33_333) * i, solid(8, 8, (1, 1, 1)))
-            .unwrap();
+        p.handle_local_video(
+            t0 + Duration::from_micros(33_333) * i,
+            solid(8, 8, (1, 1, 1)),
+        )
+        .unwrap();
         drain(&mut p);
     }
     let st = p.stage_stats(s).unwrap();
@@ -266,7 +285,10 @@ fn output_queue_is_bounded_and_drops_oldest() {
         ..Default::default()
     });
     let t = p.add_track(TrackKind::Audio, Routing::Local);
-    p.add_stage(Forward::new(t), StageConfig::new(ms(5)).audio(Select::Local));
+    p.add_stage(
+        Forward::new(t),
+        StageConfig::new(ms(5)).audio(Select::Local),
+    );
     let t0 = Instant::now();
     for i in 0..10u8 {
         p.handle_local_audio(t0 + ms(u64::from(i) * 10), &[i16::from(i); 480], 1)
@@ -547,7 +569,10 @@ fn misuse_is_reported() {
     assert!(p.handle_local_video(now, Arc::new(bad)).is_err());
     // Audio emitted on a video track is discarded and counted, not sent.
     let v = p.add_track(TrackKind::Video, Routing::Local);
-    p.add_stage(Forward::new(v), StageConfig::new(ms(1)).audio(Select::Local));
+    p.add_stage(
+        Forward::new(v),
+        StageConfig::new(ms(1)).audio(Select::Local),
+    );
     p.handle_local_audio(now, &[0; 480], 1).unwrap();
     assert!(drain(&mut p).0.is_empty());
     assert_eq!(p.stats().outputs_suppressed, 1);
@@ -565,4 +590,10 @@ fn removing_a_track_discards_its_queue_and_tells_its_peers() {
     assert_eq!(states.len(), peers.len());
     assert!(states.iter().all(|(tr, _, sending)| *tr == t && !sending));
     assert!(p.track(t).is_none());
+}
+
+#[test]
+fn pipeline_is_send() {
+    fn is_send<T: Send>() {}
+    is_send::<Pipeline>();
 }

@@ -1,0 +1,307 @@
+//! Costs of the media pipeline's stages
+//!
+//! Not a timed test: run it with `cargo bench -p meshrtc-benches --bench pipeline
+//! [section...]` (sections: `mixer`, `resampler`, `blur`, `composite`, `pipeline`; none
+//! means all) and read the printed table. Each figure is the median of several rounds, with
+//! a baseline measured in the same run: copying the same amount of memory.
+//!
+//! * mixer: ns per sample per peer for the local mix plus every N−1 mix, N = 2, 5, 10
+//! * resampler: ns per output sample per channel, common rate pairs
+//! * blur: ms per 360p and 720p frame
+//! * composite: ms per 640x360 composite of 4 and 9 peers (360p and 720p sources)
+//! * pipeline: a 5-peer conference through `Pipeline` (mixer N−1) with a real-clock cost
+//!   meter: cost per 10 ms tick and the latency the stage adds
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use meshrtc::codec::testsrc::TestPattern;
+use meshrtc::codec::{AudioFormat, I420Frame};
+use meshrtc::pipeline::blur::Blur;
+use meshrtc::pipeline::composite::{Compositor, CompositorConfig};
+use meshrtc::pipeline::mixer::{Mixer, MixerConfig, MixerStage};
+use meshrtc::pipeline::resample::Resampler;
+use meshrtc::pipeline::scale::Scaler;
+use meshrtc::pipeline::{
+    AudioIn, CostMeter, Pipeline, PipelineConfig, PipelineOutput, Routing, Select, Source,
+    StageConfig, StageId, TrackKind, Work,
+};
+use meshrtc::signal::PeerId;
+use meshrtc::sync::PlayoutChunk;
+
+/// Rounds per figure (the median is reported)
+const ROUNDS: usize = 7;
+
+fn main() {
+    let picked: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let wants = |section: &str| picked.is_empty() || picked.iter().any(|p| p == section);
+    println!("(median of {ROUNDS} rounds; baseline = memcpy of the same bytes)");
+    if wants("mixer") {
+        mixer();
+    }
+    if wants("resampler") {
+        resampler();
+    }
+    if wants("blur") {
+        blur();
+    }
+    if wants("composite") {
+        composite();
+    }
+    if wants("pipeline") {
+        pipeline();
+    }
+}
+
+/// Median time per iteration of `f` over `ROUNDS` rounds of `iters` iterations
+fn measure(iters: usize, mut f: impl FnMut()) -> Duration {
+    for _ in 0..iters.div_ceil(4) {
+        f();
+    }
+    let mut rounds: Vec<Duration> = (0..ROUNDS)
+        .map(|_| {
+            let start = Instant::now();
+            for _ in 0..iters {
+                f();
+            }
+            start.elapsed() / iters as u32
+        })
+        .collect();
+    rounds.sort();
+    rounds[ROUNDS / 2]
+}
+
+fn ns(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e9
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Time to copy `bytes` once (the baseline)
+fn memcpy(bytes: usize) -> Duration {
+    let src = vec![7u8; bytes];
+    let mut dst = vec![0u8; bytes];
+    let iters = (200_000_000 / bytes.max(1)).clamp(10, 1_000_000);
+    measure(iters, || {
+        dst.copy_from_slice(black_box(&src));
+        black_box(&mut dst);
+    })
+}
+
+fn tone(rate: u32, freq: f64, len: usize) -> Vec<i16> {
+    (0..len)
+        .map(|n| {
+            (8000.0 * (std::f64::consts::TAU * freq * n as f64 / f64::from(rate)).sin()) as i16
+        })
+        .collect()
+}
+
+fn mixer() {
+    println!("== mixer: 10 ms mono frames, local mix + every N-1 mix, soft limiter ==");
+    for n in [2usize, 5, 10] {
+        let peers: Vec<PeerId> = (0..n)
+            .map(|i| PeerId::new(format!("p{i}")).expect("a valid id"))
+            .collect();
+        let chunks: Vec<Vec<i16>> = (0..n)
+            .map(|i| tone(48_000, 200.0 + 100.0 * i as f64, 480))
+            .collect();
+        let mut m = Mixer::new(MixerConfig::default()).expect("default config");
+        let per_tick = measure(2_000, || {
+            for (p, c) in peers.iter().zip(&chunks) {
+                m.push(
+                    Source::Peer(p),
+                    AudioIn {
+                        samples: c,
+                        channels: 1,
+                    },
+                );
+            }
+            black_box(m.mix(true));
+        });
+        let local_only = measure(2_000, || {
+            for (p, c) in peers.iter().zip(&chunks) {
+                m.push(
+                    Source::Peer(p),
+                    AudioIn {
+                        samples: c,
+                        channels: 1,
+                    },
+                );
+            }
+            black_box(m.mix(false));
+        });
+        let base = memcpy(480 * 2 * n);
+        println!(
+            "  {n:>2} peers: {:.2} ns/sample/peer with N-1 mixes ({:.1} us per 10 ms tick), \
+             {:.2} ns/sample/peer local mix only; baseline memcpy {:.3} ns/sample/peer",
+            ns(per_tick) / (480 * n) as f64,
+            ns(per_tick) / 1e3,
+            ns(local_only) / (480 * n) as f64,
+            ns(base) / (480 * n) as f64,
+        );
+    }
+}
+
+fn resampler() {
+    println!("== resampler: windowed sinc, ns per output sample per channel ==");
+    for (from, to, channels) in [
+        (44_100, 48_000, 1),
+        (44_100, 48_000, 2),
+        (48_000, 44_100, 2),
+        (16_000, 48_000, 1),
+        (8_000, 48_000, 1),
+        (96_000, 48_000, 2),
+        (48_000, 48_000, 2),
+    ] {
+        let fmt = |sample_rate, channels| AudioFormat {
+            sample_rate,
+            channels,
+        };
+        let mut r = Resampler::new(fmt(from, channels), fmt(to, channels)).expect("valid rates");
+        // 10 ms blocks of input.
+        let input = tone(from, 1000.0, (from / 100) as usize * usize::from(channels));
+        let mut out = Vec::with_capacity(4096);
+        let per_block = measure(2_000, || {
+            out.clear();
+            r.process(black_box(&input), &mut out);
+            black_box(&out);
+        });
+        let produced = (to / 100) as f64;
+        println!(
+            "  {from:>6} -> {to:>6} Hz x{channels}: {:.2} ns/sample ({} taps), {:.1} us per 10 ms",
+            ns(per_block) / produced / f64::from(channels),
+            r.taps(),
+            ns(per_block) / 1e3
+        );
+    }
+}
+
+fn frames(w: u32, h: u32, n: usize) -> Vec<I420Frame> {
+    let mut p = TestPattern::new(w, h);
+    (0..n).map(|_| p.next_frame()).collect()
+}
+
+fn blur() {
+    println!("== blur: separable box, 2 passes, all planes ==");
+    for (w, h, radius) in [(640, 360, 4), (640, 360, 12), (1280, 720, 8)] {
+        let src = frames(w, h, 1).remove(0);
+        let mut dst = I420Frame::black(w, h);
+        let mut b = Blur::new(radius);
+        let t = measure(100, || {
+            black_box(b.apply(black_box(&src), &mut dst));
+        });
+        let base = memcpy(src.y.len() + src.u.len() + src.v.len());
+        println!(
+            "  {w}x{h} radius {radius}: {:.3} ms/frame (baseline memcpy {:.3} ms, ratio {:.1}x)",
+            ms(t),
+            ms(base),
+            ms(t) / ms(base)
+        );
+    }
+}
+
+fn composite() {
+    println!("== composite: grid into 640x360, antialiased bilinear scaler ==");
+    for (n, w, h) in [(4, 640, 360), (4, 1280, 720), (9, 640, 360)] {
+        let srcs = frames(w, h, n);
+        let mut c = Compositor::new(CompositorConfig::default()).expect("default config");
+        let mut out = I420Frame::black(640, 360);
+        let t = measure(100, || {
+            black_box(c.compose(srcs.iter(), &mut out));
+        });
+        let base = memcpy(640 * 360 * 3 / 2);
+        println!(
+            "  {n} peers at {w}x{h}: {:.3} ms/frame (baseline memcpy of the output {:.3} ms)",
+            ms(t),
+            ms(base)
+        );
+    }
+    let src = frames(1280, 720, 1).remove(0);
+    let mut dst = I420Frame::black(640, 360);
+    let mut s = Scaler::new();
+    let t = measure(100, || {
+        black_box(s.scale(&src, &mut dst));
+    });
+    println!("  scale 1280x720 -> 640x360 alone: {:.3} ms/frame", ms(t));
+}
+
+/// A cost meter on the real clock (the driver's side of the API)
+struct WallClock(Option<Instant>);
+
+impl CostMeter for WallClock {
+    fn start(&mut self, _stage: StageId) {
+        self.0 = Some(Instant::now());
+    }
+
+    fn finish(&mut self, _stage: StageId, _work: Work) -> Duration {
+        self.0.take().map_or(Duration::ZERO, |s| s.elapsed())
+    }
+}
+
+fn pipeline() {
+    println!("== pipeline: 5-peer conference, mixer stage (local + N-1 mixes), 10 s ==");
+    let mut p = Pipeline::with_meter(PipelineConfig::default(), Box::new(WallClock(None)));
+    let playout = p.add_track(TrackKind::Audio, Routing::Local);
+    let minus = p.add_track(TrackKind::Audio, Routing::Broadcast);
+    let stage = p.add_stage(
+        MixerStage::new(MixerConfig::default(), Some(playout), Some(minus)).expect("config"),
+        StageConfig::new(Duration::from_millis(2)).audio(Select::Peers),
+    );
+    let peers: Vec<PeerId> = (0..5)
+        .map(|i| PeerId::new(format!("p{i}")).expect("a valid id"))
+        .collect();
+    for q in &peers {
+        p.add_peer(q.clone());
+    }
+    let t0 = Instant::now();
+    let mut chunk = PlayoutChunk {
+        samples: tone(48_000, 440.0, 480),
+        channels: 1,
+        media_ticks: 0,
+        playout: t0,
+        concealed: false,
+    };
+    let mut delays = Vec::new();
+    let wall = Instant::now();
+    // Virtual session time: peer i's chunks play at a phase of i * 2 ms.
+    for tick in 0..1000u64 {
+        for (i, q) in peers.iter().enumerate() {
+            let at = t0 + Duration::from_millis(tick * 10 + 2 * i as u64);
+            while let Some(t) = p.poll_timeout().filter(|&t| t <= at) {
+                p.handle_timeout(t);
+            }
+            chunk.playout = at;
+            p.handle_audio(q, at, &chunk).expect("valid chunk");
+            while let Some(out) = p.poll_output() {
+                if let PipelineOutput::Media(m) = out {
+                    delays.push(m.ready.saturating_duration_since(m.media.capture()));
+                    p.recycle(m);
+                }
+            }
+        }
+    }
+    let elapsed = wall.elapsed();
+    let st = p.stage_stats(stage).expect("the stage");
+    delays.sort();
+    println!(
+        "  {} runs, {} dropped; mean cost {:.1} us per run, max {:.1} us; \
+         {:.2} % of one core for the room; stage latency p50 {:.1} us, max {:.1} us",
+        st.processed,
+        st.dropped(),
+        ns(st.cost) / 1e3 / st.processed as f64,
+        ns(st.max_cost) / 1e3,
+        100.0 * st.cost.as_secs_f64() / 10.0,
+        ns(delays[delays.len() / 2]) / 1e3,
+        ns(st.max_latency) / 1e3,
+    );
+    println!(
+        "  (plus the mixer's buffering: each peer's chunk waits until the next 10 ms tick, \
+         at most 10 ms; wall time for 10 s of audio {:.1} ms)",
+        ms(elapsed)
+    );
+}
