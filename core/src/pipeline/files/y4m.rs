@@ -86,10 +86,8 @@ impl<R: Read> Y4mReader<R> {
                         .map_err(|_| FileError::Malformed(format!("bad frame rate {t:?}")))?;
                 }
                 "C" => colorspace = value.to_string(),
-                "I" => {
-                    if !matches!(value, "p" | "?" | "") {
-                        return Err(FileError::Unsupported(format!("interlacing {value:?}")));
-                    }
+                "I" if !matches!(value, "p" | "?" | "") => {
+                    return Err(FileError::Unsupported(format!("interlacing {value:?}")));
                 }
                 // Pixel aspect, comments and unknown fields.
                 _ => {}
