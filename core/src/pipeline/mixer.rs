@@ -106,9 +106,9 @@ impl Limiter {
             } else {
                 self.limited += 1;
                 // The envelope's level mapped onto a curve that approaches the ceiling;
-                // since env >= |x|, |x * gain| <= curve(env) < ceiling.
+                // since env >= |x|, |x * gain| <= curve(env) <= ceiling.
                 let over = (self.env - self.knee) / self.range;
-                (self.knee + self.range * over.tanh()) / self.env
+                (self.knee + self.range * soft_saturate(over)) / self.env
             };
             for (xv, yv) in x.iter().zip(y.iter_mut()) {
                 *yv = to_i16(xv * gain);
@@ -119,6 +119,18 @@ impl Limiter {
     /// Samples (per channel) processed with the gain below 1
     pub const fn limited_samples(&self) -> u64 {
         self.limited
+    }
+}
+
+/// A tanh-like curve: `x` near 0, rising monotonically to exactly 1 at 3 and beyond
+/// (a Padé approximant of tanh, without the library call)
+fn soft_saturate(x: f32) -> f32 {
+    if x >= 3.0 {
+        1.0
+    } else {
+        // Mathematically at most 1 (the derivative is 9 (x² - 9)² / (27 + 9x²)²); min()
+        // keeps rounding from overshooting.
+        (x * (27.0 + x * x) / (27.0 + 9.0 * x * x)).min(1.0)
     }
 }
 
@@ -203,6 +215,27 @@ impl Fifo {
         }
         self.buf[(self.head + self.len) % cap] = v;
         self.len += 1;
+        dropped
+    }
+
+    /// Appends a slice in at most two copies; returns how many samples were dropped from
+    /// the front to make room
+    fn push_slice(&mut self, s: &[i16]) -> usize {
+        let cap = self.buf.len();
+        if s.len() >= cap {
+            let dropped = self.len + s.len() - cap;
+            self.buf.copy_from_slice(&s[s.len() - cap..]);
+            self.head = 0;
+            self.len = cap;
+            return dropped;
+        }
+        let dropped = (self.len + s.len()).saturating_sub(cap);
+        self.discard(dropped);
+        let tail = (self.head + self.len) % cap;
+        let first = s.len().min(cap - tail);
+        self.buf[tail..tail + first].copy_from_slice(&s[..first]);
+        self.buf[..s.len() - first].copy_from_slice(&s[first..]);
+        self.len += s.len();
         dropped
     }
 
@@ -364,11 +397,7 @@ impl Mixer {
         let input = &mut self.inputs[i];
         let mut dropped = 0u64;
         match (audio.channels, out_ch) {
-            (1, 1) | (2, 2) => {
-                for &s in audio.samples {
-                    dropped += u64::from(input.fifo.push(s));
-                }
-            }
+            (1, 1) | (2, 2) => dropped = input.fifo.push_slice(audio.samples) as u64,
             (1, _) => {
                 for &s in audio.samples {
                     dropped += u64::from(input.fifo.push(s));
@@ -781,6 +810,19 @@ mod tests {
     }
 
     #[test]
+    fn soft_curve_is_monotonic_and_bounded() {
+        let mut last = 0.0;
+        for i in 1..=4000 {
+            let y = soft_saturate(i as f32 * 0.001);
+            // Monotonic up to rounding where the curve flattens out.
+            assert!(y >= last - 1e-6 && y <= 1.0, "{i}: {y} after {last}");
+            last = y;
+        }
+        assert_eq!(soft_saturate(3.0), 1.0);
+        assert!((soft_saturate(0.1) - 0.1f32.tanh()).abs() < 1e-4);
+    }
+
+    #[test]
     fn limiter_passes_below_the_knee_and_never_exceeds_the_ceiling() {
         let mut l = Limiter::new(LimiterConfig::default()).unwrap();
         let quiet: Vec<f32> = (0..4800).map(|n| 0.5 * (n as f32 * 0.05).sin()).collect();
@@ -837,6 +879,20 @@ mod tests {
         assert_eq!(m.buffered(Source::Peer(&a)), Some(3840));
         let s = m.input_stats(Source::Peer(&a)).unwrap();
         assert_eq!(s.overflow_samples, 480 + 20 * 480 - 3840);
+        // One block larger than the buffer keeps its newest part, in order.
+        let ramp: Vec<i16> = (0..5000).map(|i| i as i16).collect();
+        m.push(
+            Source::Peer(&a),
+            AudioIn {
+                samples: &ramp,
+                channels: 1,
+            },
+        );
+        assert_eq!(m.buffered(Source::Peer(&a)), Some(3840));
+        m.set_gain(Source::Peer(&a), 1.0);
+        m.mix(false);
+        let expect: Vec<i16> = (5000 - 3840..5000 - 3840 + 480).map(|i| i as i16).collect();
+        assert_eq!(m.local_mix(), &expect[..]);
     }
 
     #[test]

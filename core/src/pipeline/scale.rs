@@ -38,7 +38,7 @@ impl Axis {
     fn new(src: usize, dst: usize) -> Self {
         let scale = src as f64 / dst as f64;
         let support = scale.max(1.0);
-        let taps = (2.0 * support).ceil() as usize + 2;
+        let taps = (2.0 * support).ceil() as usize + 1;
         let mut starts = Vec::with_capacity(dst);
         let mut weights = vec![0; dst * taps];
         let mut w = vec![0.0f64; taps];
@@ -98,12 +98,14 @@ struct PlaneScaler {
 impl PlaneScaler {
     /// Scales `src` (`sw` x `sh`, tightly packed) into the `dw` x `dh` rectangle at
     /// (`dx`, `dy`) of `dst`, whose rows are `stride` bytes
-    #[allow(clippy::too_many_arguments)]
+    ///
+    /// The vertical pass (vectorisable, whole rows at a time) runs on the larger side of the
+    /// scaling and the horizontal pass (a gather per pixel) on the smaller: shrinking rows
+    /// first when the height shrinks, widening them last when it grows.
     fn scale(
         &mut self,
         src: &[u8],
-        sw: usize,
-        sh: usize,
+        (sw, sh): (usize, usize),
         dst: &mut [u8],
         stride: usize,
         (dx, dy, dw, dh): (usize, usize, usize, usize),
@@ -117,62 +119,80 @@ impl PlaneScaler {
         if self.v.src != sh || self.v.dst != dh {
             self.v = Axis::new(sh, dh);
         }
-        // Horizontal: every source row to the output width.
-        self.tmp.resize(dw * sh, 0);
-        let h = &self.h;
-        for (row, out) in src.chunks_exact(sw).zip(self.tmp.chunks_exact_mut(dw)) {
-            for ((o, &start), wts) in out
-                .iter_mut()
-                .zip(&h.starts)
-                .zip(h.weights.chunks_exact(h.taps))
-            {
-                let px = &row[start..(start + h.taps).min(sw)];
-                let mut acc = 0i32;
-                for (&p, &w) in px.iter().zip(wts) {
-                    acc += i32::from(p) * w;
-                }
-                *o = ((acc + ONE / 2) >> SHIFT).clamp(0, 255) as u8;
+        let out_row = |y: usize| (dy + y) * stride + dx;
+        if dh < sh {
+            // Rows first: src (sw x sh) -> tmp (sw x dh) -> dst (dw x dh).
+            self.tmp.resize(sw * dh, 0);
+            for (y, row) in self.tmp.chunks_exact_mut(sw).enumerate() {
+                vertical_row(src, sw, sh, &self.v, y, row);
+            }
+            for (y, row) in self.tmp.chunks_exact(sw).enumerate() {
+                horizontal_row(row, &self.h, &mut dst[out_row(y)..out_row(y) + dw]);
+            }
+        } else {
+            // Columns first: src (sw x sh) -> tmp (dw x sh) -> dst (dw x dh).
+            self.tmp.resize(dw * sh, 0);
+            for (row, out) in src.chunks_exact(sw).zip(self.tmp.chunks_exact_mut(dw)) {
+                horizontal_row(row, &self.h, out);
+            }
+            for y in 0..dh {
+                vertical_row(
+                    &self.tmp,
+                    dw,
+                    sh,
+                    &self.v,
+                    y,
+                    &mut dst[out_row(y)..out_row(y) + dw],
+                );
             }
         }
-        // Vertical: output rows as weighted sums of intermediate rows.
-        let v = &self.v;
-        for (y, (&start, wts)) in v
-            .starts
-            .iter()
-            .zip(v.weights.chunks_exact(v.taps))
-            .enumerate()
-        {
-            let out = &mut dst[(dy + y) * stride + dx..(dy + y) * stride + dx + dw];
-            let rows = (start + v.taps).min(sh) - start;
-            let wts = &wts[..rows];
-            match wts.iter().filter(|&&w| w != 0).count() {
-                // One row with all the weight (equal heights, or a row right on the grid).
-                1 => {
-                    let k = wts.iter().position(|&w| w != 0).unwrap_or(0);
-                    let r = &self.tmp[(start + k) * dw..(start + k + 1) * dw];
-                    out.copy_from_slice(r);
-                }
-                _ => {
-                    let mut acc = [0i32; 64];
-                    for (x0, chunk) in out.chunks_mut(64).enumerate() {
-                        let n = chunk.len();
-                        let acc = &mut acc[..n];
-                        acc.fill(ONE / 2);
-                        for (k, &w) in wts.iter().enumerate() {
-                            if w == 0 {
-                                continue;
-                            }
-                            let r = &self.tmp[(start + k) * dw + x0 * 64..][..n];
-                            for (a, &p) in acc.iter_mut().zip(r) {
-                                *a += i32::from(p) * w;
-                            }
-                        }
-                        for (o, &a) in chunk.iter_mut().zip(acc.iter()) {
-                            *o = (a >> SHIFT).clamp(0, 255) as u8;
-                        }
-                    }
-                }
+    }
+}
+
+/// One output row of a horizontal pass
+fn horizontal_row(row: &[u8], h: &Axis, out: &mut [u8]) {
+    let sw = row.len();
+    for ((o, &start), wts) in out
+        .iter_mut()
+        .zip(&h.starts)
+        .zip(h.weights.chunks_exact(h.taps))
+    {
+        let px = &row[start..(start + h.taps).min(sw)];
+        let mut acc = ONE / 2;
+        for (&p, &w) in px.iter().zip(wts) {
+            acc += i32::from(p) * w;
+        }
+        *o = (acc >> SHIFT).clamp(0, 255) as u8;
+    }
+}
+
+/// Output row `y` of a vertical pass over `src` (`width` x `height`)
+fn vertical_row(src: &[u8], width: usize, height: usize, v: &Axis, y: usize, out: &mut [u8]) {
+    let start = v.starts[y];
+    let rows = (start + v.taps).min(height) - start;
+    let wts = &v.weights[y * v.taps..y * v.taps + rows];
+    let row = |k: usize| &src[(start + k) * width..(start + k + 1) * width];
+    if wts.iter().filter(|&&w| w != 0).count() == 1 {
+        // One row with all the weight (equal heights, or a row right on the grid).
+        let k = wts.iter().position(|&w| w != 0).unwrap_or(0);
+        out.copy_from_slice(row(k));
+        return;
+    }
+    let mut acc = [0i32; 64];
+    for (x0, chunk) in out.chunks_mut(64).enumerate() {
+        let n = chunk.len();
+        let acc = &mut acc[..n];
+        acc.fill(ONE / 2);
+        for (k, &w) in wts.iter().enumerate() {
+            if w == 0 {
+                continue;
             }
+            for (a, &p) in acc.iter_mut().zip(&row(k)[x0 * 64..x0 * 64 + n]) {
+                *a += i32::from(p) * w;
+            }
+        }
+        for (o, &a) in chunk.iter_mut().zip(acc.iter()) {
+            *o = (a >> SHIFT).clamp(0, 255) as u8;
         }
     }
 }
@@ -228,8 +248,7 @@ impl Scaler {
         let stride = dst.width as usize;
         self.luma.scale(
             &src.y,
-            sw,
-            sh,
+            (sw, sh),
             &mut dst.y,
             stride,
             (x as usize, y as usize, w as usize, h as usize),
@@ -243,9 +262,9 @@ impl Scaler {
             h.div_ceil(2) as usize,
         );
         let mut u = std::mem::take(&mut self.chroma);
-        u.scale(&src.u, scw, sch, &mut dst.u, cstride, crect);
+        u.scale(&src.u, (scw, sch), &mut dst.u, cstride, crect);
         // The same filters serve both chroma planes.
-        u.scale(&src.v, scw, sch, &mut dst.v, cstride, crect);
+        u.scale(&src.v, (scw, sch), &mut dst.v, cstride, crect);
         self.chroma = u;
         u64::from(w) * u64::from(h) * 3 / 2
     }
