@@ -1,9 +1,9 @@
 //! Video blur: a separable box blur on all three planes of an I420 frame
 //!
-//! Each pass is a horizontal then a vertical running-sum box filter (constant cost per pixel,
-//! whatever the radius), with edges extended; two or three passes approach a Gaussian.
-//! Chroma planes, at half resolution, use half the radius (at least 1). Scratch buffers are
-//! kept between frames, so blurring frames of one size does not allocate.
+//! Each pass is a horizontal (prefix-sum) then a vertical (running-sum) box filter, constant
+//! cost per pixel whatever the radius, with edges extended; two or three passes approach a
+//! Gaussian. Chroma planes, at half resolution, use half the radius (at least 1). Scratch
+//! buffers are kept between frames, so blurring frames of one size does not allocate.
 
 use std::sync::Arc;
 
@@ -20,7 +20,8 @@ pub struct Blur {
     radius: u32,
     passes: u32,
     scratch: Vec<u8>,
-    sums: Vec<u32>,
+    sums: Vec<u16>,
+    prefix: Vec<u16>,
 }
 
 impl Blur {
@@ -31,6 +32,7 @@ impl Blur {
             passes: 2,
             scratch: Vec::new(),
             sums: Vec::new(),
+            prefix: Vec::new(),
         }
     }
 
@@ -88,7 +90,7 @@ impl Blur {
             return (w * h) as u64;
         }
         self.scratch.resize(w * h, 0);
-        horizontal(src, &mut self.scratch, w, r);
+        horizontal(src, &mut self.scratch, w, r, &mut self.prefix);
         vertical(&self.scratch, dst, w, h, r, &mut self.sums);
         let first = 2 * (w * h) as u64;
         first + self.plane_in_place_passes(dst, w, h, r, self.passes - 1)
@@ -111,53 +113,72 @@ impl Blur {
     ) -> u64 {
         self.scratch.resize(w * h, 0);
         for _ in 0..passes {
-            horizontal(buf, &mut self.scratch, w, r);
+            horizontal(buf, &mut self.scratch, w, r, &mut self.prefix);
             vertical(&self.scratch, buf, w, h, r, &mut self.sums);
         }
         2 * u64::from(passes) * (w * h) as u64
     }
 }
 
-/// Reciprocal of the box width in 16.16 fixed point
-fn reciprocal(r: u32) -> u32 {
+/// The box width's reciprocal in 0.16 fixed point, and half the width for rounding
+///
+/// Sums stay within 16 bits (at most 255 * 129), so the averages are 16-bit multiplies
+/// keeping the high half, which vectorise on every x86-64 (`pmulhuw`).
+fn reciprocal(r: u32) -> (u16, u16) {
     let d = 2 * r + 1;
-    ((1u32 << 16) + d / 2) / d
+    ((((1u32 << 16) + d / 2) / d) as u16, (d / 2) as u16)
 }
 
-fn average(sum: u32, inv: u32) -> u8 {
-    // sum <= 255 * 129 and inv <= 21846: the product fits in u32.
-    ((sum * inv + (1 << 15)) >> 16).min(255) as u8
+fn average(sum: u16, (inv, half): (u16, u16)) -> u8 {
+    // (sum + half) <= 255 * 129 + 64 < 2^16, and the result is below 256 (see the tests).
+    ((u32::from(sum + half) * u32::from(inv)) >> 16).min(255) as u8
 }
 
-/// One horizontal box pass, row by row, edges extended
-fn horizontal(src: &[u8], dst: &mut [u8], w: usize, r: u32) {
+/// One horizontal box pass, edges extended
+///
+/// A running sum along a row is a chain of dependent steps; instead each row gets a prefix
+/// sum (one addition per pixel, in wrapping 16-bit arithmetic: the differences that matter
+/// are below 2^16) and the window sums are differences of it, a loop that vectorises.
+fn horizontal(src: &[u8], dst: &mut [u8], w: usize, r: u32, prefix: &mut Vec<u16>) {
     let inv = reciprocal(r);
     let r = r as usize;
-    let last = w - 1;
+    prefix.resize(w + 2 * r + 1, 0);
     for (row, out) in src.chunks_exact(w).zip(dst.chunks_exact_mut(w)) {
-        let mut sum = (r as u32 + 1) * u32::from(row[0]);
-        for i in 1..=r {
-            sum += u32::from(row[i.min(last)]);
+        let (first, last) = (u16::from(row[0]), u16::from(row[w - 1]));
+        let mut acc = 0u16;
+        prefix[0] = 0;
+        let (left, rest) = prefix[1..].split_at_mut(r);
+        let (middle, right) = rest.split_at_mut(w);
+        for p in left {
+            acc = acc.wrapping_add(first);
+            *p = acc;
         }
-        for (x, o) in out.iter_mut().enumerate() {
-            *o = average(sum, inv);
-            sum += u32::from(row[(x + r + 1).min(last)]);
-            sum -= u32::from(row[x.saturating_sub(r)]);
+        for (p, &v) in middle.iter_mut().zip(row) {
+            acc = acc.wrapping_add(u16::from(v));
+            *p = acc;
+        }
+        for p in right {
+            acc = acc.wrapping_add(last);
+            *p = acc;
+        }
+        // Output x covers the padded samples x..=x + 2r.
+        for ((o, &hi), &lo) in out.iter_mut().zip(&prefix[2 * r + 1..]).zip(&prefix[..w]) {
+            *o = average(hi.wrapping_sub(lo), inv);
         }
     }
 }
 
 /// One vertical box pass with a running sum per column (row-major, cache friendly)
-fn vertical(src: &[u8], dst: &mut [u8], w: usize, h: usize, r: u32, sums: &mut Vec<u32>) {
+fn vertical(src: &[u8], dst: &mut [u8], w: usize, h: usize, r: u32, sums: &mut Vec<u16>) {
     let inv = reciprocal(r);
     let r = r as usize;
     let last = h - 1;
     let row = |y: usize| &src[y * w..(y + 1) * w];
     sums.clear();
-    sums.extend(row(0).iter().map(|&v| (r as u32 + 1) * u32::from(v)));
+    sums.extend(row(0).iter().map(|&v| (r as u16 + 1) * u16::from(v)));
     for i in 1..=r {
         for (s, &v) in sums.iter_mut().zip(row(i.min(last))) {
-            *s += u32::from(v);
+            *s += u16::from(v);
         }
     }
     for (y, out) in dst.chunks_exact_mut(w).enumerate() {
@@ -165,7 +186,7 @@ fn vertical(src: &[u8], dst: &mut [u8], w: usize, h: usize, r: u32, sums: &mut V
         let sub = row(y.saturating_sub(r));
         for (((o, s), &a), &b) in out.iter_mut().zip(sums.iter_mut()).zip(add).zip(sub) {
             *o = average(*s, inv);
-            *s = *s + u32::from(a) - u32::from(b);
+            *s = *s + u16::from(a) - u16::from(b);
         }
     }
 }
@@ -302,6 +323,17 @@ mod tests {
                 let mut inplace = src.clone();
                 Blur::new(r).apply_in_place(&mut inplace);
                 assert_eq!(inplace, out, "{w}x{h} r{r}");
+            }
+        }
+    }
+
+    #[test]
+    fn averages_are_exact_for_flat_input_at_every_radius() {
+        for r in 1..=MAX_RADIUS {
+            let inv = reciprocal(r);
+            let d = 2 * r as u16 + 1;
+            for v in 0..=255u16 {
+                assert_eq!(u16::from(average(v * d, inv)), v, "r {r} v {v}");
             }
         }
     }

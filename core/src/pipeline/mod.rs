@@ -478,11 +478,12 @@ pub struct WorkUnitCost {
 }
 
 impl Default for WorkUnitCost {
-    /// Rates of the order measured by `cargo bench -p meshrtc-benches --bench pipeline` on
-    /// one core of a 2020s x86 machine
+    /// 2 ns per sample and 1 ns per pixel: the order of what `cargo bench -p
+    /// meshrtc-benches --bench pipeline` measures for the built-in stages on one x86-64 core
+    /// (within a factor of three either way, depending on the stage)
     fn default() -> Self {
         Self {
-            ns_per_sample: 1.0,
+            ns_per_sample: 2.0,
             ns_per_pixel: 1.0,
         }
     }
