@@ -37,6 +37,15 @@
 //! waiting for [`Pipeline::poll_output`], is bounded too ([`PipelineConfig::max_outputs`]):
 //! when it is full the oldest media output is dropped and counted.
 //!
+//! # Where the work runs
+//!
+//! Stages run inside the call that feeds them, on the caller's thread: a session that owns
+//! a pipeline runs it on its network loop, and the budgets above are what keep a slow
+//! stage from taking that loop over (a stage gets at most its budget per frame on average,
+//! and one run's cost is the longest it can hold the loop). A driver that wants heavy video
+//! stages off the network thread can own the pipeline on a thread of its own (`Pipeline`
+//! is `Send`) and feed it through bounded channels; the API is the same.
+//!
 //! # Call order
 //!
 //! The methods fall into classes, as in quinn-proto's `Connection`:
