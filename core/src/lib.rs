@@ -61,6 +61,7 @@ mod event;
 pub mod media;
 mod participant;
 mod peer;
+pub mod pipeline;
 pub mod session;
 mod shared;
 pub mod signal;
