@@ -56,6 +56,7 @@
 pub mod clock;
 pub mod codec;
 pub mod echo;
+pub mod ice;
 mod error;
 pub mod media;
 mod participant;
