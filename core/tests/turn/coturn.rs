@@ -56,70 +56,79 @@ impl Coturn {
     /// Starts a server with extra command-line arguments
     pub fn start_with(auth: Auth<'_>, extra: &[&str]) -> Self {
         for _attempt in 0..5 {
-            let port = free_udp_port();
-            let dir = std::env::temp_dir().join(format!("meshrtc-coturn-{}-{port}", std::process::id()));
-            std::fs::create_dir_all(&dir).expect("temp dir");
-            let log = std::fs::File::create(dir.join("turnserver.log")).expect("log file");
-            let mut cmd = Command::new("turnserver");
-            cmd.args(["-n", "--no-cli", "--log-file", "stdout", "--simple-log"])
-                .args(["--listening-ip", "127.0.0.1", "--relay-ip", "127.0.0.1"])
-                .args(["--listening-port", &port.to_string()])
-                .args(["--realm", REALM])
-                // UDP only, no TLS/DTLS listeners (no certificates needed), one relay thread.
-                .args(["--no-tcp", "--no-tls", "--no-dtls", "--no-tcp-relay", "-m", "1"])
-                // The tests' peers are on 127.0.0.1: coturn refuses to relay to loopback
-                // peers unless told to (a production server must not).
-                .arg("--allow-loopback-peers")
-                .args(["--userdb", dir.join("turndb").to_str().expect("utf-8 temp dir")])
-                .args(["--pidfile", dir.join("turnserver.pid").to_str().expect("utf-8")])
-                .args(extra)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("log file"))
-                .stderr(log);
-            match auth {
-                Auth::LongTerm { user, password } => {
-                    cmd.args(["--lt-cred-mech", "--user", &format!("{user}:{password}")]);
-                }
-                Auth::Secret(secret) => {
-                    cmd.args(["--use-auth-secret", "--static-auth-secret", secret]);
-                }
-            }
-            let child = cmd.spawn().expect("turnserver starts");
-            let mut server = Self {
-                child,
-                addr: SocketAddr::from(([127, 0, 0, 1], port)),
-                dir,
-            };
-            if server.wait_ready(Duration::from_secs(10)) {
+            let addr = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
+            let mut server = Self::spawn(None, addr, &auth, extra);
+            if stun_ping(addr, Duration::from_secs(10), || server.has_exited()) {
                 return server;
             }
             // The port was taken between probing and binding, or the server died: retry.
-            eprintln!("turnserver on {port} did not answer:\n{}", server.log());
+            eprintln!("turnserver on {addr} did not answer:\n{}", server.log());
         }
         panic!("turnserver did not start");
     }
 
-    fn wait_ready(&mut self, within: Duration) -> bool {
-        let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        sock.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
-        // A bare STUN binding request (RFC 8489): type 0x0001, length 0, cookie, id.
-        let mut req = vec![0, 1, 0, 0, 0x21, 0x12, 0xA4, 0x42];
-        req.extend_from_slice(b"meshrtcready");
-        #[allow(clippy::disallowed_methods)] // reason: waits for a real process
-        let start = Instant::now();
-        let mut buf = [0; 1500];
-        while start.elapsed() < within {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return false;
+    /// Starts a server in a network namespace on `addr` (an address of that namespace);
+    /// `ready` must wait until it answers a STUN binding request there
+    pub fn start_in_netns(
+        netns: &str,
+        addr: SocketAddr,
+        auth: Auth<'_>,
+        ready: impl FnOnce() -> bool,
+    ) -> Self {
+        let server = Self::spawn(Some(netns), addr, &auth, &[]);
+        assert!(ready(), "turnserver in {netns} did not answer:\n{}", server.log());
+        server
+    }
+
+    fn spawn(netns: Option<&str>, addr: SocketAddr, auth: &Auth<'_>, extra: &[&str]) -> Self {
+        let ip = addr.ip().to_string();
+        let port = addr.port();
+        let dir = std::env::temp_dir().join(format!(
+            "meshrtc-coturn-{}-{}-{port}",
+            std::process::id(),
+            netns.unwrap_or("root")
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let log = std::fs::File::create(dir.join("turnserver.log")).expect("log file");
+        let mut cmd = match netns {
+            Some(ns) => {
+                // `ip netns exec` execs turnserver in place: killing the child kills it.
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "turnserver"]);
+                c
             }
-            let _ = sock.send_to(&req, self.addr);
-            if let Ok((n, from)) = sock.recv_from(&mut buf) {
-                if from == self.addr && n >= 20 && buf[0..2] == [1, 1] && buf[8..20] == req[8..20] {
-                    return true;
-                }
+            None => Command::new("turnserver"),
+        };
+        cmd.args(["-n", "--no-cli", "--log-file", "stdout", "--simple-log"])
+            .args(["--listening-ip", &ip, "--relay-ip", &ip])
+            .args(["--listening-port", &port.to_string()])
+            .args(["--realm", REALM])
+            // UDP only, no TLS/DTLS listeners (no certificates needed), one relay thread.
+            .args(["--no-tcp", "--no-tls", "--no-dtls", "--no-tcp-relay", "-m", "1"])
+            // The loopback tests' peers are on 127.0.0.1: coturn refuses to relay to
+            // loopback peers unless told to (a production server must not).
+            .arg("--allow-loopback-peers")
+            // Its user database and pid file stay in the temporary directory.
+            .args(["--userdb", dir.join("turndb").to_str().expect("utf-8 temp dir")])
+            .args(["--pidfile", dir.join("turnserver.pid").to_str().expect("utf-8")])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log);
+        match auth {
+            Auth::LongTerm { user, password } => {
+                cmd.args(["--lt-cred-mech", "--user", &format!("{user}:{password}")]);
+            }
+            Auth::Secret(secret) => {
+                cmd.args(["--use-auth-secret", "--static-auth-secret", secret]);
             }
         }
-        false
+        let child = cmd.spawn().expect("turnserver starts");
+        Self { child, addr, dir }
+    }
+
+    fn has_exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
     }
 
     /// What the server logged so far
@@ -137,6 +146,29 @@ impl Drop for Coturn {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Sends STUN binding requests to `server` until one is answered (true), or `within`
+/// passes or `gave_up` says so (false)
+pub fn stun_ping(server: SocketAddr, within: Duration, mut gave_up: impl FnMut() -> bool) -> bool {
+    let any = SocketAddr::from(([0, 0, 0, 0], 0));
+    let sock = UdpSocket::bind(any).expect("bind");
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    // A bare STUN binding request (RFC 8489): type 0x0001, length 0, cookie, id.
+    let mut req = vec![0, 1, 0, 0, 0x21, 0x12, 0xA4, 0x42];
+    req.extend_from_slice(b"meshrtcready");
+    let start = Instant::now();
+    let mut buf = [0; 1500];
+    while start.elapsed() < within && !gave_up() {
+        let _ = sock.send_to(&req, server);
+        if let Ok((n, from)) = sock.recv_from(&mut buf) {
+            if from == server && n >= 20 && buf[0..2] == [1, 1] && buf[8..20] == req[8..20] {
+                return true;
+            }
+        }
+    }
+    false
 }
 
 /// A UDP port that was free a moment ago
