@@ -31,6 +31,7 @@ impl H {
             loopback: LoopbackPolicy::Include,
             timing: fast_timing(),
             seed: 7,
+            channels: true,
         });
         g.add_local_address(addr("127.0.0.1:5000"));
         g.add_local_address(addr("192.0.2.10:5000"));
@@ -874,4 +875,31 @@ fn candidate_types_for_stats() {
         CandidateType::of_remote(addr("10.0.0.1:3"), &remote).to_string(),
         "prflx"
     );
+}
+
+#[test]
+fn without_channels_data_goes_as_send_indications() {
+    let mut h = H::new(IceTransportPolicy::All);
+    h.g.config.channels = false;
+    // Same set-up as `allocated`, condensed.
+    h.g.add_server(h.now, ResolvedServer::turn(addr(TURN), "user", "pass"))
+        .unwrap();
+    let d = h.one_sent();
+    h.from_server(addr(TURN), &challenge(&parse(&d), "n1"));
+    let d = h.one_sent();
+    let resp = reply(&parse(&d), Class::Success, true, |b| {
+        b.xor_addr(attr::XOR_RELAYED_ADDRESS, addr(RELAYED));
+    });
+    h.from_server(addr(TURN), &resp);
+    assert_eq!(h.g.wrap(h.now, addr(RELAYED), addr(PEER), b"a"), Wrap::Queued);
+    let d = h.one_sent();
+    assert_eq!(parse(&d).method, method::CREATE_PERMISSION);
+    h.from_server(addr(TURN), &ok(&parse(&d)));
+    assert_eq!(parse(&h.one_sent()).method, method::SEND);
+    let Wrap::Send(d) = h.g.wrap(h.now, addr(RELAYED), addr(PEER), b"b") else {
+        panic!()
+    };
+    // 20 (header) + 12 (XOR-PEER-ADDRESS, IPv4) + 4 (DATA header) + 1 + 3 (padding)
+    assert_eq!(d.contents.len(), 40);
+    assert!(h.sent().is_empty());
 }

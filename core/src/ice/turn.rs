@@ -182,9 +182,10 @@ pub(crate) struct TurnClient {
     pending: Vec<Pending>,
     stale_nonces: u32,
     timing: RetransmitTiming,
+    use_channels: bool,
     rng: fastrand::Rng,
     pub(crate) events: VecDeque<TurnEvent>,
-    /// Datagrams dropped while waiting for a permission
+    /// Queued datagrams discarded (their permission was refused, or the allocation ended)
     pub(crate) dropped: u64,
 }
 
@@ -196,6 +197,7 @@ impl TurnClient {
         local: SocketAddr,
         creds: TurnCredentials,
         timing: RetransmitTiming,
+        use_channels: bool,
         seed: u64,
         out: &mut VecDeque<Datagram>,
     ) -> Self {
@@ -213,6 +215,7 @@ impl TurnClient {
             pending: Vec::new(),
             stale_nonces: 0,
             timing,
+            use_channels,
             rng: fastrand::Rng::with_seed(seed),
             events: VecDeque::new(),
             dropped: 0,
@@ -603,7 +606,7 @@ impl TurnClient {
         }
         // The channel: bound → ChannelData; otherwise (re)start binding when allowed.
         let mut bind = None;
-        let room = self.channels.len() < MAX_PEERS;
+        let room = self.use_channels && self.channels.len() < MAX_PEERS;
         match self.channels.get_mut(&peer) {
             Some(c) if c.grant.is_active() => {
                 c.used = true;
@@ -644,7 +647,6 @@ impl TurnClient {
                     .is_some_and(|c| c.grant == Grant::Pending);
                 if !channel_pending {
                     if !g.may_request(now) {
-                        self.dropped += 1;
                         return Sent::Dropped(DropReason::PermissionRefused);
                     }
                     self.permissions.insert(
@@ -666,7 +668,6 @@ impl TurnClient {
                 {
                     // No channel is coming (limit reached or refused): ask for a permission.
                     if self.permissions.len() >= MAX_PEERS {
-                        self.dropped += 1;
                         return Sent::Dropped(DropReason::TooManyPeers);
                     }
                     self.permissions.insert(
@@ -681,12 +682,10 @@ impl TurnClient {
             }
         }
         if !self.queues.contains_key(&peer) && self.queues.len() >= MAX_PEERS {
-            self.dropped += 1;
             return Sent::Dropped(DropReason::TooManyPeers);
         }
         let q = self.queues.entry(peer).or_default();
         if q.len() >= MAX_QUEUED {
-            self.dropped += 1;
             return Sent::Dropped(DropReason::QueueFull);
         }
         q.push_back(data.to_vec());
@@ -808,6 +807,20 @@ impl TurnClient {
             self.request(now, Purpose::Refresh(REQUESTED_LIFETIME), out);
         }
         let mut requests = Vec::new();
+        // Refusals are forgotten once they may be retried, so churning peers cannot fill
+        // the maps with them.
+        self.permissions
+            .retain(|_, p| !matches!(p.grant, Grant::Failed { retry_at } if now >= retry_at));
+        let forgotten: Vec<_> = self
+            .channels
+            .iter()
+            .filter(|(_, c)| matches!(c.grant, Grant::Failed { retry_at } if now >= retry_at))
+            .map(|(peer, c)| (*peer, c.number))
+            .collect();
+        for (peer, number) in forgotten {
+            self.channels.remove(&peer);
+            self.by_number.remove(&number);
+        }
         self.permissions.retain(|ip, p| match p.grant {
             Grant::Active {
                 expires,

@@ -52,6 +52,7 @@ impl Node {
             loopback: LoopbackPolicy::Include,
             timing: quick(),
             seed: 1,
+            channels: true,
         });
         g.add_local_address(base);
         let mut n = Self {
