@@ -37,7 +37,8 @@ struct Relay {
 impl Relay {
     fn allocate(server: SocketAddr, channels: bool) -> Self {
         let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        sock.set_read_timeout(Some(Duration::from_millis(20))).expect("timeout");
+        sock.set_read_timeout(Some(Duration::from_millis(20)))
+            .expect("timeout");
         let mut g = Gatherer::new(GatherConfig {
             policy: IceTransportPolicy::Relay,
             loopback: LoopbackPolicy::Include,
@@ -45,8 +46,11 @@ impl Relay {
             ..GatherConfig::default()
         });
         g.add_local_address(sock.local_addr().expect("addr"));
-        g.add_server(Instant::now(), ResolvedServer::turn(server, "bench", "bench"))
-            .expect("server");
+        g.add_server(
+            Instant::now(),
+            ResolvedServer::turn(server, "bench", "bench"),
+        )
+        .expect("server");
         let mut r = Self {
             g,
             sock,
@@ -81,7 +85,8 @@ impl Relay {
         if let Ok((n, from)) = self.sock.recv_from(&mut buf) {
             let local = self.sock.local_addr().expect("addr");
             if let Received::Relayed { .. } =
-                self.g.handle_receive(Instant::now(), from, local, &buf[..n])
+                self.g
+                    .handle_receive(Instant::now(), from, local, &buf[..n])
             {
                 raw = Some(buf[..n].to_vec());
             }
@@ -100,7 +105,10 @@ impl Relay {
         let mut delivered = None;
         while wrapped.is_none() || delivered.is_none() {
             assert!(Instant::now() < end, "relay did not settle");
-            if let Wrap::Send(d) = self.g.wrap(Instant::now(), self.relayed, peer_addr, payload) {
+            if let Wrap::Send(d) = self
+                .g
+                .wrap(Instant::now(), self.relayed, peer_addr, payload)
+            {
                 self.sock.send_to(&d.contents, d.destination).expect("send");
                 wrapped = Some(d.contents);
             }
@@ -116,7 +124,10 @@ impl Relay {
                 delivered = Some(raw);
             }
         }
-        let Wrap::Send(d) = self.g.wrap(Instant::now(), self.relayed, peer_addr, payload) else {
+        let Wrap::Send(d) = self
+            .g
+            .wrap(Instant::now(), self.relayed, peer_addr, payload)
+        else {
             panic!("settled relay sends at once")
         };
         (d.contents, delivered.expect("delivered"))
@@ -158,7 +169,10 @@ fn main() {
         let (chan_out, chan_in) = with_channel.settle(&peer, &payload);
         let (ind_out, ind_in) = without.settle(&peer, &payload);
         assert!((0x40..=0x4F).contains(&chan_out[0]) && (0x40..=0x4F).contains(&chan_in[0]));
-        assert!(ind_out[0] < 4 && ind_in[0] < 4, "Send/Data indications are STUN");
+        assert!(
+            ind_out[0] < 4 && ind_in[0] < 4,
+            "Send/Data indications are STUN"
+        );
 
         let copy = time(|| {
             black_box(black_box(&payload[..]).to_vec());
@@ -171,27 +185,59 @@ fn main() {
         let now = Instant::now();
         let (relayed_c, relayed_i) = (with_channel.relayed, without.relayed);
         let wrap_chan = time(|| {
-            black_box(with_channel.g.wrap(now, relayed_c, peer_addr, black_box(&payload)));
+            black_box(
+                with_channel
+                    .g
+                    .wrap(now, relayed_c, peer_addr, black_box(&payload)),
+            );
         });
         let wrap_ind = time(|| {
-            black_box(without.g.wrap(now, relayed_i, peer_addr, black_box(&payload)));
+            black_box(
+                without
+                    .g
+                    .wrap(now, relayed_i, peer_addr, black_box(&payload)),
+            );
         });
         let unwrap_chan = time(|| {
-            let r = with_channel.g.handle_receive(now, server.addr, local, black_box(&chan_in));
+            let r = with_channel
+                .g
+                .handle_receive(now, server.addr, local, black_box(&chan_in));
             assert!(matches!(r, Received::Relayed { .. }));
         });
         let local_i = without.sock.local_addr().expect("addr");
         let unwrap_ind = time(|| {
-            let r = without.g.handle_receive(now, server.addr, local_i, black_box(&ind_in));
+            let r = without
+                .g
+                .handle_receive(now, server.addr, local_i, black_box(&ind_in));
             assert!(matches!(r, Received::Relayed { .. }));
         });
         let rows = [
             ("out: copy (baseline)", 0, copy, copy),
-            ("out: wrap ChannelData", chan_out.len() - size, wrap_chan, copy),
-            ("out: wrap Send indication", ind_out.len() - size, wrap_ind, copy),
+            (
+                "out: wrap ChannelData",
+                chan_out.len() - size,
+                wrap_chan,
+                copy,
+            ),
+            (
+                "out: wrap Send indication",
+                ind_out.len() - size,
+                wrap_ind,
+                copy,
+            ),
             ("in: direct (baseline)", 0, direct, direct),
-            ("in: unwrap ChannelData", chan_in.len() - size, unwrap_chan, direct),
-            ("in: unwrap Data indication", ind_in.len() - size, unwrap_ind, direct),
+            (
+                "in: unwrap ChannelData",
+                chan_in.len() - size,
+                unwrap_chan,
+                direct,
+            ),
+            (
+                "in: unwrap Data indication",
+                ind_in.len() - size,
+                unwrap_ind,
+                direct,
+            ),
         ];
         for (name, extra, ns, base) in rows {
             println!(

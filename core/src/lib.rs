@@ -56,8 +56,8 @@
 pub mod clock;
 pub mod codec;
 pub mod echo;
-pub mod ice;
 mod error;
+pub mod ice;
 pub mod media;
 mod participant;
 mod peer;

@@ -398,7 +398,10 @@ mod tests {
     #[test]
     fn turn_needs_credentials() {
         let s = IceServer::new("turn:127.0.0.1:3478");
-        assert!(matches!(s.endpoints(), Err(UrlError::MissingCredentials(_))));
+        assert!(matches!(
+            s.endpoints(),
+            Err(UrlError::MissingCredentials(_))
+        ));
         let s = IceServer {
             urls: vec!["stun:127.0.0.1:1".into(), "turn:127.0.0.1:2".into()],
             username: Some("u".into()),
@@ -408,7 +411,10 @@ mod tests {
         assert_eq!(e[0].credentials, None);
         assert_eq!(e[1].credentials.as_ref().unwrap().username, "u");
         let r = e[1].resolved(e[1].url.socket_addr().unwrap());
-        assert_eq!(r, ResolvedServer::turn("127.0.0.1:2".parse().unwrap(), "u", "p"));
+        assert_eq!(
+            r,
+            ResolvedServer::turn("127.0.0.1:2".parse().unwrap(), "u", "p")
+        );
         assert!(!format!("{:?}", e[1]).contains("\"p\""));
     }
 

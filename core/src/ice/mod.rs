@@ -418,9 +418,7 @@ impl Gatherer {
     fn is_offered_host(&self, ip: IpAddr) -> bool {
         let usable = match ip {
             IpAddr::V4(v) => !(v.is_unspecified() || v.is_multicast() || v.is_link_local()),
-            IpAddr::V6(v) => {
-                !(v.is_unspecified() || v.is_multicast() || v.is_unicast_link_local())
-            }
+            IpAddr::V6(v) => !(v.is_unspecified() || v.is_multicast() || v.is_unicast_link_local()),
         };
         usable
             && match self.config.loopback {
@@ -789,10 +787,12 @@ impl Gatherer {
 
     /// The ChannelData channel bound for a peer on a relayed address, if any
     pub fn channel(&self, relayed: SocketAddr, peer: SocketAddr) -> Option<u16> {
-        self.servers.iter().find_map(|s| match (&s.client, &s.relayed) {
-            (Client::Turn(t), Some(c)) if c.addr() == relayed => t.channel_of(peer),
-            _ => None,
-        })
+        self.servers
+            .iter()
+            .find_map(|s| match (&s.client, &s.relayed) {
+                (Client::Turn(t), Some(c)) if c.addr() == relayed => t.channel_of(peer),
+                _ => None,
+            })
     }
 
     /// Turns what server `i` did into events
@@ -817,7 +817,9 @@ impl Gatherer {
                                     self.events.push_back(GatherEvent::ServerFailed {
                                         server,
                                         scheme: Scheme::Turn,
-                                        reason: ServerError::BadResponse("unusable relayed address"),
+                                        reason: ServerError::BadResponse(
+                                            "unusable relayed address",
+                                        ),
                                     });
                                 }
                             }

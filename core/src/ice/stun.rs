@@ -46,7 +46,6 @@ pub(crate) mod attr {
     pub(crate) const XOR_RELAYED_ADDRESS: u16 = 0x0016;
     pub(crate) const REQUESTED_TRANSPORT: u16 = 0x0019;
     pub(crate) const XOR_MAPPED_ADDRESS: u16 = 0x0020;
-    pub(crate) const SOFTWARE: u16 = 0x8022;
     pub(crate) const FINGERPRINT: u16 = 0x8028;
 }
 
@@ -248,9 +247,7 @@ impl<'a> Message<'a> {
 
     /// Checks MESSAGE-INTEGRITY (HMAC-SHA1) against a key; false when absent
     pub(crate) fn verify_integrity(&self, key: &[u8]) -> bool {
-        let Some((_, at, Some(value))) = self
-            .attrs()
-            .find(|a| a.0 == attr::MESSAGE_INTEGRITY)
+        let Some((_, at, Some(value))) = self.attrs().find(|a| a.0 == attr::MESSAGE_INTEGRITY)
         else {
             return false;
         };
@@ -402,7 +399,8 @@ impl Builder {
         }
     }
 
-    /// Appends ERROR-CODE
+    /// Appends ERROR-CODE (the tests' scripted servers answer with it)
+    #[cfg(test)]
     pub(crate) fn error_code(&mut self, code: u16, reason: &str) -> &mut Self {
         let mut v = vec![0, 0, (code / 100) as u8, (code % 100) as u8];
         v.extend_from_slice(reason.as_bytes());
@@ -550,16 +548,19 @@ mod tests {
             .xor_addr(attr::XOR_PEER_ADDRESS, peer)
             .xor_addr(attr::XOR_MAPPED_ADDRESS, mapped)
             .u32(attr::LIFETIME, 600)
-            .attr(attr::SOFTWARE, b"odd")
+            .attr(0x8022, b"odd")
             .integrity(&key)
             .fingerprint()
             .finish();
         let m = Message::parse(&bytes).unwrap();
-        assert_eq!((m.class, m.method, m.tid), (Class::Success, method::ALLOCATE, tid));
+        assert_eq!(
+            (m.class, m.method, m.tid),
+            (Class::Success, method::ALLOCATE, tid)
+        );
         assert_eq!(m.xor_addr(attr::XOR_PEER_ADDRESS), Some(peer));
         assert_eq!(m.xor_addr(attr::XOR_MAPPED_ADDRESS), Some(mapped));
         assert_eq!(m.u32(attr::LIFETIME), Some(600));
-        assert_eq!(m.attr(attr::SOFTWARE), Some(&b"odd"[..]));
+        assert_eq!(m.attr(0x8022), Some(&b"odd"[..]));
         assert!(m.verify_integrity(&key));
         assert!(!m.verify_integrity(&long_term_key("u", "realm", "q")));
 
@@ -618,7 +619,11 @@ mod tests {
             v[4..8].copy_from_slice(&MAGIC.to_be_bytes());
             if let Ok(m) = Message::parse(&v) {
                 let _ = (m.error_code(), m.xor_addr(attr::XOR_MAPPED_ADDRESS));
-                let _ = (m.mapped_addr(), m.u32(attr::LIFETIME), m.verify_integrity(b"k"));
+                let _ = (
+                    m.mapped_addr(),
+                    m.u32(attr::LIFETIME),
+                    m.verify_integrity(b"k"),
+                );
             }
             let _ = parse_channel_data(&v);
         }

@@ -58,7 +58,7 @@ impl H {
         std::iter::from_fn(|| self.g.poll_event()).collect()
     }
 
-    fn from_server(&mut self, server: SocketAddr, bytes: &[u8]) -> Received<'static> {
+    fn server_says(&mut self, server: SocketAddr, bytes: &[u8]) -> Received<'static> {
         // Leak so the borrowed Relayed contents can be inspected freely in tests.
         let bytes: &'static [u8] = Box::leak(bytes.to_vec().into_boxed_slice());
         self.g.handle_receive(self.now, server, self.local, bytes)
@@ -83,10 +83,7 @@ impl H {
         let start = self.now;
         let end = self.now + d;
         let mut out = Vec::new();
-        loop {
-            let Some(t) = self.g.poll_timeout().filter(|t| *t <= end) else {
-                break;
-            };
+        while let Some(t) = self.g.poll_timeout().filter(|t| *t <= end) {
             self.now = self.now.max(t);
             self.g.handle_timeout(self.now);
             for s in self.sent() {
@@ -146,11 +143,18 @@ fn allocated() -> H {
         .unwrap();
     let d = h.one_sent();
     assert_eq!(d.destination, addr(TURN));
-    assert_eq!(d.source, addr("192.0.2.10:5000"), "non-loopback local for a public server");
+    assert_eq!(
+        d.source,
+        addr("192.0.2.10:5000"),
+        "non-loopback local for a public server"
+    );
     let req = parse(&d);
     assert_eq!((req.class, req.method), (Class::Request, method::ALLOCATE));
     assert!(!req.has_integrity());
-    assert_eq!(h.from_server(addr(TURN), &challenge(&req, "n1")), Received::Consumed);
+    assert_eq!(
+        h.server_says(addr(TURN), &challenge(&req, "n1")),
+        Received::Consumed
+    );
     let d = h.one_sent();
     let req = parse(&d);
     assert_eq!(req.attr(attr::USERNAME), Some(&b"user"[..]));
@@ -162,7 +166,7 @@ fn allocated() -> H {
             .xor_addr(attr::XOR_MAPPED_ADDRESS, addr(MAPPED))
             .u32(attr::LIFETIME, 600);
     });
-    assert_eq!(h.from_server(addr(TURN), &resp), Received::Consumed);
+    assert_eq!(h.server_says(addr(TURN), &resp), Received::Consumed);
     let ev = h.events();
     let cands: Vec<_> = ev
         .iter()
@@ -218,7 +222,10 @@ fn host_candidates_follow_the_policies() {
     };
     use IceTransportPolicy::*;
     use LoopbackPolicy::*;
-    assert_eq!(hosts(All, Exclude), ["192.0.2.10:5000", "[2001:db8::1]:5000"]);
+    assert_eq!(
+        hosts(All, Exclude),
+        ["192.0.2.10:5000", "[2001:db8::1]:5000"]
+    );
     assert_eq!(hosts(All, Only), ["127.0.0.1:5000", "[::1]:5000"]);
     assert_eq!(hosts(All, Include).len(), 4);
     assert!(hosts(Relay, Include).is_empty());
@@ -227,7 +234,8 @@ fn host_candidates_follow_the_policies() {
 #[test]
 fn srflx_from_stun_binding() {
     let mut h = H::new(IceTransportPolicy::All);
-    h.g.add_server(h.now, ResolvedServer::stun(addr(STUN))).unwrap();
+    h.g.add_server(h.now, ResolvedServer::stun(addr(STUN)))
+        .unwrap();
     let d = h.one_sent();
     let req = parse(&d);
     assert_eq!((req.class, req.method), (Class::Request, method::BINDING));
@@ -239,7 +247,7 @@ fn srflx_from_stun_binding() {
     let resp = reply(&req, Class::Success, false, |b| {
         b.xor_addr(attr::XOR_MAPPED_ADDRESS, addr(MAPPED));
     });
-    assert_eq!(h.from_server(addr(STUN), &resp), Received::Consumed);
+    assert_eq!(h.server_says(addr(STUN), &resp), Received::Consumed);
     let ev = h.events();
     let GatherEvent::Candidate(c) = &ev[0] else {
         panic!("{ev:?}")
@@ -250,7 +258,7 @@ fn srflx_from_stun_binding() {
     assert_eq!(ev[1], GatherEvent::Complete);
     assert_eq!(h.g.poll_timeout(), None, "nothing left to do");
     // A late duplicate answer is consumed and counted, not re-reported.
-    assert_eq!(h.from_server(addr(STUN), &resp), Received::Consumed);
+    assert_eq!(h.server_says(addr(STUN), &resp), Received::Consumed);
     assert!(h.events().is_empty());
     assert_eq!(h.g.stats().stray, 1);
 }
@@ -258,7 +266,8 @@ fn srflx_from_stun_binding() {
 #[test]
 fn stun_retransmits_with_backoff_then_gives_up() {
     let mut h = H::new(IceTransportPolicy::All);
-    h.g.add_server(h.now, ResolvedServer::stun(addr(STUN))).unwrap();
+    h.g.add_server(h.now, ResolvedServer::stun(addr(STUN)))
+        .unwrap();
     let first = h.one_sent();
     let sent = h.advance_collect(Duration::from_secs(120));
     let at: Vec<u128> = sent.iter().map(|(t, _)| t.as_millis()).collect();
@@ -282,33 +291,43 @@ fn stun_retransmits_with_backoff_then_gives_up() {
 #[test]
 fn stun_garbage_is_reported_once_and_a_good_answer_still_counts() {
     let mut h = H::new(IceTransportPolicy::All);
-    h.g.add_server(h.now, ResolvedServer::stun(addr(STUN))).unwrap();
+    h.g.add_server(h.now, ResolvedServer::stun(addr(STUN)))
+        .unwrap();
     let d = h.one_sent();
     let req = parse(&d);
-    for junk in [&b"hello"[..], &[0; 20], &[0x40, 0, 0, 9, 1], &d.contents[..24]] {
-        assert_eq!(h.from_server(addr(STUN), junk), Received::Consumed);
+    for junk in [
+        &b"hello"[..],
+        &[0; 20],
+        &[0x40, 0, 0, 9, 1],
+        &d.contents[..24],
+    ] {
+        assert_eq!(h.server_says(addr(STUN), junk), Received::Consumed);
     }
     let ev = h.events();
-    assert!(matches!(&ev[..], [GatherEvent::ServerMisbehaved { .. }]), "{ev:?}");
+    assert!(
+        matches!(&ev[..], [GatherEvent::ServerMisbehaved { .. }]),
+        "{ev:?}"
+    );
     assert_eq!(h.g.stats().malformed, 4);
     // A success without a mapped address is garbage too; the request keeps waiting.
     let empty = reply(&req, Class::Success, false, |_| {});
-    h.from_server(addr(STUN), &empty);
+    h.server_says(addr(STUN), &empty);
     assert!(h.events().is_empty());
     assert!(h.g.poll_timeout().is_some());
     let resp = reply(&req, Class::Success, false, |b| {
         b.xor_addr(attr::XOR_MAPPED_ADDRESS, addr(MAPPED));
     });
-    h.from_server(addr(STUN), &resp);
+    h.server_says(addr(STUN), &resp);
     assert!(matches!(h.events()[0], GatherEvent::Candidate(_)));
 }
 
 #[test]
 fn stun_error_and_no_nat() {
     let mut h = H::new(IceTransportPolicy::All);
-    h.g.add_server(h.now, ResolvedServer::stun(addr(STUN))).unwrap();
+    h.g.add_server(h.now, ResolvedServer::stun(addr(STUN)))
+        .unwrap();
     let d = h.one_sent();
-    h.from_server(addr(STUN), &error(&parse(&d), 500, false));
+    h.server_says(addr(STUN), &error(&parse(&d), 500, false));
     assert!(matches!(
         &h.events()[0],
         GatherEvent::ServerFailed {
@@ -323,25 +342,26 @@ fn stun_error_and_no_nat() {
     let resp = reply(&parse(&d), Class::Success, false, |b| {
         b.xor_addr(attr::XOR_MAPPED_ADDRESS, addr("192.0.2.10:5000"));
     });
-    h.from_server(other, &resp);
+    h.server_says(other, &resp);
     assert_eq!(h.events(), [GatherEvent::Complete]);
 }
 
 #[test]
 fn relay_policy_skips_stun_and_hosts() {
     let mut h = H::new(IceTransportPolicy::Relay);
-    h.g.add_server(h.now, ResolvedServer::stun(addr(STUN))).unwrap();
+    h.g.add_server(h.now, ResolvedServer::stun(addr(STUN)))
+        .unwrap();
     assert!(h.sent().is_empty());
     h.g.add_server(h.now, ResolvedServer::turn(addr(TURN), "user", "pass"))
         .unwrap();
     let d = h.one_sent();
-    h.from_server(addr(TURN), &challenge(&parse(&d), "n1"));
+    h.server_says(addr(TURN), &challenge(&parse(&d), "n1"));
     let d = h.one_sent();
     let resp = reply(&parse(&d), Class::Success, true, |b| {
         b.xor_addr(attr::XOR_RELAYED_ADDRESS, addr(RELAYED))
             .xor_addr(attr::XOR_MAPPED_ADDRESS, addr(MAPPED));
     });
-    h.from_server(addr(TURN), &resp);
+    h.server_says(addr(TURN), &resp);
     let ev = h.events();
     assert!(
         matches!(&ev[..], [GatherEvent::Candidate(c), GatherEvent::Complete] if c.kind() == CandidateKind::Relayed),
@@ -362,10 +382,10 @@ fn turn_wrong_credentials_fail_clearly_and_stop() {
     h.g.add_server(h.now, ResolvedServer::turn(addr(TURN), "user", "wrong"))
         .unwrap();
     let d = h.one_sent();
-    h.from_server(addr(TURN), &challenge(&parse(&d), "n1"));
+    h.server_says(addr(TURN), &challenge(&parse(&d), "n1"));
     let d = h.one_sent();
     assert!(!parse(&d).verify_integrity(&key()));
-    h.from_server(addr(TURN), &challenge(&parse(&d), "n2"));
+    h.server_says(addr(TURN), &challenge(&parse(&d), "n2"));
     assert_eq!(
         h.events(),
         [
@@ -398,12 +418,13 @@ fn turn_refusals_are_typed_and_other_servers_carry_on() {
         let mut h = H::new(IceTransportPolicy::All);
         h.g.add_server(h.now, ResolvedServer::turn(addr(TURN), "user", "pass"))
             .unwrap();
-        h.g.add_server(h.now, ResolvedServer::stun(addr(STUN))).unwrap();
+        h.g.add_server(h.now, ResolvedServer::stun(addr(STUN)))
+            .unwrap();
         let sent = h.sent();
         let (turn_req, stun_req) = (parse(&sent[0]), parse(&sent[1]));
-        h.from_server(addr(TURN), &challenge(&turn_req, "n1"));
+        h.server_says(addr(TURN), &challenge(&turn_req, "n1"));
         let d = h.one_sent();
-        h.from_server(addr(TURN), &error(&parse(&d), code, true));
+        h.server_says(addr(TURN), &error(&parse(&d), code, true));
         assert_eq!(
             h.events(),
             [GatherEvent::ServerFailed {
@@ -415,9 +436,12 @@ fn turn_refusals_are_typed_and_other_servers_carry_on() {
         let resp = reply(&stun_req, Class::Success, false, |b| {
             b.xor_addr(attr::XOR_MAPPED_ADDRESS, addr(MAPPED));
         });
-        h.from_server(addr(STUN), &resp);
+        h.server_says(addr(STUN), &resp);
         let ev = h.events();
-        assert!(matches!(&ev[..], [GatherEvent::Candidate(_), GatherEvent::Complete]), "{ev:?}");
+        assert!(
+            matches!(&ev[..], [GatherEvent::Candidate(_), GatherEvent::Complete]),
+            "{ev:?}"
+        );
     }
 }
 
@@ -427,7 +451,7 @@ fn turn_stale_nonce_is_retried_with_the_new_nonce_a_few_times() {
     h.g.add_server(h.now, ResolvedServer::turn(addr(TURN), "user", "pass"))
         .unwrap();
     let d = h.one_sent();
-    h.from_server(addr(TURN), &challenge(&parse(&d), "n1"));
+    h.server_says(addr(TURN), &challenge(&parse(&d), "n1"));
     for i in 2..=4 {
         let d = h.one_sent();
         let stale = reply(&parse(&d), Class::Error, false, |b| {
@@ -435,7 +459,7 @@ fn turn_stale_nonce_is_retried_with_the_new_nonce_a_few_times() {
                 .attr(attr::REALM, REALM.as_bytes())
                 .attr(attr::NONCE, format!("n{i}").as_bytes());
         });
-        h.from_server(addr(TURN), &stale);
+        h.server_says(addr(TURN), &stale);
         assert!(h.events().is_empty());
     }
     let d = h.one_sent();
@@ -445,7 +469,7 @@ fn turn_stale_nonce_is_retried_with_the_new_nonce_a_few_times() {
     let stale = reply(&parse(&d), Class::Error, false, |b| {
         b.error_code(438, "Stale Nonce").attr(attr::NONCE, b"n5");
     });
-    h.from_server(addr(TURN), &stale);
+    h.server_says(addr(TURN), &stale);
     assert!(matches!(
         &h.events()[0],
         GatherEvent::ServerFailed {
@@ -486,14 +510,14 @@ fn turn_refreshes_and_survives_a_stale_nonce_then_loses_a_vanished_server() {
     let stale = reply(&req, Class::Error, false, |b| {
         b.error_code(438, "Stale Nonce").attr(attr::NONCE, b"n9");
     });
-    h.from_server(addr(TURN), &stale);
+    h.server_says(addr(TURN), &stale);
     let d = h.one_sent();
     let req = parse(&d);
     assert_eq!(req.attr(attr::NONCE), Some(&b"n9"[..]));
     let resp = reply(&req, Class::Success, true, |b| {
         b.u32(attr::LIFETIME, 300);
     });
-    h.from_server(addr(TURN), &resp);
+    h.server_says(addr(TURN), &resp);
     // A 300 s lifetime is refreshed 60 s before its end.
     assert_eq!(h.g.poll_timeout(), Some(h.now + Duration::from_secs(240)));
     // Now the server vanishes: the refresh retransmits, then the candidate is lost.
@@ -517,7 +541,7 @@ fn turn_refresh_refused_loses_the_candidate() {
     let mut h = allocated();
     let sent = h.advance_collect(Duration::from_secs(540));
     let req = parse(&sent[0].1);
-    h.from_server(addr(TURN), &error(&req, 437, true));
+    h.server_says(addr(TURN), &error(&req, 437, true));
     assert!(matches!(
         &h.events()[0],
         GatherEvent::CandidateLost {
@@ -529,18 +553,24 @@ fn turn_refresh_refused_loses_the_candidate() {
 
 /// Binds a channel to PEER by sending one datagram; returns the channel number
 fn bind_channel(h: &mut H) -> u16 {
-    assert_eq!(h.g.wrap(h.now, addr(RELAYED), addr(PEER), b"first"), Wrap::Queued);
+    assert_eq!(
+        h.g.wrap(h.now, addr(RELAYED), addr(PEER), b"first"),
+        Wrap::Queued
+    );
     let d = h.one_sent();
     let req = parse(&d);
     assert_eq!(req.method, method::CHANNEL_BIND);
     assert_eq!(req.xor_addr(attr::XOR_PEER_ADDRESS), Some(addr(PEER)));
     let number = (req.u32(attr::CHANNEL_NUMBER).unwrap() >> 16) as u16;
     assert!((0x4000..=0x4FFF).contains(&number));
-    h.from_server(addr(TURN), &ok(&req));
+    h.server_says(addr(TURN), &ok(&req));
     // The queued datagram leaves as ChannelData.
     let d = h.one_sent();
     assert_eq!(d.destination, addr(TURN));
-    assert_eq!(stun::parse_channel_data(&d.contents), Some((number, &b"first"[..])));
+    assert_eq!(
+        stun::parse_channel_data(&d.contents),
+        Some((number, &b"first"[..]))
+    );
     number
 }
 
@@ -560,7 +590,7 @@ fn relayed_data_uses_a_channel_both_ways() {
         Wrap::NotRelayed
     );
     // In: ChannelData and Data indications both unwrap to (peer → relayed).
-    let got = h.from_server(addr(TURN), &stun::channel_data(number, b"pong"));
+    let got = h.server_says(addr(TURN), &stun::channel_data(number, b"pong"));
     assert_eq!(
         got,
         Received::Relayed {
@@ -574,7 +604,7 @@ fn relayed_data_uses_a_channel_both_ways() {
         .attr(attr::DATA, b"pong2")
         .finish();
     assert_eq!(
-        h.from_server(addr(TURN), &ind),
+        h.server_says(addr(TURN), &ind),
         Received::Relayed {
             source: addr(PEER),
             destination: addr(RELAYED),
@@ -583,7 +613,7 @@ fn relayed_data_uses_a_channel_both_ways() {
     );
     // An unknown channel is consumed, not passed on.
     assert_eq!(
-        h.from_server(addr(TURN), &stun::channel_data(0x4FFE, b"?")),
+        h.server_says(addr(TURN), &stun::channel_data(0x4FFE, b"?")),
         Received::Consumed
     );
     assert_eq!(h.g.stats().relayed_in, 2);
@@ -592,15 +622,24 @@ fn relayed_data_uses_a_channel_both_ways() {
 #[test]
 fn refused_channel_falls_back_to_permission_and_send_indications() {
     let mut h = allocated();
-    assert_eq!(h.g.wrap(h.now, addr(RELAYED), addr(PEER), b"a"), Wrap::Queued);
-    assert_eq!(h.g.wrap(h.now, addr(RELAYED), addr(PEER), b"b"), Wrap::Queued);
+    assert_eq!(
+        h.g.wrap(h.now, addr(RELAYED), addr(PEER), b"a"),
+        Wrap::Queued
+    );
+    assert_eq!(
+        h.g.wrap(h.now, addr(RELAYED), addr(PEER), b"b"),
+        Wrap::Queued
+    );
     let d = h.one_sent();
-    h.from_server(addr(TURN), &error(&parse(&d), 400, true));
+    h.server_says(addr(TURN), &error(&parse(&d), 400, true));
     let d = h.one_sent();
     let req = parse(&d);
     assert_eq!(req.method, method::CREATE_PERMISSION);
-    assert_eq!(req.xor_addr(attr::XOR_PEER_ADDRESS).map(|a| a.ip()), Some(addr(PEER).ip()));
-    h.from_server(addr(TURN), &ok(&req));
+    assert_eq!(
+        req.xor_addr(attr::XOR_PEER_ADDRESS).map(|a| a.ip()),
+        Some(addr(PEER).ip())
+    );
+    h.server_says(addr(TURN), &ok(&req));
     let out = h.sent();
     assert_eq!(out.len(), 2);
     for (d, want) in out.iter().zip([b"a", b"b"]) {
@@ -613,7 +652,10 @@ fn refused_channel_falls_back_to_permission_and_send_indications() {
         panic!()
     };
     assert_eq!(parse(&d).method, method::SEND);
-    assert!(h.sent().is_empty(), "no new channel bind before the retry time");
+    assert!(
+        h.sent().is_empty(),
+        "no new channel bind before the retry time"
+    );
 }
 
 #[test]
@@ -621,9 +663,9 @@ fn refused_permission_is_not_asked_again_for_30_s() {
     let mut h = allocated();
     h.g.wrap(h.now, addr(RELAYED), addr(PEER), b"a");
     let d = h.one_sent();
-    h.from_server(addr(TURN), &error(&parse(&d), 403, true));
+    h.server_says(addr(TURN), &error(&parse(&d), 403, true));
     let d = h.one_sent();
-    h.from_server(addr(TURN), &error(&parse(&d), 403, true));
+    h.server_says(addr(TURN), &error(&parse(&d), 403, true));
     assert!(h.sent().is_empty());
     for _ in 0..100 {
         assert_eq!(
@@ -634,7 +676,10 @@ fn refused_permission_is_not_asked_again_for_30_s() {
     assert!(h.sent().is_empty(), "no request per packet");
     assert_eq!(h.g.stats().relayed_dropped, 101);
     h.advance(Duration::from_secs(31));
-    assert_eq!(h.g.wrap(h.now, addr(RELAYED), addr(PEER), b"x"), Wrap::Queued);
+    assert_eq!(
+        h.g.wrap(h.now, addr(RELAYED), addr(PEER), b"x"),
+        Wrap::Queued
+    );
     let d = h.one_sent();
     assert_eq!(parse(&d).method, method::CHANNEL_BIND);
 }
@@ -653,7 +698,12 @@ fn queue_for_a_pending_permission_is_bounded() {
     assert_eq!(h.sent().len(), 1, "one channel bind");
     // Too many peers are refused too, without a request per peer beyond the limit.
     for port in 0..200u16 {
-        h.g.wrap(h.now, addr(RELAYED), SocketAddr::new(addr(PEER).ip(), 1000 + port), b"x");
+        h.g.wrap(
+            h.now,
+            addr(RELAYED),
+            SocketAddr::new(addr(PEER).ip(), 1000 + port),
+            b"x",
+        );
     }
     assert!(h.sent().len() <= turn::MAX_PEERS);
 }
@@ -683,14 +733,14 @@ fn permissions_and_channels_are_refreshed_while_used_and_expire_when_not() {
     // Unused from now on: the refreshes covering the last use still happen once, then only
     // the allocation is refreshed, and the channel expires.
     let requests = run_answering(&mut h, start, 1800, false);
-    let late: Vec<_> = requests
-        .iter()
-        .filter(|r| r.1 != method::REFRESH)
-        .collect();
+    let late: Vec<_> = requests.iter().filter(|r| r.1 != method::REFRESH).collect();
     assert_eq!(
         late,
         // 780 = 540 + 240: the channel bind at 540 s refreshed the permission too.
-        [&(780, method::CREATE_PERMISSION), &(1080, method::CHANNEL_BIND)],
+        [
+            &(780, method::CREATE_PERMISSION),
+            &(1080, method::CHANNEL_BIND)
+        ],
         "{requests:?}"
     );
     assert_eq!(h.g.channel(addr(RELAYED), addr(PEER)), None);
@@ -711,7 +761,7 @@ fn run_answering(h: &mut H, start: Instant, secs: u64, use_it: bool) -> Vec<(u64
             for d in h.sent() {
                 let m = parse(&d);
                 requests.push(((h.now - start).as_secs(), m.method));
-                h.from_server(addr(TURN), &ok(&m));
+                h.server_says(addr(TURN), &ok(&m));
             }
         }
         h.now = end;
@@ -729,7 +779,7 @@ fn close_releases_the_allocation() {
     assert_eq!(req.u32(attr::LIFETIME), Some(0));
     assert!(req.verify_integrity(&key()));
     assert!(!h.g.is_closed());
-    h.from_server(addr(TURN), &ok(&req));
+    h.server_says(addr(TURN), &ok(&req));
     assert!(h.g.is_closed());
     assert_eq!(h.events(), [GatherEvent::Closed]);
     assert_eq!(h.g.poll_timeout(), None);
@@ -770,13 +820,16 @@ fn forged_success_without_integrity_is_ignored() {
     h.g.add_server(h.now, ResolvedServer::turn(addr(TURN), "user", "pass"))
         .unwrap();
     let d = h.one_sent();
-    h.from_server(addr(TURN), &challenge(&parse(&d), "n1"));
+    h.server_says(addr(TURN), &challenge(&parse(&d), "n1"));
     let d = h.one_sent();
     let forged = reply(&parse(&d), Class::Success, false, |b| {
         b.xor_addr(attr::XOR_RELAYED_ADDRESS, addr("6.6.6.6:6666"));
     });
-    assert_eq!(h.from_server(addr(TURN), &forged), Received::Consumed);
-    assert!(matches!(&h.events()[..], [GatherEvent::ServerMisbehaved { .. }]));
+    assert_eq!(h.server_says(addr(TURN), &forged), Received::Consumed);
+    assert!(matches!(
+        &h.events()[..],
+        [GatherEvent::ServerMisbehaved { .. }]
+    ));
     assert!(!h.g.is_relayed(addr("6.6.6.6:6666")));
 }
 
@@ -795,7 +848,8 @@ fn random_garbage_from_servers_in_every_state_never_panics_or_floods() {
         if round % 4 == 0 {
             bind_channel(&mut h);
         }
-        h.g.add_server(h.now, ResolvedServer::stun(addr(STUN))).unwrap();
+        h.g.add_server(h.now, ResolvedServer::stun(addr(STUN)))
+            .unwrap();
         h.sent();
         for _ in 0..500 {
             let len = rng.usize(0..200);
@@ -806,7 +860,7 @@ fn random_garbage_from_servers_in_every_state_never_panics_or_floods() {
                 v[4..8].copy_from_slice(&stun::MAGIC.to_be_bytes());
             }
             let from = if rng.bool() { addr(TURN) } else { addr(STUN) };
-            let r = h.from_server(from, &v);
+            let r = h.server_says(from, &v);
             assert!(!matches!(r, Received::Passthrough));
         }
         // Garbage causes no datagrams of its own.
@@ -827,7 +881,8 @@ fn ipv6_turn_and_mapped_clients() {
     g.add_local_address(addr("[2001:db8::10]:5000"));
     let now = Instant::now();
     let server = addr("[2001:db8::1]:3478");
-    g.add_server(now, ResolvedServer::turn(server, "user", "pass")).unwrap();
+    g.add_server(now, ResolvedServer::turn(server, "user", "pass"))
+        .unwrap();
     let _host = g.poll_event();
     let d = g.poll_transmit().unwrap();
     assert_eq!(d.source, addr("[2001:db8::10]:5000"));
@@ -866,7 +921,10 @@ fn candidate_types_for_stats() {
         Candidate::host(addr("192.0.2.1:1"), "udp").unwrap(),
         Candidate::relayed(addr("198.51.100.1:2"), addr("192.0.2.1:1"), "udp").unwrap(),
     ];
-    assert_eq!(CandidateType::of_remote(addr("192.0.2.1:1"), &remote), CandidateType::Host);
+    assert_eq!(
+        CandidateType::of_remote(addr("192.0.2.1:1"), &remote),
+        CandidateType::Host
+    );
     assert_eq!(
         CandidateType::of_remote(addr("198.51.100.1:2"), &remote).as_str(),
         "relay"
@@ -885,16 +943,19 @@ fn without_channels_data_goes_as_send_indications() {
     h.g.add_server(h.now, ResolvedServer::turn(addr(TURN), "user", "pass"))
         .unwrap();
     let d = h.one_sent();
-    h.from_server(addr(TURN), &challenge(&parse(&d), "n1"));
+    h.server_says(addr(TURN), &challenge(&parse(&d), "n1"));
     let d = h.one_sent();
     let resp = reply(&parse(&d), Class::Success, true, |b| {
         b.xor_addr(attr::XOR_RELAYED_ADDRESS, addr(RELAYED));
     });
-    h.from_server(addr(TURN), &resp);
-    assert_eq!(h.g.wrap(h.now, addr(RELAYED), addr(PEER), b"a"), Wrap::Queued);
+    h.server_says(addr(TURN), &resp);
+    assert_eq!(
+        h.g.wrap(h.now, addr(RELAYED), addr(PEER), b"a"),
+        Wrap::Queued
+    );
     let d = h.one_sent();
     assert_eq!(parse(&d).method, method::CREATE_PERMISSION);
-    h.from_server(addr(TURN), &ok(&parse(&d)));
+    h.server_says(addr(TURN), &ok(&parse(&d)));
     assert_eq!(parse(&h.one_sent()).method, method::SEND);
     let Wrap::Send(d) = h.g.wrap(h.now, addr(RELAYED), addr(PEER), b"b") else {
         panic!()

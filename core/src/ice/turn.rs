@@ -191,6 +191,7 @@ pub(crate) struct TurnClient {
 
 impl TurnClient {
     /// Starts allocating: the first Allocate request goes to `out`
+    #[allow(clippy::too_many_arguments)] // reason: one private constructor, called once
     pub(crate) fn new(
         now: Instant,
         server: SocketAddr,
@@ -298,10 +299,9 @@ impl TurnClient {
         out: &mut VecDeque<Datagram>,
     ) -> Handled<'a> {
         if msg.class == Class::Indication && msg.method == method::DATA {
-            let (Some(peer), Some(data)) = (
-                msg.xor_addr(attr::XOR_PEER_ADDRESS),
-                msg.attr(attr::DATA),
-            ) else {
+            let (Some(peer), Some(data)) =
+                (msg.xor_addr(attr::XOR_PEER_ADDRESS), msg.attr(attr::DATA))
+            else {
                 return Handled::Malformed("data indication without peer or data");
             };
             if self.relayed().is_none() {
@@ -334,7 +334,12 @@ impl TurnClient {
             return self.on_success(now, p.purpose, msg, out);
         }
         let Some((code, reason)) = msg.error_code() else {
-            self.on_failure(now, p.purpose, ServerError::BadResponse("error without code"), out);
+            self.on_failure(
+                now,
+                p.purpose,
+                ServerError::BadResponse("error without code"),
+                out,
+            );
             return Handled::Malformed("error response without ERROR-CODE");
         };
         match code {
@@ -350,7 +355,8 @@ impl TurnClient {
                     return Handled::Consumed;
                 };
                 let realm_str = String::from_utf8_lossy(realm);
-                let key = stun::long_term_key(&self.creds.username, &realm_str, &self.creds.password);
+                let key =
+                    stun::long_term_key(&self.creds.username, &realm_str, &self.creds.password);
                 self.auth = Some(Auth {
                     realm: realm.to_vec(),
                     nonce: nonce.to_vec(),
@@ -399,7 +405,9 @@ impl TurnClient {
         match purpose {
             Purpose::Allocate => {
                 let Some(relayed) = msg.xor_addr(attr::XOR_RELAYED_ADDRESS) else {
-                    self.fail(ServerError::BadResponse("allocation without relayed address"));
+                    self.fail(ServerError::BadResponse(
+                        "allocation without relayed address",
+                    ));
                     return Handled::Malformed("allocate success without XOR-RELAYED-ADDRESS");
                 };
                 let lifetime = msg.u32(attr::LIFETIME).unwrap_or(REQUESTED_LIFETIME);
@@ -512,7 +520,11 @@ impl TurnClient {
                         },
                     );
                     self.request(now, Purpose::Permission(ip), out);
-                } else if self.permissions.get(&ip).is_some_and(|p| p.grant.is_active()) {
+                } else if self
+                    .permissions
+                    .get(&ip)
+                    .is_some_and(|p| p.grant.is_active())
+                {
                     self.flush(ip, out);
                 }
             }
@@ -546,7 +558,10 @@ impl TurnClient {
 
     /// Sends queued datagrams of every peer on `ip` that now has a way out
     fn flush(&mut self, ip: IpAddr, out: &mut VecDeque<Datagram>) {
-        let permitted = self.permissions.get(&ip).is_some_and(|p| p.grant.is_active());
+        let permitted = self
+            .permissions
+            .get(&ip)
+            .is_some_and(|p| p.grant.is_active());
         let peers = peers_on(&self.queues, ip);
         for peer in peers {
             let channel = self
@@ -874,12 +889,6 @@ impl TurnClient {
         for purpose in requests {
             self.request(now, purpose, out);
         }
-    }
-
-    /// Number of requests in flight (tests)
-    #[cfg(test)]
-    pub(crate) fn in_flight(&self) -> usize {
-        self.pending.len()
     }
 }
 

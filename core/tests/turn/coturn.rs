@@ -76,7 +76,11 @@ impl Coturn {
         ready: impl FnOnce() -> bool,
     ) -> Self {
         let server = Self::spawn(Some(netns), addr, &auth, &[]);
-        assert!(ready(), "turnserver in {netns} did not answer:\n{}", server.log());
+        assert!(
+            ready(),
+            "turnserver in {netns} did not answer:\n{}",
+            server.log()
+        );
         server
     }
 
@@ -104,13 +108,26 @@ impl Coturn {
             .args(["--listening-port", &port.to_string()])
             .args(["--realm", REALM])
             // UDP only, no TLS/DTLS listeners (no certificates needed), one relay thread.
-            .args(["--no-tcp", "--no-tls", "--no-dtls", "--no-tcp-relay", "-m", "1"])
+            .args([
+                "--no-tcp",
+                "--no-tls",
+                "--no-dtls",
+                "--no-tcp-relay",
+                "-m",
+                "1",
+            ])
             // The loopback tests' peers are on 127.0.0.1: coturn refuses to relay to
             // loopback peers unless told to (a production server must not).
             .arg("--allow-loopback-peers")
             // Its user database and pid file stay in the temporary directory.
-            .args(["--userdb", dir.join("turndb").to_str().expect("utf-8 temp dir")])
-            .args(["--pidfile", dir.join("turnserver.pid").to_str().expect("utf-8")])
+            .args([
+                "--userdb",
+                dir.join("turndb").to_str().expect("utf-8 temp dir"),
+            ])
+            .args([
+                "--pidfile",
+                dir.join("turnserver.pid").to_str().expect("utf-8"),
+            ])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))

@@ -87,7 +87,10 @@ impl Node {
         let mut buf = [0u8; 2048];
         if let Ok((n, from)) = self.sock.recv_from(&mut buf) {
             let local = self.sock.local_addr().expect("addr");
-            match self.g.handle_receive(Instant::now(), from, local, &buf[..n]) {
+            match self
+                .g
+                .handle_receive(Instant::now(), from, local, &buf[..n])
+            {
                 Received::Passthrough => self.direct.push((from, buf[..n].to_vec())),
                 Received::Consumed => {}
                 Received::Relayed {
@@ -173,7 +176,8 @@ fn srflx_from_coturn_stun() {
     // On loopback there is no NAT: the mapped address is the socket's own, so no srflx
     // candidate is offered (it would duplicate the host candidate).
     let mut n = Node::new(IceTransportPolicy::All);
-    n.g.add_server(Instant::now(), ResolvedServer::stun(server.addr)).unwrap();
+    n.g.add_server(Instant::now(), ResolvedServer::stun(server.addr))
+        .unwrap();
     n.flush();
     n.run_until(Duration::from_secs(5), Node::complete);
     assert!(n.failures().is_empty(), "{:?}", n.events);
@@ -184,7 +188,8 @@ fn srflx_from_coturn_stun() {
     let real = sock.local_addr().unwrap();
     let base = SocketAddr::new([127, 0, 0, 2].into(), real.port());
     let mut n = Node::with_socket(sock, base, IceTransportPolicy::All);
-    n.g.add_server(Instant::now(), ResolvedServer::stun(server.addr)).unwrap();
+    n.g.add_server(Instant::now(), ResolvedServer::stun(server.addr))
+        .unwrap();
     n.flush();
     n.run_until(Duration::from_secs(5), Node::complete);
     assert_eq!(n.candidates(CandidateKind::ServerReflexive), [real]);
@@ -206,10 +211,18 @@ fn turn_allocation_with_long_term_credentials_and_release() {
     assert_eq!(relayed.ip(), server.addr.ip());
     assert_ne!(relayed.port(), server.addr.port());
     // Relay policy: the relayed candidate is the only one.
-    assert_eq!(n.events.iter().filter(|e| matches!(e, GatherEvent::Candidate(_))).count(), 1);
+    assert_eq!(
+        n.events
+            .iter()
+            .filter(|e| matches!(e, GatherEvent::Candidate(_)))
+            .count(),
+        1
+    );
     n.g.close(Instant::now());
     n.flush();
-    n.run_until(Duration::from_secs(5), |n| n.events.contains(&GatherEvent::Closed));
+    n.run_until(Duration::from_secs(5), |n| {
+        n.events.contains(&GatherEvent::Closed)
+    });
     assert!(n.g.is_closed());
     // coturn saw the release (its verbose log names each request).
     let log = server.log();
@@ -224,7 +237,10 @@ fn turn_allocation_with_rest_credentials() {
     }
     let secret = "mint-me-credentials";
     let server = Coturn::start(Auth::Secret(secret));
-    let unix = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let good = turn_rest_credentials(secret.as_bytes(), unix + 3600, "alice");
     let mut n = Node::new(IceTransportPolicy::All);
     n.g.add_server(
@@ -273,11 +289,15 @@ fn wrong_credentials_are_a_clear_error_and_other_servers_carry_on() {
         ResolvedServer::turn(server.addr, "alice", "wrong"),
     )
     .unwrap();
-    n.g.add_server(Instant::now(), ResolvedServer::stun(server.addr)).unwrap();
+    n.g.add_server(Instant::now(), ResolvedServer::stun(server.addr))
+        .unwrap();
     n.flush();
     let start = Instant::now();
     n.run_until(Duration::from_secs(5), Node::complete);
-    assert!(start.elapsed() < Duration::from_secs(1), "refused at once, not timed out");
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "refused at once, not timed out"
+    );
     assert_eq!(
         n.failures(),
         [&GatherEvent::ServerFailed {

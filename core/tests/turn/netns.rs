@@ -56,7 +56,9 @@ impl Nat {
                 std::env::var_os("CI").is_none(),
                 "netns-nat.sh failed (root, iproute2 and iptables needed): {why}"
             );
-            eprintln!("skipped: cannot build network namespaces (needs root, iproute2, iptables): {why}");
+            eprintln!(
+                "skipped: cannot build network namespaces (needs root, iproute2, iptables): {why}"
+            );
             return None;
         }
         Some(nat)
@@ -183,12 +185,24 @@ fn behind_nats(symmetric: bool) {
             p.line() == "PONG"
         },
     );
-    let mut a = Probe::spawn(&nat.ns("lan1"), "gather", &[("MESHRTC_PROBE_LOCAL", "10.0.1.2")]);
-    let mut b = Probe::spawn(&nat.ns("lan2"), "gather", &[("MESHRTC_PROBE_LOCAL", "10.0.2.2")]);
+    let mut a = Probe::spawn(
+        &nat.ns("lan1"),
+        "gather",
+        &[("MESHRTC_PROBE_LOCAL", "10.0.1.2")],
+    );
+    let mut b = Probe::spawn(
+        &nat.ns("lan2"),
+        "gather",
+        &[("MESHRTC_PROBE_LOCAL", "10.0.2.2")],
+    );
     let (ca, cb) = (a.candidates(), b.candidates());
 
     // The server-reflexive address is the NAT's public address, not the LAN's.
-    let (host_a, srflx_a, relay_a) = (addr_of(&ca, "host"), addr_of(&ca, "srflx"), addr_of(&ca, "relay"));
+    let (host_a, srflx_a, relay_a) = (
+        addr_of(&ca, "host"),
+        addr_of(&ca, "srflx"),
+        addr_of(&ca, "relay"),
+    );
     let (srflx_b, relay_b) = (addr_of(&cb, "srflx"), addr_of(&cb, "relay"));
     assert_eq!(host_a.ip().to_string(), "10.0.1.2");
     assert_eq!(srflx_a.ip().to_string(), "198.51.100.11");
@@ -234,7 +248,10 @@ fn probe() {
     };
     match role.as_str() {
         "ping" => {
-            let server = std::env::var("MESHRTC_PROBE_SERVER").unwrap().parse().unwrap();
+            let server = std::env::var("MESHRTC_PROBE_SERVER")
+                .unwrap()
+                .parse()
+                .unwrap();
             let ok = coturn::stun_ping(server, Duration::from_secs(10), || false);
             println!("@{}", if ok { "PONG" } else { "NO PONG" });
         }
@@ -244,14 +261,21 @@ fn probe() {
 }
 
 fn gather_probe() {
-    let local: std::net::IpAddr = std::env::var("MESHRTC_PROBE_LOCAL").unwrap().parse().unwrap();
+    let local: std::net::IpAddr = std::env::var("MESHRTC_PROBE_LOCAL")
+        .unwrap()
+        .parse()
+        .unwrap();
     let sock = UdpSocket::bind(SocketAddr::new(local, 0)).expect("bind in the lan");
     let base = sock.local_addr().unwrap();
     let mut n = Node::with_socket(sock, base, IceTransportPolicy::All);
     let server: SocketAddr = PUBLIC.parse().unwrap();
-    n.g.add_server(Instant::now(), ResolvedServer::stun(server)).unwrap();
-    n.g.add_server(Instant::now(), ResolvedServer::turn(server, "alice", "s3cret"))
+    n.g.add_server(Instant::now(), ResolvedServer::stun(server))
         .unwrap();
+    n.g.add_server(
+        Instant::now(),
+        ResolvedServer::turn(server, "alice", "s3cret"),
+    )
+    .unwrap();
     n.flush();
     n.run_until(Duration::from_secs(10), Node::complete);
     for e in &n.events {
@@ -294,7 +318,10 @@ fn gather_probe() {
 }
 
 /// Sends every 20 ms for 3 s; keeps going 0.5 s after the first receipt so the peer hears us
-fn exchange(n: &mut Node, mut send_and_check: impl FnMut(&mut Node) -> Option<SocketAddr>) -> Option<SocketAddr> {
+fn exchange(
+    n: &mut Node,
+    mut send_and_check: impl FnMut(&mut Node) -> Option<SocketAddr>,
+) -> Option<SocketAddr> {
     let end = Instant::now() + Duration::from_secs(3);
     let mut got: Option<(SocketAddr, Instant)> = None;
     while Instant::now() < end {
