@@ -361,7 +361,7 @@ pub struct Gatherer {
     config: GatherConfig,
     rng: fastrand::Rng,
     locals: Vec<SocketAddr>,
-    candidates: Vec<(CandidateType, SocketAddr)>,
+    candidates: Vec<Candidate>,
     servers: Vec<Server>,
     transmits: VecDeque<Datagram>,
     events: VecDeque<GatherEvent>,
@@ -404,7 +404,7 @@ impl Gatherer {
         }
         match Candidate::host(addr, "udp") {
             Ok(c) => {
-                self.candidates.push((CandidateType::Host, addr));
+                self.candidates.push(c.clone());
                 self.events.push_back(GatherEvent::Candidate(c));
                 true
             }
@@ -684,8 +684,13 @@ impl Gatherer {
         }
         self.candidates
             .iter()
-            .find(|c| c.1 == addr)
-            .map_or(CandidateType::Host, |c| c.0)
+            .find(|c| c.addr() == addr)
+            .map_or(CandidateType::Host, |c| c.kind().into())
+    }
+
+    /// Every local candidate found so far and still usable (for an `Rtc` created later)
+    pub fn candidates(&self) -> impl Iterator<Item = &Candidate> + '_ {
+        self.candidates.iter()
     }
 
     /// The next datagram to send
@@ -809,7 +814,7 @@ impl Gatherer {
                             match Candidate::relayed(relayed, local, "udp") {
                                 Ok(c) => {
                                     self.servers[i].relayed = Some(c.clone());
-                                    self.candidates.push((CandidateType::Relay, relayed));
+                                    self.candidates.push(c.clone());
                                     self.events.push_back(GatherEvent::Candidate(c));
                                 }
                                 Err(e) => {
@@ -836,6 +841,7 @@ impl Gatherer {
                         }
                         TurnEvent::Lost(reason) => {
                             if let Some(candidate) = self.servers[i].relayed.take() {
+                                self.candidates.retain(|c| *c != candidate);
                                 self.events.push_back(GatherEvent::CandidateLost {
                                     candidate,
                                     server,
@@ -844,7 +850,9 @@ impl Gatherer {
                             }
                         }
                         TurnEvent::Released => {
-                            self.servers[i].relayed = None;
+                            if let Some(candidate) = self.servers[i].relayed.take() {
+                                self.candidates.retain(|c| *c != candidate);
+                            }
                         }
                     }
                 }
@@ -858,7 +866,7 @@ impl Gatherer {
         let mapped = canonical(mapped);
         if self.config.policy == IceTransportPolicy::Relay
             || mapped == base
-            || self.candidates.iter().any(|c| c.1 == mapped)
+            || self.candidates.iter().any(|c| c.addr() == mapped)
         {
             // No NAT, or already known: nothing new to offer.
             return;
@@ -866,7 +874,7 @@ impl Gatherer {
         match Candidate::server_reflexive(mapped, base, "udp") {
             Ok(c) => {
                 info!(%mapped, %base, "ice: server-reflexive candidate");
-                self.candidates.push((CandidateType::Srflx, mapped));
+                self.candidates.push(c.clone());
                 self.events.push_back(GatherEvent::Candidate(c));
             }
             Err(e) => debug!(%mapped, %e, "ice: server-reflexive address unusable"),

@@ -187,6 +187,8 @@ fn allocated() -> H {
     assert_eq!(h.g.local_type(addr(RELAYED)), CandidateType::Relay);
     assert_eq!(h.g.local_type(addr(MAPPED)), CandidateType::Srflx);
     assert_eq!(h.g.local_type(addr("127.0.0.1:5000")), CandidateType::Host);
+    // Host (2), relay and srflx, for an Rtc created later.
+    assert_eq!(h.g.candidates().count(), 4);
     h
 }
 
@@ -529,6 +531,7 @@ fn turn_refreshes_and_survives_a_stale_nonce_then_loses_a_vanished_server() {
         "{ev:?}"
     );
     assert!(!h.g.is_relayed(addr(RELAYED)));
+    assert!(h.g.candidates().all(|c| c.addr() != addr(RELAYED)));
     assert_eq!(
         h.g.wrap(h.now, addr(RELAYED), addr(PEER), b"x"),
         Wrap::NotRelayed
