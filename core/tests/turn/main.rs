@@ -425,3 +425,139 @@ fn stale_nonces_from_coturn_are_renewed() {
     let log = server.log();
     assert!(log.contains("438"), "coturn sent no stale nonce:\n{log}");
 }
+
+/// Two raw str0m `Rtc`s with relay-only candidates connect through coturn and exchange
+/// data-channel messages: the gatherer's pattern of use, as a `Participant` will follow it
+/// (wrap every transmit from a relayed source, hand unwrapped datagrams to str0m, name the
+/// selected pair's types from str0m's stats)
+#[test]
+fn str0m_peers_connect_through_coturn_relays_only() {
+    use std::sync::Arc;
+    use str0m::channel::ChannelId;
+    use str0m::net::{Protocol, Receive};
+    use str0m::{Event, Input, Output, Rtc};
+
+    if !coturn::available() {
+        return;
+    }
+    let server = Coturn::start(lt());
+    let mut nodes = [
+        Node::new(IceTransportPolicy::Relay),
+        Node::new(IceTransportPolicy::Relay),
+    ];
+    for n in &mut nodes {
+        n.g.add_server(Instant::now(), turn(&server)).unwrap();
+        n.flush();
+        n.run_until(Duration::from_secs(5), Node::complete);
+    }
+    let relays = [nodes[0].relay_addr(), nodes[1].relay_addr()];
+    let crypto = Arc::new(str0m::crypto::from_feature_flags());
+    let start = Instant::now();
+    let mut rtcs: Vec<Rtc> = (0..2)
+        .map(|_| {
+            Rtc::builder()
+                .set_crypto_provider(crypto.clone())
+                .set_stats_interval(Some(Duration::from_millis(200)))
+                .build(start)
+        })
+        .collect();
+    for (rtc, n) in rtcs.iter_mut().zip(&nodes) {
+        for c in n.g.candidates() {
+            rtc.add_local_candidate(c.clone());
+        }
+    }
+    let mut change = rtcs[0].sdp_api();
+    change.add_channel("relay".into());
+    let (offer, pending) = change.apply().unwrap();
+    let answer = rtcs[1].sdp_api().accept_offer(offer).unwrap();
+    rtcs[0].sdp_api().accept_answer(pending, answer).unwrap();
+
+    let mut open: [Option<ChannelId>; 2] = [None, None];
+    let mut got: [Vec<Vec<u8>>; 2] = [vec![], vec![]];
+    let mut pairs = [None, None];
+    let mut deadlines = [start, start];
+    let end = Instant::now() + Duration::from_secs(15);
+    let mut buf = [0u8; 2048];
+    while got[0].is_empty() || got[1].is_empty() || pairs.iter().any(Option::is_none) {
+        assert!(Instant::now() < end, "no connection: {open:?} {got:?}");
+        for i in 0..2 {
+            let (rtc, n) = (&mut rtcs[i], &mut nodes[i]);
+            // Drain str0m: every transmit leaves through the relay.
+            loop {
+                match rtc.poll_output().unwrap() {
+                    Output::Timeout(t) => {
+                        deadlines[i] = t;
+                        break;
+                    }
+                    Output::Transmit(t) => {
+                        assert!(n.g.is_relayed(t.source), "relay policy: {t:?}");
+                        if let Wrap::Send(d) =
+                            n.g.wrap(Instant::now(), t.source, t.destination, &t.contents)
+                        {
+                            n.sock.send_to(&d.contents, d.destination).unwrap();
+                        }
+                        n.flush();
+                    }
+                    Output::Event(Event::ChannelOpen(id, _)) => open[i] = Some(id),
+                    Output::Event(Event::ChannelData(d)) => got[i].push(d.data),
+                    Output::Event(Event::PeerStats(s)) => {
+                        if let Some(p) = s.selected_candidate_pair {
+                            pairs[i] = Some((p.local.addr, p.remote.addr));
+                        }
+                    }
+                    Output::Event(_) => {}
+                }
+            }
+            if let Some(id) = open[i] {
+                if got[1 - i].is_empty() {
+                    if let Some(mut ch) = rtc.channel(id) {
+                        let _ = ch.write(true, format!("hello from {i}").as_bytes());
+                    }
+                }
+            }
+            // One datagram (or a short wait), fed through the gatherer first.
+            n.sock
+                .set_read_timeout(Some(Duration::from_millis(2)))
+                .unwrap();
+            let now = Instant::now();
+            if let Ok((len, from)) = n.sock.recv_from(&mut buf) {
+                let local = n.sock.local_addr().unwrap();
+                let (source, destination, contents) =
+                    match n.g.handle_receive(now, from, local, &buf[..len]) {
+                        Received::Relayed {
+                            source,
+                            destination,
+                            contents,
+                        } => (source, destination, contents),
+                        Received::Passthrough => (from, local, &buf[..len]),
+                        Received::Consumed => (from, local, &[][..]),
+                    };
+                if !contents.is_empty() {
+                    let r = Receive::new(Protocol::Udp, source, destination, contents).unwrap();
+                    let input = Input::Receive(now, r);
+                    assert!(rtc.accepts(&input));
+                    rtc.handle_input(input).unwrap();
+                }
+            }
+            n.g.handle_timeout(now);
+            n.flush();
+            if now >= deadlines[i] {
+                rtc.handle_input(Input::Timeout(now)).unwrap();
+            }
+        }
+    }
+    assert_eq!(got[1][0], b"hello from 0");
+    assert_eq!(got[0][0], b"hello from 1");
+    // The selected pair, as cli.md's candidate_pair names it: relay on both sides.
+    for i in 0..2 {
+        let (local, remote) = pairs[i].unwrap();
+        assert_eq!(local, relays[i]);
+        assert_eq!(remote, relays[1 - i]);
+        assert_eq!(nodes[i].g.local_type(local), CandidateType::Relay);
+        let signaled: Vec<_> = nodes[1 - i].g.candidates().cloned().collect();
+        assert_eq!(
+            CandidateType::of_remote(remote, &signaled),
+            CandidateType::Relay
+        );
+    }
+}
