@@ -50,6 +50,14 @@ up() {
   ns pub ip link add br0 type bridge
   ns pub ip addr add 198.51.100.1/24 dev br0
   ns pub ip link set br0 up
+  # Like any host on the internet, the public one has a default route: packets to
+  # addresses nobody routes (a peer's private candidates) vanish silently (into a dummy
+  # veth whose other end answers no ARP) instead of failing at once with "network
+  # unreachable" — which makes coturn stop relaying for the whole allocation.
+  ip link add sink netns "$prefix-pub" type veth peer name sink-end netns "$prefix-pub"
+  ns pub ip link set sink up
+  ns pub ip link set sink-end up
+  ns pub ip route add default dev sink
   for i in 1 2; do
     # WAN side: natN:wan <-> pub:natN (on the bridge). Created directly in the namespaces,
     # so the names never meet in the root namespace.

@@ -426,138 +426,197 @@ fn stale_nonces_from_coturn_are_renewed() {
     assert!(log.contains("438"), "coturn sent no stale nonce:\n{log}");
 }
 
+/// A str0m `Rtc` on a [`Node`]: the gatherer's pattern of use, as a `Participant` will
+/// follow it — every transmit from a relayed source is wrapped, every datagram goes through
+/// `handle_receive` first, and the selected pair comes from str0m's stats
+struct Peer {
+    rtc: str0m::Rtc,
+    node: Node,
+    open: Option<str0m::channel::ChannelId>,
+    got: Vec<Vec<u8>>,
+    first_got: Option<Instant>,
+    last_write: Option<Instant>,
+    /// The selected pair (local, remote) from str0m's stats
+    pair: Option<(SocketAddr, SocketAddr)>,
+    deadline: Instant,
+    pending: Option<str0m::change::SdpPendingOffer>,
+}
+
+impl Peer {
+    /// An `Rtc` with the node's candidates (gathering is done: no trickling needed)
+    fn new(node: Node) -> Self {
+        let now = Instant::now();
+        let mut rtc = str0m::Rtc::builder()
+            .set_crypto_provider(std::sync::Arc::new(str0m::crypto::from_feature_flags()))
+            .set_stats_interval(Some(Duration::from_millis(200)))
+            .build(now);
+        for c in node.g.candidates() {
+            rtc.add_local_candidate(c.clone());
+        }
+        Self {
+            rtc,
+            node,
+            open: None,
+            got: Vec::new(),
+            first_got: None,
+            last_write: None,
+            pair: None,
+            deadline: now,
+            pending: None,
+        }
+    }
+
+    fn offer(&mut self) -> str0m::change::SdpOffer {
+        let mut change = self.rtc.sdp_api();
+        change.add_channel("relay".into());
+        let (offer, pending) = change.apply().unwrap();
+        self.pending = Some(pending);
+        offer
+    }
+
+    fn accept(&mut self, answer: str0m::change::SdpAnswer) {
+        let pending = self.pending.take().expect("an offer was made");
+        self.rtc.sdp_api().accept_answer(pending, answer).unwrap();
+    }
+
+    fn done(&self) -> bool {
+        self.pair.is_some()
+            && self
+                .first_got
+                .is_some_and(|t| t.elapsed() > Duration::from_millis(500))
+    }
+
+    /// Drains str0m, greets the peer every 50 ms, takes one datagram, fires deadlines
+    fn step(&mut self, greeting: &[u8]) {
+        use str0m::net::{Protocol, Receive};
+        use str0m::{Event, Input, Output};
+        let n = &mut self.node;
+        loop {
+            match self.rtc.poll_output().unwrap() {
+                Output::Timeout(t) => {
+                    self.deadline = t;
+                    break;
+                }
+                Output::Transmit(t) => {
+                    match n
+                        .g
+                        .wrap(Instant::now(), t.source, t.destination, &t.contents)
+                    {
+                        Wrap::NotRelayed => {
+                            n.sock.send_to(&t.contents, t.destination).unwrap();
+                        }
+                        Wrap::Send(d) => {
+                            n.sock.send_to(&d.contents, d.destination).unwrap();
+                        }
+                        Wrap::Queued | Wrap::Dropped(_) => {}
+                    }
+                    n.flush();
+                }
+                Output::Event(Event::ChannelOpen(id, _)) => self.open = Some(id),
+                Output::Event(Event::ChannelData(d)) => {
+                    self.got.push(d.data);
+                    self.first_got.get_or_insert_with(Instant::now);
+                }
+                Output::Event(Event::PeerStats(s)) => {
+                    if let Some(p) = s.selected_candidate_pair {
+                        self.pair = Some((p.local.addr, p.remote.addr));
+                    }
+                }
+                Output::Event(_) => {}
+            }
+        }
+        if let Some(id) = self.open {
+            let due = self
+                .last_write
+                .is_none_or(|t| t.elapsed() > Duration::from_millis(50));
+            if due {
+                if let Some(mut ch) = self.rtc.channel(id) {
+                    let _ = ch.write(true, greeting);
+                    self.last_write = Some(Instant::now());
+                }
+            }
+        }
+        let mut buf = [0u8; 2048];
+        n.sock
+            .set_read_timeout(Some(Duration::from_millis(2)))
+            .unwrap();
+        let now = Instant::now();
+        if let Ok((len, from)) = n.sock.recv_from(&mut buf) {
+            let local = n.sock.local_addr().unwrap();
+            let (source, destination, contents) =
+                match n.g.handle_receive(now, from, local, &buf[..len]) {
+                    Received::Relayed {
+                        source,
+                        destination,
+                        contents,
+                    } => (source, destination, contents),
+                    Received::Passthrough => (from, local, &buf[..len]),
+                    Received::Consumed => (from, local, &[][..]),
+                };
+            if !contents.is_empty() {
+                if let Ok(r) = Receive::new(Protocol::Udp, source, destination, contents) {
+                    let input = Input::Receive(now, r);
+                    if self.rtc.accepts(&input) {
+                        self.rtc.handle_input(input).unwrap();
+                    }
+                }
+            }
+        }
+        n.g.handle_timeout(now);
+        n.flush();
+        if now >= self.deadline {
+            self.rtc.handle_input(Input::Timeout(now)).unwrap();
+        }
+    }
+
+    /// The selected pair's types, as cli.md's `candidate_pair` names them
+    fn pair_types(&self, remote_signaled: &[str0m::Candidate]) -> (CandidateType, CandidateType) {
+        let (local, remote) = self.pair.expect("a selected pair");
+        (
+            self.node.g.local_type(local),
+            CandidateType::of_remote(remote, remote_signaled),
+        )
+    }
+}
+
 /// Two raw str0m `Rtc`s with relay-only candidates connect through coturn and exchange
-/// data-channel messages: the gatherer's pattern of use, as a `Participant` will follow it
-/// (wrap every transmit from a relayed source, hand unwrapped datagrams to str0m, name the
-/// selected pair's types from str0m's stats)
+/// data-channel messages; the selected pair is named relay/relay
 #[test]
 fn str0m_peers_connect_through_coturn_relays_only() {
-    use std::sync::Arc;
-    use str0m::channel::ChannelId;
-    use str0m::net::{Protocol, Receive};
-    use str0m::{Event, Input, Output, Rtc};
-
     if !coturn::available() {
         return;
     }
     let server = Coturn::start(lt());
-    let mut nodes = [
-        Node::new(IceTransportPolicy::Relay),
-        Node::new(IceTransportPolicy::Relay),
-    ];
-    for n in &mut nodes {
+    let mut peers = [0, 1].map(|_| {
+        let mut n = Node::new(IceTransportPolicy::Relay);
         n.g.add_server(Instant::now(), turn(&server)).unwrap();
         n.flush();
         n.run_until(Duration::from_secs(5), Node::complete);
-    }
-    let relays = [nodes[0].relay_addr(), nodes[1].relay_addr()];
-    let crypto = Arc::new(str0m::crypto::from_feature_flags());
-    let start = Instant::now();
-    let mut rtcs: Vec<Rtc> = (0..2)
-        .map(|_| {
-            Rtc::builder()
-                .set_crypto_provider(crypto.clone())
-                .set_stats_interval(Some(Duration::from_millis(200)))
-                .build(start)
-        })
-        .collect();
-    for (rtc, n) in rtcs.iter_mut().zip(&nodes) {
-        for c in n.g.candidates() {
-            rtc.add_local_candidate(c.clone());
-        }
-    }
-    let mut change = rtcs[0].sdp_api();
-    change.add_channel("relay".into());
-    let (offer, pending) = change.apply().unwrap();
-    let answer = rtcs[1].sdp_api().accept_offer(offer).unwrap();
-    rtcs[0].sdp_api().accept_answer(pending, answer).unwrap();
+        Peer::new(n)
+    });
+    let relays = [peers[0].node.relay_addr(), peers[1].node.relay_addr()];
+    let offer = peers[0].offer();
+    let answer = peers[1].rtc.sdp_api().accept_offer(offer).unwrap();
+    peers[0].accept(answer);
 
-    let mut open: [Option<ChannelId>; 2] = [None, None];
-    let mut got: [Vec<Vec<u8>>; 2] = [vec![], vec![]];
-    let mut pairs = [None, None];
-    let mut deadlines = [start, start];
     let end = Instant::now() + Duration::from_secs(15);
-    let mut buf = [0u8; 2048];
-    while got[0].is_empty() || got[1].is_empty() || pairs.iter().any(Option::is_none) {
-        assert!(Instant::now() < end, "no connection: {open:?} {got:?}");
-        for i in 0..2 {
-            let (rtc, n) = (&mut rtcs[i], &mut nodes[i]);
-            // Drain str0m: every transmit leaves through the relay.
-            loop {
-                match rtc.poll_output().unwrap() {
-                    Output::Timeout(t) => {
-                        deadlines[i] = t;
-                        break;
-                    }
-                    Output::Transmit(t) => {
-                        assert!(n.g.is_relayed(t.source), "relay policy: {t:?}");
-                        if let Wrap::Send(d) =
-                            n.g.wrap(Instant::now(), t.source, t.destination, &t.contents)
-                        {
-                            n.sock.send_to(&d.contents, d.destination).unwrap();
-                        }
-                        n.flush();
-                    }
-                    Output::Event(Event::ChannelOpen(id, _)) => open[i] = Some(id),
-                    Output::Event(Event::ChannelData(d)) => got[i].push(d.data),
-                    Output::Event(Event::PeerStats(s)) => {
-                        if let Some(p) = s.selected_candidate_pair {
-                            pairs[i] = Some((p.local.addr, p.remote.addr));
-                        }
-                    }
-                    Output::Event(_) => {}
-                }
-            }
-            if let Some(id) = open[i] {
-                if got[1 - i].is_empty() {
-                    if let Some(mut ch) = rtc.channel(id) {
-                        let _ = ch.write(true, format!("hello from {i}").as_bytes());
-                    }
-                }
-            }
-            // One datagram (or a short wait), fed through the gatherer first.
-            n.sock
-                .set_read_timeout(Some(Duration::from_millis(2)))
-                .unwrap();
-            let now = Instant::now();
-            if let Ok((len, from)) = n.sock.recv_from(&mut buf) {
-                let local = n.sock.local_addr().unwrap();
-                let (source, destination, contents) =
-                    match n.g.handle_receive(now, from, local, &buf[..len]) {
-                        Received::Relayed {
-                            source,
-                            destination,
-                            contents,
-                        } => (source, destination, contents),
-                        Received::Passthrough => (from, local, &buf[..len]),
-                        Received::Consumed => (from, local, &[][..]),
-                    };
-                if !contents.is_empty() {
-                    let r = Receive::new(Protocol::Udp, source, destination, contents).unwrap();
-                    let input = Input::Receive(now, r);
-                    assert!(rtc.accepts(&input));
-                    rtc.handle_input(input).unwrap();
-                }
-            }
-            n.g.handle_timeout(now);
-            n.flush();
-            if now >= deadlines[i] {
-                rtc.handle_input(Input::Timeout(now)).unwrap();
-            }
-        }
+    while !peers.iter().all(Peer::done) {
+        assert!(
+            Instant::now() < end,
+            "no connection: {:?}",
+            peers.each_ref().map(|p| (p.open, p.got.len()))
+        );
+        peers[0].step(b"hello from 0");
+        peers[1].step(b"hello from 1");
     }
-    assert_eq!(got[1][0], b"hello from 0");
-    assert_eq!(got[0][0], b"hello from 1");
-    // The selected pair, as cli.md's candidate_pair names it: relay on both sides.
+    assert_eq!(peers[1].got[0], b"hello from 0");
+    assert_eq!(peers[0].got[0], b"hello from 1");
     for i in 0..2 {
-        let (local, remote) = pairs[i].unwrap();
-        assert_eq!(local, relays[i]);
-        assert_eq!(remote, relays[1 - i]);
-        assert_eq!(nodes[i].g.local_type(local), CandidateType::Relay);
-        let signaled: Vec<_> = nodes[1 - i].g.candidates().cloned().collect();
+        assert_eq!(peers[i].pair, Some((relays[i], relays[1 - i])));
+        let signaled: Vec<_> = peers[1 - i].node.g.candidates().cloned().collect();
         assert_eq!(
-            CandidateType::of_remote(remote, &signaled),
-            CandidateType::Relay
+            peers[i].pair_types(&signaled),
+            (CandidateType::Relay, CandidateType::Relay)
         );
     }
 }

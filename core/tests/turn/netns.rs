@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use meshrtc::ice::{CandidateType, GatherEvent, IceTransportPolicy, ResolvedServer};
 
 use crate::coturn::{self, Auth, Coturn};
-use crate::Node;
+use crate::{Node, Peer};
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/netns-nat.sh");
 const PUBLIC: &str = "198.51.100.1:3478";
@@ -123,7 +123,7 @@ impl Probe {
 
     fn line(&self) -> String {
         self.lines
-            .recv_timeout(Duration::from_secs(20))
+            .recv_timeout(Duration::from_secs(30))
             .unwrap_or_else(|_| panic!("probe in {} said nothing", self.name))
     }
 
@@ -256,11 +256,13 @@ fn probe() {
             println!("@{}", if ok { "PONG" } else { "NO PONG" });
         }
         "gather" => gather_probe(),
+        "offer" | "answer" => rtc_probe(role == "offer"),
         other => panic!("unknown probe role {other}"),
     }
 }
 
-fn gather_probe() {
+/// Gathers from the public STUN/TURN server inside a LAN namespace; prints the candidates
+fn gather_in_lan() -> Node {
     let local: std::net::IpAddr = std::env::var("MESHRTC_PROBE_LOCAL")
         .unwrap()
         .parse()
@@ -288,6 +290,11 @@ fn gather_probe() {
         }
     }
     println!("@READY");
+    n
+}
+
+fn gather_probe() {
+    let mut n = gather_in_lan();
     let stdin = std::io::stdin();
     for line in stdin.lock().lines().map_while(Result::ok) {
         let (cmd, arg) = line.split_once(' ').unwrap_or((line.as_str(), ""));
@@ -343,5 +350,152 @@ fn report(what: &str, from: Option<SocketAddr>) {
     match from {
         Some(f) => println!("@GOT {what} {f}"),
         None => println!("@NONE {what}"),
+    }
+}
+
+/// A str0m peer in a LAN namespace: offer/answer through the test, then connect with every
+/// candidate (host, srflx, relay) and report the selected pair
+fn rtc_probe(offerer: bool) {
+    use str0m::change::{SdpAnswer, SdpOffer};
+    let mut p = Peer::new(gather_in_lan());
+    let mut stdin = std::io::stdin().lock();
+    let mut read_sdp = || {
+        let mut line = String::new();
+        stdin.read_line(&mut line).unwrap();
+        let json = line.trim().strip_prefix("SDP ").expect("an SDP line");
+        serde_json::from_str::<String>(json).unwrap()
+    };
+    if offerer {
+        let offer = p.offer();
+        println!(
+            "@SDP {}",
+            serde_json::to_string(&offer.to_sdp_string()).unwrap()
+        );
+        let answer = SdpAnswer::from_sdp_string(&read_sdp()).unwrap();
+        p.accept(answer);
+    } else {
+        let offer = SdpOffer::from_sdp_string(&read_sdp()).unwrap();
+        let answer = p.rtc.sdp_api().accept_offer(offer).unwrap();
+        println!(
+            "@SDP {}",
+            serde_json::to_string(&answer.to_sdp_string()).unwrap()
+        );
+    }
+    std::io::stdout().flush().unwrap();
+    let end = Instant::now() + Duration::from_secs(20);
+    while !p.done() && Instant::now() < end {
+        p.step(b"hello");
+    }
+    match p.pair {
+        Some((local, remote)) if !p.got.is_empty() => {
+            let t = p.node.g.local_type(local);
+            println!("@PAIR {t} {local} {remote}");
+        }
+        _ => {
+            eprintln!(
+                "probe: no connection: open {:?}, got {}, pair {:?}, {:?}, events {:?}",
+                p.open,
+                p.got.len(),
+                p.pair,
+                p.node.g.stats(),
+                p.node.events
+            );
+            println!("@NOPAIR");
+        }
+    }
+    std::io::stdout().flush().unwrap();
+    // Keep answering the peer's checks a little while it finishes, then release.
+    let end = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < end {
+        p.step(b"bye");
+    }
+    p.node.g.close(Instant::now());
+    p.node.flush();
+}
+
+/// Two str0m peers behind the NATs connect; returns each one's (local type, local, remote)
+fn connect_str0m(
+    symmetric: bool,
+) -> Option<[(String, SocketAddr, SocketAddr, Vec<(String, SocketAddr)>); 2]> {
+    if !coturn::available() {
+        return None;
+    }
+    let nat = Nat::up(symmetric)?;
+    let pub_ns = nat.ns("pub");
+    let _server = Coturn::start_in_netns(
+        &pub_ns,
+        PUBLIC.parse().unwrap(),
+        Auth::LongTerm {
+            user: "alice",
+            password: "s3cret",
+        },
+        || {
+            let p = Probe::spawn(&pub_ns, "ping", &[("MESHRTC_PROBE_SERVER", PUBLIC)]);
+            p.line() == "PONG"
+        },
+    );
+    let mut a = Probe::spawn(
+        &nat.ns("lan1"),
+        "offer",
+        &[("MESHRTC_PROBE_LOCAL", "10.0.1.2")],
+    );
+    let mut b = Probe::spawn(
+        &nat.ns("lan2"),
+        "answer",
+        &[("MESHRTC_PROBE_LOCAL", "10.0.2.2")],
+    );
+    let (ca, cb) = (a.candidates(), b.candidates());
+    let offer = a.line();
+    b.send(&offer);
+    let answer = b.line();
+    a.send(&answer);
+    let parse = |l: String| {
+        let parts: Vec<_> = l.split(' ').collect();
+        match parts[..] {
+            ["PAIR", t, local, remote] => (
+                t.to_owned(),
+                local.parse().unwrap(),
+                remote.parse().unwrap(),
+            ),
+            _ => panic!("no connection: {l}"),
+        }
+    };
+    let (pa, pb) = (parse(a.line()), parse(b.line()));
+    eprintln!("selected pairs: {pa:?} / {pb:?}");
+    Some([(pa.0, pa.1, pa.2, cb), (pb.0, pb.1, pb.2, ca)])
+}
+
+#[test]
+fn str0m_connects_directly_through_cone_nats() {
+    let Some(pairs) = connect_str0m(false) else {
+        return;
+    };
+    for (i, (local_type, local, remote, remote_cands)) in pairs.iter().enumerate() {
+        // Direct: from our LAN address (str0m sends srflx traffic from its host base) to the
+        // other NAT's public address; coturn (198.51.100.1) is not on the path.
+        assert_eq!(local_type, "host", "{pairs:?}");
+        assert_eq!(local.ip().to_string(), format!("10.0.{}.2", i + 1));
+        assert_eq!(remote.ip().to_string(), format!("198.51.100.1{}", 2 - i));
+        let signaled = remote_cands
+            .iter()
+            .any(|c| c.0 == "srflx" && c.1 == *remote);
+        assert!(
+            signaled,
+            "the peer's srflx candidate is the remote: {pairs:?}"
+        );
+    }
+}
+
+#[test]
+fn str0m_connects_through_turn_behind_symmetric_nats() {
+    let Some(pairs) = connect_str0m(true) else {
+        return;
+    };
+    let relay_ip: std::net::IpAddr = "198.51.100.1".parse().unwrap();
+    for (local_type, _, remote, _) in &pairs {
+        assert!(
+            local_type == "relay" || remote.ip() == relay_ip,
+            "symmetric NATs allow no direct path: {pairs:?}"
+        );
     }
 }
