@@ -413,10 +413,12 @@ fn rtc_probe(offerer: bool) {
     p.node.flush();
 }
 
-/// Two str0m peers behind the NATs connect; returns each one's (local type, local, remote)
-fn connect_str0m(
-    symmetric: bool,
-) -> Option<[(String, SocketAddr, SocketAddr, Vec<(String, SocketAddr)>); 2]> {
+/// One side's selected pair: local type, local address, remote address, and the
+/// candidates the other side signaled
+type Selected = (String, SocketAddr, SocketAddr, Vec<(String, SocketAddr)>);
+
+/// Two str0m peers behind the NATs connect; returns each one's selected pair
+fn connect_str0m(symmetric: bool) -> Option<[Selected; 2]> {
     if !coturn::available() {
         return None;
     }
