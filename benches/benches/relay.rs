@@ -1,7 +1,15 @@
 //! Relayed traffic: extra bytes and CPU per packet of TURN wrapping and unwrapping
 //!
-//! Not a timed test: run it with `cargo bench -p meshrtc-benches --bench relay` and read the
-//! table. It starts a real coturn on 127.0.0.1 (skips with a message without one), makes two
+//! Not a timed test: run it with `cargo bench -p meshrtc-benches --bench relay [connect|packet]`
+//! (none: both) and read the tables.
+//!
+//! `connect`: two str0m `Rtc`s on loopback connect (offer to data channel open on both
+//! sides), 20 runs host-only and 20 runs relay-only through coturn, p50/p95; the relay runs
+//! also show the time to gather their relayed candidates. Same loop, same process, like for
+//! like (the `Peer` harness of the core's TURN tests; the meshrtc `Participant` figure comes
+//! when the gatherer is integrated).
+//!
+//! `packet`: it starts a real coturn on 127.0.0.1 (skips with a message without one), makes two
 //! allocations with `meshrtc::ice::Gatherer` — one that binds channels (ChannelData), one
 //! that does not (Send and Data indications) — and records the datagrams coturn really
 //! delivers. Then, in this thread and without sockets, it times per packet:
@@ -16,6 +24,9 @@
 #[path = "../../core/tests/turn/coturn.rs"]
 #[allow(dead_code)] // reason: shared with the core's TURN tests; not every helper is used here
 mod coturn;
+#[path = "../../core/tests/turn/harness.rs"]
+#[allow(dead_code)] // reason: shared with the core's TURN tests; not every helper is used here
+mod harness;
 
 use std::hint::black_box;
 use std::net::{SocketAddr, UdpSocket};
@@ -154,6 +165,12 @@ fn time(mut f: impl FnMut()) -> f64 {
 }
 
 fn main() {
+    // `cargo bench` passes `--bench`; any other argument picks sections by name.
+    let picked: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let wants = |section: &str| picked.is_empty() || picked.iter().any(|p| p == section);
     if !coturn::available() {
         return;
     }
@@ -161,6 +178,96 @@ fn main() {
         user: "bench",
         password: "bench",
     });
+    if wants("connect") {
+        connect(&server);
+    }
+    if wants("packet") {
+        per_packet(&server);
+    }
+}
+
+/// Offer to channel open on both sides, in milliseconds; and the gathering time
+fn connect_once(relay: Option<&coturn::Coturn>, eager: bool) -> (f64, f64) {
+    let t0 = Instant::now();
+    let mut peers = [0, 1].map(|_| {
+        let mut n = match relay {
+            None => harness::Node::new(IceTransportPolicy::All),
+            Some(server) => {
+                let mut n = harness::Node::new(IceTransportPolicy::Relay);
+                n.g.add_server(
+                    Instant::now(),
+                    ResolvedServer::turn(server.addr, "bench", "bench"),
+                )
+                .expect("server");
+                n
+            }
+        };
+        n.flush();
+        n.run_until(Duration::from_secs(5), harness::Node::complete_or_idle);
+        let mut p = harness::Peer::new(n);
+        p.wait = Duration::from_micros(100);
+        p
+    });
+    let gathered = t0.elapsed();
+    let t1 = Instant::now();
+    let offer = peers[0].offer();
+    if eager {
+        peers[1].learn_remote(&offer.to_sdp_string());
+    }
+    let answer = peers[1].rtc.sdp_api().accept_offer(offer).expect("answer");
+    if eager {
+        peers[0].learn_remote(&answer.to_sdp_string());
+    }
+    peers[0].accept(answer);
+    while peers.iter().any(|p| p.open.is_none()) {
+        assert!(t1.elapsed() < Duration::from_secs(10), "no connection");
+        peers[0].step(b"x");
+        peers[1].step(b"x");
+    }
+    let connected = t1.elapsed();
+    if relay.is_some() {
+        for p in &mut peers {
+            p.node.g.close(Instant::now());
+            p.node.flush();
+        }
+    }
+    (ms(gathered), ms(connected))
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+fn connect(server: &coturn::Coturn) {
+    const RUNS: usize = 20;
+    println!("== connect time on loopback, str0m pair, {RUNS} runs each (ms) ==");
+    println!(
+        "{:<34} {:>8} {:>8} {:>14} {:>14}",
+        "candidates", "p50", "p95", "gather p50", "gather p95"
+    );
+    for (name, relay, eager) in [
+        ("host only", None, true),
+        ("relay only (coturn)", Some(server), true),
+        ("relay only, no early channels", Some(server), false),
+    ] {
+        let (mut gather, mut conn): (Vec<f64>, Vec<f64>) =
+            (0..RUNS).map(|_| connect_once(relay, eager)).unzip();
+        println!(
+            "{name:<34} {:>8.1} {:>8.1} {:>14.2} {:>14.2}",
+            percentile(&mut conn, 0.5),
+            percentile(&mut conn, 0.95),
+            percentile(&mut gather, 0.5),
+            percentile(&mut gather, 0.95)
+        );
+    }
+}
+
+fn per_packet(server: &coturn::Coturn) {
     let peer = UdpSocket::bind("127.0.0.1:0").expect("bind");
     let peer_addr = peer.local_addr().expect("addr");
     let mut with_channel = Relay::allocate(server.addr, true);

@@ -362,6 +362,7 @@ pub struct Gatherer {
     rng: fastrand::Rng,
     locals: Vec<SocketAddr>,
     candidates: Vec<Candidate>,
+    remotes: Vec<SocketAddr>,
     servers: Vec<Server>,
     transmits: VecDeque<Datagram>,
     events: VecDeque<GatherEvent>,
@@ -379,6 +380,7 @@ impl Gatherer {
             config,
             locals: Vec::new(),
             candidates: Vec::new(),
+            remotes: Vec::new(),
             servers: Vec::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -560,7 +562,7 @@ impl Gatherer {
                         }
                         BindingResult::Malformed(why) => self.misbehaved(source, why.to_owned()),
                     }
-                    self.after_server(i);
+                    self.after_server(i, now);
                     return Received::Consumed;
                 }
                 Client::Turn(t) => t.handle_stun(now, &msg, &mut self.transmits),
@@ -570,7 +572,7 @@ impl Gatherer {
                 Handled::Consumed => {}
                 Handled::Malformed(why) => self.misbehaved(source, why.to_owned()),
                 Handled::PeerData(peer, data) => {
-                    self.after_server(i);
+                    self.after_server(i, now);
                     let Some(relayed) = self.servers[i].relayed.as_ref().map(|c| c.addr()) else {
                         return Received::Consumed;
                     };
@@ -582,7 +584,7 @@ impl Gatherer {
                     };
                 }
             }
-            self.after_server(i);
+            self.after_server(i, now);
             return Received::Consumed;
         }
         self.stats.stray += 1;
@@ -665,8 +667,31 @@ impl Gatherer {
                 Wrap::Dropped(reason)
             }
         };
-        self.after_server(i);
+        self.after_server(i, now);
         result
+    }
+
+    /// Prepares the relays for a remote candidate: call for every remote candidate signaled
+    ///
+    /// Binds a channel (and so installs a permission) towards `addr` on every allocation of
+    /// its family — now, or when the allocation is made — before str0m's first check, as
+    /// browsers do. Without it the first checks race the peer's own permission and are lost,
+    /// and ICE waits for str0m's retransmissions (about 2 s more on loopback). Remembers at
+    /// most 64 addresses (the oldest are forgotten).
+    pub fn add_remote_candidate(&mut self, now: Instant, addr: SocketAddr) {
+        let addr = canonical(addr);
+        if self.remotes.contains(&addr) || self.closing {
+            return;
+        }
+        if self.remotes.len() >= turn::MAX_PEERS {
+            self.remotes.remove(0);
+        }
+        self.remotes.push(addr);
+        for s in &mut self.servers {
+            if let (Client::Turn(t), Some(_)) = (&mut s.client, &s.relayed) {
+                t.prepare(now, addr, &mut self.transmits);
+            }
+        }
     }
 
     /// Whether `addr` is one of our relayed addresses (its transmits need [`Self::wrap`])
@@ -741,7 +766,7 @@ impl Gatherer {
                 }
                 Client::Turn(t) => t.handle_timeout(now, &mut self.transmits),
             }
-            self.after_server(i);
+            self.after_server(i, now);
         }
         self.check_complete();
     }
@@ -760,7 +785,7 @@ impl Gatherer {
                 Client::Stun(b) => b.tx = None,
                 Client::Turn(t) => t.release(now, &mut self.transmits),
             }
-            self.after_server(i);
+            self.after_server(i, now);
         }
         self.check_closed();
     }
@@ -801,7 +826,7 @@ impl Gatherer {
     }
 
     /// Turns what server `i` did into events
-    fn after_server(&mut self, i: usize) {
+    fn after_server(&mut self, i: usize, now: Instant) {
         let server = self.servers[i].addr;
         match &mut self.servers[i].client {
             Client::Stun(_) => {}
@@ -816,6 +841,11 @@ impl Gatherer {
                                     self.servers[i].relayed = Some(c.clone());
                                     self.candidates.push(c.clone());
                                     self.events.push_back(GatherEvent::Candidate(c));
+                                    if let Client::Turn(t) = &mut self.servers[i].client {
+                                        for peer in &self.remotes {
+                                            t.prepare(now, *peer, &mut self.transmits);
+                                        }
+                                    }
                                 }
                                 Err(e) => {
                                     warn!(%relayed, %e, "ice: relayed address unusable");

@@ -967,3 +967,37 @@ fn without_channels_data_goes_as_send_indications() {
     assert_eq!(d.contents.len(), 40);
     assert!(h.sent().is_empty());
 }
+
+#[test]
+fn remote_candidates_get_channels_ahead_of_data() {
+    // Known before the allocation exists: bound as soon as it does.
+    let mut h = H::new(IceTransportPolicy::All);
+    h.g.add_remote_candidate(h.now, addr(PEER));
+    h.g.add_remote_candidate(h.now, addr("[2001:db8::9]:1")); // another family: ignored
+    h.g.add_server(h.now, ResolvedServer::turn(addr(TURN), "user", "pass"))
+        .unwrap();
+    let d = h.one_sent();
+    h.server_says(addr(TURN), &challenge(&parse(&d), "n1"));
+    let d = h.one_sent();
+    let resp = reply(&parse(&d), Class::Success, true, |b| {
+        b.xor_addr(attr::XOR_RELAYED_ADDRESS, addr(RELAYED));
+    });
+    h.server_says(addr(TURN), &resp);
+    let d = h.one_sent();
+    let req = parse(&d);
+    assert_eq!(req.method, method::CHANNEL_BIND);
+    assert_eq!(req.xor_addr(attr::XOR_PEER_ADDRESS), Some(addr(PEER)));
+    h.server_says(addr(TURN), &ok(&req));
+    // The first data goes out at once, as ChannelData.
+    let Wrap::Send(d) = h.g.wrap(h.now, addr(RELAYED), addr(PEER), b"check") else {
+        panic!("bound ahead of the data")
+    };
+    assert!(stun::is_channel_data(&d.contents));
+    // Learned after the allocation: bound at once; a repeat changes nothing.
+    let other = addr("203.0.113.50:9");
+    h.g.add_remote_candidate(h.now, other);
+    assert_eq!(parse(&h.one_sent()).method, method::CHANNEL_BIND);
+    h.g.add_remote_candidate(h.now, other);
+    h.g.add_remote_candidate(h.now, addr(PEER));
+    assert!(h.sent().is_empty());
+}

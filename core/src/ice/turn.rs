@@ -718,6 +718,48 @@ impl TurnClient {
         None
     }
 
+    /// Binds a channel (or, without channels, installs a permission) towards a peer ahead
+    /// of any data, unless one exists or the limit is reached
+    pub(crate) fn prepare(&mut self, now: Instant, peer: SocketAddr, out: &mut VecDeque<Datagram>) {
+        let Some(relayed) = self.relayed() else {
+            return;
+        };
+        if peer.is_ipv4() != relayed.is_ipv4() {
+            return;
+        }
+        if self.use_channels {
+            if self.channels.contains_key(&peer) || self.channels.len() >= MAX_PEERS {
+                return;
+            }
+            let Some(number) = self.free_channel() else {
+                return;
+            };
+            self.channels.insert(
+                peer,
+                Channel {
+                    number,
+                    grant: Grant::Pending,
+                    used: false,
+                },
+            );
+            self.by_number.insert(number, peer);
+            self.request(now, Purpose::Bind(peer, number), out);
+        } else {
+            let ip = peer.ip();
+            if self.permissions.contains_key(&ip) || self.permissions.len() >= MAX_PEERS {
+                return;
+            }
+            self.permissions.insert(
+                ip,
+                Permission {
+                    grant: Grant::Pending,
+                    used: false,
+                },
+            );
+            self.request(now, Purpose::Permission(ip), out);
+        }
+    }
+
     /// The peer a ChannelData number belongs to
     pub(crate) fn channel_peer(&mut self, number: u16) -> Option<SocketAddr> {
         self.relayed()?;

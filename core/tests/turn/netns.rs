@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use meshrtc::ice::{CandidateType, GatherEvent, IceTransportPolicy, ResolvedServer};
 
 use crate::coturn::{self, Auth, Coturn};
-use crate::{Node, Peer};
+use crate::harness::{Node, Peer};
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/netns-nat.sh");
 const PUBLIC: &str = "198.51.100.1:3478";
@@ -371,10 +371,14 @@ fn rtc_probe(offerer: bool) {
             "@SDP {}",
             serde_json::to_string(&offer.to_sdp_string()).unwrap()
         );
-        let answer = SdpAnswer::from_sdp_string(&read_sdp()).unwrap();
+        let sdp = read_sdp();
+        p.learn_remote(&sdp);
+        let answer = SdpAnswer::from_sdp_string(&sdp).unwrap();
         p.accept(answer);
     } else {
-        let offer = SdpOffer::from_sdp_string(&read_sdp()).unwrap();
+        let sdp = read_sdp();
+        p.learn_remote(&sdp);
+        let offer = SdpOffer::from_sdp_string(&sdp).unwrap();
         let answer = p.rtc.sdp_api().accept_offer(offer).unwrap();
         println!(
             "@SDP {}",
