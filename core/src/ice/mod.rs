@@ -790,6 +790,13 @@ impl Gatherer {
         self.check_closed();
     }
 
+    /// Whether a server is still being asked for a candidate (when none is, and no server was
+    /// ever added, there is no [`GatherEvent::Complete`] to wait for: the host candidates are
+    /// all there is)
+    pub fn is_gathering(&self) -> bool {
+        self.servers.iter().any(Server::is_gathering)
+    }
+
     /// Whether [`Self::close`] was called and every release is done
     pub fn is_closed(&self) -> bool {
         self.closing

@@ -1001,3 +1001,19 @@ fn remote_candidates_get_channels_ahead_of_data() {
     h.g.add_remote_candidate(h.now, addr(PEER));
     assert!(h.sent().is_empty());
 }
+
+#[test]
+fn gatherer_is_send_and_events_are_small() {
+    fn is_send<T: Send>() {}
+    is_send::<Gatherer>();
+    assert!(
+        size_of::<GatherEvent>() <= 320,
+        "{}",
+        size_of::<GatherEvent>()
+    );
+    let mut h = H::new(IceTransportPolicy::All);
+    assert!(!h.g.is_gathering());
+    h.g.add_server(h.now, ResolvedServer::stun(addr(STUN)))
+        .unwrap();
+    assert!(h.g.is_gathering());
+}
