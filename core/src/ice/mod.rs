@@ -694,6 +694,26 @@ impl Gatherer {
         }
     }
 
+    /// Routes a datagram str0m wants sent: returned unchanged (moved, not copied) when its
+    /// source is not relayed, wrapped for the TURN server when it is; `None` when it is held
+    /// until a permission exists (it will come out of [`Self::poll_transmit`]) or dropped
+    /// (counted in [`GatherStats::relayed_dropped`])
+    pub fn route(&mut self, now: Instant, datagram: Datagram) -> Option<Datagram> {
+        if !self.is_relayed(datagram.source) {
+            return Some(datagram);
+        }
+        match self.wrap(
+            now,
+            datagram.source,
+            datagram.destination,
+            &datagram.contents,
+        ) {
+            Wrap::NotRelayed => Some(datagram),
+            Wrap::Send(d) => Some(d),
+            Wrap::Queued | Wrap::Dropped(_) => None,
+        }
+    }
+
     /// Whether `addr` is one of our relayed addresses (its transmits need [`Self::wrap`])
     pub fn is_relayed(&self, addr: SocketAddr) -> bool {
         self.servers

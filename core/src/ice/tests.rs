@@ -1017,3 +1017,31 @@ fn gatherer_is_send_and_events_are_small() {
         .unwrap();
     assert!(h.g.is_gathering());
 }
+
+#[test]
+fn route_moves_direct_datagrams_and_wraps_relayed_ones() {
+    let mut h = allocated();
+    let direct = Datagram {
+        source: addr("192.0.2.10:5000"),
+        destination: addr(PEER),
+        contents: b"direct".to_vec(),
+    };
+    assert_eq!(h.g.route(h.now, direct.clone()), Some(direct));
+    let relayed = Datagram {
+        source: addr(RELAYED),
+        destination: addr(PEER),
+        contents: b"relayed".to_vec(),
+    };
+    assert_eq!(
+        h.g.route(h.now, relayed.clone()),
+        None,
+        "held for the channel"
+    );
+    let bind = parse(&h.one_sent()).tid;
+    let req = Builder::new(Class::Request, method::CHANNEL_BIND, bind, 0).finish();
+    h.server_says(addr(TURN), &ok(&Message::parse(&req).unwrap()));
+    assert_eq!(h.sent().len(), 1, "the held datagram");
+    let d = h.g.route(h.now, relayed).unwrap();
+    assert_eq!(d.destination, addr(TURN));
+    assert!(stun::is_channel_data(&d.contents));
+}
