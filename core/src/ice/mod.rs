@@ -20,11 +20,17 @@
 //!   resolved STUN/TURN server. A server for which no local address of its family exists
 //!   fails at once ([`ServerError::NoLocalAddress`]).
 //! - Inputs: [`Gatherer::handle_receive`] for **every** datagram read from the socket, before
-//!   str0m sees it; [`Gatherer::wrap`] for every str0m transmit whose source is a relayed
-//!   address ([`Gatherer::is_relayed`]); [`Gatherer::handle_timeout`] when
-//!   [`Gatherer::poll_timeout`] is reached; [`Gatherer::close`] on leave.
+//!   str0m sees it; [`Gatherer::route`] (or [`Gatherer::wrap`]) for every str0m transmit;
+//!   [`Gatherer::add_remote_candidate`] for every remote candidate signaled;
+//!   [`Gatherer::handle_timeout`] when [`Gatherer::poll_timeout`] is reached;
+//!   [`Gatherer::close`] on leave.
 //! - Outputs, after every input: drain [`Gatherer::poll_transmit`] (to the socket) and
 //!   [`Gatherer::poll_event`], then ask [`Gatherer::poll_timeout`].
+//! - Addresses are compared canonically: an IPv4-mapped IPv6 address from a dual-stack
+//!   socket is the IPv4 address. Datagrams leave with plain IPv4 destinations; a driver on a
+//!   dual-stack `[::]` socket maps them back when it sends.
+//!
+//! See `docs/ice.md` for the design and why it does not use `turn-client-proto`.
 //!
 //! Nothing a server sends can panic the gatherer or make it send in a loop: every request
 //! retransmits on RFC 8489's backoff a bounded number of times, malformed answers are counted
