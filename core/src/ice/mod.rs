@@ -462,6 +462,7 @@ impl Gatherer {
         if self.servers.len() >= MAX_SERVERS {
             return Err(GatherError::TooManyServers);
         }
+        self.gathering = true;
         let Some(local) = self.local_for(addr) else {
             self.events.push_back(GatherEvent::ServerFailed {
                 server: addr,

@@ -812,7 +812,7 @@ fn server_without_a_local_address_of_its_family_fails_at_once() {
                 reason: ServerError::NoLocalAddress,
                 ..
             },
-            ..
+            GatherEvent::Complete
         ]
     ));
 }
