@@ -4,8 +4,9 @@
 //! (none: both) and read the tables.
 //!
 //! `connect`: two str0m `Rtc`s on loopback connect (offer to data channel open on both
-//! sides), 20 runs host-only and 20 runs relay-only through coturn, p50/p95; the relay runs
-//! also show the time to gather their relayed candidates. Same loop, same process, like for
+//! sides), 20 runs host-only and 20 runs relay-only through coturn, p50/p95; set-up is the
+//! time before the offer: gathering (the TURN allocation, for relays) and creating the `Rtc`s
+//! (DTLS certificates). Same loop, same process, like for
 //! like (the `Peer` harness of the core's TURN tests; the meshrtc `Participant` figure comes
 //! when the gatherer is integrated).
 //!
@@ -186,7 +187,7 @@ fn main() {
     }
 }
 
-/// Offer to channel open on both sides, in milliseconds; and the gathering time
+/// Set-up (gathering, `Rtc`s) and offer to channel open on both sides, in milliseconds
 fn connect_once(relay: Option<&coturn::Coturn>, eager: bool) -> (f64, f64) {
     let t0 = Instant::now();
     let mut peers = [0, 1].map(|_| {
@@ -248,7 +249,7 @@ fn connect(server: &coturn::Coturn) {
     println!("== connect time on loopback, str0m pair, {RUNS} runs each (ms) ==");
     println!(
         "{:<34} {:>8} {:>8} {:>14} {:>14}",
-        "candidates", "p50", "p95", "gather p50", "gather p95"
+        "candidates", "p50", "p95", "set-up p50", "set-up p95"
     );
     for (name, relay, eager) in [
         ("host only", None, true),
