@@ -58,6 +58,7 @@ pub mod codec;
 mod config;
 mod error;
 mod event;
+pub mod ice;
 pub mod media;
 mod participant;
 mod peer;

@@ -217,7 +217,7 @@ enum Wake {
     Command(Option<Command>),
     Udp(std::io::Result<usize>),
     Signal(SignalEvent),
-    Connected(std::result::Result<SignalClient, String>),
+    Connected(std::result::Result<Box<SignalClient>, String>),
     Timer,
 }
 
@@ -387,7 +387,7 @@ impl Driver {
                     self.session.handle_input(Input::SignalingDown(now, reason));
                 }
                 Wake::Connected(Ok(client)) => {
-                    self.signal = Some(client);
+                    self.signal = Some(*client);
                     self.session.handle_input(Input::SignalingUp(now));
                 }
                 Wake::Connected(Err(reason)) => {
@@ -493,11 +493,11 @@ type Connecting = BoxFuture<'static, std::result::Result<SignalClient, String>>;
 
 async fn connected(
     connecting: &mut Option<Connecting>,
-) -> std::result::Result<SignalClient, String> {
+) -> std::result::Result<Box<SignalClient>, String> {
     let Some(fut) = connecting else {
         return std::future::pending().await;
     };
     let res = fut.await;
     *connecting = None;
-    res
+    res.map(Box::new)
 }

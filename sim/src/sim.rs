@@ -246,7 +246,7 @@ struct Host {
 
 /// What a host runs: a participant that has not joined yet, or its session
 enum Core {
-    Idle(Participant),
+    Idle(Box<Participant>),
     Running(Box<Session>),
 }
 
@@ -448,7 +448,7 @@ impl Sim {
         let local = self.anchor.instant(options.clock.local_ns(self.now));
         let participant = new_participant(&config, self.participant_seed(idx, 0), addr, local);
         self.hosts.push(Host {
-            core: Core::Idle(participant),
+            core: Core::Idle(Box::new(participant)),
             config,
             clock: options.clock,
             addr,
@@ -1084,7 +1084,7 @@ impl Sim {
                 }
                 self.relay.handle_connect(now, conn);
                 self.drain_server();
-                self.feed(idx, |now| Input::SignalingUp(now));
+                self.feed(idx, Input::SignalingUp);
             }
             SignalHop::Closed(conn) => {
                 let Some(idx) = host else {

@@ -28,7 +28,7 @@ struct Node {
 
 /// Work waiting to be carried out
 enum Work {
-    Datagram(usize, crate::Transmit),
+    Datagram(usize, Transmit),
     Frame(usize, ServerFrame),
 }
 
@@ -79,7 +79,7 @@ impl Bench {
             for w in work {
                 match w {
                     Work::Datagram(to, t) => {
-                        let recv = crate::Receive {
+                        let recv = Receive {
                             source: t.source,
                             destination: t.destination,
                             contents: &t.contents,
@@ -436,7 +436,7 @@ fn audio_streams_get_small_slots_announced_before_their_first_chunk() {
         b.add(c);
     }
     b.run_for(Duration::from_secs(3));
-    let mut started = std::collections::BTreeMap::new();
+    let mut started = BTreeMap::new();
     let mut chunks_before_start = 0;
     for e in &b.nodes[0].events {
         match e {
