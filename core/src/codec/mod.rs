@@ -13,7 +13,7 @@
 //! Decoders take bytes from the network, so they never panic on malformed or truncated input:
 //! they return [`CodecError::Decode`] (or `Ok(None)` when the input holds no picture yet).
 //!
-//! [`testsrc`] has deterministic test sources (a 440 Hz tone and a moving test pattern) and the
+//! `testsrc` (public with the `testing` feature) has deterministic test sources (a 440 Hz tone and a moving test pattern) and the
 //! quality metrics used by the tests.
 
 use std::time::Duration;
@@ -23,7 +23,11 @@ use bytes::Bytes;
 mod audio;
 #[cfg(feature = "h264")]
 mod h264;
+#[cfg(feature = "testing")]
 pub mod testsrc;
+#[cfg(not(feature = "testing"))]
+#[allow(dead_code, unreachable_pub)]
+pub(crate) mod testsrc;
 #[cfg(feature = "vpx")]
 mod vpx;
 
