@@ -83,10 +83,12 @@ fn default_signal_latency() -> f64 {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ParticipantSpec {
-    /// Seconds a peer may take to connect before it is failed
+    /// Seconds a peer may take to connect before a full reconnect is tried
     pub connect_timeout_s: Option<f64>,
-    /// Seconds ICE may stay disconnected before the peer is failed
-    pub disconnect_timeout_s: Option<f64>,
+    /// Seconds a broken path waits before the first ICE restart
+    pub restart_grace_s: Option<f64>,
+    /// Seconds ICE restarts may try before a full reconnect
+    pub reconnect_after_s: Option<f64>,
 }
 
 /// One host, or `count` hosts named `name0`, `name1`, …
@@ -609,8 +611,11 @@ impl Scenario {
         if let Some(s) = self.participant.connect_timeout_s {
             participant.connect_timeout = secs(positive("connect_timeout_s", s)?);
         }
-        if let Some(s) = self.participant.disconnect_timeout_s {
-            participant.disconnect_timeout = secs(positive("disconnect_timeout_s", s)?);
+        if let Some(s) = self.participant.restart_grace_s {
+            participant.recovery.restart_grace = secs(positive("restart_grace_s", s)?);
+        }
+        if let Some(s) = self.participant.reconnect_after_s {
+            participant.recovery.reconnect_after = secs(positive("reconnect_after_s", s)?);
         }
         let configs = self.host_configs(&names, &participant)?;
         let mut joins = Vec::new();

@@ -1698,6 +1698,16 @@ fn describe(e: &Event) -> Option<String> {
             M::PeerLeft { peer, reason } => format!("left {peer} {reason:?}"),
             M::PeerFailed { peer, reason } => format!("failed {peer} {reason:?}"),
             M::SignalError { method, error } => format!("signal-error {method} {}", error.code),
+            M::PeerReconnecting { peer, kind } => format!("reconnecting {peer} {kind:?}"),
+            M::PeerReconnected { peer, after, kind } => {
+                format!(
+                    "reconnected {peer} {kind:?} after {:.3}s",
+                    after.as_secs_f64()
+                )
+            }
+            M::DataUndelivered { peer, messages } => {
+                format!("undelivered {peer} {}", messages.len())
+            }
             M::AudioPlayout { .. } | M::VideoFrame { .. } | M::EncodedAudio { .. } => return None,
         },
         _ => return None,
