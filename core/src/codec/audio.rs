@@ -145,6 +145,28 @@ impl OpusConfig {
     }
 }
 
+/// The settings of an [`OpusEncoder`] that may change while it runs
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AudioParams {
+    /// Target bitrate in bit/s, 6 000..=510 000
+    pub bitrate_bps: u32,
+    /// In-band forward error correction (takes effect with `expected_loss_pct > 0`)
+    pub fec: bool,
+    /// Expected packet loss in percent, 0..=100; the more, the more bits go to FEC
+    pub expected_loss_pct: u8,
+}
+
+impl AudioParams {
+    /// The run-time settings of `cfg`
+    pub const fn of(cfg: &OpusConfig) -> Self {
+        Self {
+            bitrate_bps: cfg.bitrate_bps,
+            fec: cfg.fec,
+            expected_loss_pct: cfg.expected_loss_pct,
+        }
+    }
+}
+
 /// An Opus encoder at 48 kHz
 pub struct OpusEncoder {
     inner: imp::Encoder,
@@ -189,9 +211,25 @@ impl OpusEncoder {
         self.frame_samples
     }
 
-    /// The configuration this encoder was created with
+    /// The current configuration: as created, with the changes made since
     pub fn config(&self) -> &OpusConfig {
         &self.cfg
+    }
+
+    /// Changes bitrate, FEC and expected loss, from the next frame on
+    ///
+    /// Out-of-range values give [`CodecError::InvalidConfig`] and change nothing.
+    pub fn set_params(&mut self, params: AudioParams) -> Result<(), CodecError> {
+        let cfg = OpusConfig {
+            bitrate_bps: params.bitrate_bps,
+            fec: params.fec,
+            expected_loss_pct: params.expected_loss_pct,
+            ..self.cfg
+        };
+        cfg.check()?;
+        self.inner.set_params(&cfg)?;
+        self.cfg = cfg;
+        Ok(())
     }
 }
 
@@ -329,15 +367,24 @@ mod imp {
                 1 => (Channels::Mono, Application::Voip),
                 _ => (Channels::Stereo, Application::Audio),
             };
-            let mut enc = opus::Encoder::new(OPUS_RATE, channels, app).map_err(lib)?;
+            let enc = opus::Encoder::new(OPUS_RATE, channels, app).map_err(lib)?;
+            let mut this = Self(enc);
+            this.set_params(cfg)?;
+            this.0.set_dtx(cfg.dtx).map_err(lib)?;
+            Ok(this)
+        }
+
+        /// Applies bitrate, FEC and expected loss (all ctls libopus takes at any time)
+        pub(super) fn set_params(&mut self, cfg: &OpusConfig) -> Result<(), CodecError> {
+            let lib = |e: opus::Error| CodecError::Library(e.to_string());
             // Range-checked by OpusConfig::check, so the casts are lossless.
-            enc.set_bitrate(Bitrate::Bits(cfg.bitrate_bps as i32))
+            self.0
+                .set_bitrate(Bitrate::Bits(cfg.bitrate_bps as i32))
                 .map_err(lib)?;
-            enc.set_inband_fec(cfg.fec).map_err(lib)?;
-            enc.set_packet_loss_perc(i32::from(cfg.expected_loss_pct))
-                .map_err(lib)?;
-            enc.set_dtx(cfg.dtx).map_err(lib)?;
-            Ok(Self(enc))
+            self.0.set_inband_fec(cfg.fec).map_err(lib)?;
+            self.0
+                .set_packet_loss_perc(i32::from(cfg.expected_loss_pct))
+                .map_err(lib)
         }
 
         pub(super) fn encode(&mut self, pcm: &[i16], out: &mut [u8]) -> Result<usize, CodecError> {
@@ -394,6 +441,10 @@ mod imp {
         }
 
         pub(super) fn encode(&mut self, _: &[i16], _: &mut [u8]) -> Result<usize, CodecError> {
+            match *self {}
+        }
+
+        pub(super) fn set_params(&mut self, _: &OpusConfig) -> Result<(), CodecError> {
             match *self {}
         }
     }

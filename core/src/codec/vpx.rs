@@ -27,17 +27,18 @@ use vpx_sys::vp8e_enc_control_id::{
 use vpx_sys::{
     vpx_codec_control_, vpx_codec_ctx_t, vpx_codec_cx_pkt_kind, vpx_codec_dec_cfg_t,
     vpx_codec_dec_init_ver, vpx_codec_decode, vpx_codec_destroy, vpx_codec_enc_cfg_t,
-    vpx_codec_enc_config_default, vpx_codec_enc_init_ver, vpx_codec_encode, vpx_codec_err_t,
-    vpx_codec_error, vpx_codec_error_detail, vpx_codec_get_cx_data, vpx_codec_get_frame,
-    vpx_codec_iface_t, vpx_codec_iter_t, vpx_codec_peek_stream_info, vpx_codec_stream_info_t,
-    vpx_codec_vp8_cx, vpx_codec_vp8_dx, vpx_codec_vp9_cx, vpx_codec_vp9_dx, vpx_enc_pass,
-    vpx_image_t, vpx_img_fmt, vpx_img_wrap, vpx_kf_mode, vpx_rc_mode, VPX_DECODER_ABI_VERSION,
-    VPX_DL_REALTIME, VPX_EFLAG_FORCE_KF, VPX_ENCODER_ABI_VERSION, VPX_FRAME_IS_KEY,
+    vpx_codec_enc_config_default, vpx_codec_enc_config_set, vpx_codec_enc_init_ver,
+    vpx_codec_encode, vpx_codec_err_t, vpx_codec_error, vpx_codec_error_detail,
+    vpx_codec_get_cx_data, vpx_codec_get_frame, vpx_codec_iface_t, vpx_codec_iter_t,
+    vpx_codec_peek_stream_info, vpx_codec_stream_info_t, vpx_codec_vp8_cx, vpx_codec_vp8_dx,
+    vpx_codec_vp9_cx, vpx_codec_vp9_dx, vpx_enc_pass, vpx_image_t, vpx_img_fmt, vpx_img_wrap,
+    vpx_kf_mode, vpx_rc_mode, VPX_DECODER_ABI_VERSION, VPX_DL_REALTIME, VPX_EFLAG_FORCE_KF,
+    VPX_ENCODER_ABI_VERSION, VPX_FRAME_IS_KEY,
 };
 
 use super::{
-    CodecError, EncodedVideo, I420Frame, KeyframeSchedule, VideoCodec, VideoDecoder, VideoEncoder,
-    VideoEncoderConfig, MAX_DECODE_PIXELS,
+    check_rates, check_size, CodecError, EncodedVideo, I420Frame, KeyframeSchedule, VideoCodec,
+    VideoDecoder, VideoEncoder, VideoEncoderConfig, MAX_DECODE_PIXELS,
 };
 
 /// Timebase of the pts we hand libvpx: the 90 kHz RTP video clock
@@ -127,6 +128,8 @@ fn error_string(ctx: &mut vpx_codec_ctx_t, err: vpx_codec_err_t) -> String {
 /// VP8/VP9 encoder
 pub(super) struct Encoder {
     ctx: Context,
+    /// The libvpx configuration in force, changed in place by set_rates and set_size
+    enc: vpx_codec_enc_cfg_t,
     cfg: VideoEncoderConfig,
     keyframes: KeyframeSchedule,
     /// Ticks per frame at the nominal rate
@@ -136,27 +139,13 @@ pub(super) struct Encoder {
 
 // SAFETY: a libvpx encoder context is plain heap state with no thread affinity (no TLS, no
 // thread handles it expects to join from a given thread); we only touch it through
-// `&mut self`, so moving the owner to another thread is sound.
+// `&mut self`, so moving the owner to another thread is sound. `enc` is plain data.
 unsafe impl Send for Encoder {}
 
 impl Encoder {
     pub(super) fn new(cfg: VideoEncoderConfig) -> Result<Self, CodecError> {
-        let vp9 = match cfg.codec {
-            VideoCodec::Vp8 => false,
-            VideoCodec::Vp9 => true,
-            VideoCodec::H264 => {
-                return Err(CodecError::InvalidConfig("libvpx does not do h264".into()))
-            }
-        };
-        // SAFETY: these return pointers to libvpx's static interface tables.
-        let iface: *const vpx_codec_iface_t = unsafe {
-            if vp9 {
-                vpx_codec_vp9_cx()
-            } else {
-                vpx_codec_vp8_cx()
-            }
-        };
-
+        let vp9 = is_vp9(cfg.codec)?;
+        let iface = encoder_iface(vp9);
         let mut enc = MaybeUninit::<vpx_codec_enc_cfg_t>::uninit();
         // SAFETY: `iface` is a valid encoder interface and `enc` points to writable memory
         // of the right type, which the call fills in completely on success.
@@ -167,7 +156,6 @@ impl Encoder {
         // SAFETY: initialised by the successful call above.
         let mut enc = unsafe { enc.assume_init() };
 
-        let kbps = (cfg.bitrate_bps / 1000).max(1);
         enc.g_w = cfg.width;
         enc.g_h = cfg.height;
         enc.g_timebase.num = 1;
@@ -177,7 +165,7 @@ impl Encoder {
         enc.g_pass = vpx_enc_pass::VPX_RC_ONE_PASS;
         enc.g_lag_in_frames = 0;
         enc.rc_end_usage = vpx_rc_mode::VPX_CBR;
-        enc.rc_target_bitrate = kbps;
+        enc.rc_target_bitrate = (cfg.bitrate_bps / 1000).max(1);
         enc.rc_dropframe_thresh = 0;
         enc.rc_resize_allowed = 0;
         enc.rc_min_quantizer = 2;
@@ -198,16 +186,9 @@ impl Encoder {
             unsafe { vpx_codec_enc_init_ver(ctx, iface, &enc, 0, VPX_ENCODER_ABI_VERSION as c_int) }
         })?;
 
-        // Cap keyframe size at a few frames' worth of bits, as libwebrtc does:
-        // optimal buffer (ms) * 0.5 * fps / 10, in percent of the per-frame target.
-        let max_intra_pct = (600 * cfg.fps / 20).max(300) as c_int;
-        ctx.control(VP8E_SET_MAX_INTRA_BITRATE_PCT, max_intra_pct)?;
         ctx.control(VP8E_SET_STATIC_THRESHOLD, 1)?;
         if vp9 {
-            let big = u64::from(cfg.width) * u64::from(cfg.height) >= 1280 * 720;
-            ctx.control(VP8E_SET_CPUUSED, if big { 8 } else { 7 })?;
             ctx.control(VP9E_SET_ROW_MT, 1)?;
-            ctx.control(VP9E_SET_TILE_COLUMNS, c_int::from(cfg.width >= 1280))?;
             // Cyclic refresh: the real-time AQ mode.
             ctx.control(VP9E_SET_AQ_MODE, 3)?;
             ctx.control(VP9E_SET_NOISE_SENSITIVITY, 0)?;
@@ -217,26 +198,61 @@ impl Encoder {
             // One token partition: a single buffer per frame, as the RTP payloader expects.
             ctx.control(VP8E_SET_TOKEN_PARTITIONS, 0)?;
         }
-
-        Ok(Self {
+        let mut this = Self {
             ctx,
-            duration: (TIMEBASE_HZ / u64::from(cfg.fps)).max(1) as c_ulong,
+            enc,
+            duration: nominal_duration(cfg.fps),
             keyframes: KeyframeSchedule::new(&cfg),
             cfg,
             last_pts: None,
-        })
+        };
+        this.size_controls()?;
+        this.rate_controls()?;
+        Ok(this)
     }
 
-    /// `pts` in timebase ticks, strictly increasing as libvpx requires
-    fn ticks(&mut self, pts: Duration) -> i64 {
+    /// Controls that follow the frame size (VP9 speed and tiles)
+    fn size_controls(&mut self) -> Result<(), CodecError> {
+        if self.cfg.codec == VideoCodec::Vp9 {
+            let (w, h) = (self.cfg.width, self.cfg.height);
+            let big = u64::from(w) * u64::from(h) >= 1280 * 720;
+            self.ctx
+                .control(VP8E_SET_CPUUSED, if big { 8 } else { 7 })?;
+            self.ctx
+                .control(VP9E_SET_TILE_COLUMNS, c_int::from(w >= 1280))?;
+        }
+        Ok(())
+    }
+
+    /// Controls that follow the frame rate
+    fn rate_controls(&mut self) -> Result<(), CodecError> {
+        // Cap keyframe size at a few frames' worth of bits, as libwebrtc does:
+        // optimal buffer (ms) * 0.5 * fps / 10, in percent of the per-frame target.
+        let max_intra_pct = (600 * self.cfg.fps / 20).max(300) as c_int;
+        self.ctx
+            .control(VP8E_SET_MAX_INTRA_BITRATE_PCT, max_intra_pct)
+    }
+
+    /// Hands the changed `enc` to libvpx
+    fn apply_config(&mut self) -> Result<(), String> {
+        // SAFETY: initialised encoder context and a complete config, which libvpx copies.
+        let err = unsafe { vpx_codec_enc_config_set(self.ctx.as_mut_ptr(), &self.enc) };
+        self.ctx.check(err, "vpx config set")
+    }
+
+    /// `pts` in timebase ticks, strictly increasing as libvpx requires, and the frame's
+    /// duration: the time since the previous frame (libvpx budgets bits per frame from
+    /// it, so frames dropped upstream leave the next ones more bits), at most a second
+    fn ticks(&mut self, pts: Duration) -> (i64, c_ulong) {
         let ticks = (pts.as_nanos() * u128::from(TIMEBASE_HZ) / 1_000_000_000)
             .min(i64::MAX as u128 / 2) as i64;
-        let ticks = match self.last_pts {
-            Some(last) if ticks <= last => last + 1,
-            _ => ticks,
+        let (ticks, duration) = match self.last_pts {
+            Some(last) if ticks <= last => (last + 1, 1),
+            Some(last) => (ticks, (ticks - last).min(TIMEBASE_HZ as i64) as c_ulong),
+            None => (ticks, self.duration),
         };
         self.last_pts = Some(ticks);
-        ticks
+        (ticks, duration)
     }
 }
 
@@ -248,7 +264,7 @@ impl VideoEncoder for Encoder {
     ) -> Result<Option<EncodedVideo>, CodecError> {
         self.cfg.check_frame(frame)?;
         let force = self.keyframes.is_due(pts);
-        let ticks = self.ticks(pts);
+        let (ticks, duration) = self.ticks(pts);
 
         let (w, h) = (frame.width, frame.height);
         let mut img = MaybeUninit::<vpx_image_t>::uninit();
@@ -289,7 +305,7 @@ impl VideoEncoder for Encoder {
                 self.ctx.as_mut_ptr(),
                 &img,
                 ticks,
-                self.duration,
+                duration,
                 flags,
                 VPX_DL_REALTIME as _,
             )
@@ -340,6 +356,75 @@ impl VideoEncoder for Encoder {
 
     fn config(&self) -> &VideoEncoderConfig {
         &self.cfg
+    }
+
+    fn set_rates(&mut self, bitrate_bps: u32, fps: u32) -> Result<(), CodecError> {
+        check_rates(bitrate_bps, fps)?;
+        let old = self.enc.rc_target_bitrate;
+        self.enc.rc_target_bitrate = (bitrate_bps / 1000).max(1);
+        if let Err(e) = self.apply_config() {
+            self.enc.rc_target_bitrate = old;
+            return Err(CodecError::Library(e));
+        }
+        self.cfg.bitrate_bps = bitrate_bps;
+        if fps != self.cfg.fps {
+            self.cfg.fps = fps;
+            self.duration = nominal_duration(fps);
+            self.keyframes.set_fps(fps);
+            self.rate_controls()?;
+        }
+        Ok(())
+    }
+
+    fn set_size(&mut self, width: u32, height: u32) -> Result<(), CodecError> {
+        check_size(width, height)?;
+        if (width, height) == (self.cfg.width, self.cfg.height) {
+            return Ok(());
+        }
+        let (old_w, old_h) = (self.enc.g_w, self.enc.g_h);
+        self.enc.g_w = width;
+        self.enc.g_h = height;
+        if let Err(e) = self.apply_config() {
+            // E.g. VP8 growing past the size it was created with: start afresh, which
+            // begins with a keyframe.
+            tracing::debug!(error = %e, "{} resize in place refused; new encoder", self.cfg.codec.name());
+            self.enc.g_w = old_w;
+            self.enc.g_h = old_h;
+            let mut cfg = self.cfg;
+            cfg.width = width;
+            cfg.height = height;
+            *self = Self::new(cfg)?;
+            return Ok(());
+        }
+        self.cfg.width = width;
+        self.cfg.height = height;
+        self.size_controls()?;
+        self.keyframes.request();
+        Ok(())
+    }
+}
+
+/// Ticks of the 90 kHz timebase per frame at `fps`
+fn nominal_duration(fps: u32) -> c_ulong {
+    (TIMEBASE_HZ / u64::from(fps.max(1))).max(1) as c_ulong
+}
+
+fn is_vp9(codec: VideoCodec) -> Result<bool, CodecError> {
+    match codec {
+        VideoCodec::Vp8 => Ok(false),
+        VideoCodec::Vp9 => Ok(true),
+        VideoCodec::H264 => Err(CodecError::InvalidConfig("libvpx does not do h264".into())),
+    }
+}
+
+fn encoder_iface(vp9: bool) -> *const vpx_codec_iface_t {
+    // SAFETY: these return pointers to libvpx's static interface tables.
+    unsafe {
+        if vp9 {
+            vpx_codec_vp9_cx()
+        } else {
+            vpx_codec_vp8_cx()
+        }
     }
 }
 
