@@ -189,6 +189,8 @@ pub struct DegradationController {
     busy_until: Option<Instant>,
     last_cpu_drop: Option<Instant>,
     frames_dropped: u64,
+    /// The latest time seen, for re-evaluating when the capture changes
+    last_now: Option<Instant>,
 }
 
 impl DegradationController {
@@ -209,6 +211,7 @@ impl DegradationController {
             busy_until: None,
             last_cpu_drop: None,
             frames_dropped: 0,
+            last_now: None,
         }
     }
 
@@ -224,11 +227,20 @@ impl DegradationController {
         let last = self.levels.len() - 1;
         self.bw_level = self.bw_level.min(last);
         self.cpu_level = self.cpu_level.min(last);
+        if let Some(now) = self.last_now {
+            self.update(now);
+        }
     }
 
     /// Sets the target bitrate at `now`
     pub fn set_target_bitrate(&mut self, now: Instant, bitrate_bps: u32) {
         self.bitrate_bps = Some(bitrate_bps);
+        self.update(now);
+    }
+
+    /// Lets time pass: steps up are taken when their delay is over (call at every frame,
+    /// or at least every few hundred milliseconds)
+    pub fn handle_timeout(&mut self, now: Instant) {
         self.update(now);
     }
 
@@ -312,6 +324,8 @@ impl DegradationController {
 
     /// Re-evaluates the level at `now`
     fn update(&mut self, now: Instant) {
+        let now = self.last_now.map_or(now, |t| t.max(now));
+        self.last_now = Some(now);
         if self.levels.is_empty() {
             return;
         }

@@ -155,19 +155,30 @@ impl VideoEncoder for Encoder {
         cfg.fps = fps;
         if self.initialised {
             // Range-checked above, so the casts are lossless.
-            let mut rate = sys::SBitrateInfo {
-                iLayer: sys::SPATIAL_LAYER_ALL,
+            let rate = |layer| sys::SBitrateInfo {
+                iLayer: layer,
                 iBitrate: bitrate_bps as i32,
             };
             let mut fps_f = fps as f32;
             // SAFETY: ENCODER_OPTION_{MAX_,}BITRATE take an SBitrateInfo and
-            // ENCODER_OPTION_FRAME_RATE a float. The maximum goes first so that a target above
-            // the old maximum is not clamped to it, and again after the target so that a
-            // lower maximum is not refused for being below the old target.
+            // ENCODER_OPTION_FRAME_RATE a float. OpenH264 refuses a layer maximum below the
+            // layer's target, so a raise lifts the maximums (the layer's and the total) to
+            // the new target first; a cut lowers only the target, as libwebrtc does.
             unsafe {
-                self.set_option(sys::ENCODER_OPTION_MAX_BITRATE, &mut rate)?;
-                self.set_option(sys::ENCODER_OPTION_BITRATE, &mut rate)?;
-                self.set_option(sys::ENCODER_OPTION_MAX_BITRATE, &mut rate)?;
+                if bitrate_bps > self.cfg.bitrate_bps {
+                    self.set_option(
+                        sys::ENCODER_OPTION_MAX_BITRATE,
+                        &mut rate(sys::SPATIAL_LAYER_0),
+                    )?;
+                    self.set_option(
+                        sys::ENCODER_OPTION_MAX_BITRATE,
+                        &mut rate(sys::SPATIAL_LAYER_ALL),
+                    )?;
+                }
+                self.set_option(
+                    sys::ENCODER_OPTION_BITRATE,
+                    &mut rate(sys::SPATIAL_LAYER_ALL),
+                )?;
                 self.set_option(sys::ENCODER_OPTION_FRAME_RATE, &mut fps_f)?;
             }
         } else {
