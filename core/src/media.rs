@@ -107,6 +107,8 @@ pub struct VideoStats {
     pub av_offset_ms: Option<f64>,
     /// The codec being received
     pub codec: Option<VideoCodec>,
+    /// Frames dropped unrendered because too many (or too many bytes) were waiting
+    pub frames_dropped_held: u64,
     /// RTCP sender reports received for this stream
     pub sender_reports: u64,
     /// Longest gap between two sender reports (ms)
@@ -621,6 +623,13 @@ struct SenderReport {
     received: Instant,
 }
 
+/// Most decoded (or encoded) video frames held per peer waiting for their render time
+const MAX_HELD_VIDEO_FRAMES: usize = 60;
+
+/// Most bytes of video held per peer waiting for render time: a second of 1080p I420
+/// (3 MB a frame) at 10 fps, or half a second of 720p at 30
+const MAX_HELD_VIDEO_BYTES: usize = 32 << 20;
+
 /// A video frame waiting for its render time
 struct Pending {
     render_at: Instant,
@@ -629,6 +638,16 @@ struct Pending {
     media_ticks: i64,
     keyframe: bool,
     codec: VideoCodec,
+}
+
+impl Pending {
+    /// Bytes of picture (or encoded frame) held
+    fn bytes(&self) -> usize {
+        match &self.payload {
+            VideoPayload::Decoded(f) => f.y.len() + f.u.len() + f.v.len(),
+            VideoPayload::Encoded(e) => e.len(),
+        }
+    }
 }
 
 /// The receive (and send bookkeeping) side of media for one remote peer
@@ -658,6 +677,8 @@ pub(crate) struct PeerMedia {
     waiting_keyframe: bool,
     last_pli: Option<Instant>,
     video_queue: VecDeque<Pending>,
+    /// Bytes held in `video_queue`
+    video_queue_bytes: usize,
     max_video_hold: Duration,
     max_sync_step: f64,
     anchor: Option<(Instant, SystemTime)>,
@@ -701,6 +722,7 @@ impl PeerMedia {
             waiting_keyframe: false,
             last_pli: None,
             video_queue: VecDeque::new(),
+            video_queue_bytes: 0,
             max_video_hold: config.max_video_hold,
             max_sync_step: config.max_sync_step_per_sec.as_secs_f64(),
             anchor,
@@ -848,9 +870,17 @@ impl PeerMedia {
                 keyframe,
                 codec,
             });
-            // Bounded: a stalled audio clock must not hold video forever.
-            while self.video_queue.len() > 60 {
-                self.video_queue.pop_front();
+            // Bounded in frames and bytes: a stalled audio clock must not hold video forever,
+            // and a peer sending large pictures must not hold much memory here.
+            self.video_queue_bytes += self.video_queue.back().map_or(0, Pending::bytes);
+            while self.video_queue.len() > MAX_HELD_VIDEO_FRAMES
+                || self.video_queue_bytes > MAX_HELD_VIDEO_BYTES
+            {
+                let Some(old) = self.video_queue.pop_front() else {
+                    break;
+                };
+                self.video_queue_bytes -= old.bytes();
+                self.video_stats.frames_dropped_held += 1;
             }
         }
     }
@@ -1002,6 +1032,7 @@ impl PeerMedia {
                 .video_queue
                 .remove(i)
                 .expect("found above; panic means bug");
+            self.video_queue_bytes -= p.bytes();
             self.video_stats.frames_rendered += 1;
             if let Some(ideal) = p.ideal {
                 self.video_stats.av_offset_ms = Some(local_secs(now, ideal) * 1000.0);

@@ -18,8 +18,9 @@ use openh264::{OpenH264API, Timestamp};
 use openh264_sys2 as sys;
 
 use super::{
-    check_rates, check_size, CodecError, EncodedVideo, I420Frame, KeyframeSchedule, VideoDecoder,
-    VideoEncoder, VideoEncoderConfig, MAX_DECODE_PIXELS,
+    check_decode_size, check_rates, check_size, headers, CodecError, EncodedVideo, I420Frame,
+    KeyframeSchedule, VideoCodec, VideoDecoder, VideoEncoder, VideoEncoderConfig,
+    MAX_DECODE_PIXELS,
 };
 
 /// H.264 encoder: constrained baseline, one slice per frame, Annex-B output
@@ -229,6 +230,10 @@ impl VideoDecoder for Decoder {
                 data.len()
             )));
         }
+        // Sizes first: OpenH264 allocates for whatever an SPS declares.
+        for size in headers::h264_sps_sizes(data).map_err(CodecError::Decode)? {
+            check_decode_size(VideoCodec::H264, size)?;
+        }
         // The whole access unit in one call: OpenH264 splits the NAL units itself, and a
         // picture made of several slices (as browsers send) is only complete at the end.
         let yuv = match self.inner.decode(data) {
@@ -270,7 +275,6 @@ impl VideoDecoder for Decoder {
 mod tests {
     use super::*;
     use crate::codec::testsrc::TestPattern;
-    use crate::codec::VideoCodec;
 
     /// NAL unit types in an Annex-B buffer
     fn nal_types(data: &[u8]) -> Vec<u8> {

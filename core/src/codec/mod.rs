@@ -25,6 +25,11 @@ mod audio;
 pub mod degrade;
 #[cfg(feature = "h264")]
 mod h264;
+#[cfg_attr(
+    not(any(feature = "h264", feature = "vpx")),
+    allow(dead_code, reason = "used by the video decoders only")
+)]
+mod headers;
 pub mod scale;
 pub mod testsrc;
 #[cfg(feature = "vpx")]
@@ -40,6 +45,29 @@ pub use audio::{AudioFormat, AudioParams, OpusConfig, OpusDecoder, OpusEncoder, 
 /// header of every frame including inter frames that change size, H.264 SPS), so hostile
 /// input cannot make us allocate gigabytes; decoded pictures are checked again.
 pub const MAX_DECODE_PIXELS: u64 = 4096 * 4096;
+
+/// Longest side of a decoded picture the video decoders accept, in pixels
+pub const MAX_DECODE_SIDE: u32 = 16_384;
+
+/// Checks a declared picture size against [`MAX_DECODE_PIXELS`] and [`MAX_DECODE_SIDE`]
+#[cfg_attr(
+    not(any(feature = "h264", feature = "vpx")),
+    allow(dead_code, reason = "used by the video decoders only")
+)]
+fn check_decode_size(codec: VideoCodec, (w, h): (u32, u32)) -> Result<(), CodecError> {
+    if w == 0
+        || h == 0
+        || w > MAX_DECODE_SIDE
+        || h > MAX_DECODE_SIDE
+        || u64::from(w) * u64::from(h) > MAX_DECODE_PIXELS
+    {
+        return Err(CodecError::Decode(format!(
+            "{} picture of {w}x{h} is over the limit",
+            codec.name()
+        )));
+    }
+    Ok(())
+}
 
 /// Errors from encoders and decoders
 ///

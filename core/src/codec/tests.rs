@@ -221,3 +221,86 @@ fn random_bytes_never_panic() {
         }
     }
 }
+
+/// The attack of issue 18: a VP9 inter frame declaring a picture far larger than its
+/// reference, which libvpx would allocate for; and the same for VP8 keyframes and H.264 SPS
+#[test]
+fn oversized_frames_are_refused_before_the_library_sees_them() {
+    use super::headers::tests::{sps, vp9_inter, vp9_key};
+    for codec in compiled() {
+        let encoded = encode_run(codec, 3, None);
+        let mut dec = video_decoder(codec).unwrap();
+        dec.decode(&encoded[0].1.data).unwrap().unwrap();
+        let attacks: Vec<(&str, Vec<u8>)> = match codec {
+            VideoCodec::Vp9 => vec![
+                (
+                    "inter frame over the pixel limit",
+                    vp9_inter(0xff, Err((8192, 8192))),
+                ),
+                (
+                    "inter frame over the side limit",
+                    vp9_inter(0x01, Err((65536, 2))),
+                ),
+                (
+                    "inter frame 8x its reference",
+                    vp9_inter(0x01, Err((2560, 1440))),
+                ),
+                ("keyframe over the limit", vp9_key(4097, 4097)),
+                ("superframe hiding one", {
+                    let big = vp9_inter(0x01, Err((8192, 8192)));
+                    let small = vp9_inter(0x01, Ok(0));
+                    let mut sf = [small.clone(), big.clone()].concat();
+                    sf.extend_from_slice(&[0xc1, small.len() as u8, big.len() as u8, 0xc1]);
+                    sf
+                }),
+            ],
+            VideoCodec::Vp8 => {
+                let mut key = encoded[0].1.data.to_vec();
+                key[6..10].copy_from_slice(&[0xff, 0x3f, 0xff, 0x3f]);
+                vec![("keyframe of 16383x16383", key)]
+            }
+            VideoCodec::H264 => {
+                let mut au = sps(512, 512);
+                au.extend_from_slice(&encoded[0].1.data);
+                vec![("sps of 8192x8192", au), ("sps of 16x65536", sps(1, 4096))]
+            }
+        };
+        for (what, data) in attacks {
+            match dec.decode(&data) {
+                Err(CodecError::Decode(e)) => {
+                    assert!(e.contains("over"), "{} {what}: {e}", codec.name());
+                }
+                other => panic!("{} {what}: {other:?}", codec.name()),
+            }
+        }
+        // Refused before decoding, so the stream carries on undisturbed.
+        let next = dec.decode(&encoded[1].1.data).unwrap().unwrap();
+        assert_eq!((next.width, next.height), (W, H), "{}", codec.name());
+    }
+}
+
+/// VP9 frames that change size within the 2:1 steps real encoders use still decode
+#[test]
+fn vp9_size_changes_within_limits_still_decode() {
+    if !VideoCodec::Vp9.is_supported() {
+        return;
+    }
+    let mut enc = AdaptiveEncoder::new(VideoEncoderConfig::new(VideoCodec::Vp9, 640, 360)).unwrap();
+    let mut dec = video_decoder(VideoCodec::Vp9).unwrap();
+    let src = TestPattern::new(640, 360);
+    for i in 0..20 {
+        let scale = if i < 10 {
+            Scale::FULL
+        } else {
+            Scale::new(1, 2).unwrap()
+        };
+        enc.set_target(VideoTarget {
+            scale,
+            ..enc.target()
+        })
+        .unwrap();
+        let e = enc.encode(&src.frame(i), pts(i)).unwrap().unwrap();
+        let out = dec.decode(&e.data).unwrap().unwrap();
+        assert_eq!(out.width, if i < 10 { 640 } else { 320 });
+    }
+}

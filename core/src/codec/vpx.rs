@@ -14,7 +14,7 @@
 #![allow(unsafe_code)]
 
 use std::ffi::{c_int, c_long, c_uint, c_ulong, CStr};
-use std::mem::{size_of, MaybeUninit};
+use std::mem::MaybeUninit;
 use std::ptr;
 use std::time::Duration;
 
@@ -30,15 +30,16 @@ use vpx_sys::{
     vpx_codec_enc_config_default, vpx_codec_enc_config_set, vpx_codec_enc_init_ver,
     vpx_codec_encode, vpx_codec_err_t, vpx_codec_error, vpx_codec_error_detail,
     vpx_codec_get_cx_data, vpx_codec_get_frame, vpx_codec_iface_t, vpx_codec_iter_t,
-    vpx_codec_peek_stream_info, vpx_codec_stream_info_t, vpx_codec_vp8_cx, vpx_codec_vp8_dx,
-    vpx_codec_vp9_cx, vpx_codec_vp9_dx, vpx_enc_pass, vpx_image_t, vpx_img_fmt, vpx_img_wrap,
-    vpx_kf_mode, vpx_rc_mode, VPX_DECODER_ABI_VERSION, VPX_DL_REALTIME, VPX_EFLAG_FORCE_KF,
-    VPX_ENCODER_ABI_VERSION, VPX_FRAME_IS_KEY,
+    vpx_codec_vp8_cx, vpx_codec_vp8_dx, vpx_codec_vp9_cx, vpx_codec_vp9_dx, vpx_enc_pass,
+    vpx_image_t, vpx_img_fmt, vpx_img_wrap, vpx_kf_mode, vpx_rc_mode, VPX_DECODER_ABI_VERSION,
+    VPX_DL_REALTIME, VPX_EFLAG_FORCE_KF, VPX_ENCODER_ABI_VERSION, VPX_FRAME_IS_KEY,
 };
 
+use super::headers::{self, Vp9Refs};
 use super::{
-    check_rates, check_size, CodecError, EncodedVideo, I420Frame, KeyframeSchedule, VideoCodec,
-    VideoDecoder, VideoEncoder, VideoEncoderConfig, MAX_DECODE_PIXELS,
+    check_decode_size, check_rates, check_size, CodecError, EncodedVideo, I420Frame,
+    KeyframeSchedule, VideoCodec, VideoDecoder, VideoEncoder, VideoEncoderConfig,
+    MAX_DECODE_PIXELS,
 };
 
 /// Timebase of the pts we hand libvpx: the 90 kHz RTP video clock
@@ -431,12 +432,13 @@ fn encoder_iface(vp9: bool) -> *const vpx_codec_iface_t {
 /// VP8/VP9 decoder
 pub(super) struct Decoder {
     ctx: Context,
-    iface: *const vpx_codec_iface_t,
     codec: VideoCodec,
+    /// VP9 reference slot sizes, for the sizes inter frames take from them
+    refs: Vp9Refs,
 }
 
 // SAFETY: as for Encoder: the context has no thread affinity and is only used through
-// `&mut self`; `iface` points to an immutable static table.
+// `&mut self`.
 unsafe impl Send for Decoder {}
 
 impl Decoder {
@@ -461,32 +463,44 @@ impl Decoder {
             // decoder interface; libvpx copies `cfg`.
             unsafe { vpx_codec_dec_init_ver(ctx, iface, &cfg, 0, VPX_DECODER_ABI_VERSION as c_int) }
         })?;
-        Ok(Self { ctx, iface, codec })
+        Ok(Self {
+            ctx,
+            codec,
+            refs: Vp9Refs::default(),
+        })
     }
 
-    /// Rejects a frame that announces a picture above [`MAX_DECODE_PIXELS`]
-    fn check_size(&self, data: &[u8], len: c_uint) -> Result<(), CodecError> {
-        let mut info = vpx_codec_stream_info_t {
-            sz: size_of::<vpx_codec_stream_info_t>() as c_uint,
-            w: 0,
-            h: 0,
-            is_kf: 0,
-        };
-        // SAFETY: `data` is valid for `len` bytes, `info` is initialised with its size as
-        // the API requires, and `iface` is a valid decoder interface. Peeking only parses.
-        let err = unsafe { vpx_codec_peek_stream_info(self.iface, data.as_ptr(), len, &mut info) };
-        // Inter frames carry no size and fail to peek: nothing to check then.
-        if err == vpx_codec_err_t::VPX_CODEC_OK
-            && u64::from(info.w) * u64::from(info.h) > MAX_DECODE_PIXELS
-        {
-            return Err(CodecError::Decode(format!(
-                "{} picture of {}x{} is too large",
-                self.codec.name(),
-                info.w,
-                info.h
-            )));
+    /// Checks the sizes the frame declares, before libvpx sees it; returns the VP9
+    /// reference slots as they will be if libvpx accepts the frame
+    fn check_sizes(&self, data: &[u8]) -> Result<Option<Vp9Refs>, CodecError> {
+        let decode = CodecError::Decode;
+        match self.codec {
+            VideoCodec::Vp9 => {
+                let mut refs = self.refs.clone();
+                for frame in headers::vp9_frames(data).map_err(decode)? {
+                    let info = refs.parse(frame).map_err(decode)?;
+                    // No size: show_existing_frame, or an inter frame taking the size of a
+                    // slot we lost track of, which holds a size checked when it came.
+                    if let Some(size) = info.size {
+                        check_decode_size(self.codec, size)?;
+                    }
+                    if info.outgrows_refs() {
+                        return Err(CodecError::Decode(format!(
+                            "vp9 inter frame of {:?} is over twice its references {:?}",
+                            info.size, info.ref_sizes
+                        )));
+                    }
+                    refs.update(&info);
+                }
+                Ok(Some(refs))
+            }
+            _ => {
+                if let Some(size) = headers::vp8_size(data).map_err(decode)? {
+                    check_decode_size(self.codec, size)?;
+                }
+                Ok(None)
+            }
         }
-        Ok(())
     }
 }
 
@@ -502,7 +516,7 @@ impl VideoDecoder for Decoder {
             }
             Ok(len) => len,
         };
-        self.check_size(data, len)?;
+        let refs = self.check_sizes(data)?;
         // SAFETY: initialised decoder context; `data` is valid for `len` bytes during the
         // call and libvpx does not keep the pointer.
         let err = unsafe {
@@ -514,7 +528,14 @@ impl VideoDecoder for Decoder {
                 0,
             )
         };
-        self.ctx.check(err, name).map_err(CodecError::Decode)?;
+        if let Err(e) = self.ctx.check(err, name) {
+            // libvpx may have refreshed some slots before failing: forget them all.
+            self.refs.clear();
+            return Err(CodecError::Decode(e));
+        }
+        if let Some(refs) = refs {
+            self.refs = refs;
+        }
 
         let mut picture = None;
         let mut iter: vpx_codec_iter_t = ptr::null();
