@@ -1,9 +1,14 @@
 //! Codec cost: encode and decode time per frame at 720p30 and 360p30 for H.264, VP8 and VP9,
-//! and per 20 ms Opus frame
+//! and per 20 ms Opus frame; the cost of a second, smaller encode; and the quality of each
+//! rung of the degradation ladder per bitrate (where the thresholds of
+//! `codec::degrade::DegradationConfig` come from)
 //!
 //! ```text
-//! cargo run --release -p meshrtc --example codec_bench [-- FRAMES]
+//! cargo run --release -p meshrtc --example codec_bench [-- FRAMES [SECTION...]]
 //! ```
+//!
+//! Sections: `costs` (video encode/decode), `opus`, `second` (one encode against two), `ladder`
+//! (PSNR per size and bitrate); all by default.
 //!
 //! Times are CPU time of the calling thread (`CLOCK_THREAD_CPUTIME_ID`, so builds running
 //! alongside do not inflate them; wall time if that clock is missing). "Core %" is
@@ -17,10 +22,11 @@
 
 use std::time::{Duration, Instant};
 
+use meshrtc::codec::scale::Scaler;
 use meshrtc::codec::testsrc::{psnr, TestPattern, Tone};
 use meshrtc::codec::{
-    video_decoder, video_encoder, OpusConfig, OpusDecoder, OpusEncoder, VideoCodec,
-    VideoEncoderConfig,
+    video_decoder, video_encoder, AdaptiveEncoder, I420Frame, OpusConfig, OpusDecoder, OpusEncoder,
+    Scale, VideoCodec, VideoEncoderConfig, VideoTarget,
 };
 
 fn main() {
@@ -33,8 +39,28 @@ fn main() {
     } else {
         "wall time"
     };
+    let sections: Vec<String> = std::env::args().skip(2).collect();
+    let want = |s: &str| sections.is_empty() || sections.iter().any(|a| a == s);
     println!("codec_bench: {frames} frames per run, costs in {clock}, single-threaded codecs");
     println!();
+    if want("costs") {
+        costs(frames);
+    }
+    if want("opus") {
+        for channels in [1, 2] {
+            bench_opus(channels, (frames * 5).max(500));
+        }
+        println!();
+    }
+    if want("second") {
+        second_encode(frames);
+    }
+    if want("ladder") {
+        ladder(frames);
+    }
+}
+
+fn costs(frames: u64) {
     println!(
         "{:<6} {:<7} {:>9} | {:>9} {:>9} {:>7} | {:>9} {:>9} {:>7} | {:>8}",
         "codec",
@@ -59,12 +85,181 @@ fn main() {
         }
     }
     println!();
-    for channels in [1, 2] {
-        bench_opus(channels, (frames * 5).max(500));
+}
+
+/// A camera-like source: the test pattern with sensor noise (a fixed pseudo-random
+/// sequence, +-6 levels on luma, +-3 on chroma), which costs an encoder far more bits than
+/// the clean pattern and is closer to what a camera gives
+fn noisy_frames(w: u32, h: u32, frames: u64) -> Vec<I420Frame> {
+    let source = TestPattern::new(w, h);
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut noise = move |amp: i32| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % (2 * amp as u64 + 1)) as i32 - amp
+    };
+    (0..frames)
+        .map(|i| {
+            let mut f = source.frame(i);
+            for p in f.y.iter_mut() {
+                *p = (i32::from(*p) + noise(6)).clamp(0, 255) as u8;
+            }
+            for p in f.u.iter_mut().chain(f.v.iter_mut()) {
+                *p = (i32::from(*p) + noise(3)).clamp(0, 255) as u8;
+            }
+            f
+        })
+        .collect()
+}
+
+/// One encode per frame against two (the main one and a smaller one for slow peers), as
+/// `media::Encoders` does with a low encoding: the second includes downscaling its input
+fn second_encode(frames: u64) {
+    println!("second encode: one encode per frame vs. main + low encoding (noisy source, 30 fps)");
+    println!(
+        "{:<6} {:<16} {:>11} {:>11} {:>11} {:>9} {:>9}",
+        "codec", "main + low", "main ms", "low ms", "scale ms", "extra %", "core %"
+    );
+    for (w, h, main_bps, low_w, low_h, low_bps) in [
+        (640, 360, 800_000, 320, 180, 200_000),
+        (1280, 720, 2_500_000, 640, 360, 600_000),
+        (1280, 720, 2_500_000, 320, 180, 200_000),
+    ] {
+        let input = noisy_frames(w, h, frames);
+        for codec in VideoCodec::ALL.into_iter().filter(|c| c.is_supported()) {
+            let mut main = AdaptiveEncoder::new(VideoEncoderConfig {
+                bitrate_bps: main_bps,
+                ..VideoEncoderConfig::new(codec, w, h)
+            })
+            .expect("encoder");
+            let mut low = AdaptiveEncoder::new(VideoEncoderConfig {
+                bitrate_bps: low_bps,
+                ..VideoEncoderConfig::new(codec, w, h)
+            })
+            .expect("encoder");
+            let scale = Scale::new(low_w as u8 / 8, (w / 8) as u8).expect("scale");
+            low.set_target(VideoTarget {
+                scale,
+                ..low.target()
+            })
+            .expect("target");
+            let mut scaler = Scaler::new();
+            let (mut main_cost, mut low_cost, mut scale_cost) =
+                (Vec::new(), Vec::new(), Vec::new());
+            // Interleaved, so that both see the same machine state.
+            for (i, frame) in input.iter().enumerate() {
+                let pts = Duration::from_secs(i as u64) / 30;
+                main_cost.push(measure(|| main.encode(frame, pts).expect("encode")).1);
+                low_cost.push(measure(|| low.encode(frame, pts).expect("encode")).1);
+                scale_cost.push(measure(|| scaler.scale(frame, low_w, low_h)).1);
+            }
+            let (m, _) = stats(&mut main_cost);
+            let (l, _) = stats(&mut low_cost);
+            let (sc, _) = stats(&mut scale_cost);
+            println!(
+                "{:<6} {:<16} {:>9.2}ms {:>9.2}ms {:>9.2}ms {:>8.0}% {:>8.1}%",
+                codec.name(),
+                format!("{h}p + {low_h}p"),
+                ms(m),
+                ms(l),
+                ms(sc),
+                ms(l) / ms(m) * 100.0,
+                ms(m + l) * 30.0 / 10.0,
+            );
+            assert_eq!(low.stats().frame_width, low_w);
+        }
+    }
+    println!();
+}
+
+/// PSNR against the capture of each ladder rung (decoded, scaled back up) per bitrate: a
+/// smaller size pays once it beats the bigger one at the same bitrate
+fn ladder(frames: u64) {
+    let (w, h) = (640, 360);
+    let input = noisy_frames(w, h, frames);
+    let rungs = [(1, 1), (3, 4), (1, 2)];
+    println!("ladder: {w}x{h} noisy source at 30 fps, PSNR (dB) of each size scaled back up");
+    for codec in VideoCodec::ALL.into_iter().filter(|c| c.is_supported()) {
+        print!("{:<6} {:>9}", codec.name(), "kbit/s");
+        for (n, d) in rungs {
+            let (sw, sh) = Scale::new(n, d).expect("scale").apply(w, h);
+            print!(" {:>9} {:>6}", format!("{sw}x{sh}"), "bpp");
+        }
+        println!();
+        for kbps in [150, 250, 400, 600, 900, 1300] {
+            print!("{:<6} {:>9}", "", kbps);
+            for (n, d) in rungs {
+                let scale = Scale::new(n, d).expect("scale");
+                let mut enc = AdaptiveEncoder::new(VideoEncoderConfig {
+                    bitrate_bps: kbps * 1000,
+                    ..VideoEncoderConfig::new(codec, w, h)
+                })
+                .expect("encoder");
+                enc.set_target(VideoTarget {
+                    scale,
+                    ..enc.target()
+                })
+                .expect("target");
+                let mut dec = video_decoder(codec).expect("decoder");
+                let mut scores = Vec::new();
+                for (i, frame) in input.iter().enumerate() {
+                    let pts = Duration::from_secs(i as u64) / 30;
+                    let Some(e) = enc.encode(frame, pts).expect("encode") else {
+                        continue;
+                    };
+                    let Some(out) = dec.decode(&e.data).expect("decode") else {
+                        continue;
+                    };
+                    // Skip the first second (rate control settling).
+                    if i >= 30 {
+                        scores.push(psnr(frame, &upscale(&out, w, h)));
+                    }
+                }
+                let (sw, sh) = scale.apply(w, h);
+                let bpp = f64::from(kbps * 1000) / (f64::from(sw * sh) * 30.0);
+                let mean = scores.iter().sum::<f64>() / scores.len().max(1) as f64;
+                print!(" {:>9.2} {:>6.3}", mean, bpp);
+            }
+            println!();
+        }
+    }
+    println!();
+}
+
+/// Bilinear upscaling, to compare a smaller picture with the capture
+fn upscale(src: &I420Frame, w: u32, h: u32) -> I420Frame {
+    let plane = |p: &[u8], sw: u32, sh: u32, dw: u32, dh: u32| -> Vec<u8> {
+        let mut out = Vec::with_capacity((dw * dh) as usize);
+        for y in 0..dh {
+            let fy = ((f64::from(y) + 0.5) * f64::from(sh) / f64::from(dh) - 0.5).max(0.0);
+            let y0 = (fy as u32).min(sh - 1);
+            let y1 = (y0 + 1).min(sh - 1);
+            let ty = fy - f64::from(y0);
+            for x in 0..dw {
+                let fx = ((f64::from(x) + 0.5) * f64::from(sw) / f64::from(dw) - 0.5).max(0.0);
+                let x0 = (fx as u32).min(sw - 1);
+                let x1 = (x0 + 1).min(sw - 1);
+                let tx = fx - f64::from(x0);
+                let at = |xx: u32, yy: u32| f64::from(p[(yy * sw + xx) as usize]);
+                let top = at(x0, y0) * (1.0 - tx) + at(x1, y0) * tx;
+                let bottom = at(x0, y1) * (1.0 - tx) + at(x1, y1) * tx;
+                out.push((top * (1.0 - ty) + bottom * ty).round() as u8);
+            }
+        }
+        out
+    };
+    let (cw, ch) = (src.chroma_width(), src.chroma_height());
+    I420Frame {
+        width: w,
+        height: h,
+        y: plane(&src.y, src.width, src.height, w, h),
+        u: plane(&src.u, cw, ch, w.div_ceil(2), h.div_ceil(2)),
+        v: plane(&src.v, cw, ch, w.div_ceil(2), h.div_ceil(2)),
     }
 }
 
-fn bench_video(codec: VideoCodec, label: &str, bitrate: u32, input: &[meshrtc::codec::I420Frame]) {
+fn bench_video(codec: VideoCodec, label: &str, bitrate: u32, input: &[I420Frame]) {
     let (w, h) = (input[0].width, input[0].height);
     let cfg = VideoEncoderConfig {
         bitrate_bps: bitrate,
