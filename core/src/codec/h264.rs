@@ -138,6 +138,7 @@ impl VideoEncoder for Encoder {
         Ok(Some(EncodedVideo {
             data: Bytes::from(data),
             keyframe,
+            temporal_id: 0,
         }))
     }
 

@@ -304,3 +304,66 @@ fn vp9_size_changes_within_limits_still_decode() {
         assert_eq!(out.width, if i < 10 { 640 } else { 320 });
     }
 }
+
+/// VP8 temporal layers: a receiver given only the base layer decodes every frame it gets,
+/// at a half (two layers) or a quarter (three) of the frame rate
+#[test]
+fn vp8_base_temporal_layer_decodes_alone() {
+    if !VideoCodec::Vp8.is_supported() {
+        return;
+    }
+    for (layers, base_every) in [(2u8, 2usize), (3, 4)] {
+        let mut enc = video_encoder(VideoEncoderConfig {
+            temporal_layers: layers,
+            bitrate_bps: 600_000,
+            ..VideoEncoderConfig::new(VideoCodec::Vp8, W, H)
+        })
+        .unwrap();
+        let src = TestPattern::new(W, H);
+        let frames: Vec<(u64, EncodedVideo)> = (0..90)
+            .map(|i| (i, enc.encode(&src.frame(i), pts(i)).unwrap().unwrap()))
+            .collect();
+        let ids: Vec<u8> = frames.iter().take(8).map(|(_, e)| e.temporal_id).collect();
+        let expect: &[u8] = if layers == 2 {
+            &[0, 1, 0, 1, 0, 1, 0, 1]
+        } else {
+            &[0, 2, 1, 2, 0, 2, 1, 2]
+        };
+        assert_eq!(ids, expect, "{layers} layers");
+
+        let mut base = video_decoder(VideoCodec::Vp8).unwrap();
+        let mut decoded = 0;
+        let mut base_bytes = 0;
+        for (i, e) in frames.iter().filter(|(_, e)| e.temporal_id == 0) {
+            let out = base.decode(&e.data).unwrap().expect("a picture");
+            let db = psnr(&src.frame(*i), &out);
+            assert!(db > MIN_PSNR_DB, "{layers} layers, frame {i}: {db:.1} dB");
+            decoded += 1;
+            base_bytes += e.data.len();
+        }
+        // Keyframes (frames 0 and 60, every 2 s) restart the pattern on layer 0.
+        let want = 60usize.div_ceil(base_every) + 30usize.div_ceil(base_every);
+        assert_eq!(decoded, want, "{layers} layers");
+        let total: usize = frames.iter().map(|(_, e)| e.data.len()).sum();
+        eprintln!(
+            "vp8 {layers} layers: base layer {} of {} frames, {:.0} % of the bytes",
+            decoded,
+            frames.len(),
+            base_bytes as f64 * 100.0 / total as f64
+        );
+        // Every frame decodes for a receiver of all layers.
+        let mut all = video_decoder(VideoCodec::Vp8).unwrap();
+        for (i, e) in &frames {
+            let out = all.decode(&e.data).unwrap().unwrap();
+            assert!(psnr(&src.frame(*i), &out) > MIN_PSNR_DB);
+        }
+    }
+    // Other codecs refuse temporal layers rather than ignore them.
+    for codec in [VideoCodec::H264, VideoCodec::Vp9] {
+        let cfg = VideoEncoderConfig {
+            temporal_layers: 2,
+            ..VideoEncoderConfig::new(codec, W, H)
+        };
+        assert!(matches!(video_encoder(cfg), Err(CodecError::InvalidConfig(_))));
+    }
+}

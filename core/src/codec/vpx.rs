@@ -21,8 +21,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use vpx_sys::vp8e_enc_control_id::{
     VP8E_SET_CPUUSED, VP8E_SET_MAX_INTRA_BITRATE_PCT, VP8E_SET_NOISE_SENSITIVITY,
-    VP8E_SET_STATIC_THRESHOLD, VP8E_SET_TOKEN_PARTITIONS, VP9E_SET_AQ_MODE,
-    VP9E_SET_NOISE_SENSITIVITY, VP9E_SET_ROW_MT, VP9E_SET_TILE_COLUMNS,
+    VP8E_SET_STATIC_THRESHOLD, VP8E_SET_TEMPORAL_LAYER_ID, VP8E_SET_TOKEN_PARTITIONS,
+    VP9E_SET_AQ_MODE, VP9E_SET_NOISE_SENSITIVITY, VP9E_SET_ROW_MT, VP9E_SET_TILE_COLUMNS,
 };
 use vpx_sys::{
     vpx_codec_control_, vpx_codec_ctx_t, vpx_codec_cx_pkt_kind, vpx_codec_dec_cfg_t,
@@ -31,8 +31,10 @@ use vpx_sys::{
     vpx_codec_encode, vpx_codec_err_t, vpx_codec_error, vpx_codec_error_detail,
     vpx_codec_get_cx_data, vpx_codec_get_frame, vpx_codec_iface_t, vpx_codec_iter_t,
     vpx_codec_vp8_cx, vpx_codec_vp8_dx, vpx_codec_vp9_cx, vpx_codec_vp9_dx, vpx_enc_pass,
-    vpx_image_t, vpx_img_fmt, vpx_img_wrap, vpx_kf_mode, vpx_rc_mode, VPX_DECODER_ABI_VERSION,
-    VPX_DL_REALTIME, VPX_EFLAG_FORCE_KF, VPX_ENCODER_ABI_VERSION, VPX_FRAME_IS_KEY,
+    vpx_image_t, vpx_img_fmt, vpx_img_wrap, vpx_kf_mode, vpx_rc_mode, VP8_EFLAG_NO_REF_ARF,
+    VP8_EFLAG_NO_REF_GF, VP8_EFLAG_NO_UPD_ARF, VP8_EFLAG_NO_UPD_ENTROPY, VP8_EFLAG_NO_UPD_GF,
+    VP8_EFLAG_NO_UPD_LAST, VPX_DECODER_ABI_VERSION, VPX_DL_REALTIME, VPX_EFLAG_FORCE_KF,
+    VPX_ENCODER_ABI_VERSION, VPX_FRAME_IS_KEY,
 };
 
 use super::headers::{self, Vp9Refs};
@@ -136,6 +138,50 @@ pub(super) struct Encoder {
     /// Ticks per frame at the nominal rate
     duration: c_ulong,
     last_pts: Option<i64>,
+    /// Position in the temporal layer pattern of the next frame
+    layer_index: usize,
+}
+
+/// VP8 temporal layer patterns: per frame of the period, its layer and encode flags
+///
+/// After libvpx's `vpx_temporal_svc_encoder` example and libwebrtc's. Layer 0 frames
+/// reference and update only LAST; upper layers never update LAST nor the entropy
+/// contexts, so layer 0 decodes alone. With three layers the layer-1 frame updates GOLDEN,
+/// which only the following layer-2 frame references.
+fn vp8_layer_pattern(layers: u8) -> &'static [(u8, u32)] {
+    const NO_REF_GF: u32 = VP8_EFLAG_NO_REF_GF;
+    const NO_REF_ARF: u32 = VP8_EFLAG_NO_REF_ARF;
+    const NO_UPD_LAST: u32 = VP8_EFLAG_NO_UPD_LAST;
+    const NO_UPD_GF: u32 = VP8_EFLAG_NO_UPD_GF;
+    const NO_UPD_ARF: u32 = VP8_EFLAG_NO_UPD_ARF;
+    const NO_UPD_ENTROPY: u32 = VP8_EFLAG_NO_UPD_ENTROPY;
+    const BASE: u32 = NO_REF_GF | NO_REF_ARF | NO_UPD_GF | NO_UPD_ARF;
+    const TOP: u32 = NO_REF_GF | NO_REF_ARF | NO_UPD_LAST | NO_UPD_GF | NO_UPD_ARF | NO_UPD_ENTROPY;
+    match layers {
+        2 => &[(0, BASE), (1, TOP)],
+        3 => &[
+            (0, BASE),
+            (2, TOP),
+            (
+                1,
+                NO_REF_GF | NO_REF_ARF | NO_UPD_LAST | NO_UPD_ARF | NO_UPD_ENTROPY,
+            ),
+            (
+                2,
+                NO_REF_ARF | NO_UPD_LAST | NO_UPD_GF | NO_UPD_ARF | NO_UPD_ENTROPY,
+            ),
+        ],
+        _ => &[(0, 0)],
+    }
+}
+
+/// Share of the bitrate up to and including each temporal layer (libwebrtc's split)
+fn layer_shares(layers: u8) -> &'static [u32] {
+    match layers {
+        2 => &[60, 100],
+        3 => &[40, 60, 100],
+        _ => &[100],
+    }
 }
 
 // SAFETY: a libvpx encoder context is plain heap state with no thread affinity (no TLS, no
@@ -180,6 +226,20 @@ impl Encoder {
         enc.kf_mode = vpx_kf_mode::VPX_KF_DISABLED;
         enc.kf_min_dist = 0;
         enc.kf_max_dist = c_uint::MAX;
+        if cfg.temporal_layers > 1 {
+            let pattern = vp8_layer_pattern(cfg.temporal_layers);
+            let layers = usize::from(cfg.temporal_layers);
+            enc.ts_number_layers = c_uint::from(cfg.temporal_layers);
+            enc.ts_periodicity = pattern.len() as c_uint;
+            for (i, (layer, _)) in pattern.iter().enumerate() {
+                enc.ts_layer_id[i] = c_uint::from(*layer);
+            }
+            for l in 0..layers {
+                // Layer l runs at 1 / 2^(layers - 1 - l) of the frame rate.
+                enc.ts_rate_decimator[l] = 1 << (layers - 1 - l);
+            }
+            set_layer_rates(&mut enc, cfg.temporal_layers);
+        }
 
         let mut ctx = Context::init("vpx encoder init", |ctx| {
             // SAFETY: `ctx` is a zeroed context owned by Context::init, `iface` a valid
@@ -206,6 +266,7 @@ impl Encoder {
             keyframes: KeyframeSchedule::new(&cfg),
             cfg,
             last_pts: None,
+            layer_index: 0,
         };
         this.size_controls()?;
         this.rate_controls()?;
@@ -293,10 +354,20 @@ impl VideoEncoder for Encoder {
         img.planes[2] = frame.v.as_ptr().cast_mut();
         img.stride = [w as c_int, (w / 2) as c_int, (w / 2) as c_int, 0];
 
+        if force {
+            // A keyframe restarts the layer pattern.
+            self.layer_index = 0;
+        }
+        let pattern = vp8_layer_pattern(self.cfg.temporal_layers);
+        let (layer, layer_flags) = pattern[self.layer_index % pattern.len()];
+        if self.cfg.temporal_layers > 1 {
+            self.ctx
+                .control(VP8E_SET_TEMPORAL_LAYER_ID, c_int::from(layer))?;
+        }
         let flags = if force {
             VPX_EFLAG_FORCE_KF as c_long
         } else {
-            0
+            c_long::from(layer_flags)
         };
         // SAFETY: the context is an initialised encoder; `img` describes three planes that
         // `frame` keeps alive and unchanged for the duration of the call, and libvpx only
@@ -344,10 +415,12 @@ impl VideoEncoder for Encoder {
         if data.is_empty() {
             return Ok(None);
         }
+        self.layer_index = (self.layer_index + 1) % pattern.len();
         self.keyframes.handle_output(pts, keyframe);
         Ok(Some(EncodedVideo {
             data: Bytes::from(data),
             keyframe,
+            temporal_id: if keyframe { 0 } else { layer },
         }))
     }
 
@@ -362,9 +435,12 @@ impl VideoEncoder for Encoder {
     fn set_rates(&mut self, bitrate_bps: u32, fps: u32) -> Result<(), CodecError> {
         check_rates(bitrate_bps, fps)?;
         let old = self.enc.rc_target_bitrate;
+        let old_layers = self.enc.ts_target_bitrate;
         self.enc.rc_target_bitrate = (bitrate_bps / 1000).max(1);
+        set_layer_rates(&mut self.enc, self.cfg.temporal_layers);
         if let Err(e) = self.apply_config() {
             self.enc.rc_target_bitrate = old;
+            self.enc.ts_target_bitrate = old_layers;
             return Err(CodecError::Library(e));
         }
         self.cfg.bitrate_bps = bitrate_bps;
@@ -402,6 +478,15 @@ impl VideoEncoder for Encoder {
         self.size_controls()?;
         self.keyframes.request();
         Ok(())
+    }
+}
+
+/// Splits `enc.rc_target_bitrate` over the temporal layers (cumulative, in kbit/s)
+fn set_layer_rates(enc: &mut vpx_codec_enc_cfg_t, layers: u8) {
+    if layers > 1 {
+        for (l, share) in layer_shares(layers).iter().enumerate() {
+            enc.ts_target_bitrate[l] = (enc.rc_target_bitrate * share / 100).max(1);
+        }
     }
 }
 
