@@ -7,8 +7,8 @@
 //! cargo run --release -p meshrtc --example codec_bench [-- FRAMES [SECTION...]]
 //! ```
 //!
-//! Sections: `costs` (video encode/decode), `opus`, `second` (one encode against two), `ladder`
-//! (PSNR per size and bitrate); all by default.
+//! Sections: `costs` (video encode/decode), `opus`, `second` (one encode against two),
+//! `temporal` (VP8 temporal layers), `ladder` (PSNR per size and bitrate); all by default.
 //!
 //! Times are CPU time of the calling thread (`CLOCK_THREAD_CPUTIME_ID`, so builds running
 //! alongside do not inflate them; wall time if that clock is missing). "Core %" is
@@ -55,9 +55,69 @@ fn main() {
     if want("second") {
         second_encode(frames);
     }
+    if want("temporal") {
+        temporal(frames);
+    }
     if want("ladder") {
         ladder(frames);
     }
+}
+
+/// VP8 with 1, 2 and 3 temporal layers at the same bitrate: encode cost, the base layer's
+/// share of the bytes, and the quality of all layers and of the base layer alone
+fn temporal(frames: u64) {
+    if !VideoCodec::Vp8.is_supported() {
+        return;
+    }
+    let (w, h) = (640, 360);
+    let input = noisy_frames(w, h, frames);
+    println!("temporal layers: vp8 {w}x{h} noisy source, 30 fps, 800 kbit/s");
+    println!(
+        "{:<7} {:>9} {:>10} {:>11} {:>10} {:>10}",
+        "layers", "enc ms", "kbit/s", "base bytes", "PSNR all", "PSNR base"
+    );
+    for layers in [1u8, 2, 3] {
+        let mut enc = video_encoder(VideoEncoderConfig {
+            bitrate_bps: 800_000,
+            temporal_layers: layers,
+            ..VideoEncoderConfig::new(VideoCodec::Vp8, w, h)
+        })
+        .expect("encoder");
+        let mut all = video_decoder(VideoCodec::Vp8).expect("decoder");
+        let mut base = video_decoder(VideoCodec::Vp8).expect("decoder");
+        let (mut cost, mut q_all, mut q_base) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut bytes, mut base_bytes) = (0, 0);
+        for (i, frame) in input.iter().enumerate() {
+            let pts = Duration::from_secs(i as u64) / 30;
+            let (out, c) = measure(|| enc.encode(frame, pts).expect("encode"));
+            cost.push(c);
+            let Some(e) = out else { continue };
+            bytes += e.data.len();
+            let pic = all.decode(&e.data).expect("decode").expect("picture");
+            if i >= 30 {
+                q_all.push(psnr(frame, &pic));
+            }
+            if e.temporal_id == 0 {
+                base_bytes += e.data.len();
+                let pic = base.decode(&e.data).expect("decode").expect("picture");
+                if i >= 30 {
+                    q_base.push(psnr(frame, &pic));
+                }
+            }
+        }
+        let (m, _) = stats(&mut cost);
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+        println!(
+            "{:<7} {:>7.2}ms {:>10.0} {:>10.0}% {:>10.2} {:>10.2}",
+            layers,
+            ms(m),
+            bytes as f64 * 8.0 / (input.len() as f64 / 30.0) / 1000.0,
+            base_bytes as f64 * 100.0 / bytes.max(1) as f64,
+            mean(&q_all),
+            mean(&q_base),
+        );
+    }
+    println!();
 }
 
 fn costs(frames: u64) {
