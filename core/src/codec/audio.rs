@@ -157,6 +157,23 @@ pub struct AudioParams {
 }
 
 impl AudioParams {
+    /// These settings with FEC and expected loss following a measured loss fraction
+    /// (0.0..=1.0, e.g. RTCP's `fraction_lost`)
+    ///
+    /// FEC turns on from 2 % loss and off again below 1 % (hysteresis, so that it does not
+    /// flap on noise); the expected loss is the measured one rounded up, at most 30 % (above
+    /// that libopus spends most of the bitrate on FEC and little on the audio itself).
+    pub fn following_loss(self, loss: f32) -> Self {
+        // Less a hair, so that 0.2 (20.000000298 as an f32) is 20 %.
+        let pct = (f64::from(loss.clamp(0.0, 1.0)) * 100.0 - 1e-4).ceil() as u8;
+        let fec = if self.fec { pct >= 1 } else { pct >= 2 };
+        Self {
+            fec,
+            expected_loss_pct: if fec { pct.min(30) } else { 0 },
+            ..self
+        }
+    }
+
     /// The run-time settings of `cfg`
     pub const fn of(cfg: &OpusConfig) -> Self {
         Self {
@@ -609,6 +626,46 @@ mod tests {
         let mut joined = recovered.samples;
         joined.extend_from_slice(&next.samples);
         assert!(tone_snr_db(&joined, OPUS_RATE, 440.0) > 5.0);
+    }
+
+    #[test]
+    fn params_follow_loss_with_hysteresis() {
+        let base = AudioParams {
+            bitrate_bps: 32_000,
+            fec: false,
+            expected_loss_pct: 0,
+        };
+        let p = base.following_loss(0.005);
+        assert!(!p.fec && p.expected_loss_pct == 0);
+        let p = base.following_loss(0.03);
+        assert!(p.fec && p.expected_loss_pct == 3);
+        // On at 1 %: stays on; off only below it.
+        assert!(p.following_loss(0.01).fec);
+        assert!(!p.following_loss(0.0).fec);
+        assert_eq!(base.following_loss(0.9).expected_loss_pct, 30);
+        assert_eq!(base.following_loss(f32::NAN).expected_loss_pct, 0);
+
+        // Applied to a running encoder that had FEC off: a lost packet now comes back from
+        // the one after it.
+        let mut enc = OpusEncoder::new(OpusConfig {
+            fec: false,
+            expected_loss_pct: 0,
+            ..OpusConfig::default()
+        })
+        .unwrap();
+        enc.set_params(AudioParams::of(enc.config()).following_loss(0.2))
+            .unwrap();
+        assert!(enc.config().fec && enc.config().expected_loss_pct == 20);
+        let mut tone = Tone::new(OPUS_RATE, 1);
+        let packets: Vec<Bytes> = (0..12)
+            .map(|_| enc.encode(&tone.next_samples(960)).unwrap())
+            .collect();
+        let mut dec = OpusDecoder::new(1).unwrap();
+        for p in &packets[..10] {
+            dec.decode(p).unwrap();
+        }
+        let recovered = dec.decode_fec(&packets[11], 960).unwrap();
+        assert!(recovered.samples.iter().any(|&s| s.unsigned_abs() > 1000));
     }
 
     #[test]

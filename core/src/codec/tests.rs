@@ -364,6 +364,9 @@ fn vp8_base_temporal_layer_decodes_alone() {
             temporal_layers: 2,
             ..VideoEncoderConfig::new(codec, W, H)
         };
-        assert!(matches!(video_encoder(cfg), Err(CodecError::InvalidConfig(_))));
+        assert!(matches!(
+            video_encoder(cfg),
+            Err(CodecError::InvalidConfig(_))
+        ));
     }
 }
