@@ -198,7 +198,7 @@ fn second_encode(frames: u64) {
                 ..VideoEncoderConfig::new(codec, w, h)
             })
             .expect("encoder");
-            let scale = Scale::new(low_w as u8 / 8, (w / 8) as u8).expect("scale");
+            let scale = Scale::new((low_w / 8) as u8, (w / 8) as u8).expect("scale");
             low.set_target(VideoTarget {
                 scale,
                 ..low.target()

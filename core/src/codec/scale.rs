@@ -144,6 +144,23 @@ fn scale_plane(
 ) {
     let dst_width = h.start.len();
     let src_rows = src.len() / src_width.max(1);
+    if src_width == 2 * dst_width && src_rows == 2 * v.start.len() {
+        halve(src, src_width, dst);
+    } else {
+        filter(src, src_width, (h, v), (mid, acc), dst);
+    }
+}
+
+/// The general case of [`scale_plane`]
+fn filter(
+    src: &[u8],
+    src_width: usize,
+    (h, v): (&Taps, &Taps),
+    (mid, acc): (&mut Vec<u16>, &mut Vec<u32>),
+    dst: &mut [u8],
+) {
+    let dst_width = h.start.len();
+    let src_rows = src.len() / src_width.max(1);
     mid.clear();
     mid.resize(dst_width * src_rows, 0);
     let shift = WEIGHT_BITS - MID_BITS;
@@ -178,6 +195,25 @@ fn scale_plane(
         }
         for (o, a) in out.iter_mut().zip(acc.iter()) {
             *o = ((a + (1 << (total - 1))) >> total).min(255) as u8;
+        }
+    }
+}
+
+/// The 2:1 case of the area filter: each output sample is the rounded mean of a 2x2 block
+fn halve(src: &[u8], src_width: usize, dst: &mut [u8]) {
+    let dst_width = src_width / 2;
+    for (rows, out) in src
+        .chunks_exact(2 * src_width)
+        .zip(dst.chunks_exact_mut(dst_width))
+    {
+        let (top, bottom) = rows.split_at(src_width);
+        for ((o, t), b) in out
+            .iter_mut()
+            .zip(top.chunks_exact(2))
+            .zip(bottom.chunks_exact(2))
+        {
+            let sum = u16::from(t[0]) + u16::from(t[1]) + u16::from(b[0]) + u16::from(b[1]);
+            *o = ((sum + 2) >> 2) as u8;
         }
     }
 }
@@ -233,6 +269,21 @@ mod tests {
         let out = s.scale(&f, 2, 1);
         // (0+10+40+50)/4 = 25, (20+30+60+71)/4 = 45.25
         assert_eq!(out.y, [25, 45]);
+        // The 2:1 fast path and the general filter agree.
+        let big = TestPattern::new(64, 36).frame(3);
+        let fast = s.scale(&big, 32, 18);
+        let (h, v) = (Taps::new(64, 32), Taps::new(36, 18));
+        let mut general = vec![0; 32 * 18];
+        filter(
+            &big.y,
+            64,
+            (&h, &v),
+            (&mut Vec::new(), &mut Vec::new()),
+            &mut general,
+        );
+        for (a, b) in fast.y.iter().zip(&general) {
+            assert!(a.abs_diff(*b) <= 1, "{a} vs {b}");
+        }
     }
 
     #[test]
