@@ -233,89 +233,64 @@ fn second_encode(frames: u64) {
     println!();
 }
 
-/// PSNR against the capture of each ladder rung (decoded, scaled back up) per bitrate: a
-/// smaller size pays once it beats the bigger one at the same bitrate
+/// Coding quality of each ladder rung per bitrate: PSNR of the decoded picture against the
+/// encoder's own (downscaled) input, i.e. what the bitrate costs at that size
+///
+/// A rung is "starved" when this falls below a floor (blocking and smearing show; libwebrtc
+/// detects the same through the encoder's QP). The degradation controller's `min_bpp` is
+/// where the full size falls to that floor; the smaller rungs show how much a step down buys.
 fn ladder(frames: u64) {
     let (w, h) = (640, 360);
-    let input = noisy_frames(w, h, frames);
+    let clean: Vec<I420Frame> = {
+        let p = TestPattern::new(w, h);
+        (0..frames).map(|i| p.frame(i)).collect()
+    };
+    let noisy = noisy_frames(w, h, frames);
     let rungs = [(1, 1), (3, 4), (1, 2)];
-    println!("ladder: {w}x{h} noisy source at 30 fps, PSNR (dB) of each size scaled back up");
-    for codec in VideoCodec::ALL.into_iter().filter(|c| c.is_supported()) {
-        print!("{:<6} {:>9}", codec.name(), "kbit/s");
-        for (n, d) in rungs {
-            let (sw, sh) = Scale::new(n, d).expect("scale").apply(w, h);
-            print!(" {:>9} {:>6}", format!("{sw}x{sh}"), "bpp");
-        }
-        println!();
-        for kbps in [150, 250, 400, 600, 900, 1300] {
-            print!("{:<6} {:>9}", "", kbps);
+    for (label, input) in [("clean", &clean), ("noisy", &noisy)] {
+        println!("ladder: {w}x{h} {label} source at 30 fps, coding PSNR (dB) and bits per pixel per frame of each size");
+        for codec in VideoCodec::ALL.into_iter().filter(|c| c.is_supported()) {
+            print!("{:<6} {:>7}", codec.name(), "kbit/s");
             for (n, d) in rungs {
-                let scale = Scale::new(n, d).expect("scale");
-                let mut enc = AdaptiveEncoder::new(VideoEncoderConfig {
-                    bitrate_bps: kbps * 1000,
-                    ..VideoEncoderConfig::new(codec, w, h)
-                })
-                .expect("encoder");
-                enc.set_target(VideoTarget {
-                    scale,
-                    ..enc.target()
-                })
-                .expect("target");
-                let mut dec = video_decoder(codec).expect("decoder");
-                let mut scores = Vec::new();
-                for (i, frame) in input.iter().enumerate() {
-                    let pts = Duration::from_secs(i as u64) / 30;
-                    let Some(e) = enc.encode(frame, pts).expect("encode") else {
-                        continue;
-                    };
-                    let Some(out) = dec.decode(&e.data).expect("decode") else {
-                        continue;
-                    };
-                    // Skip the first second (rate control settling).
-                    if i >= 30 {
-                        scores.push(psnr(frame, &upscale(&out, w, h)));
-                    }
-                }
-                let (sw, sh) = scale.apply(w, h);
-                let bpp = f64::from(kbps * 1000) / (f64::from(sw * sh) * 30.0);
-                let mean = scores.iter().sum::<f64>() / scores.len().max(1) as f64;
-                print!(" {:>9.2} {:>6.3}", mean, bpp);
+                let (sw, sh) = Scale::new(n, d).expect("scale").apply(w, h);
+                print!(" {:>9} {:>6}", format!("{sw}x{sh}"), "bpp");
             }
             println!();
-        }
-    }
-    println!();
-}
-
-/// Bilinear upscaling, to compare a smaller picture with the capture
-fn upscale(src: &I420Frame, w: u32, h: u32) -> I420Frame {
-    let plane = |p: &[u8], sw: u32, sh: u32, dw: u32, dh: u32| -> Vec<u8> {
-        let mut out = Vec::with_capacity((dw * dh) as usize);
-        for y in 0..dh {
-            let fy = ((f64::from(y) + 0.5) * f64::from(sh) / f64::from(dh) - 0.5).max(0.0);
-            let y0 = (fy as u32).min(sh - 1);
-            let y1 = (y0 + 1).min(sh - 1);
-            let ty = fy - f64::from(y0);
-            for x in 0..dw {
-                let fx = ((f64::from(x) + 0.5) * f64::from(sw) / f64::from(dw) - 0.5).max(0.0);
-                let x0 = (fx as u32).min(sw - 1);
-                let x1 = (x0 + 1).min(sw - 1);
-                let tx = fx - f64::from(x0);
-                let at = |xx: u32, yy: u32| f64::from(p[(yy * sw + xx) as usize]);
-                let top = at(x0, y0) * (1.0 - tx) + at(x1, y0) * tx;
-                let bottom = at(x0, y1) * (1.0 - tx) + at(x1, y1) * tx;
-                out.push((top * (1.0 - ty) + bottom * ty).round() as u8);
+            for kbps in [100, 150, 250, 400, 600, 900] {
+                print!("{:<6} {:>7}", "", kbps);
+                for (n, d) in rungs {
+                    let scale = Scale::new(n, d).expect("scale");
+                    let (sw, sh) = scale.apply(w, h);
+                    let mut enc = video_encoder(VideoEncoderConfig {
+                        bitrate_bps: kbps * 1000,
+                        ..VideoEncoderConfig::new(codec, sw, sh)
+                    })
+                    .expect("encoder");
+                    let mut dec = video_decoder(codec).expect("decoder");
+                    let mut scaler = Scaler::new();
+                    let mut scores = Vec::new();
+                    for (i, frame) in input.iter().enumerate() {
+                        let pts = Duration::from_secs(i as u64) / 30;
+                        let small = scaler.scale(frame, sw, sh);
+                        let Some(e) = enc.encode(&small, pts).expect("encode") else {
+                            continue;
+                        };
+                        let Some(out) = dec.decode(&e.data).expect("decode") else {
+                            continue;
+                        };
+                        // Skip the first second (rate control settling).
+                        if i >= 30 {
+                            scores.push(psnr(&small, &out));
+                        }
+                    }
+                    let bpp = f64::from(kbps * 1000) / (f64::from(sw * sh) * 30.0);
+                    let mean = scores.iter().sum::<f64>() / scores.len().max(1) as f64;
+                    print!(" {:>9.2} {:>6.3}", mean, bpp);
+                }
+                println!();
             }
         }
-        out
-    };
-    let (cw, ch) = (src.chroma_width(), src.chroma_height());
-    I420Frame {
-        width: w,
-        height: h,
-        y: plane(&src.y, src.width, src.height, w, h),
-        u: plane(&src.u, cw, ch, w.div_ceil(2), h.div_ceil(2)),
-        v: plane(&src.v, cw, ch, w.div_ceil(2), h.div_ceil(2)),
+        println!();
     }
 }
 
