@@ -82,16 +82,24 @@ pub struct DegradationConfig {
 }
 
 impl Default for DegradationConfig {
-    /// Thresholds measured on this crate's encoders (`codec_bench -- ladder`):
+    /// Thresholds measured on this crate's encoders (`cargo run --release -p meshrtc
+    /// --example codec_bench -- 120 ladder`), on a test pattern with and without sensor
+    /// noise:
     ///
-    /// The bitrate at which the next smaller size, decoded and scaled back up, starts to give
-    /// a better picture (PSNR against the capture) than the current size, at 30 fps, is where
-    /// a step down pays. Measured on the noisy test pattern, 640x360 versus 480x270 and 320x180
-    /// (see `benches/README.md`-style notes in the bench output), it lies near 0.05-0.07 bits
-    /// per pixel per frame for VP8 and H.264 and lower (about 0.04) for VP9. `min_bpp` = 0.06
-    /// steps down there; `up_bpp` = 0.1 is above the 0.56 pixel ratio of one step times the
-    /// down threshold (0.06 / 0.56 = 0.107 would land exactly on it), so a step up is not
-    /// followed by a step down.
+    /// Below some bitrate an encoder is starved: its quantizer sits at the maximum, the
+    /// quality stops falling with the bitrate and the bitrate is no longer held (libwebrtc's
+    /// quality scaler detects this through the QP). At 640x360, 30 fps, the coding PSNR
+    /// (decoded against the encoder's input) stays flat at 28.9 dB (VP8, 100-250 kbit/s),
+    /// 28.3-28.6 (H.264, 100-150) and 32.0-32.1 (VP9, noisy, 100-250); the first bitrate
+    /// measured above the plateau is 400 kbit/s for VP8 and VP9 (0.058 bits per pixel per
+    /// frame: 30.5 / 33.3 dB noisy, 32.1 / 35.0 clean) and 250 kbit/s for H.264 (0.036).
+    /// `min_bpp` = 0.06 steps down just above the starved region of VP8 and VP9 (H.264 would
+    /// hold on a little longer). At 320x180 the same 0.06 is 104 kbit/s, where VP8 is at its
+    /// plateau again (30.2 dB): there the ladder takes frame rate instead.
+    ///
+    /// `up_bpp` = 0.1: one size step has 0.56 times the pixels, so right after a step down at
+    /// 0.06 the smaller size gets 0.107; requiring 0.1 at the bigger size before going back
+    /// up keeps a step up from being undone by the next estimate.
     ///
     /// CPU thresholds as libwebrtc's overuse detector (85 % / 42 % of the frame interval),
     /// rounded.
