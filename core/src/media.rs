@@ -145,10 +145,10 @@ pub(crate) enum MediaOut {
 
 /// Which encoding of a codec a frame belongs to
 ///
-/// Each codec has a main encoding and, while [`Encoders::set_low_encoding`] asks for one, a
-/// second, smaller and cheaper one for peers whose path cannot carry the main one. The two
-/// are independent streams: a peer moved from one to the other needs a keyframe of the one it
-/// moves to ([`Encoders::request_keyframe_of`]) before its frames are useful.
+/// Each codec has a main encoding and, while the participant asks for one, a second, smaller
+/// and cheaper one for peers whose path cannot carry the main one. The two are independent
+/// streams: a peer moved from one to the other needs a keyframe of the one it moves to
+/// before its frames are useful.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Encoding {
     /// The encoding at the target the bandwidth estimate allows for most peers
