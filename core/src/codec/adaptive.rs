@@ -421,6 +421,75 @@ mod tests {
     }
 
     #[test]
+    fn growing_past_the_first_size_works() {
+        for codec in compiled() {
+            let mut enc = AdaptiveEncoder::new(VideoEncoderConfig::new(codec, 640, 360)).unwrap();
+            let half = Scale::new(1, 2).unwrap();
+            enc.set_target(VideoTarget {
+                scale: half,
+                ..enc.target()
+            })
+            .unwrap();
+            let mut dec = video_decoder(codec).unwrap();
+            let src = TestPattern::new(640, 360);
+            for i in 0..6 {
+                if i == 3 {
+                    enc.set_target(VideoTarget {
+                        scale: Scale::FULL,
+                        ..enc.target()
+                    })
+                    .unwrap();
+                }
+                // (H.264 may skip a frame to hold the bitrate.)
+                let Some(e) = enc.encode(&src.frame(i), pts(i)).unwrap() else {
+                    continue;
+                };
+                eprintln!(
+                    "{} frame {i}: {} bytes, key {}",
+                    codec.name(),
+                    e.data.len(),
+                    e.keyframe
+                );
+                assert_eq!(e.keyframe, i == 0 || i == 3, "{} frame {i}", codec.name());
+                let out = dec.decode(&e.data).unwrap().unwrap();
+                assert_eq!(out.width, if i < 3 { 320 } else { 640 });
+            }
+        }
+    }
+
+    /// Sizes up and down, in place and past the first size, many times over: every frame
+    /// decodes at the size it was sent at (run under `MALLOC_CHECK_=3` this also caught heap
+    /// corruption in libvpx's VP9 in-place growth)
+    #[test]
+    fn many_size_changes_stay_sound() {
+        let scales = [(1, 2), (3, 4), (1, 1), (3, 8), (1, 4), (1, 1), (1, 2)];
+        for codec in compiled() {
+            let mut enc = AdaptiveEncoder::new(VideoEncoderConfig::new(codec, 320, 180)).unwrap();
+            let mut dec = video_decoder(codec).unwrap();
+            let src = TestPattern::new(320, 180);
+            for i in 0..70u64 {
+                let (n, d) = scales[(i / 5) as usize % scales.len()];
+                let scale = Scale::new(n, d).unwrap();
+                enc.set_target(VideoTarget {
+                    scale,
+                    ..enc.target()
+                })
+                .unwrap();
+                let Some(e) = enc.encode(&src.frame(i), pts(i)).unwrap() else {
+                    continue;
+                };
+                let out = dec.decode(&e.data).unwrap().unwrap();
+                assert_eq!(
+                    (out.width, out.height),
+                    scale.apply(320, 180),
+                    "{} {i}",
+                    codec.name()
+                );
+            }
+        }
+    }
+
+    #[test]
     fn frame_rate_cap_keeps_the_average() {
         let Ok(mut enc) = AdaptiveEncoder::new(VideoEncoderConfig::new(VideoCodec::Vp8, 64, 36))
         else {

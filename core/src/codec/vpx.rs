@@ -140,6 +140,8 @@ pub(super) struct Encoder {
     last_pts: Option<i64>,
     /// Position in the temporal layer pattern of the next frame
     layer_index: usize,
+    /// The size the context was created with: in-place resizes stay within it
+    initial: (u32, u32),
 }
 
 /// VP8 temporal layer patterns: per frame of the period, its layer and encode flags
@@ -267,6 +269,7 @@ impl Encoder {
             cfg,
             last_pts: None,
             layer_index: 0,
+            initial: (cfg.width, cfg.height),
         };
         this.size_controls()?;
         this.rate_controls()?;
@@ -458,18 +461,24 @@ impl VideoEncoder for Encoder {
         if (width, height) == (self.cfg.width, self.cfg.height) {
             return Ok(());
         }
+        let mut cfg = self.cfg;
+        cfg.width = width;
+        cfg.height = height;
+        // Growing past the size the context was created with: a new encoder. VP8 refuses
+        // that in place, and libvpx 1.12's VP9 accepts it but corrupts its heap on the frame
+        // after (seen here as glibc's "corrupted size vs. prev_size"); libwebrtc likewise
+        // re-initialises on a size increase.
+        if width > self.initial.0 || height > self.initial.1 {
+            *self = Self::new(cfg)?;
+            return Ok(());
+        }
         let (old_w, old_h) = (self.enc.g_w, self.enc.g_h);
         self.enc.g_w = width;
         self.enc.g_h = height;
         if let Err(e) = self.apply_config() {
-            // E.g. VP8 growing past the size it was created with: start afresh, which
-            // begins with a keyframe.
-            tracing::debug!(error = %e, "{} resize in place refused; new encoder", self.cfg.codec.name());
+            tracing::debug!(error = %e, "{} resize in place refused; new encoder", cfg.codec.name());
             self.enc.g_w = old_w;
             self.enc.g_h = old_h;
-            let mut cfg = self.cfg;
-            cfg.width = width;
-            cfg.height = height;
             *self = Self::new(cfg)?;
             return Ok(());
         }
