@@ -178,8 +178,12 @@ fn noisy_frames(w: u32, h: u32, frames: u64) -> Vec<I420Frame> {
 fn second_encode(frames: u64) {
     println!("second encode: one encode per frame vs. main + low encoding (noisy source, 30 fps)");
     println!(
+        "  low ms includes downscaling its input, shown alone in (scaling); extra % = low / main;"
+    );
+    println!("  core % = main + low at 30 fps");
+    println!(
         "{:<6} {:<16} {:>11} {:>11} {:>11} {:>9} {:>9}",
-        "codec", "main + low", "main ms", "low ms", "scale ms", "extra %", "core %"
+        "codec", "main + low", "main ms", "low ms", "(scaling)", "extra %", "core %"
     );
     for (w, h, main_bps, low_w, low_h, low_bps) in [
         (640, 360, 800_000, 320, 180, 200_000),

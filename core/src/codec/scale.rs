@@ -144,8 +144,14 @@ fn scale_plane(
 ) {
     let dst_width = h.start.len();
     let src_rows = src.len() / src_width.max(1);
-    if src_width == 2 * dst_width && src_rows == 2 * v.start.len() {
+    let dst_rows = v.start.len();
+    if src_width == 2 * dst_width && src_rows == 2 * dst_rows {
         halve(src, src_width, dst);
+    } else if src_width == 4 * dst_width && src_rows == 4 * dst_rows {
+        // Twice 2:1: the 4x4 mean up to rounding, several times faster than the taps.
+        let mut half = vec![0u8; (src_width / 2) * (src_rows / 2)];
+        halve(src, src_width, &mut half);
+        halve(&half, src_width / 2, dst);
     } else {
         filter(src, src_width, (h, v), (mid, acc), dst);
     }
@@ -281,6 +287,22 @@ mod tests {
             (&mut Vec::new(), &mut Vec::new()),
             &mut general,
         );
+        for (a, b) in fast.y.iter().zip(&general) {
+            assert!(a.abs_diff(*b) <= 1, "{a} vs {b}");
+        }
+        // And the 4:1 one.
+        let fast = s.scale(&big, 16, 8);
+        let (h, v) = (Taps::new(64, 16), Taps::new(36, 9));
+        let mut general = vec![0; 16 * 9];
+        filter(
+            &big.y,
+            64,
+            (&h, &v),
+            (&mut Vec::new(), &mut Vec::new()),
+            &mut general,
+        );
+        assert_eq!(fast.height, 8);
+        let fast = s.scale(&big, 16, 9);
         for (a, b) in fast.y.iter().zip(&general) {
             assert!(a.abs_diff(*b) <= 1, "{a} vs {b}");
         }
