@@ -31,7 +31,7 @@ use super::{
 ///
 /// Bitrate and frame rate change in place through OpenH264's `SetOption`; a size change
 /// creates the encoder afresh (the `openh264` crate would otherwise re-initialise it with the
-/// bitrate it was created with), which costs about what the keyframe it needs anyway costs.
+/// bitrate it was created with), and starts with the IDR a size change needs anyway.
 pub(super) struct Encoder {
     inner: OhEncoder,
     cfg: VideoEncoderConfig,
