@@ -41,7 +41,12 @@ fn check(codec: VideoCodec, out: Result<Option<I420Frame>, CodecError>) {
     match out {
         Ok(Some(f)) => {
             f.check().expect("decoded frame is consistent");
-            assert!(f.width > 0 && f.height > 0 && f.width <= MAX_DECODE_SIDE && f.height <= MAX_DECODE_SIDE);
+            assert!(
+                f.width > 0
+                    && f.height > 0
+                    && f.width <= MAX_DECODE_SIDE
+                    && f.height <= MAX_DECODE_SIDE
+            );
             assert!(u64::from(f.width) * u64::from(f.height) <= MAX_DECODE_PIXELS);
         }
         Ok(None) => {}
