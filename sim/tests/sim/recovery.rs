@@ -137,7 +137,8 @@ fn check(case: &Case, out: &Outcome) -> Result {
                 None => r.problems.push(format!("{tag}: nothing after the repair")),
             },
             None => {
-                let gap = longest_gap(&arrivals, end);
+                let until = cfg.stop.map_or(end, |s| s.min(end));
+                let gap = longest_gap(&arrivals, until);
                 if gap > NEVER_STOPS {
                     r.problems.push(format!("{tag}: stopped for {gap:?}"));
                 }
@@ -171,8 +172,9 @@ fn check(case: &Case, out: &Outcome) -> Result {
                     None => r.problems.push(format!("{tag}: nothing after the repair")),
                 },
                 None => {
-                    // Until the stream stops (scenario end).
-                    let gap = longest_gap(&plays, end.saturating_sub(Duration::from_secs(1)));
+                    // Until the stream stops (or the scenario ends).
+                    let until = cfg.stop.map_or(end, |s| s.min(end));
+                    let gap = longest_gap(&plays, until.saturating_sub(Duration::from_secs(1)));
                     if gap > NEVER_STOPS {
                         r.problems.push(format!("{tag}: stopped for {gap:?}"));
                     }
