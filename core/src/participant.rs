@@ -444,6 +444,8 @@ impl Participant {
             peer_id,
             capabilities: Some(self.config.capabilities),
             metadata: Some(self.config.metadata.clone()),
+            token: None,
+            resume: None,
         });
         self.outputs.push_back(Output::Signal(frame));
         self.state = RoomState::Announcing { room };

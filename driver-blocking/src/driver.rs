@@ -540,6 +540,8 @@ impl Driver {
                 peer_id: Some(me.clone()),
                 capabilities: Some(config.capabilities),
                 metadata: Some(config.metadata.clone()),
+                token: None,
+                resume: None,
             },
         };
         self.rejoin_id = Some(id);

@@ -225,6 +225,7 @@ impl Server {
                     peer_id,
                     capabilities,
                     metadata,
+                    ..
                 },
                 seat,
             ) => {
@@ -335,11 +336,7 @@ impl Server {
                 peer_id: info.peer_id.clone(),
             });
         }
-        let result = AnnounceResult {
-            peer_id: info.peer_id.clone(),
-            room,
-            peers,
-        };
+        let result = AnnounceResult::new(info.peer_id.clone(), room, peers);
         self.send_ok(conn, id, result.to_value());
         let joined = ServerFrame::Notification(Notification::Joined(info));
         self.broadcast(&others, &joined);
@@ -606,6 +603,8 @@ mod tests {
             peer_id: peer.map(pid),
             capabilities: None,
             metadata: None,
+            token: None,
+            resume: None,
         }
     }
 
@@ -658,11 +657,7 @@ mod tests {
     fn announce_lists_earlier_peers_and_notifies_them() {
         let mut h = Harness::new();
         let out = h.join(1, "demo", "alice");
-        let first = AnnounceResult {
-            peer_id: pid("alice"),
-            room: rid("demo"),
-            peers: vec![],
-        };
+        let first = AnnounceResult::new(pid("alice"), rid("demo"), vec![]);
         assert_eq!(out, vec![(1, ok(1, first.to_value()))]);
 
         h.connect(2);
@@ -679,6 +674,8 @@ mod tests {
                 peer_id: Some(pid("bob")),
                 capabilities: Some(caps),
                 metadata: Some(json!({"name": "Bob"})),
+                token: None,
+                resume: None,
             },
         );
         let bob = PeerInfo {
@@ -686,11 +683,7 @@ mod tests {
             capabilities: caps,
             metadata: json!({"name": "Bob"}),
         };
-        let second = AnnounceResult {
-            peer_id: pid("bob"),
-            room: rid("demo"),
-            peers: vec![info("alice")],
-        };
+        let second = AnnounceResult::new(pid("bob"), rid("demo"), vec![info("alice")]);
         assert_eq!(
             out,
             vec![
@@ -700,11 +693,7 @@ mod tests {
         );
 
         let out = h.join(3, "demo", "carol");
-        let third = AnnounceResult {
-            peer_id: pid("carol"),
-            room: rid("demo"),
-            peers: vec![info("alice"), bob],
-        };
+        let third = AnnounceResult::new(pid("carol"), rid("demo"), vec![info("alice"), bob]);
         assert_eq!(
             out,
             vec![
