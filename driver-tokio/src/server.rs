@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_tungstenite::tokio::TokioAdapter;
 use async_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
@@ -20,7 +20,7 @@ use async_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use async_tungstenite::tungstenite::{Error as WsError, Message};
 use async_tungstenite::WebSocketStream;
 use futures_util::StreamExt;
-use meshrtc::signal::server::{ConnId, Server, ServerConfig, ServerOutput};
+use meshrtc::signal::server::{ConnId, Server, ServerConfig, ServerOutput, Timestamp};
 use meshrtc::signal::LeftReason;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -194,6 +194,8 @@ enum ServerInput {
         reason: LeftReason,
     },
     Counts(oneshot::Sender<(usize, usize)>),
+    /// A deadline of the logic passed (internal to the logic task)
+    Tick,
 }
 
 /// What the logic task tells one connection task
@@ -206,9 +208,21 @@ enum ConnOutput {
 /// The one task that owns the logic
 async fn run_server(mut logic: Server, mut rx: mpsc::Receiver<ServerInput>) {
     let mut conns: HashMap<ConnId, mpsc::Sender<ConnOutput>> = HashMap::new();
-    while let Some(input) = rx.recv().await {
-        let now = tokio::time::Instant::now().into_std();
+    loop {
+        let deadline = logic.poll_timeout();
+        let input = tokio::select! {
+            input = rx.recv() => match input {
+                Some(input) => input,
+                None => break,
+            },
+            () = sleep_until_opt(deadline) => {
+                logic.handle_timeout(timestamp());
+                ServerInput::Tick
+            }
+        };
+        let now = timestamp();
         match input {
+            ServerInput::Tick => {}
             ServerInput::Connect { conn, out } => {
                 conns.insert(conn, out);
                 logic.handle_connect(now, conn);
@@ -255,6 +269,22 @@ async fn run_server(mut logic: Server, mut rx: mpsc::Receiver<ServerInput>) {
                 }
             }
         }
+    }
+}
+
+/// Both clocks now, as the logic takes them
+fn timestamp() -> Timestamp {
+    let unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    Timestamp::new(tokio::time::Instant::now().into_std(), unix)
+}
+
+/// Sleeps until `deadline`, or forever without one
+async fn sleep_until_opt(deadline: Option<std::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 

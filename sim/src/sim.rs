@@ -353,7 +353,10 @@ impl Sim {
         // run depends only on the seed.
         fastrand::seed(config.seed);
         let relay = Server::new(ServerConfig {
-            seed: config.seed,
+            seed: Some(config.seed),
+            // Version 1 behaviour until the simulator drives the server's timeouts
+            // (`Server::poll_timeout`/`handle_timeout`), which resume needs.
+            resume_grace: Duration::ZERO,
             ..ServerConfig::default()
         });
         let mut sim = Self {

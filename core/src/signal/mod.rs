@@ -15,6 +15,7 @@
 //! Objects held as [`serde_json::Value`] (metadata, response results) are written in
 //! `serde_json`'s map order.
 
+pub mod auth;
 pub mod server;
 
 use std::fmt;

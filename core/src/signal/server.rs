@@ -1,19 +1,45 @@
 //! The signaling server's logic as a sans-IO state machine
 //!
-//! [`Server`] holds every room and connection and implements `contracts/signaling.md`;
-//! a driver (the WebSocket server, the simulator) only moves frames in and out.
+//! [`Server`] holds every room and connection and implements `contracts/signaling.md`
+//! (version 2: resume, room tokens, ICE servers); a driver (the WebSocket server, the
+//! simulator) only moves frames and time in and out. Room membership and every relaying
+//! decision live here, so that a driver spanning several nodes only has to carry frames.
 //!
 //! # Call order
+//!
+//! In the style of quinn's and str0m's state machines: feed inputs with `handle_*`, then take
+//! what to do with `poll_*`.
 //!
 //! * [`Server::handle_connect`] once when a connection opens, before anything else about it.
 //! * [`Server::handle_text`] and [`Server::handle_binary`] for every frame it receives.
 //! * [`Server::handle_disconnect`] once when the connection drops, unless the server asked to
 //!   close it with [`ServerOutput::Close`] (calling it then anyway is harmless).
-//! * After each `handle_*` call, drain [`Server::poll_output`] until it returns `None`.
+//! * [`Server::handle_timeout`] when the instant [`Server::poll_timeout`] returned has come
+//!   (calling it earlier or more often is harmless). The server's deadlines are the end of
+//!   a dropped peer's resume grace.
+//! * After each `handle_*` call, drain [`Server::poll_output`] until it returns `None`, then
+//!   ask [`Server::poll_timeout`] again: any input may move the next deadline.
+//!
+//! Every input carries its time as a [`Timestamp`]: the monotonic instant (an `Instant`
+//! converts into one) and, when the driver knows it, the wall-clock time, which room tokens
+//! and TURN credentials need. The server never reads a clock: between inputs that carry the
+//! wall clock it advances the last one it was given by the monotonic time.
 //!
 //! Inputs about a connection the server does not know (never connected, or already closed)
-//! are ignored. Outputs come in a deterministic order, and peer ids the server assigns come
-//! from [`ServerConfig::seed`], so the same inputs always give the same outputs.
+//! are ignored. Outputs come in a deterministic order. Resume tokens and server-assigned peer
+//! ids come from the operating system's generator, or from [`ServerConfig::seed`] when one is
+//! set (the simulator), so that the same inputs then give the same outputs.
+//!
+//! # Resume
+//!
+//! A connection that drops without `peer.disconnect` keeps its place for
+//! [`ServerConfig::resume_grace`]: the room is told nothing, and notifications addressed to
+//! the peer are held (up to [`ServerConfig::max_held_frames`] and
+//! [`ServerConfig::max_held_bytes`]; beyond that, or when the grace runs out, the peer is
+//! ended with `peer.left` reason `"timeout"`). A new connection announcing with the peer's
+//! resume token, room and id takes the place back: the result says `"resumed": true` and the
+//! held notifications follow in order. A grace of zero is version 1: the room hears
+//! `peer.left` at once and results carry no token.
 //!
 //! # Behaviour beyond the contract
 //!
@@ -22,21 +48,28 @@
 //! * A peer may address itself: `to` is its own id, which is in its room.
 //! * A binary frame larger than `max_frame_bytes` gets `-32004`, a smaller one `-32600`.
 //! * Every frame, valid or not, takes a rate-limit token.
+//! * A valid resume token for a peer whose old connection the server still thinks is open
+//!   takes the place over at once: the old connection is closed without `peer.left`, and what
+//!   was still in flight to it is lost. The capabilities and metadata of a resuming announce
+//!   are ignored: the room keeps what it was told when the peer joined.
+//! * A resume token is issued once per place and stays the same when the place is resumed.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::time::Instant;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::signal::auth::{verify_room_token, Secret};
 use crate::signal::{
     empty_object, AnnounceResult, Capabilities, ClientFrame, ErrorCode, LeftReason, Notification,
     PeerId, PeerInfo, Request, RequestId, RoomId, RpcError, ServerFrame, MAX_FRAME_BYTES,
 };
 
-/// Limits and seed of a [`Server`]
+/// Limits, grace and seed of a [`Server`]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerConfig {
-    /// Peers a room holds before `peer.announce` gets `-32001` (default 10)
+    /// Peers a room holds before `peer.announce` gets `-32001` (default 10); held places count
     pub max_peers_per_room: usize,
     /// Largest text frame accepted, in bytes (default 64 KiB)
     pub max_frame_bytes: usize,
@@ -44,8 +77,20 @@ pub struct ServerConfig {
     pub rate_limit_per_sec: u32,
     /// Frames a connection may send at once (default 200)
     pub rate_limit_burst: u32,
-    /// Seed of the generator of server-assigned peer ids (default 0)
-    pub seed: u64,
+    /// How long the place of a dropped connection is held for a resume (default 20 s);
+    /// zero turns resume off (version 1 behaviour). Sent to clients in whole seconds.
+    pub resume_grace: Duration,
+    /// Notifications held for a dropped peer before it is ended at once (default 256)
+    pub max_held_frames: usize,
+    /// Bytes of notifications held for a dropped peer before it is ended at once (default 1 MiB)
+    pub max_held_bytes: usize,
+    /// The secret room tokens are signed with; when set, `peer.announce` needs a valid
+    /// `token` (JWT, HS256) for its room and id, or gets `-32006` (default none)
+    pub token_secret: Option<Secret>,
+    /// Seed for server-assigned peer ids and resume tokens; `None` (the default) draws them
+    /// from the operating system. Only a simulation should set one: seeded tokens are
+    /// predictable.
+    pub seed: Option<u64>,
 }
 
 impl Default for ServerConfig {
@@ -55,8 +100,39 @@ impl Default for ServerConfig {
             max_frame_bytes: MAX_FRAME_BYTES,
             rate_limit_per_sec: 50,
             rate_limit_burst: 200,
-            seed: 0,
+            resume_grace: Duration::from_secs(20),
+            max_held_frames: 256,
+            max_held_bytes: 1024 * 1024,
+            token_secret: None,
+            seed: None,
         }
+    }
+}
+
+/// The time of an input: the monotonic instant and, when the driver knows it, the wall clock
+///
+/// An [`Instant`] converts into a timestamp without a wall clock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timestamp {
+    /// The monotonic time of the input
+    pub mono: Instant,
+    /// The wall-clock time at `mono`, as time since 1970-01-01 00:00:00 UTC
+    pub unix: Option<Duration>,
+}
+
+impl Timestamp {
+    /// A timestamp with both clocks, read together
+    pub fn new(mono: Instant, unix: Duration) -> Self {
+        Self {
+            mono,
+            unix: Some(unix),
+        }
+    }
+}
+
+impl From<Instant> for Timestamp {
+    fn from(mono: Instant) -> Self {
+        Self { mono, unix: None }
     }
 }
 
@@ -83,46 +159,81 @@ pub enum ServerOutput {
     },
 }
 
+/// Counters of what a [`Server`] has done since it was created
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServerStats {
+    /// Frames received (text and binary)
+    pub frames_in: u64,
+    /// Bytes of frames received
+    pub bytes_in: u64,
+    /// Frames sent (including held frames once delivered)
+    pub frames_out: u64,
+    /// Bytes of frames sent
+    pub bytes_out: u64,
+    /// Error responses sent, by numeric code
+    pub errors: BTreeMap<i64, u64>,
+    /// Frames refused with `-32005`
+    pub rate_limited: u64,
+    /// Places held after a dropped connection
+    pub held: u64,
+    /// Places taken back with a resume token
+    pub resumed: u64,
+    /// Held places ended: grace over, or too much held for them
+    pub expired: u64,
+}
+
 /// The signaling server: rooms, connections and the protocol between them
 #[derive(Debug)]
 pub struct Server {
     config: ServerConfig,
-    rng: fastrand::Rng,
+    rng: Rng,
     conns: BTreeMap<ConnId, Conn>,
     rooms: BTreeMap<RoomId, Room>,
     outputs: VecDeque<ServerOutput>,
+    /// Ends of resume graces
+    held_deadlines: BTreeSet<(Instant, RoomId, PeerId)>,
+    /// Held places to end once the current input is handled
+    to_end: Vec<(RoomId, PeerId)>,
+    /// The last wall-clock reading, with the monotonic time it was taken at
+    wall: Option<(Instant, Duration)>,
+    stats: ServerStats,
 }
 
 impl Server {
-    /// A relay with no rooms and no connections
+    /// A server with no rooms and no connections
     pub fn new(config: ServerConfig) -> Self {
         Self {
-            rng: fastrand::Rng::with_seed(config.seed),
+            rng: Rng::new(config.seed),
             config,
             conns: BTreeMap::new(),
             rooms: BTreeMap::new(),
             outputs: VecDeque::new(),
+            held_deadlines: BTreeSet::new(),
+            to_end: Vec::new(),
+            wall: None,
+            stats: ServerStats::default(),
         }
     }
 
+    /// The configuration the server was created with
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
     /// A connection opened; it starts with a full rate-limit burst
-    pub fn handle_connect(&mut self, now: Instant, conn: ConnId) {
+    pub fn handle_connect(&mut self, now: impl Into<Timestamp>, conn: ConnId) {
+        let now = self.observe(now.into());
         if self.conns.contains_key(&conn) {
             tracing::warn!(?conn, "connect for a connection already open; ignored");
             return;
         }
-        self.conns.insert(
-            conn,
-            Conn {
-                bucket: TokenBucket::new(now, self.config.rate_limit_burst),
-                seat: None,
-            },
-        );
+        self.conns.insert(conn, Conn::new(now, &self.config));
     }
 
     /// A text frame arrived on `conn`
-    pub fn handle_text(&mut self, now: Instant, conn: ConnId, text: &str) {
-        let Some(allowed) = self.take_token(now, conn) else {
+    pub fn handle_text(&mut self, now: impl Into<Timestamp>, conn: ConnId, text: &str) {
+        let now = self.observe(now.into());
+        let Some(allowed) = self.take_token(now, conn, text.len()) else {
             return;
         };
         let parsed = ClientFrame::parse_with_limit(text, self.config.max_frame_bytes);
@@ -132,26 +243,30 @@ impl Server {
                 Ok(frame) => Some(frame.id),
                 Err(failure) => failure.id,
             };
+            self.stats.rate_limited += 1;
             self.send_error(conn, id, ErrorCode::RateLimited.into());
-            return;
-        }
-        match parsed {
-            Ok(frame) => self.handle_request(conn, frame),
-            Err(failure) => {
-                tracing::debug!(?conn, %failure, "bad frame");
-                self.send(conn, &failure.into_response());
+        } else {
+            match parsed {
+                Ok(frame) => self.handle_request(now, conn, frame),
+                Err(failure) => {
+                    tracing::debug!(?conn, %failure, "bad frame");
+                    self.send_error(conn, failure.id, failure.error);
+                }
             }
         }
+        self.settle(now);
     }
 
     /// A binary frame of `len` bytes arrived on `conn`; the protocol has none
     ///
     /// The answer has `"id": null`; the connection stays open.
-    pub fn handle_binary(&mut self, now: Instant, conn: ConnId, len: usize) {
-        let Some(allowed) = self.take_token(now, conn) else {
+    pub fn handle_binary(&mut self, now: impl Into<Timestamp>, conn: ConnId, len: usize) {
+        let now = self.observe(now.into());
+        let Some(allowed) = self.take_token(now, conn, len) else {
             return;
         };
         let error = if !allowed {
+            self.stats.rate_limited += 1;
             ErrorCode::RateLimited.into()
         } else if len > self.config.max_frame_bytes {
             RpcError::new(
@@ -165,19 +280,47 @@ impl Server {
             RpcError::new(ErrorCode::InvalidRequest, "binary frames are not supported")
         };
         self.send_error(conn, None, error);
+        self.settle(now);
     }
 
-    /// The connection dropped (closed by the client, or timed out)
+    /// The connection dropped (closed by the client, timed out, or closed by the driver)
     ///
-    /// Same as `peer.disconnect` without the response: the other peers of its room get
-    /// `peer.left` with `reason`. `now` is unused; it keeps every input timestamped.
-    pub fn handle_disconnect(&mut self, _now: Instant, conn: ConnId, reason: LeftReason) {
+    /// An announced peer's place is held for the resume grace; with a grace of zero this is
+    /// `peer.disconnect` without the response: the other peers of its room get `peer.left`
+    /// with `reason`.
+    pub fn handle_disconnect(
+        &mut self,
+        now: impl Into<Timestamp>,
+        conn: ConnId,
+        reason: LeftReason,
+    ) {
+        let now = self.observe(now.into());
         let Some(gone) = self.conns.remove(&conn) else {
             return;
         };
         if let Some(seat) = gone.seat {
-            self.leave(seat, reason);
+            self.drop_seat(now, conn, seat, reason);
         }
+        self.settle(now);
+    }
+
+    /// Time has come: ends the held places whose grace is over
+    pub fn handle_timeout(&mut self, now: impl Into<Timestamp>) {
+        let now = self.observe(now.into());
+        while let Some(first) = self.held_deadlines.first() {
+            if first.0 > now {
+                break;
+            }
+            let (_, room, peer_id) = self.held_deadlines.pop_first().expect("not empty");
+            tracing::debug!(peer = %peer_id, %room, "resume grace over");
+            self.to_end.push((room, peer_id));
+        }
+        self.settle(now);
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) is next due; `None` when nothing waits
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.held_deadlines.first().map(|d| d.0)
     }
 
     /// The next thing the driver must do, in order; `None` when there is nothing left
@@ -185,7 +328,7 @@ impl Server {
         self.outputs.pop_front()
     }
 
-    /// Rooms with at least one peer
+    /// Rooms with at least one peer (held places included)
     pub fn room_count(&self) -> usize {
         self.rooms.len()
     }
@@ -195,27 +338,63 @@ impl Server {
         self.conns.len()
     }
 
-    /// The peers of `room` in join order; empty if there is no such room
+    /// Peers in every room, held places included
+    pub fn peer_count(&self) -> usize {
+        self.rooms.values().map(|r| r.members.len()).sum()
+    }
+
+    /// Places held for a dropped connection, waiting for a resume
+    pub fn held_count(&self) -> usize {
+        self.held_deadlines.len()
+    }
+
+    /// What the server has done so far
+    pub fn stats(&self) -> &ServerStats {
+        &self.stats
+    }
+
+    /// The peers of `room` in join order, held places included; empty if there is no such room
     pub fn peers_in(&self, room: &RoomId) -> Vec<PeerId> {
         self.rooms.get(room).map_or_else(Vec::new, |r| {
             r.members.iter().map(|m| m.info.peer_id.clone()).collect()
         })
     }
 
+    /// The wall-clock time at `now`, from the last reading a driver gave
+    fn unix_at(&self, now: Instant) -> Option<Duration> {
+        let (at, unix) = self.wall?;
+        Some(if now >= at {
+            unix.saturating_add(now - at)
+        } else {
+            unix.saturating_sub(at - now)
+        })
+    }
+
+    /// Notes the wall clock an input carries; returns its monotonic time
+    fn observe(&mut self, now: Timestamp) -> Instant {
+        if let Some(unix) = now.unix {
+            self.wall = Some((now.mono, unix));
+        }
+        now.mono
+    }
+
     /// Takes a rate-limit token: `None` for an unknown connection, else whether one was left
-    fn take_token(&mut self, now: Instant, conn: ConnId) -> Option<bool> {
+    fn take_token(&mut self, now: Instant, conn: ConnId, len: usize) -> Option<bool> {
         let Some(c) = self.conns.get_mut(&conn) else {
             tracing::debug!(?conn, "frame on an unknown connection; ignored");
             return None;
         };
-        Some(c.bucket.try_take(
+        self.stats.frames_in += 1;
+        self.stats.bytes_in += len as u64;
+        Some(c.frames.try_take(
             now,
+            1,
             self.config.rate_limit_per_sec,
             self.config.rate_limit_burst,
         ))
     }
 
-    fn handle_request(&mut self, conn: ConnId, frame: ClientFrame) {
+    fn handle_request(&mut self, now: Instant, conn: ConnId, frame: ClientFrame) {
         let ClientFrame { id, request } = frame;
         let seat = self.conns.get(&conn).and_then(|c| c.seat.clone());
         match (request, seat) {
@@ -225,7 +404,8 @@ impl Server {
                     peer_id,
                     capabilities,
                     metadata,
-                    ..
+                    token,
+                    resume,
                 },
                 seat,
             ) => {
@@ -234,9 +414,15 @@ impl Server {
                     let error = RpcError::new(ErrorCode::InvalidParams, message);
                     return self.send_error(conn, Some(id), error);
                 }
-                let capabilities = capabilities.unwrap_or_default();
-                let metadata = metadata.unwrap_or_else(empty_object);
-                self.announce(conn, id, room, peer_id, capabilities, metadata);
+                let announce = Announce {
+                    room,
+                    peer_id,
+                    capabilities: capabilities.unwrap_or_default(),
+                    metadata: metadata.unwrap_or_else(empty_object),
+                    token,
+                    resume,
+                };
+                self.announce(now, conn, id, announce);
             }
             (_, None) => {
                 let message = "not announced: send peer.announce first";
@@ -288,47 +474,63 @@ impl Server {
         }
     }
 
-    /// Seats the unannounced `conn` in `room`, or answers why not
-    fn announce(
-        &mut self,
-        conn: ConnId,
-        id: RequestId,
-        room: RoomId,
-        peer_id: Option<PeerId>,
-        capabilities: Capabilities,
-        metadata: Value,
-    ) {
-        let members = self.rooms.get(&room).map_or(&[][..], |r| &r.members);
+    /// Seats the unannounced `conn`: takes a held place back, or joins afresh, or answers why not
+    fn announce(&mut self, now: Instant, conn: ConnId, id: RequestId, mut a: Announce) {
+        if let Some(peer_id) = self.resumable(&a) {
+            // The token was issued to an authorized announce: no room token needed again.
+            return self.resume(conn, id, a.room, peer_id);
+        }
+        match self.authorize(now, &a) {
+            Ok(Some(granted)) if a.peer_id.is_none() => a.peer_id = Some(granted),
+            Ok(_) => {}
+            Err(message) => {
+                tracing::debug!(?conn, room = %a.room, %message, "announce refused");
+                let error = RpcError::new(ErrorCode::Unauthorized, message);
+                return self.send_error(conn, Some(id), error);
+            }
+        }
+        let members = self.rooms.get(&a.room).map_or(&[][..], |r| &r.members);
         if members.len() >= self.config.max_peers_per_room {
             let message = format!(
-                "room full: {room} has {} peers",
-                self.config.max_peers_per_room
+                "room full: {} has {} peers",
+                a.room, self.config.max_peers_per_room
             );
             let error = RpcError::new(ErrorCode::RoomFull, message);
             return self.send_error(conn, Some(id), error);
         }
-        let peer_id = match peer_id {
+        let peer_id = match a.peer_id {
             Some(p) if members.iter().any(|m| m.info.peer_id == p) => {
-                let message = format!("peer id {p} is already taken in {room}");
+                let message = format!("peer id {p} is already taken in {}", a.room);
                 let error = RpcError::new(ErrorCode::PeerIdTaken, message);
                 return self.send_error(conn, Some(id), error);
             }
             Some(p) => p,
-            None => self.fresh_peer_id(&room),
+            None => self.fresh_peer_id(&a.room),
+        };
+        let room = a.room;
+        let resume = if self.config.resume_grace.is_zero() {
+            None
+        } else {
+            self.rng.token()
         };
 
         tracing::debug!(?conn, peer = %peer_id, %room, "peer joined");
         let info = PeerInfo {
             peer_id,
-            capabilities,
-            metadata,
+            capabilities: a.capabilities,
+            metadata: a.metadata,
         };
-        let members = &mut self.rooms.entry(room.clone()).or_default().members;
-        let peers: Vec<PeerInfo> = members.iter().map(|m| m.info.clone()).collect();
-        let others: Vec<ConnId> = members.iter().map(|m| m.conn).collect();
-        members.push(Member {
-            conn,
+        let entry = self.rooms.entry(room.clone()).or_default();
+        let peers: Vec<PeerInfo> = entry.members.iter().map(|m| m.info.clone()).collect();
+        let others: Vec<PeerId> = entry
+            .members
+            .iter()
+            .map(|m| m.info.peer_id.clone())
+            .collect();
+        entry.members.push(Member {
             info: info.clone(),
+            link: Link::Live(conn),
+            resume: resume.clone(),
         });
         if let Some(c) = self.conns.get_mut(&conn) {
             c.seat = Some(Seat {
@@ -336,10 +538,100 @@ impl Server {
                 peer_id: info.peer_id.clone(),
             });
         }
-        let result = AnnounceResult::new(info.peer_id.clone(), room, peers);
+        let mut result = AnnounceResult::new(info.peer_id.clone(), room.clone(), peers);
+        result.resume = resume;
+        result.resume_grace_s = Some(self.grace_secs());
         self.send_ok(conn, id, result.to_value());
-        let joined = ServerFrame::Notification(Notification::Joined(info));
-        self.broadcast(&others, &joined);
+        let joined = ServerFrame::Notification(Notification::Joined(info)).to_json();
+        for peer in others {
+            self.deliver(&room, &peer, joined.clone());
+        }
+    }
+
+    /// Checks the announce's room token when the server requires one
+    ///
+    /// `Ok(Some(id))` is the peer id the token grants (its `sub`), `Err` why it is refused.
+    fn authorize(&self, now: Instant, a: &Announce) -> Result<Option<PeerId>, String> {
+        let Some(secret) = &self.config.token_secret else {
+            return Ok(None);
+        };
+        let Some(token) = &a.token else {
+            return Err("unauthorized: this server requires a room token".into());
+        };
+        let Some(unix) = self.unix_at(now) else {
+            tracing::warn!("a room token arrived but the driver never gave the wall clock");
+            return Err("unauthorized: the server cannot check token times".into());
+        };
+        let claims =
+            verify_room_token(secret, token, unix).map_err(|e| format!("unauthorized: {e}"))?;
+        if claims.room != a.room {
+            return Err(format!(
+                "unauthorized: the token is for room {}",
+                claims.room
+            ));
+        }
+        match (&claims.sub, &a.peer_id) {
+            (Some(sub), Some(asked)) if sub != asked => {
+                Err(format!("unauthorized: the token is for peer id {sub}"))
+            }
+            _ => Ok(claims.sub),
+        }
+    }
+
+    /// The peer whose held (or live) place the announce's resume token reclaims, if any
+    fn resumable(&self, a: &Announce) -> Option<PeerId> {
+        let token = a.resume.as_deref()?;
+        let peer_id = a.peer_id.as_ref()?;
+        let member = self.rooms.get(&a.room)?.member(peer_id)?;
+        let expected = member.resume.as_deref()?;
+        constant_time_eq(expected.as_bytes(), token.as_bytes()).then(|| peer_id.clone())
+    }
+
+    /// Gives `peer_id`'s place in `room` to `conn` and sends what was held for it
+    fn resume(&mut self, conn: ConnId, id: RequestId, room: RoomId, peer_id: PeerId) {
+        let Some(r) = self.rooms.get_mut(&room) else {
+            return;
+        };
+        let Some(m) = r.members.iter_mut().find(|m| m.info.peer_id == peer_id) else {
+            return;
+        };
+        let held = match std::mem::replace(&mut m.link, Link::Live(conn)) {
+            Link::Held { until, frames, .. } => {
+                self.held_deadlines
+                    .remove(&(until, room.clone(), peer_id.clone()));
+                frames
+            }
+            Link::Live(old) => {
+                // The old connection is still open as far as we know: the token holder wins.
+                tracing::debug!(?old, ?conn, peer = %peer_id, %room, "resume takes over a live connection");
+                self.conns.remove(&old);
+                self.outputs.push_back(ServerOutput::Close { conn: old });
+                VecDeque::new()
+            }
+        };
+        let resume = m.resume.clone();
+        let peers: Vec<PeerInfo> = r
+            .members
+            .iter()
+            .filter(|m| m.info.peer_id != peer_id)
+            .map(|m| m.info.clone())
+            .collect();
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.seat = Some(Seat {
+                room: room.clone(),
+                peer_id: peer_id.clone(),
+            });
+        }
+        tracing::debug!(?conn, peer = %peer_id, %room, held = held.len(), "peer resumed");
+        self.stats.resumed += 1;
+        let mut result = AnnounceResult::new(peer_id, room, peers);
+        result.resume = resume;
+        result.resume_grace_s = Some(self.grace_secs());
+        result.resumed = true;
+        self.send_ok(conn, id, result.to_value());
+        for text in held {
+            self.push_send(conn, text);
+        }
     }
 
     /// Answers `{}` to the sender and relays `notification` to peer `to` of `room`
@@ -351,18 +643,82 @@ impl Server {
         to: &PeerId,
         notification: Notification,
     ) {
-        let target = self
-            .rooms
-            .get(room)
-            .and_then(|r| r.member(to))
-            .map(|m| m.conn);
-        let Some(target) = target else {
+        let known = self.rooms.get(room).and_then(|r| r.member(to)).is_some();
+        if !known {
             let message = format!("unknown target peer: {to} is not in {room}");
             let error = RpcError::new(ErrorCode::UnknownTarget, message);
             return self.send_error(conn, Some(id), error);
-        };
+        }
+        let text = ServerFrame::Notification(notification).to_json();
+        if self.overflows_held(room, to, text.len()) {
+            // The contract ends such a peer at once; the sender hears that it left.
+            let message = format!("unknown target peer: {to} left {room}");
+            let error = RpcError::new(ErrorCode::UnknownTarget, message);
+            self.send_error(conn, Some(id), error);
+            return self.deliver(room, to, text);
+        }
         self.send_ok(conn, id, empty_object());
-        self.send(target, &ServerFrame::Notification(notification));
+        self.deliver(room, to, text);
+    }
+
+    /// Whether `len` more bytes for a held member would overflow what is held for it
+    fn overflows_held(&self, room: &RoomId, peer_id: &PeerId, len: usize) -> bool {
+        let link = self
+            .rooms
+            .get(room)
+            .and_then(|r| r.member(peer_id))
+            .map(|m| &m.link);
+        match link {
+            Some(Link::Held {
+                frames,
+                bytes,
+                overflowed,
+                ..
+            }) => {
+                *overflowed
+                    || frames.len() >= self.config.max_held_frames
+                    || bytes + len > self.config.max_held_bytes
+            }
+            _ => false,
+        }
+    }
+
+    /// Sends `text` to a member: on its connection, or into its held queue
+    ///
+    /// A held queue that overflows ends the member once the current input is handled.
+    fn deliver(&mut self, room: &RoomId, peer_id: &PeerId, text: String) {
+        let (max_frames, max_bytes) = (self.config.max_held_frames, self.config.max_held_bytes);
+        let Some(m) = self
+            .rooms
+            .get_mut(room)
+            .and_then(|r| r.members.iter_mut().find(|m| &m.info.peer_id == peer_id))
+        else {
+            return;
+        };
+        match &mut m.link {
+            Link::Live(conn) => {
+                let conn = *conn;
+                self.push_send(conn, text);
+            }
+            Link::Held {
+                frames,
+                bytes,
+                overflowed,
+                ..
+            } => {
+                if *overflowed {
+                    return;
+                }
+                if frames.len() >= max_frames || *bytes + text.len() > max_bytes {
+                    tracing::debug!(peer = %peer_id, %room, "too much held for a dropped peer; ending it");
+                    *overflowed = true;
+                    self.to_end.push((room.clone(), peer_id.clone()));
+                    return;
+                }
+                *bytes += text.len();
+                frames.push_back(text);
+            }
+        }
     }
 
     /// Answers `peer.disconnect` from an announced connection, then closes it
@@ -370,32 +726,95 @@ impl Server {
         self.send_ok(conn, id, empty_object());
         self.outputs.push_back(ServerOutput::Close { conn });
         if let Some(seat) = self.conns.remove(&conn).and_then(|c| c.seat) {
-            self.leave(seat, LeftReason::Disconnect);
+            self.leave(&seat.room, &seat.peer_id, LeftReason::Disconnect);
         }
     }
 
-    /// Removes a seated peer from its room, telling the others; drops the room when empty
-    fn leave(&mut self, seat: Seat, reason: LeftReason) {
-        let Some(room) = self.rooms.get_mut(&seat.room) else {
+    /// A seated connection is gone: holds its place for the grace, or ends it
+    fn drop_seat(&mut self, now: Instant, conn: ConnId, seat: Seat, reason: LeftReason) {
+        let grace = self.config.resume_grace;
+        let Some(m) = self.rooms.get_mut(&seat.room).and_then(|r| {
+            r.members
+                .iter_mut()
+                .find(|m| m.info.peer_id == seat.peer_id)
+        }) else {
             return;
         };
-        room.members.retain(|m| m.info.peer_id != seat.peer_id);
-        let others: Vec<ConnId> = room.members.iter().map(|m| m.conn).collect();
-        if others.is_empty() {
-            self.rooms.remove(&seat.room);
+        if m.link != Link::Live(conn) {
+            return;
         }
-        tracing::debug!(peer = %seat.peer_id, room = %seat.room, ?reason, "peer left");
+        if grace.is_zero() || m.resume.is_none() {
+            return self.leave(&seat.room, &seat.peer_id, reason);
+        }
+        let until = now + grace;
+        m.link = Link::Held {
+            until,
+            frames: VecDeque::new(),
+            bytes: 0,
+            overflowed: false,
+        };
+        tracing::debug!(?conn, peer = %seat.peer_id, room = %seat.room, "connection dropped; place held");
+        self.stats.held += 1;
+        self.held_deadlines.insert((until, seat.room, seat.peer_id));
+    }
+
+    /// Ends the held places queued in `to_end`, until no more are queued
+    fn settle(&mut self, _now: Instant) {
+        while let Some((room, peer_id)) = self.to_end.pop() {
+            let held_until = self
+                .rooms
+                .get(&room)
+                .and_then(|r| r.member(&peer_id))
+                .and_then(|m| match m.link {
+                    Link::Held { until, .. } => Some(until),
+                    Link::Live(_) => None,
+                });
+            let Some(until) = held_until else {
+                continue;
+            };
+            self.held_deadlines
+                .remove(&(until, room.clone(), peer_id.clone()));
+            self.stats.expired += 1;
+            self.leave(&room, &peer_id, LeftReason::Timeout);
+        }
+    }
+
+    /// Removes a member from its room, telling the others; drops the room when empty
+    fn leave(&mut self, room_id: &RoomId, peer_id: &PeerId, reason: LeftReason) {
+        let Some(room) = self.rooms.get_mut(room_id) else {
+            return;
+        };
+        room.members.retain(|m| &m.info.peer_id != peer_id);
+        let others: Vec<PeerId> = room
+            .members
+            .iter()
+            .map(|m| m.info.peer_id.clone())
+            .collect();
+        if others.is_empty() {
+            self.rooms.remove(room_id);
+        }
+        tracing::debug!(peer = %peer_id, room = %room_id, ?reason, "peer left");
         let left = Notification::Left {
-            peer_id: seat.peer_id,
+            peer_id: peer_id.clone(),
             reason,
         };
-        self.broadcast(&others, &ServerFrame::Notification(left));
+        let text = ServerFrame::Notification(left).to_json();
+        for other in others {
+            self.deliver(room_id, &other, text.clone());
+        }
+    }
+
+    /// The grace in whole seconds, as the announce result carries it
+    fn grace_secs(&self) -> u64 {
+        let grace = self.config.resume_grace;
+        // A sub-second grace still holds places: do not tell clients it is off.
+        grace.as_secs() + u64::from(grace.subsec_nanos() > 0)
     }
 
     /// A UUID-v4-formatted peer id not yet taken in `room`
     fn fresh_peer_id(&mut self, room: &RoomId) -> PeerId {
         loop {
-            let bits = (u128::from(self.rng.u64(..)) << 64) | u128::from(self.rng.u64(..));
+            let bits = self.rng.u128();
             // Version 4, variant 0b10.
             let bits = (bits & !(0xf << 76) & !(0b11 << 62)) | (0x4 << 76) | (0b10 << 62);
             let hex = format!("{bits:032x}");
@@ -419,11 +838,14 @@ impl Server {
         }
     }
 
+    fn push_send(&mut self, conn: ConnId, text: String) {
+        self.stats.frames_out += 1;
+        self.stats.bytes_out += text.len() as u64;
+        self.outputs.push_back(ServerOutput::Send { conn, text });
+    }
+
     fn send(&mut self, conn: ConnId, frame: &ServerFrame) {
-        self.outputs.push_back(ServerOutput::Send {
-            conn,
-            text: frame.to_json(),
-        });
+        self.push_send(conn, frame.to_json());
     }
 
     fn send_ok(&mut self, conn: ConnId, id: RequestId, result: Value) {
@@ -431,28 +853,35 @@ impl Server {
     }
 
     fn send_error(&mut self, conn: ConnId, id: Option<RequestId>, error: RpcError) {
+        *self.stats.errors.entry(error.code).or_default() += 1;
         self.send(conn, &ServerFrame::response_err(id, error));
     }
+}
 
-    /// Sends one frame to several connections, serializing it once
-    fn broadcast(&mut self, conns: &[ConnId], frame: &ServerFrame) {
-        if conns.is_empty() {
-            return;
-        }
-        let text = frame.to_json();
-        self.outputs
-            .extend(conns.iter().map(|&conn| ServerOutput::Send {
-                conn,
-                text: text.clone(),
-            }));
-    }
+/// What an announce asks for, defaults applied
+struct Announce {
+    room: RoomId,
+    peer_id: Option<PeerId>,
+    capabilities: Capabilities,
+    metadata: Value,
+    token: Option<String>,
+    resume: Option<String>,
 }
 
 #[derive(Debug)]
 struct Conn {
-    bucket: TokenBucket,
+    frames: TokenBucket,
     /// Where the connection is once it has announced
     seat: Option<Seat>,
+}
+
+impl Conn {
+    fn new(now: Instant, config: &ServerConfig) -> Self {
+        Self {
+            frames: TokenBucket::new(now, u64::from(config.rate_limit_burst)),
+            seat: None,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -469,8 +898,26 @@ struct Room {
 
 #[derive(Debug)]
 struct Member {
-    conn: ConnId,
     info: PeerInfo,
+    link: Link,
+    /// The token that takes this place back; `None` when resume is off
+    resume: Option<String>,
+}
+
+/// How a member is reached
+#[derive(Debug, PartialEq, Eq)]
+enum Link {
+    /// On an open connection
+    Live(ConnId),
+    /// Not at all: its connection dropped and the place is held until `until`
+    Held {
+        until: Instant,
+        /// Notifications for it, in order
+        frames: VecDeque<String>,
+        bytes: usize,
+        /// Too much was held: the place is about to end, hold nothing more
+        overflowed: bool,
+    },
 }
 
 impl Room {
@@ -479,7 +926,64 @@ impl Room {
     }
 }
 
-/// A token bucket counting in billionths of a frame, so that refills are exact integers
+/// Where resume tokens and server-assigned ids come from
+enum Rng {
+    /// A seeded generator: deterministic, for simulations
+    Seeded(fastrand::Rng),
+    /// The operating system's generator
+    Os,
+}
+
+impl fmt::Debug for Rng {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Seeded(_) => f.write_str("Seeded"),
+            Self::Os => f.write_str("Os"),
+        }
+    }
+}
+
+impl Rng {
+    fn new(seed: Option<u64>) -> Self {
+        seed.map_or(Self::Os, |seed| {
+            Self::Seeded(fastrand::Rng::with_seed(seed))
+        })
+    }
+
+    /// 128 random bits; `None` if the operating system's generator failed
+    fn try_u128(&mut self) -> Option<u128> {
+        match self {
+            Self::Seeded(rng) => Some(rng.u128(..)),
+            Self::Os => {
+                let mut bytes = [0u8; 16];
+                match getrandom::fill(&mut bytes) {
+                    Ok(()) => Some(u128::from_le_bytes(bytes)),
+                    Err(e) => {
+                        tracing::error!(%e, "the operating system's random generator failed");
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    /// Bits for an id: from the generator, or from a non-cryptographic one if it failed
+    fn u128(&mut self) -> u128 {
+        self.try_u128().unwrap_or_else(|| fastrand::u128(..))
+    }
+
+    /// A resume token: 128 random bits as 32 hex digits; `None` if no secure bits were had
+    fn token(&mut self) -> Option<String> {
+        self.try_u128().map(|bits| format!("{bits:032x}"))
+    }
+}
+
+/// Compares two byte strings in time that depends only on their lengths
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A token bucket counting in billionths of a unit, so that refills are exact integers
 #[derive(Debug)]
 struct TokenBucket {
     level: u64,
@@ -489,28 +993,29 @@ struct TokenBucket {
 impl TokenBucket {
     const SCALE: u64 = 1_000_000_000;
 
-    fn new(now: Instant, burst: u32) -> Self {
+    fn new(now: Instant, burst: u64) -> Self {
         Self {
-            level: u64::from(burst) * Self::SCALE,
+            level: burst.saturating_mul(Self::SCALE),
             last: now,
         }
     }
 
-    /// Refills for the time since the last call, then takes one token if there is one
-    fn try_take(&mut self, now: Instant, per_sec: u32, burst: u32) -> bool {
-        // One token per second is SCALE units per 10^9 ns, so each ns refills `per_sec` units.
+    /// Refills for the time since the last call, then takes `n` units if there are that many
+    fn try_take(&mut self, now: Instant, n: u64, per_sec: u32, burst: u32) -> bool {
+        // One unit per second is SCALE per 10^9 ns, so each ns refills `per_sec` billionths.
         let refill = now
             .saturating_duration_since(self.last)
             .as_nanos()
             .saturating_mul(u128::from(per_sec));
-        let cap = u64::from(burst) * Self::SCALE;
+        let cap = u64::from(burst).saturating_mul(Self::SCALE);
         let level = u128::from(self.level).saturating_add(refill);
         self.level = u64::try_from(level).map_or(cap, |level| level.min(cap));
         self.last = self.last.max(now);
-        if self.level < Self::SCALE {
+        let cost = n.saturating_mul(Self::SCALE);
+        if self.level < cost {
             return false;
         }
-        self.level -= Self::SCALE;
+        self.level -= cost;
         true
     }
 }
@@ -522,22 +1027,27 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::signal::auth::{mint_room_token, RoomClaims};
 
     /// A relay plus a clock, decoding every output for the assertions
     struct Harness {
         relay: Server,
         now: Instant,
+        /// The wall clock at `now`, when the test gives one
+        unix: Option<Duration>,
     }
 
     impl Harness {
+        /// A version 1 server: no resume grace, seeded
         fn new() -> Self {
-            Self::with_config(ServerConfig::default())
+            Self::with_config(v1())
         }
 
         fn with_config(config: ServerConfig) -> Self {
             Self {
                 relay: Server::new(config),
                 now: base_instant(),
+                unix: None,
             }
         }
 
@@ -547,7 +1057,11 @@ mod tests {
         }
 
         fn text(&mut self, conn: u64, text: &str) -> Vec<(u64, Option<ServerFrame>)> {
-            self.relay.handle_text(self.now, ConnId(conn), text);
+            let now = Timestamp {
+                mono: self.now,
+                unix: self.unix,
+            };
+            self.relay.handle_text(now, ConnId(conn), text);
             self.drain()
         }
 
@@ -587,6 +1101,22 @@ mod tests {
     #[allow(clippy::disallowed_methods)]
     fn base_instant() -> Instant {
         Instant::now()
+    }
+
+    /// Version 1 behaviour (no resume), seeded
+    fn v1() -> ServerConfig {
+        ServerConfig {
+            resume_grace: Duration::ZERO,
+            seed: Some(0),
+            ..ServerConfig::default()
+        }
+    }
+
+    /// An announce result of a version 1 server, as [`v1`] answers
+    fn result(peer_id: PeerId, room: RoomId, peers: Vec<PeerInfo>) -> AnnounceResult {
+        let mut r = AnnounceResult::new(peer_id, room, peers);
+        r.resume_grace_s = Some(0);
+        r
     }
 
     fn pid(s: &str) -> PeerId {
@@ -657,7 +1187,7 @@ mod tests {
     fn announce_lists_earlier_peers_and_notifies_them() {
         let mut h = Harness::new();
         let out = h.join(1, "demo", "alice");
-        let first = AnnounceResult::new(pid("alice"), rid("demo"), vec![]);
+        let first = result(pid("alice"), rid("demo"), vec![]);
         assert_eq!(out, vec![(1, ok(1, first.to_value()))]);
 
         h.connect(2);
@@ -683,7 +1213,7 @@ mod tests {
             capabilities: caps,
             metadata: json!({"name": "Bob"}),
         };
-        let second = AnnounceResult::new(pid("bob"), rid("demo"), vec![info("alice")]);
+        let second = result(pid("bob"), rid("demo"), vec![info("alice")]);
         assert_eq!(
             out,
             vec![
@@ -693,7 +1223,7 @@ mod tests {
         );
 
         let out = h.join(3, "demo", "carol");
-        let third = AnnounceResult::new(pid("carol"), rid("demo"), vec![info("alice"), bob]);
+        let third = result(pid("carol"), rid("demo"), vec![info("alice"), bob]);
         assert_eq!(
             out,
             vec![
@@ -909,7 +1439,7 @@ mod tests {
         use ErrorCode::*;
         let config = ServerConfig {
             max_peers_per_room: 2,
-            ..ServerConfig::default()
+            ..v1()
         };
         let mut h = Harness::with_config(config);
         h.connect(1);
@@ -998,7 +1528,7 @@ mod tests {
 
         let config = ServerConfig {
             rate_limit_burst: 0,
-            ..ServerConfig::default()
+            ..v1()
         };
         let mut h = Harness::with_config(config);
         h.connect(1);
@@ -1016,7 +1546,7 @@ mod tests {
     fn oversize_frames_follow_the_configured_limit() {
         let config = ServerConfig {
             max_frame_bytes: 2 * MAX_FRAME_BYTES,
-            ..ServerConfig::default()
+            ..v1()
         };
         let mut h = Harness::with_config(config);
         h.join(1, "r", "a");
@@ -1034,7 +1564,7 @@ mod tests {
         let config = ServerConfig {
             rate_limit_per_sec: 10,
             rate_limit_burst: 5,
-            ..ServerConfig::default()
+            ..v1()
         };
         let mut h = Harness::with_config(config);
         h.join(1, "r", "alice");
@@ -1124,8 +1654,8 @@ mod tests {
     fn assigned_ids_are_uuids_and_deterministic() {
         fn assigned(seed: u64) -> Vec<String> {
             let mut h = Harness::with_config(ServerConfig {
-                seed,
-                ..ServerConfig::default()
+                seed: Some(seed),
+                ..v1()
             });
             (0..5)
                 .map(|conn| {
@@ -1171,6 +1701,504 @@ mod tests {
         h.relay.handle_connect(h.now, ConnId(1));
         assert_eq!(h.relay.connection_count(), 1);
         assert_eq!(h.relay.peers_in(&rid("r")), vec![pid("alice")]);
+    }
+
+    /// A server with resume on (grace 20 s), seeded
+    fn v2() -> ServerConfig {
+        ServerConfig {
+            seed: Some(1),
+            ..ServerConfig::default()
+        }
+    }
+
+    /// The announce result among `out`, sent to `conn`
+    fn result_for(out: &[(u64, Option<ServerFrame>)], conn: u64) -> AnnounceResult {
+        out.iter()
+            .find_map(|(to, f)| match f {
+                Some(ServerFrame::Response { result: Ok(v), .. }) if *to == conn => {
+                    AnnounceResult::from_value(v).ok()
+                }
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no announce result for {conn} in {out:?}"))
+    }
+
+    fn resume_announce(room: &str, peer: &str, token: &str) -> Request {
+        Request::Announce {
+            room: rid(room),
+            peer_id: Some(pid(peer)),
+            capabilities: None,
+            metadata: None,
+            token: None,
+            resume: Some(token.into()),
+        }
+    }
+
+    #[test]
+    fn dropped_peer_resumes_with_held_notifications_in_order() {
+        let mut h = Harness::with_config(v2());
+        let alice = result_for(&h.join(1, "r", "alice"), 1);
+        let token = alice.resume.clone().expect("a resume token");
+        assert_eq!(token.len(), 32);
+        assert!(token.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(alice.resume_grace_s, Some(20));
+        assert!(!alice.resumed);
+        h.join(2, "r", "bob");
+        h.join(3, "r", "carol");
+        assert_ne!(
+            result_for(&h.join(4, "s", "dave"), 4).resume,
+            Some(token.clone())
+        );
+
+        // Alice's connection dies: nobody hears of it.
+        h.relay
+            .handle_disconnect(h.now, ConnId(1), LeftReason::Timeout);
+        assert!(h.drain().is_empty());
+        assert_eq!(h.relay.held_count(), 1);
+        assert_eq!(
+            h.relay.poll_timeout(),
+            Some(h.now + Duration::from_secs(20))
+        );
+        assert_eq!(
+            h.relay.peers_in(&rid("r")),
+            vec![pid("alice"), pid("bob"), pid("carol")]
+        );
+
+        // What is addressed to her meanwhile is answered as usual and held.
+        h.now += Duration::from_secs(5);
+        assert_eq!(h.request(2, 2, offer("alice")), vec![(2, ok(2, json!({})))]);
+        let candidate = Request::IceCandidate {
+            to: pid("alice"),
+            candidate: "candidate:1".into(),
+            sdp_mid: None,
+            sdp_m_line_index: None,
+        };
+        assert_eq!(h.request(3, 2, candidate), vec![(3, ok(2, json!({})))]);
+        h.request(2, 3, Request::Disconnect);
+        // A newcomer lists her (her place is held) and she is told of it later.
+        let erin = result_for(&h.join(5, "r", "erin"), 5);
+        let listed: Vec<_> = erin.peers.iter().map(|p| p.peer_id.as_str()).collect();
+        assert_eq!(listed, ["alice", "carol"]);
+
+        // She comes back on a new connection within the grace.
+        h.now += Duration::from_secs(10);
+        h.connect(6);
+        let out = h.request(6, 1, resume_announce("r", "alice", &token));
+        let result = result_for(&out, 6);
+        assert!(result.resumed);
+        assert_eq!(result.resume, Some(token));
+        let listed: Vec<_> = result.peers.iter().map(|p| p.peer_id.as_str()).collect();
+        assert_eq!(listed, ["carol", "erin"]);
+        let rest: Vec<_> = out[1..].to_vec();
+        assert_eq!(
+            rest,
+            vec![
+                (
+                    6,
+                    note(Notification::Offer {
+                        from: pid("bob"),
+                        sdp: "v=0\r\n".into()
+                    })
+                ),
+                (
+                    6,
+                    note(Notification::IceCandidate {
+                        from: pid("carol"),
+                        candidate: "candidate:1".into(),
+                        sdp_mid: None,
+                        sdp_m_line_index: None
+                    })
+                ),
+                (
+                    6,
+                    note(Notification::Left {
+                        peer_id: pid("bob"),
+                        reason: LeftReason::Disconnect
+                    })
+                ),
+                (6, note(Notification::Joined(info("erin")))),
+            ],
+            "held notifications, in order, and nothing to anyone else"
+        );
+        assert_eq!(h.relay.held_count(), 0);
+        assert_eq!(h.relay.poll_timeout(), None);
+        // She is reachable again on the new connection.
+        let out = h.request(3, 3, offer("alice"));
+        assert_eq!(out[1].0, 6);
+        assert_eq!(h.relay.stats().resumed, 1);
+    }
+
+    #[test]
+    fn held_place_ends_with_timeout_when_the_grace_runs_out() {
+        let mut h = Harness::with_config(v2());
+        h.join(1, "r", "alice");
+        h.join(2, "r", "bob");
+        h.relay
+            .handle_disconnect(h.now, ConnId(1), LeftReason::Disconnect);
+        let due = h.now + Duration::from_secs(20);
+        assert_eq!(h.relay.poll_timeout(), Some(due));
+        h.relay.handle_timeout(due - Duration::from_nanos(1));
+        assert!(h.drain().is_empty(), "not yet");
+        h.relay.handle_timeout(due);
+        assert_eq!(
+            h.drain(),
+            vec![(
+                2,
+                note(Notification::Left {
+                    peer_id: pid("alice"),
+                    reason: LeftReason::Timeout
+                })
+            )]
+        );
+        assert_eq!(h.relay.poll_timeout(), None);
+        assert_eq!(h.relay.peers_in(&rid("r")), vec![pid("bob")]);
+        // Her token is dead now; the id is free for anyone.
+        h.connect(3);
+        let out = h.request(3, 1, resume_announce("r", "alice", "00"));
+        let result = result_for(&out, 3);
+        assert!(!result.resumed);
+        assert_eq!(out.len(), 2, "a fresh join, announced to bob: {out:?}");
+
+        // The last member's place held alone keeps the room; its end removes it.
+        h.relay
+            .handle_disconnect(h.now, ConnId(2), LeftReason::Timeout);
+        h.relay
+            .handle_disconnect(h.now, ConnId(3), LeftReason::Timeout);
+        assert_eq!(h.relay.room_count(), 1);
+        h.now += Duration::from_secs(21);
+        h.relay.handle_timeout(h.now);
+        assert!(h.drain().is_empty());
+        assert_eq!(h.relay.room_count(), 0);
+        assert_eq!(h.relay.stats().expired, 3);
+    }
+
+    #[test]
+    fn held_queue_overflow_ends_the_peer_at_once() {
+        for (frames, bytes, sdp_len) in [(256, usize::MAX, 10), (usize::MAX, 1024 * 1024, 60_000)] {
+            let mut h = Harness::with_config(ServerConfig {
+                max_held_frames: frames,
+                max_held_bytes: bytes,
+                rate_limit_burst: 10_000,
+                ..v2()
+            });
+            h.join(1, "r", "alice");
+            h.join(2, "r", "bob");
+            h.relay
+                .handle_disconnect(h.now, ConnId(1), LeftReason::Timeout);
+            let big = Request::Offer {
+                to: pid("alice"),
+                sdp: "x".repeat(sdp_len),
+            };
+            let mut sent = 0;
+            let out = loop {
+                let out = h.request(2, sent, big.clone());
+                if out.len() != 1 {
+                    break out;
+                }
+                sent += 1;
+                assert!(sent < 10_000);
+            };
+            let fits = if frames == 256 {
+                256
+            } else {
+                1024 * 1024 / (sdp_len + 60)
+            };
+            assert!(
+                (fits as i64 - sent).abs() <= 1,
+                "{sent} frames held, limit {fits}"
+            );
+            assert_eq!(out.len(), 2, "{out:?}");
+            assert_error(&out[..1], 2, ErrorCode::UnknownTarget, Some(sent));
+            assert_eq!(
+                out[1],
+                (
+                    2,
+                    note(Notification::Left {
+                        peer_id: pid("alice"),
+                        reason: LeftReason::Timeout
+                    })
+                )
+            );
+            assert_eq!(h.relay.held_count(), 0);
+            assert_eq!(h.relay.poll_timeout(), None);
+        }
+    }
+
+    #[test]
+    fn a_bad_resume_token_is_a_fresh_announce() {
+        let mut h = Harness::with_config(v2());
+        let token = result_for(&h.join(1, "r", "alice"), 1).resume.unwrap();
+        h.join(2, "s", "alice");
+        h.relay
+            .handle_disconnect(h.now, ConnId(1), LeftReason::Timeout);
+        h.connect(3);
+        let mut wrong = token.clone().into_bytes();
+        wrong[0] = if wrong[0] == b'0' { b'1' } else { b'0' };
+        let wrong = String::from_utf8(wrong).unwrap();
+        // Wrong token, another room's alice, another id: the held place is still taken.
+        assert_error(
+            &h.request(3, 1, resume_announce("r", "alice", &wrong)),
+            3,
+            ErrorCode::PeerIdTaken,
+            Some(1),
+        );
+        assert_error(
+            &h.request(3, 2, announce("r", Some("alice"))),
+            3,
+            ErrorCode::PeerIdTaken,
+            Some(2),
+        );
+        let other = result_for(&h.request(3, 3, resume_announce("r", "zed", &token)), 3);
+        assert!(!other.resumed);
+        assert_eq!(h.relay.held_count(), 1);
+        // Right token, wrong room: alice of room s is live and unaffected.
+        h.connect(4);
+        assert_error(
+            &h.request(4, 1, resume_announce("s", "alice", &token)),
+            4,
+            ErrorCode::PeerIdTaken,
+            Some(1),
+        );
+        let out = h.request(4, 2, resume_announce("r", "alice", &token));
+        assert!(result_for(&out, 4).resumed);
+    }
+
+    #[test]
+    fn a_valid_token_takes_over_a_connection_still_open() {
+        let mut h = Harness::with_config(v2());
+        let token = result_for(&h.join(1, "r", "alice"), 1).resume.unwrap();
+        h.join(2, "r", "bob");
+        // Alice reconnects before the server noticed her old connection died.
+        h.connect(3);
+        let out = h.request(3, 1, resume_announce("r", "alice", &token));
+        assert_eq!(out[0], (1, None), "the old connection is closed");
+        assert!(result_for(&out, 3).resumed);
+        assert_eq!(out.len(), 2, "bob hears nothing: {out:?}");
+        // The old connection's late drop changes nothing.
+        h.relay
+            .handle_disconnect(h.now, ConnId(1), LeftReason::Timeout);
+        assert!(h.drain().is_empty());
+        assert_eq!(h.relay.held_count(), 0);
+        assert_eq!(h.request(2, 5, offer("alice"))[1].0, 3);
+        // And she can drop and resume again with the same token.
+        h.relay
+            .handle_disconnect(h.now, ConnId(3), LeftReason::Timeout);
+        h.connect(4);
+        assert!(result_for(&h.request(4, 1, resume_announce("r", "alice", &token)), 4).resumed);
+    }
+
+    #[test]
+    fn grace_zero_is_version_1() {
+        let mut h = Harness::new();
+        let alice = result_for(&h.join(1, "r", "alice"), 1);
+        assert_eq!(alice.resume, None);
+        assert_eq!(alice.resume_grace_s, Some(0));
+        h.join(2, "r", "bob");
+        h.relay
+            .handle_disconnect(h.now, ConnId(1), LeftReason::Timeout);
+        assert_eq!(
+            h.drain(),
+            vec![(
+                2,
+                note(Notification::Left {
+                    peer_id: pid("alice"),
+                    reason: LeftReason::Timeout
+                })
+            )]
+        );
+        assert_eq!(h.relay.poll_timeout(), None);
+    }
+
+    #[test]
+    fn held_places_count_towards_the_room_limit() {
+        let mut h = Harness::with_config(ServerConfig {
+            max_peers_per_room: 2,
+            ..v2()
+        });
+        h.join(1, "r", "alice");
+        h.join(2, "r", "bob");
+        h.relay
+            .handle_disconnect(h.now, ConnId(1), LeftReason::Timeout);
+        h.connect(3);
+        assert_error(
+            &h.request(3, 1, announce("r", Some("carol"))),
+            3,
+            ErrorCode::RoomFull,
+            Some(1),
+        );
+    }
+
+    #[test]
+    fn resume_tokens_come_from_the_os_unless_seeded() {
+        let tokens = |seed| {
+            let mut h = Harness::with_config(ServerConfig {
+                seed,
+                ..ServerConfig::default()
+            });
+            (0..3)
+                .map(|i| {
+                    result_for(&h.join(i, "r", &format!("p{i}")), i)
+                        .resume
+                        .unwrap()
+                })
+                .collect::<Vec<_>>()
+        };
+        let os = tokens(None);
+        assert_ne!(os, tokens(None));
+        assert_ne!(os[0], os[1]);
+        assert_eq!(tokens(Some(5)), tokens(Some(5)));
+        assert_ne!(tokens(Some(5)), tokens(Some(6)));
+    }
+
+    fn room_secret() -> Secret {
+        Secret::new("room-secret").unwrap()
+    }
+
+    /// A v2 server requiring room tokens, at wall-clock second 1_000_000
+    fn authenticated() -> Harness {
+        let mut h = Harness::with_config(ServerConfig {
+            token_secret: Some(room_secret()),
+            ..v2()
+        });
+        h.unix = Some(Duration::from_secs(1_000_000));
+        h
+    }
+
+    fn token(room: &str, sub: Option<&str>, exp: u64, nbf: Option<u64>) -> String {
+        let claims = RoomClaims {
+            room: rid(room),
+            sub: sub.map(pid),
+            exp,
+            nbf,
+        };
+        mint_room_token(&room_secret(), &claims)
+    }
+
+    fn announce_with(room: &str, peer: Option<&str>, token: Option<String>) -> Request {
+        Request::Announce {
+            room: rid(room),
+            peer_id: peer.map(pid),
+            capabilities: None,
+            metadata: None,
+            token,
+            resume: None,
+        }
+    }
+
+    #[test]
+    fn room_tokens_are_required_and_checked() {
+        use ErrorCode::Unauthorized;
+        let mut h = authenticated();
+        h.join(9, "r", "resident");
+        // join() sent no token: refused, and the room is untouched.
+        assert_eq!(h.relay.peers_in(&rid("r")), Vec::<PeerId>::new());
+        h.connect(1);
+        let later = 1_000_100;
+        let forged = {
+            let claims = RoomClaims {
+                room: rid("r"),
+                sub: None,
+                exp: later,
+                nbf: None,
+            };
+            mint_room_token(&Secret::new("guess").unwrap(), &claims)
+        };
+        let refused = [
+            None,
+            Some("garbage".to_string()),
+            Some(forged),
+            Some(token("other", None, later, None)),
+            Some(token("r", Some("bob"), later, None)),
+            Some(token("r", None, 1_000_000, None)),
+            Some(token("r", None, later, Some(1_000_001))),
+        ];
+        for (i, t) in refused.into_iter().enumerate() {
+            let out = h.request(1, i as i64, announce_with("r", Some("alice"), t.clone()));
+            assert_error(&out, 1, Unauthorized, Some(i as i64));
+            assert!(h.relay.peers_in(&rid("r")).is_empty(), "{t:?}");
+        }
+        assert_eq!(h.relay.stats().errors.get(&-32006), Some(&8));
+        // The same connection then gets in with a good token.
+        let good = token("r", Some("alice"), later, Some(1_000_000));
+        let out = h.request(1, 10, announce_with("r", Some("alice"), Some(good)));
+        assert_eq!(result_for(&out, 1).peer_id, pid("alice"));
+        // A token without sub admits any id; with sub and no id asked, sub is the id.
+        h.connect(2);
+        let out = h.request(
+            2,
+            1,
+            announce_with("r", Some("zed"), Some(token("r", None, later, None))),
+        );
+        assert_eq!(result_for(&out, 2).peer_id, pid("zed"));
+        h.connect(3);
+        let out = h.request(
+            3,
+            1,
+            announce_with("r", None, Some(token("r", Some("carol"), later, None))),
+        );
+        assert_eq!(result_for(&out, 3).peer_id, pid("carol"));
+        // Checked before the room's state: a stranger learns nothing about it.
+        h.connect(4);
+        assert_error(
+            &h.request(4, 1, announce_with("r", Some("alice"), None)),
+            4,
+            Unauthorized,
+            Some(1),
+        );
+        assert_error(
+            &h.request(
+                4,
+                2,
+                announce_with("r", Some("alice"), Some(token("r", None, later, None))),
+            ),
+            4,
+            ErrorCode::PeerIdTaken,
+            Some(2),
+        );
+        // Time moves with the monotonic clock between wall-clock readings.
+        h.now += Duration::from_secs(100);
+        h.unix = None;
+        h.connect(5);
+        let expired = token("r", Some("dave"), later, None);
+        assert_error(
+            &h.request(5, 1, announce_with("r", None, Some(expired))),
+            5,
+            Unauthorized,
+            Some(1),
+        );
+    }
+
+    #[test]
+    fn resume_needs_no_fresh_room_token() {
+        let mut h = authenticated();
+        h.connect(1);
+        let t = token("r", Some("alice"), 1_000_010, None);
+        let resume = result_for(
+            &h.request(1, 1, announce_with("r", Some("alice"), Some(t))),
+            1,
+        )
+        .resume
+        .unwrap();
+        h.relay
+            .handle_disconnect(h.now, ConnId(1), LeftReason::Timeout);
+        // The room token has expired meanwhile; the resume token still takes the place back.
+        h.now += Duration::from_secs(15);
+        h.connect(2);
+        assert!(result_for(&h.request(2, 1, resume_announce("r", "alice", &resume)), 2).resumed);
+    }
+
+    #[test]
+    fn without_a_wall_clock_tokens_cannot_be_checked() {
+        let mut h = authenticated();
+        h.unix = None;
+        h.connect(1);
+        let t = token("r", None, u64::MAX, None);
+        assert_error(
+            &h.request(1, 1, announce_with("r", None, Some(t))),
+            1,
+            ErrorCode::Unauthorized,
+            Some(1),
+        );
     }
 
     const EXAMPLE_OFFER: &str =

@@ -11,7 +11,6 @@ pub(crate) async fn run(args: SignalArgs) -> Result<(), String> {
     let config = SignalServerConfig {
         rooms: ServerConfig {
             max_peers_per_room: args.max_peers_per_room as usize,
-            seed: fastrand::u64(..),
             ..ServerConfig::default()
         },
         ..SignalServerConfig::default()
