@@ -60,10 +60,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::signal::auth::{verify_room_token, Secret};
+use crate::signal::auth::{turn_rest_credential, verify_room_token, Secret};
 use crate::signal::{
-    empty_object, AnnounceResult, Capabilities, ClientFrame, ErrorCode, LeftReason, Notification,
-    PeerId, PeerInfo, Request, RequestId, RoomId, RpcError, ServerFrame, MAX_FRAME_BYTES,
+    empty_object, AnnounceResult, Capabilities, ClientFrame, ErrorCode, IceServer, LeftReason,
+    Notification, PeerId, PeerInfo, Request, RequestId, RoomId, RpcError, ServerFrame,
+    MAX_FRAME_BYTES,
 };
 
 /// Limits, grace and seed of a [`Server`]
@@ -87,6 +88,14 @@ pub struct ServerConfig {
     /// The secret room tokens are signed with; when set, `peer.announce` needs a valid
     /// `token` (JWT, HS256) for its room and id, or gets `-32006` (default none)
     pub token_secret: Option<Secret>,
+    /// ICE servers every announce result carries (default none)
+    pub ice_servers: Vec<IceServer>,
+    /// The secret shared with the TURN server (coturn's `static-auth-secret`): when set,
+    /// each `turn:`/`turns:` entry of `ice_servers` gets credentials minted per announce in
+    /// the TURN REST form, valid for `turn_ttl` (default none)
+    pub turn_secret: Option<Secret>,
+    /// How long minted TURN credentials stay valid (default 1 hour)
+    pub turn_ttl: Duration,
     /// Seed for server-assigned peer ids and resume tokens; `None` (the default) draws them
     /// from the operating system. Only a simulation should set one: seeded tokens are
     /// predictable.
@@ -104,6 +113,9 @@ impl Default for ServerConfig {
             max_held_frames: 256,
             max_held_bytes: 1024 * 1024,
             token_secret: None,
+            ice_servers: Vec::new(),
+            turn_secret: None,
+            turn_ttl: Duration::from_secs(3600),
             seed: None,
         }
     }
@@ -478,7 +490,7 @@ impl Server {
     fn announce(&mut self, now: Instant, conn: ConnId, id: RequestId, mut a: Announce) {
         if let Some(peer_id) = self.resumable(&a) {
             // The token was issued to an authorized announce: no room token needed again.
-            return self.resume(conn, id, a.room, peer_id);
+            return self.resume(now, conn, id, a.room, peer_id);
         }
         match self.authorize(now, &a) {
             Ok(Some(granted)) if a.peer_id.is_none() => a.peer_id = Some(granted),
@@ -539,6 +551,7 @@ impl Server {
             });
         }
         let mut result = AnnounceResult::new(info.peer_id.clone(), room.clone(), peers);
+        result.ice_servers = self.ice_servers_for(now, &info.peer_id);
         result.resume = resume;
         result.resume_grace_s = Some(self.grace_secs());
         self.send_ok(conn, id, result.to_value());
@@ -588,7 +601,7 @@ impl Server {
     }
 
     /// Gives `peer_id`'s place in `room` to `conn` and sends what was held for it
-    fn resume(&mut self, conn: ConnId, id: RequestId, room: RoomId, peer_id: PeerId) {
+    fn resume(&mut self, now: Instant, conn: ConnId, id: RequestId, room: RoomId, peer_id: PeerId) {
         let Some(r) = self.rooms.get_mut(&room) else {
             return;
         };
@@ -625,6 +638,7 @@ impl Server {
         tracing::debug!(?conn, peer = %peer_id, %room, held = held.len(), "peer resumed");
         self.stats.resumed += 1;
         let mut result = AnnounceResult::new(peer_id, room, peers);
+        result.ice_servers = self.ice_servers_for(now, &result.peer_id);
         result.resume = resume;
         result.resume_grace_s = Some(self.grace_secs());
         result.resumed = true;
@@ -802,6 +816,45 @@ impl Server {
         for other in others {
             self.deliver(room_id, &other, text.clone());
         }
+    }
+
+    /// The ICE servers for `peer_id`'s announce result, TURN credentials minted when the
+    /// server has a TURN secret
+    ///
+    /// Without the wall clock no credential can be minted: entries that need one are left
+    /// out rather than sent unusable.
+    fn ice_servers_for(&self, now: Instant, peer_id: &PeerId) -> Vec<IceServer> {
+        let Some(secret) = &self.config.turn_secret else {
+            return self.config.ice_servers.clone();
+        };
+        let expiry = self
+            .unix_at(now)
+            .map(|unix| unix.saturating_add(self.config.turn_ttl).as_secs());
+        let mut minted = None;
+        let mut servers = Vec::with_capacity(self.config.ice_servers.len());
+        for server in &self.config.ice_servers {
+            let is_turn = server.urls.iter().any(|u| {
+                let u = u.to_ascii_lowercase();
+                u.starts_with("turn:") || u.starts_with("turns:")
+            });
+            if !is_turn || server.username.is_some() {
+                servers.push(server.clone());
+                continue;
+            }
+            let Some(expiry) = expiry else {
+                tracing::warn!("no wall clock from the driver: TURN credentials left out");
+                continue;
+            };
+            let (username, credential) = minted
+                .get_or_insert_with(|| turn_rest_credential(secret, peer_id, expiry))
+                .clone();
+            servers.push(IceServer {
+                urls: server.urls.clone(),
+                username: Some(username),
+                credential: Some(credential),
+            });
+        }
+        servers
     }
 
     /// The grace in whole seconds, as the announce result carries it
@@ -1033,7 +1086,8 @@ mod tests {
     struct Harness {
         relay: Server,
         now: Instant,
-        /// The wall clock at `now`, when the test gives one
+        start: Instant,
+        /// The wall clock at `start`, when the test gives one; it runs with `now`
         unix: Option<Duration>,
     }
 
@@ -1047,6 +1101,7 @@ mod tests {
             Self {
                 relay: Server::new(config),
                 now: base_instant(),
+                start: base_instant(),
                 unix: None,
             }
         }
@@ -1059,7 +1114,7 @@ mod tests {
         fn text(&mut self, conn: u64, text: &str) -> Vec<(u64, Option<ServerFrame>)> {
             let now = Timestamp {
                 mono: self.now,
-                unix: self.unix,
+                unix: self.unix.map(|u| u + (self.now - self.start)),
             };
             self.relay.handle_text(now, ConnId(conn), text);
             self.drain()
@@ -1100,7 +1155,8 @@ mod tests {
     // The server never reads the clock; its tests need one real instant to start from.
     #[allow(clippy::disallowed_methods)]
     fn base_instant() -> Instant {
-        Instant::now()
+        static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        *BASE.get_or_init(Instant::now)
     }
 
     /// Version 1 behaviour (no resume), seeded
@@ -2198,6 +2254,77 @@ mod tests {
             1,
             ErrorCode::Unauthorized,
             Some(1),
+        );
+    }
+
+    #[test]
+    fn announce_results_carry_ice_servers_with_minted_turn_credentials() {
+        let stun = IceServer::new("stun:127.0.0.1:3478");
+        let turn = IceServer {
+            urls: vec![
+                "turn:127.0.0.1:3478?transport=udp".into(),
+                "turns:127.0.0.1:5349".into(),
+            ],
+            username: None,
+            credential: None,
+        };
+        let fixed = IceServer {
+            urls: vec!["turn:10.0.0.1:3478".into()],
+            username: Some("static".into()),
+            credential: Some("pw".into()),
+        };
+        let config = ServerConfig {
+            ice_servers: vec![stun.clone(), turn.clone(), fixed.clone()],
+            turn_secret: Some(Secret::new("north-sea-secret").unwrap()),
+            turn_ttl: Duration::from_secs(3600),
+            ..v2()
+        };
+        let mut h = Harness::with_config(config);
+        h.unix = Some(Duration::from_secs(1_700_000_000));
+        let alice = result_for(&h.join(1, "r", "alice"), 1);
+        // The credential is the OpenSSL-checked vector of `signal::auth`.
+        let minted = IceServer {
+            username: Some("1700003600:alice".into()),
+            credential: Some("XNu2e1NVrQEGzUB75NhB3SrIHpE=".into()),
+            ..turn.clone()
+        };
+        assert_eq!(alice.ice_servers, vec![stun.clone(), minted, fixed.clone()]);
+        // Per peer and per announce: bob's are his own, and a resume mints afresh.
+        h.now += Duration::from_secs(10);
+        let bob = result_for(&h.join(2, "r", "bob"), 2);
+        assert_eq!(
+            bob.ice_servers[1].username.as_deref(),
+            Some("1700003610:bob")
+        );
+        h.relay
+            .handle_disconnect(h.now, ConnId(1), LeftReason::Timeout);
+        h.now += Duration::from_secs(5);
+        h.connect(3);
+        let token = alice.resume.unwrap();
+        let back = result_for(&h.request(3, 1, resume_announce("r", "alice", &token)), 3);
+        assert_eq!(
+            back.ice_servers[1].username.as_deref(),
+            Some("1700003615:alice")
+        );
+
+        // Without a TURN secret the list goes out as configured; without a wall clock the
+        // entries that need minting are left out.
+        let mut h = Harness::with_config(ServerConfig {
+            ice_servers: vec![stun.clone(), turn.clone()],
+            ..v2()
+        });
+        assert_eq!(
+            result_for(&h.join(1, "r", "a"), 1).ice_servers,
+            vec![stun.clone(), turn.clone()]
+        );
+        let mut h = Harness::with_config(ServerConfig {
+            ice_servers: vec![stun.clone(), turn, fixed.clone()],
+            turn_secret: Some(Secret::new("s").unwrap()),
+            ..v2()
+        });
+        assert_eq!(
+            result_for(&h.join(1, "r", "a"), 1).ice_servers,
+            vec![stun, fixed]
         );
     }
 
