@@ -193,6 +193,9 @@ enum ServerInput {
         conn: ConnId,
         reason: LeftReason,
     },
+    Written {
+        conn: ConnId,
+    },
     Counts(oneshot::Sender<(usize, usize)>),
     /// A deadline of the logic passed (internal to the logic task)
     Tick,
@@ -229,6 +232,7 @@ async fn run_server(mut logic: Server, mut rx: mpsc::Receiver<ServerInput>) {
             }
             ServerInput::Text { conn, text } => logic.handle_text(now, conn, &text),
             ServerInput::Binary { conn, len } => logic.handle_binary(now, conn, len),
+            ServerInput::Written { conn } => logic.handle_written(now, conn, 1),
             ServerInput::Disconnect { conn, reason } => {
                 conns.remove(&conn);
                 logic.handle_disconnect(now, conn, reason);
@@ -434,6 +438,9 @@ async fn serve(
                     if let Err(e) = ws.send(Message::text(text)).await {
                         tracing::debug!(?conn, %e, "send failed");
                         break Some(LeftReason::Disconnect);
+                    }
+                    if logic.send(ServerInput::Written { conn }).await.is_err() {
+                        break None;
                     }
                 }
                 // The logic has forgotten this connection (peer.disconnect, or too slow).

@@ -357,6 +357,8 @@ impl Sim {
             // Version 1 behaviour until the simulator drives the server's timeouts
             // (`Server::poll_timeout`/`handle_timeout`), which resume needs.
             resume_grace: Duration::ZERO,
+            // Hosts may join long after they connect.
+            announce_timeout: Duration::ZERO,
             ..ServerConfig::default()
         });
         let mut sim = Self {
@@ -999,6 +1001,8 @@ impl Sim {
                 self.drain_server();
             }
             SignalHop::ToClient(conn, text) => {
+                // Delivered: no longer waiting on the server's side of the connection.
+                self.relay.handle_written(now, conn, 1);
                 let Some(idx) = host else {
                     return;
                 };

@@ -12,11 +12,14 @@
 //!
 //! * [`Server::handle_connect`] once when a connection opens, before anything else about it.
 //! * [`Server::handle_text`] and [`Server::handle_binary`] for every frame it receives.
+//! * [`Server::handle_written`] as frames the server sent on a connection leave the driver
+//!   (written to the socket, or delivered): the server counts what waits for each
+//!   connection and refuses or ends on that count ([`ServerConfig::max_queue_bytes`]).
 //! * [`Server::handle_disconnect`] once when the connection drops, unless the server asked to
 //!   close it with [`ServerOutput::Close`] (calling it then anyway is harmless).
 //! * [`Server::handle_timeout`] when the instant [`Server::poll_timeout`] returned has come
 //!   (calling it earlier or more often is harmless). The server's deadlines are the end of
-//!   a dropped peer's resume grace.
+//!   a dropped peer's resume grace and of an unannounced connection's time to announce.
 //! * After each `handle_*` call, drain [`Server::poll_output`] until it returns `None`, then
 //!   ask [`Server::poll_timeout`] again: any input may move the next deadline.
 //!
@@ -53,18 +56,28 @@
 //!   was still in flight to it is lost. The capabilities and metadata of a resuming announce
 //!   are ignored: the room keeps what it was told when the peer joined.
 //! * A resume token is issued once per place and stays the same when the place is resumed.
+//!
+//! # Limits
+//!
+//! Every limit is in [`ServerConfig`]. What a client can make the server hold is bounded
+//! per connection: rate buckets by frames and by bytes, one relay bucket per room member,
+//! what waits unwritten for it (`max_queue_*`), what is held for it while dropped
+//! (`max_held_*`) and its metadata (`max_metadata_bytes`). A member flooding another is
+//! refused (`-32005`) by its relay bucket or its share of the target's queue before the
+//! target notices; only a connection that does not read what is sent to it is ended.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::signal::auth::{turn_rest_credential, verify_room_token, Secret};
 use crate::signal::{
-    empty_object, AnnounceResult, Capabilities, ClientFrame, ErrorCode, IceServer, LeftReason,
-    Notification, PeerId, PeerInfo, Request, RequestId, RoomId, RpcError, ServerFrame,
-    MAX_FRAME_BYTES,
+    empty_object, Capabilities, ClientFrame, ErrorCode, IceServer, LeftReason, Notification,
+    PeerId, Request, RequestId, RoomId, RpcError, ServerFrame, MAX_FRAME_BYTES,
 };
 
 /// Limits, grace and seed of a [`Server`]
@@ -78,6 +91,41 @@ pub struct ServerConfig {
     pub rate_limit_per_sec: u32,
     /// Frames a connection may send at once (default 200)
     pub rate_limit_burst: u32,
+    /// Bytes per second a connection earns back after spending its byte burst (default 64 KiB)
+    pub rate_limit_bytes_per_sec: u32,
+    /// Bytes a connection may send at once (default 512 KiB); frames beyond get `-32005`
+    pub rate_limit_bytes_burst: u32,
+    /// Bytes per second one peer may have relayed to one other peer after spending its
+    /// burst (default 32 KiB); beyond, the sender gets `-32005` and the target nothing
+    pub relay_bytes_per_sec: u32,
+    /// Bytes one peer may have relayed to one other peer at once (default 256 KiB)
+    pub relay_bytes_burst: u32,
+    /// Bytes the server may have sent on a connection that the driver has not yet reported
+    /// written ([`Server::handle_written`]) (default 2 MiB, at least one full announce
+    /// result). A relay that would pass it is refused to its sender with `-32005`; a
+    /// response or server notification that would pass it ends the connection: a client
+    /// that does not read is dropped, never the peers sending to it.
+    pub max_queue_bytes: usize,
+    /// Frames the server may have sent on a connection that are not yet written
+    /// (default 1024); as `max_queue_bytes`
+    pub max_queue_frames: usize,
+    /// Bytes relayed from one sender that may wait unwritten on one target's connection
+    /// (default 256 KiB), so that one flooder cannot fill a victim's queue for everyone
+    pub max_relay_share: usize,
+    /// Largest metadata of one peer, in bytes as the server stores and forwards it (never
+    /// more than it arrived as) (default 16 KiB); larger gets `-32602`
+    pub max_metadata_bytes: usize,
+    /// Metadata bytes of all peers of a room together (default 256 KiB), so that an
+    /// announce result listing the room stays far below a client's frame cap; an announce
+    /// whose metadata does not fit gets `-32602`
+    pub max_room_metadata_bytes: usize,
+    /// Largest announce result, in bytes (default 1 MiB, the clients' frame cap); should a
+    /// result exceed it (a room limit set very high), listed peers' metadata is sent as `{}`,
+    /// largest first, until it fits
+    pub max_result_bytes: usize,
+    /// How long a connection may stay unannounced before the server closes it (default
+    /// 10 s; zero = no limit). Failed announces do not extend it.
+    pub announce_timeout: Duration,
     /// How long the place of a dropped connection is held for a resume (default 20 s);
     /// zero turns resume off (version 1 behaviour). Sent to clients in whole seconds.
     pub resume_grace: Duration,
@@ -109,6 +157,17 @@ impl Default for ServerConfig {
             max_frame_bytes: MAX_FRAME_BYTES,
             rate_limit_per_sec: 50,
             rate_limit_burst: 200,
+            rate_limit_bytes_per_sec: 64 * 1024,
+            rate_limit_bytes_burst: 512 * 1024,
+            relay_bytes_per_sec: 32 * 1024,
+            relay_bytes_burst: 256 * 1024,
+            max_queue_bytes: 2 * 1024 * 1024,
+            max_queue_frames: 1024,
+            max_relay_share: 256 * 1024,
+            max_metadata_bytes: 16 * 1024,
+            max_room_metadata_bytes: 256 * 1024,
+            max_result_bytes: 1024 * 1024,
+            announce_timeout: Duration::from_secs(10),
             resume_grace: Duration::from_secs(20),
             max_held_frames: 256,
             max_held_bytes: 1024 * 1024,
@@ -192,6 +251,14 @@ pub struct ServerStats {
     pub resumed: u64,
     /// Held places ended: grace over, or too much held for them
     pub expired: u64,
+    /// Connections ended because what waited unwritten for them passed the limit
+    pub evicted: u64,
+    /// Connections closed for not announcing in time
+    pub announce_timeouts: u64,
+    /// Relays refused to their sender (relay rate, share or target queue full)
+    pub relays_refused: u64,
+    /// Announce results sent with some metadata left out to fit `max_result_bytes`
+    pub degraded_results: u64,
 }
 
 /// The signaling server: rooms, connections and the protocol between them
@@ -204,8 +271,12 @@ pub struct Server {
     outputs: VecDeque<ServerOutput>,
     /// Ends of resume graces
     held_deadlines: BTreeSet<(Instant, RoomId, PeerId)>,
+    /// Ends of the time to announce of unannounced connections
+    announce_deadlines: BTreeSet<(Instant, ConnId)>,
     /// Held places to end once the current input is handled
     to_end: Vec<(RoomId, PeerId)>,
+    /// Connections to end once the current input is handled
+    to_evict: Vec<ConnId>,
     /// The last wall-clock reading, with the monotonic time it was taken at
     wall: Option<(Instant, Duration)>,
     stats: ServerStats,
@@ -221,7 +292,9 @@ impl Server {
             rooms: BTreeMap::new(),
             outputs: VecDeque::new(),
             held_deadlines: BTreeSet::new(),
+            announce_deadlines: BTreeSet::new(),
             to_end: Vec::new(),
+            to_evict: Vec::new(),
             wall: None,
             stats: ServerStats::default(),
         }
@@ -239,7 +312,13 @@ impl Server {
             tracing::warn!(?conn, "connect for a connection already open; ignored");
             return;
         }
-        self.conns.insert(conn, Conn::new(now, &self.config));
+        let mut c = Conn::new(now, &self.config);
+        if !self.config.announce_timeout.is_zero() {
+            let until = now + self.config.announce_timeout;
+            c.announce_deadline = Some(until);
+            self.announce_deadlines.insert((until, conn));
+        }
+        self.conns.insert(conn, c);
     }
 
     /// A text frame arrived on `conn`
@@ -259,7 +338,7 @@ impl Server {
             self.send_error(conn, id, ErrorCode::RateLimited.into());
         } else {
             match parsed {
-                Ok(frame) => self.handle_request(now, conn, frame),
+                Ok(frame) => self.handle_request(now, conn, frame, text),
                 Err(failure) => {
                     tracing::debug!(?conn, %failure, "bad frame");
                     self.send_error(conn, failure.id, failure.error);
@@ -307,13 +386,24 @@ impl Server {
         reason: LeftReason,
     ) {
         let now = self.observe(now.into());
-        let Some(gone) = self.conns.remove(&conn) else {
+        let Some(gone) = self.remove_conn(conn) else {
             return;
         };
         if let Some(seat) = gone.seat {
             self.drop_seat(now, conn, seat, reason);
         }
         self.settle(now);
+    }
+
+    /// `frames` more of the frames sent on `conn` have left the driver, in order
+    ///
+    /// Until then they count against [`ServerConfig::max_queue_bytes`] and
+    /// [`ServerConfig::max_queue_frames`].
+    pub fn handle_written(&mut self, now: impl Into<Timestamp>, conn: ConnId, frames: usize) {
+        let _ = self.observe(now.into());
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.queue.written(frames);
+        }
     }
 
     /// Time has come: ends the held places whose grace is over
@@ -327,12 +417,23 @@ impl Server {
             tracing::debug!(peer = %peer_id, %room, "resume grace over");
             self.to_end.push((room, peer_id));
         }
+        while let Some(&(until, conn)) = self.announce_deadlines.first() {
+            if until > now {
+                break;
+            }
+            tracing::debug!(?conn, "no announce in time; closing");
+            self.stats.announce_timeouts += 1;
+            self.remove_conn(conn);
+            self.outputs.push_back(ServerOutput::Close { conn });
+        }
         self.settle(now);
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) is next due; `None` when nothing waits
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.held_deadlines.first().map(|d| d.0)
+        let held = self.held_deadlines.first().map(|d| d.0);
+        let announce = self.announce_deadlines.first().map(|d| d.0);
+        held.into_iter().chain(announce).min()
     }
 
     /// The next thing the driver must do, in order; `None` when there is nothing left
@@ -368,7 +469,7 @@ impl Server {
     /// The peers of `room` in join order, held places included; empty if there is no such room
     pub fn peers_in(&self, room: &RoomId) -> Vec<PeerId> {
         self.rooms.get(room).map_or_else(Vec::new, |r| {
-            r.members.iter().map(|m| m.info.peer_id.clone()).collect()
+            r.members.iter().map(|m| m.peer_id.clone()).collect()
         })
     }
 
@@ -398,15 +499,41 @@ impl Server {
         };
         self.stats.frames_in += 1;
         self.stats.bytes_in += len as u64;
-        Some(c.frames.try_take(
-            now,
-            1,
-            self.config.rate_limit_per_sec,
-            self.config.rate_limit_burst,
-        ))
+        let cfg = &self.config;
+        let frame = c
+            .frames
+            .try_take(now, 1, cfg.rate_limit_per_sec, cfg.rate_limit_burst);
+        // Bytes are only spent on frames that are let through.
+        let bytes = frame
+            && c.bytes.try_take(
+                now,
+                len as u64,
+                cfg.rate_limit_bytes_per_sec,
+                cfg.rate_limit_bytes_burst,
+            );
+        Some(bytes)
     }
 
-    fn handle_request(&mut self, now: Instant, conn: ConnId, frame: ClientFrame) {
+    /// Forgets a connection and its deadline
+    fn remove_conn(&mut self, conn: ConnId) -> Option<Conn> {
+        let c = self.conns.remove(&conn)?;
+        if let Some(until) = c.announce_deadline {
+            self.announce_deadlines.remove(&(until, conn));
+        }
+        Some(c)
+    }
+
+    /// The connection announced: it no longer has a deadline to do so
+    fn seat_conn(&mut self, conn: ConnId, seat: Seat) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            if let Some(until) = c.announce_deadline.take() {
+                self.announce_deadlines.remove(&(until, conn));
+            }
+            c.seat = Some(seat);
+        }
+    }
+
+    fn handle_request(&mut self, now: Instant, conn: ConnId, frame: ClientFrame, text: &str) {
         let ClientFrame { id, request } = frame;
         let seat = self.conns.get(&conn).and_then(|c| c.seat.clone());
         match (request, seat) {
@@ -430,7 +557,7 @@ impl Server {
                     room,
                     peer_id,
                     capabilities: capabilities.unwrap_or_default(),
-                    metadata: metadata.unwrap_or_else(empty_object),
+                    metadata: stored_metadata(metadata.as_ref(), text),
                     token,
                     resume,
                 };
@@ -452,7 +579,7 @@ impl Server {
                     peer_id: from,
                 }),
             ) => {
-                self.forward(conn, id, &room, &to, Notification::Offer { from, sdp });
+                self.forward(now, conn, id, &room, &to, Notification::Offer { from, sdp });
             }
             (
                 Request::Answer { to, sdp },
@@ -461,7 +588,14 @@ impl Server {
                     peer_id: from,
                 }),
             ) => {
-                self.forward(conn, id, &room, &to, Notification::Answer { from, sdp });
+                self.forward(
+                    now,
+                    conn,
+                    id,
+                    &room,
+                    &to,
+                    Notification::Answer { from, sdp },
+                );
             }
             (
                 Request::IceCandidate {
@@ -481,7 +615,7 @@ impl Server {
                     sdp_mid,
                     sdp_m_line_index,
                 };
-                self.forward(conn, id, &room, &to, notification);
+                self.forward(now, conn, id, &room, &to, notification);
             }
         }
     }
@@ -501,7 +635,19 @@ impl Server {
                 return self.send_error(conn, Some(id), error);
             }
         }
-        let members = self.rooms.get(&a.room).map_or(&[][..], |r| &r.members);
+        let meta_len = a.metadata.get().len();
+        if meta_len > self.config.max_metadata_bytes {
+            let message = format!(
+                "metadata too large: {meta_len} > {} bytes",
+                self.config.max_metadata_bytes
+            );
+            let error = RpcError::new(ErrorCode::InvalidParams, message);
+            return self.send_error(conn, Some(id), error);
+        }
+        let (members, room_meta) = self
+            .rooms
+            .get(&a.room)
+            .map_or((&[][..], 0), |r| (&r.members[..], r.metadata_bytes));
         if members.len() >= self.config.max_peers_per_room {
             let message = format!(
                 "room full: {} has {} peers",
@@ -511,7 +657,7 @@ impl Server {
             return self.send_error(conn, Some(id), error);
         }
         let peer_id = match a.peer_id {
-            Some(p) if members.iter().any(|m| m.info.peer_id == p) => {
+            Some(p) if members.iter().any(|m| m.peer_id == p) => {
                 let message = format!("peer id {p} is already taken in {}", a.room);
                 let error = RpcError::new(ErrorCode::PeerIdTaken, message);
                 return self.send_error(conn, Some(id), error);
@@ -519,6 +665,18 @@ impl Server {
             Some(p) => p,
             None => self.fresh_peer_id(&a.room),
         };
+        if room_meta + meta_len > self.config.max_room_metadata_bytes {
+            let message = format!(
+                "metadata too large for room {}: {meta_len} bytes, {} of {} left",
+                a.room,
+                self.config
+                    .max_room_metadata_bytes
+                    .saturating_sub(room_meta),
+                self.config.max_room_metadata_bytes
+            );
+            let error = RpcError::new(ErrorCode::InvalidParams, message);
+            return self.send_error(conn, Some(id), error);
+        }
         let room = a.room;
         let resume = if self.config.resume_grace.is_zero() {
             None
@@ -527,35 +685,37 @@ impl Server {
         };
 
         tracing::debug!(?conn, peer = %peer_id, %room, "peer joined");
-        let info = PeerInfo {
-            peer_id,
+        let member = Member {
+            peer_id: peer_id.clone(),
             capabilities: a.capabilities,
             metadata: a.metadata,
-        };
-        let entry = self.rooms.entry(room.clone()).or_default();
-        let peers: Vec<PeerInfo> = entry.members.iter().map(|m| m.info.clone()).collect();
-        let others: Vec<PeerId> = entry
-            .members
-            .iter()
-            .map(|m| m.info.peer_id.clone())
-            .collect();
-        entry.members.push(Member {
-            info: info.clone(),
             link: Link::Live(conn),
-            resume: resume.clone(),
-        });
-        if let Some(c) = self.conns.get_mut(&conn) {
-            c.seat = Some(Seat {
+            resume,
+        };
+        let joined = notification_text("peer.joined", &PeerOut::of(&member));
+        let ice_servers = self.ice_servers_for(now, &peer_id);
+        let entry = self.rooms.entry(room.clone()).or_default();
+        let others: Vec<PeerId> = entry.members.iter().map(|m| m.peer_id.clone()).collect();
+        let result = ResultOut {
+            peer_id: &peer_id,
+            room: &room,
+            peers: entry.members.iter().map(PeerOut::of).collect(),
+            ice_servers: &ice_servers,
+            resume: member.resume.as_deref(),
+            resume_grace_s: grace_secs(self.config.resume_grace),
+            resumed: false,
+        };
+        let text = result_text(&id, result, self.config.max_result_bytes, &mut self.stats);
+        entry.metadata_bytes += meta_len;
+        entry.members.push(member);
+        self.seat_conn(
+            conn,
+            Seat {
                 room: room.clone(),
-                peer_id: info.peer_id.clone(),
-            });
-        }
-        let mut result = AnnounceResult::new(info.peer_id.clone(), room.clone(), peers);
-        result.ice_servers = self.ice_servers_for(now, &info.peer_id);
-        result.resume = resume;
-        result.resume_grace_s = Some(self.grace_secs());
-        self.send_ok(conn, id, result.to_value());
-        let joined = ServerFrame::Notification(Notification::Joined(info)).to_json();
+                peer_id,
+            },
+        );
+        self.push_send(conn, text, Origin::Own);
         for peer in others {
             self.deliver(&room, &peer, joined.clone());
         }
@@ -602,68 +762,89 @@ impl Server {
 
     /// Gives `peer_id`'s place in `room` to `conn` and sends what was held for it
     fn resume(&mut self, now: Instant, conn: ConnId, id: RequestId, room: RoomId, peer_id: PeerId) {
+        let ice_servers = self.ice_servers_for(now, &peer_id);
         let Some(r) = self.rooms.get_mut(&room) else {
             return;
         };
-        let Some(m) = r.members.iter_mut().find(|m| m.info.peer_id == peer_id) else {
+        let Some(m) = r.members.iter_mut().find(|m| m.peer_id == peer_id) else {
             return;
         };
-        let held = match std::mem::replace(&mut m.link, Link::Live(conn)) {
+        let (held, old) = match std::mem::replace(&mut m.link, Link::Live(conn)) {
             Link::Held { until, frames, .. } => {
                 self.held_deadlines
                     .remove(&(until, room.clone(), peer_id.clone()));
-                frames
+                (frames, None)
             }
-            Link::Live(old) => {
-                // The old connection is still open as far as we know: the token holder wins.
-                tracing::debug!(?old, ?conn, peer = %peer_id, %room, "resume takes over a live connection");
-                self.conns.remove(&old);
-                self.outputs.push_back(ServerOutput::Close { conn: old });
-                VecDeque::new()
-            }
+            // The old connection is still open as far as we know: the token holder wins.
+            Link::Live(old) => (VecDeque::new(), Some(old)),
         };
-        let resume = m.resume.clone();
-        let peers: Vec<PeerInfo> = r
-            .members
-            .iter()
-            .filter(|m| m.info.peer_id != peer_id)
-            .map(|m| m.info.clone())
-            .collect();
-        if let Some(c) = self.conns.get_mut(&conn) {
-            c.seat = Some(Seat {
-                room: room.clone(),
-                peer_id: peer_id.clone(),
-            });
+        let result = ResultOut {
+            peer_id: &peer_id,
+            room: &room,
+            peers: r
+                .members
+                .iter()
+                .filter(|m| m.peer_id != peer_id)
+                .map(PeerOut::of)
+                .collect(),
+            ice_servers: &ice_servers,
+            resume: r.member(&peer_id).and_then(|m| m.resume.as_deref()),
+            resume_grace_s: grace_secs(self.config.resume_grace),
+            resumed: true,
+        };
+        let text = result_text(&id, result, self.config.max_result_bytes, &mut self.stats);
+        if let Some(old) = old {
+            tracing::debug!(?old, ?conn, peer = %peer_id, %room, "resume takes over a live connection");
+            self.remove_conn(old);
+            self.outputs.push_back(ServerOutput::Close { conn: old });
         }
         tracing::debug!(?conn, peer = %peer_id, %room, held = held.len(), "peer resumed");
         self.stats.resumed += 1;
-        let mut result = AnnounceResult::new(peer_id, room, peers);
-        result.ice_servers = self.ice_servers_for(now, &result.peer_id);
-        result.resume = resume;
-        result.resume_grace_s = Some(self.grace_secs());
-        result.resumed = true;
-        self.send_ok(conn, id, result.to_value());
+        self.seat_conn(
+            conn,
+            Seat {
+                room: room.clone(),
+                peer_id,
+            },
+        );
+        self.push_send(conn, text, Origin::Own);
         for text in held {
-            self.push_send(conn, text);
+            self.push_send(conn, text, Origin::Server);
         }
     }
 
-    /// Answers `{}` to the sender and relays `notification` to peer `to` of `room`
+    /// Answers `{}` to the sender and relays `notification` to peer `to` of `room`, or
+    /// answers why not
     fn forward(
         &mut self,
+        now: Instant,
         conn: ConnId,
         id: RequestId,
         room: &RoomId,
         to: &PeerId,
         notification: Notification,
     ) {
-        let known = self.rooms.get(room).and_then(|r| r.member(to)).is_some();
-        if !known {
+        let target = self
+            .rooms
+            .get(room)
+            .and_then(|r| r.member(to))
+            .map(|m| match m.link {
+                Link::Live(c) => Some(c),
+                Link::Held { .. } => None,
+            });
+        let Some(target) = target else {
             let message = format!("unknown target peer: {to} is not in {room}");
             let error = RpcError::new(ErrorCode::UnknownTarget, message);
             return self.send_error(conn, Some(id), error);
-        }
+        };
         let text = ServerFrame::Notification(notification).to_json();
+        if let Err(message) = self.admit_relay(now, conn, room, to, target, text.len()) {
+            tracing::debug!(?conn, peer = %to, %message, "relay refused");
+            self.stats.relays_refused += 1;
+            self.stats.rate_limited += 1;
+            let error = RpcError::new(ErrorCode::RateLimited, message);
+            return self.send_error(conn, Some(id), error);
+        }
         if self.overflows_held(room, to, text.len()) {
             // The contract ends such a peer at once; the sender hears that it left.
             let message = format!("unknown target peer: {to} left {room}");
@@ -672,7 +853,59 @@ impl Server {
             return self.deliver(room, to, text);
         }
         self.send_ok(conn, id, empty_object());
-        self.deliver(room, to, text);
+        match target {
+            Some(target) => self.push_send(target, text, Origin::Relay(conn)),
+            None => self.deliver(room, to, text),
+        }
+    }
+
+    /// Whether `from` may have `len` more bytes relayed to `to` (on `target`, when live)
+    ///
+    /// Takes from the sender's relay bucket for `to` when it may.
+    fn admit_relay(
+        &mut self,
+        now: Instant,
+        from: ConnId,
+        room: &RoomId,
+        to: &PeerId,
+        target: Option<ConnId>,
+        len: usize,
+    ) -> Result<(), String> {
+        let cfg = &self.config;
+        if let Some(t) = target.and_then(|t| self.conns.get(&t)) {
+            let q = &t.queue;
+            if q.frames.len() >= cfg.max_queue_frames || q.bytes + len > cfg.max_queue_bytes {
+                return Err(format!("rate limited: {to} is not keeping up"));
+            }
+            if q.from(from) + len > cfg.max_relay_share {
+                return Err(format!(
+                    "rate limited: too much of yours still waiting for {to}"
+                ));
+            }
+        }
+        let members = self.rooms.get(room).map_or(0, |r| r.members.len());
+        let Some(c) = self.conns.get_mut(&from) else {
+            return Err("unknown connection".into());
+        };
+        if !c.relay.contains_key(to) && c.relay.len() >= members.max(cfg.max_peers_per_room) {
+            // Targets that left: forget their buckets before taking a new one.
+            let room = self.rooms.get(room);
+            c.relay
+                .retain(|p, _| room.is_some_and(|r| r.member(p).is_some()));
+        }
+        let bucket = c
+            .relay
+            .entry(to.clone())
+            .or_insert_with(|| TokenBucket::new(now, u64::from(cfg.relay_bytes_burst)));
+        if !bucket.try_take(
+            now,
+            len as u64,
+            cfg.relay_bytes_per_sec,
+            cfg.relay_bytes_burst,
+        ) {
+            return Err(format!("rate limited: too many bytes to {to}"));
+        }
+        Ok(())
     }
 
     /// Whether `len` more bytes for a held member would overflow what is held for it
@@ -697,7 +930,7 @@ impl Server {
         }
     }
 
-    /// Sends `text` to a member: on its connection, or into its held queue
+    /// Sends a server notification to a member: on its connection, or into its held queue
     ///
     /// A held queue that overflows ends the member once the current input is handled.
     fn deliver(&mut self, room: &RoomId, peer_id: &PeerId, text: String) {
@@ -705,14 +938,14 @@ impl Server {
         let Some(m) = self
             .rooms
             .get_mut(room)
-            .and_then(|r| r.members.iter_mut().find(|m| &m.info.peer_id == peer_id))
+            .and_then(|r| r.members.iter_mut().find(|m| &m.peer_id == peer_id))
         else {
             return;
         };
         match &mut m.link {
             Link::Live(conn) => {
                 let conn = *conn;
-                self.push_send(conn, text);
+                self.push_send(conn, text, Origin::Server);
             }
             Link::Held {
                 frames,
@@ -739,7 +972,7 @@ impl Server {
     fn disconnect(&mut self, conn: ConnId, id: RequestId) {
         self.send_ok(conn, id, empty_object());
         self.outputs.push_back(ServerOutput::Close { conn });
-        if let Some(seat) = self.conns.remove(&conn).and_then(|c| c.seat) {
+        if let Some(seat) = self.remove_conn(conn).and_then(|c| c.seat) {
             self.leave(&seat.room, &seat.peer_id, LeftReason::Disconnect);
         }
     }
@@ -747,11 +980,11 @@ impl Server {
     /// A seated connection is gone: holds its place for the grace, or ends it
     fn drop_seat(&mut self, now: Instant, conn: ConnId, seat: Seat, reason: LeftReason) {
         let grace = self.config.resume_grace;
-        let Some(m) = self.rooms.get_mut(&seat.room).and_then(|r| {
-            r.members
-                .iter_mut()
-                .find(|m| m.info.peer_id == seat.peer_id)
-        }) else {
+        let Some(m) = self
+            .rooms
+            .get_mut(&seat.room)
+            .and_then(|r| r.members.iter_mut().find(|m| m.peer_id == seat.peer_id))
+        else {
             return;
         };
         if m.link != Link::Live(conn) {
@@ -772,9 +1005,25 @@ impl Server {
         self.held_deadlines.insert((until, seat.room, seat.peer_id));
     }
 
-    /// Ends the held places queued in `to_end`, until no more are queued
-    fn settle(&mut self, _now: Instant) {
-        while let Some((room, peer_id)) = self.to_end.pop() {
+    /// Ends the connections queued in `to_evict` and the held places queued in `to_end`,
+    /// until none are left (ending one may queue others)
+    fn settle(&mut self, now: Instant) {
+        loop {
+            if let Some(conn) = self.to_evict.pop() {
+                let Some(gone) = self.remove_conn(conn) else {
+                    continue;
+                };
+                tracing::debug!(?conn, "connection does not read what it is sent; dropped");
+                self.stats.evicted += 1;
+                self.outputs.push_back(ServerOutput::Close { conn });
+                if let Some(seat) = gone.seat {
+                    self.drop_seat(now, conn, seat, LeftReason::Kicked);
+                }
+                continue;
+            }
+            let Some((room, peer_id)) = self.to_end.pop() else {
+                return;
+            };
             let held_until = self
                 .rooms
                 .get(&room)
@@ -798,12 +1047,12 @@ impl Server {
         let Some(room) = self.rooms.get_mut(room_id) else {
             return;
         };
-        room.members.retain(|m| &m.info.peer_id != peer_id);
-        let others: Vec<PeerId> = room
-            .members
-            .iter()
-            .map(|m| m.info.peer_id.clone())
-            .collect();
+        let Some(at) = room.members.iter().position(|m| &m.peer_id == peer_id) else {
+            return;
+        };
+        let gone = room.members.remove(at);
+        room.metadata_bytes -= gone.metadata.get().len();
+        let others: Vec<PeerId> = room.members.iter().map(|m| m.peer_id.clone()).collect();
         if others.is_empty() {
             self.rooms.remove(room_id);
         }
@@ -857,13 +1106,6 @@ impl Server {
         servers
     }
 
-    /// The grace in whole seconds, as the announce result carries it
-    fn grace_secs(&self) -> u64 {
-        let grace = self.config.resume_grace;
-        // A sub-second grace still holds places: do not tell clients it is off.
-        grace.as_secs() + u64::from(grace.subsec_nanos() > 0)
-    }
-
     /// A UUID-v4-formatted peer id not yet taken in `room`
     fn fresh_peer_id(&mut self, room: &RoomId) -> PeerId {
         loop {
@@ -891,24 +1133,282 @@ impl Server {
         }
     }
 
-    fn push_send(&mut self, conn: ConnId, text: String) {
+    /// Queues `text` for `conn`, counting it against the connection's unwritten limits
+    ///
+    /// A response or server notification that does not fit ends the connection (it does
+    /// not read); relays were admitted against the same limits before.
+    fn push_send(&mut self, conn: ConnId, text: String, origin: Origin) {
+        let (max_frames, max_bytes) = (self.config.max_queue_frames, self.config.max_queue_bytes);
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if c.evicting {
+            return;
+        }
+        if c.queue.frames.len() >= max_frames || c.queue.bytes + text.len() > max_bytes {
+            c.evicting = true;
+            self.to_evict.push(conn);
+            return;
+        }
+        c.queue.push(text.len(), origin);
         self.stats.frames_out += 1;
         self.stats.bytes_out += text.len() as u64;
         self.outputs.push_back(ServerOutput::Send { conn, text });
     }
 
-    fn send(&mut self, conn: ConnId, frame: &ServerFrame) {
-        self.push_send(conn, frame.to_json());
-    }
-
     fn send_ok(&mut self, conn: ConnId, id: RequestId, result: Value) {
-        self.send(conn, &ServerFrame::response_ok(id, result));
+        let text = ServerFrame::response_ok(id, result).to_json();
+        self.push_send(conn, text, Origin::Own);
     }
 
     fn send_error(&mut self, conn: ConnId, id: Option<RequestId>, error: RpcError) {
         *self.stats.errors.entry(error.code).or_default() += 1;
-        self.send(conn, &ServerFrame::response_err(id, error));
+        let text = ServerFrame::response_err(id, error).to_json();
+        self.push_send(conn, text, Origin::Own);
     }
+
+    /// Checks the server's invariants, for tests and fuzzing: no room over its limit, every
+    /// bound on what a connection can make the server hold, and consistent bookkeeping
+    #[doc(hidden)]
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let cfg = &self.config;
+        let mut live = 0;
+        for (id, room) in &self.rooms {
+            if room.members.is_empty() {
+                return Err(format!("room {id} is empty but kept"));
+            }
+            if room.members.len() > cfg.max_peers_per_room {
+                return Err(format!("room {id} has {} peers", room.members.len()));
+            }
+            let meta: usize = room.members.iter().map(|m| m.metadata.get().len()).sum();
+            if meta != room.metadata_bytes || meta > cfg.max_room_metadata_bytes {
+                return Err(format!(
+                    "room {id} metadata {meta} / {}",
+                    room.metadata_bytes
+                ));
+            }
+            for m in &room.members {
+                if m.metadata.get().len() > cfg.max_metadata_bytes {
+                    return Err(format!("{} has oversized metadata", m.peer_id));
+                }
+                match &m.link {
+                    Link::Live(conn) => {
+                        live += 1;
+                        let seat = self.conns.get(conn).and_then(|c| c.seat.as_ref());
+                        if !seat.is_some_and(|s| &s.room == id && s.peer_id == m.peer_id) {
+                            return Err(format!(
+                                "{} is live on {conn:?}, not seated there",
+                                m.peer_id
+                            ));
+                        }
+                    }
+                    Link::Held {
+                        until,
+                        frames,
+                        bytes,
+                        ..
+                    } => {
+                        if frames.len() > cfg.max_held_frames || *bytes > cfg.max_held_bytes {
+                            return Err(format!("{} holds {} frames", m.peer_id, frames.len()));
+                        }
+                        if *bytes != frames.iter().map(String::len).sum::<usize>() {
+                            return Err(format!("{} held bytes miscounted", m.peer_id));
+                        }
+                        if !self
+                            .held_deadlines
+                            .contains(&(*until, id.clone(), m.peer_id.clone()))
+                        {
+                            return Err(format!("{} is held without a deadline", m.peer_id));
+                        }
+                    }
+                }
+            }
+        }
+        let seated = self.conns.values().filter(|c| c.seat.is_some()).count();
+        if seated != live {
+            return Err(format!("{seated} seated connections, {live} live members"));
+        }
+        if self.held_deadlines.len() + live != self.peer_count() {
+            return Err("held deadlines do not match held members".into());
+        }
+        for (conn, c) in &self.conns {
+            let q = &c.queue;
+            if q.frames.len() > cfg.max_queue_frames || q.bytes > cfg.max_queue_bytes {
+                return Err(format!("{conn:?} has {} bytes unwritten", q.bytes));
+            }
+            if q.bytes != q.frames.iter().map(|f| f.0).sum::<usize>()
+                || q.by_origin.values().sum::<usize>()
+                    != q.frames
+                        .iter()
+                        .filter(|f| f.1.is_some())
+                        .map(|f| f.0)
+                        .sum::<usize>()
+                || q.by_origin.values().any(|&b| b > cfg.max_relay_share)
+            {
+                return Err(format!("{conn:?} queue miscounted"));
+            }
+            if c.relay.len() > cfg.max_peers_per_room + 1 {
+                return Err(format!("{conn:?} keeps {} relay buckets", c.relay.len()));
+            }
+            if c.seat.is_some() == c.announce_deadline.is_some() && !cfg.announce_timeout.is_zero()
+            {
+                return Err(format!("{conn:?} announce deadline out of step"));
+            }
+        }
+        if self.announce_deadlines.len() > self.conns.len() {
+            return Err("stale announce deadlines".into());
+        }
+        Ok(())
+    }
+}
+
+/// The grace in whole seconds, as announce results carry it
+fn grace_secs(grace: Duration) -> u64 {
+    // A sub-second grace still holds places: do not tell clients it is off.
+    grace.as_secs() + u64::from(grace.subsec_nanos() > 0)
+}
+
+/// The metadata to store for an announce: as few bytes as it takes, never more than it
+/// arrived as
+///
+/// `value` is the parsed `metadata` (an object, or absent for `{}`); `frame` the text it
+/// came in. The compact form is kept unless the text as sent is shorter (numbers such as
+/// `1e5` grow when re-serialised), in which case that text is kept verbatim.
+fn stored_metadata(value: Option<&Value>, frame: &str) -> Box<RawValue> {
+    #[derive(Deserialize)]
+    struct Frame<'a> {
+        #[serde(borrow, default)]
+        params: Option<Params<'a>>,
+    }
+    #[derive(Deserialize)]
+    struct Params<'a> {
+        #[serde(borrow, default)]
+        metadata: Option<&'a RawValue>,
+    }
+    let compact = || {
+        let text = value.map_or_else(|| "{}".to_string(), Value::to_string);
+        RawValue::from_string(text).expect("serde_json writes valid JSON")
+    };
+    let Some(value) = value else {
+        return compact();
+    };
+    // A frame with duplicate keys on the way to the metadata fails here: keep the compact form.
+    let sent = serde_json::from_str::<Frame<'_>>(frame)
+        .ok()
+        .and_then(|f| f.params)
+        .and_then(|p| p.metadata);
+    let compact = compact();
+    match sent {
+        Some(sent) if sent.get().len() < compact.get().len() && value.is_object() => {
+            sent.to_owned()
+        }
+        _ => compact,
+    }
+}
+
+/// A member as announce results and `peer.joined` list it
+#[derive(Serialize)]
+struct PeerOut<'a> {
+    peer_id: &'a PeerId,
+    capabilities: &'a Capabilities,
+    metadata: &'a RawValue,
+}
+
+impl<'a> PeerOut<'a> {
+    fn of(m: &'a Member) -> Self {
+        Self {
+            peer_id: &m.peer_id,
+            capabilities: &m.capabilities,
+            metadata: &m.metadata,
+        }
+    }
+}
+
+/// An announce result, in the field order of [`crate::signal::AnnounceResult`]
+#[derive(Serialize)]
+struct ResultOut<'a> {
+    peer_id: &'a PeerId,
+    room: &'a RoomId,
+    peers: Vec<PeerOut<'a>>,
+    #[serde(skip_serializing_if = "<[IceServer]>::is_empty")]
+    ice_servers: &'a [IceServer],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resume: Option<&'a str>,
+    resume_grace_s: u64,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    resumed: bool,
+}
+
+/// The response carrying an announce result; lists metadata as `{}` (largest first) while
+/// the text exceeds `max_bytes`
+fn result_text(
+    id: &RequestId,
+    mut result: ResultOut<'_>,
+    max_bytes: usize,
+    stats: &mut ServerStats,
+) -> String {
+    #[derive(Serialize)]
+    struct Response<'a, 'b> {
+        jsonrpc: &'static str,
+        id: &'a RequestId,
+        result: &'a ResultOut<'b>,
+    }
+    let write = |result: &ResultOut<'_>| {
+        // Cannot fail: string keys only.
+        serde_json::to_string(&Response {
+            jsonrpc: "2.0",
+            id,
+            result,
+        })
+        .expect("announce result serializes to JSON")
+    };
+    let mut text = write(&result);
+    if text.len() <= max_bytes {
+        return text;
+    }
+    let empty: &RawValue = EMPTY_OBJECT();
+    let mut order: Vec<usize> = (0..result.peers.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(result.peers[i].metadata.get().len()));
+    for i in order {
+        if text.len() <= max_bytes || result.peers[i].metadata.get().len() <= 2 {
+            break;
+        }
+        let before = result.peers[i].metadata.get().len();
+        result.peers[i].metadata = empty;
+        text = write(&result);
+        tracing::debug!(peer = %result.peers[i].peer_id, before, "metadata left out of a result");
+    }
+    stats.degraded_results += 1;
+    tracing::warn!(
+        room = %result.room,
+        bytes = text.len(),
+        max_bytes,
+        "announce result too large: some metadata left out"
+    );
+    text
+}
+
+/// `{}` as a raw value
+#[allow(non_snake_case)]
+fn EMPTY_OBJECT() -> &'static RawValue {
+    static EMPTY: std::sync::OnceLock<Box<RawValue>> = std::sync::OnceLock::new();
+    EMPTY.get_or_init(|| RawValue::from_string("{}".into()).expect("{} is JSON"))
+}
+
+/// A notification whose params are already typed for the wire
+fn notification_text<T: Serialize>(method: &'static str, params: &T) -> String {
+    #[derive(Serialize)]
+    struct Out<'a, T> {
+        jsonrpc: &'static str,
+        method: &'static str,
+        params: &'a T,
+    }
+    serde_json::to_string(&Out {
+        jsonrpc: "2.0",
+        method,
+        params,
+    })
+    .expect("notification serializes to JSON")
 }
 
 /// What an announce asks for, defaults applied
@@ -916,24 +1416,96 @@ struct Announce {
     room: RoomId,
     peer_id: Option<PeerId>,
     capabilities: Capabilities,
-    metadata: Value,
+    /// As the server stores and forwards it
+    metadata: Box<RawValue>,
     token: Option<String>,
     resume: Option<String>,
+}
+
+/// Who made the server send a frame
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Origin {
+    /// A response to the connection's own request
+    Own,
+    /// The server: membership news, held notifications
+    Server,
+    /// A relay from the member on this connection
+    Relay(ConnId),
 }
 
 #[derive(Debug)]
 struct Conn {
     frames: TokenBucket,
+    bytes: TokenBucket,
+    /// Bytes relayed to each target, by target id (at most a room's worth)
+    relay: BTreeMap<PeerId, TokenBucket>,
     /// Where the connection is once it has announced
     seat: Option<Seat>,
+    /// Until when it may stay unannounced
+    announce_deadline: Option<Instant>,
+    /// Frames sent and not yet reported written
+    queue: OutQueue,
+    /// About to be ended: send nothing more
+    evicting: bool,
 }
 
 impl Conn {
     fn new(now: Instant, config: &ServerConfig) -> Self {
         Self {
             frames: TokenBucket::new(now, u64::from(config.rate_limit_burst)),
+            bytes: TokenBucket::new(now, u64::from(config.rate_limit_bytes_burst)),
+            relay: BTreeMap::new(),
             seat: None,
+            announce_deadline: None,
+            queue: OutQueue::default(),
+            evicting: false,
         }
+    }
+}
+
+/// Frames sent on a connection that the driver has not reported written, oldest first
+#[derive(Debug, Default)]
+struct OutQueue {
+    /// Length and, for relays, the sending connection
+    frames: VecDeque<(usize, Option<ConnId>)>,
+    bytes: usize,
+    /// Bytes waiting per relaying connection
+    by_origin: BTreeMap<ConnId, usize>,
+}
+
+impl OutQueue {
+    fn push(&mut self, len: usize, origin: Origin) {
+        let from = match origin {
+            Origin::Relay(from) => {
+                *self.by_origin.entry(from).or_default() += len;
+                Some(from)
+            }
+            Origin::Own | Origin::Server => None,
+        };
+        self.frames.push_back((len, from));
+        self.bytes += len;
+    }
+
+    fn written(&mut self, frames: usize) {
+        for _ in 0..frames {
+            let Some((len, from)) = self.frames.pop_front() else {
+                return;
+            };
+            self.bytes -= len;
+            if let Some(from) = from {
+                if let Some(b) = self.by_origin.get_mut(&from) {
+                    *b -= len;
+                    if *b == 0 {
+                        self.by_origin.remove(&from);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Bytes from `from` waiting here
+    fn from(&self, from: ConnId) -> usize {
+        self.by_origin.get(&from).copied().unwrap_or(0)
     }
 }
 
@@ -947,11 +1519,15 @@ struct Seat {
 struct Room {
     /// Members in join order
     members: Vec<Member>,
+    /// Bytes of the members' metadata together
+    metadata_bytes: usize,
 }
 
 #[derive(Debug)]
 struct Member {
-    info: PeerInfo,
+    peer_id: PeerId,
+    capabilities: Capabilities,
+    metadata: Box<RawValue>,
     link: Link,
     /// The token that takes this place back; `None` when resume is off
     resume: Option<String>,
@@ -975,7 +1551,7 @@ enum Link {
 
 impl Room {
     fn member(&self, peer_id: &PeerId) -> Option<&Member> {
-        self.members.iter().find(|m| &m.info.peer_id == peer_id)
+        self.members.iter().find(|m| &m.peer_id == peer_id)
     }
 }
 
@@ -1081,6 +1657,7 @@ mod tests {
 
     use super::*;
     use crate::signal::auth::{mint_room_token, RoomClaims};
+    use crate::signal::{AnnounceResult, PeerInfo};
 
     /// A relay plus a clock, decoding every output for the assertions
     struct Harness {
@@ -1089,6 +1666,8 @@ mod tests {
         start: Instant,
         /// The wall clock at `start`, when the test gives one; it runs with `now`
         unix: Option<Duration>,
+        /// Connections that read nothing: what is sent to them is never written
+        stalled: BTreeSet<u64>,
     }
 
     impl Harness {
@@ -1103,6 +1682,7 @@ mod tests {
                 now: base_instant(),
                 start: base_instant(),
                 unix: None,
+                stalled: BTreeSet::new(),
             }
         }
 
@@ -1134,15 +1714,25 @@ mod tests {
         }
 
         /// Outputs as (conn, frame); a `Close` is `None`
+        ///
+        /// Sends are written at once, as a driver whose clients all read would report,
+        /// except on `stalled` connections.
         fn drain(&mut self) -> Vec<(u64, Option<ServerFrame>)> {
-            std::iter::from_fn(|| self.relay.poll_output())
+            let out: Vec<_> = std::iter::from_fn(|| self.relay.poll_output()).collect();
+            let decoded = out
+                .into_iter()
                 .map(|out| match out {
                     ServerOutput::Send { conn, text } => {
+                        if !self.stalled.contains(&conn.0) {
+                            self.relay.handle_written(self.now, conn, 1);
+                        }
                         (conn.0, Some(ServerFrame::parse(&text).unwrap()))
                     }
                     ServerOutput::Close { conn } => (conn.0, None),
                 })
-                .collect()
+                .collect();
+            self.relay.check_invariants().unwrap();
+            decoded
         }
 
         /// Connects `conn` and announces it as `peer` in `room`, returning every output
@@ -1935,6 +2525,8 @@ mod tests {
                 max_held_frames: frames,
                 max_held_bytes: bytes,
                 rate_limit_burst: 10_000,
+                rate_limit_bytes_burst: u32::MAX,
+                relay_bytes_burst: u32::MAX,
                 ..v2()
             });
             h.join(1, "r", "alice");
@@ -2326,6 +2918,403 @@ mod tests {
             result_for(&h.join(1, "r", "a"), 1).ice_servers,
             vec![stun, fixed]
         );
+    }
+
+    fn offer_of(to: &str, len: usize) -> Request {
+        Request::Offer {
+            to: pid(to),
+            sdp: "x".repeat(len),
+        }
+    }
+
+    fn is_error(out: &[(u64, Option<ServerFrame>)], conn: u64, code: ErrorCode) -> bool {
+        out.iter().any(|(to, f)| {
+            *to == conn
+                && matches!(f, Some(ServerFrame::Response { result: Err(e), .. }) if e.error_code() == Some(code))
+        })
+    }
+
+    fn left_peers(out: &[(u64, Option<ServerFrame>)]) -> Vec<String> {
+        out.iter()
+            .filter_map(|(_, f)| match f {
+                Some(ServerFrame::Notification(Notification::Left { peer_id, .. })) => {
+                    Some(peer_id.to_string())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_member_flooding_another_is_refused_and_the_victim_stays() {
+        let mut h = Harness::with_config(v2());
+        h.join(1, "r", "mallory");
+        h.join(2, "r", "bob");
+        h.join(3, "r", "carol");
+        // Mallory floods bob with 40 KB offers, 20 a second (well within the frame rate).
+        let mut refused = 0;
+        let mut relayed = 0;
+        for i in 0..200 {
+            h.now += Duration::from_millis(50);
+            let out = h.request(1, i, offer_of("bob", 40_000));
+            assert!(left_peers(&out).is_empty(), "nobody leaves: {out:?}");
+            if is_error(&out, 1, ErrorCode::RateLimited) {
+                refused += 1;
+            } else {
+                relayed += 1;
+            }
+            // Carol's candidates to bob still go through every time.
+            if i % 10 == 0 {
+                let out = h.request(3, 1000 + i, offer_of("bob", 300));
+                assert_eq!(out.len(), 2, "carol relayed to bob: {out:?}");
+            }
+        }
+        // 10 s of flooding at 800 KB/s: the relay budget (256 KiB + 32 KiB/s) passes
+        // about 15 of the 200; the rest is refused to mallory.
+        assert!((10..=20).contains(&relayed), "{relayed} relayed");
+        assert_eq!(refused + relayed, 200);
+        assert_eq!(h.relay.stats().evicted, 0);
+        assert_eq!(h.relay.peers_in(&rid("r")).len(), 3);
+        assert_eq!(h.relay.connection_count(), 3);
+        // Mallory is not punished beyond that: after a pause she may send again.
+        h.now += Duration::from_secs(10);
+        assert_eq!(h.request(1, 999, offer_of("bob", 300)).len(), 2);
+    }
+
+    #[test]
+    fn rate_limits_count_bytes_as_well_as_frames() {
+        let mut h = Harness::with_config(ServerConfig {
+            rate_limit_bytes_per_sec: 10_000,
+            rate_limit_bytes_burst: 50_000,
+            relay_bytes_burst: u32::MAX,
+            ..v2()
+        });
+        h.join(1, "r", "alice");
+        h.join(2, "r", "bob");
+        // Few frames, many bytes: the byte bucket (50 kB) runs out on the fifth 12 kB frame.
+        let codes: Vec<bool> = (0..6)
+            .map(|i| {
+                is_error(
+                    &h.request(1, i, offer_of("bob", 12_000)),
+                    1,
+                    ErrorCode::RateLimited,
+                )
+            })
+            .collect();
+        assert_eq!(codes, [false, false, false, false, true, true]);
+        // 10 kB/s: a second and a half later one more fits.
+        h.now += Duration::from_millis(1500);
+        assert_eq!(h.request(1, 7, offer_of("bob", 12_000)).len(), 2);
+        assert!(is_error(
+            &h.request(1, 8, offer_of("bob", 12_000)),
+            1,
+            ErrorCode::RateLimited
+        ));
+    }
+
+    #[test]
+    fn a_connection_that_does_not_read_is_dropped_not_the_peers_sending_to_it() {
+        let mut h = Harness::with_config(ServerConfig {
+            max_queue_frames: 64,
+            max_relay_share: 64 * 1024,
+            ..v2()
+        });
+        h.join(1, "r", "alice");
+        h.join(3, "r", "carol");
+        h.join(2, "r", "bob");
+        // Bob stops reading his socket.
+        h.stalled.insert(2);
+        // Alice and carol keep sending to him: once their share of his queue is full they
+        // are refused, never dropped.
+        let mut refused = [0; 2];
+        for i in 0..40 {
+            h.now += Duration::from_millis(100);
+            for (k, from) in [1, 3].into_iter().enumerate() {
+                let out = h.request(from, i, offer_of("bob", 4000));
+                assert!(
+                    !out.iter().any(|(_, f)| f.is_none()),
+                    "nobody is closed: {out:?}"
+                );
+                refused[k] += usize::from(is_error(&out, from, ErrorCode::RateLimited));
+            }
+        }
+        assert!(refused.iter().all(|&r| r > 0), "{refused:?}");
+        assert_eq!(h.relay.connection_count(), 3);
+        // Bob keeps sending requests without reading the answers: his own queue fills and
+        // he is the one dropped (his place held for a resume, as for any dropped connection).
+        let mut closed = false;
+        for i in 0..100 {
+            let out = h.request(
+                2,
+                100 + i,
+                Request::Offer {
+                    to: pid("alice"),
+                    sdp: "s".into(),
+                },
+            );
+            if out.contains(&(2, None)) {
+                closed = true;
+                break;
+            }
+        }
+        assert!(closed, "bob was not dropped");
+        assert_eq!(h.relay.stats().evicted, 1);
+        assert_eq!(h.relay.held_count(), 1);
+        assert_eq!(h.relay.connection_count(), 2);
+        // Alice and carol carry on.
+        assert_eq!(h.request(1, 500, offer("carol")).len(), 2);
+        assert_eq!(h.request(3, 500, offer("alice")).len(), 2);
+        h.now += Duration::from_secs(21);
+        h.relay.handle_timeout(h.now);
+        assert_eq!(left_peers(&h.drain()), ["bob", "bob"]);
+    }
+
+    #[test]
+    fn server_news_that_does_not_fit_drops_the_reader_only() {
+        let mut h = Harness::with_config(ServerConfig {
+            max_queue_frames: 8,
+            ..v1()
+        });
+        h.join(1, "r", "sleepy");
+        h.stalled.insert(1);
+        // A churning room: joins and leaves are news for sleepy, who reads none of it.
+        for i in 0..10 {
+            h.join(10 + i, "r", &format!("p{i}"));
+            h.request(10 + i, 2, Request::Disconnect);
+        }
+        assert_eq!(h.relay.stats().evicted, 1);
+        assert!(h.relay.peers_in(&rid("r")).is_empty());
+        assert_eq!(h.relay.connection_count(), 0);
+    }
+
+    #[test]
+    fn unannounced_connections_are_closed_after_the_announce_timeout() {
+        let mut h = Harness::with_config(ServerConfig {
+            announce_timeout: Duration::from_secs(10),
+            ..v2()
+        });
+        let start = h.now;
+        h.connect(1);
+        h.connect(2);
+        h.now += Duration::from_secs(5);
+        h.connect(3);
+        assert_eq!(
+            h.relay.poll_timeout(),
+            Some(start + Duration::from_secs(10))
+        );
+        // A failed announce does not buy time; a good one ends the deadline.
+        assert_error(&h.text(1, "{"), 1, ErrorCode::ParseError, None);
+        h.request(2, 1, announce("r", Some("bob")));
+        h.now = start + Duration::from_secs(10);
+        h.relay.handle_timeout(h.now);
+        assert_eq!(h.drain(), vec![(1, None)]);
+        assert_eq!(h.relay.stats().announce_timeouts, 1);
+        assert_eq!(
+            h.relay.poll_timeout(),
+            Some(start + Duration::from_secs(15))
+        );
+        h.now += Duration::from_secs(60);
+        h.relay.handle_timeout(h.now);
+        assert_eq!(h.drain(), vec![(3, None)]);
+        assert_eq!(h.relay.connection_count(), 1);
+        assert_eq!(h.relay.poll_timeout(), None);
+    }
+
+    #[test]
+    fn metadata_is_never_forwarded_larger_than_it_arrived() {
+        let mut h = Harness::with_config(v2());
+        h.join(1, "r", "alice");
+        h.connect(2);
+        // Numbers like 1e5 grow when re-serialised (100000.0): this one arrives as written.
+        let meta = format!(r#"{{"n":[{}1e5]}}"#, "1e5,".repeat(2000));
+        let frame = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"peer.announce","params":{{"room":"r","peer_id":"bob","metadata":{meta}}}}}"#
+        );
+        h.relay.handle_text(h.now, ConnId(2), &frame);
+        let out: Vec<_> = std::iter::from_fn(|| h.relay.poll_output()).collect();
+        let ServerOutput::Send { conn, text } = &out[1] else {
+            panic!("{out:?}");
+        };
+        assert_eq!(conn.0, 1);
+        assert!(
+            text.contains(&meta),
+            "peer.joined carries the metadata as sent"
+        );
+        // Whitespace and escapes are compacted away when that is shorter.
+        h.connect(3);
+        let spaced = r#"{"jsonrpc":"2.0","id":1,"method":"peer.announce","params":{"room":"r","peer_id":"carol","metadata":{ "name" :   "Ca\u0072ol" }}}"#;
+        h.relay.handle_text(h.now, ConnId(3), spaced);
+        let out: Vec<_> = std::iter::from_fn(|| h.relay.poll_output()).collect();
+        let ServerOutput::Send { text, .. } = &out[1] else {
+            panic!("{out:?}");
+        };
+        assert!(text.ends_with(r#""metadata":{"name":"Carol"}}}"#), "{text}");
+    }
+
+    #[test]
+    fn metadata_limits_keep_announce_results_under_the_client_cap() {
+        let meta = |n: usize| Some(json!({ "blob": "m".repeat(n) }));
+        let join_with = |h: &mut Harness, conn: u64, peer: &str, m: Option<Value>| {
+            h.connect(conn);
+            h.request(
+                conn,
+                1,
+                Request::Announce {
+                    room: rid("r"),
+                    peer_id: Some(pid(peer)),
+                    capabilities: None,
+                    metadata: m,
+                    token: None,
+                    resume: None,
+                },
+            )
+        };
+        let mut h = Harness::with_config(ServerConfig {
+            max_metadata_bytes: 1000,
+            max_room_metadata_bytes: 2500,
+            ..v2()
+        });
+        assert_error(
+            &join_with(&mut h, 1, "a", meta(1000)),
+            1,
+            ErrorCode::InvalidParams,
+            Some(1),
+        );
+        assert_eq!(join_with(&mut h, 2, "b", meta(900)).len(), 1);
+        assert_eq!(join_with(&mut h, 3, "c", meta(900)).len(), 2);
+        // The room's budget is spent: a third big one is refused, a small one is not.
+        assert_error(
+            &join_with(&mut h, 4, "d", meta(900)),
+            4,
+            ErrorCode::InvalidParams,
+            Some(1),
+        );
+        assert_eq!(join_with(&mut h, 5, "e", None).len(), 3);
+        // Leaving gives the budget back.
+        h.request(2, 9, Request::Disconnect);
+        assert!(
+            result_for(&join_with(&mut h, 6, "d", meta(900)), 6)
+                .peers
+                .len()
+                == 2
+        );
+
+        // A room limit set far above what results can carry: results are cut to fit,
+        // newcomers still get in.
+        let mut h = Harness::with_config(ServerConfig {
+            max_peers_per_room: 100,
+            max_room_metadata_bytes: usize::MAX,
+            ..v2()
+        });
+        for i in 0..80 {
+            let out = join_with(&mut h, i, &format!("p{i}"), meta(15_000));
+            assert_eq!(out.len(), i as usize + 1);
+        }
+        h.connect(100);
+        h.request(100, 1, announce("r", Some("late")));
+        // Read the raw text of the result to measure it.
+        let mut h2 = h;
+        h2.connect(101);
+        h2.relay.handle_text(
+            h2.now,
+            ConnId(101),
+            &ClientFrame {
+                id: RequestId::Number(1),
+                request: announce("r", Some("later")),
+            }
+            .to_json(),
+        );
+        let ServerOutput::Send { text, .. } = h2.relay.poll_output().unwrap() else {
+            panic!("no result");
+        };
+        assert!(text.len() <= 1024 * 1024, "{} bytes", text.len());
+        let ServerFrame::Response { result: Ok(v), .. } = ServerFrame::parse(&text).unwrap() else {
+            panic!("not a result");
+        };
+        assert_eq!(AnnounceResult::from_value(&v).unwrap().peers.len(), 81);
+        assert!(h2.relay.stats().degraded_results >= 1);
+    }
+
+    #[test]
+    fn random_traffic_keeps_every_invariant() {
+        for seed in 0..20 {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let mut h = Harness::with_config(ServerConfig {
+                max_peers_per_room: 4,
+                max_queue_frames: 32,
+                max_held_frames: 8,
+                max_relay_share: 8 * 1024,
+                resume_grace: Duration::from_secs(rng.u64(0..3)),
+                ..v2()
+            });
+            let mut tokens: Vec<(String, String)> = Vec::new();
+            let rooms = ["a", "b"];
+            for _ in 0..3000 {
+                let conn = rng.u64(0..12);
+                match rng.u8(0..12) {
+                    0 => h.connect(conn),
+                    1 => {
+                        h.relay
+                            .handle_disconnect(h.now, ConnId(conn), LeftReason::Timeout);
+                        h.drain();
+                    }
+                    2 => {
+                        if rng.bool() {
+                            h.stalled.insert(conn);
+                        } else {
+                            h.stalled.remove(&conn);
+                        }
+                    }
+                    3 => h.now += Duration::from_millis(rng.u64(0..1500)),
+                    4 => {
+                        h.relay.handle_timeout(h.now);
+                        h.drain();
+                    }
+                    5 | 6 => {
+                        let peer = format!("p{}", rng.u8(0..6));
+                        let room = rooms[rng.usize(0..2)];
+                        let resume = tokens
+                            .iter()
+                            .find(|(p, _)| *p == peer)
+                            .map(|(_, t)| t.clone())
+                            .filter(|_| rng.bool());
+                        let out = h.request(
+                            conn,
+                            1,
+                            Request::Announce {
+                                room: rid(room),
+                                peer_id: Some(pid(&peer)),
+                                capabilities: None,
+                                metadata: Some(json!({ "pad": "p".repeat(rng.usize(0..3000)) })),
+                                token: None,
+                                resume,
+                            },
+                        );
+                        for (_, f) in out {
+                            if let Some(ServerFrame::Response { result: Ok(v), .. }) = f {
+                                if let Ok(r) = AnnounceResult::from_value(&v) {
+                                    if let Some(t) = r.resume {
+                                        tokens.retain(|(p, _)| *p != r.peer_id.as_str());
+                                        tokens.push((r.peer_id.to_string(), t));
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    7 => {
+                        h.request(conn, 2, Request::Disconnect);
+                    }
+                    8 => {
+                        let written = rng.usize(0..4);
+                        h.relay.handle_written(h.now, ConnId(conn), written);
+                    }
+                    _ => {
+                        let to = format!("p{}", rng.u8(0..6));
+                        h.request(conn, 3, offer_of(&to, rng.usize(1..6000)));
+                    }
+                }
+            }
+        }
     }
 
     const EXAMPLE_OFFER: &str =
