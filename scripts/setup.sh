@@ -7,7 +7,9 @@ set -euo pipefail
 # OpenH264 (nasm for its SIMD, which is several times faster); libvpx-dev via pkg-config for
 # VP8/VP9, and libclang-dev for bindgen, which generates the libvpx bindings from its headers.
 # chromium: Debian's headless browser for the interop tests (interop/, /usr/bin/chromium).
-needed=(pkg-config cmake g++ nasm libvpx-dev libclang-dev chromium)
+# python3-prometheus-client: the Prometheus project's own text-format parser, which the
+# signaling server's /metrics test checks its output with.
+needed=(pkg-config cmake g++ nasm libvpx-dev libclang-dev chromium python3-prometheus-client)
 missing=()
 for p in "${needed[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
