@@ -112,7 +112,15 @@ fn source(n: usize) -> IpAddr {
 }
 
 async fn connect(server: SocketAddr, from: IpAddr) -> Option<Ws> {
+    connect_with(server, from, 0).await
+}
+
+/// As [`connect`], with a small socket receive buffer when `rcvbuf` is not zero
+async fn connect_with(server: SocketAddr, from: IpAddr, rcvbuf: u32) -> Option<Ws> {
     let socket = TcpSocket::new_v4().ok()?;
+    if rcvbuf > 0 {
+        socket.set_recv_buffer_size(rcvbuf).ok()?;
+    }
     socket.bind(SocketAddr::new(from, 0)).ok()?;
     let tcp = tokio::time::timeout(Duration::from_secs(10), socket.connect(server))
         .await
@@ -348,7 +356,8 @@ async fn slow_reader(server: SocketAddr, k: usize, tally: Arc<Tally>, stop: Arc<
         let mut n = 0;
         while !stop2.load(Ordering::Relaxed) {
             n += 1;
-            if let Some(mut ws) = connect(server, source(63_000 + k)).await {
+            // A small receive buffer: the server's writes to it stall soon.
+            if let Some(mut ws) = connect_with(server, source(63_000 + k), 4096).await {
                 let _ = ws
                     .send(announce(1, &format!("chat{k}"), &format!("slow{n}")))
                     .await;
@@ -381,11 +390,15 @@ async fn slow_reader(server: SocketAddr, k: usize, tally: Arc<Tally>, stop: Arc<
             break;
         }
         loop {
-            let Some(Ok(Message::Text(t))) = talker.next().await else {
-                tally.chatter_lost.fetch_add(1, Ordering::Relaxed);
-                slow.abort();
-                listen.abort();
-                return;
+            let t = match talker.next().await {
+                Some(Ok(Message::Text(t))) => t,
+                Some(Ok(_)) => continue,
+                _ => {
+                    tally.chatter_lost.fetch_add(1, Ordering::Relaxed);
+                    slow.abort();
+                    listen.abort();
+                    return;
+                }
             };
             let v: Value = serde_json::from_str(&t).unwrap_or_default();
             match v["method"].as_str() {
