@@ -101,10 +101,11 @@ pub struct ServerConfig {
     /// Bytes one peer may have relayed to one other peer at once (default 256 KiB)
     pub relay_bytes_burst: u32,
     /// Bytes the server may have sent on a connection that the driver has not yet reported
-    /// written ([`Server::handle_written`]) (default 2 MiB, at least one full announce
-    /// result). A relay that would pass it is refused to its sender with `-32005`; a
-    /// response or server notification that would pass it ends the connection: a client
-    /// that does not read is dropped, never the peers sending to it.
+    /// written ([`Server::handle_written`]) (default 2.25 MiB: at least `max_result_bytes`
+    /// plus `max_held_bytes`, what a resume sends at once). A relay that would pass it is
+    /// refused to its sender with `-32005`; a response or server notification that would
+    /// pass it ends the connection: a client that does not read is dropped, never the peers
+    /// sending to it.
     pub max_queue_bytes: usize,
     /// Frames the server may have sent on a connection that are not yet written
     /// (default 1024); as `max_queue_bytes`
@@ -161,7 +162,7 @@ impl Default for ServerConfig {
             rate_limit_bytes_burst: 512 * 1024,
             relay_bytes_per_sec: 32 * 1024,
             relay_bytes_burst: 256 * 1024,
-            max_queue_bytes: 2 * 1024 * 1024,
+            max_queue_bytes: 2 * 1024 * 1024 + 256 * 1024,
             max_queue_frames: 1024,
             max_relay_share: 256 * 1024,
             max_metadata_bytes: 16 * 1024,
@@ -3315,6 +3316,32 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_full_held_queue_is_delivered_whole_on_resume() {
+        let mut h = Harness::with_config(ServerConfig {
+            rate_limit_burst: 10_000,
+            rate_limit_bytes_burst: u32::MAX,
+            relay_bytes_burst: u32::MAX,
+            ..v2()
+        });
+        let token = result_for(&h.join(1, "r", "alice"), 1).resume.unwrap();
+        h.join(2, "r", "bob");
+        h.relay
+            .handle_disconnect(h.now, ConnId(1), LeftReason::Timeout);
+        // Just under the held limits: 1 MiB in 255 frames.
+        let sdp_len = 1024 * 1024 / 255 - 80;
+        for i in 0..255 {
+            assert_eq!(h.request(2, i, offer_of("alice", sdp_len)).len(), 1);
+        }
+        assert_eq!(h.relay.held_count(), 1);
+        h.connect(3);
+        let out = h.request(3, 1, resume_announce("r", "alice", &token));
+        assert!(result_for(&out, 3).resumed);
+        assert_eq!(out.len(), 256, "the result and every held offer");
+        assert!(out.iter().all(|(to, f)| *to == 3 && f.is_some()));
+        assert_eq!(h.relay.stats().evicted, 0);
     }
 
     const EXAMPLE_OFFER: &str =
