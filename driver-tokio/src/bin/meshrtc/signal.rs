@@ -47,6 +47,9 @@ pub(crate) async fn run(args: SignalArgs) -> Result<(), String> {
         metrics_addr: args.metrics,
         ..SignalServerConfig::default()
     };
+    // Watch the signals before saying we are ready: a SIGTERM right after the listening
+    // line must end the server cleanly, not by the default action.
+    let termination = Termination::install()?;
     let server = SignalServer::bind_with(args.listen, config)
         .await
         .map_err(|e| e.to_string())?;
@@ -58,7 +61,7 @@ pub(crate) async fn run(args: SignalArgs) -> Result<(), String> {
     if let Some(at) = server.metrics_addr() {
         eprintln!("metrics on http://{at}/metrics");
     }
-    wait_for_termination().await?;
+    termination.wait().await?;
     server.shutdown().await;
     Ok(())
 }
@@ -139,6 +142,49 @@ pub(crate) fn parse_ice_server(s: &str) -> Result<String, String> {
         return bad("bad port");
     }
     Ok(s.to_string())
+}
+
+/// SIGINT and SIGTERM, watched from the moment it is installed
+pub(crate) struct Termination {
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+}
+
+impl Termination {
+    pub(crate) fn install() -> Result<Self, String> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Self {
+                int: signal(SignalKind::interrupt())
+                    .map_err(|e| format!("cannot watch SIGINT: {e}"))?,
+                term: signal(SignalKind::terminate())
+                    .map_err(|e| format!("cannot watch SIGTERM: {e}"))?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    /// Waits for SIGINT (Ctrl-C) or, on Unix, SIGTERM
+    pub(crate) async fn wait(mut self) -> Result<(), String> {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.int.recv() => Ok(()),
+                _ = self.term.recv() => Ok(()),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = &mut self;
+            tokio::signal::ctrl_c()
+                .await
+                .map_err(|e| format!("cannot watch Ctrl-C: {e}"))
+        }
+    }
 }
 
 /// Waits for SIGINT (Ctrl-C) or, on Unix, SIGTERM
