@@ -56,6 +56,13 @@
 //!   was still in flight to it is lost. The capabilities and metadata of a resuming announce
 //!   are ignored: the room keeps what it was told when the peer joined.
 //! * A resume token is issued once per place and stays the same when the place is resumed.
+//! * On a server that requires room tokens, an announce with a valid resume token needs no
+//!   room token: the place was authorized when it was taken (the room token may have
+//!   expired since).
+//! * A connection the server ends (it did not read, or did not announce in time) is dropped
+//!   like any other: an announced peer's place is held for the grace.
+//! * Metadata is forwarded as compact JSON, or verbatim as it arrived when that is shorter
+//!   (never larger than it arrived); announces over the metadata limits get `-32602`.
 //!
 //! # Limits
 //!
