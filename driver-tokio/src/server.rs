@@ -868,12 +868,16 @@ async fn read_loop(
     reason
 }
 
+/// Scrapes served at once on the metrics listener; more are closed unanswered
+const METRICS_CONCURRENCY: usize = 16;
+
 /// Serves `GET /metrics` on the metrics listener
 async fn serve_metrics(
     listener: TcpListener,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(METRICS_CONCURRENCY));
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -883,8 +887,12 @@ async fn serve_metrics(
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            continue;
+        };
         let shared = shared.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let mut stream = ConnStream::new(tcp, Progress::new());
             let head = tokio::time::timeout(Duration::from_secs(5), stream.read_head()).await;
             let Ok(Ok(Some(head))) = head else {
