@@ -749,3 +749,90 @@ fn signal_and_token_refuse_bad_secrets_and_urls_with_one_line() {
         assert!(text.contains(flag), "token --help lists {flag}");
     }
 }
+
+/// Issue 16 with real processes: `meshrtc signal` is killed mid-call and started again on
+/// the same port. Audio and echo pongs between the two peers keep flowing across it, both
+/// sessions reconnect and announce afresh, and a peer joining the new server reaches both.
+#[test]
+fn a_killed_signal_server_restarted_on_its_port_does_not_stop_a_call() {
+    let (server, url) = start_signal();
+    let port = url
+        .trim_start_matches("ws://127.0.0.1:")
+        .trim_end_matches('/')
+        .to_string();
+    let dir = std::env::temp_dir().join(format!("meshrtc-restart-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let spawn_peer = |id: &str, duration: &str| {
+        meshrtc()
+            .args(["peer", "--signal", &url, "--room", "restart", "--id", id])
+            .args(["--duration", duration, "--bind", "127.0.0.1"])
+            .args(["--data", "echo", "--audio", "tone"])
+            .arg("--stats-json")
+            .arg(dir.join(format!("{id}.json")))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map(Reaper::new)
+            .unwrap()
+    };
+    let alice = spawn_peer("alice", "14");
+    let bob = spawn_peer("bob", "14");
+    std::thread::sleep(Duration::from_secs(3));
+    // SIGKILL: no goodbye to anyone; the port is free again at once.
+    let _ = signal(server, "-KILL");
+    std::thread::sleep(Duration::from_secs(2));
+    let (server, url2) = start_signal_with_listen(&format!("127.0.0.1:{port}"));
+    assert_eq!(url2, url);
+    // Reconnects back off from 1 s (at most 2 s after the second failure).
+    std::thread::sleep(Duration::from_secs(4));
+    let carol = spawn_peer("carol", "4");
+    let mut outs = Vec::new();
+    for (name, child) in [("alice", alice), ("bob", bob), ("carol", carol)] {
+        let out = wait(child, Duration::from_secs(40));
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        outs.push(out);
+    }
+    for (me, other) in [("alice", "bob"), ("bob", "alice")] {
+        let text = std::fs::read_to_string(dir.join(format!("{me}.json"))).unwrap();
+        let v: Value = serde_json::from_str(&text).unwrap();
+        let r = &v["remote"][other];
+        assert_eq!(r["connected"], true, "{text}");
+        // The call never broke: no reconnect of the media path was needed.
+        assert_eq!(r["reconnects"].as_u64().unwrap_or(0), 0, "{text}");
+        // About 14 s of 20 ms audio frames and a ping a second, answered throughout.
+        let audio = r["audio"]["frames_decoded"].as_u64().expect(&text);
+        assert!(audio >= 600, "{me} decoded {audio} audio frames: {text}");
+        let pings = r["data"]["pings_sent"].as_u64().unwrap();
+        let pongs = r["data"]["pongs_received"].as_u64().unwrap();
+        assert!(pings >= 10 && pongs + 1 >= pings, "{me}: {text}");
+        // And the peer that joined the restarted server reached us.
+        assert_eq!(v["remote"]["carol"]["connected"], true, "{me}: {text}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    terminate(server);
+}
+
+fn start_signal_with_listen(listen: &str) -> (Reaper, String) {
+    let mut child = meshrtc()
+        .args(["signal", "--listen", listen])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let child = Reaper::new(child);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let url = line
+        .trim_end()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    (child, url)
+}
