@@ -281,6 +281,31 @@ impl ServerEndpoint {
     }
 }
 
+/// A driver's answer for one server whose host is a name ([`Host::Name`]): the addresses it
+/// resolved to, or why it could not
+///
+/// The core never resolves names. It asks its driver with
+/// [`Output::Resolve`](crate::Output::Resolve) and takes the answers back with
+/// [`Input::Resolved`](crate::Input::Resolved); which address is used (one of a family the
+/// socket has) is the core's choice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolution {
+    /// The server, as it was handed to the driver
+    pub endpoint: ServerEndpoint,
+    /// Its addresses (with the URL's port), or what the resolver said
+    pub addrs: Result<Vec<SocketAddr>, String>,
+}
+
+impl ServerEndpoint {
+    /// The name to look up and the port, when the host is a name (`None` for a literal IP)
+    pub fn lookup(&self) -> Option<(&str, u16)> {
+        match &self.url.host {
+            Host::Name(n) => Some((n.as_str(), self.url.port)),
+            Host::Ip(_) => None,
+        }
+    }
+}
+
 /// What a server is used for
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ServerKind {

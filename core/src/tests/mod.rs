@@ -204,6 +204,8 @@ impl Mesh {
                 Output::Signal(f) => {
                     self.push(Duration::from_millis(5), Pending::ToServer(i, f.to_json()))
                 }
+                // No server names to resolve in these tests.
+                Output::Resolve(_) => {}
                 Output::Event(e) => {
                     let at = self.elapsed();
                     self.events[i].push((at, e));
