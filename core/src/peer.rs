@@ -549,9 +549,10 @@ impl Peer {
             }
             RtcEvent::PeerStats(s) => {
                 // The participant names the candidate types (its transport knows them).
-                self.stats.candidate_pair = s.selected_candidate_pair.as_ref().map(|p| {
-                    crate::stats::CandidatePair::unnamed(p.local.addr, p.remote.addr)
-                });
+                self.stats.candidate_pair = s
+                    .selected_candidate_pair
+                    .as_ref()
+                    .map(|p| crate::stats::CandidatePair::unnamed(p.local.addr, p.remote.addr));
                 // RTCP's round trip when media flows, else ICE's (STUN consent checks).
                 let ice_rtt = s
                     .selected_candidate_pair

@@ -31,8 +31,8 @@ use crate::error::CommandError;
 use crate::event::Event;
 use crate::ice::{
     CandidateType, GatherConfig, GatherError, GatherEvent, Gatherer, IceServer, IceServerProblem,
-    IceTransportPolicy, LoopbackPolicy, Received, Resolution, Scheme, ServerEndpoint,
-    UrlError, MAX_SERVERS,
+    IceTransportPolicy, LoopbackPolicy, Received, Resolution, Scheme, ServerEndpoint, UrlError,
+    MAX_SERVERS,
 };
 use crate::shared::{Receive, Transmit};
 use crate::signal::PeerId;
@@ -68,7 +68,9 @@ enum Closing {
     /// `close` was called; the release starts at the next call that brings the time
     Asked,
     /// Releasing until the deadline
-    Releasing { deadline: Instant },
+    Releasing {
+        deadline: Instant,
+    },
     Closed,
 }
 
@@ -319,7 +321,10 @@ impl Transport {
             Ok(()) => {
                 let scheme = ep.url.scheme;
                 let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
-                let known = self.names.iter().any(|(a, s, _)| *a == addr && *s == scheme);
+                let known = self
+                    .names
+                    .iter()
+                    .any(|(a, s, _)| *a == addr && *s == scheme);
                 if !known && self.names.len() < 2 * MAX_SERVERS {
                     self.names.push((addr, scheme, name));
                 }
@@ -477,8 +482,7 @@ impl Transport {
     /// Time passed: retransmissions, refreshes, starting and closing
     pub(crate) fn handle_timeout(&mut self, now: Instant) {
         self.tick(now);
-        if self.closing != Closing::Closed
-            && self.gatherer.poll_timeout().is_some_and(|t| t <= now)
+        if self.closing != Closing::Closed && self.gatherer.poll_timeout().is_some_and(|t| t <= now)
         {
             self.gatherer.handle_timeout(now);
         }
@@ -508,10 +512,11 @@ impl Transport {
                     let name = self.name_of(server, Scheme::Turn);
                     tracing::warn!(server = %name, %reason, "ice: relayed candidate lost");
                     self.actions.push_back(Action::CandidateLost(candidate));
-                    self.actions.push_back(Action::Event(Event::IceServerFailed {
-                        server: name,
-                        problem: IceServerProblem::RelayLost(reason),
-                    }));
+                    self.actions
+                        .push_back(Action::Event(Event::IceServerFailed {
+                            server: name,
+                            problem: IceServerProblem::RelayLost(reason),
+                        }));
                 }
                 GatherEvent::ServerFailed {
                     server,
@@ -529,10 +534,11 @@ impl Transport {
                         .map_or(Scheme::Stun, |(_, s, _)| *s);
                     let name = self.name_of(server, scheme);
                     tracing::warn!(server = %name, %reason, "ice: server misbehaved");
-                    self.actions.push_back(Action::Event(Event::IceServerFailed {
-                        server: name,
-                        problem: IceServerProblem::Misbehaved(reason),
-                    }));
+                    self.actions
+                        .push_back(Action::Event(Event::IceServerFailed {
+                            server: name,
+                            problem: IceServerProblem::Misbehaved(reason),
+                        }));
                 }
                 // Completion and closing are read from the gatherer's state below.
                 _ => {}
@@ -545,7 +551,10 @@ impl Transport {
         {
             self.complete = true;
             let peers: Vec<PeerId> = std::mem::take(&mut self.awaiting_end).into_iter().collect();
-            tracing::debug!(candidates = self.gatherer.candidates().count(), "ice: gathering complete");
+            tracing::debug!(
+                candidates = self.gatherer.candidates().count(),
+                "ice: gathering complete"
+            );
             if !peers.is_empty() {
                 self.actions.push_back(Action::EndOfCandidates(peers));
             }
@@ -608,4 +617,55 @@ fn announced_servers(result: &serde_json::Value) -> Result<Vec<IceServer>, &'sta
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn announced_servers_take_the_rtc_ice_server_shape() {
+        let none = announced_servers(&json!({"peer_id": "a", "room": "r", "peers": []}));
+        assert_eq!(none, Ok(Vec::new()));
+        let got = announced_servers(&json!({"ice_servers": [
+            {"urls": ["stun:192.0.2.1:3478", "turn:192.0.2.1:3478?transport=udp"],
+             "username": "1700000000:alice", "credential": "c2VjcmV0"},
+            {"urls": "stun:192.0.2.2"},
+        ]}))
+        .unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].urls.len(), 2);
+        assert_eq!(got[0].username.as_deref(), Some("1700000000:alice"));
+        assert_eq!(got[1].urls, ["stun:192.0.2.2"]);
+        assert_eq!(got[1].credential, None);
+        for bad in [
+            json!({"ice_servers": {}}),
+            json!({"ice_servers": [{}]}),
+            json!({"ice_servers": [{"urls": [1]}]}),
+            json!({"ice_servers": [{"urls": "stun:x", "username": 5}]}),
+        ] {
+            assert!(announced_servers(&bad).is_err(), "{bad}");
+        }
+        // Bounded, whatever the server sends.
+        let many: Vec<_> = (0..1000)
+            .map(|_| json!({"urls": "stun:192.0.2.3"}))
+            .collect();
+        let got = announced_servers(&json!({ "ice_servers": many })).unwrap();
+        assert_eq!(got.len(), MAX_SERVERS);
+    }
+
+    #[test]
+    fn local_addresses_must_be_specific() {
+        #[allow(clippy::disallowed_methods)] // reason: a test's time anchor
+        let now = Instant::now();
+        let mut t = Transport::new(&Config::default(), now);
+        for bad in ["0.0.0.0:5000", "[::]:5000", "127.0.0.1:0", "224.0.0.1:5000"] {
+            assert!(t.add_local_address(bad.parse().unwrap()).is_err(), "{bad}");
+        }
+        t.add_local_address("192.0.2.7:5000".parse().unwrap())
+            .unwrap();
+        assert_eq!(t.candidates().count(), 1);
+    }
 }

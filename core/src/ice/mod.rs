@@ -38,6 +38,8 @@
 //! refused permission is not asked for again before 30 s.
 
 mod config;
+#[cfg(test)]
+pub(crate) mod fake;
 mod stun;
 mod turn;
 
