@@ -85,7 +85,10 @@ impl UdpIo {
             other => other,
         };
         let src = (!source.ip().is_unspecified()).then(|| map(source.ip()));
-        (src, SocketAddr::new(map(destination.ip()), destination.port()))
+        (
+            src,
+            SocketAddr::new(map(destination.ip()), destination.port()),
+        )
     }
 
     /// Waits for datagrams and receives a batch into `buf`; returns how many slots were filled
@@ -130,8 +133,7 @@ impl UdpIo {
                     // sends no more batches): the batch goes out datagram by datagram.
                     tracing::debug!(%e, "gso send failed; sending one by one");
                     for d in contents.chunks(batch.segment) {
-                        if let Err(e) = self.send(batch.source, batch.destination, d, None).await
-                        {
+                        if let Err(e) = self.send(batch.source, batch.destination, d, None).await {
                             tracing::debug!(%e, to = %batch.destination, "udp send failed");
                         }
                     }
@@ -329,7 +331,10 @@ mod tests {
             let io = UdpIo::bind("127.0.0.1:0".parse().unwrap(), 1 << 16).unwrap();
             let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
             assert_eq!(io.addresses(io.local_addr(), peer), (None, peer));
-            assert_eq!(io.destination(Some("127.0.0.2".parse().unwrap())), io.local_addr());
+            assert_eq!(
+                io.destination(Some("127.0.0.2".parse().unwrap())),
+                io.local_addr()
+            );
         });
     }
 }

@@ -143,7 +143,9 @@ pub fn bind_udp(addr: SocketAddr, buffer: usize) -> Result<UdpSocket> {
     let socket =
         Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
     if addr.is_ipv6() {
-        socket.set_only_v6(!addr.ip().is_unspecified()).map_err(err)?;
+        socket
+            .set_only_v6(!addr.ip().is_unspecified())
+            .map_err(err)?;
     }
     for (what, set, get) in [
         (
@@ -355,13 +357,20 @@ mod tests {
             local_addresses(specific, CandidatePolicy::Any).unwrap(),
             [specific]
         );
-        let v4 = local_addresses("0.0.0.0:5000".parse().unwrap(), CandidatePolicy::LoopbackOnly)
-            .unwrap();
+        let v4 = local_addresses(
+            "0.0.0.0:5000".parse().unwrap(),
+            CandidatePolicy::LoopbackOnly,
+        )
+        .unwrap();
         assert!(v4.contains(&"127.0.0.1:5000".parse().unwrap()), "{v4:?}");
         assert!(v4.iter().all(|a| a.is_ipv4() && a.ip().is_loopback()));
         let any = local_addresses("[::]:5000".parse().unwrap(), CandidatePolicy::Any).unwrap();
-        assert!(any.iter().all(|a| !a.ip().is_loopback() && a.port() == 5000));
-        assert!(!any.iter().any(|a| matches!(a.ip(), IpAddr::V6(v) if v.is_unicast_link_local())));
+        assert!(any
+            .iter()
+            .all(|a| !a.ip().is_loopback() && a.port() == 5000));
+        assert!(!any
+            .iter()
+            .any(|a| matches!(a.ip(), IpAddr::V6(v) if v.is_unicast_link_local())));
         // A dual-stack socket is bound and reachable over IPv4.
         let s = bind_udp("[::]:0".parse().unwrap(), 1 << 16).unwrap();
         let port = s.local_addr().unwrap().port();
@@ -386,7 +395,12 @@ mod tests {
             .remove(0);
         let r = resolve_blocking(vec![ep]);
         let addrs = r[0].addrs.as_ref().unwrap();
-        assert!(addrs.iter().all(|a| a.ip().is_loopback() && a.port() == 3479), "{addrs:?}");
+        assert!(
+            addrs
+                .iter()
+                .all(|a| a.ip().is_loopback() && a.port() == 3479),
+            "{addrs:?}"
+        );
     }
 
     #[test]

@@ -1520,6 +1520,21 @@ impl Sim {
                     }
                 }
                 Output::Event(e) => self.on_event(idx, e),
+                Output::Resolve(endpoints) => {
+                    // No DNS in the simulator: servers are given by address; a name fails
+                    // at once (the session reports it).
+                    let answers = endpoints
+                        .into_iter()
+                        .map(|endpoint| meshrtc::ice::Resolution {
+                            endpoint,
+                            addrs: Err("the simulator has no DNS".into()),
+                        })
+                        .collect();
+                    let local = self.local_instant(idx);
+                    if let Some(s) = self.hosts[idx].core.session() {
+                        s.handle_input(Input::Resolved(local, answers));
+                    }
+                }
             }
         }
     }
@@ -1698,6 +1713,9 @@ fn describe(e: &Event) -> Option<String> {
             M::PeerLeft { peer, reason } => format!("left {peer} {reason:?}"),
             M::PeerFailed { peer, reason } => format!("failed {peer} {reason:?}"),
             M::SignalError { method, error } => format!("signal-error {method} {}", error.code),
+            M::IceServerFailed { server, problem } => {
+                format!("ice-server-failed {server} {problem}")
+            }
             M::AudioPlayout { .. } | M::VideoFrame { .. } | M::EncodedAudio { .. } => return None,
         },
         _ => return None,
