@@ -164,10 +164,12 @@ impl Participant {
                 .get_mut(&id)
                 .expect("key just listed; panic means bug");
             if let Some(line) = peer.add_local_candidate(cand.clone()) {
+                // str0m's mids are random tokens, not "0": the candidate names the first
+                // m-line by index (BUNDLE: one transport for all).
                 let frame = self.request(Request::IceCandidate {
                     to: id.clone(),
                     candidate: line,
-                    sdp_mid: Some("0".into()),
+                    sdp_mid: None,
                     sdp_m_line_index: Some(0),
                 });
                 self.outputs.push_back(Output::Signal(frame));
