@@ -83,8 +83,16 @@ fn check_relayed(c: &mut Checks, stats: &Value, page: &Value, role: PageRole, se
     );
     // meshrtc's view of the pair: its relayed address to Chromium's, both on coturn.
     let m = at(stats, "remote.chromium.candidate_pair");
-    c.equal("meshrtc: candidate_pair.local_type", &m["local_type"], &json!("relay"));
-    c.equal("meshrtc: candidate_pair.remote_type", &m["remote_type"], &json!("relay"));
+    c.equal(
+        "meshrtc: candidate_pair.local_type",
+        &m["local_type"],
+        &json!("relay"),
+    );
+    c.equal(
+        "meshrtc: candidate_pair.remote_type",
+        &m["remote_type"],
+        &json!("relay"),
+    );
     let on_server = |v: &Value| {
         v.as_str()
             .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
@@ -101,7 +109,11 @@ fn check_relayed(c: &mut Checks, stats: &Value, page: &Value, role: PageRole, se
         format!("page: selected pair's local end {local:?} is a relay"),
     );
     let types = &p["local_cand_types"];
-    c.at_least("page: relayed candidates signaled", num(types, "relay"), 1.0);
+    c.at_least(
+        "page: relayed candidates signaled",
+        num(types, "relay"),
+        1.0,
+    );
     c.check(
         types
             .as_object()
@@ -116,14 +128,17 @@ fn relay_only_chromium_first_meshrtc_offers() {
     let Some(server) = server() else {
         return;
     };
-    run("relay_only_chromium_first_meshrtc_offers", |w: &mut World| {
-        let (query, args) = relay_setup(&server);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let (stats, page) = w.chromium_first(&query, &args, DURATION)?;
-        let mut c = Checks::new();
-        check_relayed(&mut c, &stats, &page, PageRole::Answerer, &server);
-        c.finish()
-    });
+    run(
+        "relay_only_chromium_first_meshrtc_offers",
+        |w: &mut World| {
+            let (query, args) = relay_setup(&server);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let (stats, page) = w.chromium_first(&query, &args, DURATION)?;
+            let mut c = Checks::new();
+            check_relayed(&mut c, &stats, &page, PageRole::Answerer, &server);
+            c.finish()
+        },
+    );
 }
 
 /// meshrtc joins first, Chromium offers
@@ -132,12 +147,15 @@ fn relay_only_meshrtc_first_chromium_offers() {
     let Some(server) = server() else {
         return;
     };
-    run("relay_only_meshrtc_first_chromium_offers", |w: &mut World| {
-        let (query, args) = relay_setup(&server);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let (stats, page) = w.meshrtc_first(&query, &args, DURATION)?;
-        let mut c = Checks::new();
-        check_relayed(&mut c, &stats, &page, PageRole::Offerer, &server);
-        c.finish()
-    });
+    run(
+        "relay_only_meshrtc_first_chromium_offers",
+        |w: &mut World| {
+            let (query, args) = relay_setup(&server);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let (stats, page) = w.meshrtc_first(&query, &args, DURATION)?;
+            let mut c = Checks::new();
+            check_relayed(&mut c, &stats, &page, PageRole::Offerer, &server);
+            c.finish()
+        },
+    );
 }
