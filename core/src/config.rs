@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::media::MediaConfig;
+use crate::recovery::RecoveryConfig;
 use crate::signal::Capabilities;
 
 /// The largest data message accepted by [`Participant::send_data`](crate::Participant::send_data) (Chromium's default
@@ -25,10 +26,11 @@ pub struct Config {
     pub metadata: serde_json::Value,
     /// Label of the data channel the offerer opens
     pub channel_label: String,
-    /// How long a peer may take from offer to connected before it is failed
+    /// How long a peer may take from offer to connected before a full reconnect is tried
     pub connect_timeout: Duration,
-    /// How long ICE may stay disconnected before the peer is failed
-    pub disconnect_timeout: Duration,
+    /// How broken connections are healed: ICE restarts, full reconnects, the circuit
+    /// breaker
+    pub recovery: RecoveryConfig,
     /// Messages queued per peer while its channel is not writable, before
     /// [`CommandError::SendQueueFull`](crate::CommandError::SendQueueFull)
     pub max_queued_messages: usize,
@@ -61,7 +63,7 @@ impl Default for Config {
             metadata: serde_json::Value::Object(Default::default()),
             channel_label: "meshrtc".into(),
             connect_timeout: Duration::from_secs(15),
-            disconnect_timeout: Duration::from_secs(10),
+            recovery: RecoveryConfig::default(),
             max_queued_messages: 4096,
             candidate_policy: CandidatePolicy::Any,
             ice_servers: Vec::new(),

@@ -55,16 +55,27 @@ impl DataMessage {
 
 /// Why a peer failed
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum FailReason {
-    /// It did not connect within [`Config::connect_timeout`](crate::Config::connect_timeout)
-    ConnectTimeout,
-    /// ICE stayed disconnected for
-    /// [`Config::disconnect_timeout`](crate::Config::disconnect_timeout)
-    Disconnected,
-    /// Its offer or answer was unusable
+    /// Its offer or answer was unusable; its state is gone
     BadSdp(SdpRejection),
-    /// str0m gave up on the connection
-    Transport(TransportError),
+    /// Recovery gave up for now: full reconnects failed
+    /// [`RecoveryConfig::breaker_failures`](crate::RecoveryConfig::breaker_failures) times in a
+    /// row. The peer stays a member of the room: after a cool-down one more attempt is
+    /// made (and `PeerReconnected` follows if it comes back), until the server says it left.
+    Unreachable {
+        /// The last transport error, if the connection failed with one
+        last_error: Option<TransportError>,
+    },
+}
+
+/// How a connection was (or is being) healed
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReconnectKind {
+    /// An ICE restart: new credentials and candidates, the same DTLS/SCTP session
+    IceRestart,
+    /// A full reconnect: a new `Rtc`, DTLS handshake and data channel
+    Full,
 }
 
 /// Why a peer left
@@ -72,8 +83,6 @@ pub enum FailReason {
 pub enum LeaveReason {
     /// The server said it left (with the server's reason)
     Signaled(LeftReason),
-    /// Its DTLS/SCTP association was closed by the remote side
-    Closed,
     /// We left the room
     LocalLeave,
 }
@@ -116,7 +125,33 @@ pub enum Event {
         /// Why
         reason: LeaveReason,
     },
-    /// A peer failed; its state is gone
+    /// A peer's path broke; the core is healing it (ICE restart, or a full reconnect)
+    ///
+    /// Media and data to it wait meanwhile; data messages stay queued.
+    PeerReconnecting {
+        /// The peer
+        peer: PeerId,
+        /// What the core is trying
+        kind: ReconnectKind,
+    },
+    /// A peer's connection is back
+    PeerReconnected {
+        /// The peer
+        peer: PeerId,
+        /// From the path breaking to usable again
+        after: Duration,
+        /// How it was healed
+        kind: ReconnectKind,
+    },
+    /// Data messages written before a full reconnect that the old connection may not have
+    /// delivered: they are not sent again (the application decides)
+    DataUndelivered {
+        /// The peer
+        peer: PeerId,
+        /// The messages, in the order they were sent
+        messages: Vec<DataMessage>,
+    },
+    /// A peer failed (see [`FailReason`] for what remains of it)
     PeerFailed {
         /// The peer
         peer: PeerId,

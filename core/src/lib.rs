@@ -65,6 +65,7 @@ pub mod media;
 mod participant;
 mod peer;
 pub mod pipeline;
+mod recovery;
 pub mod session;
 mod shared;
 pub mod signal;
@@ -77,8 +78,9 @@ pub use config::{CandidatePolicy, Config, MediaKind, MAX_DATA_MESSAGE};
 pub use error::{
     CommandError, InputError, SdpRejection, SignalProblem, TransportError, TransportLayer,
 };
-pub use event::{DataMessage, Event, FailReason, LeaveReason};
+pub use event::{DataMessage, Event, FailReason, LeaveReason, ReconnectKind};
 pub use participant::Participant;
+pub use recovery::{CircuitState, RecoveryConfig};
 pub use shared::{Input, Output, Receive, TimeoutReason, Transmit};
 pub use stats::{CandidatePair, DropCounters, IceStats, PeerStats};
 

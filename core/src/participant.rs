@@ -12,16 +12,17 @@ use str0m::Candidate;
 use crate::codec::{I420Frame, VideoCodec};
 use crate::config::{Config, MediaKind};
 use crate::error::{CommandError, InputError, SdpRejection, SignalProblem, TransportError};
-use crate::event::{DataMessage, Event, FailReason, LeaveReason};
+use crate::event::{DataMessage, Event, FailReason, LeaveReason, ReconnectKind};
 use crate::media::{Encoders, MediaOut};
-use crate::peer::{Peer, PeerOutput, Role};
+use crate::peer::{Health, Peer, PeerOutput, Role};
+use crate::recovery::{Action, CircuitState};
 use crate::shared::{Input, Output, Receive, TimeoutReason};
 use crate::signal::{
-    AnnounceResult, ClientFrame, Notification, PeerId, PeerInfo, Request, RequestId, RoomId,
-    RpcError, ServerFrame,
+    AnnounceResult, ClientFrame, LeftReason, Notification, PeerId, PeerInfo, Request, RequestId,
+    RoomId, RpcError, ServerFrame,
 };
 use crate::stats::{DropCounters, IceStats, PeerStats};
-use crate::transport::{Action, Transport};
+use crate::transport::{Action as TransportAction, Transport};
 
 #[derive(Debug, PartialEq, Eq)]
 enum RoomState {
@@ -73,6 +74,9 @@ pub struct Participant {
     strays: VecDeque<Stray>,
     /// Last statistics of peers that went away
     departed: BTreeMap<PeerId, PeerStats>,
+    /// Whether the server has accepted our announce on the current signaling connection
+    /// (an offer can reach a peer)
+    signaling_up: bool,
 }
 
 /// How many departed peers' statistics are kept
@@ -132,6 +136,7 @@ impl Participant {
             encoders: Encoders::new(),
             strays: VecDeque::new(),
             departed: BTreeMap::new(),
+            signaling_up: false,
         }
     }
 
@@ -182,16 +187,16 @@ impl Participant {
     fn drain_transport(&mut self) {
         while let Some(action) = self.transport.poll_action() {
             match action {
-                Action::Transmit(t) => self.outputs.push_back(Output::Transmit(t)),
-                Action::Candidate(c) => self.trickle_local_candidate(c),
-                Action::EndOfCandidates(ids) => {
+                TransportAction::Transmit(t) => self.outputs.push_back(Output::Transmit(t)),
+                TransportAction::Candidate(c) => self.trickle_local_candidate(c),
+                TransportAction::EndOfCandidates(ids) => {
                     for id in ids {
                         if self.peers.contains_key(&id) {
                             self.send_end_of_candidates(&id);
                         }
                     }
                 }
-                Action::CandidateLost(c) => {
+                TransportAction::CandidateLost(c) => {
                     for peer in self.peers.values_mut() {
                         peer.invalidate_local_candidate(&c);
                     }
@@ -200,8 +205,34 @@ impl Participant {
                         self.drain_peer(&id);
                     }
                 }
-                Action::Event(e) => self.outputs.push_back(Output::Event(e)),
-                Action::Resolve(servers) => self.outputs.push_back(Output::Resolve(servers)),
+                TransportAction::Event(e) => self.outputs.push_back(Output::Event(e)),
+                TransportAction::Resolve(servers) => self.outputs.push_back(Output::Resolve(servers)),
+            }
+        }
+    }
+
+    /// Removes a local host candidate (an address the driver no longer has); call
+    /// [`handle_network_change`](Self::handle_network_change) once the addresses are as they
+    /// now are
+    pub fn remove_local_candidate(&mut self, addr: SocketAddr) {
+        self.transport.remove_local_address(addr);
+    }
+
+    /// The local addresses changed (an interface came or went, the host moved between
+    /// networks): every peer gets an ICE restart at once with the current candidates
+    pub fn handle_network_change(&mut self, now: Instant) {
+        self.last_now = self.last_now.max(now);
+        let ids: Vec<PeerId> = self.peers.keys().cloned().collect();
+        for id in &ids {
+            let Some(peer) = self.peers.get_mut(id) else {
+                continue;
+            };
+            peer.renew_candidates = true;
+            // Restart now if an offer can reach the peer, else as soon as one can.
+            let restarted = self.signaling_up;
+            peer.recovery.handle_network_change(now, restarted);
+            if restarted {
+                self.ice_restart(id);
             }
         }
     }
@@ -240,6 +271,7 @@ impl Participant {
     /// answers will never come); call before announcing on a new one
     pub fn signaling_lost(&mut self) {
         self.pending_requests.clear();
+        self.signaling_up = false;
         // A first announce that was lost is lost: the caller decides whether to try again.
         if let RoomState::Announcing { room, me } = &self.state {
             self.state = match me {
@@ -588,7 +620,7 @@ impl Participant {
             let res = peer.handle_timeout(now);
             // A failure here is already reported as `Event::PeerFailed`.
             let _ = self.after_peer_input(&id, res);
-            self.check_deadlines(&id, now);
+            self.check_peer(&id, now);
         }
     }
 
@@ -743,6 +775,7 @@ impl Participant {
             room: announced.room.clone(),
             peers: announced.peers.clone(),
         }));
+        self.signaling_up = true;
         // Offer to every listed peer we have no connection with; a peer we are still
         // connected to (a re-announce after a signaling outage) is left as it is.
         for info in announced.peers {
@@ -750,6 +783,11 @@ impl Participant {
                 continue;
             }
             self.start_offer(now, info);
+        }
+        // Peers whose path broke while signaling was down get their ICE restart now.
+        let ids: Vec<PeerId> = self.peers.keys().cloned().collect();
+        for id in ids {
+            self.check_peer(&id, now);
         }
         Ok(())
     }
@@ -780,7 +818,9 @@ impl Participant {
             Notification::Joined(info) => {
                 // A peer we are connected to that announced again (after its signaling
                 // came back, or a restarted server) keeps its connection.
-                if !self.peers.contains_key(&info.peer_id) {
+                if let Some(peer) = self.peers.get_mut(&info.peer_id) {
+                    peer.orphan = false;
+                } else {
                     self.known.insert(
                         info.peer_id.clone(),
                         Known {
@@ -795,6 +835,20 @@ impl Participant {
             }
             Notification::Left { peer_id, reason } => {
                 self.known.remove(&peer_id);
+                let up = self
+                    .peers
+                    .get(&peer_id)
+                    .is_some_and(|p| p.health(now, &self.config) == Health::Up);
+                if reason == LeftReason::Timeout && up {
+                    // Its signaling timed out but our path to it works: keep it while the
+                    // path holds (it may come back to the server; if the path breaks it is
+                    // gone).
+                    tracing::debug!(peer = %peer_id, "left by timeout, path up: kept");
+                    if let Some(p) = self.peers.get_mut(&peer_id) {
+                        p.orphan = true;
+                    }
+                    return Ok(());
+                }
                 self.close_peer(&peer_id, PeerEnd::Left(LeaveReason::Signaled(reason)));
                 Ok(())
             }
@@ -809,6 +863,11 @@ impl Participant {
                         self.drain_peer(&from);
                         Ok(())
                     }
+                    // After a glare our own offer may be gone: a late answer to it changes
+                    // nothing.
+                    Err(reason @ SdpRejection::UnexpectedAnswer) => {
+                        Err(InputError::BadSdp { peer: from, reason })
+                    }
                     Err(reason) => self.fail_bad_sdp(&from, reason),
                 }
             }
@@ -822,8 +881,24 @@ impl Participant {
         if self.peers.contains_key(&from) || self.known.contains_key(&from) {
             self.transport.add_remote_description(now, &sdp);
         }
+        let polite = self.is_polite(&from);
         if let Some(peer) = self.peers.get_mut(&from) {
-            // Renegotiation on an existing connection.
+            if peer.is_other_connection(&sdp) {
+                // A new connection from the remote: it restarted, or reconnects in full.
+                if peer.has_pending_offer() && peer.is_fresh() && !polite {
+                    // Both reconnect at once: the impolite side's offer wins.
+                    tracing::debug!(peer = %from, "glare on a full reconnect; keeping ours");
+                    return Ok(());
+                }
+                return self.replace_with_answerer(now, from, &sdp);
+            }
+            if peer.has_pending_offer() && !polite {
+                // Both offered at once (perfect negotiation): the impolite side ignores the
+                // polite side's offer, which answers ours instead.
+                tracing::debug!(peer = %from, "glare; ignoring their offer");
+                return Ok(());
+            }
+            // Renegotiation on an existing connection (an ICE restart, say).
             return match peer.accept_offer(&sdp) {
                 Ok(answer) => {
                     let frame = self.request(Request::Answer {
@@ -898,6 +973,180 @@ impl Participant {
         Err(InputError::UnknownPeer(from))
     }
 
+    /// Whether we are the polite side with `remote` (signaling.md: the peer whose id sorts
+    /// greater gives way when both offer at once)
+    fn is_polite(&self, remote: &PeerId) -> bool {
+        self.my_id().is_some_and(|me| me.as_str() > remote.as_str())
+    }
+
+    /// Replaces a peer's connection with a new one that answers `sdp` (the remote's new
+    /// connection); what the old one still had to send goes over to it
+    fn replace_with_answerer(
+        &mut self,
+        now: Instant,
+        from: PeerId,
+        sdp: &str,
+    ) -> Result<(), InputError> {
+        let mut old = self
+            .peers
+            .remove(&from)
+            .expect("the caller found it; panic means bug");
+        let mut peer = self.new_peer(now, old.info().clone(), Role::Answerer);
+        let undelivered = peer.take_over(&mut old);
+        self.report_undelivered(&from, undelivered);
+        let answer = match peer.accept_offer(sdp) {
+            Ok(a) => a,
+            Err(reason) => {
+                self.outputs.push_back(Output::Event(Event::PeerFailed {
+                    peer: from.clone(),
+                    reason: FailReason::BadSdp(reason.clone()),
+                }));
+                return Err(InputError::BadSdp { peer: from, reason });
+            }
+        };
+        tracing::debug!(peer = %from, "the remote reconnects in full; answering");
+        peer.note_reconnecting(ReconnectKind::Full);
+        let frame = self.request(Request::Answer {
+            to: from.clone(),
+            sdp: answer,
+        });
+        self.outputs.push_back(Output::Signal(frame));
+        self.send_end_of_candidates(&from);
+        self.peers.insert(from.clone(), peer);
+        self.drain_peer(&from);
+        Ok(())
+    }
+
+    /// Replaces a peer's connection with a new one that offers (a full reconnect)
+    fn reconnect(&mut self, id: &PeerId, now: Instant) {
+        let Some(mut old) = self.peers.remove(id) else {
+            return;
+        };
+        // The old connection is dropped without a close: the remote's own recovery sees our
+        // new offer (a new DTLS fingerprint) and replaces its side.
+        let mut peer = self.new_peer(now, old.info().clone(), Role::Offerer);
+        let undelivered = peer.take_over(&mut old);
+        self.report_undelivered(id, undelivered);
+        if peer.note_reconnecting(ReconnectKind::Full) {
+            self.outputs
+                .push_back(Output::Event(Event::PeerReconnecting {
+                    peer: id.clone(),
+                    kind: ReconnectKind::Full,
+                }));
+        }
+        let offer = peer.create_offer(&self.config);
+        let frame = self.request(Request::Offer {
+            to: id.clone(),
+            sdp: offer,
+        });
+        self.outputs.push_back(Output::Signal(frame));
+        self.peers.insert(id.clone(), peer);
+        self.send_end_of_candidates(id);
+        self.drain_peer(id);
+    }
+
+    fn report_undelivered(&mut self, id: &PeerId, messages: Vec<DataMessage>) {
+        if messages.is_empty() {
+            return;
+        }
+        tracing::debug!(peer = %id, n = messages.len(), "data the old connection may not have delivered");
+        self.outputs
+            .push_back(Output::Event(Event::DataUndelivered {
+                peer: id.clone(),
+                messages,
+            }));
+    }
+
+    /// Looks at one peer's health and carries out what its recovery says is due
+    fn check_peer(&mut self, id: &PeerId, now: Instant) {
+        let signaling = self.signaling_up;
+        let Some(peer) = self.peers.get_mut(id) else {
+            return;
+        };
+        let health = peer.health(now, &self.config);
+        if peer.orphan && health != Health::Up {
+            // The server said it left; only its working path kept it.
+            let reason = LeaveReason::Signaled(LeftReason::Timeout);
+            self.close_peer(id, PeerEnd::Left(reason));
+            return;
+        }
+        match health {
+            Health::Connecting => {}
+            Health::Up => {
+                if let Some(after) = peer.recovery.handle_up(now) {
+                    let kind = peer.reconnected();
+                    tracing::debug!(peer = %id, ?after, ?kind, "reconnected");
+                    self.outputs
+                        .push_back(Output::Event(Event::PeerReconnected {
+                            peer: id.clone(),
+                            after,
+                            kind,
+                        }));
+                }
+            }
+            Health::Down => peer.recovery.handle_down(now),
+            Health::Dead => peer.recovery.handle_dead(now),
+        }
+        let was_open = peer.recovery.circuit() == CircuitState::Open;
+        let action = peer.recovery.poll_action(now, signaling);
+        if !was_open && peer.recovery.circuit() == CircuitState::Open {
+            let last_error = peer.last_error();
+            tracing::debug!(peer = %id, "recovery gave up for now (circuit open)");
+            self.outputs.push_back(Output::Event(Event::PeerFailed {
+                peer: id.clone(),
+                reason: FailReason::Unreachable { last_error },
+            }));
+        }
+        match action {
+            None => {}
+            Some(Action::IceRestart) => {
+                let fresh: Option<Vec<Candidate>> = std::mem::take(&mut peer.renew_candidates)
+                    .then(|| self.transport.candidates().cloned().collect());
+                let offer = peer.ice_restart(fresh.as_deref());
+                if peer.note_reconnecting(ReconnectKind::IceRestart) {
+                    self.outputs
+                        .push_back(Output::Event(Event::PeerReconnecting {
+                            peer: id.clone(),
+                            kind: ReconnectKind::IceRestart,
+                        }));
+                }
+                tracing::debug!(peer = %id, "ice restart");
+                let frame = self.request(Request::Offer {
+                    to: id.clone(),
+                    sdp: offer,
+                });
+                self.outputs.push_back(Output::Signal(frame));
+                self.drain_peer(id);
+            }
+            Some(Action::Reconnect) => self.reconnect(id, now),
+        }
+    }
+
+    /// Restarts ICE with one peer (with fresh local candidates after a network change) and
+    /// sends the offer
+    fn ice_restart(&mut self, id: &PeerId) {
+        let Some(peer) = self.peers.get_mut(id) else {
+            return;
+        };
+        let fresh: Option<Vec<Candidate>> = std::mem::take(&mut peer.renew_candidates)
+            .then(|| self.transport.candidates().cloned().collect());
+        let offer = peer.ice_restart(fresh.as_deref());
+        if peer.note_reconnecting(ReconnectKind::IceRestart) {
+            self.outputs
+                .push_back(Output::Event(Event::PeerReconnecting {
+                    peer: id.clone(),
+                    kind: ReconnectKind::IceRestart,
+                }));
+        }
+        tracing::debug!(peer = %id, "ice restart");
+        let frame = self.request(Request::Offer {
+            to: id.clone(),
+            sdp: offer,
+        });
+        self.outputs.push_back(Output::Signal(frame));
+        self.drain_peer(id);
+    }
+
     // ---- peers ----
 
     fn new_peer(&mut self, now: Instant, info: PeerInfo, role: Role) -> Peer {
@@ -970,21 +1219,15 @@ impl Participant {
                 Ok(())
             }
             Err(reason) => {
-                self.remove_peer(id, PeerEnd::Failed(FailReason::Transport(reason.clone())));
+                // The connection is broken for good; recovery replaces it.
+                if let Some(peer) = self.peers.get_mut(id) {
+                    peer.set_broken(reason.clone());
+                }
                 Err(InputError::PeerFailed {
                     peer: id.clone(),
                     reason,
                 })
             }
-        }
-    }
-
-    fn check_deadlines(&mut self, id: &PeerId, now: Instant) {
-        let Some(peer) = self.peers.get(id) else {
-            return;
-        };
-        if let Some(reason) = peer.expired(now, &self.config) {
-            self.remove_peer(id, PeerEnd::Failed(reason));
         }
     }
 
@@ -995,7 +1238,6 @@ impl Participant {
         };
         let mut outs = Vec::new();
         let res = peer.drain(&mut outs);
-        let mut end = None;
         for o in outs {
             match o {
                 PeerOutput::Transmit(t) => {
@@ -1017,7 +1259,9 @@ impl Participant {
                         message,
                     }))
                 }
-                PeerOutput::Closed => end = Some(PeerEnd::Left(LeaveReason::Closed)),
+                // Closed by the remote, or dead: recovery decides (the server says when the
+                // peer has really left).
+                PeerOutput::Closed => {}
                 PeerOutput::Media(m) => {
                     let event = match m {
                         MediaOut::Audio(chunk) => Event::AudioPlayout {
@@ -1051,10 +1295,9 @@ impl Participant {
             }
         }
         if let Err(reason) = res {
-            end = Some(PeerEnd::Failed(FailReason::Transport(reason)));
-        }
-        if let Some(end) = end {
-            self.remove_peer(id, end);
+            if let Some(peer) = self.peers.get_mut(id) {
+                peer.set_broken(reason);
+            }
         }
     }
 
@@ -1108,7 +1351,7 @@ impl Participant {
             }
         }
         for p in self.peers.values() {
-            let (t, r) = p.next_timeout(&self.config);
+            let (t, r) = p.next_timeout(&self.config, self.signaling_up);
             if t < best.0 {
                 best = (t, r);
             }

@@ -159,6 +159,16 @@ impl Transport {
         Ok(())
     }
 
+    /// A local address went away (the host moved): its host candidate is no longer offered
+    /// to peers created or restarted from now on
+    ///
+    /// Server-reflexive and relayed candidates learned through it are kept until their
+    /// servers stop answering (gathering again for a new network is not done yet).
+    pub(crate) fn remove_local_address(&mut self, addr: SocketAddr) {
+        self.locals.retain(|a| *a != addr);
+        self.gatherer.remove_local_address(addr);
+    }
+
     /// Joining: the configured servers are asked at the next call that brings the time
     pub(crate) fn start(&mut self) {
         if self.started || self.closing != Closing::Open {

@@ -451,6 +451,17 @@ impl Gatherer {
         }
     }
 
+    /// Forgets a local address and its host candidate (the interface went away); returns
+    /// whether it was known
+    pub fn remove_local_address(&mut self, addr: SocketAddr) -> bool {
+        let addr = canonical(addr);
+        let known = self.locals.contains(&addr);
+        self.locals.retain(|a| *a != addr);
+        self.candidates
+            .retain(|c| !(c.kind() == CandidateKind::Host && canonical(c.addr()) == addr));
+        known
+    }
+
     fn is_offered_host(&self, ip: IpAddr) -> bool {
         let usable = match ip {
             IpAddr::V4(v) => !(v.is_unspecified() || v.is_multicast() || v.is_link_local()),
