@@ -319,6 +319,22 @@ async fn session_once(url: &str, room: &str, relay: Option<SocketAddr>) -> (f64,
     let (b, mut b_events) = Session::join(config("bob", 2)).await.expect("joined");
     let (ca, cb) = tokio::join!(connected(&mut a_events), connected(&mut b_events));
     let wall = ms(started.elapsed());
+    if relay.is_some() {
+        // Relay-only: the sessions offered relayed candidates and nothing else, so the
+        // connection that just opened runs through coturn.
+        for s in [&a, &b] {
+            let ice = s.stats().await.expect("stats").ice;
+            assert!(
+                !ice.local_candidates.is_empty()
+                    && ice
+                        .local_candidates
+                        .iter()
+                        .all(|(t, _)| *t == meshrtc::ice::CandidateType::Relay),
+                "relay-only session offered {:?}",
+                ice.local_candidates
+            );
+        }
+    }
     let left = Instant::now();
     let (ra, rb) = tokio::join!(a.leave(), b.leave());
     ra.expect("left");
