@@ -206,7 +206,9 @@ impl Participant {
                     }
                 }
                 TransportAction::Event(e) => self.outputs.push_back(Output::Event(e)),
-                TransportAction::Resolve(servers) => self.outputs.push_back(Output::Resolve(servers)),
+                TransportAction::Resolve(servers) => {
+                    self.outputs.push_back(Output::Resolve(servers))
+                }
             }
         }
     }

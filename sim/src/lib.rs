@@ -48,10 +48,11 @@ pub mod trace;
 pub use clock::Clock;
 pub use error::Error;
 pub use link::{Fate, Jitter, Link, LinkConfig, LinkStats, Loss, QueueLimit, Rate, Verdict};
-pub use nat::{
-    NatConfig, NatFiltering, NatMapping, NatStats, ServerId, ServerStats, TurnServerSpec, TURN_REALM,
-};
 pub use media::{MediaSample, MediaSource, MediaStats, MediaStreamConfig, MediaStreamId};
+pub use nat::{
+    NatConfig, NatFiltering, NatMapping, NatStats, ServerId, ServerStats, TurnServerSpec,
+    TURN_REALM,
+};
 pub use report::Report;
 pub use scenario::Scenario;
 pub use sim::{

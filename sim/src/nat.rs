@@ -174,16 +174,21 @@ impl Nat {
     }
 
     /// The public source address of a datagram from `internal` to `dest`, now (virtual ns)
-    pub(crate) fn outbound(&mut self, now: u64, internal: SocketAddr, dest: SocketAddr) -> SocketAddr {
+    pub(crate) fn outbound(
+        &mut self,
+        now: u64,
+        internal: SocketAddr,
+        dest: SocketAddr,
+    ) -> SocketAddr {
         let key = match self.config.mapping {
             NatMapping::EndpointIndependent => (internal, None),
             NatMapping::AddressAndPortDependent => (internal, Some(dest)),
         };
-        let live = self
-            .by_key
-            .get(&key)
-            .copied()
-            .filter(|port| self.by_port.get(port).is_some_and(|m| !self.expired(m, now)));
+        let live = self.by_key.get(&key).copied().filter(|port| {
+            self.by_port
+                .get(port)
+                .is_some_and(|m| !self.expired(m, now))
+        });
         let port = match live {
             Some(port) => port,
             None => {
@@ -217,7 +222,12 @@ impl Nat {
 
     /// The private destination of a datagram from `source` to the public `port`, if a live
     /// mapping's filter lets it in
-    pub(crate) fn inbound(&mut self, now: u64, source: SocketAddr, port: u16) -> Option<SocketAddr> {
+    pub(crate) fn inbound(
+        &mut self,
+        now: u64,
+        source: SocketAddr,
+        port: u16,
+    ) -> Option<SocketAddr> {
         let timeout = self.timeout_ns();
         let Some(m) = self.by_port.get(&port) else {
             self.stats.no_mapping += 1;
@@ -261,7 +271,12 @@ impl Nat {
 
 /// The public address of the NAT of the `n`-th NATed host
 pub(crate) fn nat_ip(n: usize) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(127, 200, (n / 250) as u8, (n % 250) as u8 + 1))
+    IpAddr::V4(Ipv4Addr::new(
+        127,
+        200,
+        (n / 250) as u8,
+        (n % 250) as u8 + 1,
+    ))
 }
 
 /// A STUN/TURN server host ([`crate::Sim::add_turn_server`])
@@ -452,7 +467,11 @@ mod tests {
         ] {
             let mut n = nat(config);
             let public = n.outbound(0, host, sent_to);
-            assert_eq!(n.inbound(S, sent_to, public.port()), Some(host), "{config:?}");
+            assert_eq!(
+                n.inbound(S, sent_to, public.port()),
+                Some(host),
+                "{config:?}"
+            );
             assert_eq!(n.inbound(S, same_ip, public.port()).is_some(), from_same_ip);
             assert_eq!(n.inbound(S, other, public.port()).is_some(), from_other);
             // No mapping at all at another port.

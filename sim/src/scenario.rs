@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meshrtc::codec::VideoCodec;
-use meshrtc::signal::{PeerId, RoomId};
 use meshrtc::ice::{IceServer, IceTransportPolicy};
+use meshrtc::signal::{PeerId, RoomId};
 use meshrtc::{CandidatePolicy, Config};
 use serde::Deserialize;
 
@@ -786,7 +786,9 @@ impl Scenario {
                             h.name
                         )));
                     };
-                    config.ice_servers.push(IceServer::new(format!("stun:{addr}")));
+                    config
+                        .ice_servers
+                        .push(IceServer::new(format!("stun:{addr}")));
                     config.ice_servers.push(IceServer::with_credentials(
                         format!("turn:{addr}"),
                         spec.username.clone(),

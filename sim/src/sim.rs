@@ -12,13 +12,13 @@ use meshrtc::{CommandError, Config, DataMessage, Participant, PeerStats, Receive
 
 use crate::clock::{Anchor, Clock};
 use crate::link::{charged_size, mix, Link, LinkConfig, LinkStats, Verdict};
-use crate::nat::{
-    nat_ip, Nat, NatConfig, NatStats, ServerDatagram, ServerHost, ServerId, ServerStats,
-    TurnServerSpec,
-};
 use crate::media::{
     Generator, MediaSource, MediaStats, MediaStream, MediaStreamConfig, MediaStreamId,
     PatternCache, SentFrame, AUDIO_RATE,
+};
+use crate::nat::{
+    nat_ip, Nat, NatConfig, NatStats, ServerDatagram, ServerHost, ServerId, ServerStats,
+    TurnServerSpec,
 };
 use crate::Error;
 

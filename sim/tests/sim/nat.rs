@@ -154,7 +154,10 @@ fn symmetric_nats_defeat_stun_alone() {
     // The control for the TURN scenario: without a relay there is no path, and the NATs
     // show why (checks from unexpected ports filtered out).
     let (connected, _, filtered) = stun_only(NatConfig::symmetric(), 4);
-    assert!(!connected, "symmetric NATs connected without TURN: the NAT model is wrong");
+    assert!(
+        !connected,
+        "symmetric NATs connected without TURN: the NAT model is wrong"
+    );
     assert!(filtered > 0, "the NATs filtered nothing");
 }
 
@@ -168,4 +171,47 @@ fn nat_scenario_replays_exactly() {
         serde_json::to_string(&a.report).unwrap(),
         serde_json::to_string(&b.report).unwrap()
     );
+}
+
+#[test]
+fn consent_checks_keep_nat_mappings_alive_through_idle_periods() {
+    // A 15 s mapping timeout and 40 s without data: only ICE's own traffic (consent checks)
+    // keeps the mappings; a message after the idle period must still arrive, on the same
+    // mappings.
+    let mut sim = Sim::new(SimConfig {
+        seed: 3,
+        ..SimConfig::default()
+    });
+    let server = sim.add_turn_server(&TurnServerSpec::default());
+    let mut c = config();
+    c.ice_servers = vec![IceServer::new(format!("stun:{}", sim.server_addr(server)))];
+    let mut nat = NatConfig::port_restricted_cone();
+    nat.timeout = Duration::from_secs(15);
+    let opts = HostOptions {
+        nat: Some(nat),
+        ..HostOptions::default()
+    };
+    let a = sim.add_host_with(c.clone(), opts);
+    let b = sim.add_host_with(c, opts);
+    sim.join(a, "room", "alice");
+    sim.join(b, "room", "bob");
+    assert!(sim.run_until_cond(Duration::from_secs(10), |s| {
+        s.participant(a).is_connected(&pid("bob"))
+    }));
+    sim.run_for(Duration::from_secs(40));
+    sim.send(
+        a,
+        &pid("bob"),
+        meshrtc::DataMessage::Text("after the idle".into()),
+    )
+    .unwrap();
+    sim.run_for(Duration::from_secs(1));
+    let got = sim.mesh_events(b).any(|(_, e)| {
+        matches!(e, meshrtc::Event::DataReceived { message: meshrtc::DataMessage::Text(t), .. } if t == "after the idle")
+    });
+    assert!(got, "the message after 40 s idle did not arrive");
+    for h in [a, b] {
+        let n = sim.nat_stats(h).unwrap();
+        assert_eq!(n.expired, 0, "a mapping timed out: {n:?}");
+    }
 }
