@@ -215,3 +215,29 @@ fn consent_checks_keep_nat_mappings_alive_through_idle_periods() {
         assert_eq!(n.expired, 0, "a mapping timed out: {n:?}");
     }
 }
+
+#[test]
+fn bad_nat_and_server_keys_are_clear_errors() {
+    let base = "duration_s = 1\n[[servers]]\nname = \"turn\"\n";
+    for (host, expect) in [
+        ("nat = \"carrier-grade\"", "unknown variant"),
+        ("ice_servers = [\"nope\"]", "no server named \"nope\""),
+        ("nat_timeout_s = 30", "need a nat"),
+        ("nat = \"symmetric\"\nnat_timeout_s = 0", "nat_timeout_s"),
+        ("ice_policy = \"relay\"", "relay needs ice_servers"),
+    ] {
+        let text = format!("{base}[[hosts]]\nname = \"a\"\n{host}\n");
+        let err = Scenario::parse(&text, std::path::Path::new("bad.toml"))
+            .and_then(|s| s.prepare(None).map(|_| ()))
+            .expect_err(host)
+            .to_string();
+        assert!(err.contains(expect), "{host}: {err}");
+    }
+    let twice = "duration_s = 1\n[[servers]]\nname = \"t\"\n[[servers]]\nname = \"t\"\n\
+                 [[hosts]]\nname = \"a\"\n";
+    let err = Scenario::parse(twice, std::path::Path::new("bad.toml"))
+        .and_then(|s| s.prepare(None).map(|_| ()))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("defined twice"), "{err}");
+}
