@@ -31,8 +31,7 @@ use crate::error::CommandError;
 use crate::event::Event;
 use crate::ice::{
     CandidateType, GatherConfig, GatherError, GatherEvent, Gatherer, IceServer, IceServerProblem,
-    IceTransportPolicy, LoopbackPolicy, Received, Resolution, Scheme, ServerEndpoint, UrlError,
-    MAX_SERVERS,
+    IceTransportPolicy, LoopbackPolicy, Received, Resolution, Scheme, ServerEndpoint, MAX_SERVERS,
 };
 use crate::shared::{Receive, Transmit};
 use crate::signal::PeerId;
@@ -269,22 +268,11 @@ impl Transport {
         }
     }
 
-    /// Reads the `ice_servers` of an announce result (signaling contract, version 2) and
-    /// adds them
-    pub(crate) fn add_announced_servers(&mut self, now: Instant, result: &serde_json::Value) {
-        match announced_servers(result) {
-            Ok(servers) => self.add_ice_servers(now, &servers),
-            Err(why) => {
-                tracing::warn!(why, "ice: unusable ice_servers in the announce result");
-                self.fail(
-                    "ice_servers of the announce result".into(),
-                    IceServerProblem::BadUrl(UrlError::Malformed {
-                        url: String::new(),
-                        why,
-                    }),
-                );
-            }
-        }
+    /// The `ice_servers` of an announce result (signaling contract, version 2), at most
+    /// [`MAX_SERVERS`] of them
+    pub(crate) fn add_announced_servers(&mut self, now: Instant, servers: &[IceServer]) {
+        let n = servers.len().min(MAX_SERVERS);
+        self.add_ice_servers(now, &servers[..n]);
     }
 
     /// The driver's answers to an [`Action::Resolve`]
@@ -591,80 +579,9 @@ impl Transport {
     }
 }
 
-/// The `ice_servers` of an announce result (absent: none); tolerates a single string for
-/// `urls`, as the W3C shape allows
-fn announced_servers(result: &serde_json::Value) -> Result<Vec<IceServer>, &'static str> {
-    use serde_json::Value;
-    let Some(list) = result.get("ice_servers") else {
-        return Ok(Vec::new());
-    };
-    let Value::Array(list) = list else {
-        return Err("ice_servers is not a list");
-    };
-    let text = |v: Option<&Value>| -> Result<Option<String>, &'static str> {
-        match v {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(_) => Err("username and credential must be strings"),
-        }
-    };
-    let mut out = Vec::new();
-    for entry in list.iter().take(MAX_SERVERS) {
-        let urls = match entry.get("urls") {
-            Some(Value::String(u)) => vec![u.clone()],
-            Some(Value::Array(us)) => us
-                .iter()
-                .take(MAX_SERVERS)
-                .map(|u| u.as_str().map(str::to_owned))
-                .collect::<Option<Vec<_>>>()
-                .ok_or("urls must be strings")?,
-            _ => return Err("an ice server without urls"),
-        };
-        out.push(IceServer {
-            urls,
-            username: text(entry.get("username"))?,
-            credential: text(entry.get("credential"))?,
-        });
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
-
     use super::*;
-
-    #[test]
-    fn announced_servers_take_the_rtc_ice_server_shape() {
-        let none = announced_servers(&json!({"peer_id": "a", "room": "r", "peers": []}));
-        assert_eq!(none, Ok(Vec::new()));
-        let got = announced_servers(&json!({"ice_servers": [
-            {"urls": ["stun:192.0.2.1:3478", "turn:192.0.2.1:3478?transport=udp"],
-             "username": "1700000000:alice", "credential": "c2VjcmV0"},
-            {"urls": "stun:192.0.2.2"},
-        ]}))
-        .unwrap();
-        assert_eq!(got.len(), 2);
-        assert_eq!(got[0].urls.len(), 2);
-        assert_eq!(got[0].username.as_deref(), Some("1700000000:alice"));
-        assert_eq!(got[1].urls, ["stun:192.0.2.2"]);
-        assert_eq!(got[1].credential, None);
-        for bad in [
-            json!({"ice_servers": {}}),
-            json!({"ice_servers": [{}]}),
-            json!({"ice_servers": [{"urls": [1]}]}),
-            json!({"ice_servers": [{"urls": "stun:x", "username": 5}]}),
-        ] {
-            assert!(announced_servers(&bad).is_err(), "{bad}");
-        }
-        // Bounded, whatever the server sends.
-        let many: Vec<_> = (0..1000)
-            .map(|_| json!({"urls": "stun:192.0.2.3"}))
-            .collect();
-        let got = announced_servers(&json!({ "ice_servers": many })).unwrap();
-        assert_eq!(got.len(), MAX_SERVERS);
-    }
 
     #[test]
     fn local_addresses_must_be_specific() {

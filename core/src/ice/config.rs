@@ -15,11 +15,13 @@ pub const DEFAULT_PORT: u16 = 3478;
 
 /// One ICE server as an application configures it (W3C `RTCIceServer`)
 ///
-/// The field names are those of the signaling contract's `ice_servers` entries, so the
-/// signaling type converts field by field.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+///
+/// It is also the signaling contract's `ice_servers` entry ([`crate::signal::IceServer`]):
+/// `urls` is an array on the wire, and one string is accepted when parsing, as browsers do.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 pub struct IceServer {
     /// `stun:HOST:PORT` or `turn:HOST:PORT?transport=udp` URLs of one server
+    #[serde(deserialize_with = "crate::signal::string_or_strings")]
     pub urls: Vec<String>,
     /// TURN username (for TURN REST credentials: `"<expiry>:<id>"`)
     #[serde(default, skip_serializing_if = "Option::is_none")]

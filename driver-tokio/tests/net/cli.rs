@@ -517,3 +517,242 @@ fn data_none_reports_null_data() {
     let _ = std::fs::remove_dir_all(&dir);
     terminate(server);
 }
+
+/// A file holding `contents` in a fresh temporary directory, removed when dropped
+struct TempFile(std::path::PathBuf);
+
+impl TempFile {
+    fn new(name: &str, contents: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "meshrtc-cli-{}-{name}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, contents).unwrap();
+        Self(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+fn addr_of(url: &str) -> std::net::SocketAddr {
+    url.trim_start_matches("ws://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap()
+}
+
+fn mint(secret: &TempFile, extra: &[&str]) -> String {
+    let mut cmd = meshrtc();
+    cmd.args(["token", "--secret-file", secret.path()])
+        .args(extra);
+    let out = run(cmd, Duration::from_secs(10));
+    assert!(out.status.success(), "{:?}", stderr_lines(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {text:?}");
+    assert_eq!(lines[0].split('.').count(), 3, "a JWT: {text:?}");
+    lines[0].to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_minted_by_the_cli_admits_to_a_server_requiring_tokens() {
+    let secret = TempFile::new("room.secret", "correct horse battery staple\n");
+    let (server, url) = start_signal_with(&["--token-secret-file", secret.path()]);
+    let alice = mint(&secret, &["--room", "r", "--id", "alice", "--ttl", "60"]);
+    let anyone = mint(&secret, &["--room", "r"]);
+    let other_room = mint(&secret, &["--room", "elsewhere"]);
+    let wrong = TempFile::new("other.secret", "guess\n");
+    let forged = mint(&wrong, &["--room", "r"]);
+    crate::util::bounded(async {
+        let addr = addr_of(&url);
+        let mut c = crate::util::Raw::connect_addr(addr, "/").await.unwrap();
+        let announce = |id: i64, token: Option<&str>, peer: &str| {
+            let mut p = serde_json::json!({"room": "r", "peer_id": peer});
+            if let Some(t) = token {
+                p["token"] = serde_json::json!(t);
+            }
+            (id, p)
+        };
+        for (id, token, peer) in [
+            (1, None, "alice"),
+            (2, Some(other_room.as_str()), "alice"),
+            (3, Some(forged.as_str()), "alice"),
+            (4, Some(alice.as_str()), "mallory"),
+        ] {
+            let (id, p) = announce(id, token, peer);
+            c.request(id, "peer.announce", p).await;
+            c.expect_error(-32006, serde_json::json!(id)).await;
+        }
+        let (id, p) = announce(5, Some(&alice), "alice");
+        c.request(id, "peer.announce", p).await;
+        assert_eq!(c.expect().await["result"]["peer_id"], "alice");
+        let mut d = crate::util::Raw::connect_addr(addr, "/").await.unwrap();
+        let (id, p) = announce(1, Some(&anyone), "dave");
+        d.request(id, "peer.announce", p).await;
+        assert_eq!(d.expect().await["result"]["peer_id"], "dave");
+    })
+    .await;
+    assert!(terminate(server).status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signal_hands_out_ice_servers_resume_and_metrics() {
+    let turn_secret = TempFile::new("turn.secret", "north-sea-secret\n");
+    let metrics_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let metrics_port = metrics_port.to_string();
+    let (server, url) = start_signal_with(&[
+        "--ice-server",
+        "stun:127.0.0.1:3478",
+        "--ice-server",
+        "turn:127.0.0.1:3478?transport=udp",
+        "--turn-secret-file",
+        turn_secret.path(),
+        "--turn-ttl",
+        "600",
+        "--resume-grace",
+        "7",
+        "--metrics",
+        &metrics_port,
+        "--allow-origin",
+        "https://ok.example",
+    ]);
+    crate::util::bounded(async {
+        let mut c = crate::util::Raw::connect_addr(addr_of(&url), "/")
+            .await
+            .unwrap();
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let result = c.announce(1, "r", Some("alice")).await;
+        assert_eq!(result["resume_grace_s"], 7);
+        assert_eq!(result["resume"].as_str().map(str::len), Some(32));
+        let ice = &result["ice_servers"];
+        assert_eq!(ice[0], serde_json::json!({"urls": ["stun:127.0.0.1:3478"]}));
+        assert_eq!(
+            ice[1]["urls"],
+            serde_json::json!(["turn:127.0.0.1:3478?transport=udp"])
+        );
+        let username = ice[1]["username"].as_str().unwrap();
+        let (expiry, peer) = username.split_once(':').unwrap();
+        assert_eq!(peer, "alice");
+        let expiry: u64 = expiry.parse().unwrap();
+        assert!(
+            (before + 600..=before + 602).contains(&expiry),
+            "{expiry} vs {before}"
+        );
+        let secret = meshrtc::signal::auth::Secret::new("north-sea-secret").unwrap();
+        let (_, credential) = meshrtc::signal::auth::turn_rest_credential(
+            &secret,
+            &meshrtc::signal::PeerId::new("alice").unwrap(),
+            expiry,
+        );
+        assert_eq!(ice[1]["credential"], credential.as_str());
+
+        // The metrics port answers Prometheus text.
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(&metrics_port).await.unwrap();
+        tcp.write_all(b"GET /metrics HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        let mut text = String::new();
+        tcp.read_to_string(&mut text).await.unwrap();
+        assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+        assert!(text.contains("\nmeshrtc_signal_peers 1\n"), "{text}");
+
+        // A browser page from another origin cannot open a WebSocket.
+        let mut tcp = tokio::net::TcpStream::connect(addr_of(&url)).await.unwrap();
+        let upgrade = "GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nOrigin: https://evil.example\r\n\r\n";
+        tcp.write_all(upgrade.as_bytes()).await.unwrap();
+        let mut text = String::new();
+        tcp.read_to_string(&mut text).await.unwrap();
+        assert!(text.starts_with("HTTP/1.1 403"), "{text}");
+    })
+    .await;
+    assert!(terminate(server).status.success());
+}
+
+#[test]
+fn signal_and_token_refuse_bad_secrets_and_urls_with_one_line() {
+    let empty = TempFile::new("empty.secret", " \n");
+    let good = TempFile::new("good.secret", "s3cret");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["signal", "--token-secret-file", "/nonexistent/secret"],
+            "cannot read token secret file",
+        ),
+        (
+            vec!["signal", "--token-secret-file", empty.path()],
+            "is empty",
+        ),
+        (vec!["signal", "--ice-server", "http://x:1"], "--ice-server"),
+        (
+            vec!["signal", "--turn-secret-file", good.path()],
+            "--turn-secret-file",
+        ),
+        (vec!["signal", "--resume-grace", "x"], "--resume-grace"),
+        (vec!["signal", "--metrics", "nowhere"], "--metrics"),
+        (vec!["token", "--room", "r"], "--secret-file"),
+        (
+            vec!["token", "--secret-file", good.path(), "--room", "bad room"],
+            "--room",
+        ),
+        (
+            vec!["token", "--secret-file", "/nonexistent/s", "--room", "r"],
+            "cannot read secret file",
+        ),
+    ];
+    for (args, needle) in cases {
+        let mut cmd = meshrtc();
+        cmd.args(&args);
+        let out = run(cmd, Duration::from_secs(15));
+        assert!(!out.status.success(), "{args:?} must fail");
+        let lines = stderr_lines(&out);
+        assert_eq!(
+            lines.len(),
+            1,
+            "{args:?}: one line on stderr, got {lines:?}"
+        );
+        assert!(lines[0].starts_with("error: "), "{args:?}: {lines:?}");
+        assert!(
+            lines[0].contains(needle),
+            "{args:?}: {lines:?} should mention {needle}"
+        );
+    }
+    let mut cmd = meshrtc();
+    cmd.args(["signal", "--help"]);
+    let text = String::from_utf8(run(cmd, Duration::from_secs(10)).stdout).unwrap();
+    for flag in [
+        "--resume-grace",
+        "--token-secret-file",
+        "--allow-origin",
+        "--ice-server",
+        "--turn-secret-file",
+        "--turn-ttl",
+        "--metrics",
+    ] {
+        assert!(text.contains(flag), "signal --help lists {flag}");
+    }
+    let mut cmd = meshrtc();
+    cmd.args(["token", "--help"]);
+    let text = String::from_utf8(run(cmd, Duration::from_secs(10)).stdout).unwrap();
+    for flag in ["--secret-file", "--room", "--id", "--ttl"] {
+        assert!(text.contains(flag), "token --help lists {flag}");
+    }
+}
