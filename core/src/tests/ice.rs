@@ -376,17 +376,19 @@ fn a_server_vanishing_mid_call_loses_the_relay_and_the_direct_path_carries_on() 
 }
 
 #[test]
-fn a_relay_only_call_whose_server_vanishes_fails_cleanly() {
+fn a_relay_only_call_whose_server_vanishes_is_reported_and_recovered_without_hammering() {
     let cfg = config(IceTransportPolicy::Relay, vec![turn_server("pass")]);
     let mut m = mesh(2, cfg, fake().with_lifetime(120));
     m.connect_all();
     m.turn.as_mut().unwrap().mode = Mode::Silent;
     m.run_for(Duration::from_secs(120));
     for i in 0..2 {
-        let failed = m.events[i]
+        // No path is left: the peer is down and recovery works on it (ICE restarts while
+        // the path is merely down; the server says when a peer has really gone).
+        let reconnecting = m.events[i]
             .iter()
-            .any(|(_, e)| matches!(e, Event::PeerFailed { .. }));
-        assert!(failed, "no path is left: the peer fails ({i})");
+            .any(|(_, e)| matches!(e, Event::PeerReconnecting { .. }));
+        assert!(reconnecting, "no path is left: the peer is reconnecting ({i})");
         assert!(ice_failures(&m, i)
             .iter()
             .any(|f| matches!(f.1, IceServerProblem::RelayLost(_))));
