@@ -240,6 +240,8 @@ pub struct RemoteJson {
     pub clock_drift_ppm: Option<f64>,
     /// The selected ICE candidate pair (see [`candidate_pair_json`])
     pub candidate_pair: Option<Value>,
+    /// ICE restarts and full reconnects with the peer (cli.md version 2)
+    pub reconnects: Option<u64>,
 }
 
 /// The data counters of one remote peer in the stats file
@@ -278,6 +280,7 @@ impl StatsFile {
                         messages_received: r.messages_received,
                     }),
                     rtt_ms: r.rtt.map(millis),
+                    reconnects: st.map(|s| s.reconnects),
                     loss: st
                         .and_then(|s| s.audio.as_ref())
                         .and_then(|a| a.packets_lost_fraction)

@@ -388,7 +388,10 @@ fn a_relay_only_call_whose_server_vanishes_is_reported_and_recovered_without_ham
         let reconnecting = m.events[i]
             .iter()
             .any(|(_, e)| matches!(e, Event::PeerReconnecting { .. }));
-        assert!(reconnecting, "no path is left: the peer is reconnecting ({i})");
+        assert!(
+            reconnecting,
+            "no path is left: the peer is reconnecting ({i})"
+        );
         assert!(ice_failures(&m, i)
             .iter()
             .any(|f| matches!(f.1, IceServerProblem::RelayLost(_))));
