@@ -4,6 +4,7 @@
 
 mod attacks;
 mod cli;
+mod cluster;
 mod mesh;
 mod metrics;
 mod server;
