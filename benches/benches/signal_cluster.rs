@@ -103,7 +103,8 @@ impl Redis {
                 let mut buf = [0u8; 16];
                 let _ = c.set_read_timeout(Some(Duration::from_secs(1)));
                 let pong = c.write_all(b"PING\r\n").is_ok()
-                    && c.read(&mut buf).is_ok_and(|n| buf[..n].starts_with(b"+PONG"));
+                    && c.read(&mut buf)
+                        .is_ok_and(|n| buf[..n].starts_with(b"+PONG"));
                 if pong {
                     return Some(redis);
                 }
@@ -198,7 +199,11 @@ fn rpc(id: i64, method: &str, params: Value) -> Value {
 }
 
 async fn announce(ws: &mut Ws, id: i64, room: &str, peer: &str) -> Value {
-    send(ws, rpc(id, "peer.announce", json!({"room": room, "peer_id": peer}))).await;
+    send(
+        ws,
+        rpc(id, "peer.announce", json!({"room": room, "peer_id": peer})),
+    )
+    .await;
     let v = response(ws, id).await;
     assert!(v.get("result").is_some(), "announce refused: {v}");
     v
@@ -242,7 +247,11 @@ async fn relay_rtt(a: &SignalServer, b: &SignalServer, room: &str, rounds: usize
             if v["method"] == "peer.offer" {
                 id += 1;
                 let sdp = v["params"]["sdp"].clone();
-                send(&mut y, rpc(id, "peer.answer", json!({"to": "x", "sdp": sdp}))).await;
+                send(
+                    &mut y,
+                    rpc(id, "peer.answer", json!({"to": "x", "sdp": sdp})),
+                )
+                .await;
                 if sdp == "last" {
                     return;
                 }
@@ -251,9 +260,17 @@ async fn relay_rtt(a: &SignalServer, b: &SignalServer, room: &str, rounds: usize
     });
     let mut out = Vec::with_capacity(rounds);
     for i in 0..rounds {
-        let sdp = if i + 1 == rounds { "last".to_string() } else { format!("v=0 {i}") };
+        let sdp = if i + 1 == rounds {
+            "last".to_string()
+        } else {
+            format!("v=0 {i}")
+        };
         let t = Instant::now();
-        send(&mut x, rpc(100 + i as i64, "peer.offer", json!({"to": "y", "sdp": sdp}))).await;
+        send(
+            &mut x,
+            rpc(100 + i as i64, "peer.offer", json!({"to": "y", "sdp": sdp})),
+        )
+        .await;
         loop {
             let v = next(&mut x).await;
             if v["method"] == "peer.answer" {
@@ -301,11 +318,19 @@ async fn throughput(servers: &[&SignalServer], pairs: usize, secs: u64) -> f64 {
         let halt = stop.clone();
         tasks.push(tokio::spawn(async move {
             let (mut sent, mut acked) = (0u64, 0u64);
-            let offer = |n: u64| rpc(n as i64 + 10, "peer.offer", json!({"to": "r", "sdp": "v=0 throughput"}));
+            let offer = |n: u64| {
+                rpc(
+                    n as i64 + 10,
+                    "peer.offer",
+                    json!({"to": "r", "sdp": "v=0 throughput"}),
+                )
+            };
             while !halt.load(Ordering::Relaxed) {
                 while sent - acked < WINDOW {
                     sent += 1;
-                    s.feed(Message::text(offer(sent).to_string())).await.expect("feed");
+                    s.feed(Message::text(offer(sent).to_string()))
+                        .await
+                        .expect("feed");
                 }
                 s.flush().await.expect("flush");
                 let Ok(Some(Ok(Message::Text(t)))) =
@@ -404,7 +429,10 @@ fn main() {
         return;
     };
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
-    println!("signal_cluster: {a:?}, {cores} cores, redis at {}", redis.url);
+    println!(
+        "signal_cluster: {a:?}, {cores} cores, redis at {}",
+        redis.url
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -412,20 +440,39 @@ fn main() {
         .unwrap();
     let survivors = rt.block_on(async {
         let single = alone().await;
-        let n: Vec<SignalServer> = futures_util::future::join_all(
-            (0..3).map(|i| node(&redis, &format!("n{i}"))),
-        )
-        .await;
+        let n: Vec<SignalServer> =
+            futures_util::future::join_all((0..3).map(|i| node(&redis, &format!("n{i}")))).await;
 
         println!();
-        println!("round trips, {} each              p50 ms   p99 ms", a.rounds);
+        println!(
+            "round trips, {} each              p50 ms   p99 ms",
+            a.rounds
+        );
         let rows = [
-            ("announce, one server alone", announce_rtt(&single, &single, a.rounds).await),
-            ("announce, one node (redis)", announce_rtt(&n[0], &n[0], a.rounds).await),
-            ("announce, two nodes", announce_rtt(&n[0], &n[1], a.rounds).await),
-            ("relay, one server alone", relay_rtt(&single, &single, "rtt1", a.rounds).await),
-            ("relay, one node (redis)", relay_rtt(&n[0], &n[0], "rtt2", a.rounds).await),
-            ("relay, two nodes", relay_rtt(&n[0], &n[1], "rtt3", a.rounds).await),
+            (
+                "announce, one server alone",
+                announce_rtt(&single, &single, a.rounds).await,
+            ),
+            (
+                "announce, one node (redis)",
+                announce_rtt(&n[0], &n[0], a.rounds).await,
+            ),
+            (
+                "announce, two nodes",
+                announce_rtt(&n[0], &n[1], a.rounds).await,
+            ),
+            (
+                "relay, one server alone",
+                relay_rtt(&single, &single, "rtt1", a.rounds).await,
+            ),
+            (
+                "relay, one node (redis)",
+                relay_rtt(&n[0], &n[0], "rtt2", a.rounds).await,
+            ),
+            (
+                "relay, two nodes",
+                relay_rtt(&n[0], &n[1], "rtt3", a.rounds).await,
+            ),
         ];
         for (name, d) in &rows {
             println!("  {name:<30} {:>8.3} {:>8.3}", pct(d, 0.5), pct(d, 0.99));
@@ -443,7 +490,10 @@ fn main() {
         let one = throughput(&[&single], a.pairs, a.secs).await;
         let three = throughput(&[&n[0], &n[1], &n[2]], a.pairs, a.secs).await;
         println!("  one server alone     {one:>10.0} relayed messages/s");
-        println!("  three nodes (redis)  {three:>10.0} relayed messages/s ({:.2}x)", three / one);
+        println!(
+            "  three nodes (redis)  {three:>10.0} relayed messages/s ({:.2}x)",
+            three / one
+        );
         drop(single);
         n
     });

@@ -89,8 +89,8 @@ use crate::signal::{
 
 mod cluster;
 
-pub use self::cluster::{Claim, ClaimOutcome, ClusterEvent, ClusterMember, ClusterOutput, Place};
 use self::cluster::PendingClaim;
+pub use self::cluster::{Claim, ClaimOutcome, ClusterEvent, ClusterMember, ClusterOutput, Place};
 
 /// Limits, grace and seed of a [`Server`]
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -1138,7 +1138,8 @@ impl Server {
                     peer_id: peer_id.clone(),
                     reason,
                 };
-                self.cluster.push_back(ClusterOutput::Publish { node, event });
+                self.cluster
+                    .push_back(ClusterOutput::Publish { node, event });
             }
         }
         tracing::debug!(peer = %peer_id, room = %room_id, ?reason, "peer left");

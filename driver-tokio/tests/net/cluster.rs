@@ -76,13 +76,17 @@ impl Redis {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while !self.pings() {
-            assert!(Instant::now() < deadline, "redis-server did not answer PING");
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not answer PING"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     fn pings(&self) -> bool {
-        self.command(&["PING"]).is_some_and(|r| r.starts_with("+PONG"))
+        self.command(&["PING"])
+            .is_some_and(|r| r.starts_with("+PONG"))
     }
 
     /// Sends one command in RESP and returns the raw reply (first read)
@@ -210,16 +214,17 @@ async fn mesh_peer(
             _ = stop.changed() => break,
         };
         let Some(event) = event else {
-            seen.lock().unwrap().failures.push("event stream ended".into());
+            seen.lock()
+                .unwrap()
+                .failures
+                .push("event stream ended".into());
             break;
         };
         let now = Instant::now();
         match &event {
             Event::Mesh(meshrtc::Event::PeerConnected { peer, .. }) => {
                 seen.lock().unwrap().connected.insert(peer.clone());
-                let _ = handle
-                    .send_data(peer, DataMessage::Text(hello(peer)))
-                    .await;
+                let _ = handle.send_data(peer, DataMessage::Text(hello(peer))).await;
             }
             Event::Mesh(meshrtc::Event::DataReceived {
                 peer,
@@ -370,11 +375,18 @@ fn check_mesh(peers: &[(String, PeerId, Shared)]) {
             .map(|(_, p, _)| p.clone())
             .collect();
         assert!(s.failures.is_empty(), "{room}/{me}: {:?}", s.failures);
-        assert!(s.left.is_empty(), "{room}/{me} saw peers leave: {:?}", s.left);
+        assert!(
+            s.left.is_empty(),
+            "{room}/{me} saw peers leave: {:?}",
+            s.left
+        );
         assert_eq!(s.connected, others, "{room}/{me} connected to");
         for t in &s.texts {
             if t.starts_with("hello") {
-                assert!(t.starts_with(&format!("hello {room} ")), "{room}/{me} got {t}");
+                assert!(
+                    t.starts_with(&format!("hello {room} ")),
+                    "{room}/{me} got {t}"
+                );
             }
         }
     }
@@ -393,7 +405,10 @@ async fn cluster_ten_peers_on_three_nodes_form_a_full_mesh_with_data_and_audio()
         }
         // 30 chunks: 300 ms of decoded audio from every other peer.
         mesh.wait_complete(Duration::from_secs(30), 30).await;
-        eprintln!("10 peers on 3 nodes: full mesh, data and audio in {:?}", started.elapsed());
+        eprintln!(
+            "10 peers on 3 nodes: full mesh, data and audio in {:?}",
+            started.elapsed()
+        );
         let peers = mesh.stop().await;
         check_mesh(&peers);
         for n in &nodes {
@@ -458,8 +473,12 @@ async fn cluster_relays_notifications_and_errors_across_nodes() {
         assert_eq!(v["params"]["peer_id"], "bob", "{v}");
 
         // Offer, answer and candidates cross nodes verbatim, with `from`.
-        bob.request(2, "peer.offer", json!({"to": "alice", "sdp": "v=0 bob\r\n"}))
-            .await;
+        bob.request(
+            2,
+            "peer.offer",
+            json!({"to": "alice", "sdp": "v=0 bob\r\n"}),
+        )
+        .await;
         assert_eq!(response(&mut bob, 2).await["result"], json!({}));
         let v = alice.expect().await;
         assert_eq!(
@@ -479,7 +498,10 @@ async fn cluster_relays_notifications_and_errors_across_nodes() {
         alice.request(3, "peer.ice_candidate", cand).await;
         assert_eq!(response(&mut alice, 3).await["result"], json!({}));
         let v = bob.expect().await;
-        assert_eq!(v["params"]["candidate"], "candidate:1 1 udp 1 127.0.0.1 9 typ host");
+        assert_eq!(
+            v["params"]["candidate"],
+            "candidate:1 1 udp 1 127.0.0.1 9 typ host"
+        );
         assert_eq!(v["params"]["sdp_m_line_index"], 0);
 
         // Errors hold room-wide: id taken on a third node, unknown target, room full.
@@ -488,7 +510,9 @@ async fn cluster_relays_notifications_and_errors_across_nodes() {
             .request(1, "peer.announce", json!({"room": "x", "peer_id": "alice"}))
             .await;
         other.expect_error(-32002, json!(1)).await;
-        other.request(2, "peer.offer", json!({"to": "bob", "sdp": "x"})).await;
+        other
+            .request(2, "peer.offer", json!({"to": "bob", "sdp": "x"}))
+            .await;
         other.expect_error(-32000, json!(2)).await;
         let r = other.announce(3, "x", Some("carol")).await;
         let listed: Vec<&str> = r["peers"]
@@ -498,7 +522,9 @@ async fn cluster_relays_notifications_and_errors_across_nodes() {
             .map(|p| p["peer_id"].as_str().unwrap())
             .collect();
         assert_eq!(listed, ["alice", "bob"]);
-        other.request(4, "peer.offer", json!({"to": "dave", "sdp": "x"})).await;
+        other
+            .request(4, "peer.offer", json!({"to": "dave", "sdp": "x"}))
+            .await;
         other.expect_error(-32003, json!(4)).await;
         let mut dave = raw(&nodes[1]).await;
         dave.request(1, "peer.announce", json!({"room": "x", "peer_id": "dave"}))
@@ -549,7 +575,11 @@ async fn cluster_room_limit_and_ids_hold_when_nodes_announce_at_once() {
                 clients.push(raw(&nodes[i % 3]).await);
             }
             let sends = clients.iter_mut().enumerate().map(|(i, c)| {
-                let id = if same_id { "same".to_string() } else { format!("p{i}") };
+                let id = if same_id {
+                    "same".to_string()
+                } else {
+                    format!("p{i}")
+                };
                 let room = room.clone();
                 async move {
                     c.request(1, "peer.announce", json!({"room": room, "peer_id": id}))
@@ -767,13 +797,24 @@ async fn cluster_node_death_clients_resume_on_another_node_and_media_goes_on() {
         let v = tokio::time::timeout(bound + Duration::from_secs(2), left)
             .await
             .expect("ghost not reaped in time");
-        assert_eq!(v["params"], json!({"peer_id": "ghost", "reason": "timeout"}), "{v}");
-        eprintln!("the dead node's silent client was reported left after {:?}", killed.elapsed());
+        assert_eq!(
+            v["params"],
+            json!({"peer_id": "ghost", "reason": "timeout"}),
+            "{v}"
+        );
+        eprintln!(
+            "the dead node's silent client was reported left after {:?}",
+            killed.elapsed()
+        );
         // Media never stopped: every pair got audio on after the kill, and nobody left.
         tokio::time::sleep(Duration::from_millis(500)).await;
         let after = mesh.audio_counts();
         for (pair, n) in &before {
-            assert!(after[pair] > *n + 20, "{pair:?}: audio stalled ({n} -> {})", after[pair]);
+            assert!(
+                after[pair] > *n + 20,
+                "{pair:?}: audio stalled ({n} -> {})",
+                after[pair]
+            );
         }
         let peers = mesh.stop().await;
         let mut worst = Duration::ZERO;
@@ -833,8 +874,12 @@ async fn cluster_redis_restart_nodes_reconnect_and_rooms_recover() {
         assert_eq!(r["peers"].as_array().unwrap().len(), 6, "{r}");
         for i in 0..6 {
             let to = format!("m{i}");
-            late.request(2 + i as i64, "peer.offer", json!({"to": to, "sdp": "v=0 late"}))
-                .await;
+            late.request(
+                2 + i as i64,
+                "peer.offer",
+                json!({"to": to, "sdp": "v=0 late"}),
+            )
+            .await;
             assert_eq!(response(&mut late, 2 + i as i64).await["result"], json!({}));
         }
         for c in &mut members {

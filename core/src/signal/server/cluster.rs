@@ -238,12 +238,7 @@ impl Server {
     }
 
     /// The room store decided about the claim of `conn`
-    pub fn handle_claim(
-        &mut self,
-        now: impl Into<Timestamp>,
-        conn: ConnId,
-        outcome: ClaimOutcome,
-    ) {
+    pub fn handle_claim(&mut self, now: impl Into<Timestamp>, conn: ConnId, outcome: ClaimOutcome) {
         let now = self.observe(now.into());
         let Some(p) = self.claims.remove(&conn) else {
             tracing::warn!(?conn, "a claim outcome nobody waits for; ignored");
@@ -514,7 +509,8 @@ impl Server {
             to: to.clone(),
             text,
         };
-        self.cluster.push_back(ClusterOutput::Publish { node, event });
+        self.cluster
+            .push_back(ClusterOutput::Publish { node, event });
     }
 
     /// Seats `conn` in the place the store granted
@@ -692,7 +688,8 @@ impl Server {
                 room: room.clone(),
                 member: moved.clone(),
             };
-            self.cluster.push_back(ClusterOutput::Publish { node: n, event });
+            self.cluster
+                .push_back(ClusterOutput::Publish { node: n, event });
         }
     }
 
@@ -889,7 +886,13 @@ mod tests {
             self.nodes[node].handle_connect(self.now, ConnId(conn));
         }
 
-        fn announce(&mut self, node: usize, conn: u64, room: &str, peer: &str) -> Vec<(usize, u64, Value)> {
+        fn announce(
+            &mut self,
+            node: usize,
+            conn: u64,
+            room: &str,
+            peer: &str,
+        ) -> Vec<(usize, u64, Value)> {
             self.connect(node, conn);
             let params = json!({"room": room, "peer_id": peer});
             self.send(node, conn, rpc(1, "peer.announce", params))
@@ -939,14 +942,19 @@ mod tests {
         }
 
         fn index(&self, node: &NodeId) -> usize {
-            (0..self.nodes.len()).find(|i| &node_id(*i) == node).unwrap()
+            (0..self.nodes.len())
+                .find(|i| &node_id(*i) == node)
+                .unwrap()
         }
 
         /// What the Redis script does
         fn decide(&mut self, from: usize, c: Claim) {
             let members = self.store.entry(c.room.clone()).or_default();
             let outcome = if let Some(presented) = &c.resume {
-                match members.iter_mut().find(|(m, _)| m.peer_id == c.member.peer_id) {
+                match members
+                    .iter_mut()
+                    .find(|(m, _)| m.peer_id == c.member.peer_id)
+                {
                     Some((m, Some(t))) if t == presented => {
                         let old = std::mem::replace(&mut m.node, node_id(from));
                         let me = m.clone();
@@ -956,7 +964,12 @@ mod tests {
                             .filter(|(m, _)| m.peer_id != c.member.peer_id)
                             .map(|(m, _)| m.clone())
                             .collect();
-                        ClaimOutcome::Resumed { me, token, from: old, peers }
+                        ClaimOutcome::Resumed {
+                            me,
+                            token,
+                            from: old,
+                            peers,
+                        }
                     }
                     _ => ClaimOutcome::NotResumable,
                 }
@@ -970,13 +983,6 @@ mod tests {
                 ClaimOutcome::Joined { peers }
             };
             self.nodes[from].handle_claim(self.now, c.conn, outcome);
-        }
-
-        fn release_claims(&mut self) -> Vec<(usize, u64, Value)> {
-            for (from, c) in std::mem::take(&mut self.held_claims) {
-                self.decide(from, c);
-            }
-            self.pump()
         }
 
         fn listing(&mut self, node: usize, room: &str) -> Vec<(usize, u64, Value)> {
@@ -1025,7 +1031,10 @@ mod tests {
 
         let offer = rpc(2, "peer.offer", json!({"to": "alice", "sdp": "v=0 b"}));
         let out = c.send(1, 1, offer);
-        assert_eq!(to(&out, 1, 1), [json!({"jsonrpc": "2.0", "id": 2, "result": {}})]);
+        assert_eq!(
+            to(&out, 1, 1),
+            [json!({"jsonrpc": "2.0", "id": 2, "result": {}})]
+        );
         assert_eq!(
             to(&out, 0, 1),
             [json!({"jsonrpc": "2.0", "method": "peer.offer",
@@ -1083,11 +1092,18 @@ mod tests {
     fn a_place_resumes_on_another_node_unseen_and_gets_what_was_held() {
         let mut c = Cluster::new(3, 10);
         let out = c.announce(0, 1, "r", "alice");
-        let token = to(&out, 0, 1)[0]["result"]["resume"].as_str().unwrap().to_string();
+        let token = to(&out, 0, 1)[0]["result"]["resume"]
+            .as_str()
+            .unwrap()
+            .to_string();
         c.announce(1, 1, "r", "bob");
         // Alice's connection drops; bob keeps talking to her.
         c.nodes[0].handle_disconnect(c.now, ConnId(1), LeftReason::Timeout);
-        let out = c.send(1, 1, rpc(2, "peer.offer", json!({"to": "alice", "sdp": "held"})));
+        let out = c.send(
+            1,
+            1,
+            rpc(2, "peer.offer", json!({"to": "alice", "sdp": "held"})),
+        );
         assert_eq!(out.len(), 1, "{out:?}");
         // She comes back on node 2 with her token.
         c.connect(2, 7);
@@ -1100,7 +1116,11 @@ mod tests {
         assert!(to(&out, 1, 1).is_empty(), "bob saw {out:?}");
         assert_eq!(c.nodes[0].room_count(), 0);
         // Bob now reaches her on node 2.
-        let out = c.send(1, 1, rpc(3, "peer.offer", json!({"to": "alice", "sdp": "new"})));
+        let out = c.send(
+            1,
+            1,
+            rpc(3, "peer.offer", json!({"to": "alice", "sdp": "new"})),
+        );
         assert_eq!(to(&out, 2, 7)[0]["params"]["sdp"], "new");
     }
 
@@ -1110,12 +1130,18 @@ mod tests {
         c.announce(0, 1, "r", "alice");
         c.announce(1, 1, "r", "bob");
         // Bob's node dies: the store loses bob, nobody tells alice's node.
-        c.store.get_mut(&RoomId::new("r").unwrap()).unwrap().retain(|(m, _)| m.peer_id.as_str() != "bob");
+        c.store
+            .get_mut(&RoomId::new("r").unwrap())
+            .unwrap()
+            .retain(|(m, _)| m.peer_id.as_str() != "bob");
         assert!(c.listing(0, "r").is_empty());
         c.now += Duration::from_secs(9);
         assert!(c.listing(0, "r").is_empty());
         c.now += Duration::from_secs(1);
         let out = c.listing(0, "r");
-        assert_eq!(to(&out, 0, 1)[0]["params"], json!({"peer_id": "bob", "reason": "timeout"}));
+        assert_eq!(
+            to(&out, 0, 1)[0]["params"],
+            json!({"peer_id": "bob", "reason": "timeout"})
+        );
     }
 }
