@@ -145,12 +145,12 @@ async fn alone() -> SignalServer {
         .expect("a server")
 }
 
-async fn node(redis: &Redis, name: &str) -> SignalServer {
+async fn node(redis: &Redis, name: String) -> SignalServer {
     let config = SignalServerConfig {
         rooms: rooms(),
         redis: Some(RedisConfig::new(
             redis.url.clone(),
-            NodeId::new(name).unwrap(),
+            NodeId::new(name).expect("a node id"),
         )),
         ..SignalServerConfig::default()
     };
@@ -216,14 +216,19 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
 
 /// Announce round trips: a fresh connection on `on` announces into a room whose resident is
 /// on `resident`
-async fn announce_rtt(resident: &SignalServer, on: &SignalServer, rounds: usize) -> Vec<Duration> {
+async fn announce_rtt(
+    resident: &SignalServer,
+    on: &SignalServer,
+    room: &str,
+    rounds: usize,
+) -> Vec<Duration> {
     let mut home = connect(resident.local_addr()).await;
-    announce(&mut home, 1, "bench-announce", "resident").await;
+    announce(&mut home, 1, room, "resident").await;
     let mut out = Vec::with_capacity(rounds);
     for i in 0..rounds {
         let mut ws = connect(on.local_addr()).await;
         let t = Instant::now();
-        announce(&mut ws, 1, "bench-announce", &format!("a{i}")).await;
+        announce(&mut ws, 1, room, &format!("a{i}")).await;
         out.push(t.elapsed());
         send(&mut ws, rpc(2, "peer.disconnect", json!({}))).await;
         response(&mut ws, 2).await;
@@ -240,6 +245,8 @@ async fn relay_rtt(a: &SignalServer, b: &SignalServer, room: &str, rounds: usize
     let mut y = connect(b.local_addr()).await;
     announce(&mut x, 1, room, "x").await;
     announce(&mut y, 1, room, "y").await;
+    // x knows y once told (across nodes that takes a pub/sub hop).
+    while next(&mut x).await["method"] != "peer.joined" {}
     let answerer = tokio::spawn(async move {
         let mut id = 10;
         loop {
@@ -276,6 +283,7 @@ async fn relay_rtt(a: &SignalServer, b: &SignalServer, room: &str, rounds: usize
             if v["method"] == "peer.answer" {
                 break;
             }
+            assert!(v.get("error").is_none(), "offer refused: {v}");
         }
         out.push(t.elapsed());
     }
@@ -368,7 +376,7 @@ fn node_death(redis: &Redis, survivors: &[SocketAddr], clients: usize) -> Vec<Du
         .enable_all()
         .build()
         .unwrap();
-    let server = doomed.block_on(node(redis, "doomed"));
+    let server = doomed.block_on(node(redis, "doomed".into()));
     let addr = server.local_addr();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -441,7 +449,7 @@ fn main() {
     let survivors = rt.block_on(async {
         let single = alone().await;
         let n: Vec<SignalServer> =
-            futures_util::future::join_all((0..3).map(|i| node(&redis, &format!("n{i}")))).await;
+            futures_util::future::join_all((0..3).map(|i| node(&redis, format!("n{i}")))).await;
 
         println!();
         println!(
@@ -451,15 +459,15 @@ fn main() {
         let rows = [
             (
                 "announce, one server alone",
-                announce_rtt(&single, &single, a.rounds).await,
+                announce_rtt(&single, &single, "ann1", a.rounds).await,
             ),
             (
                 "announce, one node (redis)",
-                announce_rtt(&n[0], &n[0], a.rounds).await,
+                announce_rtt(&n[0], &n[0], "ann2", a.rounds).await,
             ),
             (
                 "announce, two nodes",
-                announce_rtt(&n[0], &n[1], a.rounds).await,
+                announce_rtt(&n[0], &n[1], "ann3", a.rounds).await,
             ),
             (
                 "relay, one server alone",
