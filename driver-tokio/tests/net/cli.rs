@@ -9,10 +9,10 @@ use serde_json::Value;
 
 /// A child process that is killed if the test ends, or panics, before waiting for it: a
 /// failed assertion must not leave a `meshrtc signal` running
-struct Reaper(Option<Child>);
+pub(crate) struct Reaper(Option<Child>);
 
 impl Reaper {
-    fn new(child: Child) -> Self {
+    pub(crate) fn new(child: Child) -> Self {
         Self(Some(child))
     }
 
@@ -35,14 +35,14 @@ impl Drop for Reaper {
     }
 }
 
-fn meshrtc() -> Command {
+pub(crate) fn meshrtc() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_meshrtc"));
     c.env_remove("RUST_LOG");
     c
 }
 
 /// Runs `cmd` to completion; kills it and fails the test after `limit`
-fn run(mut cmd: Command, limit: Duration) -> Output {
+pub(crate) fn run(mut cmd: Command, limit: Duration) -> Output {
     let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -52,7 +52,7 @@ fn run(mut cmd: Command, limit: Duration) -> Output {
     wait(Reaper::new(child), limit)
 }
 
-fn wait(child: Reaper, limit: Duration) -> Output {
+pub(crate) fn wait(child: Reaper, limit: Duration) -> Output {
     let pid = child.id();
     let child = child.take();
     let (tx, rx) = mpsc::channel();
@@ -72,7 +72,7 @@ fn wait(child: Reaper, limit: Duration) -> Output {
     }
 }
 
-fn stderr_lines(out: &Output) -> Vec<String> {
+pub(crate) fn stderr_lines(out: &Output) -> Vec<String> {
     String::from_utf8_lossy(&out.stderr)
         .lines()
         .map(str::to_string)
@@ -80,14 +80,24 @@ fn stderr_lines(out: &Output) -> Vec<String> {
 }
 
 /// `meshrtc signal --listen 127.0.0.1:0`, returning the child and its URL
-fn start_signal() -> (Reaper, String) {
+pub(crate) fn start_signal() -> (Reaper, String) {
     start_signal_with(&[])
 }
 
 fn start_signal_with(extra: &[&str]) -> (Reaper, String) {
-    let mut child = meshrtc()
-        .args(["signal", "--listen", "127.0.0.1:0"])
-        .args(extra)
+    let mut cmd = meshrtc();
+    cmd.args(["signal", "--listen", "127.0.0.1:0"]).args(extra);
+    let (child, url) = start_signal_cmd(cmd);
+    assert!(
+        url.starts_with("ws://127.0.0.1:") && url.ends_with('/'),
+        "{url}"
+    );
+    (child, url)
+}
+
+/// Starts a `meshrtc signal` command line and reads its URL from the first line it prints
+pub(crate) fn start_signal_cmd(mut cmd: Command) -> (Reaper, String) {
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -109,10 +119,6 @@ fn start_signal_with(extra: &[&str]) -> (Reaper, String) {
         .and_then(|l| l.strip_prefix("listening on "))
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .to_string();
-    assert!(
-        url.starts_with("ws://127.0.0.1:") && url.ends_with('/'),
-        "{url}"
-    );
     (child, url)
 }
 
@@ -425,7 +431,7 @@ fn media_flags_send_a_tone_and_a_test_pattern() {
         let duration = if id == "bob" { "3.5" } else { "5" };
         meshrtc()
             .args(["peer", "--signal", &url, "--room", "media", "--id", id])
-            .args(["--duration", duration])
+            .args(["--duration", duration, "--bind", "127.0.0.1"])
             .args(media)
             .args(["--width", "320", "--height", "240", "--fps", "15"])
             .arg("--stats-json")
@@ -525,7 +531,8 @@ fn data_none_reports_null_data() {
         .map(|id| {
             meshrtc()
                 .args(["peer", "--signal", &url, "--room", "quiet", "--id", id])
-                .args(["--duration", "2", "--data", "none", "--stats-json"])
+                .args(["--duration", "2", "--data", "none", "--bind", "127.0.0.1"])
+                .arg("--stats-json")
                 .arg(dir.join(format!("{id}.json")))
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
@@ -791,4 +798,209 @@ fn signal_and_token_refuse_bad_secrets_and_urls_with_one_line() {
     for flag in ["--secret-file", "--room", "--id", "--ttl"] {
         assert!(text.contains(flag), "token --help lists {flag}");
     }
+}
+
+/// Issue 16 with real processes: `meshrtc signal` is killed mid-call and started again on
+/// the same port. Audio and echo pongs between the two peers keep flowing across it, both
+/// sessions reconnect and announce afresh, and a peer joining the new server reaches both.
+#[test]
+fn a_killed_signal_server_restarted_on_its_port_does_not_stop_a_call() {
+    let (server, url) = start_signal();
+    let port = url
+        .trim_start_matches("ws://127.0.0.1:")
+        .trim_end_matches('/')
+        .to_string();
+    let dir = std::env::temp_dir().join(format!("meshrtc-restart-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let spawn_peer = |id: &str, duration: &str| {
+        meshrtc()
+            .args(["peer", "--signal", &url, "--room", "restart", "--id", id])
+            .args(["--duration", duration, "--bind", "127.0.0.1"])
+            .args(["--data", "echo", "--audio", "tone"])
+            .arg("--stats-json")
+            .arg(dir.join(format!("{id}.json")))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map(Reaper::new)
+            .unwrap()
+    };
+    let alice = spawn_peer("alice", "14");
+    let bob = spawn_peer("bob", "14");
+    std::thread::sleep(Duration::from_secs(3));
+    // SIGKILL: no goodbye to anyone; the port is free again at once.
+    let _ = signal(server, "-KILL");
+    std::thread::sleep(Duration::from_secs(2));
+    let (server, url2) = start_signal_with_listen(&format!("127.0.0.1:{port}"));
+    assert_eq!(url2, url);
+    // Reconnects back off from 1 s (at most 2 s after the second failure).
+    std::thread::sleep(Duration::from_secs(4));
+    let carol = spawn_peer("carol", "4");
+    let mut outs = Vec::new();
+    for (name, child) in [("alice", alice), ("bob", bob), ("carol", carol)] {
+        let out = wait(child, Duration::from_secs(40));
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        outs.push(out);
+    }
+    for (me, other) in [("alice", "bob"), ("bob", "alice")] {
+        let text = std::fs::read_to_string(dir.join(format!("{me}.json"))).unwrap();
+        let v: Value = serde_json::from_str(&text).unwrap();
+        let r = &v["remote"][other];
+        assert_eq!(r["connected"], true, "{text}");
+        // The call never broke: no reconnect of the media path was needed.
+        assert_eq!(r["reconnects"].as_u64().unwrap_or(0), 0, "{text}");
+        // About 14 s of 20 ms audio frames and a ping a second, answered throughout.
+        let audio = r["audio"]["frames_decoded"].as_u64().expect(&text);
+        assert!(audio >= 600, "{me} decoded {audio} audio frames: {text}");
+        let pings = r["data"]["pings_sent"].as_u64().unwrap();
+        let pongs = r["data"]["pongs_received"].as_u64().unwrap();
+        assert!(pings >= 10 && pongs + 1 >= pings, "{me}: {text}");
+        // And the peer that joined the restarted server reached us.
+        assert_eq!(v["remote"]["carol"]["connected"], true, "{me}: {text}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    terminate(server);
+}
+
+fn start_signal_with_listen(listen: &str) -> (Reaper, String) {
+    let mut child = meshrtc()
+        .args(["signal", "--listen", listen])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let child = Reaper::new(child);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let url = line
+        .trim_end()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    (child, url)
+}
+
+/// A network namespace holding only loopback, removed on drop
+struct Netns(String);
+
+impl Netns {
+    /// A fresh namespace, or `None` (with a message) where this process may not make one;
+    /// under `CI` it must work
+    fn new(tag: &str) -> Option<Self> {
+        let name = format!("mrtc-{tag}-{}", std::process::id());
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "cannot create a network namespace (needs root and iproute2)"
+            );
+            eprintln!("skipped: cannot create a network namespace (needs root and iproute2)");
+            return None;
+        }
+        let ns = Self(name);
+        ns.run(&["ip", "link", "set", "lo", "up"]);
+        Some(ns)
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.0, program]);
+        c.env_remove("RUST_LOG");
+        c
+    }
+
+    fn run(&self, args: &[&str]) {
+        let status = self.command(args[0]).args(&args[1..]).status().unwrap();
+        assert!(status.success(), "{args:?} in {}", self.0);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// Issue 16 with real sockets: two `meshrtc peer`s whose UDP is dropped by an iptables rule
+/// for 30 s (signaling, over TCP, stays up) restart ICE and reconnect once the rule goes;
+/// audio and pongs flow again
+#[test]
+fn peers_whose_udp_is_blocked_for_30s_reconnect_after_the_rule_goes() {
+    let Some(ns) = Netns::new("drop") else {
+        return;
+    };
+    let bin = env!("CARGO_BIN_EXE_meshrtc");
+    let mut child = ns
+        .command(bin)
+        .args(["signal", "--listen", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let server = Reaper::new(child);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let url = line
+        .trim_end()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    let dir = std::env::temp_dir().join(format!("meshrtc-drop-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let spawn_peer = |id: &str| {
+        ns.command(bin)
+            .args(["peer", "--signal", &url, "--room", "drop", "--id", id])
+            .args(["--duration", "48", "--bind", "127.0.0.1"])
+            .args(["--data", "echo", "--audio", "tone"])
+            .arg("--stats-json")
+            .arg(dir.join(format!("{id}.json")))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map(Reaper::new)
+            .unwrap()
+    };
+    let alice = spawn_peer("alice");
+    let bob = spawn_peer("bob");
+    std::thread::sleep(Duration::from_secs(5));
+    let rule = ["INPUT", "-p", "udp", "-j", "DROP"];
+    ns.run(&[&["iptables", "-A"][..], &rule[..]].concat());
+    std::thread::sleep(Duration::from_secs(30));
+    ns.run(&[&["iptables", "-D"][..], &rule[..]].concat());
+    for (name, child) in [("alice", alice), ("bob", bob)] {
+        let out = wait(child, Duration::from_secs(60));
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for (me, other) in [("alice", "bob"), ("bob", "alice")] {
+        let text = std::fs::read_to_string(dir.join(format!("{me}.json"))).unwrap();
+        let v: Value = serde_json::from_str(&text).unwrap();
+        let r = &v["remote"][other];
+        assert!(r["reconnects"].as_u64().unwrap() >= 1, "{me}: {text}");
+        // About 5 s of audio before the block (50 frames a second), then 13 s after it:
+        // at least 4 s more means the connection came back (it took 5-6 s here).
+        let audio = r["audio"]["frames_decoded"].as_u64().expect(&text);
+        assert!(audio >= 450, "{me} decoded {audio} audio frames: {text}");
+        // A ping a second: at most 5 pongs before the block.
+        let pongs = r["data"]["pongs_received"].as_u64().unwrap();
+        assert!(pongs >= 9, "{me}: {pongs} pongs: {text}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    drop(server);
 }
