@@ -346,9 +346,8 @@ async fn throughput(servers: &[&SignalServer], pairs: usize, secs: u64) -> f64 {
                 else {
                     continue;
                 };
-                if t.contains("\"result\"") {
-                    acked += 1;
-                } else if t.contains("\"error\"") {
+                // A response (result or error) frees a place in the window.
+                if t.contains("\"result\"") || t.contains("\"error\"") {
                     acked += 1;
                 }
             }
