@@ -45,7 +45,7 @@ pub use client::{SignalClient, SignalEvent};
 pub use clock::TokioClock;
 pub use error::{Error, Result, ServerError};
 pub use meshrtc_driver::{SessionConfig, SignalUrl, DEFAULT_COMMAND_QUEUE, DEFAULT_SOCKET_BUFFER};
-pub use server::{ServerCounts, SignalServer, SignalServerConfig};
+pub use server::{RedisConfig, ServerCounts, SignalServer, SignalServerConfig};
 pub use session::{Event, Events, Session, SessionHandle, Stats};
 
 #[cfg(test)]

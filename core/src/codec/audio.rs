@@ -359,7 +359,7 @@ impl std::fmt::Debug for OpusDecoder {
 }
 
 fn check_plc_samples(samples: usize) -> Result<(), CodecError> {
-    if samples == 0 || samples % OPUS_GRANULE != 0 || samples > OPUS_MAX_SAMPLES {
+    if samples == 0 || !samples.is_multiple_of(OPUS_GRANULE) || samples > OPUS_MAX_SAMPLES {
         return Err(CodecError::InvalidInput(format!(
             "{samples} samples is not a multiple of 2.5 ms up to 120 ms"
         )));

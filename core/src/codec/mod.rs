@@ -285,7 +285,7 @@ impl VideoEncoderConfig {
 
 /// Checks an encoder frame size: even, non-zero, at most 4096
 fn check_size(width: u32, height: u32) -> Result<(), CodecError> {
-    if width == 0 || height == 0 || width % 2 != 0 || height % 2 != 0 {
+    if width == 0 || height == 0 || !width.is_multiple_of(2) || !height.is_multiple_of(2) {
         return Err(CodecError::InvalidConfig(format!(
             "frame size {width}x{height} is not even and non-zero"
         )));

@@ -1160,7 +1160,7 @@ impl Pipeline {
         samples: &[i16],
         channels: usize,
     ) -> Result<(), PipelineError> {
-        if !(1..=2).contains(&channels) || samples.len() % channels != 0 {
+        if !(1..=2).contains(&channels) || !samples.len().is_multiple_of(channels) {
             return Err(PipelineError::InvalidInput(format!(
                 "{} samples do not make whole frames of {channels} channels (1 or 2)",
                 samples.len()

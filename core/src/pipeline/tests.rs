@@ -356,7 +356,11 @@ fn mixer_stage_sends_each_peer_the_other_four_on_the_session_clock() {
     let mut events: Vec<(Instant, usize)> = Vec::new();
     for c in 0..150u64 {
         for i in 0..5 {
-            let jitter = if (c + i as u64) % 7 == 0 { 300 } else { 0 };
+            let jitter = if (c + i as u64).is_multiple_of(7) {
+                300
+            } else {
+                0
+            };
             let at = t0 + ms(c * 10 + i as u64) + Duration::from_micros(jitter);
             events.push((at, i));
         }

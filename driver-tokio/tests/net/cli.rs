@@ -266,6 +266,9 @@ fn help_works_for_every_subcommand() {
 fn bad_input_exits_non_zero_with_one_line() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken = taken.local_addr().map(|a| (a, taken)).unwrap();
+    // A port nothing listens on, for an unreachable Redis.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let free = (free.local_addr().unwrap(), ());
     let cases: Vec<(Vec<String>, &str)> = vec![
         (vec!["peer".into(), "--bogus".into()], "--bogus"),
         (vec!["bogus".into()], "bogus"),
@@ -341,6 +344,44 @@ fn bad_input_exits_non_zero_with_one_line() {
         (
             ["demo", "--peers", "11"].map(String::from).to_vec(),
             "--peers",
+        ),
+        (
+            ["signal", "--redis", "http://127.0.0.1:1", "--node-id", "a"]
+                .map(String::from)
+                .to_vec(),
+            "--redis",
+        ),
+        (
+            ["signal", "--redis", "redis://127.0.0.1:1"]
+                .map(String::from)
+                .to_vec(),
+            "--node-id",
+        ),
+        (
+            [
+                "signal",
+                "--redis",
+                "redis://127.0.0.1:1",
+                "--node-id",
+                "bad id",
+            ]
+            .map(String::from)
+            .to_vec(),
+            "--node-id",
+        ),
+        (
+            [
+                "signal",
+                "--listen",
+                "127.0.0.1:0",
+                "--redis",
+                &format!("redis://{}", free.0),
+                "--node-id",
+                "a",
+            ]
+            .map(String::from)
+            .to_vec(),
+            "redis",
         ),
     ];
     for (args, needle) in cases {
@@ -746,6 +787,8 @@ fn signal_and_token_refuse_bad_secrets_and_urls_with_one_line() {
         "--turn-secret-file",
         "--turn-ttl",
         "--metrics",
+        "--redis",
+        "--node-id",
     ] {
         assert!(text.contains(flag), "signal --help lists {flag}");
     }

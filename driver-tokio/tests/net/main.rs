@@ -5,6 +5,7 @@
 
 mod attacks;
 mod cli;
+mod cluster;
 #[path = "../../../core/tests/turn/coturn.rs"]
 #[allow(dead_code)] // reason: shared with the core's TURN tests; not every helper is used here
 mod coturn;

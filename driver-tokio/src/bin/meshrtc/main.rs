@@ -70,6 +70,15 @@ struct SignalArgs {
     /// Connections held at once from one source address (IPv6: one /64)
     #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
     max_connections_per_ip: u64,
+    /// Share rooms with the other nodes using this Redis (redis://HOST:PORT[/DB])
+    #[arg(long, value_name = "URL", requires = "node_id", value_parser = signal::parse_redis_url)]
+    redis: Option<String>,
+    /// This node's name among the nodes sharing the Redis (1-64 of [A-Za-z0-9_.-])
+    #[arg(long, value_name = "N", requires = "redis", value_parser = signal::parse_node_id)]
+    node_id: Option<meshrtc::signal::NodeId>,
+    /// Seconds after which a silent node counts as dead and its peers as left
+    #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(2..=3600))]
+    node_ttl: u64,
 }
 
 /// Arguments of `meshrtc token`
