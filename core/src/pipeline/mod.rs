@@ -161,6 +161,13 @@ pub enum PipelineError {
 pub struct TrackId(u32);
 
 impl TrackId {
+    /// A track id chosen by hand, for sending with
+    /// [`Participant::send_audio_to`](crate::Participant::send_audio_to) without a
+    /// pipeline (a pipeline numbers its own tracks from 0 in order of creation)
+    pub const fn new(index: u32) -> Self {
+        Self(index)
+    }
+
     /// The number behind the id, unique within its pipeline (in order of creation)
     pub const fn index(self) -> u32 {
         self.0
