@@ -14,8 +14,8 @@ use crate::config::{Config, MediaKind};
 use crate::error::{CommandError, InputError, SignalProblem, TransportError};
 use crate::event::{DataMessage, Event, FailReason, LeaveReason, ReconnectKind};
 use crate::media::{Encoders, MediaOut};
-use crate::pipeline::TrackId;
 use crate::peer::{Health, Peer, PeerOutput, Role};
+use crate::pipeline::TrackId;
 use crate::recovery::{Action, CircuitState};
 use crate::shared::{Input, Output, Receive, TimeoutReason};
 use crate::signal::{
@@ -540,7 +540,10 @@ impl Participant {
             .filter(|p| self.peers.contains_key(*p))
             .cloned()
             .collect();
-        let enc = self.track_encoders.entry(track).or_insert_with(Encoders::new);
+        let enc = self
+            .track_encoders
+            .entry(track)
+            .or_insert_with(Encoders::new);
         // Encoded even with no recipient, so the stream's clock and state run on.
         let (ticks, data, _) = enc.encode_audio(&self.config.media, pcm)?;
         let mut sent = 0;
@@ -589,7 +592,10 @@ impl Participant {
                 }
             }
         }
-        let enc = self.track_encoders.entry(track).or_insert_with(Encoders::new);
+        let enc = self
+            .track_encoders
+            .entry(track)
+            .or_insert_with(Encoders::new);
         enc.share_video_epoch(&self.encoders);
         for &c in &moved {
             enc.request_keyframe(c);
@@ -1484,11 +1490,12 @@ impl Participant {
                 // peer has really left).
                 PeerOutput::Closed => {}
                 PeerOutput::RemoteSending(kind, sending) => {
-                    self.outputs.push_back(Output::Event(Event::RemoteMediaState {
-                        peer: id.clone(),
-                        kind,
-                        sending,
-                    }))
+                    self.outputs
+                        .push_back(Output::Event(Event::RemoteMediaState {
+                            peer: id.clone(),
+                            kind,
+                            sending,
+                        }))
                 }
                 PeerOutput::Media(m) => {
                     let event = match m {

@@ -48,7 +48,10 @@ pub(crate) enum Role {
 pub(crate) enum PeerOutput {
     Transmit(Transmit),
     Connected(Duration),
-    Data { label: String, message: DataMessage },
+    Data {
+        label: String,
+        message: DataMessage,
+    },
     Media(MediaOut),
     /// The remote started or stopped sending us this kind (its m-line direction)
     RemoteSending(crate::MediaKind, bool),
@@ -259,8 +262,7 @@ impl Peer {
     ///
     /// The receive half of each direction is left as the remote last set it.
     pub(crate) fn direction_offer(&mut self) -> Option<String> {
-        if self.pending_offer.is_some() || !self.has_remote_description || !self.rtc.is_alive()
-        {
+        if self.pending_offer.is_some() || !self.has_remote_description || !self.rtc.is_alive() {
             return None;
         }
         let mut changes = Vec::new();
@@ -716,8 +718,7 @@ impl Peer {
         ticks: i64,
         data: Arc<[u8]>,
     ) -> bool {
-        if !self.can_send_media() || self.send_paused[1] || self.video_send_codec() != Some(codec)
-        {
+        if !self.can_send_media() || self.send_paused[1] || self.video_send_codec() != Some(codec) {
             return false;
         }
         let Some(mid) = self.media.video_mid else {

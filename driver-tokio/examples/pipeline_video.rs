@@ -47,7 +47,14 @@ async fn main() {
     for (name, colour) in VIEWERS.into_iter().zip(COLOURS) {
         let (handle, events) = join(&server, "pipeline", name, false, Some((WIDTH, HEIGHT))).await;
         let out = args.out.join(format!("{name}.y4m"));
-        viewers.push(tokio::spawn(viewer(name, colour, handle, events, args.duration, out)));
+        viewers.push(tokio::spawn(viewer(
+            name,
+            colour,
+            handle,
+            events,
+            args.duration,
+            out,
+        )));
     }
     let (camera_hf, tiles) = source.await.unwrap();
     println!(
@@ -58,7 +65,10 @@ async fn main() {
     for (name, v) in VIEWERS.into_iter().zip(viewers) {
         let (frames, hf, last) = v.await.unwrap();
         let ratio = hf / camera_hf.max(1e-9);
-        println!("{name}: {frames} frames from the source, detail {hf:.0} ({:.0}% of the camera)", 100.0 * ratio);
+        println!(
+            "{name}: {frames} frames from the source, detail {hf:.0} ({:.0}% of the camera)",
+            100.0 * ratio
+        );
         ok &= frames > 0;
         ok &= match name {
             "viewer-original" => ratio > 0.7,
@@ -133,7 +143,9 @@ async fn source(handle: SessionHandle, mut events: Events, duration: Duration) -
             },
         }
         while let Some(o) = p.poll_output() {
-            let PipelineOutput::Media(o) = o else { continue };
+            let PipelineOutput::Media(o) = o else {
+                continue;
+            };
             let to: Vec<PeerId> = p.recipients(&o).cloned().collect();
             if let Media::Video(v) = &o.media {
                 handle

@@ -50,9 +50,25 @@ async fn main() {
     let (alice, alice_events) = join(&server, "simple", "alice", true, Some((WIDTH, HEIGHT))).await;
     let (bob, bob_events) = join(&server, "simple", "bob", true, Some((WIDTH, HEIGHT))).await;
     let out = args.out.clone();
-    let a = tokio::spawn(peer("alice", pid("bob"), 440.0, alice, alice_events, args.duration, out));
+    let a = tokio::spawn(peer(
+        "alice",
+        pid("bob"),
+        440.0,
+        alice,
+        alice_events,
+        args.duration,
+        out,
+    ));
     let out = args.out.clone();
-    let b = tokio::spawn(peer("bob", pid("alice"), 660.0, bob, bob_events, args.duration, out));
+    let b = tokio::spawn(peer(
+        "bob",
+        pid("alice"),
+        660.0,
+        bob,
+        bob_events,
+        args.duration,
+        out,
+    ));
     let mut ok = true;
     for r in [a.await.unwrap(), b.await.unwrap()] {
         println!(
@@ -86,7 +102,12 @@ async fn peer(
     duration: Duration,
     out: std::path::PathBuf,
 ) -> Report {
-    let mut y4m = y4m(&out.join(format!("{name}-received.y4m")), WIDTH, HEIGHT, FPS);
+    let mut y4m = y4m(
+        &out.join(format!("{name}-received.y4m")),
+        WIDTH,
+        HEIGHT,
+        FPS,
+    );
     let mut wav = wav(&out.join(format!("{name}-received.wav")));
     // The pipeline: the camera, blurred, to every peer.
     let mut pipeline = Pipeline::new(PipelineConfig::default());

@@ -13,12 +13,12 @@ use futures_util::FutureExt;
 use meshrtc::clock::SharedClock;
 use meshrtc::codec::I420Frame;
 use meshrtc::ice::Resolution;
-use meshrtc::session::{self, Command, EventReceiver, EventSender, Input, Output};
 use meshrtc::pipeline::TrackId;
+use meshrtc::session::{self, Command, EventReceiver, EventSender, Input, Output};
 use meshrtc::signal::{PeerId, RoomId};
 use meshrtc::{DataMessage, MediaKind, Receive};
-use std::sync::Arc;
 use meshrtc_driver::{Error, Result, SessionConfig, JOIN_GRACE};
+use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::client::{SignalClient, SignalEvent};

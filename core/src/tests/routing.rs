@@ -28,7 +28,13 @@ fn av_config() -> Config {
 }
 
 /// Audio chunks `at` played from `from` in [t0, t1), and how many were concealed
-fn chunks_from(m: &Mesh, at: usize, from: usize, t0: Duration, t1: Duration) -> (Vec<i16>, usize, usize) {
+fn chunks_from(
+    m: &Mesh,
+    at: usize,
+    from: usize,
+    t0: Duration,
+    t1: Duration,
+) -> (Vec<i16>, usize, usize) {
     let mut pcm = Vec::new();
     let (mut n, mut concealed) = (0, 0);
     for (t, e) in &m.events[at] {
@@ -65,7 +71,10 @@ fn frames_from(m: &Mesh, at: usize, from: usize) -> Vec<I420Frame> {
 fn luma_variance(f: &I420Frame) -> f64 {
     let y = &f.y;
     let mean = y.iter().map(|&v| f64::from(v)).sum::<f64>() / y.len() as f64;
-    y.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / y.len() as f64
+    y.iter()
+        .map(|&v| (f64::from(v) - mean).powi(2))
+        .sum::<f64>()
+        / y.len() as f64
 }
 
 #[test]
@@ -74,7 +83,8 @@ fn unicast_tracks_reach_only_their_peer() {
     m.connect_all();
     let (p1, p2) = (Mesh::id(1), Mesh::id(2));
     // Track 0: a tone to p1 only. Track 1: the pattern to p1; track 2: flat grey to p2.
-    let (tone_track, pattern_track, grey_track) = (TrackId::new(0), TrackId::new(1), TrackId::new(2));
+    let (tone_track, pattern_track, grey_track) =
+        (TrackId::new(0), TrackId::new(1), TrackId::new(2));
     let mut tone = Tone::new(48_000, 1).with_frequency(440.0);
     let mut pattern = TestPattern::new(160, 96);
     let mut grey = I420Frame::black(160, 96);
@@ -108,7 +118,12 @@ fn unicast_tracks_reach_only_their_peer() {
     // Video: two tracks of one kind, each to its own peer, each with its own content.
     let at1 = frames_from(&m, 1, 0);
     let at2 = frames_from(&m, 2, 0);
-    assert!(at1.len() > 50 && at2.len() > 50, "{} and {} frames", at1.len(), at2.len());
+    assert!(
+        at1.len() > 50 && at2.len() > 50,
+        "{} and {} frames",
+        at1.len(),
+        at2.len()
+    );
     let v1 = luma_variance(at1.last().unwrap());
     let v2 = luma_variance(at2.last().unwrap());
     assert!(v1 > 500.0, "p1 should see the pattern (variance {v1})");
@@ -173,9 +188,17 @@ fn paused_track_stops_and_resumes_and_the_remote_sees_it() {
     let (before, _, _) = chunks_from(&m, 1, 0, pause - ms(1000), pause);
     assert!(tone_snr_db(&before, 48_000, 440.0) > 20.0);
     let (paused, _, _) = chunks_from(&m, 1, 0, pause + ms(300), resume);
-    assert!(paused.is_empty(), "{} samples played while paused", paused.len());
+    assert!(
+        paused.is_empty(),
+        "{} samples played while paused",
+        paused.len()
+    );
     let (after, _, _) = chunks_from(&m, 1, 0, resume + ms(500), end);
-    assert!(after.len() >= 48_000, "{} samples after resuming", after.len());
+    assert!(
+        after.len() >= 48_000,
+        "{} samples after resuming",
+        after.len()
+    );
     let snr = tone_snr_db(&after, 48_000, 440.0);
     assert!(snr > 20.0, "snr after resuming {snr} dB");
 }

@@ -38,7 +38,12 @@ impl Args {
                         .and_then(|s| s.parse().ok())
                         .unwrap_or_else(|| usage(name))
                 }
-                "--out" => out = args.next().map(PathBuf::from).unwrap_or_else(|| usage(name)),
+                "--out" => {
+                    out = args
+                        .next()
+                        .map(PathBuf::from)
+                        .unwrap_or_else(|| usage(name))
+                }
                 _ => usage(name),
             }
         }
@@ -152,17 +157,20 @@ pub fn level_dbfs(samples: &[i16]) -> f64 {
     10.0 * ms.log10()
 }
 
-/// Amplitude (full scale 1.0) of `freq` in `samples` at 48 kHz (Goertzel)
-pub fn tone_amplitude(samples: &[i16], freq: f64) -> f64 {
+/// Amplitude (full scale 1.0) of `freq` in `samples` at 48 kHz: Goertzel over a Hann
+/// window (its sidelobes fall fast, so tones a few bins away do not leak in)
+pub fn tone_amplitude_hann(samples: &[i16], freq: f64) -> f64 {
     let n = samples.len() as f64;
     let w = 2.0 * std::f64::consts::PI * freq / 48_000.0;
     let coeff = 2.0 * w.cos();
     let (mut s1, mut s2) = (0.0f64, 0.0f64);
-    for &x in samples {
-        let s0 = f64::from(x) / 32768.0 + coeff * s1 - s2;
+    for (k, &x) in samples.iter().enumerate() {
+        let hann = 0.5 - 0.5 * (2.0 * std::f64::consts::PI * k as f64 / n).cos();
+        let s0 = hann * f64::from(x) / 32768.0 + coeff * s1 - s2;
         s2 = s1;
         s1 = s0;
     }
     let power = s1 * s1 + s2 * s2 - coeff * s1 * s2;
-    2.0 * power.max(0.0).sqrt() / n
+    // The window's coherent gain is 1/2.
+    4.0 * power.max(0.0).sqrt() / n
 }
