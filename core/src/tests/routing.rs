@@ -202,3 +202,68 @@ fn paused_track_stops_and_resumes_and_the_remote_sees_it() {
     let snr = tone_snr_db(&after, 48_000, 440.0);
     assert!(snr > 20.0, "snr after resuming {snr} dB");
 }
+
+/// Mean squared difference of horizontally neighbouring luma pixels: fine detail
+fn hf_energy(f: &I420Frame) -> f64 {
+    let w = f.width as usize;
+    let mut sum = 0.0;
+    for row in f.y.chunks_exact(w) {
+        for p in row.windows(2) {
+            sum += (f64::from(p[1]) - f64::from(p[0])).powi(2);
+        }
+    }
+    sum / ((w - 1) * f.height as usize) as f64
+}
+
+#[test]
+fn blurred_track_arrives_with_far_less_detail_than_the_camera() {
+    use crate::pipeline::blur::{Blur, BlurStage};
+    use crate::pipeline::{
+        Media, Pipeline, PipelineConfig, PipelineOutput, Routing, Select, StageConfig, TrackKind,
+    };
+    use std::sync::Arc;
+
+    let mut m = Mesh::new(vec![av_config(), av_config()], perfect(10));
+    m.connect_all();
+    let mut pipeline = Pipeline::new(PipelineConfig::default());
+    let track = pipeline.add_track(TrackKind::Video, Routing::Broadcast);
+    pipeline.add_stage(
+        BlurStage::new(Blur::new(4), track),
+        StageConfig::new(Duration::from_millis(20)).video(Select::Local),
+    );
+    pipeline.add_peer(Mesh::id(1));
+    let mut pattern = TestPattern::new(160, 96);
+    let mut camera_hf = Vec::new();
+    for step in 0..150u64 {
+        if step % 3 == 0 {
+            let frame = pattern.next_frame();
+            camera_hf.push(hf_energy(&frame));
+            let now = m.now;
+            pipeline.handle_local_video(now, Arc::new(frame)).unwrap();
+            while let Some(o) = pipeline.poll_output() {
+                let PipelineOutput::Media(o) = o else {
+                    continue;
+                };
+                let to: Vec<_> = pipeline.recipients(&o).cloned().collect();
+                if let Media::Video(v) = &o.media {
+                    let sent = m
+                        .with(0, |p, now| p.send_video_to(o.track, now, &v.frame, &to))
+                        .unwrap();
+                    assert_eq!(sent, 1);
+                }
+                pipeline.recycle(o);
+            }
+        }
+        m.run_for(Duration::from_millis(10));
+    }
+    let got = frames_from(&m, 1, 0);
+    assert!(got.len() > 30, "{} frames", got.len());
+    let camera = camera_hf.iter().sum::<f64>() / camera_hf.len() as f64;
+    let received = got.iter().map(hf_energy).sum::<f64>() / got.len() as f64;
+    assert!(
+        received < 0.2 * camera,
+        "received detail {received:.1} against the camera's {camera:.1}"
+    );
+    // Still the picture, not a blank: the blur keeps the coarse structure.
+    assert!(luma_variance(got.last().unwrap()) > 200.0);
+}
