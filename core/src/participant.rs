@@ -582,7 +582,9 @@ impl Participant {
             let Some(peer) = self.peers.get_mut(id) else {
                 continue;
             };
-            if !peer.can_send_media() {
+            // A paused peer takes nothing (and must not make the track's peers take a
+            // keyframe every frame as a peer still to be moved).
+            if !peer.can_send_media() || self.paused.contains(&(id.clone(), MediaKind::Video)) {
                 continue;
             }
             if let Some(c) = peer.video_send_codec() {
