@@ -539,6 +539,13 @@ impl Encoders {
         Ok(out)
     }
 
+    /// Uses `other`'s video clock (one clock for every track of a participant)
+    pub(crate) fn share_video_epoch(&mut self, other: &Self) {
+        if other.video_epoch.is_some() {
+            self.video_epoch = other.video_epoch;
+        }
+    }
+
     /// Makes the next frame of every encoding of `codec` a keyframe
     pub(crate) fn request_keyframe(&mut self, codec: VideoCodec) {
         if let Some(e) = self.video.get_mut(&codec) {

@@ -48,8 +48,13 @@ pub(crate) enum Role {
 pub(crate) enum PeerOutput {
     Transmit(Transmit),
     Connected(Duration),
-    Data { label: String, message: DataMessage },
+    Data {
+        label: String,
+        message: DataMessage,
+    },
     Media(MediaOut),
+    /// The remote started or stopped sending us this kind (its m-line direction)
+    RemoteSending(crate::MediaKind, bool),
     Closed,
 }
 
@@ -114,6 +119,38 @@ pub(crate) struct Peer {
     video_preference: Vec<VideoCodec>,
     /// Whether we use a data channel with this peer (else DTLS up counts as connected)
     wants_data: bool,
+    /// Our sending of audio and video to this peer is paused (the m-line says so)
+    send_paused: [bool; 2],
+    /// Whether we send audio and video at all (our capabilities)
+    can_send: [bool; 2],
+    /// Whether the remote sends us audio and video, as its m-line directions last said
+    remote_sending: [bool; 2],
+}
+
+/// Our media kind of str0m's
+const fn kind_of(kind: MediaKind) -> crate::MediaKind {
+    match kind {
+        MediaKind::Audio => crate::MediaKind::Audio,
+        MediaKind::Video => crate::MediaKind::Video,
+    }
+}
+
+/// Index of a media kind in the per-kind arrays
+const fn kind_index(kind: crate::MediaKind) -> usize {
+    match kind {
+        crate::MediaKind::Audio => 0,
+        crate::MediaKind::Video => 1,
+    }
+}
+
+/// The direction of an m-line that sends and receives as asked
+const fn direction(send: bool, recv: bool) -> Direction {
+    match (send, recv) {
+        (true, true) => Direction::SendRecv,
+        (true, false) => Direction::SendOnly,
+        (false, true) => Direction::RecvOnly,
+        (false, false) => Direction::Inactive,
+    }
 }
 
 impl Peer {
@@ -155,6 +192,7 @@ impl Peer {
             }
         }
         let rtc = builder.build(now);
+        let info_caps = info.capabilities;
         let recovery = Recovery::new(
             config.recovery,
             config.seed ^ fingerprint_seed(&info.peer_id),
@@ -198,7 +236,64 @@ impl Peer {
             video_send_codec: None,
             video_preference: config.media.video_codecs.clone(),
             wants_data: config.capabilities.data,
+            send_paused: [false; 2],
+            can_send: [config.capabilities.audio, config.capabilities.video],
+            remote_sending: [
+                config.capabilities.audio && info_caps.audio,
+                config.capabilities.video && info_caps.video,
+            ],
         }
+    }
+
+    /// Pauses or resumes what we send of `kind` to this peer; the m-line direction follows
+    /// at the next [`direction_offer`](Self::direction_offer)
+    pub(crate) fn set_send_paused(&mut self, kind: crate::MediaKind, paused: bool) {
+        self.send_paused[kind_index(kind)] = paused;
+    }
+
+    /// Whether the remote sends us `kind`, as its m-line direction says
+    pub(crate) fn remote_sending(&self, kind: crate::MediaKind) -> bool {
+        self.remote_sending[kind_index(kind)]
+    }
+
+    /// An offer that brings the m-lines' send directions in line with what we want (a
+    /// paused kind is `recvonly` or `inactive`), when one is needed and can be made now:
+    /// the remote description is known and no offer of ours waits for its answer
+    ///
+    /// The receive half of each direction is left as the remote last set it.
+    pub(crate) fn direction_offer(&mut self) -> Option<String> {
+        if self.pending_offer.is_some() || !self.has_remote_description || !self.rtc.is_alive() {
+            return None;
+        }
+        let mut changes = Vec::new();
+        for (kind, mid) in [
+            (crate::MediaKind::Audio, self.media.audio_mid),
+            (crate::MediaKind::Video, self.media.video_mid),
+        ] {
+            let Some(mid) = mid else { continue };
+            let Some(media) = self.rtc.media(mid) else {
+                continue;
+            };
+            let current = media.direction();
+            if media.disabled() {
+                continue;
+            }
+            let want_send = !self.send_paused[kind_index(kind)] && self.can_send[kind_index(kind)];
+            if current.is_sending() != want_send {
+                changes.push((mid, direction(want_send, current.is_receiving())));
+            }
+        }
+        if changes.is_empty() {
+            return None;
+        }
+        let mut api = self.rtc.sdp_api();
+        for (mid, dir) in changes {
+            api.set_direction(mid, dir);
+        }
+        let (offer, pending) = api.apply()?;
+        self.pending_offer = Some(pending);
+        self.offers_out = self.offers_out.saturating_add(1);
+        Some(offer.to_sdp_string())
     }
 
     pub(crate) fn is_connected(&self) -> bool {
@@ -254,11 +349,10 @@ impl Peer {
             (MediaKind::Video, local.video, remote.video),
         ] {
             // We can only receive what we can decode, i.e. what we enabled locally.
-            let dir = match (l, r) {
-                (true, true) => Direction::SendRecv,
-                (true, false) => Direction::SendOnly,
-                _ => continue,
-            };
+            if !l {
+                continue;
+            }
+            let dir = direction(!self.send_paused[kind_index(kind_of(kind))], r);
             let mid = api.add_media(kind, dir, Some("meshrtc".into()), None, None);
             mids.push((kind, mid));
         }
@@ -590,7 +684,7 @@ impl Peer {
 
     /// Writes one encoded audio frame; false if this peer does not take audio from us
     pub(crate) fn write_audio(&mut self, wallclock: Instant, ticks: i64, data: Arc<[u8]>) -> bool {
-        if !self.can_send_media() {
+        if !self.can_send_media() || self.send_paused[0] {
             return false;
         }
         let Some(mid) = self.media.audio_mid else {
@@ -624,7 +718,7 @@ impl Peer {
         ticks: i64,
         data: Arc<[u8]>,
     ) -> bool {
-        if !self.can_send_media() || self.video_send_codec() != Some(codec) {
+        if !self.can_send_media() || self.send_paused[1] || self.video_send_codec() != Some(codec) {
             return false;
         }
         let Some(mid) = self.media.video_mid else {
@@ -839,6 +933,21 @@ impl Peer {
             }
             RtcEvent::Closed => out.push(PeerOutput::Closed),
             RtcEvent::MediaAdded(m) => self.media.set_mid(m.kind, m.mid),
+            RtcEvent::MediaChanged(m) => {
+                let kind = if Some(m.mid) == self.media.audio_mid {
+                    crate::MediaKind::Audio
+                } else if Some(m.mid) == self.media.video_mid {
+                    crate::MediaKind::Video
+                } else {
+                    return;
+                };
+                let sending = m.direction.is_receiving();
+                let was = &mut self.remote_sending[kind_index(kind)];
+                if *was != sending {
+                    *was = sending;
+                    out.push(PeerOutput::RemoteSending(kind, sending));
+                }
+            }
             RtcEvent::MediaData(d) => {
                 let cfg = self.jitter_config;
                 self.media

@@ -2029,6 +2029,11 @@ fn describe(e: &Event) -> Option<String> {
             M::DataUndelivered { peer, messages } => {
                 format!("undelivered {peer} {}", messages.len())
             }
+            M::RemoteMediaState {
+                peer,
+                kind,
+                sending,
+            } => format!("remote-media {peer} {kind} {sending}"),
             M::AudioPlayout { .. } | M::VideoFrame { .. } | M::EncodedAudio { .. } => return None,
         },
         _ => return None,

@@ -161,6 +161,13 @@ pub enum PipelineError {
 pub struct TrackId(u32);
 
 impl TrackId {
+    /// A track id chosen by hand, for sending with
+    /// [`Participant::send_audio_to`](crate::Participant::send_audio_to) without a
+    /// pipeline (a pipeline numbers its own tracks from 0 in order of creation)
+    pub const fn new(index: u32) -> Self {
+        Self(index)
+    }
+
     /// The number behind the id, unique within its pipeline (in order of creation)
     pub const fn index(self) -> u32 {
         self.0
@@ -326,6 +333,8 @@ pub enum PipelineOutput {
     Media(Outgoing),
     /// Whether `track` is sent to `peer` changed (routing, mute, pause, or the peer or
     /// track came or went): the remote should see it as the m-line's direction
+    /// ([`Pipeline::sends_kind_to`] then
+    /// [`Participant::set_sending`](crate::Participant::set_sending))
     TrackState {
         /// The track
         track: TrackId,
@@ -1010,6 +1019,17 @@ impl Pipeline {
     /// and the peer connected
     pub fn is_sending(&self, track: TrackId, peer: &PeerId) -> bool {
         self.routes.is_sending(track, peer)
+    }
+
+    /// Whether any track of `kind` is sent to `peer` now: what to hand
+    /// [`Participant::set_sending`](crate::Participant::set_sending) when a
+    /// [`PipelineOutput::TrackState`] for that peer arrives, so that the remote sees the
+    /// m-line of that kind paused while nothing of it goes there
+    pub fn sends_kind_to(&self, kind: TrackKind, peer: &PeerId) -> bool {
+        self.routes
+            .tracks
+            .iter()
+            .any(|(&id, t)| t.kind == kind && self.routes.is_sending(id, peer))
     }
 
     /// The tracks sent to `peer` now, for setting up a newly connected peer's m-lines

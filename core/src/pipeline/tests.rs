@@ -183,6 +183,9 @@ fn muted_track_stops_and_resumes() {
     let (media, states) = send(&mut p);
     assert_eq!(states, [(t, b.clone(), false)]);
     assert!(!p.is_sending(t, &b));
+    // What the m-line of that kind towards b should say.
+    assert!(!p.sends_kind_to(TrackKind::Audio, &b));
+    assert!(p.sends_kind_to(TrackKind::Audio, &a));
     assert_eq!(media[0].1, [a.clone(), c.clone()]);
 
     p.set_muted(t, &b, false).unwrap();

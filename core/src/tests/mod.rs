@@ -3,6 +3,7 @@
 mod ice;
 #[cfg(all(feature = "opus", feature = "h264", feature = "vpx"))]
 mod media;
+mod routing;
 #[cfg(all(feature = "opus", feature = "vpx"))]
 mod sync;
 

@@ -16,4 +16,5 @@ mod metrics;
 mod nat;
 mod server;
 mod session;
+mod teardown;
 mod util;
