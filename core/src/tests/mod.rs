@@ -4,6 +4,9 @@
 mod media;
 #[cfg(all(feature = "opus", feature = "vpx"))]
 mod sync;
+mod hostile;
+#[cfg(all(feature = "opus", feature = "vpx"))]
+mod soak;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -29,6 +32,10 @@ pub(crate) struct Mesh {
     seq: u64,
     link: LinkFn,
     pub(crate) events: Vec<Vec<(Duration, Event)>>,
+    /// Rewrites the signaling text participant `i` sends (an attacker or an odd client)
+    pub(crate) rewrite: Option<Box<dyn FnMut(usize, String) -> String>>,
+    /// Destinations of datagrams sent to addresses that are not in the mesh
+    pub(crate) foreign_destinations: Vec<SocketAddr>,
 }
 
 enum Pending {
@@ -53,6 +60,8 @@ impl Mesh {
             seq: 0,
             link,
             events: Vec::new(),
+            rewrite: None,
+            foreign_destinations: Vec::new(),
         };
         for (i, mut c) in configs.into_iter().enumerate() {
             c.seed = i as u64 + 1;
@@ -187,7 +196,24 @@ impl Mesh {
         self.queue.insert((self.now + after, self.seq), p);
     }
 
-    fn drain(&mut self, i: usize) {
+    /// The address of participant `i`
+    pub(crate) fn addr(&self, i: usize) -> SocketAddr {
+        self.addrs[i]
+    }
+
+    /// Hands participant `to` a datagram (from anyone) now, then drains it
+    pub(crate) fn inject(&mut self, to: usize, source: SocketAddr, contents: &[u8]) {
+        let recv = Receive {
+            source,
+            destination: self.addrs[to],
+            contents,
+        };
+        let now = self.now;
+        let _ = self.parts[to].handle_input(Input::Receive(now, recv));
+        self.drain(to);
+    }
+
+    pub(crate) fn drain(&mut self, i: usize) {
         loop {
             match self.parts[i].poll_output() {
                 Output::Timeout(t) => {
@@ -196,6 +222,7 @@ impl Mesh {
                 }
                 Output::Transmit(t) => {
                     let Some(to) = self.addrs.iter().position(|a| *a == t.destination) else {
+                        self.foreign_destinations.push(t.destination);
                         continue;
                     };
                     if let Some(d) = (self.link)(i, to, &t) {
@@ -203,7 +230,11 @@ impl Mesh {
                     }
                 }
                 Output::Signal(f) => {
-                    self.push(Duration::from_millis(5), Pending::ToServer(i, f.to_json()))
+                    let mut text = f.to_json();
+                    if let Some(rewrite) = &mut self.rewrite {
+                        text = rewrite(i, text);
+                    }
+                    self.push(Duration::from_millis(5), Pending::ToServer(i, text))
                 }
                 Output::Event(e) => {
                     let at = self.elapsed();

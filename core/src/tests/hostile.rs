@@ -1,0 +1,259 @@
+//! Attacks on a participant, each asserting that the attacker loses and honest peers carry
+//! on: a peer advertising a small `max-message-size`, candidates to foreign addresses inside
+//! an SDP, unauthenticated datagrams (spoofed DTLS alerts, garbage) from a remote's address
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::signal::Capabilities;
+use crate::tests::{perfect, Mesh};
+use crate::{CommandError, Config, DataMessage, Event};
+
+fn data_config() -> Config {
+    Config {
+        capabilities: Capabilities {
+            audio: false,
+            video: false,
+            data: true,
+        },
+        ..Config::default()
+    }
+}
+
+fn mesh(n: usize) -> Mesh {
+    Mesh::new((0..n).map(|_| data_config()).collect(), perfect(10))
+}
+
+/// Binary messages of `len` bytes `at` received from `from`
+fn received(m: &Mesh, at: usize, from: usize, len: usize) -> usize {
+    m.events[at]
+        .iter()
+        .filter(|(_, e)| {
+            matches!(e, Event::DataReceived { peer, message, .. }
+                if *peer == Mesh::id(from) && message.len() == len)
+        })
+        .count()
+}
+
+/// Events that mean a connection broke (failed, or is being healed)
+fn breakages(m: &Mesh, at: usize) -> Vec<String> {
+    m.events[at]
+        .iter()
+        .filter(|(_, e)| {
+            matches!(
+                e,
+                Event::PeerFailed { .. } | Event::PeerReconnecting { .. } | Event::PeerLeft { .. }
+            )
+        })
+        .map(|(t, e)| format!("{t:?}: {e:?}"))
+        .collect()
+}
+
+/// Participant 1 advertises 64 KiB as aiortc does. A larger message to it fails at once with
+/// `MessageTooLarge`; smaller ones still go; the connection lives; a broadcast skips it and
+/// reaches the peer that takes large messages.
+#[test]
+fn message_larger_than_the_remotes_max_message_size_fails_alone() {
+    let mut m = mesh(3);
+    m.rewrite = Some(Box::new(|i, text| {
+        if i == 1 {
+            let t = text.replace("a=max-message-size:262144", "a=max-message-size:65536");
+            assert!(
+                !t.contains("max-message-size") || t.contains("max-message-size:65536"),
+                "{t}"
+            );
+            t
+        } else {
+            text
+        }
+    }));
+    m.connect_all();
+    let (p0, p1, p2) = (Mesh::id(0), Mesh::id(1), Mesh::id(2));
+
+    let big = DataMessage::Binary(vec![7; 100_000]);
+    let err = m.with(0, |p, _| p.send_data(&p1, big.clone())).unwrap_err();
+    assert_eq!(
+        err,
+        CommandError::MessageTooLarge {
+            len: 100_000,
+            max: 65_536
+        }
+    );
+    // The same message to the peer that advertised 256 KiB goes; a broadcast skips peer 1.
+    m.with(0, |p, _| p.send_data(&p2, big.clone())).unwrap();
+    assert_eq!(m.with(0, |p, _| p.broadcast(big.clone())).unwrap(), 1);
+    // Within the limit goes, and peer 1 may send large messages to us (we advertise more).
+    m.with(0, |p, _| p.send_data(&p1, DataMessage::Binary(vec![1; 65_536])))
+        .unwrap();
+    m.with(1, |p, _| p.send_data(&p0, big.clone())).unwrap();
+    m.run_for(Duration::from_secs(2));
+
+    assert_eq!(received(&m, 2, 0, 100_000), 2);
+    assert_eq!(received(&m, 1, 0, 65_536), 1);
+    assert_eq!(received(&m, 1, 0, 100_000), 0);
+    assert_eq!(received(&m, 0, 1, 100_000), 1);
+    for i in 0..3 {
+        assert!(breakages(&m, i).is_empty(), "{i}: {:?}", breakages(&m, i));
+    }
+    assert!(m.parts[0].is_connected(&p1) && m.parts[1].is_connected(&p0));
+}
+
+/// A message queued before the remote's description is known and larger than what it then
+/// advertises is dropped (reported undelivered) instead of failing the connection
+#[test]
+fn queued_message_over_the_remotes_limit_is_dropped_not_fatal() {
+    let mut m = mesh(2);
+    m.rewrite = Some(Box::new(|i, text| {
+        if i == 1 {
+            text.replace("a=max-message-size:262144", "a=max-message-size:65536")
+        } else {
+            text
+        }
+    }));
+    let room = crate::signal::RoomId::new("room").unwrap();
+    m.with(1, |p, _| p.join(room.clone(), Some(Mesh::id(1))))
+        .unwrap();
+    m.run_for(Duration::from_millis(50));
+    m.with(0, |p, _| p.join(room.clone(), Some(Mesh::id(0))))
+        .unwrap();
+    let p1 = Mesh::id(1);
+    let ok = m.run_until(Duration::from_secs(2), |m| m.parts[0].peer_ids().any(|p| *p == p1));
+    assert!(ok, "peer 1 never became known");
+    // Queued now: the answer with 64 KiB has not come yet.
+    m.with(0, |p, _| p.send_data(&p1, DataMessage::Binary(vec![3; 100_000])))
+        .unwrap();
+    m.with(0, |p, _| p.send_data(&p1, DataMessage::Binary(vec![4; 1_000])))
+        .unwrap();
+    m.run_for(Duration::from_secs(3));
+    assert!(m.parts[0].is_connected(&p1));
+    assert_eq!(received(&m, 1, 0, 1_000), 1);
+    assert_eq!(received(&m, 1, 0, 100_000), 0);
+    assert!(breakages(&m, 0).is_empty(), "{:?}", breakages(&m, 0));
+    assert!(breakages(&m, 1).is_empty(), "{:?}", breakages(&m, 1));
+}
+
+/// Participant 0's offers and answers carry an extra `a=candidate` to an address outside the
+/// policy (loopback only here): the others never send to it, count it, and connect anyway
+#[test]
+fn sdp_candidate_to_a_foreign_address_is_dropped_and_counted() {
+    let mut m = mesh(3);
+    m.rewrite = Some(Box::new(|i, text| {
+        if i == 0 && text.contains("a=ice-ufrag:") {
+            text.replace(
+                "a=ice-ufrag:",
+                "a=candidate:9 1 udp 2130706431 203.0.113.9 5000 typ host\\r\\na=ice-ufrag:",
+            )
+        } else {
+            text
+        }
+    }));
+    m.connect_all();
+    m.run_for(Duration::from_secs(2));
+    let foreign: SocketAddr = "203.0.113.9:5000".parse().unwrap();
+    assert!(
+        !m.foreign_destinations.contains(&foreign),
+        "sent to the foreign candidate"
+    );
+    for i in 1..3 {
+        let stats = m.parts[i].peer_stats(&Mesh::id(0)).unwrap();
+        assert!(stats.candidates_filtered >= 1, "{i}: {stats:?}");
+        assert!(m.parts[i].is_connected(&Mesh::id(0)));
+    }
+    // The control: without the extra line nothing is filtered.
+    let stats = m.parts[1].peer_stats(&Mesh::id(2)).unwrap();
+    assert_eq!(stats.candidates_filtered, 0);
+}
+
+/// A DTLS alert record (plaintext, epoch 0): fatal, `description`
+fn dtls_alert(seq: u8, description: u8) -> Vec<u8> {
+    vec![
+        21, 0xfe, 0xfd, // alert, DTLS 1.2
+        0, 0, // epoch
+        0, 0, 0, 0, 0, seq, // sequence number
+        0, 2, // length
+        2, description, // fatal
+    ]
+}
+
+/// While the handshakes run, an off-path attacker spoofing each remote's address sends fatal
+/// DTLS alerts and close_notify to every participant: every pair connects anyway, none
+/// fails or reconnects
+#[test]
+fn spoofed_dtls_alerts_during_the_handshake_do_not_tear_peers_down() {
+    let mut m = mesh(3);
+    let room = crate::signal::RoomId::new("room").unwrap();
+    for i in 0..3 {
+        m.with(i, |p, _| p.join(room.clone(), Some(Mesh::id(i))))
+            .unwrap();
+        m.run_for(Duration::from_millis(20));
+    }
+    let mut seq = 0u8;
+    for _ in 0..400 {
+        for to in 0..3 {
+            for from in 0..3 {
+                if from != to {
+                    let src = m.addr(from);
+                    for desc in [0u8, 40, 42, 48, 80] {
+                        seq = seq.wrapping_add(1);
+                        m.inject(to, src, &dtls_alert(seq, desc));
+                    }
+                }
+            }
+        }
+        m.run_for(Duration::from_millis(5));
+    }
+    let ok = m.run_until(Duration::from_secs(5), |m| {
+        (0..3).all(|i| (0..3).all(|j| i == j || m.parts[i].is_connected(&Mesh::id(j))))
+    });
+    assert!(ok, "mesh did not connect under spoofed alerts");
+    for i in 0..3 {
+        assert!(breakages(&m, i).is_empty(), "{i}: {:?}", breakages(&m, i));
+        for j in (0..3).filter(|j| *j != i) {
+            assert_eq!(m.parts[i].peer_stats(&Mesh::id(j)).unwrap().reconnects, 0);
+        }
+    }
+}
+
+/// After the mesh connects, garbage from each remote's own address (DTLS-, RTP-, RTCP- and
+/// STUN-looking, alerts after the handshake) is dropped: data keeps flowing both ways and no
+/// connection breaks
+#[test]
+fn garbage_from_the_remotes_address_does_not_break_the_connection() {
+    let mut m = mesh(3);
+    m.connect_all();
+    let mut rng = fastrand::Rng::with_seed(18);
+    for round in 0..200u32 {
+        for to in 0..3 {
+            for from in (0..3).filter(|f| *f != to) {
+                let src = m.addr(from);
+                let len = rng.usize(1..300);
+                let mut junk: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
+                // First byte decides how it is demultiplexed (RFC 7983): cover each range.
+                junk[0] = match round % 5 {
+                    0 => rng.u8(20..=63),
+                    1 => rng.u8(128..=191),
+                    2 => 0,
+                    3 => 200,
+                    _ => junk[0],
+                };
+                m.inject(to, src, &junk);
+                m.inject(to, src, &dtls_alert(round as u8, 40));
+            }
+        }
+        if round % 20 == 0 {
+            for i in 0..3 {
+                m.with(i, |p, _| p.broadcast(DataMessage::Binary(vec![9; 333])))
+                    .unwrap();
+            }
+        }
+        m.run_for(Duration::from_millis(10));
+    }
+    m.run_for(Duration::from_secs(1));
+    for i in 0..3 {
+        assert!(breakages(&m, i).is_empty(), "{i}: {:?}", breakages(&m, i));
+        for j in (0..3).filter(|j| *j != i) {
+            assert!(m.parts[i].is_connected(&Mesh::id(j)));
+            assert_eq!(received(&m, i, j, 333), 10, "{i} from {j}");
+        }
+    }
+}
