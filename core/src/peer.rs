@@ -671,9 +671,21 @@ impl Peer {
             self.last_received = Some(self.now);
         }
         self.stats.datagrams_received += 1;
-        self.rtc
-            .handle_input(input)
-            .map_err(|e| TransportError::from_rtc(&e))
+        match self.rtc.handle_input(input) {
+            Ok(()) => Ok(()),
+            // What DTLS refuses in a datagram is dropped, not fatal: before the handshake
+            // completes nothing is authenticated (a plaintext alert or garbage from a
+            // spoofed source must not end the connection); afterwards only an alert
+            // (which then has to be authenticated) ends it.
+            Err(str0m::RtcError::Dtls(e))
+                if !self.dtls_connected || !e.to_string().contains("alert") =>
+            {
+                self.stats.dtls_rejected += 1;
+                tracing::debug!(peer = %self.info.peer_id, error = %e, "datagram refused by dtls dropped");
+                Ok(())
+            }
+            Err(e) => Err(TransportError::from_rtc(&e)),
+        }
     }
 
     pub(crate) fn close(&mut self) {

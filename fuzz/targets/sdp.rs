@@ -33,25 +33,28 @@ pub fn run(data: &[u8]) {
         capabilities: caps(7),
         metadata: serde_json::json!({}),
     };
-    let mut d = Driven::joined(start, "me", caps(mode), &[remote.clone(), honest]);
     let (offer, answer) = real_sdp();
     if mode & 8 == 0 {
+        // The remote joins after us: it offers, we answer.
+        let mut d = Driven::joined(start, "me", caps(mode), &[honest]);
+        d.notify(Notification::Joined(remote));
         d.notify(Notification::Offer {
             from: remote_id(0),
             sdp: mutate_sdp(offer, &edits),
         });
+        finish(d, mode, &edits, offer);
     } else {
-        // Make it offer (a peer joining after it), then answer with the edited SDP.
-        d.notify(Notification::Left {
-            peer_id: remote_id(0),
-            reason: meshrtc::signal::LeftReason::Disconnect,
-        });
-        d.notify(Notification::Joined(remote));
+        // It was there before us: we offer (at the announce), it answers.
+        let mut d = Driven::joined(start, "me", caps(mode), &[remote, honest]);
         d.notify(Notification::Answer {
             from: remote_id(0),
             sdp: mutate_sdp(answer, &edits),
         });
+        finish(d, mode, &edits, offer);
     }
+}
+
+fn finish(mut d: Driven, mode: u8, edits: &[(u8, u8, Vec<u8>)], offer: &str) {
     // A second description on top (a renegotiation or a restart), then time.
     if mode & 16 != 0 {
         d.notify(Notification::Offer {
