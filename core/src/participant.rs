@@ -836,6 +836,11 @@ impl Participant {
     fn handle_offer(&mut self, now: Instant, from: PeerId, sdp: String) -> Result<(), InputError> {
         let polite = self.is_polite(&from);
         if let Some(peer) = self.peers.get_mut(&from) {
+            if peer.is_retired_connection(&sdp) {
+                // For a connection of ours that we have since replaced: late.
+                tracing::debug!(peer = %from, "offer for a replaced connection; ignored");
+                return Ok(());
+            }
             if peer.is_other_connection(&sdp) {
                 // A new connection from the remote: it restarted, or reconnects in full.
                 if peer.has_pending_offer() && peer.is_fresh() && !polite {
@@ -1029,13 +1034,16 @@ impl Participant {
                 if let Some(after) = peer.recovery.handle_up(now) {
                     if after >= self.config.recovery.reconnect_after
                         && peer.has_unconfirmed_data()
-                        && !peer.is_replacement()
+                        && peer.connected_before(now - after)
                     {
                         // SCTP has backed its retransmissions off by now: a new connection
                         // carries the data at once (what the old one may have delivered
                         // is reported).
                         tracing::debug!(peer = %id, ?after, "path back after a long outage; new connection for the data");
                         self.reconnect(id, now);
+                        if let Some(p) = self.peers.get_mut(id) {
+                            p.recovery.continue_outage(now - after);
+                        }
                         return;
                     }
                     let kind = peer.reconnected();

@@ -82,6 +82,9 @@ pub(crate) struct Peer {
     /// Which connection of the remote its first description came from (fingerprint and SDP
     /// session id): another one means a new connection (it restarted, or reconnects in full)
     remote_connection: Option<String>,
+    /// The remote connections this peer's earlier connections talked to (most recent
+    /// last, bounded): an offer from one of them is late, for a connection we replaced
+    retired_remotes: Vec<String>,
     /// Our offers sent whose answers have not come (answers come in order, so while more
     /// than one is out, an answer is for an older offer than the one waiting)
     offers_out: u32,
@@ -185,6 +188,7 @@ impl Peer {
             last_received: None,
             remote_connection: None,
             offers_out: 0,
+            retired_remotes: Vec::new(),
             unacked: VecDeque::new(),
             unacked_bytes: 0,
             recovery,
@@ -379,12 +383,6 @@ impl Peer {
         news
     }
 
-    /// Whether this connection is a new one that replaced another (a full reconnect in
-    /// progress)
-    pub(crate) fn is_replacement(&self) -> bool {
-        self.reconnecting == Some(ReconnectKind::Full)
-    }
-
     /// The server refused to relay one of our offers: its answer will not come
     pub(crate) fn offer_refused(&mut self) {
         self.offers_out = self.offers_out.saturating_sub(1);
@@ -394,6 +392,12 @@ impl Peer {
     /// answer counts as the one for the offer that waits
     pub(crate) fn offers_maybe_lost(&mut self) {
         self.offers_out = self.offers_out.min(1);
+    }
+
+    /// Whether this connection was up before `t` (it carried the data an outage from `t`
+    /// held up)
+    pub(crate) fn connected_before(&self, t: Instant) -> bool {
+        self.connected_at.is_some_and(|c| c < t)
     }
 
     /// Whether reliable data written to the data channel waits for its confirmation
@@ -411,6 +415,12 @@ impl Peer {
     /// Whether an offer of ours waits for its answer
     pub(crate) fn has_pending_offer(&self) -> bool {
         self.pending_offer.is_some()
+    }
+
+    /// Whether `sdp` comes from a remote connection that one of this peer's earlier
+    /// connections talked to (a late offer for a connection we have replaced)
+    pub(crate) fn is_retired_connection(&self, sdp: &str) -> bool {
+        sdp_connection(sdp).is_some_and(|c| self.retired_remotes.contains(&c))
     }
 
     /// Whether `sdp` comes from another connection than the one we have (its fingerprint or
@@ -452,6 +462,11 @@ impl Peer {
     pub(crate) fn take_over(&mut self, old: &mut Peer) -> Vec<DataMessage> {
         self.send_queue = std::mem::take(&mut old.send_queue);
         self.recovery = std::mem::replace(&mut old.recovery, Recovery::new(Default::default(), 0));
+        // The outage goes on, but the old connection's restarts are not for this one: it
+        // connects (or, not in time, is dead and replaced).
+        if let Some(since) = self.recovery.down_since() {
+            self.recovery.continue_outage(since);
+        }
         let reconnects = old.stats.reconnects + 1;
         self.stats = std::mem::take(&mut old.stats);
         self.stats.reconnects = reconnects;
@@ -460,6 +475,15 @@ impl Peer {
         self.reconnecting = old.reconnecting;
         // Answers to the old connection's offers may still come; they are not for ours.
         self.offers_out = old.offers_out;
+        self.retired_remotes = std::mem::take(&mut old.retired_remotes);
+        if let Some(remote) = old.remote_connection.take() {
+            if !self.retired_remotes.contains(&remote) {
+                self.retired_remotes.push(remote);
+            }
+        }
+        if self.retired_remotes.len() > 8 {
+            self.retired_remotes.remove(0);
+        }
         old.unacked_bytes = 0;
         old.unacked.drain(..).collect()
     }

@@ -145,6 +145,18 @@ impl Recovery {
         was.map(|t| now.saturating_duration_since(t))
     }
 
+    /// When the current outage began, if there is one
+    pub(crate) fn down_since(&self) -> Option<Instant> {
+        self.down_since
+    }
+
+    /// An outage that began at `since` goes on over a new connection (the old one came back
+    /// but was replaced): coming up reports it, nothing is scheduled
+    pub(crate) fn continue_outage(&mut self, since: Instant) {
+        self.down_since = Some(since);
+        self.next_restart = None;
+    }
+
     /// The path is broken (ICE disconnected, or nothing heard for too long)
     pub(crate) fn handle_down(&mut self, now: Instant) {
         if self.down_since.is_some() {

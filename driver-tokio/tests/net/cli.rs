@@ -836,3 +836,121 @@ fn start_signal_with_listen(listen: &str) -> (Reaper, String) {
         .to_string();
     (child, url)
 }
+
+/// A network namespace holding only loopback, removed on drop
+struct Netns(String);
+
+impl Netns {
+    /// A fresh namespace, or `None` (with a message) where this process may not make one;
+    /// under `CI` it must work
+    fn new(tag: &str) -> Option<Self> {
+        let name = format!("mrtc-{tag}-{}", std::process::id());
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "cannot create a network namespace (needs root and iproute2)"
+            );
+            eprintln!("skipped: cannot create a network namespace (needs root and iproute2)");
+            return None;
+        }
+        let ns = Self(name);
+        ns.run(&["ip", "link", "set", "lo", "up"]);
+        Some(ns)
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.0, program]);
+        c.env_remove("RUST_LOG");
+        c
+    }
+
+    fn run(&self, args: &[&str]) {
+        let status = self.command(args[0]).args(&args[1..]).status().unwrap();
+        assert!(status.success(), "{args:?} in {}", self.0);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// Issue 16 with real sockets: two `meshrtc peer`s whose UDP is dropped by an iptables rule
+/// for 30 s (signaling, over TCP, stays up) restart ICE and reconnect once the rule goes;
+/// audio and pongs flow again
+#[test]
+fn peers_whose_udp_is_blocked_for_30s_reconnect_after_the_rule_goes() {
+    let Some(ns) = Netns::new("drop") else {
+        return;
+    };
+    let bin = env!("CARGO_BIN_EXE_meshrtc");
+    let mut child = ns
+        .command(bin)
+        .args(["signal", "--listen", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let server = Reaper::new(child);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let url = line
+        .trim_end()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    let dir = std::env::temp_dir().join(format!("meshrtc-drop-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let spawn_peer = |id: &str| {
+        ns.command(bin)
+            .args(["peer", "--signal", &url, "--room", "drop", "--id", id])
+            .args(["--duration", "48", "--bind", "127.0.0.1"])
+            .args(["--data", "echo", "--audio", "tone"])
+            .arg("--stats-json")
+            .arg(dir.join(format!("{id}.json")))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map(Reaper::new)
+            .unwrap()
+    };
+    let alice = spawn_peer("alice");
+    let bob = spawn_peer("bob");
+    std::thread::sleep(Duration::from_secs(5));
+    let rule = ["INPUT", "-p", "udp", "-j", "DROP"];
+    ns.run(&[&["iptables", "-A"][..], &rule[..]].concat());
+    std::thread::sleep(Duration::from_secs(30));
+    ns.run(&[&["iptables", "-D"][..], &rule[..]].concat());
+    for (name, child) in [("alice", alice), ("bob", bob)] {
+        let out = wait(child, Duration::from_secs(60));
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for (me, other) in [("alice", "bob"), ("bob", "alice")] {
+        let text = std::fs::read_to_string(dir.join(format!("{me}.json"))).unwrap();
+        let v: Value = serde_json::from_str(&text).unwrap();
+        let r = &v["remote"][other];
+        assert!(r["reconnects"].as_u64().unwrap() >= 1, "{me}: {text}");
+        // About 5 s of audio before the block (50 frames a second), then 13 s after it:
+        // at least 4 s more means the connection came back (it took 5-6 s here).
+        let audio = r["audio"]["frames_decoded"].as_u64().expect(&text);
+        assert!(audio >= 450, "{me} decoded {audio} audio frames: {text}");
+        // A ping a second: at most 5 pongs before the block.
+        let pongs = r["data"]["pongs_received"].as_u64().unwrap();
+        assert!(pongs >= 9, "{me}: {pongs} pongs: {text}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    drop(server);
+}
