@@ -1,6 +1,10 @@
 //! The audio jitter buffer fed arbitrary frames (media times, arrival times, payloads whose
 //! decoded length and validity the input decides), drift, sync delay and timeouts
 //!
+//! Frames come either as the receive path hands them over (32-bit RTP timestamps through a
+//! `TimestampUnwrapper`, arrival and media time into a `DriftEstimator` whose estimate, once
+//! a second, sets the buffer's drift, as `PeerMedia` does) or as raw media times.
+//!
 //! Checked: no panic; every chunk has the chunk's length and the stream's channels; chunks
 //! play in order; a timeout produces the chunks due and no more; the buffer's next timeout
 //! is never in the past after a timeout.
@@ -9,7 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arbitrary::{Arbitrary, Unstructured};
-use meshrtc::sync::{AudioDecode, AudioJitterBuffer, JitterConfig};
+use meshrtc::sync::{
+    AudioDecode, AudioJitterBuffer, DriftConfig, DriftEstimator, JitterConfig, TimestampUnwrapper,
+};
 
 /// A decoder whose output the payload decides: byte 0 picks the frame length (or an
 /// error), so every frame duration Opus allows (and odd ones) reaches the buffer
@@ -49,6 +55,8 @@ struct Input {
 
 #[derive(Arbitrary, Debug)]
 enum Op {
+    /// An RTP packet's timestamp and payload, `after_us` after the previous input
+    Rtp { after_us: u16, timestamp: u32, payload: Vec<u8> },
     /// A frame arriving `after_us` after the previous input, at media time `ticks` (relative
     /// to the last frame's, or absolute)
     Frame { after_us: u16, ticks: i32, relative: bool, payload: Vec<u8> },
@@ -75,8 +83,24 @@ fn run_input(input: Input) {
     let mut ticks = 0i64;
     let mut last_playout: Option<Instant> = None;
     let mut last_ticks_out: Option<i64> = None;
+    let mut unwrap = TimestampUnwrapper::default();
+    let mut drift = DriftEstimator::new(DriftConfig::default());
+    let mut last_drift: Option<Instant> = None;
     for op in input.ops.into_iter().take(2_000) {
         match op {
+            Op::Rtp { after_us, timestamp, payload } => {
+                now += Duration::from_micros(u64::from(after_us));
+                ticks = unwrap.unwrap(timestamp);
+                drift.handle_sample(0, now, ticks as f64 / f64::from(config.rate));
+                if last_drift.is_none_or(|t| now >= t + Duration::from_secs(1)) {
+                    last_drift = Some(now);
+                    if let Some(e) = drift.estimate() {
+                        assert!(e.ppm.is_finite(), "drift {e:?}");
+                        jb.set_drift_ppm(e.ppm);
+                    }
+                }
+                jb.handle_frame(now, ticks, Arc::from(payload));
+            }
             Op::Frame { after_us, ticks: t, relative, payload } => {
                 now += Duration::from_micros(u64::from(after_us));
                 ticks = if relative { ticks + i64::from(t) } else { i64::from(t) };
