@@ -1,6 +1,7 @@
 //! Attacks on a participant, each asserting that the attacker loses and honest peers carry
 //! on: a peer advertising a small `max-message-size`, candidates to foreign addresses inside
-//! an SDP, unauthenticated datagrams (spoofed DTLS alerts, garbage) from a remote's address
+//! an SDP, unauthenticated datagrams (spoofed DTLS alerts, garbage) from a remote's address,
+//! predictable ICE credentials, an oversized VP9 inter frame
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -310,4 +311,91 @@ fn ice_credentials_are_unpredictable_from_the_seeds() {
     }
     let seeded = offered_credentials(Some(42));
     assert_eq!(seeded[0], seeded[1], "a secret seed replays exactly");
+}
+
+/// Participant 0 streams VP9 to 1 and, mid-stream, sends inter frames declaring 8192×8192
+/// (over the pixel limit, and 25 times its 320×180 reference) alone and hidden in a
+/// superframe; participant 2 streams VP9 to 1 throughout. The victim refuses the frames
+/// before libvpx sees them (counted as decode errors), its memory does not jump, the
+/// attacker's stream comes back with its next keyframe, the honest stream never stops.
+#[cfg(all(feature = "opus", feature = "vpx"))]
+#[test]
+fn oversized_vp9_inter_frame_is_refused_and_video_carries_on() {
+    use crate::codec::headers::tests::vp9_inter;
+    use crate::codec::testsrc::TestPattern;
+    use crate::codec::VideoCodec;
+    use crate::media::VideoPayload;
+
+    if !VideoCodec::Vp9.is_supported() {
+        return;
+    }
+    let config = || {
+        let mut c = Config {
+            capabilities: Capabilities {
+                audio: false,
+                video: true,
+                data: true,
+            },
+            ..Config::default()
+        };
+        c.media.video_codecs = vec![VideoCodec::Vp9];
+        c.media.video.width = 320;
+        c.media.video.height = 180;
+        c
+    };
+    let mut m = Mesh::new(vec![config(), config(), config()], perfect(10));
+    m.connect_all();
+    let mut patterns: Vec<TestPattern> = (0..3).map(|_| TestPattern::new(320, 180)).collect();
+    let frames_from = |m: &Mesh, from: usize| {
+        m.events[1]
+            .iter()
+            .filter(|(_, e)| {
+                matches!(e, Event::VideoFrame { peer, payload: VideoPayload::Decoded(_), .. }
+                    if *peer == Mesh::id(from))
+            })
+            .count()
+    };
+    let mut stream = |m: &mut Mesh, frames: usize| {
+        for _ in 0..frames {
+            for i in [0, 2] {
+                let f = patterns[i].next_frame();
+                m.with(i, |p, now| p.send_video(now, &f)).unwrap();
+            }
+            m.run_for(Duration::from_millis(33));
+        }
+    };
+    stream(&mut m, 30);
+    let (before_0, before_2) = (frames_from(&m, 0), frames_from(&m, 2));
+    assert!(before_0 >= 20 && before_2 >= 20, "{before_0} {before_2}");
+    let rss_before = crate::tests::soak::rss_kib();
+
+    let big = vp9_inter(0xff, Err((8192, 8192)));
+    let small = vp9_inter(0x01, Ok(0));
+    let mut superframe = [small.clone(), big.clone()].concat();
+    superframe.extend_from_slice(&[0xc1, small.len() as u8, big.len() as u8, 0xc1]);
+    for attack in [big, superframe] {
+        m.with(0, |p, now| {
+            p.send_encoded_video(now, VideoCodec::Vp9, bytes::Bytes::from(attack))
+        })
+        .unwrap();
+        m.run_for(Duration::from_millis(33));
+    }
+    stream(&mut m, 60);
+
+    let rss_after = crate::tests::soak::rss_kib();
+    // An 8192×8192 I420 picture is 96 MiB; nothing near that was allocated.
+    assert!(
+        rss_after < rss_before + 48 * 1024,
+        "rss {rss_before} -> {rss_after} KiB"
+    );
+    let victim = m.parts[1].peer_stats(&Mesh::id(0)).unwrap().video.unwrap();
+    assert!(victim.decode_errors >= 2, "{victim:?}");
+    // The attacker's stream resumed (keyframe on the victim's PLI), the honest one went on.
+    assert!(frames_from(&m, 0) >= before_0 + 40, "{victim:?}");
+    assert!(frames_from(&m, 2) >= before_2 + 55);
+    let honest = m.parts[1].peer_stats(&Mesh::id(2)).unwrap().video.unwrap();
+    assert_eq!(honest.decode_errors, 0, "{honest:?}");
+    for i in 0..3 {
+        assert!(breakages(&m, i).is_empty(), "{i}: {:?}", breakages(&m, i));
+    }
 }

@@ -1,7 +1,8 @@
 //! Soak: ten participants in a full mesh with Opus audio and VP8 video for 30 virtual
 //! minutes; memory must stay flat and quality must not degrade
 //!
-//! `#[ignore]`d (it takes minutes of wall time); run it with
+//! The full soak is `#[ignore]`d (it takes minutes of wall time; a two-minute version runs
+//! with every test run); run it with
 //! `cargo test --release -p meshrtc --lib soak -- --ignored --nocapture`
 //! (`MESHRTC_SOAK_MINUTES` changes the length). It prints, per virtual minute, the
 //! process's resident memory and what every receiver played; it asserts that RSS at the end
@@ -41,6 +42,7 @@ struct Minute {
     breakages: u64,
 }
 
+/// The full soak: 30 virtual minutes (or `MESHRTC_SOAK_MINUTES`)
 #[test]
 #[ignore = "a 30-minute virtual soak: minutes of wall time"]
 fn soak_ten_peers_audio_video_memory_flat_quality_steady() {
@@ -48,6 +50,22 @@ fn soak_ten_peers_audio_video_memory_flat_quality_steady() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(30);
+    soak(minutes);
+}
+
+/// The short version every test run does: two virtual minutes of the same room, every
+/// pair playing all its audio and (after the first minute's start-up) all its video
+#[test]
+fn soak_short_ten_peers_audio_video_two_minutes() {
+    let report = soak(2);
+    // Bounded memory, whatever the machine: ten participants with 90 decoders.
+    let rss = report.last().unwrap().1;
+    assert!(rss < 1024 * 1024, "rss {rss} KiB after two minutes");
+}
+
+/// Runs the room for `minutes` virtual minutes; asserts quality every minute, and memory
+/// flat from the tenth minute on; returns (minute, RSS KiB, what was played) per minute
+fn soak(minutes: u64) -> Vec<(u64, u64, Minute)> {
     let configs = (0..PEERS)
         .map(|_| {
             let mut c = Config {
@@ -153,4 +171,5 @@ fn soak_ten_peers_audio_video_memory_flat_quality_steady() {
             "memory grew from {at10} KiB at 10 minutes to {end} KiB"
         );
     }
+    report
 }
