@@ -373,14 +373,16 @@ fn oversized_vp9_inter_frame_is_refused_and_video_carries_on() {
     let small = vp9_inter(0x01, Ok(0));
     let mut superframe = [small.clone(), big.clone()].concat();
     superframe.extend_from_slice(&[0xc1, small.len() as u8, big.len() as u8, 0xc1]);
+    // Each attack, then time for the victim's PLI to bring a keyframe (until then it drops
+    // the attacker's frames unseen).
     for attack in [big, superframe] {
         m.with(0, |p, now| {
             p.send_encoded_video(now, VideoCodec::Vp9, bytes::Bytes::from(attack))
         })
         .unwrap();
         m.run_for(Duration::from_millis(33));
+        stream(&mut m, 30);
     }
-    stream(&mut m, 60);
 
     let rss_after = crate::tests::soak::rss_kib();
     // An 8192×8192 I420 picture is 96 MiB; nothing near that was allocated.
