@@ -48,7 +48,10 @@ pub(crate) enum Role {
 pub(crate) enum PeerOutput {
     Transmit(Transmit),
     Connected(Duration),
-    Data { label: String, message: DataMessage },
+    Data {
+        label: String,
+        message: DataMessage,
+    },
     Media(MediaOut),
     /// Queued messages larger than the remote's `max-message-size`, dropped unsent
     Undelivered(Vec<DataMessage>),

@@ -7,8 +7,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use meshrtc::signal::{
-    AnnounceResult, Capabilities, ClientFrame, Notification, PeerId, PeerInfo, Request,
-    RequestId, RoomId, ServerFrame,
+    AnnounceResult, Capabilities, ClientFrame, Notification, PeerId, PeerInfo, Request, RequestId,
+    RoomId, ServerFrame,
 };
 use meshrtc::{Config, Input, Output, Participant, Receive};
 
@@ -223,7 +223,10 @@ pub fn mutate_sdp(sdp: &str, ops: &[(u8, u8, Vec<u8>)]) -> String {
             5 => {
                 let l = &mut lines[i];
                 let cut = usize::from(bytes.first().copied().unwrap_or(0)).min(l.len());
-                let cut = (0..=cut).rev().find(|c| l.is_char_boundary(*c)).unwrap_or(0);
+                let cut = (0..=cut)
+                    .rev()
+                    .find(|c| l.is_char_boundary(*c))
+                    .unwrap_or(0);
                 l.truncate(cut);
             }
             // Swap two lines.

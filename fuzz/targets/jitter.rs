@@ -56,11 +56,22 @@ struct Input {
 #[derive(Arbitrary, Debug)]
 enum Op {
     /// An RTP packet's timestamp and payload, `after_us` after the previous input
-    Rtp { after_us: u16, timestamp: u32, payload: Vec<u8> },
+    Rtp {
+        after_us: u16,
+        timestamp: u32,
+        payload: Vec<u8>,
+    },
     /// A frame arriving `after_us` after the previous input, at media time `ticks` (relative
     /// to the last frame's, or absolute)
-    Frame { after_us: u16, ticks: i32, relative: bool, payload: Vec<u8> },
-    Timeout { after_ms: u16 },
+    Frame {
+        after_us: u16,
+        ticks: i32,
+        relative: bool,
+        payload: Vec<u8>,
+    },
+    Timeout {
+        after_ms: u16,
+    },
     Drift(i16),
     SyncDelay(u16),
 }
@@ -88,7 +99,11 @@ fn run_input(input: Input) {
     let mut last_drift: Option<Instant> = None;
     for op in input.ops.into_iter().take(2_000) {
         match op {
-            Op::Rtp { after_us, timestamp, payload } => {
+            Op::Rtp {
+                after_us,
+                timestamp,
+                payload,
+            } => {
                 now += Duration::from_micros(u64::from(after_us));
                 ticks = unwrap.unwrap(timestamp);
                 drift.handle_sample(0, now, ticks as f64 / f64::from(config.rate));
@@ -101,9 +116,18 @@ fn run_input(input: Input) {
                 }
                 jb.handle_frame(now, ticks, Arc::from(payload));
             }
-            Op::Frame { after_us, ticks: t, relative, payload } => {
+            Op::Frame {
+                after_us,
+                ticks: t,
+                relative,
+                payload,
+            } => {
                 now += Duration::from_micros(u64::from(after_us));
-                ticks = if relative { ticks + i64::from(t) } else { i64::from(t) };
+                ticks = if relative {
+                    ticks + i64::from(t)
+                } else {
+                    i64::from(t)
+                };
                 jb.handle_frame(now, ticks, Arc::from(payload));
             }
             Op::Timeout { after_ms } => {
@@ -120,7 +144,10 @@ fn run_input(input: Input) {
                     }
                     if let Some(t) = last_ticks_out {
                         // Media time moves forward, within what speed changes allow.
-                        assert!(c.media_ticks >= t - chunk_samples as i64 * 2, "media time went back");
+                        assert!(
+                            c.media_ticks >= t - chunk_samples as i64 * 2,
+                            "media time went back"
+                        );
                     }
                     last_playout = Some(c.playout);
                     last_ticks_out = Some(c.media_ticks);

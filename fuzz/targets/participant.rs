@@ -25,23 +25,61 @@ struct Input {
 enum Op {
     /// A datagram from remote `from`'s address, first byte forced into a demultiplexing
     /// range by `kind` (RFC 7983) unless it is 0
-    Datagram { from: u8, kind: u8, bytes: Vec<u8> },
+    Datagram {
+        from: u8,
+        kind: u8,
+        bytes: Vec<u8>,
+    },
     /// A datagram from an address no remote uses
-    Stranger { port: u16, bytes: Vec<u8> },
+    Stranger {
+        port: u16,
+        bytes: Vec<u8>,
+    },
     /// A server frame as raw text
     Raw(String),
-    Joined { peer: u8, caps: u8, meta: String },
-    Left { peer: u8, reason: u8 },
+    Joined {
+        peer: u8,
+        caps: u8,
+        meta: String,
+    },
+    Left {
+        peer: u8,
+        reason: u8,
+    },
     /// An offer edited from a real one
-    Offer { from: u8, edits: Vec<(u8, u8, Vec<u8>)> },
+    Offer {
+        from: u8,
+        edits: Vec<(u8, u8, Vec<u8>)>,
+    },
     /// An answer edited from a real one, or the participant's own offer turned around
-    Answer { from: u8, own: bool, edits: Vec<(u8, u8, Vec<u8>)> },
-    Candidate { from: u8, text: String, real: bool },
+    Answer {
+        from: u8,
+        own: bool,
+        edits: Vec<(u8, u8, Vec<u8>)>,
+    },
+    Candidate {
+        from: u8,
+        text: String,
+        real: bool,
+    },
     /// A response to one of its requests (or to none)
-    Response { pick: u8, error: bool, value: String },
-    Advance { ms: u16, to_deadline: bool },
-    SendData { to: u8, len: u16, binary: bool },
-    Broadcast { len: u16 },
+    Response {
+        pick: u8,
+        error: bool,
+        value: String,
+    },
+    Advance {
+        ms: u16,
+        to_deadline: bool,
+    },
+    SendData {
+        to: u8,
+        len: u16,
+        binary: bool,
+    },
+    Broadcast {
+        len: u16,
+    },
     NetworkChange,
     SignalingLost,
     Rejoin,
@@ -72,7 +110,11 @@ fn run_input(input: Input) {
     let (offer, answer) = real_sdp();
     for op in input.ops.into_iter().take(64) {
         match op {
-            Op::Datagram { from, kind, mut bytes } => {
+            Op::Datagram {
+                from,
+                kind,
+                mut bytes,
+            } => {
                 if let Some(b) = bytes.first_mut() {
                     *b = match kind % 5 {
                         1 => 20 + *b % 44,  // DTLS
@@ -91,15 +133,22 @@ fn run_input(input: Input) {
                     d.signal(frame);
                 }
             }
-            Op::Joined { peer, caps: c, meta } => d.notify(Notification::Joined(PeerInfo {
+            Op::Joined {
+                peer,
+                caps: c,
+                meta,
+            } => d.notify(Notification::Joined(PeerInfo {
                 peer_id: remote_id(peer),
                 capabilities: caps(c),
                 metadata: serde_json::json!({ "m": meta }),
             })),
             Op::Left { peer, reason } => d.notify(Notification::Left {
                 peer_id: remote_id(peer),
-                reason: [LeftReason::Disconnect, LeftReason::Timeout, LeftReason::Kicked]
-                    [usize::from(reason % 3)],
+                reason: [
+                    LeftReason::Disconnect,
+                    LeftReason::Timeout,
+                    LeftReason::Kicked,
+                ][usize::from(reason % 3)],
             }),
             Op::Offer { from, edits } => d.notify(Notification::Offer {
                 from: remote_id(from),
@@ -118,7 +167,11 @@ fn run_input(input: Input) {
             Op::Candidate { from, text, real } => {
                 let candidate = if real {
                     let a = remote_addr(from);
-                    format!("candidate:1 1 udp 2130706431 {} {} typ host", a.ip(), a.port())
+                    format!(
+                        "candidate:1 1 udp 2130706431 {} {} typ host",
+                        a.ip(),
+                        a.port()
+                    )
                 } else {
                     text
                 };
@@ -161,7 +214,8 @@ fn run_input(input: Input) {
                 d.drain();
             }
             Op::Broadcast { len } => {
-                let _ = d.p.broadcast(DataMessage::Binary(vec![1; usize::from(len)]));
+                let _ =
+                    d.p.broadcast(DataMessage::Binary(vec![1; usize::from(len)]));
                 d.drain();
             }
             Op::NetworkChange => {

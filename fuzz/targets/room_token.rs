@@ -16,9 +16,17 @@ pub fn run(data: &[u8]) {
     }
     // A token for the input as room name (when it is one) verifies, and changed bytes do not.
     if let Ok(room) = RoomId::new(text.chars().take(64).collect::<String>()) {
-        let claims = RoomClaims { room, sub: None, exp: 2_000, nbf: None };
+        let claims = RoomClaims {
+            room,
+            sub: None,
+            exp: 2_000,
+            nbf: None,
+        };
         let token = mint_room_token(&secret, &claims);
-        assert_eq!(verify_room_token(&secret, &token, Duration::from_secs(1_000)), Ok(claims));
+        assert_eq!(
+            verify_room_token(&secret, &token, Duration::from_secs(1_000)),
+            Ok(claims)
+        );
         if let Some(&b) = data.first() {
             let mut bytes = token.into_bytes();
             let at = usize::from(b) % bytes.len();

@@ -66,5 +66,8 @@ fn finish(mut d: Driven, mode: u8, edits: &[(u8, u8, Vec<u8>)], offer: &str) {
         d.advance(Duration::from_millis(250), true);
     }
     // The honest peer is untouched by whatever the other one sent.
-    assert!(d.p.peer_ids().any(|p| *p == remote_id(1)), "honest peer gone");
+    assert!(
+        d.p.peer_ids().any(|p| *p == remote_id(1)),
+        "honest peer gone"
+    );
 }

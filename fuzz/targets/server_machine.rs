@@ -47,9 +47,18 @@ enum Req {
         /// 0: no token, 1: a valid one, 2: for another room, 3: expired, else garbage
         token: u8,
     },
-    Offer { to: u8, len: u16 },
-    Answer { to: u8, len: u16 },
-    Candidate { to: u8, len: u8 },
+    Offer {
+        to: u8,
+        len: u16,
+    },
+    Answer {
+        to: u8,
+        len: u16,
+    },
+    Candidate {
+        to: u8,
+        len: u8,
+    },
     Disconnect,
 }
 
@@ -104,31 +113,50 @@ fn run_input(input: Input) {
         match op {
             Op::Connect(c) => server.handle_connect(at(now), ConnId(u64::from(c % CONNS))),
             Op::Disconnect(c, r) => {
-                let reason = [LeftReason::Disconnect, LeftReason::Timeout, LeftReason::Kicked]
-                    [usize::from(r % 3)];
+                let reason = [
+                    LeftReason::Disconnect,
+                    LeftReason::Timeout,
+                    LeftReason::Kicked,
+                ][usize::from(r % 3)];
                 server.handle_disconnect(at(now), ConnId(u64::from(c % CONNS)), reason);
             }
             Op::Request(c, req) => {
                 next_id += 1;
                 let request = match req {
-                    Req::Announce { room: r, peer: p, meta, resume, token } => {
+                    Req::Announce {
+                        room: r,
+                        peer: p,
+                        meta,
+                        resume,
+                        token,
+                    } => {
                         let peer_id = p.map(peer);
                         let resume = if resume {
-                            peer_id.as_ref().and_then(|p| tokens.get(p.as_str()).cloned())
+                            peer_id
+                                .as_ref()
+                                .and_then(|p| tokens.get(p.as_str()).cloned())
                         } else {
                             None
                         };
-                        let claims = |room, exp| RoomClaims { room, sub: peer_id.clone(), exp, nbf: None };
+                        let claims = |room, exp| RoomClaims {
+                            room,
+                            sub: peer_id.clone(),
+                            exp,
+                            nbf: None,
+                        };
                         let token = match token % 5 {
                             0 => None,
                             1 => Some(mint_room_token(&secret, &claims(room(r), 1_800_000_000))),
-                            2 => Some(mint_room_token(&secret, &claims(room(r + 1), 1_800_000_000))),
+                            2 => Some(mint_room_token(
+                                &secret,
+                                &claims(room(r + 1), 1_800_000_000),
+                            )),
                             3 => Some(mint_room_token(&secret, &claims(room(r), 1_600_000_000))),
                             _ => Some("x.y.z".into()),
                         };
-                        let metadata = (meta > 0).then(|| {
-                            serde_json::json!({ "m": "m".repeat(usize::from(meta % 6000)) })
-                        });
+                        let metadata = (meta > 0).then(
+                            || serde_json::json!({ "m": "m".repeat(usize::from(meta % 6000)) }),
+                        );
                         Request::Announce {
                             room: room(r),
                             peer_id,
@@ -154,7 +182,10 @@ fn run_input(input: Input) {
                     },
                     Req::Disconnect => Request::Disconnect,
                 };
-                let frame = ClientFrame { id: RequestId::Number(next_id), request };
+                let frame = ClientFrame {
+                    id: RequestId::Number(next_id),
+                    request,
+                };
                 server.handle_text(at(now), ConnId(u64::from(c % CONNS)), &frame.to_json());
             }
             Op::Raw(c, text) => server.handle_text(at(now), ConnId(u64::from(c % CONNS)), &text),
@@ -187,7 +218,10 @@ fn run_input(input: Input) {
                     .unwrap_or_else(|e| panic!("the server sent an unparsable frame: {e}: {text}"));
                 if let ServerFrame::Response { result: Ok(v), .. } = &frame {
                     if let Ok(r) = AnnounceResult::from_value(v) {
-                        assert!(text.len() <= 12 * 1024 || r.peers.iter().all(|p| p.metadata == serde_json::json!({})));
+                        assert!(
+                            text.len() <= 12 * 1024
+                                || r.peers.iter().all(|p| p.metadata == serde_json::json!({}))
+                        );
                         if let Some(t) = r.resume {
                             tokens.insert(r.peer_id.to_string(), t);
                         }

@@ -25,7 +25,11 @@ fn files(dir: &Path) -> Vec<PathBuf> {
 fn every_target_has_seeds_and_every_seed_directory_a_target() {
     for (name, _) in targets::ALL {
         let dir = seeds_dir().join(name);
-        assert!(!files(&dir).is_empty(), "no seeds for {name} in {}", dir.display());
+        assert!(
+            !files(&dir).is_empty(),
+            "no seeds for {name} in {}",
+            dir.display()
+        );
     }
     for entry in std::fs::read_dir(seeds_dir()).unwrap() {
         let name = entry.unwrap().file_name().into_string().unwrap();

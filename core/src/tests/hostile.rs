@@ -84,8 +84,10 @@ fn message_larger_than_the_remotes_max_message_size_fails_alone() {
     m.with(0, |p, _| p.send_data(&p2, big.clone())).unwrap();
     assert_eq!(m.with(0, |p, _| p.broadcast(big.clone())).unwrap(), 1);
     // Within the limit goes, and peer 1 may send large messages to us (we advertise more).
-    m.with(0, |p, _| p.send_data(&p1, DataMessage::Binary(vec![1; 65_536])))
-        .unwrap();
+    m.with(0, |p, _| {
+        p.send_data(&p1, DataMessage::Binary(vec![1; 65_536]))
+    })
+    .unwrap();
     m.with(1, |p, _| p.send_data(&p0, big.clone())).unwrap();
     m.run_for(Duration::from_secs(2));
 
@@ -118,13 +120,19 @@ fn queued_message_over_the_remotes_limit_is_dropped_not_fatal() {
     m.with(0, |p, _| p.join(room.clone(), Some(Mesh::id(0))))
         .unwrap();
     let p1 = Mesh::id(1);
-    let ok = m.run_until(Duration::from_secs(2), |m| m.parts[0].peer_ids().any(|p| *p == p1));
+    let ok = m.run_until(Duration::from_secs(2), |m| {
+        m.parts[0].peer_ids().any(|p| *p == p1)
+    });
     assert!(ok, "peer 1 never became known");
     // Queued now: the answer with 64 KiB has not come yet.
-    m.with(0, |p, _| p.send_data(&p1, DataMessage::Binary(vec![3; 100_000])))
-        .unwrap();
-    m.with(0, |p, _| p.send_data(&p1, DataMessage::Binary(vec![4; 1_000])))
-        .unwrap();
+    m.with(0, |p, _| {
+        p.send_data(&p1, DataMessage::Binary(vec![3; 100_000]))
+    })
+    .unwrap();
+    m.with(0, |p, _| {
+        p.send_data(&p1, DataMessage::Binary(vec![4; 1_000]))
+    })
+    .unwrap();
     m.run_for(Duration::from_secs(3));
     assert!(m.parts[0].is_connected(&p1));
     assert_eq!(received(&m, 1, 0, 1_000), 1);
@@ -168,11 +176,21 @@ fn sdp_candidate_to_a_foreign_address_is_dropped_and_counted() {
 /// A DTLS alert record (plaintext, epoch 0): fatal, `description`
 fn dtls_alert(seq: u8, description: u8) -> Vec<u8> {
     vec![
-        21, 0xfe, 0xfd, // alert, DTLS 1.2
-        0, 0, // epoch
-        0, 0, 0, 0, 0, seq, // sequence number
-        0, 2, // length
-        2, description, // fatal
+        21,
+        0xfe,
+        0xfd, // alert, DTLS 1.2
+        0,
+        0, // epoch
+        0,
+        0,
+        0,
+        0,
+        0,
+        seq, // sequence number
+        0,
+        2, // length
+        2,
+        description, // fatal
     ]
 }
 

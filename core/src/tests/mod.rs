@@ -1,13 +1,13 @@
 //! Tests that reach into the core: a small in-memory mesh harness in virtual time
 
+mod hostile;
 mod ice;
 #[cfg(all(feature = "opus", feature = "h264", feature = "vpx"))]
 mod media;
 #[cfg(all(feature = "opus", feature = "vpx"))]
-mod sync;
-mod hostile;
-#[cfg(all(feature = "opus", feature = "vpx"))]
 mod soak;
+#[cfg(all(feature = "opus", feature = "vpx"))]
+mod sync;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

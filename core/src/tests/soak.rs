@@ -152,9 +152,15 @@ fn soak(periods: u64, period_s: u64) -> Vec<(u64, u64, Minute)> {
             q.audio_chunks >= pairs * (100 * period_s - 100),
             "period {at}: {q:?}"
         );
-        assert!(q.concealed_chunks * 100 <= q.audio_chunks, "period {at}: {q:?}");
+        assert!(
+            q.concealed_chunks * 100 <= q.audio_chunks,
+            "period {at}: {q:?}"
+        );
         if *at > 1 {
-            assert!(q.video_frames >= pairs * (10 * period_s - 10), "period {at}: {q:?}");
+            assert!(
+                q.video_frames >= pairs * (10 * period_s - 10),
+                "period {at}: {q:?}"
+            );
         }
     }
     if periods >= 3 {
