@@ -125,6 +125,8 @@ impl Driven {
                     self.requests.push((id, method));
                 }
                 Output::Event(_) => {}
+                // No resolver here: the names stay unresolved (no STUN/TURN servers).
+                Output::Resolve(_) => {}
             }
         }
         panic!("no timeout after {MAX_OUTPUTS} outputs: the participant loops");
