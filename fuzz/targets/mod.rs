@@ -15,8 +15,11 @@ pub mod server_frame;
 pub mod server_machine;
 pub mod video;
 
+/// A target's body: one input in, no output (a panic is a finding)
+pub type Target = fn(&[u8]);
+
 /// Every target by name (the name of its binary and of its seed directory)
-pub const ALL: &[(&str, fn(&[u8]))] = &[
+pub const ALL: &[(&str, Target)] = &[
     ("client_frame", client_frame::run),
     ("server_frame", server_frame::run),
     ("room_token", room_token::run),
