@@ -370,6 +370,9 @@ impl Participant {
     /// The message is queued (in order, up to [`Config::max_queued_messages`]) and handed
     /// to the channel at the next [`poll_output`](Self::poll_output), as far as the channel
     /// is open and its send window takes it; so a burst of sends goes out together.
+    /// A message larger than ours or the peer's advertised `max-message-size` fails with
+    /// [`CommandError::MessageTooLarge`] and nothing else changes; one queued before the
+    /// peer's limit was known and over it comes back as [`Event::DataUndelivered`].
     pub fn send_data(&mut self, peer: &PeerId, message: DataMessage) -> Result<(), CommandError> {
         message.check_size()?;
         if !self.config.capabilities.data {
@@ -389,7 +392,8 @@ impl Participant {
 
     /// Sends a data message to every peer; returns how many accepted it
     ///
-    /// A peer whose queue is full is skipped (the others still get the message).
+    /// A peer whose queue is full, or that advertised a smaller `max-message-size`, is
+    /// skipped (the others still get the message).
     pub fn broadcast(&mut self, message: DataMessage) -> Result<usize, CommandError> {
         message.check_size()?;
         let ids: Vec<PeerId> = self.peers.keys().cloned().collect();
@@ -397,7 +401,8 @@ impl Participant {
         for id in ids {
             match self.send_data(&id, message.clone()) {
                 Ok(()) => sent += 1,
-                Err(CommandError::SendQueueFull(_)) => {}
+                // Our own limit was checked above: this one is the peer's.
+                Err(CommandError::SendQueueFull(_) | CommandError::MessageTooLarge { .. }) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -1499,6 +1504,7 @@ impl Participant {
                             sending,
                         }))
                 }
+                PeerOutput::Undelivered(messages) => self.report_undelivered(id, messages),
                 PeerOutput::Media(m) => {
                     let event = match m {
                         MediaOut::Audio(chunk) => Event::AudioPlayout {

@@ -55,6 +55,8 @@ pub(crate) enum PeerOutput {
     Media(MediaOut),
     /// The remote started or stopped sending us this kind (its m-line direction)
     RemoteSending(crate::MediaKind, bool),
+    /// Queued messages larger than the remote's `max-message-size`, dropped unsent
+    Undelivered(Vec<DataMessage>),
     Closed,
 }
 
@@ -71,6 +73,10 @@ pub(crate) struct Peer {
     /// Open channels with their labels, in opening order
     labels: Vec<(ChannelId, String)>,
     send_queue: VecDeque<DataMessage>,
+    /// The largest message the remote takes (its SDP `max-message-size`), once known
+    remote_max_message: Option<usize>,
+    /// Queued messages dropped for being larger than that, not yet reported
+    oversized: Vec<DataMessage>,
     /// How much of the send queue str0m may hold at once
     window: SendWindow,
     connected_at: Option<Instant>,
@@ -125,6 +131,8 @@ pub(crate) struct Peer {
     can_send: [bool; 2],
     /// Whether the remote sends us audio and video, as its m-line directions last said
     remote_sending: [bool; 2],
+    /// Which remote candidates we use (trickled ones and those inside descriptions)
+    candidate_policy: CandidatePolicy,
 }
 
 /// Our media kind of str0m's
@@ -209,6 +217,8 @@ impl Peer {
             channel: None,
             labels: Vec::new(),
             send_queue: VecDeque::new(),
+            remote_max_message: None,
+            oversized: Vec::new(),
             window: SendWindow::new(SCTP_BUFFER),
             connected_at: None,
             dtls_connected: false,
@@ -242,6 +252,7 @@ impl Peer {
                 config.capabilities.audio && info_caps.audio,
                 config.capabilities.video && info_caps.video,
             ],
+            candidate_policy: config.candidate_policy,
         }
     }
 
@@ -373,6 +384,7 @@ impl Peer {
     }
 
     pub(crate) fn accept_offer(&mut self, sdp: &str) -> Result<String, SdpRejection> {
+        let sdp = &self.filter_candidates(sdp);
         let offer =
             SdpOffer::from_sdp_string(sdp).map_err(|e| SdpRejection::Unparsable(e.to_string()))?;
         // A renegotiation drops our own offer, if any (str0m invalidates it); the remote
@@ -393,6 +405,7 @@ impl Peer {
         if self.pending_offer.is_none() {
             return Err(SdpRejection::UnexpectedAnswer);
         }
+        let sdp = &self.filter_candidates(sdp);
         let answer =
             SdpAnswer::from_sdp_string(sdp).map_err(|e| SdpRejection::Unparsable(e.to_string()))?;
         // An answer from a connection the remote has since replaced leaves our offer waiting
@@ -417,6 +430,26 @@ impl Peer {
             .map_err(|e| SdpRejection::Unacceptable(e.to_string()))?;
         self.on_remote_description(sdp);
         Ok(())
+    }
+
+    /// The description without the candidates the policy does not allow (counted): the
+    /// policy holds for candidates inside an offer or answer as for trickled ones
+    fn filter_candidates(&mut self, sdp: &str) -> String {
+        let mut out = String::with_capacity(sdp.len());
+        for line in sdp.split_inclusive('\n') {
+            let is_candidate = line.trim_start().starts_with("a=candidate:");
+            if is_candidate {
+                if let Ok(Some(c)) = parse_candidate(line) {
+                    if !self.candidate_policy.allows(c.addr()) {
+                        self.stats.candidates_filtered += 1;
+                        tracing::debug!(peer = %self.info.peer_id, addr = %c.addr(), "sdp candidate outside the policy dropped");
+                        continue;
+                    }
+                }
+            }
+            out.push_str(line);
+        }
+        out
     }
 
     /// What the room told us about this peer
@@ -602,6 +635,9 @@ impl Peer {
             self.restarting = true;
         }
         self.remote_ufrag = ufrag;
+        if let Some(max) = sdp_max_message_size(sdp) {
+            self.remote_max_message = Some(max);
+        }
         self.has_remote_description = true;
         for line in std::mem::take(&mut self.queued_candidates) {
             if let Ok(Some(c)) = parse_candidate(&line) {
@@ -643,6 +679,14 @@ impl Peer {
         message: DataMessage,
         max_queued: usize,
     ) -> Result<(), CommandError> {
+        if let Some(max) = self.remote_max_message.filter(|max| message.len() > *max) {
+            // The remote would refuse it (str0m's SCTP too): this send fails, the
+            // connection goes on.
+            return Err(CommandError::MessageTooLarge {
+                len: message.len(),
+                max,
+            });
+        }
         if self.send_queue.len() >= max_queued {
             return Err(CommandError::SendQueueFull(self.info.peer_id.clone()));
         }
@@ -750,9 +794,21 @@ impl Peer {
             self.last_received = Some(self.now);
         }
         self.stats.datagrams_received += 1;
-        self.rtc
-            .handle_input(input)
-            .map_err(|e| TransportError::from_rtc(&e))
+        match self.rtc.handle_input(input) {
+            Ok(()) => Ok(()),
+            // What DTLS refuses in a datagram is dropped, not fatal: before the handshake
+            // completes nothing is authenticated (a plaintext alert or garbage from a
+            // spoofed source must not end the connection); afterwards only an alert
+            // (which then has to be authenticated) ends it.
+            Err(str0m::RtcError::Dtls(e))
+                if !self.dtls_connected || !e.to_string().contains("alert") =>
+            {
+                self.stats.dtls_rejected += 1;
+                tracing::debug!(peer = %self.info.peer_id, error = %e, "datagram refused by dtls dropped");
+                Ok(())
+            }
+            Err(e) => Err(TransportError::from_rtc(&e)),
+        }
     }
 
     pub(crate) fn close(&mut self) {
@@ -779,6 +835,16 @@ impl Peer {
         }
         self.window.update(self.now, buffered);
         while let Some(m) = self.send_queue.front() {
+            if self.remote_max_message.is_some_and(|max| m.len() > max) {
+                // Queued before the remote said how much it takes: dropped, reported.
+                let m = self
+                    .send_queue
+                    .pop_front()
+                    .expect("the front was just seen; panic means bug");
+                tracing::debug!(peer = %self.info.peer_id, len = m.len(), "message over the remote's max-message-size dropped");
+                self.oversized.push(m);
+                continue;
+            }
             if !self.window.admits() {
                 break;
             }
@@ -805,6 +871,14 @@ impl Peer {
 
     /// Polls the `Rtc` until it returns a timeout, flushing the send queue as it opens
     pub(crate) fn drain(&mut self, out: &mut Vec<PeerOutput>) -> Result<(), TransportError> {
+        let res = self.drain_rtc(out);
+        if !self.oversized.is_empty() {
+            out.push(PeerOutput::Undelivered(std::mem::take(&mut self.oversized)));
+        }
+        res
+    }
+
+    fn drain_rtc(&mut self, out: &mut Vec<PeerOutput>) -> Result<(), TransportError> {
         out.extend(self.media_out.drain(..).map(PeerOutput::Media));
         loop {
             self.flush()?;
@@ -1080,6 +1154,36 @@ fn fill_rejected_media_lines(answer: &str, offer: &str) -> String {
         out.push_str(line);
     }
     out
+}
+
+/// The `max-message-size` of an SDP's data channel section (RFC 8841): 64 KiB when the
+/// section has none, no limit for 0; `None` without a data channel section
+fn sdp_max_message_size(sdp: &str) -> Option<usize> {
+    let mut in_application = false;
+    let mut found = None;
+    for line in sdp.lines() {
+        let line = line.trim_end();
+        if line.starts_with("m=") {
+            if in_application {
+                break;
+            }
+            in_application = line.starts_with("m=application");
+            if in_application {
+                found = Some(64 * 1024);
+            }
+        } else if let Some(v) = line
+            .strip_prefix("a=max-message-size:")
+            .filter(|_| in_application)
+        {
+            found = match v.trim().parse::<u64>() {
+                Ok(0) => Some(usize::MAX),
+                Ok(n) => Some(usize::try_from(n).unwrap_or(usize::MAX)),
+                // Unreadable: the RFC's default.
+                Err(_) => Some(64 * 1024),
+            };
+        }
+    }
+    found
 }
 
 /// Parses a trickled candidate line; `Ok(None)` is the end-of-candidates marker

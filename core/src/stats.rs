@@ -32,6 +32,9 @@ pub struct PeerStats {
     pub malformed_media: u64,
     /// Remote candidates ignored by the candidate policy
     pub candidates_filtered: u64,
+    /// Datagrams from this peer's address that DTLS refused (unauthenticated alerts during
+    /// the handshake, garbage): dropped, never fatal
+    pub dtls_rejected: u64,
     /// ICE restarts and full reconnects with this peer
     pub reconnects: u64,
     /// The recovery's circuit breaker

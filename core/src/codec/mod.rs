@@ -29,7 +29,7 @@ mod h264;
     not(any(feature = "h264", feature = "vpx")),
     allow(dead_code, reason = "used by the video decoders only")
 )]
-mod headers;
+pub(crate) mod headers;
 pub mod scale;
 #[cfg(feature = "testing")]
 pub mod testsrc;
