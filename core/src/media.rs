@@ -253,6 +253,14 @@ impl AudioDecode for OpusPlayout {
             _ => vec![0; samples * self.channels],
         }
     }
+
+    fn recover(&mut self, next: &[u8], samples: usize) -> Option<Vec<i16>> {
+        if !codec::OpusDecoder::packet_has_fec(next) {
+            return None;
+        }
+        let dec = self.dec.as_mut()?;
+        dec.decode_fec(next, samples).ok().map(|f| f.samples)
+    }
 }
 
 /// One RTCP sender report: the sender's wall clock (seconds since the first report's, see
@@ -392,6 +400,13 @@ impl PeerMedia {
         out: &mut Vec<MediaOut>,
     ) {
         let now = data.network_time;
+        if data.data.is_empty() {
+            // Padding: RTP packets with no payload, which browsers send on the audio stream
+            // to probe bandwidth, carry the timestamp of an earlier frame. Neither a frame
+            // nor a delay sample (as a frame it would replace the real one when it overtakes
+            // it, and decode to nothing).
+            return;
+        }
         self.origin.get_or_insert(now);
         if Some(data.mid) == self.audio_mid {
             let ticks = self.audio_unwrap.unwrap(data.time.numer() as u32);

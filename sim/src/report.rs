@@ -148,15 +148,24 @@ pub struct AudioReceiverReport {
     pub frames_discarded: u64,
     /// Frames that failed to decode
     pub decode_errors: u64,
+    /// Frames missing when due, decoded from the next frame's redundancy (Opus in-band FEC)
+    pub frames_recovered: u64,
+    /// Audio played out, concealment included, milliseconds (W3C `totalSamplesReceived`)
+    pub played_ms: f64,
     /// Audio synthesised by concealment, milliseconds
     pub concealed_ms: f64,
+    /// `concealed_ms / played_ms` (W3C `concealedSamples / totalSamplesReceived`)
+    pub concealed_fraction: Option<f64>,
     /// Audio inserted to slow playout down, milliseconds
     pub inserted_ms: f64,
     /// Audio removed to speed playout up, milliseconds
     pub removed_ms: f64,
-    /// Mean time a sample waited in the jitter buffer (W3C jitterBufferDelay / emitted),
-    /// milliseconds, on the receiver's clock
+    /// Mean time from a frame's arrival to its decoding per decoded sample (W3C
+    /// `jitterBufferDelay / jitterBufferEmittedCount`), milliseconds, on the receiver's clock
     pub jitter_buffer_delay_ms: Option<f64>,
+    /// Mean time from a frame's arrival to the playout of each of its samples per played
+    /// sample (concealment counting zero), milliseconds
+    pub playout_delay_ms: Option<f64>,
     /// Mean target delay over emitted samples, milliseconds
     pub jitter_buffer_target_delay_ms: Option<f64>,
     /// The target delay at the end, milliseconds
@@ -470,10 +479,16 @@ fn audio_report(a: &meshrtc::media::AudioStats) -> AudioReceiverReport {
         frames_late: jb.frames_late,
         frames_discarded: jb.frames_discarded,
         decode_errors: jb.decode_errors,
+        frames_recovered: jb.frames_recovered,
+        played_ms: r3(jb.total_samples_received as f64 / rate),
         concealed_ms: r3(jb.concealed_samples as f64 / rate),
+        concealed_fraction: jb.concealed_fraction().map(|f| (f * 1e6).round() / 1e6),
         inserted_ms: r3(jb.inserted_samples_for_deceleration as f64 / rate),
         removed_ms: r3(jb.removed_samples_for_acceleration as f64 / rate),
         jitter_buffer_delay_ms: per_emitted(jb.jitter_buffer_delay),
+        playout_delay_ms: jb
+            .mean_playout_delay()
+            .map(|d| r3(d.as_secs_f64() * 1000.0)),
         jitter_buffer_target_delay_ms: per_emitted(jb.jitter_buffer_target_delay),
         target_delay_ms: r3(jb.target_delay * 1000.0),
         packets_lost_fraction: a
