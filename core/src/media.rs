@@ -14,7 +14,7 @@ use crate::sync::jitter::{
     AudioDecode, AudioJitterBuffer, JitterConfig, JitterStats, PlayoutChunk,
 };
 use crate::sync::time::{local_secs, TimestampUnwrapper};
-use crate::sync::{DriftConfig, DriftEstimator};
+use crate::sync::{DriftConfig, DriftEstimate, DriftEstimator};
 
 /// Opus always runs at 48 kHz on the wire
 pub const AUDIO_RATE: u32 = 48_000;
@@ -48,6 +48,11 @@ pub struct MediaConfig {
     pub max_video_hold: Duration,
     /// Fastest change of the lip-sync correction, per second
     pub max_sync_step_per_sec: Duration,
+    /// Send and expect synthetic frames ([`codec::synthetic`]) instead of Opus and video:
+    /// sized like the real codec's at `opus.bitrate_bps` and `video`, carrying a checked
+    /// header, on the wire as Opus and VP8. For simulations, where codec work would dominate
+    /// the run time; both ends must use it
+    pub synthetic: bool,
 }
 
 impl Default for MediaConfig {
@@ -61,6 +66,7 @@ impl Default for MediaConfig {
             max_video_wait: Duration::from_millis(300),
             max_video_hold: Duration::from_millis(500),
             max_sync_step_per_sec: Duration::from_millis(80),
+            synthetic: false,
         }
     }
 }
@@ -140,6 +146,7 @@ pub(crate) enum MediaOut {
 /// Participant-wide encoders: each frame is encoded once, whatever the number of peers
 pub(crate) struct Encoders {
     opus: Option<codec::OpusEncoder>,
+    synthetic_audio: Option<codec::synthetic::SyntheticAudioEncoder>,
     video: BTreeMap<VideoCodec, Box<dyn codec::VideoEncoder>>,
     audio_ticks: i64,
     video_epoch: Option<Instant>,
@@ -149,6 +156,7 @@ impl Encoders {
     pub(crate) fn new() -> Self {
         Self {
             opus: None,
+            synthetic_audio: None,
             video: BTreeMap::new(),
             audio_ticks: 0,
             video_epoch: None,
@@ -161,6 +169,26 @@ impl Encoders {
         config: &MediaConfig,
         pcm: &[i16],
     ) -> Result<(i64, Arc<[u8]>, usize), codec::CodecError> {
+        if config.synthetic {
+            if self.synthetic_audio.is_none() {
+                let o = config.opus;
+                self.synthetic_audio = Some(codec::synthetic::SyntheticAudioEncoder::new(
+                    o.frame_ms,
+                    o.channels,
+                    o.bitrate_bps,
+                )?);
+            }
+            let enc = self
+                .synthetic_audio
+                .as_mut()
+                .expect("created above; panic means bug");
+            let samples = enc.frame_samples();
+            let ticks = self.audio_ticks;
+            let capture = Duration::from_micros((ticks.max(0) as u64) * 1000 / 48);
+            let data = enc.encode(pcm, capture)?;
+            self.audio_ticks += samples as i64;
+            return Ok((ticks, Arc::from(&data[..]), samples));
+        }
         if self.opus.is_none() {
             self.opus = Some(codec::OpusEncoder::new(config.opus)?);
         }
@@ -200,14 +228,14 @@ impl Encoders {
                 cfg.codec = codec;
                 cfg.width = frame.width;
                 cfg.height = frame.height;
-                e.insert(codec::video_encoder(cfg)?)
+                e.insert(new_video_encoder(config, cfg)?)
             }
         };
         if enc.config().width != frame.width || enc.config().height != frame.height {
             let mut cfg = *enc.config();
             cfg.width = frame.width;
             cfg.height = frame.height;
-            *enc = codec::video_encoder(cfg)?;
+            *enc = new_video_encoder(config, cfg)?;
         }
         enc.encode(frame, pts)
     }
@@ -216,6 +244,18 @@ impl Encoders {
         if let Some(e) = self.video.get_mut(&codec) {
             e.request_keyframe();
         }
+    }
+}
+
+/// The real encoder for `cfg`, or the synthetic one when `config` says so
+fn new_video_encoder(
+    config: &MediaConfig,
+    cfg: VideoEncoderConfig,
+) -> Result<Box<dyn codec::VideoEncoder>, codec::CodecError> {
+    if config.synthetic {
+        Ok(Box::new(codec::synthetic::SyntheticVideoEncoder::new(cfg)?))
+    } else {
+        codec::video_encoder(cfg)
     }
 }
 
@@ -263,6 +303,23 @@ impl AudioDecode for OpusPlayout {
     }
 }
 
+/// Synthetic frames for the jitter buffer ([`MediaConfig::synthetic`])
+struct SyntheticPlayout(codec::synthetic::SyntheticAudioDecoder);
+
+impl AudioDecode for SyntheticPlayout {
+    fn channels(&self) -> usize {
+        self.0.channels()
+    }
+
+    fn decode(&mut self, payload: &[u8]) -> Result<Vec<i16>, String> {
+        self.0.decode(payload).map_err(|e| e.to_string())
+    }
+
+    fn conceal(&mut self, samples: usize) -> Vec<i16> {
+        vec![0; samples * self.0.channels()]
+    }
+}
+
 /// One RTCP sender report: the sender's wall clock (seconds since the first report's, see
 /// [`PeerMedia::wall_epoch`]) against its RTP time (ticks)
 #[derive(Debug, Clone, Copy)]
@@ -287,12 +344,13 @@ pub(crate) struct PeerMedia {
     pub(crate) audio_mid: Option<Mid>,
     pub(crate) video_mid: Option<Mid>,
     decode: bool,
+    synthetic: bool,
     playout_channels: usize,
     jitter: Option<AudioJitterBuffer>,
     audio_unwrap: TimestampUnwrapper,
     video_unwrap: TimestampUnwrapper,
     drift: DriftEstimator,
-    drift_ppm: Option<f64>,
+    drift_estimate: Option<DriftEstimate>,
     drift_reports: DriftEstimator,
     last_drift_update: Option<Instant>,
     sr_audio: Option<SenderReport>,
@@ -328,12 +386,13 @@ impl PeerMedia {
             audio_mid: None,
             video_mid: None,
             decode: config.decode,
+            synthetic: config.synthetic,
             playout_channels: config.opus.channels.clamp(1, 2) as usize,
             jitter: None,
             audio_unwrap: TimestampUnwrapper::default(),
             video_unwrap: TimestampUnwrapper::default(),
             drift: DriftEstimator::new(DriftConfig::default()),
-            drift_ppm: None,
+            drift_estimate: None,
             drift_reports: DriftEstimator::new(DriftConfig {
                 min_samples: 5,
                 min_span: Duration::from_secs(4),
@@ -362,13 +421,25 @@ impl PeerMedia {
     }
 
     /// The estimated drift of the sender's clock, in ppm
+    ///
+    /// `None` until the estimate is larger than its uncertainty (it could be noise).
     pub(crate) fn drift_ppm(&self) -> Option<f64> {
-        self.drift_ppm
+        self.drift_estimate.and_then(|e| e.significant_ppm())
     }
 
-    /// The drift of the sender's wall clock estimated from its sender reports, in ppm
+    /// Half the 95% interval of the drift estimate, in ppm
+    pub(crate) fn drift_uncertainty_ppm(&self) -> Option<f64> {
+        self.drift_estimate
+            .map(|e| e.uncertainty_ppm())
+            .filter(|u| u.is_finite())
+    }
+
+    /// The drift of the sender's wall clock estimated from its sender reports, in ppm (`None`
+    /// until larger than its uncertainty)
     pub(crate) fn report_drift_ppm(&self) -> Option<f64> {
-        self.drift_reports.estimate().map(|e| e.ppm)
+        self.drift_reports
+            .estimate()
+            .and_then(|e| e.significant_ppm())
     }
 
     pub(crate) fn audio_stats(&self) -> AudioStats {
@@ -422,9 +493,17 @@ impl PeerMedia {
             }
             // Decode to the channel count we play out, whatever the sender encoded.
             let channels = self.playout_channels;
+            let synthetic = self.synthetic;
             let jb = self.jitter.get_or_insert_with(|| {
-                let dec = codec::OpusDecoder::new(channels as u16).ok();
-                AudioJitterBuffer::new(*jitter_config, Box::new(OpusPlayout { dec, channels }))
+                let dec: Box<dyn AudioDecode> = if synthetic {
+                    Box::new(SyntheticPlayout(
+                        codec::synthetic::SyntheticAudioDecoder::new(channels as u16),
+                    ))
+                } else {
+                    let dec = codec::OpusDecoder::new(channels as u16).ok();
+                    Box::new(OpusPlayout { dec, channels })
+                };
+                AudioJitterBuffer::new(*jitter_config, dec)
             });
             jb.handle_frame(now, ticks, data.data);
         } else if Some(data.mid) == self.video_mid {
@@ -455,7 +534,7 @@ impl PeerMedia {
                 }
                 let dec = match self.decoders.get_mut(&codec) {
                     Some(d) => d,
-                    None => match codec::video_decoder(codec) {
+                    None => match new_video_decoder(self.synthetic, codec) {
                         Ok(d) => self.decoders.entry(codec).or_insert(d),
                         Err(_) => return,
                     },
@@ -557,7 +636,7 @@ impl PeerMedia {
         }
         self.last_drift_update = Some(now);
         if let Some(e) = self.drift.estimate() {
-            self.drift_ppm = Some(e.ppm);
+            self.drift_estimate = Some(e);
             if let Some(jb) = &mut self.jitter {
                 jb.set_drift_ppm(e.ppm);
             }
@@ -682,6 +761,18 @@ impl PeerMedia {
         let max = self.max_sync_step * dt;
         let diff = self.sync_wanted - self.sync_delay;
         self.sync_delay += diff.clamp(-max, max);
+    }
+}
+
+/// The real decoder for `codec`, or the synthetic one
+fn new_video_decoder(
+    synthetic: bool,
+    codec: VideoCodec,
+) -> Result<Box<dyn codec::VideoDecoder>, codec::CodecError> {
+    if synthetic {
+        Ok(Box::new(codec::synthetic::SyntheticVideoDecoder::new()))
+    } else {
+        codec::video_decoder(codec)
     }
 }
 

@@ -80,7 +80,8 @@ pub struct MediaReport {
     pub name: String,
     /// `audio` or `video`
     pub kind: String,
-    /// The codec the sender prefers (`opus`, `h264`, `vp8`, `vp9`)
+    /// The codec the sender prefers (`opus`, `h264`, `vp8`, `vp9`; `synthetic` for synthetic
+    /// frames)
     pub codec: String,
     /// Frames handed to the sender's participant while the pair was connected
     pub sent: u64,
@@ -118,10 +119,12 @@ pub struct MediaReport {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ReceiverReport {
     /// Estimated drift of the sender's clock against the receiver's, from packet arrivals,
-    /// ppm
+    /// ppm; `null` while smaller than its uncertainty
     pub clock_drift_ppm: Option<f64>,
+    /// Half the 95% interval of that estimate, ppm
+    pub clock_drift_uncertainty_ppm: Option<f64>,
     /// Estimated drift of the sender's clock from its RTCP sender reports (its wall clock
-    /// against our arrival times), ppm
+    /// against our arrival times), ppm; `null` while smaller than its uncertainty
     pub report_clock_drift_ppm: Option<f64>,
     /// The truth: the sender's clock rate over the receiver's, less one, ppm
     pub true_clock_drift_ppm: f64,
@@ -417,7 +420,9 @@ fn media_report(sim: &Sim, id: MediaStreamId, to: HostId, end: Duration) -> Medi
     let config = sim.media_stream_config(id);
     let from = config.from;
     let audio = matches!(config.source, MediaSource::Audio { .. });
-    let codec = if audio {
+    let codec = if sim.host_config(from).media.synthetic {
+        "synthetic".to_string()
+    } else if audio {
         "opus".to_string()
     } else {
         sim.host_config(from)
@@ -437,6 +442,7 @@ fn media_report(sim: &Sim, id: MediaStreamId, to: HostId, end: Duration) -> Medi
             let (ps, pr) = (sim.clock(from).ppb() as f64, sim.clock(to).ppb() as f64);
             ReceiverReport {
                 clock_drift_ppm: p.clock_drift_ppm.map(r3),
+                clock_drift_uncertainty_ppm: p.clock_drift_uncertainty_ppm.map(r3),
                 report_clock_drift_ppm: p.report_clock_drift_ppm.map(r3),
                 true_clock_drift_ppm: r3(((1e9 + ps) / (1e9 + pr) - 1.0) * 1e6),
                 audio: p.audio.as_ref().filter(|_| audio).map(audio_report),

@@ -840,8 +840,12 @@ impl Sim {
                     height,
                     ..media.video
                 };
-                meshrtc::codec::video_encoder(cfg)
-                    .map_err(|e| Error::Config(format!("media {}: {e}", config.name)))?;
+                let check = if media.synthetic {
+                    meshrtc::codec::synthetic::SyntheticVideoEncoder::new(cfg).map(|_| ())
+                } else {
+                    meshrtc::codec::video_encoder(cfg).map(|_| ())
+                };
+                check.map_err(|e| Error::Config(format!("media {}: {e}", config.name)))?;
             }
         }
         if config.stop.is_some_and(|s| s <= config.start) {
@@ -855,7 +859,9 @@ impl Sim {
             MediaSource::Audio { .. } => self.hosts[from].audio_stream = Some(idx),
             MediaSource::Video { .. } => self.hosts[from].video_stream = Some(idx),
         }
-        self.media.push(MediaStream::new(config, local_start));
+        let synthetic = self.hosts[from].config.media.synthetic;
+        self.media
+            .push(MediaStream::new(config, local_start, synthetic));
         self.push(start, Due::Media(idx), Payload::None);
         Ok(MediaStreamId(idx))
     }
@@ -1187,6 +1193,7 @@ impl Sim {
             let incarnation = self.hosts[from].incarnation;
             let m = &mut self.media[i];
             let res = match &mut m.generator {
+                Generator::Silence(pcm) => self.hosts[from].participant.send_audio(capture, pcm),
                 Generator::Tone { tone, samples } => {
                     let pcm = tone.next_samples(*samples);
                     self.hosts[from].participant.send_audio(capture, &pcm)
@@ -1196,7 +1203,12 @@ impl Sim {
                     // given, whether or not that frame encodes: so does the origin here.
                     let (_, epoch) = m.epoch_mut(incarnation);
                     epoch.video_origin.get_or_insert(capture);
-                    let f = self.patterns.frame(width, height, k);
+                    // Synthetic frames ignore the pixels: skip drawing the pattern.
+                    let f = if self.hosts[from].config.media.synthetic {
+                        self.patterns.black(width, height)
+                    } else {
+                        self.patterns.frame(width, height, k)
+                    };
                     self.hosts[from].participant.send_video(capture, &f)
                 }
             };

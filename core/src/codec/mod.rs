@@ -14,7 +14,8 @@
 //! they return [`CodecError::Decode`] (or `Ok(None)` when the input holds no picture yet).
 //!
 //! [`testsrc`] has deterministic test sources (a 440 Hz tone and a moving test pattern) and the
-//! quality metrics used by the tests.
+//! quality metrics used by the tests; [`synthetic`] has stand-in codecs for simulations
+//! (frames of realistic size and timing carrying only a checked header).
 
 use std::time::Duration;
 
@@ -23,6 +24,7 @@ use bytes::Bytes;
 mod audio;
 #[cfg(feature = "h264")]
 mod h264;
+pub mod synthetic;
 pub mod testsrc;
 #[cfg(feature = "vpx")]
 mod vpx;

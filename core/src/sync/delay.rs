@@ -20,7 +20,7 @@
 //!   with each extreme packet.
 //! - **Cost.** `S` minimises `S + λ · g(S) / audio`, where λ
 //!   ([`delay_per_concealed_percent`](crate::sync::JitterConfig::delay_per_concealed_percent),
-//!   120 ms per percent) prices concealment in delay. The price, not a fixed quantile, sets the
+//!   140 ms per percent) prices concealment in delay. The price, not a fixed quantile, sets the
 //!   coverage: on light tails (Gaussian, uniform) covering the last frames is cheap and the
 //!   choice covers nearly all (about 0.05% concealed for σ = 20 ms); on long one-sided tails
 //!   (exponential, Pareto), where each further frame covered costs many milliseconds, it stops

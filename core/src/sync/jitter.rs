@@ -96,7 +96,7 @@ impl Default for JitterConfig {
             max_delay: Duration::from_millis(200),
             window: Duration::from_secs(20),
             fast_window: Duration::from_secs(2),
-            delay_per_concealed_percent: Duration::from_millis(120),
+            delay_per_concealed_percent: Duration::from_millis(140),
             chunk: Duration::from_millis(10),
             max_accelerate: 0.10,
             max_decelerate: 0.25,
