@@ -742,6 +742,9 @@ impl Participant {
             let Some(peer) = self.peers.get_mut(&id) else {
                 continue;
             };
+            if peer.next_timeout(&self.config).0 > now {
+                continue;
+            }
             let res = peer.handle_timeout(now);
             // A failure here is already reported as `Event::PeerFailed`.
             let _ = self.after_peer_input(&id, res);
