@@ -7,7 +7,9 @@ set -euo pipefail
 # OpenH264 (nasm for its SIMD, which is several times faster); libvpx-dev via pkg-config for
 # VP8/VP9, and libclang-dev for bindgen, which generates the libvpx bindings from its headers.
 # chromium: Debian's headless browser for the interop tests (interop/, /usr/bin/chromium).
-needed=(pkg-config cmake g++ nasm libvpx-dev libclang-dev chromium)
+# coturn: the TURN/STUN server the ICE tests start on 127.0.0.1 (core/tests/turn/).
+# iproute2, iptables: network namespaces behind Linux NAT (scripts/netns-nat.sh).
+needed=(pkg-config cmake g++ nasm libvpx-dev libclang-dev chromium coturn iproute2 iptables)
 missing=()
 for p in "${needed[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -1,9 +1,14 @@
 //! Codec cost: encode and decode time per frame at 720p30 and 360p30 for H.264, VP8 and VP9,
-//! and per 20 ms Opus frame
+//! and per 20 ms Opus frame; the cost of a second, smaller encode; and the quality of each
+//! rung of the degradation ladder per bitrate (where the thresholds of
+//! `codec::degrade::DegradationConfig` come from)
 //!
 //! ```text
-//! cargo run --release -p meshrtc --example codec_bench [-- FRAMES]
+//! cargo run --release -p meshrtc --example codec_bench [-- FRAMES [SECTION...]]
 //! ```
+//!
+//! Sections: `costs` (video encode/decode), `opus`, `second` (one encode against two),
+//! `temporal` (VP8 temporal layers), `ladder` (PSNR per size and bitrate); all by default.
 //!
 //! Times are CPU time of the calling thread (`CLOCK_THREAD_CPUTIME_ID`, so builds running
 //! alongside do not inflate them; wall time if that clock is missing). "Core %" is
@@ -17,10 +22,11 @@
 
 use std::time::{Duration, Instant};
 
+use meshrtc::codec::scale::Scaler;
 use meshrtc::codec::testsrc::{psnr, TestPattern, Tone};
 use meshrtc::codec::{
-    video_decoder, video_encoder, OpusConfig, OpusDecoder, OpusEncoder, VideoCodec,
-    VideoEncoderConfig,
+    video_decoder, video_encoder, AdaptiveEncoder, I420Frame, OpusConfig, OpusDecoder, OpusEncoder,
+    Scale, VideoCodec, VideoEncoderConfig, VideoTarget,
 };
 
 fn main() {
@@ -33,8 +39,88 @@ fn main() {
     } else {
         "wall time"
     };
+    let sections: Vec<String> = std::env::args().skip(2).collect();
+    let want = |s: &str| sections.is_empty() || sections.iter().any(|a| a == s);
     println!("codec_bench: {frames} frames per run, costs in {clock}, single-threaded codecs");
     println!();
+    if want("costs") {
+        costs(frames);
+    }
+    if want("opus") {
+        for channels in [1, 2] {
+            bench_opus(channels, (frames * 5).max(500));
+        }
+        println!();
+    }
+    if want("second") {
+        second_encode(frames);
+    }
+    if want("temporal") {
+        temporal(frames);
+    }
+    if want("ladder") {
+        ladder(frames);
+    }
+}
+
+/// VP8 with 1, 2 and 3 temporal layers at the same bitrate: encode cost, the base layer's
+/// share of the bytes, and the quality of all layers and of the base layer alone
+fn temporal(frames: u64) {
+    if !VideoCodec::Vp8.is_supported() {
+        return;
+    }
+    let (w, h) = (640, 360);
+    let input = noisy_frames(w, h, frames);
+    println!("temporal layers: vp8 {w}x{h} noisy source, 30 fps, 800 kbit/s");
+    println!(
+        "{:<7} {:>9} {:>10} {:>11} {:>10} {:>10}",
+        "layers", "enc ms", "kbit/s", "base bytes", "PSNR all", "PSNR base"
+    );
+    for layers in [1u8, 2, 3] {
+        let mut enc = video_encoder(VideoEncoderConfig {
+            bitrate_bps: 800_000,
+            temporal_layers: layers,
+            ..VideoEncoderConfig::new(VideoCodec::Vp8, w, h)
+        })
+        .expect("encoder");
+        let mut all = video_decoder(VideoCodec::Vp8).expect("decoder");
+        let mut base = video_decoder(VideoCodec::Vp8).expect("decoder");
+        let (mut cost, mut q_all, mut q_base) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut bytes, mut base_bytes) = (0, 0);
+        for (i, frame) in input.iter().enumerate() {
+            let pts = Duration::from_secs(i as u64) / 30;
+            let (out, c) = measure(|| enc.encode(frame, pts).expect("encode"));
+            cost.push(c);
+            let Some(e) = out else { continue };
+            bytes += e.data.len();
+            let pic = all.decode(&e.data).expect("decode").expect("picture");
+            if i >= 30 {
+                q_all.push(psnr(frame, &pic));
+            }
+            if e.temporal_id == 0 {
+                base_bytes += e.data.len();
+                let pic = base.decode(&e.data).expect("decode").expect("picture");
+                if i >= 30 {
+                    q_base.push(psnr(frame, &pic));
+                }
+            }
+        }
+        let (m, _) = stats(&mut cost);
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+        println!(
+            "{:<7} {:>7.2}ms {:>10.0} {:>10.0}% {:>10.2} {:>10.2}",
+            layers,
+            ms(m),
+            bytes as f64 * 8.0 / (input.len() as f64 / 30.0) / 1000.0,
+            base_bytes as f64 * 100.0 / bytes.max(1) as f64,
+            mean(&q_all),
+            mean(&q_base),
+        );
+    }
+    println!();
+}
+
+fn costs(frames: u64) {
     println!(
         "{:<6} {:<7} {:>9} | {:>9} {:>9} {:>7} | {:>9} {:>9} {:>7} | {:>8}",
         "codec",
@@ -59,12 +145,160 @@ fn main() {
         }
     }
     println!();
-    for channels in [1, 2] {
-        bench_opus(channels, (frames * 5).max(500));
+}
+
+/// A camera-like source: the test pattern with sensor noise (a fixed pseudo-random
+/// sequence, +-6 levels on luma, +-3 on chroma), which costs an encoder far more bits than
+/// the clean pattern and is closer to what a camera gives
+fn noisy_frames(w: u32, h: u32, frames: u64) -> Vec<I420Frame> {
+    let source = TestPattern::new(w, h);
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut noise = move |amp: i32| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % (2 * amp as u64 + 1)) as i32 - amp
+    };
+    (0..frames)
+        .map(|i| {
+            let mut f = source.frame(i);
+            for p in f.y.iter_mut() {
+                *p = (i32::from(*p) + noise(6)).clamp(0, 255) as u8;
+            }
+            for p in f.u.iter_mut().chain(f.v.iter_mut()) {
+                *p = (i32::from(*p) + noise(3)).clamp(0, 255) as u8;
+            }
+            f
+        })
+        .collect()
+}
+
+/// One encode per frame against two (the main one and a smaller one for slow peers), as
+/// `media::Encoders` does with a low encoding: the second includes downscaling its input
+fn second_encode(frames: u64) {
+    println!("second encode: one encode per frame vs. main + low encoding (noisy source, 30 fps)");
+    println!(
+        "  low ms includes downscaling its input, shown alone in (scaling); extra % = low / main;"
+    );
+    println!("  core % = main + low at 30 fps");
+    println!(
+        "{:<6} {:<16} {:>11} {:>11} {:>11} {:>9} {:>9}",
+        "codec", "main + low", "main ms", "low ms", "(scaling)", "extra %", "core %"
+    );
+    for (w, h, main_bps, low_w, low_h, low_bps) in [
+        (640, 360, 800_000, 320, 180, 200_000),
+        (1280, 720, 2_500_000, 640, 360, 600_000),
+        (1280, 720, 2_500_000, 320, 180, 200_000),
+    ] {
+        let input = noisy_frames(w, h, frames);
+        for codec in VideoCodec::ALL.into_iter().filter(|c| c.is_supported()) {
+            let mut main = AdaptiveEncoder::new(VideoEncoderConfig {
+                bitrate_bps: main_bps,
+                ..VideoEncoderConfig::new(codec, w, h)
+            })
+            .expect("encoder");
+            let mut low = AdaptiveEncoder::new(VideoEncoderConfig {
+                bitrate_bps: low_bps,
+                ..VideoEncoderConfig::new(codec, w, h)
+            })
+            .expect("encoder");
+            let scale = Scale::new((low_w / 8) as u8, (w / 8) as u8).expect("scale");
+            low.set_target(VideoTarget {
+                scale,
+                ..low.target()
+            })
+            .expect("target");
+            let mut scaler = Scaler::new();
+            let (mut main_cost, mut low_cost, mut scale_cost) =
+                (Vec::new(), Vec::new(), Vec::new());
+            // Interleaved, so that both see the same machine state.
+            for (i, frame) in input.iter().enumerate() {
+                let pts = Duration::from_secs(i as u64) / 30;
+                main_cost.push(measure(|| main.encode(frame, pts).expect("encode")).1);
+                low_cost.push(measure(|| low.encode(frame, pts).expect("encode")).1);
+                scale_cost.push(measure(|| scaler.scale(frame, low_w, low_h)).1);
+            }
+            let (m, _) = stats(&mut main_cost);
+            let (l, _) = stats(&mut low_cost);
+            let (sc, _) = stats(&mut scale_cost);
+            println!(
+                "{:<6} {:<16} {:>9.2}ms {:>9.2}ms {:>9.2}ms {:>8.0}% {:>8.1}%",
+                codec.name(),
+                format!("{h}p + {low_h}p"),
+                ms(m),
+                ms(l),
+                ms(sc),
+                ms(l) / ms(m) * 100.0,
+                ms(m + l) * 30.0 / 10.0,
+            );
+            assert_eq!(low.stats().frame_width, low_w);
+        }
+    }
+    println!();
+}
+
+/// Coding quality of each ladder rung per bitrate: PSNR of the decoded picture against the
+/// encoder's own (downscaled) input, i.e. what the bitrate costs at that size
+///
+/// A rung is "starved" when this falls below a floor (blocking and smearing show; libwebrtc
+/// detects the same through the encoder's QP). The degradation controller's `min_bpp` is
+/// where the full size falls to that floor; the smaller rungs show how much a step down buys.
+fn ladder(frames: u64) {
+    let (w, h) = (640, 360);
+    let clean: Vec<I420Frame> = {
+        let p = TestPattern::new(w, h);
+        (0..frames).map(|i| p.frame(i)).collect()
+    };
+    let noisy = noisy_frames(w, h, frames);
+    let rungs = [(1, 1), (3, 4), (1, 2)];
+    for (label, input) in [("clean", &clean), ("noisy", &noisy)] {
+        println!("ladder: {w}x{h} {label} source at 30 fps, coding PSNR (dB) and bits per pixel per frame of each size");
+        for codec in VideoCodec::ALL.into_iter().filter(|c| c.is_supported()) {
+            print!("{:<6} {:>7}", codec.name(), "kbit/s");
+            for (n, d) in rungs {
+                let (sw, sh) = Scale::new(n, d).expect("scale").apply(w, h);
+                print!(" {:>9} {:>6}", format!("{sw}x{sh}"), "bpp");
+            }
+            println!();
+            for kbps in [100, 150, 250, 400, 600, 900] {
+                print!("{:<6} {:>7}", "", kbps);
+                for (n, d) in rungs {
+                    let scale = Scale::new(n, d).expect("scale");
+                    let (sw, sh) = scale.apply(w, h);
+                    let mut enc = video_encoder(VideoEncoderConfig {
+                        bitrate_bps: kbps * 1000,
+                        ..VideoEncoderConfig::new(codec, sw, sh)
+                    })
+                    .expect("encoder");
+                    let mut dec = video_decoder(codec).expect("decoder");
+                    let mut scaler = Scaler::new();
+                    let mut scores = Vec::new();
+                    for (i, frame) in input.iter().enumerate() {
+                        let pts = Duration::from_secs(i as u64) / 30;
+                        let small = scaler.scale(frame, sw, sh);
+                        let Some(e) = enc.encode(&small, pts).expect("encode") else {
+                            continue;
+                        };
+                        let Some(out) = dec.decode(&e.data).expect("decode") else {
+                            continue;
+                        };
+                        // Skip the first second (rate control settling).
+                        if i >= 30 {
+                            scores.push(psnr(&small, &out));
+                        }
+                    }
+                    let bpp = f64::from(kbps * 1000) / (f64::from(sw * sh) * 30.0);
+                    let mean = scores.iter().sum::<f64>() / scores.len().max(1) as f64;
+                    print!(" {:>9.2} {:>6.3}", mean, bpp);
+                }
+                println!();
+            }
+        }
+        println!();
     }
 }
 
-fn bench_video(codec: VideoCodec, label: &str, bitrate: u32, input: &[meshrtc::codec::I420Frame]) {
+fn bench_video(codec: VideoCodec, label: &str, bitrate: u32, input: &[I420Frame]) {
     let (w, h) = (input[0].width, input[0].height);
     let cfg = VideoEncoderConfig {
         bitrate_bps: bitrate,

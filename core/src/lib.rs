@@ -55,21 +55,30 @@
 
 pub mod clock;
 pub mod codec;
-pub mod echo;
+mod config;
 mod error;
+mod event;
+pub mod ice;
 pub mod media;
 mod participant;
 mod peer;
+pub mod pipeline;
+mod recovery;
+pub mod session;
+mod shared;
 pub mod signal;
 mod stats;
 pub mod sync;
 mod window;
 
-pub use error::Error;
-pub use participant::{
-    CandidatePolicy, Config, DataMessage, Event, FailReason, Input, LeaveReason, Output,
-    Participant, Receive, TimeoutReason, Transmit, MAX_DATA_MESSAGE,
+pub use config::{CandidatePolicy, Config, MediaKind, MAX_DATA_MESSAGE};
+pub use error::{
+    CommandError, InputError, SdpRejection, SignalProblem, TransportError, TransportLayer,
 };
+pub use event::{DataMessage, Event, FailReason, LeaveReason, ReconnectKind};
+pub use participant::Participant;
+pub use recovery::{CircuitState, RecoveryConfig};
+pub use shared::{Input, Output, Receive, TimeoutReason, Transmit};
 pub use stats::{DropCounters, PeerStats};
 
 #[cfg(test)]

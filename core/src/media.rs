@@ -9,7 +9,11 @@ use str0m::format::Codec;
 use str0m::media::{KeyframeRequestKind, MediaData, MediaKind, Mid};
 use str0m::Rtc;
 
-use crate::codec::{self, I420Frame, OpusConfig, VideoCodec, VideoEncoderConfig};
+use crate::codec::degrade::{DegradationConfig, DegradationController, QualityLimitation};
+use crate::codec::{
+    self, AdaptiveEncoder, AudioParams, I420Frame, OpusConfig, VideoCodec, VideoEncoderConfig,
+    VideoSendStats, VideoTarget,
+};
 use crate::sync::jitter::{
     AudioDecode, AudioJitterBuffer, JitterConfig, JitterStats, PlayoutChunk,
 };
@@ -109,6 +113,8 @@ pub struct VideoStats {
     pub av_offset_ms: Option<f64>,
     /// The codec being received
     pub codec: Option<VideoCodec>,
+    /// Frames dropped unrendered because too many (or too many bytes) were waiting
+    pub frames_dropped_held: u64,
     /// RTCP sender reports received for this stream
     pub sender_reports: u64,
     /// Longest gap between two sender reports (ms)
@@ -143,13 +149,56 @@ pub(crate) enum MediaOut {
     KeyframeWanted(VideoCodec),
 }
 
-/// Participant-wide encoders: each frame is encoded once, whatever the number of peers
+/// Which encoding of a codec a frame belongs to
+///
+/// Each codec has a main encoding and, while the participant asks for one, a second, smaller
+/// and cheaper one for peers whose path cannot carry the main one. The two are independent
+/// streams: a peer moved from one to the other needs a keyframe of the one it moves to
+/// before its frames are useful.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Encoding {
+    /// The encoding at the target the bandwidth estimate allows for most peers
+    Main,
+    /// The second encoding for slow peers
+    Low,
+}
+
+/// One encoded frame of one encoding
+#[derive(Debug, Clone)]
+pub(crate) struct EncodedFrame {
+    pub(crate) encoding: Encoding,
+    pub(crate) video: codec::EncodedVideo,
+}
+
+/// Both encodings of one codec
+struct CodecEncoders {
+    main: AdaptiveEncoder,
+    low: Option<AdaptiveEncoder>,
+}
+
+/// Participant-wide encoders: each frame is encoded once (or twice, with a low encoding),
+/// whatever the number of peers
+///
+/// Bitrates follow [`set_video_bitrate`](Self::set_video_bitrate) (the main encoding's
+/// target, e.g. from the bandwidth estimates) through a [`DegradationController`], which also
+/// picks size and frame rate; [`set_video_target`](Self::set_video_target) sets a codec's
+/// target directly instead. The caller measures encode time (the core reads no clock) and
+/// reports it with [`handle_encode_time`](Self::handle_encode_time); frames that would queue
+/// behind a busy encoder are turned down by [`should_encode`](Self::should_encode).
 pub(crate) struct Encoders {
     opus: Option<codec::OpusEncoder>,
     synthetic_audio: Option<codec::synthetic::SyntheticAudioEncoder>,
-    video: BTreeMap<VideoCodec, Box<dyn codec::VideoEncoder>>,
+    /// Audio settings asked for before the encoder existed
+    audio_params: Option<AudioParams>,
+    video: BTreeMap<VideoCodec, CodecEncoders>,
     audio_ticks: i64,
     video_epoch: Option<Instant>,
+    /// Main-encoding bitrate set with set_video_bitrate; the controller is in charge then
+    video_bitrate: Option<u32>,
+    degrade: DegradationController,
+    /// The low encoding's bitrate and its own controller (it has no CPU input: its encodes
+    /// are reported together with the main one's)
+    low: Option<(u32, DegradationController)>,
 }
 
 impl Encoders {
@@ -157,9 +206,13 @@ impl Encoders {
         Self {
             opus: None,
             synthetic_audio: None,
+            audio_params: None,
             video: BTreeMap::new(),
             audio_ticks: 0,
             video_epoch: None,
+            video_bitrate: None,
+            degrade: DegradationController::new(DegradationConfig::default()),
+            low: None,
         }
     }
 
@@ -190,7 +243,11 @@ impl Encoders {
             return Ok((ticks, Arc::from(&data[..]), samples));
         }
         if self.opus.is_none() {
-            self.opus = Some(codec::OpusEncoder::new(config.opus)?);
+            let mut enc = codec::OpusEncoder::new(config.opus)?;
+            if let Some(p) = self.audio_params {
+                enc.set_params(p)?;
+            }
+            self.opus = Some(enc);
         }
         let enc = self.opus.as_mut().expect("created above; panic means bug");
         let samples = enc.frame_samples();
@@ -198,6 +255,52 @@ impl Encoders {
         let ticks = self.audio_ticks;
         self.audio_ticks += samples as i64;
         Ok((ticks, Arc::from(&data[..]), samples))
+    }
+
+    /// Changes the Opus bitrate, FEC and expected loss, from the next frame on
+    ///
+    /// E.g. FEC on with the loss RTCP reports (libwebrtc turns it on from about 1 %), and
+    /// the bitrate lowered last, when video is already at its floor.
+    #[cfg_attr(
+        not(test),
+        allow(
+            dead_code,
+            reason = "API for the rate adaptation and layer routing of issue 17"
+        )
+    )]
+    pub(crate) fn set_audio_params(
+        &mut self,
+        params: AudioParams,
+    ) -> Result<(), codec::CodecError> {
+        if let Some(enc) = &mut self.opus {
+            enc.set_params(params)?;
+        } else {
+            // Validated now, applied when the encoder is created.
+            let probe = OpusConfig {
+                bitrate_bps: params.bitrate_bps,
+                fec: params.fec,
+                expected_loss_pct: params.expected_loss_pct,
+                ..OpusConfig::default()
+            };
+            codec::OpusEncoder::new(probe)?;
+        }
+        self.audio_params = Some(params);
+        Ok(())
+    }
+
+    /// The Opus settings in force (`None` before any were set or the encoder exists)
+    #[cfg_attr(
+        not(test),
+        allow(
+            dead_code,
+            reason = "API for the rate adaptation and layer routing of issue 17"
+        )
+    )]
+    pub(crate) fn audio_params(&self) -> Option<AudioParams> {
+        self.opus
+            .as_ref()
+            .map(|e| AudioParams::of(e.config()))
+            .or(self.audio_params)
     }
 
     /// Advances the audio clock for a frame encoded elsewhere (pass-through)
@@ -213,7 +316,164 @@ impl Encoders {
         (local_secs(capture, epoch) * VIDEO_RATE as f64).round() as i64
     }
 
-    /// Encodes one video frame with `codec`
+    /// Sets the main encodings' target bitrate at `now`; from then on the degradation
+    /// controller picks size and frame rate for it
+    ///
+    /// Call whenever the estimate the target comes from changes (the controller holds each
+    /// level for at least a second, so calling often is fine).
+    #[cfg_attr(
+        not(test),
+        allow(
+            dead_code,
+            reason = "API for the rate adaptation and layer routing of issue 17"
+        )
+    )]
+    pub(crate) fn set_video_bitrate(&mut self, now: Instant, bitrate_bps: u32) {
+        let bitrate_bps = bitrate_bps.clamp(MIN_VIDEO_BPS, MAX_VIDEO_BPS);
+        self.video_bitrate = Some(bitrate_bps);
+        self.degrade.set_target_bitrate(now, bitrate_bps);
+    }
+
+    /// Sets `codec`'s main target directly (size, frame rate and bitrate), bypassing the
+    /// controller until the next [`set_video_bitrate`](Self::set_video_bitrate)
+    #[cfg_attr(
+        not(test),
+        allow(
+            dead_code,
+            reason = "API for the rate adaptation and layer routing of issue 17"
+        )
+    )]
+    pub(crate) fn set_video_target(
+        &mut self,
+        config: &MediaConfig,
+        codec: VideoCodec,
+        target: VideoTarget,
+    ) -> Result<(), codec::CodecError> {
+        self.video_bitrate = None;
+        self.codec_encoders(config, codec)?.main.set_target(target)
+    }
+
+    /// Turns the low encoding on at `bitrate_bps` (for the slowest peers' estimate), or off
+    /// with `None`
+    ///
+    /// The low encoding gets its own size and frame rate from the same ladder; it costs a
+    /// second encode per frame (see `benches/README.md` for what that costs).
+    #[cfg_attr(
+        not(test),
+        allow(
+            dead_code,
+            reason = "API for the rate adaptation and layer routing of issue 17"
+        )
+    )]
+    pub(crate) fn set_low_encoding(&mut self, now: Instant, bitrate_bps: Option<u32>) {
+        match bitrate_bps {
+            None => {
+                self.low = None;
+                for e in self.video.values_mut() {
+                    e.low = None;
+                }
+            }
+            Some(bps) => {
+                let bps = bps.clamp(MIN_VIDEO_BPS, MAX_VIDEO_BPS);
+                let (rate, ctl) = self.low.get_or_insert_with(|| {
+                    (
+                        bps,
+                        DegradationController::new(DegradationConfig::default()),
+                    )
+                });
+                *rate = bps;
+                ctl.set_target_bitrate(now, bps);
+            }
+        }
+    }
+
+    /// Whether the frame captured at `capture` should be encoded, decided at `now`
+    ///
+    /// `false` when the encoder is still busy with earlier frames (CPU overload): the caller
+    /// drops the frame instead of queueing it, and it is counted in the send statistics.
+    #[cfg_attr(
+        not(test),
+        allow(
+            dead_code,
+            reason = "API for the rate adaptation and layer routing of issue 17"
+        )
+    )]
+    pub(crate) fn should_encode(&mut self, capture: Instant, now: Instant) -> bool {
+        if self.degrade.should_encode(capture, now) {
+            return true;
+        }
+        for e in self.video.values_mut() {
+            e.main.note_dropped_cpu();
+        }
+        false
+    }
+
+    /// Reports how long encoding the frame captured at `capture` took (all its encodings),
+    /// ending at `now`, measured by the caller
+    #[cfg_attr(
+        not(test),
+        allow(
+            dead_code,
+            reason = "API for the rate adaptation and layer routing of issue 17"
+        )
+    )]
+    pub(crate) fn handle_encode_time(&mut self, capture: Instant, took: Duration, now: Instant) {
+        self.degrade.handle_encoded(capture, took, now);
+    }
+
+    /// Why the video sent is below the capture
+    #[cfg_attr(
+        not(test),
+        allow(
+            dead_code,
+            reason = "API for the rate adaptation and layer routing of issue 17"
+        )
+    )]
+    pub(crate) fn quality_limitation(&self, now: Instant) -> QualityLimitation {
+        self.degrade.quality_limitation(now)
+    }
+
+    /// Send statistics of `codec`'s encoding
+    #[cfg_attr(
+        not(test),
+        allow(
+            dead_code,
+            reason = "API for the rate adaptation and layer routing of issue 17"
+        )
+    )]
+    pub(crate) fn video_send_stats(
+        &self,
+        codec: VideoCodec,
+        encoding: Encoding,
+    ) -> Option<VideoSendStats> {
+        let e = self.video.get(&codec)?;
+        match encoding {
+            Encoding::Main => Some(e.main.stats()),
+            Encoding::Low => e.low.as_ref().map(AdaptiveEncoder::stats),
+        }
+    }
+
+    fn codec_encoders(
+        &mut self,
+        config: &MediaConfig,
+        codec: VideoCodec,
+    ) -> Result<&mut CodecEncoders, codec::CodecError> {
+        match self.video.entry(codec) {
+            std::collections::btree_map::Entry::Occupied(e) => Ok(e.into_mut()),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                let cfg = VideoEncoderConfig {
+                    codec,
+                    ..config.video
+                };
+                Ok(e.insert(CodecEncoders {
+                    main: new_adaptive_encoder(config, cfg)?,
+                    low: None,
+                }))
+            }
+        }
+    }
+
+    /// Encodes one video frame with `codec`: the main encoding only
     pub(crate) fn encode_video(
         &mut self,
         config: &MediaConfig,
@@ -221,43 +481,146 @@ impl Encoders {
         frame: &I420Frame,
         pts: Duration,
     ) -> Result<Option<codec::EncodedVideo>, codec::CodecError> {
-        let enc = match self.video.entry(codec) {
-            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::btree_map::Entry::Vacant(e) => {
-                let mut cfg = config.video;
-                cfg.codec = codec;
-                cfg.width = frame.width;
-                cfg.height = frame.height;
-                e.insert(new_video_encoder(config, cfg)?)
-            }
-        };
-        if enc.config().width != frame.width || enc.config().height != frame.height {
-            let mut cfg = *enc.config();
-            cfg.width = frame.width;
-            cfg.height = frame.height;
-            *enc = new_video_encoder(config, cfg)?;
-        }
-        enc.encode(frame, pts)
+        let capture = self.video_epoch.map(|e| e + pts);
+        let frames = self.encode_video_encodings(config, codec, frame, capture, pts)?;
+        Ok(frames
+            .into_iter()
+            .find(|f| f.encoding == Encoding::Main)
+            .map(|f| f.video))
     }
 
+    /// Encodes one video frame with `codec`, in every encoding in use: the main one and,
+    /// while it is on, the low one
+    ///
+    /// `capture` is the frame's capture instant (it moves the controller's clock: steps up
+    /// are taken as time passes), `pts` its presentation time for the encoder. An encoding may
+    /// produce nothing for a frame (frame-rate cap, rate control).
+    pub(crate) fn encode_video_encodings(
+        &mut self,
+        config: &MediaConfig,
+        codec: VideoCodec,
+        frame: &I420Frame,
+        capture: Option<Instant>,
+        pts: Duration,
+    ) -> Result<Vec<EncodedFrame>, codec::CodecError> {
+        let capture_fps = config.video.fps;
+        self.degrade
+            .set_capture(frame.width, frame.height, capture_fps);
+        if let Some(now) = capture {
+            self.degrade.handle_timeout(now);
+            if let Some((_, ctl)) = &mut self.low {
+                ctl.handle_timeout(now);
+            }
+        }
+        let main_target = match (self.video_bitrate, self.degrade.current()) {
+            (Some(bitrate_bps), Some(level)) => Some(VideoTarget {
+                bitrate_bps,
+                max_fps: level.fps,
+                scale: level.scale,
+            }),
+            _ => None,
+        };
+        let low_target = self.low.as_mut().and_then(|(bitrate_bps, ctl)| {
+            ctl.set_capture(frame.width, frame.height, capture_fps);
+            ctl.current().map(|level| VideoTarget {
+                bitrate_bps: *bitrate_bps,
+                max_fps: level.fps,
+                scale: level.scale,
+            })
+        });
+        let base = VideoEncoderConfig {
+            codec,
+            ..config.video
+        };
+        let encoders = self.codec_encoders(config, codec)?;
+        let mut out = Vec::with_capacity(2);
+        if let Some(t) = main_target {
+            encoders.main.set_target(t)?;
+        }
+        if let Some(video) = encoders.main.encode(frame, pts)? {
+            out.push(EncodedFrame {
+                encoding: Encoding::Main,
+                video,
+            });
+        }
+        match low_target {
+            Some(t) => {
+                let low = match &mut encoders.low {
+                    Some(low) => low,
+                    None => encoders
+                        .low
+                        .insert(new_adaptive_encoder(
+                            config,
+                            VideoEncoderConfig {
+                                bitrate_bps: t.bitrate_bps,
+                                ..base
+                            },
+                        )?),
+                };
+                low.set_target(t)?;
+                if let Some(video) = low.encode(frame, pts)? {
+                    out.push(EncodedFrame {
+                        encoding: Encoding::Low,
+                        video,
+                    });
+                }
+            }
+            None => encoders.low = None,
+        }
+        Ok(out)
+    }
+
+    /// Makes the next frame of every encoding of `codec` a keyframe
     pub(crate) fn request_keyframe(&mut self, codec: VideoCodec) {
         if let Some(e) = self.video.get_mut(&codec) {
-            e.request_keyframe();
+            e.main.request_keyframe();
+            if let Some(low) = &mut e.low {
+                low.request_keyframe();
+            }
+        }
+    }
+
+    /// Makes the next frame of one encoding of `codec` a keyframe (e.g. for a peer that was
+    /// moved to it, or a PLI from a peer that receives it)
+    #[cfg_attr(
+        not(test),
+        allow(
+            dead_code,
+            reason = "API for the rate adaptation and layer routing of issue 17"
+        )
+    )]
+    pub(crate) fn request_keyframe_of(&mut self, codec: VideoCodec, encoding: Encoding) {
+        if let Some(e) = self.video.get_mut(&codec) {
+            match encoding {
+                Encoding::Main => e.main.request_keyframe(),
+                Encoding::Low => {
+                    if let Some(low) = &mut e.low {
+                        low.request_keyframe();
+                    }
+                }
+            }
         }
     }
 }
 
-/// The real encoder for `cfg`, or the synthetic one when `config` says so
-fn new_video_encoder(
+/// The adaptive encoder for `cfg`: over the real codec, or the synthetic one when `config`
+/// says so
+fn new_adaptive_encoder(
     config: &MediaConfig,
     cfg: VideoEncoderConfig,
-) -> Result<Box<dyn codec::VideoEncoder>, codec::CodecError> {
+) -> Result<AdaptiveEncoder, codec::CodecError> {
     if config.synthetic {
-        Ok(Box::new(codec::synthetic::SyntheticVideoEncoder::new(cfg)?))
+        AdaptiveEncoder::with_encoder(cfg, codec::synthetic::video_encoder)
     } else {
-        codec::video_encoder(cfg)
+        AdaptiveEncoder::new(cfg)
     }
 }
+
+// Lowest and highest video target Encoders accepts (the encoders' own range)
+#[cfg_attr(not(test), allow(dead_code, reason = "see set_video_bitrate"))]
+const MIN_VIDEO_BPS: u32 = 50_000;
+#[cfg_attr(not(test), allow(dead_code, reason = "see set_video_bitrate"))]
+const MAX_VIDEO_BPS: u32 = 50_000_000;
 
 /// Maps str0m's codec to ours
 pub(crate) fn video_codec_of(c: Codec) -> Option<VideoCodec> {
@@ -329,6 +692,13 @@ struct SenderReport {
     received: Instant,
 }
 
+/// Most decoded (or encoded) video frames held per peer waiting for their render time
+const MAX_HELD_VIDEO_FRAMES: usize = 60;
+
+/// Most bytes of video held per peer waiting for render time: a second of 1080p I420
+/// (3 MB a frame) at 10 fps, or half a second of 720p at 30
+const MAX_HELD_VIDEO_BYTES: usize = 32 << 20;
+
 /// A video frame waiting for its render time
 struct Pending {
     render_at: Instant,
@@ -337,6 +707,16 @@ struct Pending {
     media_ticks: i64,
     keyframe: bool,
     codec: VideoCodec,
+}
+
+impl Pending {
+    /// Bytes of picture (or encoded frame) held
+    fn bytes(&self) -> usize {
+        match &self.payload {
+            VideoPayload::Decoded(f) => f.y.len() + f.u.len() + f.v.len(),
+            VideoPayload::Encoded(e) => e.len(),
+        }
+    }
 }
 
 /// The receive (and send bookkeeping) side of media for one remote peer
@@ -367,6 +747,8 @@ pub(crate) struct PeerMedia {
     waiting_keyframe: bool,
     last_pli: Option<Instant>,
     video_queue: VecDeque<Pending>,
+    /// Bytes held in `video_queue`
+    video_queue_bytes: usize,
     max_video_hold: Duration,
     max_sync_step: f64,
     anchor: Option<(Instant, SystemTime)>,
@@ -411,6 +793,7 @@ impl PeerMedia {
             waiting_keyframe: false,
             last_pli: None,
             video_queue: VecDeque::new(),
+            video_queue_bytes: 0,
             max_video_hold: config.max_video_hold,
             max_sync_step: config.max_sync_step_per_sec.as_secs_f64(),
             anchor,
@@ -585,9 +968,17 @@ impl PeerMedia {
                 keyframe,
                 codec,
             });
-            // Bounded: a stalled audio clock must not hold video forever.
-            while self.video_queue.len() > 60 {
-                self.video_queue.pop_front();
+            // Bounded in frames and bytes: a stalled audio clock must not hold video forever,
+            // and a peer sending large pictures must not hold much memory here.
+            self.video_queue_bytes += self.video_queue.back().map_or(0, Pending::bytes);
+            while self.video_queue.len() > MAX_HELD_VIDEO_FRAMES
+                || self.video_queue_bytes > MAX_HELD_VIDEO_BYTES
+            {
+                let Some(old) = self.video_queue.pop_front() else {
+                    break;
+                };
+                self.video_queue_bytes -= old.bytes();
+                self.video_stats.frames_dropped_held += 1;
             }
         }
     }
@@ -739,6 +1130,7 @@ impl PeerMedia {
                 .video_queue
                 .remove(i)
                 .expect("found above; panic means bug");
+            self.video_queue_bytes -= p.bytes();
             self.video_stats.frames_rendered += 1;
             if let Some(ideal) = p.ideal {
                 self.video_stats.av_offset_ms = Some(local_secs(now, ideal) * 1000.0);
@@ -829,5 +1221,207 @@ fn secs_since(epoch: SystemTime, t: SystemTime) -> f64 {
     match t.duration_since(epoch) {
         Ok(d) => d.as_secs_f64(),
         Err(e) => -e.duration().as_secs_f64(),
+    }
+}
+
+#[cfg(test)]
+mod encoder_tests {
+    #![allow(clippy::disallowed_methods)] // reason: an arbitrary origin for virtual time
+
+    use super::*;
+    use crate::codec::testsrc::{TestPattern, Tone};
+    use crate::codec::{video_decoder, Scale};
+
+    const PERIOD: Duration = Duration::from_nanos(1_000_000_000 / 30);
+
+    fn config(codec: VideoCodec) -> MediaConfig {
+        MediaConfig {
+            video: VideoEncoderConfig::new(codec, 640, 360),
+            ..MediaConfig::default()
+        }
+    }
+
+    /// Runs `frames` frames from frame `from` (frame 0 captured at `t0`), returning the
+    /// frames each encoding produced
+    fn run(
+        enc: &mut Encoders,
+        config: &MediaConfig,
+        codec: VideoCodec,
+        from: u32,
+        frames: u32,
+    ) -> Vec<(u32, EncodedFrame)> {
+        let src = TestPattern::new(640, 360);
+        let mut out = Vec::new();
+        let t0 = enc.video_epoch.unwrap_or_else(Instant::now);
+        for i in from..from + frames {
+            let f = src.frame(u64::from(i));
+            let capture = t0 + PERIOD * i;
+            let ticks = enc.video_ticks(capture);
+            assert_eq!(ticks, i64::from(i) * 3000);
+            for e in enc
+                .encode_video_encodings(config, codec, &f, Some(capture), PERIOD * i)
+                .unwrap()
+            {
+                out.push((i, e));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_bitrate_picks_the_size_and_the_low_encoding_is_smaller() {
+        let Some(codec) = VideoCodec::ALL.into_iter().find(|c| c.is_supported()) else {
+            return;
+        };
+        let config = config(codec);
+        let t0 = Instant::now();
+        let mut enc = Encoders::new();
+        enc.video_ticks(t0);
+        enc.set_video_bitrate(t0, 1_500_000);
+        run(&mut enc, &config, codec, 0, 30);
+        let s = enc.video_send_stats(codec, Encoding::Main).unwrap();
+        assert_eq!((s.frame_width, s.frame_height), (640, 360));
+
+        // The estimate falls: the size follows at once, with a keyframe.
+        enc.set_video_bitrate(t0 + Duration::from_secs(1), 200_000);
+        let frames = run(&mut enc, &config, codec, 30, 30);
+        let first = &frames[0].1;
+        assert!(first.video.keyframe);
+        let s = enc.video_send_stats(codec, Encoding::Main).unwrap();
+        assert!(s.frame_width < 640, "{s:?}");
+        assert_eq!(
+            enc.quality_limitation(t0 + Duration::from_secs(2)),
+            QualityLimitation::Bandwidth
+        );
+
+        // A low encoding for a slow peer: a second, smaller stream, decodable on its own.
+        enc.set_video_bitrate(t0 + Duration::from_secs(2), 1_500_000);
+        enc.set_low_encoding(t0 + Duration::from_secs(2), Some(150_000));
+        let frames = run(&mut enc, &config, codec, 60, 180);
+        let mut dec = video_decoder(codec).unwrap();
+        let mut low = 0;
+        for (_, f) in frames.iter().filter(|(_, f)| f.encoding == Encoding::Low) {
+            let pic = dec.decode(&f.video.data).unwrap().unwrap();
+            assert!(pic.width <= 320, "{}x{}", pic.width, pic.height);
+            low += 1;
+        }
+        assert!(low >= 20, "{low} low frames");
+        let main = enc.video_send_stats(codec, Encoding::Main).unwrap();
+        let low = enc.video_send_stats(codec, Encoding::Low).unwrap();
+        assert!(low.frame_width < main.frame_width, "{low:?} {main:?}");
+        assert!(low.bytes_sent * 3 < main.bytes_sent, "{low:?} {main:?}");
+
+        // The main encoding went back up in steps (one every two seconds).
+        assert_eq!((main.frame_width, main.frame_height), (640, 360));
+        assert_eq!(main.resolution_changes, 3);
+
+        // Keyframes on demand for one encoding only.
+        enc.request_keyframe_of(codec, Encoding::Low);
+        let frames = run(&mut enc, &config, codec, 240, 1);
+        let keys: Vec<(Encoding, bool)> = frames
+            .iter()
+            .map(|(_, f)| (f.encoding, f.video.keyframe))
+            .collect();
+        assert!(keys.contains(&(Encoding::Low, true)), "{keys:?}");
+        assert!(keys.contains(&(Encoding::Main, false)), "{keys:?}");
+
+        enc.set_low_encoding(t0 + Duration::from_secs(8), None);
+        let frames = run(&mut enc, &config, codec, 241, 5);
+        assert!(frames.iter().all(|(_, f)| f.encoding == Encoding::Main));
+        assert!(enc.video_send_stats(codec, Encoding::Low).is_none());
+    }
+
+    #[test]
+    fn a_direct_target_overrides_the_controller() {
+        let Some(codec) = VideoCodec::ALL.into_iter().find(|c| c.is_supported()) else {
+            return;
+        };
+        let config = config(codec);
+        let mut enc = Encoders::new();
+        enc.video_ticks(Instant::now());
+        enc.set_video_bitrate(Instant::now(), 100_000);
+        let target = VideoTarget {
+            bitrate_bps: 400_000,
+            max_fps: 10,
+            scale: Scale::new(1, 2).unwrap(),
+        };
+        enc.set_video_target(&config, codec, target).unwrap();
+        run(&mut enc, &config, codec, 0, 30);
+        let s = enc.video_send_stats(codec, Encoding::Main).unwrap();
+        assert_eq!(
+            (s.frame_width, s.frame_height, s.frames_sent),
+            (320, 180, 10)
+        );
+    }
+
+    #[test]
+    fn busy_encoders_drop_frames_and_say_cpu() {
+        let Some(codec) = VideoCodec::ALL.into_iter().find(|c| c.is_supported()) else {
+            return;
+        };
+        let config = config(codec);
+        let mut enc = Encoders::new();
+        let t0 = Instant::now();
+        let src = TestPattern::new(640, 360);
+        let mut encoded = 0;
+        for i in 0..30u32 {
+            let capture = t0 + PERIOD * i;
+            if !enc.should_encode(capture, capture) {
+                continue;
+            }
+            let frame = src.frame(u64::from(i));
+            enc.encode_video_encodings(&config, codec, &frame, Some(capture), PERIOD * i)
+                .unwrap();
+            encoded += 1;
+            // As if each encode took 70 ms.
+            let took = Duration::from_millis(70);
+            enc.handle_encode_time(capture, took, capture + took);
+        }
+        assert!((10..=16).contains(&encoded), "{encoded}");
+        let s = enc.video_send_stats(codec, Encoding::Main).unwrap();
+        assert_eq!(s.frames_dropped_cpu, 30 - encoded);
+        assert_eq!(
+            enc.quality_limitation(t0 + PERIOD * 30),
+            QualityLimitation::Cpu
+        );
+    }
+
+    #[test]
+    fn audio_params_apply_before_and_after_the_encoder_exists() {
+        if !cfg!(feature = "opus") {
+            return;
+        }
+        let config = MediaConfig::default();
+        let mut enc = Encoders::new();
+        let p = AudioParams {
+            bitrate_bps: 12_000,
+            fec: true,
+            expected_loss_pct: 20,
+        };
+        enc.set_audio_params(p).unwrap();
+        let mut tone = Tone::new(48_000, 1);
+        let (_, small, _) = enc.encode_audio(&config, &tone.next_samples(960)).unwrap();
+        assert_eq!(enc.audio_params(), Some(p));
+        enc.set_audio_params(AudioParams {
+            bitrate_bps: 64_000,
+            ..p
+        })
+        .unwrap();
+        let mut big = 0;
+        for _ in 0..10 {
+            big = enc
+                .encode_audio(&config, &tone.next_samples(960))
+                .unwrap()
+                .1
+                .len();
+        }
+        assert!(big > small.len() * 2, "{} -> {big}", small.len());
+        assert!(matches!(
+            enc.set_audio_params(AudioParams {
+                bitrate_bps: 1,
+                ..p
+            }),
+            Err(codec::CodecError::InvalidConfig(_))
+        ));
     }
 }

@@ -10,300 +10,32 @@ use str0m::net::Protocol;
 use str0m::Candidate;
 
 use crate::codec::{I420Frame, VideoCodec};
-use crate::media::{Encoders, MediaConfig, MediaOut, VideoPayload};
-use crate::peer::{Peer, PeerOutput, Role};
+use crate::config::{Config, MediaKind};
+use crate::error::{CommandError, InputError, SdpRejection, SignalProblem, TransportError};
+use crate::event::{DataMessage, Event, FailReason, LeaveReason, ReconnectKind};
+use crate::media::{Encoders, MediaOut};
+use crate::peer::{Health, Peer, PeerOutput, Role};
+use crate::recovery::{Action, CircuitState};
+use crate::shared::{Input, Output, Receive, TimeoutReason};
 use crate::signal::{
-    AnnounceResult, Capabilities, ClientFrame, LeftReason, Notification, PeerId, PeerInfo, Request,
-    RequestId, RoomId, RpcError, ServerFrame,
+    AnnounceResult, ClientFrame, LeftReason, Notification, PeerId, PeerInfo, Request, RequestId,
+    RoomId, RpcError, ServerFrame,
 };
 use crate::stats::{DropCounters, PeerStats};
-use crate::sync::PlayoutChunk;
-use crate::Error;
-
-/// The largest data message accepted by [`Participant::send_data`] (Chromium's default
-/// `max-message-size`)
-pub const MAX_DATA_MESSAGE: usize = 256 * 1024;
-
-/// Configuration of one [`Participant`]
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// Seed for every random choice the core makes (ICE credentials, ordering)
-    pub seed: u64,
-    /// What this participant sends and receives
-    pub capabilities: Capabilities,
-    /// Application metadata announced to the room
-    pub metadata: serde_json::Value,
-    /// Label of the data channel the offerer opens
-    pub channel_label: String,
-    /// How long a peer may take from offer to connected before it is failed
-    pub connect_timeout: Duration,
-    /// How long ICE may stay disconnected before the peer is failed
-    pub disconnect_timeout: Duration,
-    /// Messages queued per peer while its channel is not writable, before
-    /// [`Error::SendQueueFull`]
-    pub max_queued_messages: usize,
-    /// Which remote candidates are used
-    pub candidate_policy: CandidatePolicy,
-    /// Codecs, jitter buffer and lip-sync settings
-    pub media: MediaConfig,
-    /// A local instant and the wall-clock time at that instant, as str0m maps them for
-    /// RTCP (the driver takes both together at start-up). Needed only for capture-to-playout
-    /// latency figures; `None` leaves them unmeasured.
-    pub wallclock_anchor: Option<(Instant, std::time::SystemTime)>,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            seed: 0,
-            capabilities: Capabilities {
-                audio: false,
-                video: false,
-                data: true,
-            },
-            metadata: serde_json::Value::Object(Default::default()),
-            channel_label: "meshrtc".into(),
-            connect_timeout: Duration::from_secs(15),
-            disconnect_timeout: Duration::from_secs(10),
-            max_queued_messages: 4096,
-            candidate_policy: CandidatePolicy::Any,
-            media: MediaConfig::default(),
-            wallclock_anchor: None,
-        }
-    }
-}
-
-/// Which remote ICE candidates a participant uses
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CandidatePolicy {
-    /// Every candidate the remote offers
-    Any,
-    /// Only loopback addresses (tests: no traffic ever leaves the machine)
-    LoopbackOnly,
-}
-
-impl CandidatePolicy {
-    /// Whether a remote candidate at `addr` may be used
-    pub fn allows(self, addr: SocketAddr) -> bool {
-        match self {
-            Self::Any => true,
-            Self::LoopbackOnly => addr.ip().is_loopback(),
-        }
-    }
-}
-
-/// A received datagram, borrowed from the caller's buffer
-#[derive(Debug, Clone, Copy)]
-pub struct Receive<'a> {
-    /// The remote address it came from
-    pub source: SocketAddr,
-    /// The local address it arrived on
-    pub destination: SocketAddr,
-    /// The datagram's bytes
-    pub contents: &'a [u8],
-}
-
-/// A datagram to send
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Transmit {
-    /// The local address to send from
-    pub source: SocketAddr,
-    /// The remote address to send to
-    pub destination: SocketAddr,
-    /// The datagram's bytes
-    pub contents: Vec<u8>,
-}
-
-/// Everything that can happen to a participant
-#[derive(Debug)]
-pub enum Input<'a> {
-    /// Time has passed; no other input
-    Timeout(Instant),
-    /// A datagram arrived
-    Receive(Instant, Receive<'a>),
-    /// A message arrived from the signaling server
-    Signal(Instant, ServerFrame),
-}
-
-impl Input<'_> {
-    /// The time the input happened
-    pub fn time(&self) -> Instant {
-        match self {
-            Self::Timeout(t) | Self::Receive(t, _) | Self::Signal(t, _) => *t,
-        }
-    }
-}
-
-/// What the participant asks its driver to do
-#[derive(Debug)]
-pub enum Output {
-    /// The drain is finished; call `handle_input(Input::Timeout(..))` at this instant
-    Timeout(Instant),
-    /// Send this datagram
-    Transmit(Transmit),
-    /// Send this message to the signaling server
-    Signal(ClientFrame),
-    /// Tell the application
-    Event(Event),
-}
-
-/// A data channel message
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DataMessage {
-    /// UTF-8 text
-    Text(String),
-    /// Raw bytes
-    Binary(Vec<u8>),
-}
-
-impl DataMessage {
-    /// The payload's length in bytes
-    pub fn len(&self) -> usize {
-        match self {
-            Self::Text(s) => s.len(),
-            Self::Binary(b) => b.len(),
-        }
-    }
-
-    /// Whether the payload is empty
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The payload as bytes
-    pub fn as_bytes(&self) -> &[u8] {
-        match self {
-            Self::Text(s) => s.as_bytes(),
-            Self::Binary(b) => b,
-        }
-    }
-}
-
-/// Why a peer failed
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FailReason {
-    /// It did not connect within [`Config::connect_timeout`]
-    ConnectTimeout,
-    /// ICE stayed disconnected for [`Config::disconnect_timeout`]
-    Disconnected,
-    /// Its offer or answer was unusable
-    BadSdp(String),
-    /// str0m reported an error for this peer
-    Transport(String),
-}
-
-/// Why a peer left
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LeaveReason {
-    /// The server said it left (with the server's reason)
-    Signaled(LeftReason),
-    /// Its DTLS/SCTP association was closed by the remote side
-    Closed,
-    /// We left the room
-    LocalLeave,
-}
-
-/// Something the application should know about; every event is edge-triggered and
-/// emitted at most once per occurrence
-#[derive(Debug)]
-pub enum Event {
-    /// The server accepted our announce; `peers` were already in the room (we offer to them)
-    Announced {
-        /// Our peer id (assigned by the server if we did not choose one)
-        peer_id: PeerId,
-        /// The room
-        room: RoomId,
-        /// The peers already there
-        peers: Vec<PeerInfo>,
-    },
-    /// Another peer joined the room (it will offer to us)
-    PeerJoined(PeerInfo),
-    /// A peer's data channel (or, without data, its DTLS) is usable
-    PeerConnected {
-        /// The peer
-        peer: PeerId,
-        /// From sending or receiving the offer to usable
-        connect_time: Duration,
-    },
-    /// A data message arrived
-    DataReceived {
-        /// From whom
-        peer: PeerId,
-        /// The channel's label
-        label: String,
-        /// The message
-        message: DataMessage,
-    },
-    /// A peer left; its state is gone
-    PeerLeft {
-        /// The peer
-        peer: PeerId,
-        /// Why
-        reason: LeaveReason,
-    },
-    /// A peer failed; its state is gone
-    PeerFailed {
-        /// The peer
-        peer: PeerId,
-        /// Why
-        reason: FailReason,
-    },
-    /// Ten milliseconds (one chunk) of a peer's audio, due to play now
-    AudioPlayout {
-        /// From whom
-        peer: PeerId,
-        /// The decoded (or concealed) audio
-        chunk: PlayoutChunk,
-    },
-    /// A peer's video frame, due to show now (in sync with its audio when both flow)
-    VideoFrame {
-        /// From whom
-        peer: PeerId,
-        /// The frame: decoded, or encoded in pass-through mode
-        payload: VideoPayload,
-        /// Its media time (90 kHz ticks, unwrapped)
-        media_ticks: i64,
-        /// Whether it is a keyframe
-        keyframe: bool,
-        /// The codec it arrived in
-        codec: VideoCodec,
-    },
-    /// A peer's encoded audio frame (pass-through mode: `MediaConfig::decode` is false)
-    EncodedAudio {
-        /// From whom
-        peer: PeerId,
-        /// Its media time (48 kHz ticks, unwrapped)
-        media_ticks: i64,
-        /// The Opus packet
-        data: Arc<[u8]>,
-    },
-    /// The signaling server answered one of our requests with an error
-    SignalError {
-        /// The method of the request
-        method: &'static str,
-        /// The server's error
-        error: RpcError,
-    },
-}
-
-/// Why the participant asked for its next timeout (for diagnosing a stalled run)
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TimeoutReason {
-    /// Nothing is scheduled
-    Idle,
-    /// A peer's `Rtc` wants a timeout (with str0m's reason)
-    Rtc(str0m::Reason),
-    /// A peer's connect or disconnect deadline
-    PeerDeadline,
-    /// Audio playout or video release
-    Playout,
-}
 
 #[derive(Debug, PartialEq, Eq)]
 enum RoomState {
     Idle,
-    Announcing { room: RoomId },
-    Joined { room: RoomId, me: PeerId },
+    /// A `peer.announce` is out; `me` is set when this is a re-announce on a new signaling
+    /// connection (the peers stay as they are meanwhile)
+    Announcing {
+        room: RoomId,
+        me: Option<PeerId>,
+    },
+    Joined {
+        room: RoomId,
+        me: PeerId,
+    },
     Left,
 }
 
@@ -317,7 +49,8 @@ enum RoomState {
 /// datagrams and signaling messages leave as outputs.
 pub struct Participant {
     config: Config,
-    rng: fastrand::Rng,
+    /// Where ICE credentials come from
+    secrets: Secrets,
     crypto: Arc<CryptoProvider>,
     dtls_cert: DtlsCert,
     state: RoomState,
@@ -339,6 +72,9 @@ pub struct Participant {
     strays: VecDeque<Stray>,
     /// Last statistics of peers that went away
     departed: BTreeMap<PeerId, PeerStats>,
+    /// Whether the server has accepted our announce on the current signaling connection
+    /// (an offer can reach a peer)
+    signaling_up: bool,
 }
 
 /// How many departed peers' statistics are kept
@@ -374,10 +110,13 @@ impl Participant {
         let dtls_cert = crypto.dtls_provider.generate_certificate().expect(
             "generating a DTLS certificate with the built-in provider cannot fail; panic means bug",
         );
-        let rng = fastrand::Rng::with_seed(config.seed);
+        let secrets = match config.secret_seed {
+            Some(seed) => Secrets::Seeded(fastrand::Rng::with_seed(seed)),
+            None => Secrets::Os,
+        };
         Self {
+            secrets,
             config,
-            rng,
             crypto,
             dtls_cert,
             state: RoomState::Idle,
@@ -394,6 +133,7 @@ impl Participant {
             encoders: Encoders::new(),
             strays: VecDeque::new(),
             departed: BTreeMap::new(),
+            signaling_up: false,
         }
     }
 
@@ -405,10 +145,10 @@ impl Participant {
     /// Adds a local host candidate (an address the driver has a socket bound to)
     ///
     /// Candidates added after peers exist are trickled to every peer.
-    pub fn add_local_candidate(&mut self, addr: SocketAddr) -> Result<(), Error> {
-        let cand = Candidate::host(addr, "udp").map_err(|e| Error::BadCandidate {
-            peer: self.my_id().cloned().unwrap_or_else(local_placeholder),
-            reason: e.to_string(),
+    pub fn add_local_candidate(&mut self, addr: SocketAddr) -> Result<(), CommandError> {
+        let cand = Candidate::host(addr, "udp").map_err(|e| CommandError::BadLocalAddress {
+            addr,
+            detail: e.to_string(),
         })?;
         self.local_candidates.push(cand.clone());
         let ids: Vec<PeerId> = self.peers.keys().cloned().collect();
@@ -431,14 +171,79 @@ impl Participant {
         Ok(())
     }
 
+    /// Removes a local host candidate (an address the driver no longer has); call
+    /// [`handle_network_change`](Self::handle_network_change) once the addresses are as they
+    /// now are
+    pub fn remove_local_candidate(&mut self, addr: SocketAddr) {
+        self.local_candidates.retain(|c| c.addr() != addr);
+    }
+
+    /// The local addresses changed (an interface came or went, the host moved between
+    /// networks): every peer gets an ICE restart at once with the current candidates
+    pub fn handle_network_change(&mut self, now: Instant) {
+        self.last_now = self.last_now.max(now);
+        let ids: Vec<PeerId> = self.peers.keys().cloned().collect();
+        for id in &ids {
+            let Some(peer) = self.peers.get_mut(id) else {
+                continue;
+            };
+            peer.renew_candidates = true;
+            // Restart now if an offer can reach the peer, else as soon as one can.
+            let restarted = self.signaling_up;
+            peer.recovery.handle_network_change(now, restarted);
+            if restarted {
+                self.ice_restart(id);
+            }
+        }
+    }
+
     /// Asks the signaling server to join `room`, optionally with a chosen peer id
     ///
     /// Emits [`Event::Announced`] when the server accepts, then offers to every peer
     /// already in the room.
-    pub fn join(&mut self, room: RoomId, peer_id: Option<PeerId>) -> Result<(), Error> {
+    pub fn join(&mut self, room: RoomId, peer_id: Option<PeerId>) -> Result<(), CommandError> {
         if !matches!(self.state, RoomState::Idle) {
-            return Err(Error::AlreadyJoined);
+            return Err(CommandError::AlreadyJoined);
         }
+        self.announce(room, peer_id, None);
+        Ok(())
+    }
+
+    /// Announces again, with the same room and peer id, on a new signaling connection
+    ///
+    /// Peers keep their connections meanwhile (media and data do not need signaling).
+    /// When the server accepts, [`Event::Announced`] lists the room again and we offer to
+    /// every listed peer we have no connection with; a peer we are still connected to is
+    /// left as it is. Does nothing before the first announce was accepted or after
+    /// leaving.
+    pub fn rejoin(&mut self) {
+        let (room, me) = match &self.state {
+            RoomState::Joined { room, me } | RoomState::Announcing { room, me: Some(me) } => {
+                (room.clone(), me.clone())
+            }
+            _ => return,
+        };
+        self.announce(room, Some(me.clone()), Some(me));
+    }
+
+    /// Forgets the requests outstanding on a signaling connection that has gone (their
+    /// answers will never come); call before announcing on a new one
+    pub fn signaling_lost(&mut self) {
+        self.pending_requests.clear();
+        self.signaling_up = false;
+        // A first announce that was lost is lost: the caller decides whether to try again.
+        if let RoomState::Announcing { room, me } = &self.state {
+            self.state = match me {
+                Some(me) => RoomState::Joined {
+                    room: room.clone(),
+                    me: me.clone(),
+                },
+                None => RoomState::Idle,
+            };
+        }
+    }
+
+    fn announce(&mut self, room: RoomId, peer_id: Option<PeerId>, me: Option<PeerId>) {
         let frame = self.request(Request::Announce {
             room: room.clone(),
             peer_id,
@@ -446,8 +251,7 @@ impl Participant {
             metadata: Some(self.config.metadata.clone()),
         });
         self.outputs.push_back(Output::Signal(frame));
-        self.state = RoomState::Announcing { room };
-        Ok(())
+        self.state = RoomState::Announcing { room, me };
     }
 
     /// Leaves the room: sends `peer.disconnect` and closes every peer
@@ -470,7 +274,7 @@ impl Participant {
 
     /// Whether [`send_data`](Self::send_data) to `peer` would be accepted now (the peer
     /// exists and its queue has room); lets a driver apply back-pressure instead of losing
-    /// a message to [`Error::SendQueueFull`]
+    /// a message to [`CommandError::SendQueueFull`]
     pub fn can_send(&self, peer: &PeerId) -> bool {
         self.send_room(peer).is_some_and(|room| room > 0)
     }
@@ -492,18 +296,16 @@ impl Participant {
     /// The message is queued (in order, up to [`Config::max_queued_messages`]) and handed
     /// to the channel at the next [`poll_output`](Self::poll_output), as far as the channel
     /// is open and its send window takes it; so a burst of sends goes out together.
-    pub fn send_data(&mut self, peer: &PeerId, message: DataMessage) -> Result<(), Error> {
-        if message.len() > MAX_DATA_MESSAGE {
-            return Err(Error::MessageTooLarge(message.len()));
-        }
+    pub fn send_data(&mut self, peer: &PeerId, message: DataMessage) -> Result<(), CommandError> {
+        message.check_size()?;
         if !self.config.capabilities.data {
-            return Err(Error::NoDataChannel(peer.clone()));
+            return Err(CommandError::NoDataChannel(peer.clone()));
         }
         let max = self.config.max_queued_messages;
         let p = self
             .peers
             .get_mut(peer)
-            .ok_or_else(|| Error::UnknownPeer(peer.clone()))?;
+            .ok_or_else(|| CommandError::UnknownPeer(peer.clone()))?;
         p.send(message, max)?;
         if !self.unflushed.contains(peer) {
             self.unflushed.insert(peer.clone());
@@ -514,16 +316,14 @@ impl Participant {
     /// Sends a data message to every peer; returns how many accepted it
     ///
     /// A peer whose queue is full is skipped (the others still get the message).
-    pub fn broadcast(&mut self, message: DataMessage) -> Result<usize, Error> {
-        if message.len() > MAX_DATA_MESSAGE {
-            return Err(Error::MessageTooLarge(message.len()));
-        }
+    pub fn broadcast(&mut self, message: DataMessage) -> Result<usize, CommandError> {
+        message.check_size()?;
         let ids: Vec<PeerId> = self.peers.keys().cloned().collect();
         let mut sent = 0;
         for id in ids {
             match self.send_data(&id, message.clone()) {
                 Ok(()) => sent += 1,
-                Err(Error::SendQueueFull(_)) => {}
+                Err(CommandError::SendQueueFull(_)) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -535,9 +335,9 @@ impl Participant {
     ///
     /// The frame is encoded once, whatever the number of peers. `capture` is when its first
     /// sample was captured, on the local clock.
-    pub fn send_audio(&mut self, capture: Instant, pcm: &[i16]) -> Result<usize, Error> {
+    pub fn send_audio(&mut self, capture: Instant, pcm: &[i16]) -> Result<usize, CommandError> {
         if !self.config.capabilities.audio {
-            return Err(Error::MediaNotEnabled("audio"));
+            return Err(CommandError::MediaNotEnabled(MediaKind::Audio));
         }
         let (ticks, data, _) = self.encoders.encode_audio(&self.config.media, pcm)?;
         Ok(self.write_audio(capture, ticks, data))
@@ -549,9 +349,9 @@ impl Participant {
         capture: Instant,
         data: bytes::Bytes,
         samples: usize,
-    ) -> Result<usize, Error> {
+    ) -> Result<usize, CommandError> {
         if !self.config.capabilities.audio {
-            return Err(Error::MediaNotEnabled("audio"));
+            return Err(CommandError::MediaNotEnabled(MediaKind::Audio));
         }
         let ticks = self.encoders.advance_audio(samples);
         Ok(self.write_audio(capture, ticks, Arc::from(&data[..])))
@@ -577,9 +377,13 @@ impl Participant {
     ///
     /// The frame is encoded once per codec in use (peers that negotiated the same codec
     /// share one encoding).
-    pub fn send_video(&mut self, capture: Instant, frame: &I420Frame) -> Result<usize, Error> {
+    pub fn send_video(
+        &mut self,
+        capture: Instant,
+        frame: &I420Frame,
+    ) -> Result<usize, CommandError> {
         if !self.config.capabilities.video {
-            return Err(Error::MediaNotEnabled("video"));
+            return Err(CommandError::MediaNotEnabled(MediaKind::Video));
         }
         frame.check()?;
         let ticks = self.encoders.video_ticks(capture);
@@ -620,9 +424,9 @@ impl Participant {
         capture: Instant,
         codec: VideoCodec,
         data: bytes::Bytes,
-    ) -> Result<usize, Error> {
+    ) -> Result<usize, CommandError> {
         if !self.config.capabilities.video {
-            return Err(Error::MediaNotEnabled("video"));
+            return Err(CommandError::MediaNotEnabled(MediaKind::Video));
         }
         let ticks = self.encoders.video_ticks(capture);
         let data: Arc<[u8]> = Arc::from(&data[..]);
@@ -648,9 +452,11 @@ impl Participant {
 
     /// Feeds one input; afterwards drain [`poll_output`](Self::poll_output)
     ///
-    /// An error describes input that was rejected (dropped and counted, or a peer that was
-    /// failed because of it); the participant and every other peer carry on.
-    pub fn handle_input(&mut self, input: Input<'_>) -> Result<(), Error> {
+    /// Routine drops (a malformed or stray datagram, one from an address the candidate
+    /// policy excludes) are only counted in [`drop_counters`](Self::drop_counters). An
+    /// error describes signaling input that was rejected (dropped and counted, or a peer
+    /// that was failed because of it); the participant and every other peer carry on.
+    pub fn handle_input(&mut self, input: Input<'_>) -> Result<(), InputError> {
         let now = input.time();
         self.last_now = self.last_now.max(now);
         match input {
@@ -692,7 +498,7 @@ impl Participant {
     /// The room, once joined or while joining
     pub fn room(&self) -> Option<&RoomId> {
         match &self.state {
-            RoomState::Announcing { room } | RoomState::Joined { room, .. } => Some(room),
+            RoomState::Announcing { room, .. } | RoomState::Joined { room, .. } => Some(room),
             _ => None,
         }
     }
@@ -742,41 +548,50 @@ impl Participant {
             let Some(peer) = self.peers.get_mut(&id) else {
                 continue;
             };
-            if peer.next_timeout(&self.config).0 > now {
+            if peer.next_timeout(&self.config, self.signaling_up).0 > now {
                 continue;
             }
             let res = peer.handle_timeout(now);
             // A failure here is already reported as `Event::PeerFailed`.
             let _ = self.after_peer_input(&id, res);
-            self.check_deadlines(&id, now);
+            self.check_peer(&id, now);
         }
     }
 
-    fn handle_receive(&mut self, now: Instant, recv: Receive<'_>) -> Result<(), Error> {
+    fn handle_receive(&mut self, now: Instant, recv: Receive<'_>) -> Result<(), InputError> {
         if !self.config.candidate_policy.allows(recv.source) {
             // The policy limits which addresses we talk to, whatever a remote's ICE checks
             // would otherwise teach str0m (peer-reflexive candidates).
             self.drops.unroutable_datagrams += 1;
-            return Err(Error::UnroutableDatagram(recv.source));
+            return Ok(());
         }
-        let res = self.route(now, recv);
-        if matches!(res, Err(Error::UnroutableDatagram(_))) {
-            self.drops.unroutable_datagrams += 1;
-            // A connectivity check or DTLS hello can arrive a moment before the candidate
-            // or pair that makes it routable: keep a few for a short while and retry.
-            if self.strays.len() >= MAX_STRAYS {
-                self.strays.pop_front();
+        match self.route(now, recv) {
+            Routed::Delivered(res) => {
+                self.retry_strays(now);
+                res
             }
-            self.strays.push_back(Stray {
-                at: now,
-                source: recv.source,
-                destination: recv.destination,
-                contents: recv.contents.to_vec(),
-            });
-        } else {
-            self.retry_strays(now);
+            Routed::Malformed(reason) => {
+                self.drops.malformed_datagrams += 1;
+                tracing::trace!(source = %recv.source, %reason, "malformed datagram dropped");
+                Ok(())
+            }
+            Routed::NoPeer => {
+                self.drops.unroutable_datagrams += 1;
+                // A connectivity check or DTLS hello can arrive a moment before the
+                // candidate or pair that makes it routable: keep a few for a short while
+                // and retry.
+                if self.strays.len() >= MAX_STRAYS {
+                    self.strays.pop_front();
+                }
+                self.strays.push_back(Stray {
+                    at: now,
+                    source: recv.source,
+                    destination: recv.destination,
+                    contents: recv.contents.to_vec(),
+                });
+                Ok(())
+            }
         }
-        res
     }
 
     /// Feeds held datagrams that some peer now accepts; forgets old ones
@@ -794,26 +609,19 @@ impl Participant {
                 destination: stray.destination,
                 contents: &stray.contents,
             };
-            if self.route(now, recv).is_err() {
-                self.strays.push_back(stray);
-            } else {
-                tracing::debug!(source = %stray.source, "held datagram delivered");
+            match self.route(now, recv) {
+                Routed::NoPeer => self.strays.push_back(stray),
+                _ => tracing::debug!(source = %stray.source, "held datagram delivered"),
             }
         }
     }
 
-    fn route(&mut self, now: Instant, recv: Receive<'_>) -> Result<(), Error> {
+    fn route(&mut self, now: Instant, recv: Receive<'_>) -> Routed {
         let parsed =
             str0m::net::Receive::new(Protocol::Udp, recv.source, recv.destination, recv.contents);
         let parsed = match parsed {
             Ok(p) => p,
-            Err(e) => {
-                self.drops.malformed_datagrams += 1;
-                return Err(Error::MalformedDatagram {
-                    source_addr: recv.source,
-                    reason: e.to_string(),
-                });
-            }
+            Err(e) => return Routed::Malformed(e.to_string()),
         };
         let input = str0m::Input::Receive(now, parsed);
         let target = self
@@ -822,21 +630,25 @@ impl Participant {
             .find(|(_, p)| p.accepts(&input))
             .map(|(id, _)| id.clone());
         let Some(id) = target else {
-            return Err(Error::UnroutableDatagram(recv.source));
+            return Routed::NoPeer;
         };
         let peer = self
             .peers
             .get_mut(&id)
             .expect("found above; panic means bug");
         let res = peer.handle_receive(input);
-        self.after_peer_input(&id, res)
+        Routed::Delivered(self.after_peer_input(&id, res))
     }
 
-    fn handle_signal(&mut self, now: Instant, frame: ServerFrame) -> Result<(), Error> {
-        match frame {
+    fn handle_signal(&mut self, now: Instant, frame: ServerFrame) -> Result<(), InputError> {
+        let res = match frame {
             ServerFrame::Response { id, result } => self.handle_response(now, id, result),
             ServerFrame::Notification(n) => self.handle_notification(now, n),
+        };
+        if res.is_err() {
+            self.drops.bad_signals += 1;
         }
+        res
     }
 
     fn handle_response(
@@ -844,7 +656,7 @@ impl Participant {
         now: Instant,
         id: Option<RequestId>,
         result: Result<serde_json::Value, RpcError>,
-    ) -> Result<(), Error> {
+    ) -> Result<(), InputError> {
         let Some(RequestId::Number(n)) = id else {
             if let Err(error) = result {
                 // An error about a frame whose id the server could not read.
@@ -854,22 +666,18 @@ impl Participant {
                 }));
                 return Ok(());
             }
-            self.drops.bad_signals += 1;
-            return Err(Error::UnexpectedSignal(format!(
-                "response to unknown request {id:?}"
-            )));
+            return Err(InputError::UnexpectedSignal(SignalProblem::UnknownResponse));
         };
         let Some(method) = self.pending_requests.remove(&n) else {
-            self.drops.bad_signals += 1;
-            return Err(Error::UnexpectedSignal(format!(
-                "response to unknown request {n}"
-            )));
+            return Err(InputError::UnexpectedSignal(SignalProblem::UnknownResponse));
         };
         let value = match result {
             Ok(v) => v,
             Err(error) => {
                 if method == "peer.announce" {
-                    self.state = RoomState::Idle;
+                    // A refused re-announce leaves us where we were; a refused first one
+                    // leaves us outside the room.
+                    self.signaling_lost_announce();
                 }
                 self.outputs
                     .push_back(Output::Event(Event::SignalError { method, error }));
@@ -879,14 +687,11 @@ impl Participant {
         if method != "peer.announce" {
             return Ok(());
         }
-        let announced = AnnounceResult::from_value(&value).map_err(|e| {
-            self.drops.bad_signals += 1;
-            Error::UnexpectedSignal(format!("bad announce result: {}", e.message))
-        })?;
+        let announced = AnnounceResult::from_value(&value)
+            .map_err(|_| InputError::UnexpectedSignal(SignalProblem::BadAnnounceResult))?;
         if !matches!(self.state, RoomState::Announcing { .. }) {
-            self.drops.bad_signals += 1;
-            return Err(Error::UnexpectedSignal(
-                "announce result while not announcing".into(),
+            return Err(InputError::UnexpectedSignal(
+                SignalProblem::UnexpectedAnnounceResult,
             ));
         }
         self.state = RoomState::Joined {
@@ -898,25 +703,52 @@ impl Participant {
             room: announced.room.clone(),
             peers: announced.peers.clone(),
         }));
+        self.signaling_up = true;
+        // Offer to every listed peer we have no connection with; a peer we are still
+        // connected to (a re-announce after a signaling outage) is left as it is.
         for info in announced.peers {
             if info.peer_id == announced.peer_id || self.peers.contains_key(&info.peer_id) {
                 continue;
             }
             self.start_offer(now, info);
         }
+        // Peers whose path broke while signaling was down get their ICE restart now.
+        let ids: Vec<PeerId> = self.peers.keys().cloned().collect();
+        for id in ids {
+            self.check_peer(&id, now);
+        }
         Ok(())
     }
 
-    fn handle_notification(&mut self, now: Instant, n: Notification) -> Result<(), Error> {
-        if !matches!(self.state, RoomState::Joined { .. }) {
-            self.drops.bad_signals += 1;
-            return Err(Error::UnexpectedSignal(
-                "notification before announce completed".into(),
-            ));
+    /// An announce was refused: a re-announce leaves us joined as before, a first one
+    /// leaves us outside the room
+    fn signaling_lost_announce(&mut self) {
+        if let RoomState::Announcing { room, me } = &self.state {
+            self.state = match me {
+                Some(me) => RoomState::Joined {
+                    room: room.clone(),
+                    me: me.clone(),
+                },
+                None => RoomState::Idle,
+            };
+        }
+    }
+
+    fn handle_notification(&mut self, now: Instant, n: Notification) -> Result<(), InputError> {
+        let joined = matches!(
+            self.state,
+            RoomState::Joined { .. } | RoomState::Announcing { me: Some(_), .. }
+        );
+        if !joined {
+            return Err(InputError::UnexpectedSignal(SignalProblem::NotJoinedYet));
         }
         match n {
             Notification::Joined(info) => {
-                if !self.peers.contains_key(&info.peer_id) {
+                // A peer we are connected to that announced again (after its signaling
+                // came back, or a restarted server) keeps its connection.
+                if let Some(peer) = self.peers.get_mut(&info.peer_id) {
+                    peer.orphan = false;
+                } else {
                     self.known.insert(
                         info.peer_id.clone(),
                         Known {
@@ -931,20 +763,37 @@ impl Participant {
             }
             Notification::Left { peer_id, reason } => {
                 self.known.remove(&peer_id);
+                let up = self
+                    .peers
+                    .get(&peer_id)
+                    .is_some_and(|p| p.health(now, &self.config) == Health::Up);
+                if reason == LeftReason::Timeout && up {
+                    // Its signaling timed out but our path to it works: keep it while the
+                    // path holds (it may come back to the server; if the path breaks it is
+                    // gone).
+                    tracing::debug!(peer = %peer_id, "left by timeout, path up: kept");
+                    if let Some(p) = self.peers.get_mut(&peer_id) {
+                        p.orphan = true;
+                    }
+                    return Ok(());
+                }
                 self.close_peer(&peer_id, PeerEnd::Left(LeaveReason::Signaled(reason)));
                 Ok(())
             }
             Notification::Offer { from, sdp } => self.handle_offer(now, from, sdp),
             Notification::Answer { from, sdp } => {
                 let Some(peer) = self.peers.get_mut(&from) else {
-                    self.drops.bad_signals += 1;
-                    return Err(Error::UnknownPeer(from));
+                    return Err(InputError::UnknownPeer(from));
                 };
-                let res = peer.accept_answer(&sdp);
-                match res {
+                match peer.accept_answer(&sdp) {
                     Ok(()) => {
                         self.drain_peer(&from);
                         Ok(())
+                    }
+                    // After a glare our own offer may be gone: a late answer to it changes
+                    // nothing.
+                    Err(reason @ SdpRejection::UnexpectedAnswer) => {
+                        Err(InputError::BadSdp { peer: from, reason })
                     }
                     Err(reason) => self.fail_bad_sdp(&from, reason),
                 }
@@ -955,11 +804,26 @@ impl Participant {
         }
     }
 
-    fn handle_offer(&mut self, now: Instant, from: PeerId, sdp: String) -> Result<(), Error> {
+    fn handle_offer(&mut self, now: Instant, from: PeerId, sdp: String) -> Result<(), InputError> {
+        let polite = self.is_polite(&from);
         if let Some(peer) = self.peers.get_mut(&from) {
-            // Renegotiation on an existing connection.
-            let res = peer.accept_offer(&sdp);
-            return match res {
+            if peer.is_other_connection(&sdp) {
+                // A new connection from the remote: it restarted, or reconnects in full.
+                if peer.has_pending_offer() && peer.is_fresh() && !polite {
+                    // Both reconnect at once: the impolite side's offer wins.
+                    tracing::debug!(peer = %from, "glare on a full reconnect; keeping ours");
+                    return Ok(());
+                }
+                return self.replace_with_answerer(now, from, &sdp);
+            }
+            if peer.has_pending_offer() && !polite {
+                // Both offered at once (perfect negotiation): the impolite side ignores the
+                // polite side's offer, which answers ours instead.
+                tracing::debug!(peer = %from, "glare; ignoring their offer");
+                return Ok(());
+            }
+            // Renegotiation on an existing connection (an ICE restart, say).
+            return match peer.accept_offer(&sdp) {
                 Ok(answer) => {
                     let frame = self.request(Request::Answer {
                         to: from.clone(),
@@ -973,19 +837,17 @@ impl Participant {
             };
         }
         let Some(known) = self.known.remove(&from) else {
-            self.drops.bad_signals += 1;
-            return Err(Error::UnknownPeer(from));
+            return Err(InputError::UnknownPeer(from));
         };
         let mut peer = self.new_peer(now, known.info, Role::Answerer);
         let answer = match peer.accept_offer(&sdp) {
             Ok(a) => a,
             Err(reason) => {
-                self.drops.bad_signals += 1;
                 self.outputs.push_back(Output::Event(Event::PeerFailed {
                     peer: from.clone(),
                     reason: FailReason::BadSdp(reason.clone()),
                 }));
-                return Err(Error::BadSdp { peer: from, reason });
+                return Err(InputError::BadSdp { peer: from, reason });
             }
         };
         let frame = self.request(Request::Answer {
@@ -1004,22 +866,22 @@ impl Participant {
         Ok(())
     }
 
-    fn handle_candidate(&mut self, from: PeerId, candidate: String) -> Result<(), Error> {
+    fn handle_candidate(&mut self, from: PeerId, candidate: String) -> Result<(), InputError> {
         let policy = self.config.candidate_policy;
         if let Some(peer) = self.peers.get_mut(&from) {
             let res = peer.add_remote_candidate(&candidate, policy);
             self.drain_peer(&from);
             // A check that arrived before this candidate may be routable now.
             self.retry_strays(self.last_now);
-            return res.map_err(|reason| {
+            return res.map_err(|detail| {
                 self.drops.bad_candidates += 1;
-                Error::BadCandidate { peer: from, reason }
+                InputError::BadCandidate { peer: from, detail }
             });
         }
         if let Some(known) = self.known.get_mut(&from) {
-            if let Err(reason) = crate::peer::parse_candidate(&candidate) {
+            if let Err(detail) = crate::peer::parse_candidate(&candidate) {
                 self.drops.bad_candidates += 1;
-                return Err(Error::BadCandidate { peer: from, reason });
+                return Err(InputError::BadCandidate { peer: from, detail });
             }
             // Bounded: a peer cannot grow our memory without limit before its offer.
             if known.early_candidates.len() < 64 {
@@ -1027,15 +889,188 @@ impl Participant {
             }
             return Ok(());
         }
-        self.drops.bad_signals += 1;
-        Err(Error::UnknownPeer(from))
+        Err(InputError::UnknownPeer(from))
+    }
+
+    /// Whether we are the polite side with `remote` (signaling.md: the peer whose id sorts
+    /// greater gives way when both offer at once)
+    fn is_polite(&self, remote: &PeerId) -> bool {
+        self.my_id().is_some_and(|me| me.as_str() > remote.as_str())
+    }
+
+    /// Replaces a peer's connection with a new one that answers `sdp` (the remote's new
+    /// connection); what the old one still had to send goes over to it
+    fn replace_with_answerer(
+        &mut self,
+        now: Instant,
+        from: PeerId,
+        sdp: &str,
+    ) -> Result<(), InputError> {
+        let mut old = self
+            .peers
+            .remove(&from)
+            .expect("the caller found it; panic means bug");
+        let mut peer = self.new_peer(now, old.info().clone(), Role::Answerer);
+        let undelivered = peer.take_over(&mut old);
+        self.report_undelivered(&from, undelivered);
+        let answer = match peer.accept_offer(sdp) {
+            Ok(a) => a,
+            Err(reason) => {
+                self.outputs.push_back(Output::Event(Event::PeerFailed {
+                    peer: from.clone(),
+                    reason: FailReason::BadSdp(reason.clone()),
+                }));
+                return Err(InputError::BadSdp { peer: from, reason });
+            }
+        };
+        tracing::debug!(peer = %from, "the remote reconnects in full; answering");
+        peer.note_reconnecting(ReconnectKind::Full);
+        let frame = self.request(Request::Answer {
+            to: from.clone(),
+            sdp: answer,
+        });
+        self.outputs.push_back(Output::Signal(frame));
+        self.send_end_of_candidates(&from);
+        self.peers.insert(from.clone(), peer);
+        self.drain_peer(&from);
+        Ok(())
+    }
+
+    /// Replaces a peer's connection with a new one that offers (a full reconnect)
+    fn reconnect(&mut self, id: &PeerId, now: Instant) {
+        let Some(mut old) = self.peers.remove(id) else {
+            return;
+        };
+        // The old connection is dropped without a close: the remote's own recovery sees our
+        // new offer (a new DTLS fingerprint) and replaces its side.
+        let mut peer = self.new_peer(now, old.info().clone(), Role::Offerer);
+        let undelivered = peer.take_over(&mut old);
+        self.report_undelivered(id, undelivered);
+        if peer.note_reconnecting(ReconnectKind::Full) {
+            self.outputs
+                .push_back(Output::Event(Event::PeerReconnecting {
+                    peer: id.clone(),
+                    kind: ReconnectKind::Full,
+                }));
+        }
+        let offer = peer.create_offer(&self.config);
+        let frame = self.request(Request::Offer {
+            to: id.clone(),
+            sdp: offer,
+        });
+        self.outputs.push_back(Output::Signal(frame));
+        self.peers.insert(id.clone(), peer);
+        self.send_end_of_candidates(id);
+        self.drain_peer(id);
+    }
+
+    fn report_undelivered(&mut self, id: &PeerId, messages: Vec<DataMessage>) {
+        if messages.is_empty() {
+            return;
+        }
+        tracing::debug!(peer = %id, n = messages.len(), "data the old connection may not have delivered");
+        self.outputs
+            .push_back(Output::Event(Event::DataUndelivered {
+                peer: id.clone(),
+                messages,
+            }));
+    }
+
+    /// Looks at one peer's health and carries out what its recovery says is due
+    fn check_peer(&mut self, id: &PeerId, now: Instant) {
+        let signaling = self.signaling_up;
+        let Some(peer) = self.peers.get_mut(id) else {
+            return;
+        };
+        let health = peer.health(now, &self.config);
+        if peer.orphan && health != Health::Up {
+            // The server said it left; only its working path kept it.
+            let reason = LeaveReason::Signaled(LeftReason::Timeout);
+            self.close_peer(id, PeerEnd::Left(reason));
+            return;
+        }
+        match health {
+            Health::Connecting => {}
+            Health::Up => {
+                if let Some(after) = peer.recovery.handle_up(now) {
+                    let kind = peer.reconnected();
+                    tracing::debug!(peer = %id, ?after, ?kind, "reconnected");
+                    self.outputs
+                        .push_back(Output::Event(Event::PeerReconnected {
+                            peer: id.clone(),
+                            after,
+                            kind,
+                        }));
+                }
+            }
+            Health::Down => peer.recovery.handle_down(now),
+            Health::Dead => peer.recovery.handle_dead(now),
+        }
+        let was_open = peer.recovery.circuit() == CircuitState::Open;
+        let action = peer.recovery.poll_action(now, signaling);
+        if !was_open && peer.recovery.circuit() == CircuitState::Open {
+            let last_error = peer.last_error();
+            tracing::debug!(peer = %id, "recovery gave up for now (circuit open)");
+            self.outputs.push_back(Output::Event(Event::PeerFailed {
+                peer: id.clone(),
+                reason: FailReason::Unreachable { last_error },
+            }));
+        }
+        match action {
+            None => {}
+            Some(Action::IceRestart) => {
+                let fresh = std::mem::take(&mut peer.renew_candidates)
+                    .then_some(self.local_candidates.as_slice());
+                let offer = peer.ice_restart(fresh);
+                if peer.note_reconnecting(ReconnectKind::IceRestart) {
+                    self.outputs
+                        .push_back(Output::Event(Event::PeerReconnecting {
+                            peer: id.clone(),
+                            kind: ReconnectKind::IceRestart,
+                        }));
+                }
+                tracing::debug!(peer = %id, "ice restart");
+                let frame = self.request(Request::Offer {
+                    to: id.clone(),
+                    sdp: offer,
+                });
+                self.outputs.push_back(Output::Signal(frame));
+                self.drain_peer(id);
+            }
+            Some(Action::Reconnect) => self.reconnect(id, now),
+        }
+    }
+
+    /// Restarts ICE with one peer (with fresh local candidates after a network change) and
+    /// sends the offer
+    fn ice_restart(&mut self, id: &PeerId) {
+        let Some(peer) = self.peers.get_mut(id) else {
+            return;
+        };
+        let fresh =
+            std::mem::take(&mut peer.renew_candidates).then_some(self.local_candidates.as_slice());
+        let offer = peer.ice_restart(fresh);
+        if peer.note_reconnecting(ReconnectKind::IceRestart) {
+            self.outputs
+                .push_back(Output::Event(Event::PeerReconnecting {
+                    peer: id.clone(),
+                    kind: ReconnectKind::IceRestart,
+                }));
+        }
+        tracing::debug!(peer = %id, "ice restart");
+        let frame = self.request(Request::Offer {
+            to: id.clone(),
+            sdp: offer,
+        });
+        self.outputs.push_back(Output::Signal(frame));
+        self.drain_peer(id);
     }
 
     // ---- peers ----
 
     fn new_peer(&mut self, now: Instant, info: PeerInfo, role: Role) -> Peer {
-        let ufrag = random_token(&mut self.rng, 8);
-        let pass = random_token(&mut self.rng, 24);
+        let ufrag = self.secrets.token(8);
+        let pass = self.secrets.token(24);
         let mut peer = Peer::new(
             now,
             info,
@@ -1081,38 +1116,35 @@ impl Participant {
         self.outputs.push_back(Output::Signal(frame));
     }
 
-    fn fail_bad_sdp(&mut self, id: &PeerId, reason: String) -> Result<(), Error> {
-        self.drops.bad_signals += 1;
+    fn fail_bad_sdp(&mut self, id: &PeerId, reason: SdpRejection) -> Result<(), InputError> {
         self.remove_peer(id, PeerEnd::Failed(FailReason::BadSdp(reason.clone())));
-        Err(Error::BadSdp {
+        Err(InputError::BadSdp {
             peer: id.clone(),
             reason,
         })
     }
 
     /// Drains one peer after an input and turns a str0m error into a failed peer
-    fn after_peer_input(&mut self, id: &PeerId, res: Result<(), String>) -> Result<(), Error> {
+    fn after_peer_input(
+        &mut self,
+        id: &PeerId,
+        res: Result<(), TransportError>,
+    ) -> Result<(), InputError> {
         match res {
             Ok(()) => {
                 self.drain_peer(id);
                 Ok(())
             }
             Err(reason) => {
-                self.remove_peer(id, PeerEnd::Failed(FailReason::Transport(reason.clone())));
-                Err(Error::PeerFailed {
+                // The connection is broken for good; recovery replaces it.
+                if let Some(peer) = self.peers.get_mut(id) {
+                    peer.set_broken(reason.clone());
+                }
+                Err(InputError::PeerFailed {
                     peer: id.clone(),
                     reason,
                 })
             }
-        }
-    }
-
-    fn check_deadlines(&mut self, id: &PeerId, now: Instant) {
-        let Some(peer) = self.peers.get(id) else {
-            return;
-        };
-        if let Some(reason) = peer.expired(now, &self.config) {
-            self.remove_peer(id, PeerEnd::Failed(reason));
         }
     }
 
@@ -1123,7 +1155,6 @@ impl Participant {
         };
         let mut outs = Vec::new();
         let res = peer.drain(&mut outs);
-        let mut end = None;
         for o in outs {
             match o {
                 PeerOutput::Transmit(t) => self.outputs.push_back(Output::Transmit(t)),
@@ -1140,7 +1171,9 @@ impl Participant {
                         message,
                     }))
                 }
-                PeerOutput::Closed => end = Some(PeerEnd::Left(LeaveReason::Closed)),
+                // Closed by the remote, or dead: recovery decides (the server says when the
+                // peer has really left).
+                PeerOutput::Closed => {}
                 PeerOutput::Media(m) => {
                     let event = match m {
                         MediaOut::Audio(chunk) => Event::AudioPlayout {
@@ -1174,10 +1207,9 @@ impl Participant {
             }
         }
         if let Err(reason) = res {
-            end = Some(PeerEnd::Failed(FailReason::Transport(reason)));
-        }
-        if let Some(end) = end {
-            self.remove_peer(id, end);
+            if let Some(peer) = self.peers.get_mut(id) {
+                peer.set_broken(reason);
+            }
         }
     }
 
@@ -1224,7 +1256,7 @@ impl Participant {
     fn next_deadline(&self) -> (Instant, TimeoutReason) {
         let mut best = (self.last_now + IDLE_TIMEOUT, TimeoutReason::Idle);
         for p in self.peers.values() {
-            let (t, r) = p.next_timeout(&self.config);
+            let (t, r) = p.next_timeout(&self.config, self.signaling_up);
             if t < best.0 {
                 best = (t, r);
             }
@@ -1252,15 +1284,40 @@ enum PeerEnd {
     Failed(FailReason),
 }
 
-fn random_token(rng: &mut fastrand::Rng, len: usize) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    (0..len)
-        .map(|_| ALPHABET[rng.usize(..ALPHABET.len())] as char)
-        .collect()
+/// What became of a datagram offered to the peers
+enum Routed {
+    /// A peer took it (and this is what came of it)
+    Delivered(Result<(), InputError>),
+    /// It is not STUN, DTLS, RTP or RTCP
+    Malformed(String),
+    /// No peer accepts it (yet)
+    NoPeer,
 }
 
-fn local_placeholder() -> PeerId {
-    PeerId::new("local").expect("a valid literal id; panic means bug")
+/// Where ICE credentials come from
+enum Secrets {
+    /// The operating system's generator (RFC 8445 asks for unpredictable credentials)
+    Os,
+    /// A seeded generator, for exact replay in the simulator
+    Seeded(fastrand::Rng),
+}
+
+impl Secrets {
+    fn token(&mut self, len: usize) -> String {
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+        let mut bytes = vec![0u8; len];
+        match self {
+            Self::Os => getrandom::fill(&mut bytes)
+                .expect("the operating system's random generator is available; panic means bug"),
+            Self::Seeded(rng) => rng.fill(&mut bytes),
+        }
+        // 256 is not a multiple of 62, so the symbols are slightly biased; each still
+        // carries over 5.9 bits, and a 24-symbol password well over 128.
+        bytes
+            .iter()
+            .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char)
+            .collect()
+    }
 }
 
 /// The timeout reported when nothing is scheduled

@@ -12,14 +12,15 @@ use str0m::media::{Direction, Frequency, MediaKind, MediaTime};
 use str0m::{Candidate, Event as RtcEvent, IceConnectionState, IceCreds, Rtc};
 
 use crate::codec::VideoCodec;
+use crate::config::{CandidatePolicy, Config};
+use crate::error::{CommandError, SdpRejection, TransportError};
+use crate::event::{DataMessage, ReconnectKind};
 use crate::media::{video_codec_of, MediaOut, PeerMedia};
-use crate::participant::{
-    CandidatePolicy, Config, DataMessage, FailReason, TimeoutReason, Transmit,
-};
+use crate::recovery::Recovery;
+use crate::shared::{TimeoutReason, Transmit};
 use crate::signal::PeerInfo;
 use crate::stats::PeerStats;
 use crate::window::SendWindow;
-use crate::Error;
 
 /// Below this many buffered bytes str0m tells us the channel can take more
 const BUFFERED_LOW_THRESHOLD: usize = 64 * 1024;
@@ -70,6 +71,34 @@ pub(crate) struct Peer {
     connected_at: Option<Instant>,
     dtls_connected: bool,
     ice_disconnected_since: Option<Instant>,
+    /// When a datagram last came from this peer
+    last_received: Option<Instant>,
+    /// The DTLS fingerprint of the remote's first description: another one means a new
+    /// connection (the remote restarted, or reconnects in full)
+    remote_fingerprint: Option<String>,
+    /// Messages written to the channel whose bytes the channel has not confirmed yet, and
+    /// their total size (a full reconnect reports them undelivered)
+    unacked: VecDeque<DataMessage>,
+    unacked_bytes: usize,
+    /// When and how this connection heals
+    pub(crate) recovery: Recovery,
+    /// Why the connection broke for good, if it did (recovery replaces it)
+    broken: Option<TransportError>,
+    /// The last error of a connection this one replaced
+    last_error: Option<TransportError>,
+    /// How the current outage is being healed (for the events)
+    reconnecting: Option<ReconnectKind>,
+    /// The local addresses changed: the next ICE restart replaces the local candidates
+    pub(crate) renew_candidates: bool,
+    /// The server said it left (timed out) while our path to it worked: kept only while the
+    /// path holds, never healed
+    pub(crate) orphan: bool,
+    /// An ICE restart is under way: the path counts as broken until ICE connects again
+    restarting: bool,
+    /// Our ICE restart offer waits for its answer
+    restart_offered: bool,
+    /// The remote's ICE user fragment (a new one in an offer is an ICE restart)
+    remote_ufrag: Option<String>,
     next_timeout: Instant,
     stats: PeerStats,
     media: PeerMedia,
@@ -120,6 +149,10 @@ impl Peer {
             }
         }
         let rtc = builder.build(now);
+        let recovery = Recovery::new(
+            config.recovery,
+            config.seed ^ fingerprint_seed(&info.peer_id),
+        );
         Self {
             info,
             role,
@@ -136,6 +169,19 @@ impl Peer {
             connected_at: None,
             dtls_connected: false,
             ice_disconnected_since: None,
+            last_received: None,
+            remote_fingerprint: None,
+            unacked: VecDeque::new(),
+            unacked_bytes: 0,
+            recovery,
+            broken: None,
+            last_error: None,
+            reconnecting: None,
+            renew_candidates: false,
+            orphan: false,
+            restarting: false,
+            restart_offered: false,
+            remote_ufrag: None,
             next_timeout: now,
             stats: PeerStats::default(),
             media: PeerMedia::new(&config.media, config.wallclock_anchor),
@@ -162,6 +208,7 @@ impl Peer {
         s.connect_time = self.connected_at.map(|t| t - self.created);
         s.queued_messages = self.send_queue.len();
         s.is_offerer = self.role == Role::Offerer;
+        s.circuit = self.recovery.circuit();
         s.clock_drift_ppm = self.media.drift_ppm();
         s.clock_drift_uncertainty_ppm = self.media.drift_uncertainty_ppm();
         s.report_clock_drift_ppm = self.media.report_drift_ppm();
@@ -218,31 +265,170 @@ impl Peer {
         offer.to_sdp_string()
     }
 
-    pub(crate) fn accept_offer(&mut self, sdp: &str) -> Result<String, String> {
-        let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| e.to_string())?;
+    pub(crate) fn accept_offer(&mut self, sdp: &str) -> Result<String, SdpRejection> {
+        let offer =
+            SdpOffer::from_sdp_string(sdp).map_err(|e| SdpRejection::Unparsable(e.to_string()))?;
+        // A renegotiation drops our own offer, if any (str0m invalidates it).
+        self.pending_offer = None;
+        self.restart_offered = false;
         let answer = self
             .rtc
             .sdp_api()
             .accept_offer(offer)
-            .map_err(|e| e.to_string())?;
-        self.on_remote_description();
+            .map_err(|e| SdpRejection::Unacceptable(e.to_string()))?;
+        self.on_remote_description(sdp);
         Ok(fill_rejected_media_lines(&answer.to_sdp_string(), sdp))
     }
 
-    pub(crate) fn accept_answer(&mut self, sdp: &str) -> Result<(), String> {
+    pub(crate) fn accept_answer(&mut self, sdp: &str) -> Result<(), SdpRejection> {
         let Some(pending) = self.pending_offer.take() else {
-            return Err("answer without a pending offer".into());
+            return Err(SdpRejection::UnexpectedAnswer);
         };
-        let answer = SdpAnswer::from_sdp_string(sdp).map_err(|e| e.to_string())?;
+        let answer =
+            SdpAnswer::from_sdp_string(sdp).map_err(|e| SdpRejection::Unparsable(e.to_string()))?;
         self.rtc
             .sdp_api()
             .accept_answer(pending, answer)
-            .map_err(|e| e.to_string())?;
-        self.on_remote_description();
+            .map_err(|e| SdpRejection::Unacceptable(e.to_string()))?;
+        self.on_remote_description(sdp);
         Ok(())
     }
 
-    fn on_remote_description(&mut self) {
+    /// What the room told us about this peer
+    pub(crate) fn info(&self) -> &PeerInfo {
+        &self.info
+    }
+
+    /// Whether this connection never got the remote's description (a new one that waits for
+    /// its answer)
+    pub(crate) fn is_fresh(&self) -> bool {
+        !self.has_remote_description
+    }
+
+    /// The connection broke for good (str0m gave up on it)
+    pub(crate) fn set_broken(&mut self, error: TransportError) {
+        tracing::debug!(peer = %self.info.peer_id, %error, "connection broken");
+        self.last_error = Some(error.clone());
+        self.broken = Some(error);
+    }
+
+    /// The last transport error seen on this peer's connections
+    pub(crate) fn last_error(&self) -> Option<TransportError> {
+        self.last_error.clone()
+    }
+
+    /// Notes how the outage is being healed; true if that is news (an event is due)
+    pub(crate) fn note_reconnecting(&mut self, kind: ReconnectKind) -> bool {
+        let news = self.reconnecting != Some(kind);
+        self.reconnecting = Some(kind);
+        news
+    }
+
+    /// The outage is over: how it was healed
+    pub(crate) fn reconnected(&mut self) -> ReconnectKind {
+        self.reconnecting
+            .take()
+            .unwrap_or(ReconnectKind::IceRestart)
+    }
+
+    /// Whether an offer of ours waits for its answer
+    pub(crate) fn has_pending_offer(&self) -> bool {
+        self.pending_offer.is_some()
+    }
+
+    /// Whether `sdp` comes from another connection than the one we have (its DTLS
+    /// fingerprint differs from the remote's first)
+    pub(crate) fn is_other_connection(&self, sdp: &str) -> bool {
+        match (&self.remote_fingerprint, sdp_fingerprint(sdp)) {
+            (Some(ours), Some(theirs)) => ours != theirs,
+            _ => false,
+        }
+    }
+
+    /// Starts an ICE restart: new credentials and, with `fresh` (after a network change),
+    /// the current local candidates added again; returns the offer
+    ///
+    /// The local candidates are kept (str0m would clear them only when the answer comes,
+    /// leaving none): a candidate whose address went away just finds no pair.
+    pub(crate) fn ice_restart(&mut self, fresh: Option<&[Candidate]>) -> String {
+        let mut api = self.rtc.sdp_api();
+        api.ice_restart(true);
+        let (offer, pending) = api
+            .apply()
+            .expect("an ICE restart always yields an offer; panic means bug");
+        for c in fresh.unwrap_or_default() {
+            self.rtc.add_local_candidate(c.clone());
+        }
+        self.pending_offer = Some(pending);
+        self.stats.reconnects += 1;
+        self.restart_offered = true;
+        offer.to_sdp_string()
+    }
+
+    /// Takes over what the connection this one replaces still had: messages not yet
+    /// written, the recovery state and the counters; returns the messages written but not
+    /// confirmed (the old connection may or may not have delivered them)
+    pub(crate) fn take_over(&mut self, old: &mut Peer) -> Vec<DataMessage> {
+        self.send_queue = std::mem::take(&mut old.send_queue);
+        self.recovery = std::mem::replace(&mut old.recovery, Recovery::new(Default::default(), 0));
+        let reconnects = old.stats.reconnects + 1;
+        self.stats = std::mem::take(&mut old.stats);
+        self.stats.reconnects = reconnects;
+        self.stats.connected = false;
+        self.last_error = old.broken.take().or(old.last_error.take());
+        self.reconnecting = old.reconnecting;
+        old.unacked_bytes = 0;
+        old.unacked.drain(..).collect()
+    }
+
+    /// How this peer's connection is doing at `now`
+    pub(crate) fn health(&self, now: Instant, config: &Config) -> Health {
+        if !self.rtc.is_alive() || self.broken.is_some() {
+            return Health::Dead;
+        }
+        let Some(connected_at) = self.connected_at else {
+            if now >= self.created + config.connect_timeout {
+                return Health::Dead;
+            }
+            return Health::Connecting;
+        };
+        let heard = self.last_received.unwrap_or(connected_at).max(connected_at);
+        let restarting = self.restarting || self.restart_offered;
+        if restarting || self.ice_disconnected_since.is_some() || now >= heard + STALE_AFTER {
+            return Health::Down;
+        }
+        Health::Up
+    }
+
+    /// When [`health`](Self::health) changes by itself, at the latest
+    pub(crate) fn health_deadline(&self, config: &Config) -> Option<Instant> {
+        let at = match self.connected_at {
+            None => self.created + config.connect_timeout,
+            Some(c)
+                if self.ice_disconnected_since.is_none()
+                    && !self.restarting
+                    && !self.restart_offered =>
+            {
+                self.last_received.unwrap_or(c).max(c) + STALE_AFTER
+            }
+            Some(_) => return None,
+        };
+        // A deadline that has passed was seen already (the health says so).
+        (at > self.now).then_some(at)
+    }
+
+    fn on_remote_description(&mut self, sdp: &str) {
+        if self.remote_fingerprint.is_none() {
+            self.remote_fingerprint = sdp_fingerprint(sdp).map(str::to_string);
+        }
+        // New ICE credentials on either side restart ICE: the path counts as broken until
+        // str0m connects again.
+        let ufrag = sdp_attribute(sdp, "a=ice-ufrag:").map(str::to_string);
+        let theirs_changed = self.remote_ufrag.is_some() && ufrag != self.remote_ufrag;
+        if std::mem::take(&mut self.restart_offered) || theirs_changed {
+            self.restarting = true;
+        }
+        self.remote_ufrag = ufrag;
         self.has_remote_description = true;
         for line in std::mem::take(&mut self.queued_candidates) {
             if let Ok(Some(c)) = parse_candidate(&line) {
@@ -279,20 +465,24 @@ impl Peer {
         Ok(())
     }
 
-    pub(crate) fn send(&mut self, message: DataMessage, max_queued: usize) -> Result<(), Error> {
+    pub(crate) fn send(
+        &mut self,
+        message: DataMessage,
+        max_queued: usize,
+    ) -> Result<(), CommandError> {
         if self.send_queue.len() >= max_queued {
-            return Err(Error::SendQueueFull(self.info.peer_id.clone()));
+            return Err(CommandError::SendQueueFull(self.info.peer_id.clone()));
         }
         self.send_queue.push_back(message);
         Ok(())
     }
 
-    pub(crate) fn handle_timeout(&mut self, now: Instant) -> Result<(), String> {
+    pub(crate) fn handle_timeout(&mut self, now: Instant) -> Result<(), TransportError> {
         self.now = self.now.max(now);
         self.media.handle_timeout(now, &mut self.media_out);
         self.rtc
             .handle_input(str0m::Input::Timeout(now))
-            .map_err(|e| e.to_string())
+            .map_err(|e| TransportError::from_rtc(&e))
     }
 
     /// The codec we send video with to this peer (first of our preference it accepted)
@@ -381,12 +571,15 @@ impl Peer {
         }
     }
 
-    pub(crate) fn handle_receive(&mut self, input: str0m::Input<'_>) -> Result<(), String> {
+    pub(crate) fn handle_receive(&mut self, input: str0m::Input<'_>) -> Result<(), TransportError> {
         if let str0m::Input::Receive(t, _) = &input {
             self.now = self.now.max(*t);
+            self.last_received = Some(self.now);
         }
         self.stats.datagrams_received += 1;
-        self.rtc.handle_input(input).map_err(|e| e.to_string())
+        self.rtc
+            .handle_input(input)
+            .map_err(|e| TransportError::from_rtc(&e))
     }
 
     pub(crate) fn close(&mut self) {
@@ -395,7 +588,7 @@ impl Peer {
     }
 
     /// Writes queued messages while the channel takes them; true if any was written
-    fn flush(&mut self) -> Result<bool, String> {
+    fn flush(&mut self) -> Result<bool, TransportError> {
         let Some(id) = self.channel else {
             return Ok(false);
         };
@@ -403,7 +596,15 @@ impl Peer {
             return Ok(false);
         };
         let mut wrote = false;
-        self.window.update(self.now, chan.buffered_amount());
+        let buffered = chan.buffered_amount();
+        // What the channel no longer holds was delivered: forget it, oldest first.
+        while self.unacked_bytes > buffered {
+            let Some(m) = self.unacked.pop_front() else {
+                break;
+            };
+            self.unacked_bytes -= m.len();
+        }
+        self.window.update(self.now, buffered);
         while let Some(m) = self.send_queue.front() {
             if !self.window.admits() {
                 break;
@@ -411,21 +612,26 @@ impl Peer {
             let binary = matches!(m, DataMessage::Binary(_));
             let accepted = chan
                 .write(binary, m.as_bytes())
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| TransportError::from_rtc(&e))?;
             if !accepted {
                 break;
             }
             self.stats.messages_sent += 1;
             self.stats.bytes_sent += m.len() as u64;
             self.window.wrote(m.len());
-            self.send_queue.pop_front();
+            let m = self
+                .send_queue
+                .pop_front()
+                .expect("the front was just written; panic means bug");
+            self.unacked_bytes += m.len();
+            self.unacked.push_back(m);
             wrote = true;
         }
         Ok(wrote)
     }
 
     /// Polls the `Rtc` until it returns a timeout, flushing the send queue as it opens
-    pub(crate) fn drain(&mut self, out: &mut Vec<PeerOutput>) -> Result<(), String> {
+    pub(crate) fn drain(&mut self, out: &mut Vec<PeerOutput>) -> Result<(), TransportError> {
         out.extend(self.media_out.drain(..).map(PeerOutput::Media));
         loop {
             self.flush()?;
@@ -442,7 +648,7 @@ impl Peer {
                         self.media.handle_malformed(&mut self.rtc, mid, self.now);
                         continue;
                     }
-                    Err(e) => return Err(e.to_string()),
+                    Err(e) => return Err(TransportError::from_rtc(&e)),
                 };
                 match o {
                     str0m::Output::Timeout(t) => {
@@ -488,6 +694,7 @@ impl Peer {
                 }
                 IceConnectionState::Connected | IceConnectionState::Completed => {
                     self.ice_disconnected_since = None;
+                    self.restarting = false;
                 }
                 _ => {}
             },
@@ -590,20 +797,13 @@ impl Peer {
         }
     }
 
-    /// Whether a connect or disconnect deadline has passed
-    pub(crate) fn expired(&self, now: Instant, config: &Config) -> Option<FailReason> {
-        if self.connected_at.is_none() && now >= self.created + config.connect_timeout {
-            return Some(FailReason::ConnectTimeout);
-        }
-        if let Some(since) = self.ice_disconnected_since {
-            if now >= since + config.disconnect_timeout {
-                return Some(FailReason::Disconnected);
-            }
-        }
-        None
-    }
-
-    pub(crate) fn next_timeout(&self, config: &Config) -> (Instant, TimeoutReason) {
+    /// The next instant this peer needs a timeout; its recovery counts only while
+    /// `signaling` is up (without it nothing can be done)
+    pub(crate) fn next_timeout(
+        &self,
+        config: &Config,
+        signaling: bool,
+    ) -> (Instant, TimeoutReason) {
         let mut best = (
             self.next_timeout,
             TimeoutReason::Rtc(self.rtc.last_timeout_reason()),
@@ -613,12 +813,11 @@ impl Peer {
                 best = (t, TimeoutReason::Playout);
             }
         }
-        let deadline = if self.connected_at.is_none() {
-            Some(self.created + config.connect_timeout)
-        } else {
-            self.ice_disconnected_since
-                .map(|s| s + config.disconnect_timeout)
-        };
+        let recovery = self.recovery.poll_timeout().filter(|_| signaling);
+        let deadline = [self.health_deadline(config), recovery]
+            .into_iter()
+            .flatten()
+            .min();
         if let Some(d) = deadline {
             if d < best.0 {
                 best = (d, TimeoutReason::PeerDeadline);
@@ -626,6 +825,42 @@ impl Peer {
         }
         best
     }
+}
+
+/// How a peer's connection is doing
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Health {
+    /// Not connected yet, within the connect timeout
+    Connecting,
+    /// Connected and heard from
+    Up,
+    /// The path is broken: ICE disconnected, or nothing heard for [`STALE_AFTER`]
+    Down,
+    /// It cannot come back by itself: closed, or never connected in time
+    Dead,
+}
+
+/// A connected peer sends something at least every few seconds (STUN consent checks, RTCP,
+/// SCTP heartbeats); nothing for this long means the path is broken
+const STALE_AFTER: Duration = Duration::from_secs(5);
+
+/// A per-peer seed for the recovery's jitter, from its id
+fn fingerprint_seed(id: &crate::signal::PeerId) -> u64 {
+    id.as_str().bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+/// The `a=fingerprint:` value of an SDP (the session's, or the first media section's)
+fn sdp_fingerprint(sdp: &str) -> Option<&str> {
+    sdp_attribute(sdp, "a=fingerprint:")
+}
+
+/// The value of the first line of an SDP that starts with `prefix`
+fn sdp_attribute<'a>(sdp: &'a str, prefix: &str) -> Option<&'a str> {
+    sdp.lines()
+        .find_map(|l| l.trim_end().strip_prefix(prefix))
+        .map(str::trim)
 }
 
 /// Gives every rejected media line of an answer (`m=video 0 PROTO` with no formats, which

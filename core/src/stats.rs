@@ -29,6 +29,10 @@ pub struct PeerStats {
     pub malformed_media: u64,
     /// Remote candidates ignored by the candidate policy
     pub candidates_filtered: u64,
+    /// ICE restarts and full reconnects with this peer
+    pub reconnects: u64,
+    /// The recovery's circuit breaker
+    pub circuit: crate::recovery::CircuitState,
     /// Messages waiting for the channel to open or drain
     pub queued_messages: usize,
     /// Estimated drift of the peer's clock relative to ours (ppm, + = theirs fast), from its

@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 use meshrtc::codec::testsrc::Tone;
 use meshrtc::signal::{PeerId, RoomId};
 use meshrtc_blocking::{
-    AudioCapture, AudioPlayout, Event, Session, SessionConfig, WaitMode, MAX_AUDIO_PEERS,
-    SLOT_SAMPLES,
+    AudioCapture, AudioPlayout, Event, RealtimeConfig, Session, SessionConfig, WaitMode,
+    MAX_AUDIO_PEERS, SLOT_SAMPLES,
 };
 
 /// The callback period
@@ -140,16 +140,19 @@ struct Peer {
 fn start_peer(args: &Args, url: &str, id: &str, hz: f64, stop: &Arc<AtomicBool>) -> Peer {
     let room = args.room.as_str();
     let mut config = SessionConfig::new(url, RoomId::new(room).expect("a valid room"));
-    config.wait = args.wait;
-    config.peer_id = Some(PeerId::new(id).expect("a valid peer id"));
-    config.participant.capabilities.audio = true;
-    config.participant.seed = id.bytes().map(u64::from).sum();
+    config.session.peer_id = Some(PeerId::new(id).expect("a valid peer id"));
+    config.session.participant.capabilities.audio = true;
+    config.session.participant.seed = id.bytes().map(u64::from).sum();
+    let rt = RealtimeConfig {
+        wait: args.wait,
+        ..RealtimeConfig::default()
+    };
     let Session {
         handle,
         events,
         capture,
         playout,
-    } = Session::join(config).unwrap_or_else(|e| panic!("{id} cannot join: {e}"));
+    } = Session::join_with(config, rt).unwrap_or_else(|e| panic!("{id} cannot join: {e}"));
     println!(
         "{id}: joined {room} as {} on {}",
         handle.peer_id(),
@@ -171,13 +174,13 @@ impl Peer {
     fn read_events(&mut self) {
         while let Some(e) = self.session_events.try_recv() {
             match e {
-                Event::AudioStreamStarted { peer, index } => {
-                    println!("{}: audio from {peer} on index {}", self.name, index.get());
-                    self.names[index.get()] = Some(peer);
+                Event::AudioStreamStarted { peer, slot } => {
+                    println!("{}: audio from {peer} on index {slot}", self.name);
+                    self.names[slot] = Some(peer);
                 }
-                Event::AudioStreamEnded { peer, index } => {
+                Event::AudioStreamEnded { peer, slot } => {
                     println!("{}: audio from {peer} ended", self.name);
-                    self.names[index.get()] = None;
+                    self.names[slot] = None;
                 }
                 Event::Mesh(meshrtc::Event::PeerConnected { peer, connect_time }) => {
                     println!("{}: connected to {peer} in {connect_time:?}", self.name);
@@ -260,8 +263,7 @@ fn main() {
     stop.store(true, Ordering::Relaxed);
     for peer in peers {
         peer.callback.join().expect("the callback thread ended");
-        let stats = peer.handle.stats().expect("stats");
-        println!("{}: {:?}", peer.name, stats.rt);
+        println!("{}: {:?}", peer.name, peer.handle.rt_counts());
         peer.handle.leave().expect("leave");
     }
     drop(server);

@@ -36,8 +36,8 @@ use meshrtc::codec::testsrc::Tone;
 use meshrtc::signal::{PeerId, RoomId};
 use meshrtc::CandidatePolicy;
 use meshrtc_blocking::{
-    AudioCapture, AudioPlayout, Event, Events, Session, SessionConfig, SessionHandle, WaitMode,
-    SLOT_SAMPLES,
+    AudioCapture, AudioPlayout, Event, Events, RealtimeConfig, Session, SessionConfig,
+    SessionHandle, WaitMode, SLOT_SAMPLES,
 };
 
 // ---- counting allocator: counts only on threads that ask for it ----
@@ -102,10 +102,13 @@ fn participant(id: &str, audio: bool) -> meshrtc::Config {
 
 fn join_blocking(url: &str, room: &str, id: &str, audio: bool, wait: WaitMode) -> Session {
     let mut c = SessionConfig::new(url, RoomId::new(room).expect("a valid room"));
-    c.peer_id = Some(pid(id));
-    c.participant = participant(id, audio);
-    c.wait = wait;
-    Session::join(c).unwrap_or_else(|e| panic!("{id}: {e}"))
+    c.session.peer_id = Some(pid(id));
+    c.session.participant = participant(id, audio);
+    let rt = RealtimeConfig {
+        wait,
+        ..RealtimeConfig::default()
+    };
+    Session::join_with(c, rt).unwrap_or_else(|e| panic!("{id}: {e}"))
 }
 
 fn join_tokio(
@@ -114,10 +117,10 @@ fn join_tokio(
     room: &str,
     id: &str,
     audio: bool,
-) -> (meshrtc_tokio::SessionHandle, meshrtc_tokio::EventStream) {
-    let mut c = meshrtc_tokio::SessionConfig::new(url, RoomId::new(room).expect("a valid room"));
-    c.peer_id = Some(pid(id));
-    c.participant = participant(id, audio);
+) -> (meshrtc_tokio::SessionHandle, meshrtc_tokio::Events) {
+    let mut c = SessionConfig::new(url, RoomId::new(room).expect("a valid room"));
+    c.session.peer_id = Some(pid(id));
+    c.session.participant = participant(id, audio);
     rt.block_on(meshrtc_tokio::Session::join(c))
         .unwrap_or_else(|e| panic!("{id}: {e}"))
 }
@@ -134,11 +137,11 @@ fn wait_connected(events: &Events) {
     }
 }
 
-fn wait_connected_tokio(rt: &tokio::runtime::Runtime, events: &mut meshrtc_tokio::EventStream) {
+fn wait_connected_tokio(rt: &tokio::runtime::Runtime, events: &mut meshrtc_tokio::Events) {
     rt.block_on(async {
         let wait = async {
             while let Some(e) = events.recv().await {
-                if let meshrtc_tokio::Event::Mesh(meshrtc::Event::PeerConnected { .. }) = e {
+                if let Event::Mesh(meshrtc::Event::PeerConnected { .. }) = e {
                     return;
                 }
             }
@@ -292,7 +295,7 @@ fn rt_section(url: &str, seconds: u64, wait: WaitMode, stress: bool) {
     row("pop_into (empty ring)", &mut t.empty_pop, "ns");
     row("chunk lateness at pop", &mut t.late_us, "µs");
     println!("  allocations inside push/pop: {}", t.allocations);
-    let loop_turns = a.handle.stats().expect("stats").loop_turns;
+    let loop_turns = a.handle.rt_counts().loop_turns;
     println!(
         "  core thread loop turns: {:.0}/s",
         loop_turns as f64 / seconds as f64
@@ -321,8 +324,7 @@ fn rt_section(url: &str, seconds: u64, wait: WaitMode, stress: bool) {
         row("pop_into (empty ring)", &mut s.empty_pop, "ns");
         println!("  allocations inside push/pop: {}", s.allocations);
     }
-    let stats = a.handle.stats().expect("stats");
-    println!("  peer a: {:?}", stats.rt);
+    println!("  peer a: {:?}", a.handle.rt_counts());
     stop.store(true, Ordering::Relaxed);
     other.join().expect("the other callback");
     a.handle.leave().expect("leave");
@@ -445,7 +447,7 @@ fn cpu_section(rt: &tokio::runtime::Runtime, url: &str, seconds: u64) {
     let rt_reader = rt.spawn(async move {
         let mut chunks = 0u64;
         while let Some(e) = rt_events.recv().await {
-            if let meshrtc_tokio::Event::Mesh(meshrtc::Event::AudioPlayout { .. }) = e {
+            if let Event::Mesh(meshrtc::Event::AudioPlayout { .. }) = e {
                 chunks += 1;
             }
         }
@@ -471,7 +473,7 @@ fn cpu_section(rt: &tokio::runtime::Runtime, url: &str, seconds: u64) {
     std::thread::sleep(Duration::from_secs(1));
     let turns_before: Vec<u64> = blocking
         .iter()
-        .map(|(_, h)| h.stats().expect("stats").loop_turns)
+        .map(|(_, h)| h.rt_counts().loop_turns)
         .collect();
     let before = thread_cpu();
     let started = Instant::now();
@@ -480,7 +482,7 @@ fn cpu_section(rt: &tokio::runtime::Runtime, url: &str, seconds: u64) {
     let wall = started.elapsed();
     let turns_after: Vec<u64> = blocking
         .iter()
-        .map(|(_, h)| h.stats().expect("stats").loop_turns)
+        .map(|(_, h)| h.rt_counts().loop_turns)
         .collect();
     let pct = |d: Duration| 100.0 * d.as_secs_f64() / wall.as_secs_f64();
     let show = |label: &str, driver: &str, prefixes: &[String], turns: Option<f64>| {

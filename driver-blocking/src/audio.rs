@@ -26,15 +26,12 @@
 //! block or allocate and belongs on an ordinary thread.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use meshrtc::signal::PeerId;
 use meshrtc::sync::PlayoutChunk;
 use rtrb::{Consumer, Producer, RingBuffer};
-
-use crate::session::Event;
 
 /// Samples (interleaved, all channels) one slot holds: 20 ms of 48 kHz stereo
 ///
@@ -45,13 +42,7 @@ pub const SLOT_SAMPLES: usize = 960 * 2;
 ///
 /// A room holds at most 10 peers (9 remote); the spare indices let a peer that left and one
 /// that joined overlap without waiting.
-pub const MAX_AUDIO_PEERS: usize = 16;
-
-/// Default capture slots: 320 ms of 10 ms chunks
-pub const DEFAULT_CAPTURE_SLOTS: usize = 32;
-
-/// Default playout slots: about 280 ms of 10 ms chunks from each of 9 remote peers
-pub const DEFAULT_PLAYOUT_SLOTS: usize = 256;
+pub const MAX_AUDIO_PEERS: usize = meshrtc::session::MAX_AUDIO_SLOTS;
 
 /// Opus runs at 48 kHz
 const SAMPLE_RATE: u64 = 48_000;
@@ -60,7 +51,7 @@ const SAMPLE_RATE: u64 = 48_000;
 ///
 /// Indices are below [`MAX_AUDIO_PEERS`], so a mixer can keep per-peer state in a fixed
 /// array. The mapping to a [`PeerId`] is announced (off the real-time path) by
-/// [`Event::AudioStreamStarted`] and [`Event::AudioStreamEnded`]. An index is reused only
+/// `Event::AudioStreamStarted` and `Event::AudioStreamEnded` (their `slot` is the index). An index is reused only
 /// after its previous peer ended; chunks come out in order, so every chunk of the old
 /// peer is popped before the first chunk of the new one, which has
 /// [`PlayoutInfo::starts_stream`] set.
@@ -96,6 +87,7 @@ pub struct RtCounters {
     playout_pushed: AtomicU64,
     playout_full: AtomicU64,
     playout_no_index: AtomicU64,
+    loop_turns: AtomicU64,
 }
 
 /// A copy of the [`RtCounters`]
@@ -109,8 +101,10 @@ pub struct RtCounts {
     pub playout_pushed: u64,
     /// Playout chunks dropped because the ring was full (the callback did not pop in time)
     pub playout_full: u64,
-    /// Playout chunks dropped because every [`PeerIndex`] was taken
+    /// Playout chunks dropped because their peer had no [`PeerIndex`]
     pub playout_no_index: u64,
+    /// Turns of the core thread's loop so far (each is one wait)
+    pub loop_turns: u64,
 }
 
 impl RtCounters {
@@ -122,6 +116,7 @@ impl RtCounters {
             playout_pushed: self.playout_pushed.load(Ordering::Relaxed),
             playout_full: self.playout_full.load(Ordering::Relaxed),
             playout_no_index: self.playout_no_index.load(Ordering::Relaxed),
+            loop_turns: self.loop_turns.load(Ordering::Relaxed),
         }
     }
 }
@@ -187,6 +182,11 @@ pub struct AudioCapture {
 }
 
 impl AudioCapture {
+    /// The shared counters, for the handle (read off the real-time path)
+    pub(crate) fn counters_handle(&self) -> Arc<RtCounters> {
+        self.counters.clone()
+    }
+
     /// Queues one chunk of captured PCM; `capture` is when its first sample was captured
     ///
     /// Real-time safe: wait-free, no allocation, no lock, no system call. An empty chunk is
@@ -373,18 +373,12 @@ impl CaptureSource {
             .expect("pending is not empty; panic means bug");
         Some((start, &self.pending[..self.frame_samples]))
     }
-
-    /// Pops and drops every chunk waiting (audio is not enabled)
-    pub(crate) fn discard(&mut self) -> usize {
-        let mut n = 0;
-        while self.consumer.pop().is_ok() {
-            n += 1;
-        }
-        n
-    }
 }
 
-/// The core thread's end of the playout ring: copies chunks into slots and names peers
+/// The core thread's end of the playout ring: copies chunks into slots
+///
+/// Slots are the core session's (`Event::AudioStreamStarted`/`Ended`); the sink only
+/// remembers which peer holds which, and which stream has not had its first chunk yet.
 pub(crate) struct PlayoutSink {
     producer: Producer<PlayoutSlot>,
     /// Which peer holds each index, and whether its first chunk is still to come
@@ -393,20 +387,43 @@ pub(crate) struct PlayoutSink {
 }
 
 impl PlayoutSink {
+    /// A peer's audio stream got `slot`
+    pub(crate) fn start(&mut self, peer: &PeerId, slot: usize) {
+        if let Some(s) = self.peers.get_mut(slot) {
+            *s = Some((peer.clone(), true));
+        }
+    }
+
+    /// A peer's audio stream ended; its slot is free
+    pub(crate) fn end(&mut self, slot: usize) {
+        if let Some(s) = self.peers.get_mut(slot) {
+            *s = None;
+        }
+    }
+
+    /// Counts one turn of the core thread's loop
+    pub(crate) fn count_turn(&self) {
+        bump(&self.counters.loop_turns);
+    }
+
     /// Queues one playout chunk for the application
-    pub(crate) fn deliver(&mut self, peer: PeerId, chunk: &PlayoutChunk, events: &EventTx) {
-        let Some(index) = self.index_of(peer, events) else {
+    pub(crate) fn deliver(&mut self, peer: &PeerId, chunk: &PlayoutChunk) {
+        let Some(index) = self
+            .peers
+            .iter()
+            .position(|s| s.as_ref().is_some_and(|(p, _)| p == peer))
+        else {
             bump(&self.counters.playout_no_index);
             return;
         };
-        let entry = self.peers[index.get()]
+        let entry = self.peers[index]
             .as_mut()
-            .expect("index_of returns a taken index; panic means bug");
+            .expect("found above; panic means bug");
         let channels = u16::try_from(chunk.channels).unwrap_or(u16::MAX);
         for (i, part) in chunk.samples.chunks(SLOT_SAMPLES).enumerate() {
             let mut slot = PlayoutSlot {
                 info: PlayoutInfo {
-                    peer: index,
+                    peer: PeerIndex(index as u8),
                     samples: part.len(),
                     channels,
                     media_ticks: chunk.media_ticks
@@ -427,47 +444,7 @@ impl PlayoutSink {
             }
         }
     }
-
-    /// The counters of the real-time path
-    pub(crate) fn counts(&self) -> RtCounts {
-        self.counters.snapshot()
-    }
-
-    /// Frees the index of a peer that left or failed
-    pub(crate) fn peer_gone(&mut self, peer: &PeerId, events: &EventTx) {
-        for (i, slot) in self.peers.iter_mut().enumerate() {
-            if slot.as_ref().is_some_and(|(p, _)| p == peer) {
-                *slot = None;
-                let index = PeerIndex(i as u8);
-                let _ = events.send(Event::AudioStreamEnded {
-                    peer: peer.clone(),
-                    index,
-                });
-            }
-        }
-    }
-
-    fn index_of(&mut self, peer: PeerId, events: &EventTx) -> Option<PeerIndex> {
-        if let Some(i) = self
-            .peers
-            .iter()
-            .position(|s| s.as_ref().is_some_and(|(p, _)| *p == peer))
-        {
-            return Some(PeerIndex(i as u8));
-        }
-        let free = self.peers.iter().position(Option::is_none)?;
-        let index = PeerIndex(free as u8);
-        let _ = events.send(Event::AudioStreamStarted {
-            peer: peer.clone(),
-            index,
-        });
-        self.peers[free] = Some((peer, true));
-        Some(index)
-    }
 }
-
-/// The sending end of the event channel
-pub(crate) type EventTx = mpsc::Sender<Event>;
 
 #[cfg(test)]
 mod tests {
@@ -530,9 +507,8 @@ mod tests {
     }
 
     #[test]
-    fn playout_names_peers_by_small_reused_indices() {
+    fn playout_names_peers_by_their_slots() {
         let (_cap, mut play, _src, mut sink) = rings(2, 8, 960, 1);
-        let (tx, rx) = mpsc::channel();
         let a = PeerId::new("a").unwrap();
         let b = PeerId::new("b").unwrap();
         let c = PeerId::new("c").unwrap();
@@ -543,11 +519,16 @@ mod tests {
             playout: Instant::now(),
             concealed: false,
         };
-        sink.deliver(a.clone(), &chunk(1), &tx);
-        sink.deliver(b.clone(), &chunk(2), &tx);
-        sink.deliver(a.clone(), &chunk(3), &tx);
-        sink.peer_gone(&a, &tx);
-        sink.deliver(c.clone(), &chunk(4), &tx);
+        sink.start(&a, 0);
+        sink.deliver(&a, &chunk(1));
+        sink.start(&b, 1);
+        sink.deliver(&b, &chunk(2));
+        sink.deliver(&a, &chunk(3));
+        sink.end(0);
+        // A chunk of a peer without a slot is counted, not played.
+        sink.deliver(&a, &chunk(9));
+        sink.start(&c, 0);
+        sink.deliver(&c, &chunk(4));
 
         let mut out = [0i16; SLOT_SAMPLES];
         let got: Vec<(u8, i16, bool)> = std::iter::from_fn(|| {
@@ -559,16 +540,14 @@ mod tests {
             got,
             vec![(0, 1, true), (1, 2, true), (0, 3, false), (0, 4, true)]
         );
-        let events: Vec<String> = rx.try_iter().map(|e| format!("{e:?}")).collect();
-        assert_eq!(events.len(), 4, "{events:?}");
-        assert!(events[2].contains("AudioStreamEnded"));
+        assert_eq!(play.counters().snapshot().playout_no_index, 1);
     }
 
     #[test]
     fn playout_drops_and_counts_when_full() {
         let (_cap, mut play, _src, mut sink) = rings(2, 1, 960, 1);
-        let (tx, _rx) = mpsc::channel();
         let a = PeerId::new("a").unwrap();
+        sink.start(&a, 0);
         let chunk = PlayoutChunk {
             samples: vec![7; 480],
             channels: 1,
@@ -576,8 +555,8 @@ mod tests {
             playout: Instant::now(),
             concealed: false,
         };
-        sink.deliver(a.clone(), &chunk, &tx);
-        sink.deliver(a, &chunk, &tx);
+        sink.deliver(&a, &chunk);
+        sink.deliver(&a, &chunk);
         let c = play.counters().snapshot();
         assert_eq!((c.playout_pushed, c.playout_full), (1, 1));
         assert_eq!(play.pop_with(|i, s| (i.samples, s[0])), Some((480, 7)));

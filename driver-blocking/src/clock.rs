@@ -2,12 +2,9 @@
 
 use std::time::Instant;
 
-pub use meshrtc::clock::{Clock, SharedClock};
+use meshrtc::clock::Clock;
 
 /// The operating system's monotonic clock
-///
-/// The socket's read timeout is `deadline - now()` in real time, so another [`Clock`] should
-/// advance at roughly real speed.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SystemClock;
 

@@ -1,42 +1,40 @@
-//! The core thread: owns the participant and the UDP socket, and runs the loop
+//! The core thread: owns the core session and the UDP socket, and runs the loop
 //!
-//! Each turn: drain the participant, take what the other threads left in the channels and
-//! the capture ring (each item is one mutation, followed by a drain), then block on the
-//! socket with a read timeout of `min(deadline - now, MAX_WAIT)`, and feed what woke it.
+//! Each turn: drain the session, take what the other threads left in the channels and the
+//! capture ring (each item is one mutation, followed by a drain), then block on the socket
+//! with a read timeout of `min(deadline - now, MAX_WAIT)`, and feed what woke it.
 
 use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::mpsc::{Receiver, Sender, SyncSender, TryRecvError};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use meshrtc::signal::{
-    AnnounceResult, ClientFrame, ErrorCode, PeerId, Request, RequestId, RoomId, RpcError,
-    ServerFrame,
-};
-use meshrtc::{DataMessage, Input, Output, Participant, Receive};
+use meshrtc::clock::SharedClock;
+use meshrtc::session::{self, Command, Event, EventSender, Input, Output, Stats};
+use meshrtc::signal::{PeerId, RoomId};
+use meshrtc::Receive;
+use meshrtc_driver::{Error, Result, SessionConfig};
 use rustix::event::{PollFd, PollFlags};
-use serde_json::Value;
 
 use crate::audio::{CaptureSource, PlayoutSink};
-use crate::session::{Event, SessionConfig, SessionStats};
-use crate::signaling::{Backoff, SignalIn, SignalOut};
-use crate::{Error, Result};
+use crate::clock::SystemClock;
+use crate::signaling::{SignalIn, SignalOut};
 
 /// The longest the core thread blocks on the socket before it looks at the command
 /// channels, the signaling channel and the capture ring
 ///
 /// Nothing on the real-time path may make a system call, so the audio callback cannot wake
 /// the core thread; the core thread looks instead. 5 ms is half of a 10 ms audio callback
-/// period: a pushed chunk waits 2.5 ms on average before it is encoded and sent. Data
-/// commands and signaling frames wait as long. The wake-ups cost about 200 turns a second
-/// while idle. Linux rounds socket read timeouts up to whole scheduler ticks, so with
+/// period: a pushed chunk waits 2.5 ms on average before it is encoded and sent. Commands
+/// and signaling frames wait as long. The wake-ups cost about 200 turns a second while
+/// idle. Linux rounds socket read timeouts up to whole scheduler ticks, so with
 /// [`WaitMode::ReadTimeout`] the effective bound can be longer (about 12 ms on the
 /// development machine; see the crate docs).
 pub const MAX_WAIT: Duration = Duration::from_millis(5);
 
-/// The most items taken from each source (signaling, capture, data commands) in one turn,
-/// so that a busy source cannot starve the socket
+/// The most items taken from each source (signaling, capture, commands) in one turn, so
+/// that a busy source cannot starve the socket
 pub const SOURCE_BATCH: usize = 64;
 
 /// A UDP datagram never exceeds this
@@ -62,32 +60,25 @@ pub enum WaitMode {
 /// Everything the core thread starts with
 pub(crate) struct Setup {
     pub(crate) config: SessionConfig,
+    pub(crate) wait: WaitMode,
     pub(crate) socket: UdpSocket,
     pub(crate) local_addr: SocketAddr,
     pub(crate) signal_out: Sender<SignalOut>,
     pub(crate) signal_in: Receiver<SignalIn>,
     pub(crate) signal_thread: JoinHandle<()>,
-    pub(crate) events: Sender<Event>,
+    pub(crate) events: EventSender,
     pub(crate) ready: SyncSender<Result<Joined>>,
     pub(crate) control: Receiver<Control>,
-    pub(crate) data: Receiver<DataCommand>,
+    pub(crate) commands: Receiver<Command>,
     pub(crate) capture: CaptureSource,
     pub(crate) playout: PlayoutSink,
 }
 
-/// What the handle asks of the core thread, outside the data queue
+/// What the handle asks of the core thread, outside the command queue
 #[derive(Debug)]
 pub(crate) enum Control {
-    Stats(SyncSender<SessionStats>),
+    Stats(SyncSender<Stats>),
     Leave,
-}
-
-/// Data-path commands (bounded queue: back-pressure)
-#[derive(Debug)]
-pub(crate) enum DataCommand {
-    Send(PeerId, DataMessage),
-    Broadcast(DataMessage),
-    Video(Instant, Box<meshrtc::codec::I420Frame>),
 }
 
 /// What `Session::join` waits for
@@ -99,10 +90,9 @@ pub(crate) struct Joined {
 
 /// The core thread's body
 pub(crate) fn run(setup: Setup) {
-    // str0m draws from the thread-local generator; this thread drives exactly one core.
-    fastrand::seed(setup.config.participant.seed);
     let Setup {
         config,
+        wait,
         socket,
         local_addr,
         signal_out,
@@ -111,113 +101,90 @@ pub(crate) fn run(setup: Setup) {
         events,
         ready,
         control,
-        data,
+        commands,
         capture,
         playout,
     } = setup;
-    let clock = config.clock.clone();
-    let wait_mode = config.wait;
-    if wait_mode == WaitMode::Poll {
+    // str0m draws from the thread-local generator; this thread drives exactly one core.
+    fastrand::seed(config.session.participant.seed);
+    if wait == WaitMode::Poll {
         if let Err(e) = socket.set_nonblocking(true) {
             tracing::warn!(%e, "cannot make the socket non-blocking");
         }
     }
-    let audio = config.participant.capabilities.audio;
-    let mut participant = Participant::new(config.participant, clock.now());
-    let started = participant
-        .add_local_candidate(local_addr)
-        .and_then(|()| participant.join(config.room, config.peer_id));
+    let clock = config
+        .clock
+        .unwrap_or_else(|| SharedClock::new(SystemClock));
+    let mut session = session::Session::new(config.session, clock.now(), Some(SystemTime::now()));
     let mut driver = Driver {
-        participant,
         socket,
         local_addr,
         clock,
         signal_out,
         signal_in,
-        signal_thread: Some(signal_thread),
-        signal_up: true,
-        rejoin_id: None,
-        rejoin_at: None,
-        rejoin_seq: 0,
-        reconnect: config.reconnect,
         events,
+        batch: Vec::new(),
         ready: Some(ready),
         control,
-        data,
-        data_open: true,
-        stalled: None,
+        commands,
+        commands_open: true,
         capture,
-        audio,
-        audio_error_reported: false,
         playout,
-        finished: false,
-        wait_mode,
+        wait,
         read_timeout: None,
-        turns: 0,
     };
-    if let Err(e) = started {
-        driver.fail_join(e.into());
+    if let Err(e) = session.participant_mut().add_local_candidate(local_addr) {
+        driver.fail(Error::Command(e));
+        return;
     }
-    driver.run();
-    driver.shutdown();
+    driver.run(&mut session);
+    driver.events.close();
+    // The signaling thread ends once its channel from us is gone.
+    drop(driver);
+    if signal_thread.join().is_err() {
+        tracing::error!("the signaling thread panicked");
+    }
+    tracing::debug!(local = %local_addr, "session ended");
 }
 
-/// Owns the participant and its IO; everything happens on one thread
+/// The core thread's IO; the session is passed in so that its drains can borrow both
 struct Driver {
-    participant: Participant,
     socket: UdpSocket,
     local_addr: SocketAddr,
-    clock: crate::SharedClock,
+    clock: SharedClock,
     signal_out: Sender<SignalOut>,
     signal_in: Receiver<SignalIn>,
-    signal_thread: Option<JoinHandle<()>>,
-    /// Whether a signaling connection is up (frames for the server are dropped otherwise)
-    signal_up: bool,
-    /// The id of our re-announce after a reconnect, while its answer is outstanding
-    rejoin_id: Option<RequestId>,
-    /// When to retry a re-announce the server refused because the id was still taken
-    rejoin_at: Option<Instant>,
-    rejoin_seq: u64,
-    reconnect: Backoff,
-    events: Sender<Event>,
+    events: EventSender,
+    /// Events of the current drain, handed over in one go
+    batch: Vec<Event>,
     ready: Option<SyncSender<Result<Joined>>>,
     control: Receiver<Control>,
-    data: Receiver<DataCommand>,
-    data_open: bool,
-    /// A send the core could not queue yet (its queue for the peer is full)
-    stalled: Option<(PeerId, DataMessage)>,
+    commands: Receiver<Command>,
+    commands_open: bool,
     capture: CaptureSource,
-    audio: bool,
-    audio_error_reported: bool,
     playout: PlayoutSink,
-    /// Set when the loop is to end (leave, handle dropped, join refused)
-    finished: bool,
-    wait_mode: WaitMode,
+    wait: WaitMode,
     /// The read timeout the socket has now (saves a system call when unchanged)
     read_timeout: Option<Duration>,
-    turns: u64,
 }
 
 impl Driver {
     /// The loop: drain, take from the sources, wait on the socket, feed, repeat
-    fn run(&mut self) {
+    fn run(&mut self, s: &mut session::Session) {
         let mut buf = vec![0u8; RECV_BUFFER];
-        while !self.finished {
-            self.turns += 1;
-            self.drain();
-            self.serve_sources();
-            if self.finished {
+        loop {
+            self.playout.count_turn();
+            self.drain(s);
+            self.serve_sources(s);
+            let deadline = self.drain(s);
+            if s.is_finished() {
                 return;
-            }
-            let mut deadline = self.drain();
-            if let Some(at) = self.rejoin_at {
-                deadline = deadline.min(at);
             }
             let now = self.clock.now();
             let wait = deadline.saturating_duration_since(now);
             if wait.is_zero() {
                 // Due (or overdue): no read timeout can be zero, and none is needed.
-                self.timeout(now);
+                s.handle_input(Input::Timeout(now));
                 continue;
             }
             match self.recv(&mut buf, wait.min(MAX_WAIT)) {
@@ -227,15 +194,12 @@ impl Driver {
                         destination: self.local_addr,
                         contents: &buf[..len],
                     };
-                    let input = Input::Receive(self.clock.now(), recv);
-                    if let Err(e) = self.participant.handle_input(input) {
-                        tracing::debug!(%e, "datagram rejected");
-                    }
+                    s.handle_input(Input::Receive(self.clock.now(), recv));
                 }
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
                     let now = self.clock.now();
                     if now >= deadline {
-                        self.timeout(now);
+                        s.handle_input(Input::Timeout(now));
                     }
                 }
                 // ICMP errors from an earlier send surface here; they are transient.
@@ -247,7 +211,7 @@ impl Driver {
     /// Receives one datagram, waiting at most `wait`; `WouldBlock` or `TimedOut` when none
     /// came
     fn recv(&mut self, buf: &mut [u8], wait: Duration) -> std::io::Result<(usize, SocketAddr)> {
-        match self.wait_mode {
+        match self.wait {
             WaitMode::ReadTimeout => {
                 if self.read_timeout != Some(wait) {
                     self.socket.set_read_timeout(Some(wait))?;
@@ -273,60 +237,43 @@ impl Driver {
         }
     }
 
-    fn timeout(&mut self, now: Instant) {
-        if self.rejoin_at.is_some_and(|at| at <= now) {
-            self.rejoin_at = None;
-            self.rejoin();
-        }
-        if let Err(e) = self.participant.handle_input(Input::Timeout(now)) {
-            tracing::debug!(%e, "timeout rejected");
-        }
-    }
-
-    /// Polls the participant until it returns its next deadline, carrying out every output
-    fn drain(&mut self) -> Instant {
-        loop {
-            match self.participant.poll_output() {
-                Output::Timeout(t) => return t,
+    /// Polls the session until it returns its next deadline, carrying out every output
+    fn drain(&mut self, s: &mut session::Session) -> Instant {
+        let deadline = loop {
+            match s.poll_output() {
+                Output::Timeout(t) => break t,
                 Output::Transmit(t) => {
                     if let Err(e) = self.socket.send_to(&t.contents, t.destination) {
                         tracing::debug!(%e, to = %t.destination, "udp send failed");
                     }
                 }
-                Output::Signal(frame) => self.send_signal(&frame),
+                // A closed channel means the signaling thread has ended; the session
+                // hears of it from the signaling channel.
+                Output::Signal(frame) => {
+                    let _ = self.signal_out.send(SignalOut::Frame(frame.to_json()));
+                }
+                Output::Connect => {
+                    let _ = self.signal_out.send(SignalOut::Connect);
+                }
+                Output::Disconnect => {
+                    let _ = self.signal_out.send(SignalOut::Disconnect);
+                }
                 Output::Event(e) => self.deliver(e),
             }
-        }
+        };
+        self.events.push_all(&mut self.batch);
+        deadline
     }
 
-    fn send_signal(&mut self, frame: &ClientFrame) {
-        if !self.signal_up {
-            tracing::debug!(
-                method = frame.request.method(),
-                "no signaling connection; frame dropped"
-            );
-            return;
-        }
-        // A closed channel means the signaling thread has ended; shutdown will notice.
-        let _ = self.signal_out.send(SignalOut::Frame(frame.to_json()));
-    }
-
-    fn emit(&self, event: Event) {
-        // A dropped event stream only means nobody listens.
-        let _ = self.events.send(event);
-    }
-
-    fn deliver(&mut self, event: meshrtc::Event) {
-        match event {
-            meshrtc::Event::AudioPlayout { peer, chunk } => {
-                self.playout.deliver(peer, &chunk, &self.events);
+    fn deliver(&mut self, event: Event) {
+        match &event {
+            Event::Mesh(meshrtc::Event::AudioPlayout { peer, chunk }) => {
+                self.playout.deliver(peer, chunk);
                 return;
             }
-            meshrtc::Event::Announced {
-                ref peer_id,
-                ref room,
-                ..
-            } => {
+            Event::AudioStreamStarted { peer, slot } => self.playout.start(peer, *slot),
+            Event::AudioStreamEnded { slot, .. } => self.playout.end(*slot),
+            Event::Joined { peer_id, room, .. } => {
                 if let Some(ready) = self.ready.take() {
                     let _ = ready.send(Ok(Joined {
                         peer_id: peer_id.clone(),
@@ -334,287 +281,72 @@ impl Driver {
                     }));
                 }
             }
-            meshrtc::Event::SignalError {
-                method: "peer.announce",
-                ref error,
-            } if self.ready.is_some() => {
-                self.fail_join(Error::Rejected(error.clone()));
-            }
-            meshrtc::Event::PeerLeft { ref peer, .. }
-            | meshrtc::Event::PeerFailed { ref peer, .. } => {
-                self.playout.peer_gone(peer, &self.events);
-            }
+            Event::JoinFailed(error) => self.fail(Error::Join(error.clone())),
             _ => {}
         }
-        self.emit(Event::Mesh(event));
+        self.batch.push(event);
     }
 
-    /// `Session::join` fails with `error`; the loop ends
-    fn fail_join(&mut self, error: Error) {
+    /// `Session::join` fails with `error`
+    fn fail(&mut self, error: Error) {
         if let Some(ready) = self.ready.take() {
             let _ = ready.send(Err(error));
         }
-        self.finished = true;
     }
 
     /// Takes what the other threads left for us; every item is one mutation and a drain
-    fn serve_sources(&mut self) {
+    fn serve_sources(&mut self, s: &mut session::Session) {
         loop {
             match self.control.try_recv() {
                 Ok(Control::Stats(reply)) => {
-                    let _ = reply.send(self.stats());
+                    let mut stats = s.stats();
+                    stats.media_events_dropped = self.events.dropped_media();
+                    let _ = reply.send(stats);
                 }
                 // Every handle is gone, or one asked to leave.
                 Ok(Control::Leave) | Err(TryRecvError::Disconnected) => {
-                    self.finished = true;
+                    s.leave();
                     return;
                 }
                 Err(TryRecvError::Empty) => break,
             }
         }
         for _ in 0..SOURCE_BATCH {
-            match self.signal_in.try_recv() {
-                Ok(msg) => {
-                    self.handle_signal(msg);
-                    self.drain();
-                    if self.finished {
-                        return;
-                    }
-                }
+            let input = match self.signal_in.try_recv() {
+                Ok(SignalIn::Frame(frame)) => Input::Signal(self.clock.now(), frame),
+                Ok(SignalIn::Up) => Input::SignalingUp(self.clock.now()),
+                Ok(SignalIn::Down(reason)) => Input::SignalingDown(self.clock.now(), reason),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
-                    // The signaling thread ended on its own (it only does when told to).
-                    self.signaling_lost("signaling thread ended".into());
+                    let reason = "signaling thread ended".to_string();
+                    s.handle_input(Input::SignalingDown(self.clock.now(), reason));
                     break;
                 }
-            }
-        }
-        self.serve_capture();
-        self.serve_data();
-    }
-
-    fn serve_capture(&mut self) {
-        if !self.audio {
-            let dropped = self.capture.discard();
-            if dropped > 0 && !self.audio_error_reported {
-                self.audio_error_reported = true;
-                self.emit(Event::SendFailed {
-                    peer: None,
-                    error: meshrtc::Error::MediaNotEnabled("audio"),
-                });
-            }
-            return;
+            };
+            s.handle_input(input);
+            self.drain(s);
         }
         for _ in 0..SOURCE_BATCH {
             let Some((capture, pcm)) = self.capture.next_frame() else {
                 break;
             };
-            let sent = self.participant.send_audio(capture, pcm);
-            if let Err(error) = sent {
+            if let Err(error) = s.send_audio(capture, pcm) {
                 tracing::debug!(%error, "audio frame refused");
-                if !self.audio_error_reported {
-                    self.audio_error_reported = true;
-                    self.emit(Event::SendFailed { peer: None, error });
-                }
             }
-            self.drain();
-        }
-    }
-
-    fn serve_data(&mut self) {
-        if let Some((peer, _)) = &self.stalled {
-            if self.queue_is_full(peer) {
-                return;
-            }
-            if let Some((peer, message)) = self.stalled.take() {
-                self.send_now(peer, message);
-                self.drain();
-            }
-        }
-        if !self.data_open {
-            return;
+            self.drain(s);
         }
         for _ in 0..SOURCE_BATCH {
-            if self.stalled.is_some() {
-                return;
+            if !self.commands_open || !s.wants_commands() {
+                break;
             }
-            let cmd = match self.data.try_recv() {
-                Ok(cmd) => cmd,
-                Err(TryRecvError::Empty) => return,
-                Err(TryRecvError::Disconnected) => {
-                    self.data_open = false;
-                    return;
+            match self.commands.try_recv() {
+                Ok(cmd) => {
+                    s.handle_input(Input::Command(self.clock.now(), cmd));
+                    self.drain(s);
                 }
-            };
-            match cmd {
-                DataCommand::Send(peer, message) => {
-                    if self.queue_is_full(&peer) {
-                        self.stalled = Some((peer, message));
-                        return;
-                    }
-                    self.send_now(peer, message);
-                }
-                DataCommand::Broadcast(message) => {
-                    if let Err(error) = self.participant.broadcast(message) {
-                        self.emit(Event::SendFailed { peer: None, error });
-                    }
-                }
-                DataCommand::Video(capture, frame) => {
-                    if let Err(error) = self.participant.send_video(capture, &frame) {
-                        self.emit(Event::SendFailed { peer: None, error });
-                    }
-                }
-            }
-            self.drain();
-        }
-    }
-
-    /// Whether the core would refuse a message to `peer` with `SendQueueFull`
-    fn queue_is_full(&self, peer: &PeerId) -> bool {
-        self.participant.send_room(peer) == Some(0)
-    }
-
-    fn send_now(&mut self, peer: PeerId, message: DataMessage) {
-        if let Err(error) = self.participant.send_data(&peer, message) {
-            self.emit(Event::SendFailed {
-                peer: Some(peer),
-                error,
-            });
-        }
-    }
-
-    fn handle_signal(&mut self, msg: SignalIn) {
-        match msg {
-            SignalIn::Frame(ServerFrame::Response {
-                id: Some(id),
-                result,
-            }) if self.rejoin_id.as_ref() == Some(&id) => self.rejoined(result),
-            SignalIn::Frame(frame) => {
-                let input = Input::Signal(self.clock.now(), frame);
-                if let Err(e) = self.participant.handle_input(input) {
-                    tracing::debug!(%e, "signaling message rejected");
-                }
-            }
-            SignalIn::Lost(reason) => self.signaling_lost(reason),
-            SignalIn::Connected => {
-                self.signal_up = true;
-                self.rejoin();
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => self.commands_open = false,
             }
         }
-    }
-
-    fn signaling_lost(&mut self, reason: String) {
-        if !self.signal_up {
-            return;
-        }
-        self.signal_up = false;
-        self.rejoin_id = None;
-        self.rejoin_at = None;
-        tracing::debug!(%reason, "signaling connection lost");
-        if self.ready.is_some() {
-            self.fail_join(Error::SignalLost(reason));
-            return;
-        }
-        self.emit(Event::SignalingLost { reason });
-    }
-
-    /// Re-announces with the same peer id and room on a new signaling connection
-    ///
-    /// This is the one request the driver writes itself: the core has no way to re-announce
-    /// without renegotiating (see the crate docs). The response is taken by its id and not
-    /// shown to the core.
-    fn rejoin(&mut self) {
-        let (Some(me), Some(room)) = (self.participant.my_id(), self.participant.room()) else {
-            return;
-        };
-        if !self.signal_up {
-            return;
-        }
-        self.rejoin_seq += 1;
-        let id = RequestId::String(format!("meshrtc-blocking.rejoin.{}", self.rejoin_seq));
-        let config = self.participant.config();
-        let frame = ClientFrame {
-            id: id.clone(),
-            request: Request::Announce {
-                room: room.clone(),
-                peer_id: Some(me.clone()),
-                capabilities: Some(config.capabilities),
-                metadata: Some(config.metadata.clone()),
-            },
-        };
-        self.rejoin_id = Some(id);
-        self.send_signal(&frame);
-    }
-
-    fn rejoined(&mut self, result: std::result::Result<Value, RpcError>) {
-        self.rejoin_id = None;
-        let value = match result {
-            Ok(v) => v,
-            Err(error) if error.error_code() == Some(ErrorCode::PeerIdTaken) => {
-                // The server still holds our old connection; it lets go after its timeout.
-                tracing::debug!("peer id still taken after reconnect; retrying");
-                self.rejoin_at = Some(self.clock.now() + self.reconnect.max);
-                return;
-            }
-            Err(error) => {
-                self.emit(Event::RejoinFailed { error });
-                return;
-            }
-        };
-        match AnnounceResult::from_value(&value) {
-            Ok(announced) => {
-                for p in &announced.peers {
-                    if !self.participant.peer_ids().any(|id| *id == p.peer_id) {
-                        tracing::warn!(
-                            peer = %p.peer_id,
-                            "peer joined while signaling was down; the core cannot offer to it"
-                        );
-                    }
-                }
-                self.emit(Event::SignalingRestored {
-                    peers: announced.peers,
-                });
-            }
-            Err(error) => self.emit(Event::RejoinFailed { error }),
-        }
-    }
-
-    fn stats(&self) -> SessionStats {
-        let peers = self
-            .participant
-            .peer_ids()
-            .filter_map(|id| Some((id.clone(), self.participant.peer_stats(id)?)))
-            .collect();
-        SessionStats {
-            peers,
-            drops: self.participant.drop_counters(),
-            signaling_connected: self.signal_up,
-            rt: self.playout.counts(),
-            loop_turns: self.turns,
-        }
-    }
-
-    /// Leaves the room: `peer.disconnect`, close every peer, close the WebSocket, join the
-    /// signaling thread; the socket is released when the driver is dropped
-    fn shutdown(mut self) {
-        self.participant.leave();
-        self.drain();
-        let _ = self.signal_out.send(SignalOut::Close);
-        // The signaling thread may be blocked handing us a frame; let that fail.
-        let Self {
-            signal_in,
-            signal_thread,
-            socket,
-            local_addr,
-            ..
-        } = self;
-        drop(signal_in);
-        if let Some(thread) = signal_thread {
-            if thread.join().is_err() {
-                tracing::error!("the signaling thread panicked");
-            }
-        }
-        drop(socket);
-        tracing::debug!(local = %local_addr, "session ended");
     }
 }

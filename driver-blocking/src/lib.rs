@@ -1,15 +1,15 @@
 //! meshrtc on plain OS threads, for applications with a real-time audio thread
 //!
-//! The sans-IO core ([`meshrtc::Participant`]) makes every protocol decision; this crate only
-//! moves bytes and time in and out of it, with no async runtime:
+//! The sans-IO core ([`meshrtc::session::Session`]) makes every protocol decision; this crate
+//! only moves bytes and time in and out of it, with no async runtime:
 //!
-//! * the **core thread** owns the participant and a [`std::net::UdpSocket`]. It is the only
-//!   thread that touches the participant (no `Arc<Mutex<_>>`).
+//! * the **core thread** owns the core session and a [`std::net::UdpSocket`]. It is the only
+//!   thread that touches the session (no `Arc<Mutex<_>>`).
 //! * the **signaling thread** owns a synchronous WebSocket ([`tungstenite`]) to the JSON-RPC
 //!   server of `contracts/signaling.md`. It parses server frames with
 //!   [`ServerFrame::parse`](meshrtc::signal::ServerFrame::parse), writes
-//!   [`ClientFrame::to_json`](meshrtc::signal::ClientFrame::to_json), and reconnects with
-//!   backoff when the server goes away.
+//!   [`ClientFrame::to_json`](meshrtc::signal::ClientFrame::to_json), and opens a new
+//!   connection when the session asks (the session decides when, with backoff).
 //! * the application's **audio callback** owns [`AudioCapture`] and [`AudioPlayout`], the
 //!   ends of two wait-free rings; other application threads use [`SessionHandle`] and
 //!   [`Events`].
@@ -23,7 +23,7 @@
 //!
 //! # fn main() -> meshrtc_blocking::Result<()> {
 //! let mut config = SessionConfig::new("ws://127.0.0.1:8080/", RoomId::new("demo").unwrap());
-//! config.participant.capabilities.audio = true;
+//! config.session.participant.capabilities.audio = true;
 //! let Session { handle, events, mut capture, mut playout } = Session::join(config)?;
 //! // In the audio callback (every 10 ms): push what the microphone gave, pop what to play.
 //! let mic = [0i16; 480];
@@ -73,7 +73,7 @@
 //! against 0.9 ms (p99 3.7 ms) with [`WaitMode::Poll`], which waits in `poll(2)` on a
 //! non-blocking socket instead, for about 0.4 % of a core more. The default stays the read
 //! timeout ([`WaitMode::ReadTimeout`]), as in str0m's blocking example;
-//! [`SessionConfig::wait`] picks the other.
+//! [`RealtimeConfig::wait`] picks the other.
 //!
 //! # Real-time safety
 //!
@@ -100,22 +100,23 @@
 mod audio;
 mod clock;
 mod driver;
-mod error;
 mod session;
 mod signaling;
 
 pub use audio::{
     AudioCapture, AudioPlayout, PeerIndex, PlayoutInfo, PushError, RtCounters, RtCounts,
-    DEFAULT_CAPTURE_SLOTS, DEFAULT_PLAYOUT_SLOTS, MAX_AUDIO_PEERS, SLOT_SAMPLES,
+    MAX_AUDIO_PEERS, SLOT_SAMPLES,
 };
-pub use clock::{Clock, SharedClock, SystemClock};
+pub use clock::SystemClock;
 pub use driver::{WaitMode, MAX_WAIT, SOURCE_BATCH};
-pub use error::{Error, Result};
-pub use session::{
-    Event, Events, Session, SessionConfig, SessionHandle, SessionStats, DEFAULT_COMMAND_QUEUE,
-    DEFAULT_SOCKET_BUFFER,
+pub use meshrtc_driver::{
+    Error, Result, SessionConfig, SignalUrl, DEFAULT_COMMAND_QUEUE, DEFAULT_SOCKET_BUFFER,
 };
-pub use signaling::{Backoff, SIGNAL_POLL};
+pub use session::{
+    Event, Events, RealtimeConfig, Session, SessionHandle, Stats, DEFAULT_CAPTURE_SLOTS,
+    DEFAULT_PLAYOUT_SLOTS,
+};
+pub use signaling::SIGNAL_POLL;
 
 #[cfg(test)]
 mod static_checks {

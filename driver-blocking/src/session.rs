@@ -1,171 +1,49 @@
-//! A session: one [`Participant`](meshrtc::Participant) on a UDP socket and a signaling
-//! connection, driven by one OS thread
+//! Joining a room on plain threads, and the handles an application holds
 
-use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use meshrtc::codec::I420Frame;
-use meshrtc::signal::{PeerId, PeerInfo, RoomId, RpcError};
-use meshrtc::{DataMessage, DropCounters, PeerStats, MAX_DATA_MESSAGE};
+use meshrtc::session::{self, Command, EventReceiver};
+use meshrtc::signal::{PeerId, RoomId};
+use meshrtc::DataMessage;
+use meshrtc_driver::{Error, Result, SessionConfig, JOIN_GRACE};
 
-use crate::audio::{
-    self, AudioCapture, AudioPlayout, PeerIndex, RtCounts, DEFAULT_CAPTURE_SLOTS,
-    DEFAULT_PLAYOUT_SLOTS,
-};
-use crate::clock::{SharedClock, SystemClock};
-use crate::driver::{self, Control, DataCommand, Joined, WaitMode};
-use crate::signaling::{self, Backoff};
-use crate::{Error, Result};
+use crate::audio::{self, AudioCapture, AudioPlayout, RtCounters, RtCounts};
+use crate::driver::{self, Control, Joined, WaitMode};
+use crate::signaling;
 
-/// Default size of the UDP socket's kernel receive and send buffers
-///
-/// Linux's default (208 KiB) overflows on loopback when a data channel sends at full rate,
-/// and every drop stalls SCTP for a retransmission timeout.
-pub const DEFAULT_SOCKET_BUFFER: usize = 4 * 1024 * 1024;
+pub use meshrtc::session::{Event, Stats};
 
-/// Default number of data commands queued between the handle and the core thread
-///
-/// When the queue is full, [`SessionHandle::send_data`] blocks: that is the back-pressure
-/// an application sees when a peer's channel cannot keep up.
-pub const DEFAULT_COMMAND_QUEUE: usize = 1024;
+/// Default capture slots: 320 ms of 10 ms chunks
+pub const DEFAULT_CAPTURE_SLOTS: usize = 32;
+
+/// Default playout slots: about 280 ms of 10 ms chunks from each of 9 remote peers
+pub const DEFAULT_PLAYOUT_SLOTS: usize = 256;
 
 /// Signaling frames queued from the signaling thread to the core thread
-///
-/// Bounded so that a server flooding us is slowed down at its own socket; the core thread
-/// empties the queue every loop turn.
-pub(crate) const SIGNAL_QUEUE: usize = 1024;
+const SIGNAL_QUEUE: usize = 256;
 
-/// How a [`Session`] is set up
-#[derive(Debug, Clone)]
-pub struct SessionConfig {
-    /// The signaling server, `ws://host:port/`
-    pub signal_url: String,
-    /// The room to join
-    pub room: RoomId,
-    /// Our peer id; `None` lets the server assign one (a reconnect re-announces it)
-    pub peer_id: Option<PeerId>,
-    /// Where the UDP socket binds; its address is the only local candidate (default
-    /// `127.0.0.1:0`). It must be a specific unicast address.
-    pub bind: SocketAddr,
-    /// The participant's configuration (seed, capabilities, candidate policy, media, ...)
-    ///
-    /// `participant.seed` also seeds the core thread's `fastrand` generator, which str0m
-    /// draws from.
-    pub participant: meshrtc::Config,
-    /// Kernel receive and send buffer size of the UDP socket
-    pub socket_buffer: usize,
-    /// Data commands queued between the handle and the core thread
-    pub command_queue: usize,
+/// The real-time side of a blocking session: ring sizes and how the core thread waits
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RealtimeConfig {
     /// Slots of the capture ring (chunks the audio callback can push ahead of the core)
     pub capture_slots: usize,
     /// Slots of the playout ring (chunks waiting for the audio callback, all peers)
     pub playout_slots: usize,
-    /// How long connecting to the server and announcing may take
-    pub join_timeout: Duration,
-    /// How the signaling thread waits between reconnection attempts
-    pub reconnect: Backoff,
-    /// Where the core thread reads the time
-    pub clock: SharedClock,
     /// How the core thread waits on its socket
     pub wait: WaitMode,
 }
 
-impl SessionConfig {
-    /// A configuration with defaults for everything but the server and the room
-    pub fn new(signal_url: impl Into<String>, room: RoomId) -> Self {
+impl Default for RealtimeConfig {
+    fn default() -> Self {
         Self {
-            signal_url: signal_url.into(),
-            room,
-            peer_id: None,
-            bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
-            participant: meshrtc::Config::default(),
-            socket_buffer: DEFAULT_SOCKET_BUFFER,
-            command_queue: DEFAULT_COMMAND_QUEUE,
             capture_slots: DEFAULT_CAPTURE_SLOTS,
             playout_slots: DEFAULT_PLAYOUT_SLOTS,
-            join_timeout: Duration::from_secs(10),
-            reconnect: Backoff::default(),
-            clock: SharedClock::new(SystemClock),
             wait: WaitMode::default(),
         }
     }
-}
-
-/// Something that happened in a session; read from [`Events`] on an ordinary thread
-///
-/// Decoded audio does not come here: it goes to [`AudioPlayout`].
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum Event {
-    /// An event of the core (peer joined, connected, data received, video frame, left, ...)
-    ///
-    /// Never `meshrtc::Event::AudioPlayout`. After a signaling reconnect, peers that were
-    /// connected all along may be reported again as `PeerJoined` (the new server announces
-    /// them); their connections are not touched.
-    Mesh(meshrtc::Event),
-    /// A remote peer's audio got a [`PeerIndex`] on the playout ring (before its first chunk)
-    AudioStreamStarted {
-        /// The peer
-        peer: PeerId,
-        /// Its index in [`PlayoutInfo`](crate::PlayoutInfo)
-        index: PeerIndex,
-    },
-    /// A remote peer left or failed; its index is free (after its last chunk)
-    AudioStreamEnded {
-        /// The peer
-        peer: PeerId,
-        /// The index it had
-        index: PeerIndex,
-    },
-    /// The signaling connection is gone; the driver reconnects with backoff
-    ///
-    /// Connected peers keep working (their media does not depend on signaling); no new
-    /// peer can reach us until [`Event::SignalingRestored`]. Edge-triggered: once per loss.
-    SignalingLost {
-        /// Why the connection ended
-        reason: String,
-    },
-    /// The signaling connection is back and we re-announced with the same peer id
-    ///
-    /// `peers` are the peers the server lists in the room. Existing connections are kept
-    /// as they are. Peers that joined while we were away and that we have no connection
-    /// with cannot be reached yet: the core cannot offer to them outside a first join.
-    SignalingRestored {
-        /// The room as the server sees it (without us)
-        peers: Vec<PeerInfo>,
-    },
-    /// The server refused our re-announce after a reconnect (other than "id taken", which
-    /// is retried)
-    RejoinFailed {
-        /// The server's error
-        error: RpcError,
-    },
-    /// A data message or video frame given to the handle was not sent (peer unknown or
-    /// gone, no data channel, media not enabled, ...)
-    SendFailed {
-        /// The peer, for a unicast send
-        peer: Option<PeerId>,
-        /// Why
-        error: meshrtc::Error,
-    },
-}
-
-/// A snapshot of a session's counters
-#[derive(Debug, Clone)]
-pub struct SessionStats {
-    /// Every remote peer that currently has a connection (connecting or connected)
-    pub peers: BTreeMap<PeerId, PeerStats>,
-    /// Input the core dropped
-    pub drops: DropCounters,
-    /// Whether the signaling connection is up
-    pub signaling_connected: bool,
-    /// Counters of the real-time audio path
-    pub rt: RtCounts,
-    /// Turns of the core thread's loop so far (each is one wait)
-    pub loop_turns: u64,
 }
 
 /// A joined session: the control handle, the event stream and both ends of the real-time
@@ -183,62 +61,50 @@ pub struct Session {
 }
 
 impl Session {
-    /// Binds the UDP socket, connects to the signaling server, announces, and returns once
-    /// the server accepted us (or after `config.join_timeout`)
-    ///
-    /// Starts two threads: the core thread, which owns the participant and the socket, and
-    /// the signaling thread, which owns the WebSocket. Blocks the caller.
+    /// Joins with the default [`RealtimeConfig`]; see [`join_with`](Self::join_with)
     pub fn join(config: SessionConfig) -> Result<Self> {
-        if config.bind.ip().is_unspecified() || config.bind.ip().is_multicast() {
-            return Err(Error::BadBindAddress(config.bind));
-        }
-        signaling::parse_url(&config.signal_url)?;
-        let opus = config.participant.media.opus;
+        Self::join_with(config, RealtimeConfig::default())
+    }
+
+    /// Binds the UDP socket, connects to the signaling server, announces, and returns once
+    /// the server accepted us (or the join failed)
+    ///
+    /// Starts two threads: the core thread, which owns the core session and the socket,
+    /// and the signaling thread, which owns the WebSocket. Blocks the caller.
+    pub fn join_with(config: SessionConfig, rt: RealtimeConfig) -> Result<Self> {
+        config.check()?;
+        let opus = config.session.participant.media.opus;
         let frame_samples = opus.frame_ms as usize * 48 * usize::from(opus.channels);
-        let started = Instant::now();
-        let socket = bind_udp(config.bind, config.socket_buffer)?;
+        let socket = meshrtc_driver::bind_udp(config.bind, config.socket_buffer)?;
         let local_addr = socket.local_addr().map_err(|source| Error::Bind {
             addr: config.bind,
             source,
         })?;
-        let ws = signaling::connect(&config.signal_url, config.join_timeout)?;
 
-        let name = config
-            .peer_id
-            .as_ref()
-            .map_or_else(|| "peer".to_string(), |p| p.as_str().to_string());
         let (signal_out_tx, signal_out_rx) = mpsc::channel();
         let (signal_in_tx, signal_in_rx) = mpsc::sync_channel(SIGNAL_QUEUE);
         let url = config.signal_url.clone();
-        let backoff = config.reconnect;
-        let connect_timeout = config.join_timeout;
         let signal_thread = std::thread::Builder::new()
-            .name(thread_name("mrb-sig", &name))
-            .spawn(move || {
-                signaling::run(
-                    ws,
-                    url,
-                    backoff,
-                    connect_timeout,
-                    signal_out_rx,
-                    signal_in_tx,
-                )
-            })
+            .name(config.thread_name("mrb-sig"))
+            .spawn(move || signaling::run(url, signal_out_rx, signal_in_tx))
             .map_err(Error::Spawn)?;
 
         let (capture, playout, source, sink) = audio::rings(
-            config.capture_slots,
-            config.playout_slots,
+            rt.capture_slots,
+            rt.playout_slots,
             frame_samples,
             opus.channels,
         );
+        let counters = capture.counters_handle();
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         let (control_tx, control_rx) = mpsc::channel();
-        let (data_tx, data_rx) = mpsc::sync_channel(config.command_queue.max(1));
-        let (event_tx, event_rx) = mpsc::channel();
-        let join_timeout = config.join_timeout;
+        let (cmd_tx, cmd_rx) = mpsc::sync_channel(config.command_queue.max(1));
+        let (event_tx, event_rx) = session::event_queue(config.session.max_queued_media);
+        let wait = config.session.join_timeout + JOIN_GRACE;
+        let name = config.thread_name("mrb-core");
         let setup = driver::Setup {
             config,
+            wait: rt.wait,
             socket,
             local_addr,
             signal_out: signal_out_tx,
@@ -247,12 +113,12 @@ impl Session {
             events: event_tx,
             ready: ready_tx,
             control: control_rx,
-            data: data_rx,
+            commands: cmd_rx,
             capture: source,
             playout: sink,
         };
         let core_thread = std::thread::Builder::new()
-            .name(thread_name("mrb-core", &name))
+            .name(name)
             .spawn(move || driver::run(setup))
             .map_err(Error::Spawn)?;
 
@@ -261,17 +127,18 @@ impl Session {
             room: None,
             local_addr,
             control: control_tx,
-            data: data_tx,
+            commands: cmd_tx,
+            counters,
             thread: Some(core_thread),
         };
-        let left = join_timeout.saturating_sub(started.elapsed());
-        let joined = match ready_rx.recv_timeout(left) {
+        let Joined { peer_id, room } = match ready_rx.recv_timeout(wait) {
             Ok(Ok(joined)) => joined,
             Ok(Err(e)) => return Err(e),
-            Err(RecvTimeoutError::Timeout) => return Err(Error::JoinTimeout(join_timeout)),
+            Err(RecvTimeoutError::Timeout) => {
+                return Err(Error::Join(session::JoinError::Timeout(wait)))
+            }
             Err(RecvTimeoutError::Disconnected) => return Err(Error::SessionEnded),
         };
-        let Joined { peer_id, room } = joined;
         handle.peer_id = Some(peer_id);
         handle.room = Some(room);
         Ok(Self {
@@ -283,31 +150,6 @@ impl Session {
     }
 }
 
-/// Thread names show in `top -H` and `/proc/*/task/*/comm` (15 bytes at most there)
-fn thread_name(prefix: &str, peer: &str) -> String {
-    let mut name = format!("{prefix}-{peer}");
-    name.truncate(15);
-    name
-}
-
-/// Binds the UDP socket with large kernel buffers; reads block (with a timeout per turn)
-fn bind_udp(addr: SocketAddr, buffer: usize) -> Result<UdpSocket> {
-    let err = |source| Error::Bind { addr, source };
-    let domain = socket2::Domain::for_address(addr);
-    let socket = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))
-        .map_err(err)?;
-    // The kernel may cap the sizes (net.core.rmem_max); what we get is still the most we
-    // can have, so a refusal is not an error.
-    if let Err(e) = socket.set_recv_buffer_size(buffer) {
-        tracing::debug!(%e, "cannot set udp receive buffer");
-    }
-    if let Err(e) = socket.set_send_buffer_size(buffer) {
-        tracing::debug!(%e, "cannot set udp send buffer");
-    }
-    socket.bind(&addr.into()).map_err(err)?;
-    Ok(socket.into())
-}
-
 /// Commands to a running session (not real-time safe: these may block and allocate)
 ///
 /// Dropping the handle leaves the room as [`leave`](Self::leave) does. The handle is
@@ -316,9 +158,10 @@ fn bind_udp(addr: SocketAddr, buffer: usize) -> Result<UdpSocket> {
 pub struct SessionHandle {
     peer_id: Option<PeerId>,
     room: Option<RoomId>,
-    local_addr: SocketAddr,
-    control: Sender<Control>,
-    data: SyncSender<DataCommand>,
+    local_addr: std::net::SocketAddr,
+    control: mpsc::Sender<Control>,
+    commands: SyncSender<Command>,
+    counters: std::sync::Arc<RtCounters>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -337,8 +180,8 @@ impl SessionHandle {
             .expect("set before the handle is handed out; panic means bug")
     }
 
-    /// The UDP socket's address, our only host candidate
-    pub fn local_addr(&self) -> SocketAddr {
+    /// The UDP socket's address, our host candidate
+    pub fn local_addr(&self) -> std::net::SocketAddr {
         self.local_addr
     }
 
@@ -346,14 +189,12 @@ impl SessionHandle {
     ///
     /// The core thread picks commands up within [`MAX_WAIT`](crate::MAX_WAIT). Messages
     /// queue in the core until the peer's channel opens; while the core's queue for the
-    /// peer is full the core thread holds further data commands back, so this blocks too.
-    /// A message that cannot be delivered (unknown peer, peer gone) is reported as
+    /// peer is full the core thread holds further commands back, so this blocks too. A
+    /// message that cannot be delivered (unknown peer, peer gone) is reported as
     /// [`Event::SendFailed`].
     pub fn send_data(&self, peer: &PeerId, message: DataMessage) -> Result<()> {
-        check_size(&message)?;
-        self.data
-            .send(DataCommand::Send(peer.clone(), message))
-            .map_err(|_| Error::SessionEnded)
+        message.check_size()?;
+        self.command(Command::Send(peer.clone(), message))
     }
 
     /// Queues a data message to every peer that has a connection; blocks while the command
@@ -361,29 +202,35 @@ impl SessionHandle {
     ///
     /// Peers whose queue is full are skipped.
     pub fn broadcast(&self, message: DataMessage) -> Result<()> {
-        check_size(&message)?;
-        self.data
-            .send(DataCommand::Broadcast(message))
-            .map_err(|_| Error::SessionEnded)
+        message.check_size()?;
+        self.command(Command::Broadcast(message))
     }
 
     /// Queues one captured video frame for every peer that takes video; blocks while the
     /// command queue is full
     ///
-    /// `capture` is when the frame was captured, on the session's clock.
+    /// `capture` is when the frame was captured, on the session's clock. (Audio goes
+    /// through the real-time [`AudioCapture`] instead.)
     pub fn send_video(&self, capture: Instant, frame: I420Frame) -> Result<()> {
-        self.data
-            .send(DataCommand::Video(capture, Box::new(frame)))
-            .map_err(|_| Error::SessionEnded)
+        self.command(Command::Video(capture, Box::new(frame)))
+    }
+
+    fn command(&self, command: Command) -> Result<()> {
+        self.commands.send(command).map_err(|_| Error::SessionEnded)
     }
 
     /// A snapshot of the session's counters (waits for the core thread's next turn)
-    pub fn stats(&self) -> Result<SessionStats> {
+    pub fn stats(&self) -> Result<Stats> {
         let (tx, rx) = mpsc::sync_channel(1);
         self.control
             .send(Control::Stats(tx))
             .map_err(|_| Error::SessionEnded)?;
         rx.recv().map_err(|_| Error::SessionEnded)
+    }
+
+    /// The counters of the real-time audio path (read without waiting)
+    pub fn rt_counts(&self) -> RtCounts {
+        self.counters.snapshot()
     }
 
     /// Leaves the room and waits until both driver threads have ended
@@ -419,37 +266,32 @@ impl Drop for SessionHandle {
     }
 }
 
-fn check_size(message: &DataMessage) -> Result<()> {
-    if message.len() > MAX_DATA_MESSAGE {
-        return Err(meshrtc::Error::MessageTooLarge(message.len()).into());
-    }
-    Ok(())
-}
-
 /// The session's events, in order; ends when the core thread has finished
 ///
-/// Events are buffered without limit, so read them promptly (not from the audio callback:
-/// receiving may block and frees memory).
+/// Decoded audio does not come here: it goes to [`AudioPlayout`]. Bounded: video frames
+/// not read in time are dropped oldest first and counted
+/// ([`Stats::media_events_dropped`]); control events are never dropped. Read them on an
+/// ordinary thread, not the audio callback (receiving may block and frees memory).
 #[derive(Debug)]
 pub struct Events {
-    rx: Receiver<Event>,
+    rx: EventReceiver,
 }
 
 impl Events {
     /// The next event, blocking; `None` once the session has ended and every event was read
     pub fn recv(&self) -> Option<Event> {
-        self.rx.recv().ok()
+        self.rx.recv()
     }
 
     /// The next event, waiting at most `timeout`; `None` on timeout or once the session
     /// has ended
     pub fn recv_timeout(&self, timeout: Duration) -> Option<Event> {
-        self.rx.recv_timeout(timeout).ok()
+        self.rx.recv_timeout(timeout)
     }
 
     /// The next event if one is ready
     pub fn try_recv(&self) -> Option<Event> {
-        self.rx.try_recv().ok()
+        self.rx.try_recv()
     }
 }
 

@@ -1,21 +1,17 @@
-//! The signaling thread: one synchronous WebSocket to the server, reconnected with backoff
+//! The signaling thread: one synchronous WebSocket to the server at a time
 //!
-//! The thread moves frames only. It parses what the server sends with
-//! [`ServerFrame::parse`] and hands typed frames to the core thread; it writes the JSON the
-//! core thread gives it. When the connection drops it tells the core thread, waits (with
-//! exponential backoff) and reconnects; what to say on the new connection is the core
-//! thread's business.
+//! The thread moves frames only. It opens a connection when the core thread asks (the core
+//! session decides when, with its own backoff), reports it up or down, parses what the
+//! server sends with [`ServerFrame::parse`] and writes the JSON the core thread gives it.
 
 use std::net::{TcpStream, ToSocketAddrs};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
 use std::time::{Duration, Instant};
 
 use meshrtc::signal::ServerFrame;
-use tungstenite::http::Uri;
+use meshrtc_driver::SignalUrl;
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Message, WebSocket};
-
-use crate::{Error, Result};
 
 /// How long the signaling thread blocks reading the WebSocket before it checks for frames
 /// to send
@@ -37,69 +33,37 @@ const CLOSE_GRACE: Duration = Duration::from_millis(500);
 /// A write that takes longer than this means the server is gone
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How the signaling thread waits between reconnection attempts
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Backoff {
-    /// The wait before the first attempt after a loss
-    pub initial: Duration,
-    /// The longest wait; each failed attempt doubles the wait up to this
-    pub max: Duration,
-}
-
-impl Default for Backoff {
-    /// 100 ms, doubling up to 2 s
-    fn default() -> Self {
-        Self {
-            initial: Duration::from_millis(100),
-            max: Duration::from_secs(2),
-        }
-    }
-}
+/// How long opening a connection (TCP and the WebSocket handshake) may take
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the signaling thread tells the core thread
 #[derive(Debug)]
 pub(crate) enum SignalIn {
     /// A frame from the server
     Frame(ServerFrame),
-    /// The connection is gone; the thread is reconnecting
-    Lost(String),
-    /// A new connection is up (after a `Lost`); nothing has been sent on it yet
-    Connected,
+    /// The connection asked for is up; nothing has been sent on it yet
+    Up,
+    /// The connection failed to open or is gone
+    Down(String),
 }
 
 /// What the core thread tells the signaling thread
 #[derive(Debug)]
 pub(crate) enum SignalOut {
+    /// Open a connection (after a `Down`, or the first)
+    Connect,
     /// Send this JSON text frame
     Frame(String),
-    /// Send what is queued, close the connection and end the thread
-    Close,
+    /// Close the connection (what is queued before this is sent first)
+    Disconnect,
 }
 
 pub(crate) type Ws = WebSocket<TcpStream>;
 
-/// Checks that `url` is `ws://host:port/path` and returns where to connect
-pub(crate) fn parse_url(url: &str) -> Result<(String, u16)> {
-    let bad = |reason: &str| Error::BadUrl {
-        url: url.to_string(),
-        reason: reason.to_string(),
-    };
-    let uri: Uri = url.parse().map_err(|_| bad("not a URL"))?;
-    if uri.scheme_str() != Some("ws") {
-        return Err(bad("only ws:// is supported"));
-    }
-    let host = uri.host().ok_or_else(|| bad("no host"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    Ok((host.to_string(), uri.port_u16().unwrap_or(80)))
-}
-
-/// Opens a WebSocket to `url`, failing after `timeout`
-pub(crate) fn connect(url: &str, timeout: Duration) -> Result<Ws> {
-    let (host, port) = parse_url(url)?;
-    let fail = |reason: String| Error::SignalConnect {
-        url: url.to_string(),
-        reason,
-    };
+/// Opens a WebSocket to `url`, failing after `timeout`; the error names the URL and says why
+fn connect(url: &str, timeout: Duration) -> Result<Ws, String> {
+    let SignalUrl { host, port } = SignalUrl::parse(url).map_err(|e| e.to_string())?;
+    let fail = |reason: String| format!("{url}: {reason}");
     let addrs: Vec<_> = (host.as_str(), port)
         .to_socket_addrs()
         .map_err(|e| fail(e.to_string()))?
@@ -134,79 +98,47 @@ pub(crate) fn connect(url: &str, timeout: Duration) -> Result<Ws> {
 
 /// How one connection ended
 enum End {
-    /// The core thread asked to close (or is gone): the thread ends
+    /// The core thread asked to close
+    Disconnect,
+    /// The core thread is gone: the thread ends
     Finished,
     /// The connection broke
     Lost(String),
 }
 
-/// The thread's body: serve the connection, reconnect after a loss, until told to close
-pub(crate) fn run(
-    first: Ws,
-    url: String,
-    backoff: Backoff,
-    connect_timeout: Duration,
-    out: Receiver<SignalOut>,
-    into_core: SyncSender<SignalIn>,
-) {
-    let mut ws = Some(first);
-    let mut delay = backoff.initial;
+/// The thread's body: open a connection when asked, serve it until it ends, report
+pub(crate) fn run(url: String, out: Receiver<SignalOut>, into_core: SyncSender<SignalIn>) {
     loop {
-        if let Some(mut socket) = ws.take() {
-            match serve(&mut socket, &out, &into_core) {
-                End::Finished => {
-                    close(socket);
+        // Wait for the core thread to ask for a connection; frames meanwhile have nowhere
+        // to go (the core thread does not send any while it has no connection).
+        match out.recv() {
+            Ok(SignalOut::Connect) => {}
+            Ok(SignalOut::Frame(_) | SignalOut::Disconnect) => continue,
+            Err(_) => return,
+        }
+        let mut ws = match connect(&url, CONNECT_TIMEOUT) {
+            Ok(ws) => ws,
+            Err(reason) => {
+                if into_core.send(SignalIn::Down(reason)).is_err() {
                     return;
                 }
-                End::Lost(reason) => {
-                    tracing::debug!(%reason, "signaling connection lost; reconnecting");
-                    if into_core.send(SignalIn::Lost(reason)).is_err() {
-                        return;
-                    }
-                    delay = backoff.initial;
-                }
+                continue;
             }
-        }
-        if !wait_discarding(&out, delay) {
+        };
+        if into_core.send(SignalIn::Up).is_err() {
             return;
         }
-        match connect(&url, connect_timeout) {
-            Ok(socket) => {
-                // Whatever the core queued before this point was meant for the old connection.
-                if !wait_discarding(&out, Duration::ZERO) {
+        match serve(&mut ws, &out, &into_core) {
+            End::Finished => {
+                close(ws);
+                return;
+            }
+            End::Disconnect => close(ws),
+            End::Lost(reason) => {
+                if into_core.send(SignalIn::Down(reason)).is_err() {
                     return;
                 }
-                tracing::debug!(%url, "signaling connection restored");
-                if into_core.send(SignalIn::Connected).is_err() {
-                    return;
-                }
-                ws = Some(socket);
             }
-            Err(e) => {
-                tracing::debug!(%e, ?delay, "signaling reconnect failed");
-                delay = (delay * 2).min(backoff.max);
-            }
-        }
-    }
-}
-
-/// Waits `delay` while no connection is up, dropping frames; false when told to close
-fn wait_discarding(out: &Receiver<SignalOut>, delay: Duration) -> bool {
-    let until = Instant::now() + delay;
-    loop {
-        let left = until.saturating_duration_since(Instant::now());
-        let next = if left.is_zero() {
-            out.try_recv().map_err(|e| match e {
-                TryRecvError::Empty => RecvTimeoutError::Timeout,
-                TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
-            })
-        } else {
-            out.recv_timeout(left)
-        };
-        match next {
-            Ok(SignalOut::Frame(_)) => continue,
-            Ok(SignalOut::Close) | Err(RecvTimeoutError::Disconnected) => return false,
-            Err(RecvTimeoutError::Timeout) => return true,
         }
     }
 }
@@ -221,7 +153,10 @@ fn serve(ws: &mut Ws, out: &Receiver<SignalOut>, into_core: &SyncSender<SignalIn
                         return End::Lost(e.to_string());
                     }
                 }
-                Ok(SignalOut::Close) | Err(TryRecvError::Disconnected) => return End::Finished,
+                Ok(SignalOut::Disconnect) => return End::Disconnect,
+                // Already connected: a second request changes nothing.
+                Ok(SignalOut::Connect) => {}
+                Err(TryRecvError::Disconnected) => return End::Finished,
                 Err(TryRecvError::Empty) => break,
             }
         }
@@ -273,22 +208,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn urls() {
-        assert_eq!(
-            parse_url("ws://127.0.0.1:8080/").unwrap(),
-            ("127.0.0.1".into(), 8080)
-        );
-        assert_eq!(parse_url("ws://[::1]:9/rpc").unwrap(), ("::1".into(), 9));
-        assert_eq!(parse_url("ws://host/").unwrap(), ("host".into(), 80));
-        assert!(matches!(
-            parse_url("wss://host/"),
-            Err(Error::BadUrl { .. })
-        ));
-        assert!(matches!(parse_url("nope"), Err(Error::BadUrl { .. })));
-    }
-
-    #[test]
-    fn connect_refused_is_a_connect_error() {
+    fn connect_refused_names_the_url() {
         // Bind then drop: the port is (very likely) closed.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -296,9 +216,7 @@ mod tests {
             .unwrap()
             .port();
         let url = format!("ws://127.0.0.1:{port}/");
-        assert!(matches!(
-            connect(&url, Duration::from_secs(1)),
-            Err(Error::SignalConnect { .. })
-        ));
+        let err = connect(&url, Duration::from_secs(1)).unwrap_err();
+        assert!(err.contains(&url), "{err}");
     }
 }

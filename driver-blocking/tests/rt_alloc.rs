@@ -72,10 +72,10 @@ fn counted<R>(f: impl FnOnce() -> R) -> R {
 
 fn config(url: &str, id: &str, seed: u64) -> SessionConfig {
     let mut c = SessionConfig::new(url, RoomId::new("alloc").unwrap());
-    c.peer_id = Some(PeerId::new(id).unwrap());
-    c.participant.seed = seed;
-    c.participant.candidate_policy = CandidatePolicy::LoopbackOnly;
-    c.participant.capabilities.audio = true;
+    c.session.peer_id = Some(PeerId::new(id).unwrap());
+    c.session.participant.seed = seed;
+    c.session.participant.candidate_policy = CandidatePolicy::LoopbackOnly;
+    c.session.participant.capabilities.audio = true;
     c
 }
 
@@ -180,11 +180,10 @@ fn push_and_pop_never_allocate() {
     stop.store(true, Ordering::Relaxed);
     b_thread.join().unwrap();
 
-    let stats = a.handle.stats().unwrap();
     eprintln!(
         "pushes {pushes} ({refused} refused), pops {pops}, empty pops {empty_pops}, \
          allocations {allocations}, {:?}",
-        stats.rt
+        a.handle.rt_counts()
     );
     assert_eq!(allocations, 0, "the real-time path allocated");
     assert!(pushes >= 1500 && empty_pops >= 3000);

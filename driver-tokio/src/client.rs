@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use async_tungstenite::tokio::TokioAdapter;
-use async_tungstenite::tungstenite::http::Uri;
 use async_tungstenite::tungstenite::protocol::WebSocketConfig;
 use async_tungstenite::tungstenite::Message;
 use async_tungstenite::WebSocketStream;
@@ -11,10 +10,16 @@ use futures_util::StreamExt;
 use meshrtc::signal::{ClientFrame, ServerFrame};
 use tokio::net::TcpStream;
 
-use crate::{Error, Result};
+use meshrtc_driver::SignalUrl;
 
 /// How long [`SignalClient::close`] waits for the server to finish the closing handshake
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// How long opening a connection (TCP and the WebSocket handshake) may take
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A frame the server does not take within this long means it is gone
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The largest frame the client accepts from a server
 ///
@@ -43,13 +48,14 @@ pub struct SignalClient {
 }
 
 impl SignalClient {
-    /// Connects to `url` (`ws://host:port/path`), failing after `timeout`
-    pub async fn connect(url: &str, timeout: Duration) -> Result<Self> {
-        let (host, port) = parse_url(url)?;
-        let fail = |reason: String| Error::SignalConnect {
-            url: url.to_string(),
-            reason,
-        };
+    /// Connects to `url` (`ws://host:port/path`), failing after [`CONNECT_TIMEOUT`]
+    ///
+    /// The error says why, naming the URL.
+    pub async fn connect(url: String) -> Result<Self, String> {
+        let url = url.as_str();
+        let timeout = CONNECT_TIMEOUT;
+        let SignalUrl { host, port } = SignalUrl::parse(url).map_err(|e| e.to_string())?;
+        let fail = |reason: String| format!("{url}: {reason}");
         let connect = async {
             let tcp = TcpStream::connect((host.as_str(), port))
                 .await
@@ -72,18 +78,22 @@ impl SignalClient {
 
     /// Sends one request frame
     ///
-    /// An error ([`Error::SignalLost`]) means the connection is unusable;
-    /// [`recv`](Self::recv) will then report [`SignalEvent::Closed`].
-    pub async fn send(&mut self, frame: &ClientFrame) -> Result<()> {
+    /// An error (why the connection is unusable) means [`recv`](Self::recv) will report
+    /// [`SignalEvent::Closed`]. A server that does not take the frame within
+    /// [`WRITE_TIMEOUT`] counts as gone: the driver must never stall on signaling.
+    pub async fn send(&mut self, frame: &ClientFrame) -> Result<(), String> {
         if let Some(reason) = &self.closed {
-            return Err(Error::SignalLost(reason.clone()));
+            return Err(reason.clone());
         }
-        let res = self.ws.send(Message::text(frame.to_json())).await;
-        res.map_err(|e| {
-            let reason = format!("send failed: {e}");
-            self.closed = Some(reason.clone());
-            Error::SignalLost(reason)
-        })
+        let sent =
+            tokio::time::timeout(WRITE_TIMEOUT, self.ws.send(Message::text(frame.to_json())));
+        let reason = match sent.await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => format!("send failed: {e}"),
+            Err(_) => format!("send took longer than {WRITE_TIMEOUT:?}"),
+        };
+        self.closed = Some(reason.clone());
+        Err(reason)
     }
 
     /// Waits for the next frame from the server
@@ -141,59 +151,5 @@ impl SignalClient {
             while let Some(Ok(_)) = self.ws.next().await {}
         };
         let _ = tokio::time::timeout(CLOSE_GRACE, finish).await;
-    }
-}
-
-/// Checks a signaling URL and returns its host and port
-///
-/// Only `ws://` is supported (no TLS); the port defaults to 80.
-pub fn parse_url(url: &str) -> Result<(String, u16)> {
-    let bad = |reason: &str| Error::BadUrl {
-        url: url.to_string(),
-        reason: reason.to_string(),
-    };
-    let uri: Uri = url.parse().map_err(|_| bad("not a valid URL"))?;
-    match uri.scheme_str() {
-        Some("ws") => {}
-        Some("wss") => return Err(bad("wss:// is not supported; use ws://")),
-        Some(_) => return Err(bad("the scheme must be ws://")),
-        None => return Err(bad("missing ws:// scheme")),
-    }
-    let host = uri
-        .host()
-        .filter(|h| !h.is_empty())
-        .ok_or_else(|| bad("missing host"))?;
-    let host = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    Ok((host, uri.port_u16().unwrap_or(80)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls() {
-        assert_eq!(
-            parse_url("ws://127.0.0.1:8787/").unwrap(),
-            ("127.0.0.1".to_string(), 8787)
-        );
-        assert_eq!(
-            parse_url("ws://localhost/rpc").unwrap(),
-            ("localhost".to_string(), 80)
-        );
-        assert_eq!(parse_url("ws://[::1]:9/").unwrap(), ("::1".to_string(), 9));
-        for bad in [
-            "",
-            "127.0.0.1:8787",
-            "http://x/",
-            "wss://x/",
-            "ws://",
-            "not a url",
-        ] {
-            assert!(matches!(parse_url(bad), Err(Error::BadUrl { .. })), "{bad}");
-        }
     }
 }

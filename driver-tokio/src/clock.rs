@@ -2,12 +2,9 @@
 
 use std::time::Instant;
 
-pub use meshrtc::clock::{Clock, SharedClock};
+use meshrtc::clock::Clock;
 
-/// Tokio's clock: the real monotonic clock, or tokio's paused test clock when paused
-///
-/// The driver sleeps for `deadline - now()` on tokio's timer, so another [`Clock`] needs no
-/// relation to tokio's.
+/// tokio's clock: follows `tokio::time::pause` and `advance` in tests
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TokioClock;
 

@@ -1,14 +1,14 @@
 //! meshrtc on tokio: UDP sockets, the WebSocket signaling server and client
 //!
-//! The sans-IO core ([`meshrtc::Participant`], [`meshrtc::signal::server::Server`]) makes every
-//! protocol decision; this crate only moves bytes and time in and out of it.
+//! The sans-IO core ([`meshrtc::session::Session`], [`meshrtc::signal::server::Server`])
+//! makes every protocol decision; this crate only moves bytes and time in and out of it.
 //!
-//! * [`Session`] puts one participant on a UDP socket and a signaling connection. One task
-//!   owns the participant; it waits on the socket, the core's next deadline, the signaling
-//!   WebSocket and the application's commands, feeds exactly one input and drains the
-//!   outputs, then waits again.
+//! * [`Session`] puts one core session on a UDP socket and a signaling connection. One task
+//!   owns it; it waits on the socket, the core's next deadline, the signaling WebSocket and
+//!   the application's commands, feeds exactly one input and drains the outputs, then
+//!   waits again.
 //! * [`SignalServer`] runs the JSON-RPC signaling server of `contracts/signaling.md`: one
-//!   task owns the relay, one task per connection moves WebSocket frames.
+//!   task owns the server logic, one task per connection moves WebSocket frames.
 //! * [`echo`] is the data-channel behaviour of `meshrtc peer --data echo`.
 //!
 //! # Example
@@ -24,7 +24,7 @@
 //! let (handle, mut events) = Session::join(SessionConfig::new(server.url(), room)).await?;
 //! while let Some(event) = events.recv().await {
 //!     if let Event::Mesh(meshrtc::Event::PeerConnected { peer, .. }) = event {
-//!         handle.send(&peer, DataMessage::Text("hello".into())).await?;
+//!         handle.send_data(&peer, DataMessage::Text("hello".into())).await?;
 //!     }
 //! }
 //! handle.leave().await?;
@@ -41,14 +41,12 @@ mod server;
 mod session;
 mod udp;
 
-pub use client::{parse_url, SignalClient, SignalEvent};
-pub use clock::{Clock, SharedClock, TokioClock};
-pub use error::{Error, Result};
+pub use client::{SignalClient, SignalEvent};
+pub use clock::TokioClock;
+pub use error::{Error, Result, ServerError};
+pub use meshrtc_driver::{SessionConfig, SignalUrl, DEFAULT_COMMAND_QUEUE, DEFAULT_SOCKET_BUFFER};
 pub use server::{ServerCounts, SignalServer, SignalServerConfig};
-pub use session::{
-    Event, EventStream, Session, SessionConfig, SessionHandle, SessionStats, DEFAULT_COMMAND_QUEUE,
-    DEFAULT_SOCKET_BUFFER,
-};
+pub use session::{Event, Events, Session, SessionHandle, Stats};
 
 #[cfg(test)]
 mod static_checks {
@@ -59,7 +57,7 @@ mod static_checks {
     #[test]
     fn handles_are_send() {
         is_send::<SessionHandle>();
-        is_send::<EventStream>();
+        is_send::<Events>();
         is_send::<SignalServer>();
         is_send::<Event>();
     }

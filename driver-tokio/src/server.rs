@@ -26,7 +26,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::{Error, Result};
+use crate::error::ServerError;
+
+type Result<T> = std::result::Result<T, ServerError>;
 
 /// Frames queued from connection tasks to the logic task
 ///
@@ -103,7 +105,7 @@ impl SignalServer {
 
     /// Listens on `addr` with `config`; must be called inside a tokio runtime
     pub async fn bind_with(addr: SocketAddr, config: SignalServerConfig) -> Result<Self> {
-        let listen_err = |source| Error::Listen { addr, source };
+        let listen_err = |source| ServerError::Listen { addr, source };
         let listener = TcpListener::bind(addr).await.map_err(listen_err)?;
         let local_addr = listener.local_addr().map_err(listen_err)?;
         let (server_tx, server_rx) = mpsc::channel(SERVER_QUEUE);
@@ -144,8 +146,8 @@ impl SignalServer {
         self.logic
             .send(ServerInput::Counts(tx))
             .await
-            .map_err(|_| Error::ServerStopped)?;
-        let (rooms, connections) = rx.await.map_err(|_| Error::ServerStopped)?;
+            .map_err(|_| ServerError::Stopped)?;
+        let (rooms, connections) = rx.await.map_err(|_| ServerError::Stopped)?;
         Ok(ServerCounts {
             rooms,
             connections,

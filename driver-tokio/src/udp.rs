@@ -5,7 +5,6 @@ use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 
 use quinn_udp::{RecvMeta, UdpSockRef, UdpSocketState};
-use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
@@ -28,47 +27,14 @@ pub(crate) struct UdpIo {
 
 impl UdpIo {
     /// Binds `addr` with receive and send buffers of `buffer_bytes`
-    ///
-    /// Must be called inside a tokio runtime. Kernel limits (`net.core.rmem_max`) may give
-    /// smaller buffers; that is logged, not an error.
-    pub(crate) fn bind(addr: SocketAddr, buffer_bytes: usize) -> io::Result<Self> {
-        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-        if addr.is_ipv6() {
-            socket.set_only_v6(true)?;
-        }
-        socket.set_nonblocking(true)?;
-        socket.bind(&addr.into())?;
-        for (what, set, get) in [
-            (
-                "receive",
-                Socket::set_recv_buffer_size as fn(&Socket, usize) -> io::Result<()>,
-                Socket::recv_buffer_size as fn(&Socket) -> io::Result<usize>,
-            ),
-            (
-                "send",
-                Socket::set_send_buffer_size,
-                Socket::send_buffer_size,
-            ),
-        ] {
-            if let Err(e) = set(&socket, buffer_bytes) {
-                tracing::warn!(%e, what, "cannot size udp socket buffer");
-            }
-            let got = get(&socket).unwrap_or(0);
-            if got < buffer_bytes {
-                // Info, not warn: the kernel's limit is the administrator's choice, and
-                // `meshrtc peer` keeps stderr for errors.
-                tracing::info!(
-                    what,
-                    got,
-                    wanted = buffer_bytes,
-                    "udp buffer smaller than asked (see net.core.rmem_max/wmem_max)"
-                );
-            }
-        }
-        let std_socket: std::net::UdpSocket = socket.into();
-        let state = UdpSocketState::new(UdpSockRef::from(&std_socket))?;
-        let socket = UdpSocket::from_std(std_socket)?;
-        let local = socket.local_addr()?;
+    /// ([`meshrtc_driver::bind_udp`]); must be called inside a tokio runtime
+    pub(crate) fn bind(addr: SocketAddr, buffer_bytes: usize) -> meshrtc_driver::Result<Self> {
+        let err = |source| meshrtc_driver::Error::Bind { addr, source };
+        let std_socket = meshrtc_driver::bind_udp(addr, buffer_bytes)?;
+        std_socket.set_nonblocking(true).map_err(err)?;
+        let state = UdpSocketState::new(UdpSockRef::from(&std_socket)).map_err(err)?;
+        let socket = UdpSocket::from_std(std_socket).map_err(err)?;
+        let local = socket.local_addr().map_err(err)?;
         Ok(Self {
             socket,
             state,

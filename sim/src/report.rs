@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use meshrtc::session::Event;
 use meshrtc::signal::PeerId;
 use meshrtc::PeerStats;
 use serde::Serialize;
@@ -41,7 +42,7 @@ pub struct HostReport {
     /// Peers with an open channel at the end
     pub connected_peers: usize,
     /// Inputs the participant rejected
-    pub rejected_inputs: usize,
+    pub rejected_inputs: u64,
     /// Peers that failed (`PeerFailed` events)
     pub peers_failed: usize,
     /// Peers that left (`PeerLeft` events)
@@ -353,14 +354,19 @@ pub fn build(sim: &Sim, scenario: &str, seed: u64, names: &[String], duration: D
     }
 }
 
+/// Input the core dropped as the remote side's fault
+fn rejected(d: meshrtc::DropCounters) -> u64 {
+    d.malformed_datagrams + d.unroutable_datagrams + d.bad_signals + d.bad_candidates
+}
+
 fn host_report(sim: &Sim, host: HostId, name: &str) -> HostReport {
     let p = sim.participant(host);
     let connected_peers = p.peer_ids().filter(|id| p.is_connected(id)).count();
     let (mut failed, mut left) = (0, 0);
     for (_, e) in sim.events(host) {
         match e {
-            meshrtc::Event::PeerFailed { .. } => failed += 1,
-            meshrtc::Event::PeerLeft { .. } => left += 1,
+            Event::Mesh(meshrtc::Event::PeerFailed { .. }) => failed += 1,
+            Event::Mesh(meshrtc::Event::PeerLeft { .. }) => left += 1,
             _ => {}
         }
     }
@@ -370,7 +376,7 @@ fn host_report(sim: &Sim, host: HostId, name: &str) -> HostReport {
         clock_ppm: clock.ppm(),
         clock_offset_ms: clock.offset_ns() as f64 / 1e6,
         connected_peers,
-        rejected_inputs: sim.errors(host).len(),
+        rejected_inputs: rejected(p.drop_counters()) + sim.errors(host).len() as u64,
         peers_failed: failed,
         peers_left: left,
     }

@@ -83,10 +83,12 @@ fn default_signal_latency() -> f64 {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ParticipantSpec {
-    /// Seconds a peer may take to connect before it is failed
+    /// Seconds a peer may take to connect before a full reconnect is tried
     pub connect_timeout_s: Option<f64>,
-    /// Seconds ICE may stay disconnected before the peer is failed
-    pub disconnect_timeout_s: Option<f64>,
+    /// Seconds a broken path waits before the first ICE restart
+    pub restart_grace_s: Option<f64>,
+    /// Seconds ICE restarts may try before a full reconnect
+    pub reconnect_after_s: Option<f64>,
 }
 
 /// One host, or `count` hosts named `name0`, `name1`, …
@@ -320,6 +322,27 @@ pub enum ActionSpec {
     },
     /// The host leaves the room
     Leave {
+        /// The host
+        host: String,
+    },
+    /// The signaling server restarts: every connection drops, every room is forgotten
+    RestartServer,
+    /// Cut a host's signaling only (for `duration_s`, else until `restore-signaling`); its
+    /// media paths stay
+    CutSignaling {
+        /// The host
+        host: String,
+        /// Restore after this many seconds
+        #[serde(default)]
+        duration_s: Option<f64>,
+    },
+    /// Let a host reach the signaling server again
+    RestoreSignaling {
+        /// The host
+        host: String,
+    },
+    /// The host moves to a new address (a network change)
+    MoveHost {
         /// The host
         host: String,
     },
@@ -615,8 +638,11 @@ impl Scenario {
         if let Some(s) = self.participant.connect_timeout_s {
             participant.connect_timeout = secs(positive("connect_timeout_s", s)?);
         }
-        if let Some(s) = self.participant.disconnect_timeout_s {
-            participant.disconnect_timeout = secs(positive("disconnect_timeout_s", s)?);
+        if let Some(s) = self.participant.restart_grace_s {
+            participant.recovery.restart_grace = secs(positive("restart_grace_s", s)?);
+        }
+        if let Some(s) = self.participant.reconnect_after_s {
+            participant.recovery.reconnect_after = secs(positive("reconnect_after_s", s)?);
         }
         let configs = self.host_configs(&names, &participant)?;
         let mut joins = Vec::new();
@@ -920,6 +946,23 @@ impl Scenario {
             }
             ActionSpec::Leave { host } => {
                 sim.schedule(at, Action::Leave(HostId(find(names, host)?)));
+            }
+            ActionSpec::RestartServer => sim.schedule(at, Action::RestartServer),
+            ActionSpec::CutSignaling { host, duration_s } => {
+                let h = HostId(find(names, host)?);
+                sim.schedule(at, Action::CutSignaling(h));
+                if let Some(d) = duration_s {
+                    sim.schedule(
+                        at + secs(positive("duration_s", *d)?),
+                        Action::RestoreSignaling(h),
+                    );
+                }
+            }
+            ActionSpec::RestoreSignaling { host } => {
+                sim.schedule(at, Action::RestoreSignaling(HostId(find(names, host)?)));
+            }
+            ActionSpec::MoveHost { host } => {
+                sim.schedule(at, Action::MoveHost(HostId(find(names, host)?)));
             }
         }
         Ok(())

@@ -5,11 +5,10 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use meshrtc::session::{Event, Input, Output, Session, SessionConfig};
 use meshrtc::signal::server::{ConnId, Server, ServerConfig, ServerOutput};
 use meshrtc::signal::{ClientFrame, LeftReason, PeerId, RoomId, ServerFrame};
-use meshrtc::{
-    Config, DataMessage, Event, Input, Output, Participant, PeerStats, Receive, Transmit,
-};
+use meshrtc::{CommandError, Config, DataMessage, Participant, PeerStats, Receive, Transmit};
 
 use crate::clock::{Anchor, Clock};
 use crate::link::{charged_size, mix, Link, LinkConfig, LinkStats, Verdict};
@@ -112,6 +111,17 @@ pub enum Action {
     },
     /// Leave the room
     Leave(HostId),
+    /// Restart the signaling server: every connection drops and the server forgets every
+    /// room (clients reconnect and announce afresh)
+    RestartServer,
+    /// Cut a host's signaling only (its media paths stay): its connection drops and new
+    /// ones are refused until [`Action::RestoreSignaling`]
+    CutSignaling(HostId),
+    /// Let a host reach the signaling server again
+    RestoreSignaling(HostId),
+    /// Give a host a new address (a move between networks): its old address stops working
+    /// and its session is told of the change
+    MoveHost(HostId),
 }
 
 /// A stream of fixed-size data messages at a fixed rate, measured end to end
@@ -174,6 +184,9 @@ pub struct FlowStats {
     pub duplicates: u64,
     /// Messages received after one with a higher sequence number
     pub out_of_order: u64,
+    /// Messages a full reconnect reported as possibly undelivered (`DataUndelivered`): not
+    /// lost silently, the application was told
+    pub undelivered: u64,
     /// Send time of every accepted message, by sequence number
     pub sent_at: Vec<Duration>,
     /// Every received message, in arrival order
@@ -211,12 +224,14 @@ pub struct ConnectInfo {
 }
 
 struct Host {
-    participant: Participant,
+    core: Core,
     config: Config,
     clock: Clock,
     addr: SocketAddr,
-    conn: ConnId,
-    connected: bool,
+    /// The current signaling connection, while the session has one (or is opening one)
+    conn: Option<ConnId>,
+    /// Signaling is cut ([`Action::CutSignaling`]): connections are refused
+    signal_cut: bool,
     peer_id: Option<PeerId>,
     joined_once: bool,
     incarnation: u64,
@@ -245,8 +260,34 @@ struct Host {
     media_epoch: BTreeMap<PeerId, u64>,
 }
 
+/// What a host runs: a participant that has not joined yet, or its session
+enum Core {
+    Idle(Box<Participant>),
+    Running(Box<Session>),
+}
+
+impl Core {
+    fn participant(&self) -> &Participant {
+        match self {
+            Self::Idle(p) => p,
+            Self::Running(s) => s.participant(),
+        }
+    }
+
+    fn session(&mut self) -> Option<&mut Session> {
+        match self {
+            Self::Idle(_) => None,
+            Self::Running(s) => Some(s),
+        }
+    }
+}
+
 #[derive(Debug)]
 enum SignalHop {
+    /// A new connection reaches the server (and the client learns it is up)
+    Open(ConnId),
+    /// The server closed a connection; the client learns it
+    Closed(ConnId),
     ToServer(ConnId, String),
     ToClient(ConnId, String),
     Disconnect(ConnId),
@@ -337,6 +378,8 @@ pub struct Sim {
     queue: BinaryHeap<Reverse<Scheduled>>,
     seq: u64,
     log: Vec<LogEntry>,
+    server_restarts: u64,
+    moves: u64,
 }
 
 impl Sim {
@@ -375,6 +418,8 @@ impl Sim {
             queue: BinaryHeap::new(),
             seq: 0,
             log: Vec::new(),
+            server_restarts: 0,
+            moves: 0,
             config,
         };
         if !sim.config.stats_interval.is_zero() {
@@ -420,16 +465,15 @@ impl Sim {
         let idx = self.hosts.len();
         let ip = Ipv4Addr::new(127, 0, (idx / 250) as u8 + 1, (idx % 250) as u8 + 1);
         let addr = SocketAddr::from((ip, 5000));
-        let conn = self.connect_signaling(idx);
         let local = self.anchor.instant(options.clock.local_ns(self.now));
         let participant = new_participant(&config, self.participant_seed(idx, 0), addr, local);
         self.hosts.push(Host {
-            participant,
+            core: Core::Idle(Box::new(participant)),
             config,
             clock: options.clock,
             addr,
-            conn,
-            connected: true,
+            conn: None,
+            signal_cut: false,
             peer_id: None,
             joined_once: false,
             incarnation: 0,
@@ -451,8 +495,6 @@ impl Sim {
             media_epoch: BTreeMap::new(),
         });
         self.by_addr.insert(addr, idx);
-        self.drain_server();
-        self.drain_host(idx);
         HostId(idx)
     }
 
@@ -460,13 +502,15 @@ impl Sim {
         mix(mix(self.config.seed, 0x5eed_0000 + idx as u64), incarnation)
     }
 
-    fn connect_signaling(&mut self, idx: usize) -> ConnId {
+    /// Opens a signaling connection for the host: it reaches the server one signaling
+    /// latency later (held while the host is cut off, as TCP would)
+    fn connect_signaling(&mut self, idx: usize) {
         let conn = ConnId(self.next_conn);
         self.next_conn += 1;
         self.conn_host.insert(conn, idx);
-        let now = self.now();
-        self.relay.handle_connect(now, conn);
-        conn
+        self.hosts[idx].conn = Some(conn);
+        let at = self.now + self.config.signal_latency.as_nanos() as u64;
+        self.push_signal(at, SignalHop::Open(conn));
     }
 
     /// Sets the link from `from` to `to` (one direction), now
@@ -500,9 +544,17 @@ impl Sim {
         self.hosts[host.0].addr
     }
 
-    /// The host's participant
+    /// The host's participant (a fresh one until the host joins)
     pub fn participant(&self, host: HostId) -> &Participant {
-        &self.hosts[host.0].participant
+        self.hosts[host.0].core.participant()
+    }
+
+    /// The host's session, once it joined
+    pub fn session(&self, host: HostId) -> Option<&Session> {
+        match &self.hosts[host.0].core {
+            Core::Idle(_) => None,
+            Core::Running(s) => Some(s),
+        }
     }
 
     /// The peer id the host asked for when it joined
@@ -554,6 +606,13 @@ impl Sim {
                 peer_id,
             } => self.join(host, &room, &peer_id),
             Action::Leave(h) => self.leave(h),
+            Action::RestartServer => self.restart_server(),
+            Action::CutSignaling(h) => {
+                self.hosts[h.0].signal_cut = true;
+                self.drop_signaling(h);
+            }
+            Action::RestoreSignaling(h) => self.hosts[h.0].signal_cut = false,
+            Action::MoveHost(h) => self.move_host(h.0),
         }
         Ok(())
     }
@@ -574,9 +633,9 @@ impl Sim {
 
     /// Joins `room` on `host` with the given peer id
     ///
-    /// A host that already joined once gets a fresh participant (same configuration and
-    /// clock, a new seed) and a new signaling connection; if it is still in a room it
-    /// leaves first.
+    /// A host that already joined once gets a fresh session (same configuration and clock,
+    /// a new seed) and a new signaling connection; if it is still in a room it leaves
+    /// first.
     ///
     /// # Panics
     ///
@@ -584,7 +643,7 @@ impl Sim {
     pub fn join(&mut self, host: HostId, room: &str, peer_id: &str) {
         let idx = host.0;
         if self.hosts[idx].joined_once {
-            if self.hosts[idx].participant.room().is_some() {
+            if self.hosts[idx].core.participant().room().is_some() {
                 self.leave(host);
             }
             self.restart_host(idx);
@@ -592,45 +651,58 @@ impl Sim {
         let room = RoomId::new(room).expect("room ids are checked by the caller");
         let id = PeerId::new(peer_id).expect("peer ids are checked by the caller");
         self.by_peer.insert(id.clone(), idx);
+        let seed = self.participant_seed(idx, self.hosts[idx].incarnation);
+        let local = self.local_instant(idx);
         let h = &mut self.hosts[idx];
         h.peer_id = Some(id.clone());
         h.joined_once = true;
-        let res = h.participant.join(room, Some(id));
-        self.note(idx, res.map(|_| ()));
+        let mut config = SessionConfig::new(room);
+        config.peer_id = Some(id);
+        config.participant = participant_config(&h.config, seed);
+        let mut session = Session::new(config, local, None);
+        session
+            .participant_mut()
+            .add_local_candidate(h.addr)
+            .expect("a loopback host candidate is valid; panic means bug");
+        h.core = Core::Running(Box::new(session));
         self.drain_host(idx);
     }
 
     fn restart_host(&mut self, idx: usize) {
         // The old connection goes away (a no-op for the server if it already closed it).
-        let old = self.hosts[idx].conn;
-        self.push_signal(self.now, SignalHop::Disconnect(old));
-        let conn = self.connect_signaling(idx);
+        if let Some(old) = self.hosts[idx].conn.take() {
+            self.push_signal(self.now, SignalHop::Disconnect(old));
+        }
         let incarnation = self.hosts[idx].incarnation + 1;
-        let seed = self.participant_seed(idx, incarnation);
-        let local = self.local_instant(idx);
         let h = &mut self.hosts[idx];
         h.incarnation = incarnation;
-        h.participant = new_participant(&h.config, seed, h.addr, local);
-        h.conn = conn;
-        h.connected = true;
         h.last_timeout_fed = None;
         h.media_epoch.clear();
-        self.drain_server();
     }
 
     /// Leaves the room on `host` (sends `peer.disconnect`, closes every peer)
     pub fn leave(&mut self, host: HostId) {
         self.snapshot_stats(host.0);
-        self.hosts[host.0].participant.leave();
+        if let Some(s) = self.hosts[host.0].core.session() {
+            s.leave();
+        }
         self.drain_host(host.0);
     }
 
-    /// Runs an application command on `host`'s participant at the current time (given in
-    /// the host's local clock), then drains it, e.g. to send media:
-    /// `sim.with(host, |p, now| p.send_audio(now, &pcm))`
-    pub fn with<R>(&mut self, host: HostId, f: impl FnOnce(&mut Participant, Instant) -> R) -> R {
+    /// Runs an application command on `host`'s session at the current time (given in the
+    /// host's local clock), then drains it, e.g. to send media:
+    /// `sim.with(host, |s, now| s.send_audio(now, &pcm))`
+    ///
+    /// # Panics
+    ///
+    /// If the host has not joined.
+    pub fn with<R>(&mut self, host: HostId, f: impl FnOnce(&mut Session, Instant) -> R) -> R {
         let now = self.local_instant(host.0);
-        let r = f(&mut self.hosts[host.0].participant, now);
+        let session = self.hosts[host.0]
+            .core
+            .session()
+            .expect("Sim::with needs a host that has joined");
+        let r = f(session, now);
         self.drain_host(host.0);
         r
     }
@@ -641,30 +713,39 @@ impl Sim {
         host: HostId,
         to: &PeerId,
         message: DataMessage,
-    ) -> Result<(), meshrtc::Error> {
-        let res = self.hosts[host.0].participant.send_data(to, message);
+    ) -> Result<(), CommandError> {
+        let res = match self.hosts[host.0].core.session() {
+            Some(s) => s.send_data(to, message),
+            None => Err(CommandError::NotJoined),
+        };
         self.drain_host(host.0);
         res
     }
 
     /// Broadcasts a data message from `host`; returns how many peers accepted it
-    pub fn broadcast(
-        &mut self,
-        host: HostId,
-        message: DataMessage,
-    ) -> Result<usize, meshrtc::Error> {
-        let res = self.hosts[host.0].participant.broadcast(message);
+    pub fn broadcast(&mut self, host: HostId, message: DataMessage) -> Result<usize, CommandError> {
+        let res = match self.hosts[host.0].core.session() {
+            Some(s) => s.broadcast(message),
+            None => Err(CommandError::NotJoined),
+        };
         self.drain_host(host.0);
         res
     }
 
     /// Delivers a datagram to `host` as if it came from `source`, now
+    ///
+    /// Goes to the participant directly, so that what it makes of the datagram can be
+    /// checked; a routine drop (stray, malformed) is `Ok` and counted.
+    ///
+    /// # Panics
+    ///
+    /// If the host has not joined.
     pub fn inject_datagram(
         &mut self,
         host: HostId,
         source: SocketAddr,
         bytes: &[u8],
-    ) -> Result<(), meshrtc::Error> {
+    ) -> Result<(), meshrtc::InputError> {
         let local = self.local_instant(host.0);
         let h = &mut self.hosts[host.0];
         let recv = Receive {
@@ -672,26 +753,41 @@ impl Sim {
             destination: h.addr,
             contents: bytes,
         };
-        let res = h.participant.handle_input(Input::Receive(local, recv));
+        let session = h
+            .core
+            .session()
+            .expect("inject_datagram needs a joined host");
+        let res = session
+            .participant_mut()
+            .handle_input(meshrtc::Input::Receive(local, recv));
         self.drain_host(host.0);
         res
     }
 
-    /// Delivers a signaling frame to `host` as if the server sent it, now
+    /// Delivers a signaling frame to `host` as if the server sent it, now (to the
+    /// participant directly, as [`inject_datagram`](Self::inject_datagram) does)
+    ///
+    /// # Panics
+    ///
+    /// If the host has not joined.
     pub fn inject_signal(
         &mut self,
         host: HostId,
         frame: ServerFrame,
-    ) -> Result<(), meshrtc::Error> {
+    ) -> Result<(), meshrtc::InputError> {
         let local = self.local_instant(host.0);
-        let res = self.hosts[host.0]
-            .participant
-            .handle_input(Input::Signal(local, frame));
+        let session = self.hosts[host.0]
+            .core
+            .session()
+            .expect("inject_signal needs a joined host");
+        let res = session
+            .participant_mut()
+            .handle_input(meshrtc::Input::Signal(local, frame));
         self.drain_host(host.0);
         res
     }
 
-    /// Events the host's participant emitted, with their virtual times
+    /// Events the host's session emitted, with their virtual times
     ///
     /// Flow messages ([`add_flow`](Self::add_flow)) and the playout of media streams
     /// ([`add_media_stream`](Self::add_media_stream)) are measured, not kept here.
@@ -699,12 +795,27 @@ impl Sim {
         &self.hosts[host.0].events
     }
 
+    /// The mesh events among [`events`](Self::events) (peers joining, connecting, leaving,
+    /// data, media that no stream measured), with their virtual times
+    pub fn mesh_events(
+        &self,
+        host: HostId,
+    ) -> impl Iterator<Item = (&Duration, &meshrtc::Event)> + '_ {
+        self.hosts[host.0]
+            .events
+            .iter()
+            .filter_map(|(t, e)| match e {
+                Event::Mesh(m) => Some((t, m)),
+                _ => None,
+            })
+    }
+
     /// Takes (and clears) the host's events
     pub fn take_events(&mut self, host: HostId) -> Vec<(Duration, Event)> {
         std::mem::take(&mut self.hosts[host.0].events)
     }
 
-    /// Errors `handle_input` returned on the host (rejected input)
+    /// Frames from the signaling server the host could not parse
     pub fn errors(&self, host: HostId) -> &[(Duration, String)] {
         &self.hosts[host.0].errors
     }
@@ -722,7 +833,8 @@ impl Sim {
     /// The host's statistics for `peer`: live if the peer is there, else the last sample
     pub fn peer_stats(&self, host: HostId, peer: &PeerId) -> Option<PeerStats> {
         let h = &self.hosts[host.0];
-        h.participant
+        h.core
+            .participant()
             .peer_stats(peer)
             .or_else(|| h.last_stats.get(peer).cloned())
     }
@@ -980,7 +1092,11 @@ impl Sim {
 
     fn step_signal(&mut self, hop: SignalHop) {
         let conn = match &hop {
-            SignalHop::ToServer(c, _) | SignalHop::ToClient(c, _) | SignalHop::Disconnect(c) => *c,
+            SignalHop::Open(c)
+            | SignalHop::Closed(c)
+            | SignalHop::ToServer(c, _)
+            | SignalHop::ToClient(c, _)
+            | SignalHop::Disconnect(c) => *c,
         };
         let host = self.conn_host.get(&conn).copied();
         // A cut-off host's frames wait, as TCP would, until it is reconnected.
@@ -992,6 +1108,35 @@ impl Sim {
         }
         let now = self.now();
         match hop {
+            SignalHop::Open(conn) => {
+                let Some(idx) = host else {
+                    return;
+                };
+                if self.hosts[idx].conn != Some(conn) {
+                    // A connection the host has since given up on.
+                    return;
+                }
+                if self.hosts[idx].signal_cut {
+                    self.hosts[idx].conn = None;
+                    let reason = "connection refused".to_string();
+                    self.feed(idx, |now| Input::SignalingDown(now, reason));
+                    return;
+                }
+                self.relay.handle_connect(now, conn);
+                self.drain_server();
+                self.feed(idx, Input::SignalingUp);
+            }
+            SignalHop::Closed(conn) => {
+                let Some(idx) = host else {
+                    return;
+                };
+                if self.hosts[idx].conn != Some(conn) {
+                    return;
+                }
+                self.hosts[idx].conn = None;
+                let reason = "closed by the server".to_string();
+                self.feed(idx, |now| Input::SignalingDown(now, reason));
+            }
             SignalHop::ToServer(conn, text) => {
                 self.relay.handle_text(now, conn, &text);
                 self.drain_server();
@@ -1005,28 +1150,29 @@ impl Sim {
                 let Some(idx) = host else {
                     return;
                 };
-                let _span = tracing::trace_span!("host", host = idx).entered();
-                if self.hosts[idx].conn != conn {
+                if self.hosts[idx].conn != Some(conn) {
                     // For a connection the host has since replaced.
                     return;
                 }
-                let res = match ServerFrame::parse(&text) {
-                    Ok(frame) => {
-                        let local = self.local_instant(idx);
-                        self.hosts[idx]
-                            .participant
-                            .handle_input(Input::Signal(local, frame))
-                    }
+                match ServerFrame::parse(&text) {
+                    Ok(frame) => self.feed(idx, |now| Input::Signal(now, frame)),
                     Err(e) => {
                         let at = self.elapsed();
                         self.hosts[idx].errors.push((at, format!("bad frame: {e}")));
-                        Ok(())
                     }
-                };
-                self.note(idx, res);
-                self.drain_host(idx);
+                }
             }
         }
+    }
+
+    /// Feeds one input to the host's session at its local time, then drains it
+    fn feed(&mut self, idx: usize, input: impl FnOnce(Instant) -> Input<'static>) {
+        let _span = tracing::trace_span!("host", host = idx).entered();
+        let local = self.local_instant(idx);
+        if let Some(s) = self.hosts[idx].core.session() {
+            s.handle_input(input(local));
+        }
+        self.drain_host(idx);
     }
 
     fn step_deliver(&mut self, from: usize, to: usize, t: Transmit, charged: usize) {
@@ -1041,21 +1187,19 @@ impl Sim {
         }
         link.note_delivered(charged);
         let local = self.local_instant(to);
-        let h = &mut self.hosts[to];
         let recv = Receive {
             source: t.source,
             destination: t.destination,
             contents: &t.contents,
         };
-        let res = h.participant.handle_input(Input::Receive(local, recv));
-        self.note(to, res);
+        if let Some(s) = self.hosts[to].core.session() {
+            s.handle_input(Input::Receive(local, recv));
+        }
         self.drain_host(to);
     }
 
     fn step_host(&mut self, idx: usize) {
-        let _span = tracing::trace_span!("host", host = idx).entered();
         let now = self.now;
-        let local = self.local_instant(idx);
         let h = &mut self.hosts[idx];
         let local_ns = h.clock.local_ns(now);
         if local_ns < h.deadline_local {
@@ -1072,9 +1216,7 @@ impl Sim {
             h.refeeds = 0;
         }
         h.last_timeout_fed = Some(now);
-        let res = h.participant.handle_input(Input::Timeout(local));
-        self.note(idx, res);
-        self.drain_host(idx);
+        self.feed(idx, Input::Timeout);
     }
 
     fn step_flow(&mut self, i: usize) {
@@ -1092,7 +1234,7 @@ impl Sim {
         let target = self.hosts[to].peer_id.clone();
         let open = target
             .as_ref()
-            .is_some_and(|p| self.hosts[from].participant.is_connected(p));
+            .is_some_and(|p| self.hosts[from].core.participant().is_connected(p));
         match target {
             Some(peer) if open => {
                 let seq = self.flows[i].stats.sent_at.len() as u64;
@@ -1102,16 +1244,17 @@ impl Sim {
                 msg.extend_from_slice(&seq.to_le_bytes());
                 msg.extend_from_slice(&self.now.to_le_bytes());
                 msg.resize(size, 0);
-                let res = self.hosts[from]
-                    .participant
-                    .send_data(&peer, DataMessage::Binary(msg));
+                let res = match self.hosts[from].core.session() {
+                    Some(s) => s.send_data(&peer, DataMessage::Binary(msg)),
+                    None => Err(CommandError::NotJoined),
+                };
                 let stats = &mut self.flows[i].stats;
                 match res {
                     Ok(()) => {
                         stats.sent += 1;
                         stats.sent_at.push(Duration::from_nanos(self.now));
                     }
-                    Err(meshrtc::Error::SendQueueFull(_)) => stats.send_failed += 1,
+                    Err(CommandError::SendQueueFull(_)) => stats.send_failed += 1,
                     Err(_) => stats.not_connected += 1,
                 }
                 self.drain_host(from);
@@ -1120,6 +1263,18 @@ impl Sim {
         }
         let next = self.now + interval;
         self.push(next, Due::Flow(i), Payload::None);
+    }
+
+    /// Counts a flow message a full reconnect reported as possibly undelivered
+    fn record_undelivered(&mut self, bytes: &[u8]) {
+        if bytes.len() < FLOW_HEADER_BYTES || &bytes[..4] != FLOW_MAGIC {
+            return;
+        }
+        let mut b = [0u8; 4];
+        b.copy_from_slice(&bytes[4..8]);
+        if let Some(f) = self.flows.get_mut(u32::from_le_bytes(b) as usize) {
+            f.stats.undelivered += 1;
+        }
     }
 
     /// Records a flow message received on `host`; false if `bytes` is not one
@@ -1181,7 +1336,7 @@ impl Sim {
             let open = self.hosts[j]
                 .peer_id
                 .as_ref()
-                .is_some_and(|p| self.hosts[from].participant.is_connected(p));
+                .is_some_and(|p| self.hosts[from].core.participant().is_connected(p));
             if open {
                 targets.push(j);
             } else {
@@ -1193,10 +1348,16 @@ impl Sim {
             let incarnation = self.hosts[from].incarnation;
             let m = &mut self.media[i];
             let res = match &mut m.generator {
-                Generator::Silence(pcm) => self.hosts[from].participant.send_audio(capture, pcm),
+                Generator::Silence(pcm) => match self.hosts[from].core.session() {
+                    Some(s) => s.send_audio(capture, pcm),
+                    None => Err(CommandError::NotJoined),
+                },
                 Generator::Tone { tone, samples } => {
                     let pcm = tone.next_samples(*samples);
-                    self.hosts[from].participant.send_audio(capture, &pcm)
+                    match self.hosts[from].core.session() {
+                        Some(s) => s.send_audio(capture, &pcm),
+                        None => Err(CommandError::NotJoined),
+                    }
                 }
                 &mut Generator::Pattern { width, height } => {
                     // The participant's video ticks count from the first frame it is
@@ -1209,7 +1370,10 @@ impl Sim {
                     } else {
                         self.patterns.frame(width, height, k)
                     };
-                    self.hosts[from].participant.send_video(capture, &f)
+                    match self.hosts[from].core.session() {
+                        Some(s) => s.send_video(capture, &f),
+                        None => Err(CommandError::NotJoined),
+                    }
                 }
             };
             let captured_at = Duration::from_nanos(self.now);
@@ -1357,10 +1521,10 @@ impl Sim {
 
     fn snapshot_stats(&mut self, idx: usize) {
         let h = &mut self.hosts[idx];
-        let ids: Vec<PeerId> = h.participant.peer_ids().cloned().collect();
-        for id in ids {
-            if let Some(s) = h.participant.peer_stats(&id) {
-                h.last_stats.insert(id, s);
+        let p = h.core.participant();
+        for id in p.peer_ids() {
+            if let Some(s) = p.peer_stats(id) {
+                h.last_stats.insert(id.clone(), s);
             }
         }
     }
@@ -1370,18 +1534,13 @@ impl Sim {
             .instant(self.hosts[idx].clock.local_ns(self.now))
     }
 
-    fn note(&mut self, idx: usize, res: Result<(), meshrtc::Error>) {
-        if let Err(e) = res {
-            let at = self.elapsed();
-            tracing::debug!(host = idx, error = %e, "input rejected");
-            self.hosts[idx].errors.push((at, e.to_string()));
-        }
-    }
-
     fn drain_host(&mut self, idx: usize) {
         let now = self.now;
         loop {
-            let out = self.hosts[idx].participant.poll_output();
+            let Some(session) = self.hosts[idx].core.session() else {
+                return;
+            };
+            let out = session.poll_output();
             match out {
                 Output::Timeout(t) => {
                     let h = &mut self.hosts[idx];
@@ -1414,29 +1573,44 @@ impl Sim {
                 }
                 Output::Transmit(t) => self.transmit(idx, t),
                 Output::Signal(frame) => self.signal_to_server(idx, &frame),
+                Output::Connect => self.connect_signaling(idx),
+                Output::Disconnect => {
+                    if let Some(conn) = self.hosts[idx].conn.take() {
+                        let at = self.now + self.config.signal_latency.as_nanos() as u64;
+                        self.push_signal(at, SignalHop::Disconnect(conn));
+                    }
+                }
                 Output::Event(e) => self.on_event(idx, e),
             }
         }
     }
 
     fn on_event(&mut self, idx: usize, e: Event) {
+        use meshrtc::Event as M;
         let at = self.elapsed();
         // Measured flow messages and media playouts are counted, not kept.
         match &e {
-            Event::DataReceived {
+            Event::Mesh(M::DataReceived {
                 message: DataMessage::Binary(b),
                 ..
-            } if self.record_flow_message(idx, b) => return,
-            Event::AudioPlayout { peer, chunk } if self.record_audio(idx, peer, chunk) => return,
-            Event::VideoFrame {
+            }) if self.record_flow_message(idx, b) => return,
+            Event::Mesh(M::AudioPlayout { peer, chunk }) if self.record_audio(idx, peer, chunk) => {
+                return
+            }
+            Event::Mesh(M::VideoFrame {
                 peer, media_ticks, ..
-            } if self.record_video(idx, peer, *media_ticks) => return,
-            Event::PeerLeft { peer, .. } | Event::PeerFailed { peer, .. } => {
+            }) if self.record_video(idx, peer, *media_ticks) => return,
+            Event::Mesh(M::PeerLeft { peer, .. } | M::PeerFailed { peer, .. }) => {
                 self.hosts[idx].media_epoch.remove(peer);
+            }
+            Event::Mesh(M::DataUndelivered { messages, .. }) => {
+                for m in messages {
+                    self.record_undelivered(m.as_bytes());
+                }
             }
             _ => {}
         }
-        if let Event::PeerConnected { peer, connect_time } = &e {
+        if let Event::Mesh(M::PeerConnected { peer, connect_time }) = &e {
             self.hosts[idx]
                 .connects
                 .entry(peer.clone())
@@ -1456,6 +1630,10 @@ impl Sim {
     }
 
     fn transmit(&mut self, from: usize, t: Transmit) {
+        if t.source != self.hosts[from].addr {
+            tracing::trace!(source = %t.source, "datagram from an address the host left");
+            return;
+        }
         let Some(&to) = self.by_addr.get(&t.destination) else {
             tracing::trace!(dest = %t.destination, "datagram to no host dropped");
             return;
@@ -1513,17 +1691,11 @@ impl Sim {
     }
 
     fn signal_to_server(&mut self, idx: usize, frame: &ClientFrame) {
-        let h = &self.hosts[idx];
-        if !h.connected {
+        let Some(conn) = self.hosts[idx].conn else {
             return;
-        }
-        let conn = h.conn;
+        };
         let at = self.now + self.config.signal_latency.as_nanos() as u64;
-        let close = matches!(frame.request, meshrtc::signal::Request::Disconnect);
         self.push_signal(at, SignalHop::ToServer(conn, frame.to_json()));
-        if close {
-            self.hosts[idx].connected = false;
-        }
     }
 
     fn drain_server(&mut self) {
@@ -1534,30 +1706,78 @@ impl Sim {
                     self.push_signal(at, SignalHop::ToClient(conn, text));
                 }
                 ServerOutput::Close { conn } => {
-                    if let Some(&idx) = self.conn_host.get(&conn) {
-                        if self.hosts[idx].conn == conn {
-                            self.hosts[idx].connected = false;
-                        }
-                    }
+                    // The client sees its connection drop one signaling latency later.
+                    let at = self.now + self.config.signal_latency.as_nanos() as u64;
+                    self.push_signal(at, SignalHop::Closed(conn));
                 }
             }
         }
     }
 
-    /// Drops the host's signaling connection, as if its WebSocket died
+    /// Restarts the signaling server: every client's connection drops, and the new server
+    /// knows no room
+    fn restart_server(&mut self) {
+        self.server_restarts += 1;
+        self.relay = Server::new(ServerConfig {
+            seed: mix(self.config.seed, 0x5e4e_0000 + self.server_restarts),
+            ..ServerConfig::default()
+        });
+        for idx in 0..self.hosts.len() {
+            if let Some(conn) = self.hosts[idx].conn.take() {
+                self.conn_host.remove(&conn);
+                let reason = "server restarted".to_string();
+                self.feed(idx, |now| Input::SignalingDown(now, reason));
+            }
+        }
+    }
+
+    /// Moves a host to a new address: datagrams to or from the old one go nowhere
+    fn move_host(&mut self, idx: usize) {
+        self.moves += 1;
+        let n = self.moves;
+        let ip = Ipv4Addr::new(
+            127,
+            100 + (n / 250 / 250) as u8,
+            (n / 250 % 250) as u8,
+            (n % 250) as u8 + 1,
+        );
+        let new = SocketAddr::from((ip, 5000));
+        let old = std::mem::replace(&mut self.hosts[idx].addr, new);
+        self.by_addr.remove(&old);
+        self.by_addr.insert(new, idx);
+        let local = self.local_instant(idx);
+        if let Some(s) = self.hosts[idx].core.session() {
+            let p = s.participant_mut();
+            p.remove_local_candidate(old);
+            p.add_local_candidate(new)
+                .expect("a loopback host candidate is valid; panic means bug");
+            p.handle_network_change(local);
+        }
+        self.drain_host(idx);
+    }
+
+    /// Drops the host's signaling connection, as if its WebSocket died: the server and the
+    /// host's session both see it go (the session then reconnects with backoff)
     pub fn drop_signaling(&mut self, host: HostId) {
-        let h = &mut self.hosts[host.0];
-        h.connected = false;
-        let conn = h.conn;
-        let at = self.now;
-        self.push_signal(at, SignalHop::Disconnect(conn));
+        let Some(conn) = self.hosts[host.0].conn.take() else {
+            return;
+        };
+        self.push_signal(self.now, SignalHop::Disconnect(conn));
+        let reason = "connection dropped".to_string();
+        self.feed(host.0, |now| Input::SignalingDown(now, reason));
     }
 }
 
-fn new_participant(config: &Config, seed: u64, addr: SocketAddr, now: Instant) -> Participant {
+/// A host's participant configuration with its seeds (secrets too: a run replays exactly)
+fn participant_config(config: &Config, seed: u64) -> Config {
     let mut config = config.clone();
     config.seed = seed;
-    let mut participant = Participant::new(config, now);
+    config.secret_seed = Some(seed);
+    config
+}
+
+fn new_participant(config: &Config, seed: u64, addr: SocketAddr, now: Instant) -> Participant {
+    let mut participant = Participant::new(participant_config(config, seed), now);
     participant
         .add_local_candidate(addr)
         .expect("a loopback host candidate is valid; panic means bug");
@@ -1567,18 +1787,41 @@ fn new_participant(config: &Config, seed: u64, addr: SocketAddr, now: Instant) -
 /// A stable, run-independent description of an event; `None` for media events, which are
 /// too frequent to log
 fn describe(e: &Event) -> Option<String> {
+    use meshrtc::Event as M;
     Some(match e {
-        Event::Announced { peer_id, peers, .. } => {
+        Event::Joined { peer_id, peers, .. } => {
             format!("announced {peer_id} peers={}", peers.len())
         }
-        Event::PeerJoined(info) => format!("joined {}", info.peer_id),
-        Event::PeerConnected { peer, .. } => format!("connected {peer}"),
-        Event::DataReceived { peer, message, .. } => format!("data {peer} {}B", message.len()),
-        Event::PeerLeft { peer, reason } => format!("left {peer} {reason:?}"),
-        Event::PeerFailed { peer, reason } => format!("failed {peer} {reason:?}"),
-        Event::SignalError { method, error } => format!("signal-error {method} {}", error.code),
-        Event::AudioPlayout { .. } | Event::VideoFrame { .. } | Event::EncodedAudio { .. } => {
-            return None
+        Event::JoinFailed(error) => format!("join-failed {error}"),
+        Event::SignalingLost { .. } => "signaling-lost".into(),
+        Event::SignalingRestored { peers, .. } => {
+            format!("signaling-restored peers={}", peers.len())
         }
+        Event::RejoinFailed { error } => format!("rejoin-failed {}", error.code),
+        Event::SendFailed { peer, error } => format!("send-failed {peer:?} {error}"),
+        Event::AudioStreamStarted { .. } | Event::AudioStreamEnded { .. } => return None,
+        Event::Mesh(m) => match m {
+            M::Announced { peer_id, peers, .. } => {
+                format!("announced {peer_id} peers={}", peers.len())
+            }
+            M::PeerJoined(info) => format!("joined {}", info.peer_id),
+            M::PeerConnected { peer, .. } => format!("connected {peer}"),
+            M::DataReceived { peer, message, .. } => format!("data {peer} {}B", message.len()),
+            M::PeerLeft { peer, reason } => format!("left {peer} {reason:?}"),
+            M::PeerFailed { peer, reason } => format!("failed {peer} {reason:?}"),
+            M::SignalError { method, error } => format!("signal-error {method} {}", error.code),
+            M::PeerReconnecting { peer, kind } => format!("reconnecting {peer} {kind:?}"),
+            M::PeerReconnected { peer, after, kind } => {
+                format!(
+                    "reconnected {peer} {kind:?} after {:.3}s",
+                    after.as_secs_f64()
+                )
+            }
+            M::DataUndelivered { peer, messages } => {
+                format!("undelivered {peer} {}", messages.len())
+            }
+            M::AudioPlayout { .. } | M::VideoFrame { .. } | M::EncodedAudio { .. } => return None,
+        },
+        _ => return None,
     })
 }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use meshrtc::signal::{PeerId, RoomId};
 use meshrtc::{CandidatePolicy, DataMessage};
-use meshrtc_tokio::{Event, EventStream, Session, SessionConfig, SessionHandle, SignalServer};
+use meshrtc_tokio::{Event, Events, Session, SessionConfig, SessionHandle, SignalServer};
 
 #[cfg(feature = "webrtc-rs")]
 mod webrtc_rs;
@@ -227,9 +227,9 @@ fn report(what: &str, values: &mut [f64]) {
 
 fn config(url: &str, room: &str, id: &str, seed: u64) -> SessionConfig {
     let mut c = SessionConfig::new(url, RoomId::new(room).expect("a room id"));
-    c.peer_id = Some(PeerId::new(id).expect("a peer id"));
-    c.participant.seed = seed;
-    c.participant.candidate_policy = CandidatePolicy::LoopbackOnly;
+    c.session.peer_id = Some(PeerId::new(id).expect("a peer id"));
+    c.session.participant.seed = seed;
+    c.session.participant.candidate_policy = CandidatePolicy::LoopbackOnly;
     c
 }
 
@@ -238,13 +238,13 @@ fn join(
     room: &str,
     id: &str,
     seed: u64,
-) -> impl std::future::Future<Output = (SessionHandle, EventStream)> {
+) -> impl std::future::Future<Output = (SessionHandle, Events)> {
     let c = config(url, room, id, seed);
     async move { Session::join(c).await.expect("joined") }
 }
 
 /// Waits for `n` `PeerConnected` events; returns the largest connect time in ms
-async fn connected(events: &mut EventStream, n: usize) -> f64 {
+async fn connected(events: &mut Events, n: usize) -> f64 {
     let mut seen = BTreeSet::new();
     let mut slowest = Duration::ZERO;
     while seen.len() < n {
@@ -308,7 +308,7 @@ async fn meshrtc_loopback(url: &str, size: usize, total: usize) -> Run {
         async move {
             let payload = vec![0x5a; size];
             for _ in 0..count {
-                a.send(&bob, DataMessage::Binary(payload.clone()))
+                a.send_data(&bob, DataMessage::Binary(payload.clone()))
                     .await
                     .expect("sent");
             }

@@ -145,6 +145,45 @@ impl OpusConfig {
     }
 }
 
+/// The settings of an [`OpusEncoder`] that may change while it runs
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AudioParams {
+    /// Target bitrate in bit/s, 6 000..=510 000
+    pub bitrate_bps: u32,
+    /// In-band forward error correction (takes effect with `expected_loss_pct > 0`)
+    pub fec: bool,
+    /// Expected packet loss in percent, 0..=100; the more, the more bits go to FEC
+    pub expected_loss_pct: u8,
+}
+
+impl AudioParams {
+    /// These settings with FEC and expected loss following a measured loss fraction
+    /// (0.0..=1.0, e.g. RTCP's `fraction_lost`)
+    ///
+    /// FEC turns on from 2 % loss and off again below 1 % (hysteresis, so that it does not
+    /// flap on noise); the expected loss is the measured one rounded up, at most 30 % (above
+    /// that libopus spends most of the bitrate on FEC and little on the audio itself).
+    pub fn following_loss(self, loss: f32) -> Self {
+        // Less a hair, so that 0.2 (20.000000298 as an f32) is 20 %.
+        let pct = (f64::from(loss.clamp(0.0, 1.0)) * 100.0 - 1e-4).ceil() as u8;
+        let fec = if self.fec { pct >= 1 } else { pct >= 2 };
+        Self {
+            fec,
+            expected_loss_pct: if fec { pct.min(30) } else { 0 },
+            ..self
+        }
+    }
+
+    /// The run-time settings of `cfg`
+    pub const fn of(cfg: &OpusConfig) -> Self {
+        Self {
+            bitrate_bps: cfg.bitrate_bps,
+            fec: cfg.fec,
+            expected_loss_pct: cfg.expected_loss_pct,
+        }
+    }
+}
+
 /// An Opus encoder at 48 kHz
 pub struct OpusEncoder {
     inner: imp::Encoder,
@@ -189,9 +228,25 @@ impl OpusEncoder {
         self.frame_samples
     }
 
-    /// The configuration this encoder was created with
+    /// The current configuration: as created, with the changes made since
     pub fn config(&self) -> &OpusConfig {
         &self.cfg
+    }
+
+    /// Changes bitrate, FEC and expected loss, from the next frame on
+    ///
+    /// Out-of-range values give [`CodecError::InvalidConfig`] and change nothing.
+    pub fn set_params(&mut self, params: AudioParams) -> Result<(), CodecError> {
+        let cfg = OpusConfig {
+            bitrate_bps: params.bitrate_bps,
+            fec: params.fec,
+            expected_loss_pct: params.expected_loss_pct,
+            ..self.cfg
+        };
+        cfg.check()?;
+        self.inner.set_params(&cfg)?;
+        self.cfg = cfg;
+        Ok(())
     }
 }
 
@@ -337,15 +392,24 @@ mod imp {
                 1 => (Channels::Mono, Application::Voip),
                 _ => (Channels::Stereo, Application::Audio),
             };
-            let mut enc = opus::Encoder::new(OPUS_RATE, channels, app).map_err(lib)?;
+            let enc = opus::Encoder::new(OPUS_RATE, channels, app).map_err(lib)?;
+            let mut this = Self(enc);
+            this.set_params(cfg)?;
+            this.0.set_dtx(cfg.dtx).map_err(lib)?;
+            Ok(this)
+        }
+
+        /// Applies bitrate, FEC and expected loss (all ctls libopus takes at any time)
+        pub(super) fn set_params(&mut self, cfg: &OpusConfig) -> Result<(), CodecError> {
+            let lib = |e: opus::Error| CodecError::Library(e.to_string());
             // Range-checked by OpusConfig::check, so the casts are lossless.
-            enc.set_bitrate(Bitrate::Bits(cfg.bitrate_bps as i32))
+            self.0
+                .set_bitrate(Bitrate::Bits(cfg.bitrate_bps as i32))
                 .map_err(lib)?;
-            enc.set_inband_fec(cfg.fec).map_err(lib)?;
-            enc.set_packet_loss_perc(i32::from(cfg.expected_loss_pct))
-                .map_err(lib)?;
-            enc.set_dtx(cfg.dtx).map_err(lib)?;
-            Ok(Self(enc))
+            self.0.set_inband_fec(cfg.fec).map_err(lib)?;
+            self.0
+                .set_packet_loss_perc(i32::from(cfg.expected_loss_pct))
+                .map_err(lib)
         }
 
         pub(super) fn encode(&mut self, pcm: &[i16], out: &mut [u8]) -> Result<usize, CodecError> {
@@ -427,6 +491,10 @@ mod imp {
         }
 
         pub(super) fn encode(&mut self, _: &[i16], _: &mut [u8]) -> Result<usize, CodecError> {
+            match *self {}
+        }
+
+        pub(super) fn set_params(&mut self, _: &OpusConfig) -> Result<(), CodecError> {
             match *self {}
         }
     }
@@ -595,6 +663,46 @@ mod tests {
         let mut joined = recovered.samples;
         joined.extend_from_slice(&next.samples);
         assert!(tone_snr_db(&joined, OPUS_RATE, 440.0) > 5.0);
+    }
+
+    #[test]
+    fn params_follow_loss_with_hysteresis() {
+        let base = AudioParams {
+            bitrate_bps: 32_000,
+            fec: false,
+            expected_loss_pct: 0,
+        };
+        let p = base.following_loss(0.005);
+        assert!(!p.fec && p.expected_loss_pct == 0);
+        let p = base.following_loss(0.03);
+        assert!(p.fec && p.expected_loss_pct == 3);
+        // On at 1 %: stays on; off only below it.
+        assert!(p.following_loss(0.01).fec);
+        assert!(!p.following_loss(0.0).fec);
+        assert_eq!(base.following_loss(0.9).expected_loss_pct, 30);
+        assert_eq!(base.following_loss(f32::NAN).expected_loss_pct, 0);
+
+        // Applied to a running encoder that had FEC off: a lost packet now comes back from
+        // the one after it.
+        let mut enc = OpusEncoder::new(OpusConfig {
+            fec: false,
+            expected_loss_pct: 0,
+            ..OpusConfig::default()
+        })
+        .unwrap();
+        enc.set_params(AudioParams::of(enc.config()).following_loss(0.2))
+            .unwrap();
+        assert!(enc.config().fec && enc.config().expected_loss_pct == 20);
+        let mut tone = Tone::new(OPUS_RATE, 1);
+        let packets: Vec<Bytes> = (0..12)
+            .map(|_| enc.encode(&tone.next_samples(960)).unwrap())
+            .collect();
+        let mut dec = OpusDecoder::new(1).unwrap();
+        for p in &packets[..10] {
+            dec.decode(p).unwrap();
+        }
+        let recovered = dec.decode_fec(&packets[11], 960).unwrap();
+        assert!(recovered.samples.iter().any(|&s| s.unsigned_abs() > 1000));
     }
 
     #[test]

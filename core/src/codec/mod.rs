@@ -13,7 +13,7 @@
 //! Decoders take bytes from the network, so they never panic on malformed or truncated input:
 //! they return [`CodecError::Decode`] (or `Ok(None)` when the input holds no picture yet).
 //!
-//! [`testsrc`] has deterministic test sources (a 440 Hz tone and a moving test pattern) and the
+//! `testsrc` (public with the `testing` feature) has deterministic test sources (a 440 Hz tone and a moving test pattern) and the
 //! quality metrics used by the tests; [`synthetic`] has stand-in codecs for simulations
 //! (frames of realistic size and timing carrying only a checked header).
 
@@ -21,29 +21,66 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+mod adaptive;
 mod audio;
+pub mod degrade;
 #[cfg(feature = "h264")]
 mod h264;
+#[cfg_attr(
+    not(any(feature = "h264", feature = "vpx")),
+    allow(dead_code, reason = "used by the video decoders only")
+)]
+mod headers;
+pub mod scale;
 pub mod synthetic;
+#[cfg(feature = "testing")]
 pub mod testsrc;
+#[cfg(not(feature = "testing"))]
+#[allow(dead_code, unreachable_pub)]
+pub(crate) mod testsrc;
 #[cfg(feature = "vpx")]
 mod vpx;
 
-pub use audio::{AudioFormat, OpusConfig, OpusDecoder, OpusEncoder, PcmFrame};
+pub use adaptive::{AdaptiveEncoder, MakeEncoder, Scale, VideoSendStats, VideoTarget};
+pub use audio::{AudioFormat, AudioParams, OpusConfig, OpusDecoder, OpusEncoder, PcmFrame};
 
 /// Largest decoded picture the video decoders accept, in pixels (4096 x 4096)
 ///
-/// Bigger pictures give [`CodecError::Decode`]. For VP8/VP9 the check runs on the frame
-/// header, before libvpx allocates, so a hostile keyframe cannot make us allocate gigabytes;
-/// OpenH264 enforces its own limit (level 5.2) and we check its output.
+/// Bigger pictures give [`CodecError::Decode`]. The check runs on the bitstream's own
+/// headers before the codec library sees the data (VP8 keyframe header, VP9 uncompressed
+/// header of every frame including inter frames that change size, H.264 SPS), so hostile
+/// input cannot make us allocate gigabytes; decoded pictures are checked again.
 pub const MAX_DECODE_PIXELS: u64 = 4096 * 4096;
+
+/// Longest side of a decoded picture the video decoders accept, in pixels
+pub const MAX_DECODE_SIDE: u32 = 16_384;
+
+/// Checks a declared picture size against [`MAX_DECODE_PIXELS`] and [`MAX_DECODE_SIDE`]
+#[cfg_attr(
+    not(any(feature = "h264", feature = "vpx")),
+    allow(dead_code, reason = "used by the video decoders only")
+)]
+fn check_decode_size(codec: VideoCodec, (w, h): (u32, u32)) -> Result<(), CodecError> {
+    if w == 0
+        || h == 0
+        || w > MAX_DECODE_SIDE
+        || h > MAX_DECODE_SIDE
+        || u64::from(w) * u64::from(h) > MAX_DECODE_PIXELS
+    {
+        return Err(CodecError::Decode(format!(
+            "{} picture of {w}x{h} is over the limit",
+            codec.name()
+        )));
+    }
+    Ok(())
+}
 
 /// Errors from encoders and decoders
 ///
 /// Grouped by who is at fault: the remote peer (malformed input), the local codec library,
 /// or the caller (misuse of this API).
 #[non_exhaustive]
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CodecError {
     // The remote peer's fault.
     /// Encoded input could not be decoded: malformed, truncated, or missing its references
@@ -190,6 +227,11 @@ pub struct VideoEncoderConfig {
     pub bitrate_bps: u32,
     /// Time between periodic keyframes, measured on the frames' presentation times
     pub keyframe_interval: Duration,
+    /// Temporal layers, 1..=3 (more than 1: VP8 only). With 2, every other frame is in
+    /// layer 0 and decodes without the others (half the frame rate, about 60 % of the bits);
+    /// with 3, every fourth frame (a quarter of the rate, about 40 % of the bits) is. See
+    /// [`EncodedVideo::temporal_id`].
+    pub temporal_layers: u8,
 }
 
 impl VideoEncoderConfig {
@@ -202,36 +244,25 @@ impl VideoEncoderConfig {
             fps: 30,
             bitrate_bps: 1_000_000,
             keyframe_interval: Duration::from_secs(2),
+            temporal_layers: 1,
         }
     }
 
     fn check(&self) -> Result<(), CodecError> {
-        let bad = |what: String| Err(CodecError::InvalidConfig(what));
-        if self.width == 0 || self.height == 0 || self.width % 2 != 0 || self.height % 2 != 0 {
-            return bad(format!(
-                "frame size {}x{} is not even and non-zero",
-                self.width, self.height
-            ));
-        }
-        if self.width > 4096 || self.height > 4096 {
-            return bad(format!(
-                "frame size {}x{} is above 4096",
-                self.width, self.height
-            ));
-        }
-        if !(1..=120).contains(&self.fps) {
-            return bad(format!("fps {} is not in 1..=120", self.fps));
-        }
-        if !(50_000..=50_000_000).contains(&self.bitrate_bps) {
-            return bad(format!(
-                "bitrate {} bit/s is not in 50k..=50M",
-                self.bitrate_bps
-            ));
-        }
+        check_size(self.width, self.height)?;
+        check_rates(self.bitrate_bps, self.fps)?;
         if self.keyframe_interval.is_zero() {
-            return bad("keyframe interval is zero".into());
+            return Err(CodecError::InvalidConfig(
+                "keyframe interval is zero".into(),
+            ));
         }
-        Ok(())
+        match (self.temporal_layers, self.codec) {
+            (1, _) | (2 | 3, VideoCodec::Vp8) => Ok(()),
+            (n, codec) => Err(CodecError::InvalidConfig(format!(
+                "{n} temporal layers with {}",
+                codec.name()
+            ))),
+        }
     }
 
     /// Nominal time between frames
@@ -254,6 +285,36 @@ impl VideoEncoderConfig {
     }
 }
 
+/// Checks an encoder frame size: even, non-zero, at most 4096
+fn check_size(width: u32, height: u32) -> Result<(), CodecError> {
+    if width == 0 || height == 0 || width % 2 != 0 || height % 2 != 0 {
+        return Err(CodecError::InvalidConfig(format!(
+            "frame size {width}x{height} is not even and non-zero"
+        )));
+    }
+    if width > 4096 || height > 4096 {
+        return Err(CodecError::InvalidConfig(format!(
+            "frame size {width}x{height} is above 4096"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks an encoder's bitrate (50 kbit/s..=50 Mbit/s) and frame rate (1..=120)
+fn check_rates(bitrate_bps: u32, fps: u32) -> Result<(), CodecError> {
+    if !(1..=120).contains(&fps) {
+        return Err(CodecError::InvalidConfig(format!(
+            "fps {fps} is not in 1..=120"
+        )));
+    }
+    if !(50_000..=50_000_000).contains(&bitrate_bps) {
+        return Err(CodecError::InvalidConfig(format!(
+            "bitrate {bitrate_bps} bit/s is not in 50k..=50M"
+        )));
+    }
+    Ok(())
+}
+
 /// One encoded video frame
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EncodedVideo {
@@ -261,6 +322,10 @@ pub struct EncodedVideo {
     pub data: Bytes,
     /// Whether this is a keyframe (an IDR for H.264), decodable without earlier frames
     pub keyframe: bool,
+    /// Temporal layer (0 without temporal layers): frames of layer `n` reference only
+    /// frames of layers `0..=n`, so a receiver given only the frames up to some layer
+    /// decodes them all
+    pub temporal_id: u8,
 }
 
 /// A video encoder; see [`video_encoder`]
@@ -287,8 +352,22 @@ pub trait VideoEncoder: Send {
     /// Level triggered: the request stays pending until a keyframe is produced.
     fn request_keyframe(&mut self);
 
-    /// The configuration this encoder was created with
+    /// The current configuration: as created, with the changes made since
     fn config(&self) -> &VideoEncoderConfig;
+
+    /// Changes the target bitrate and the nominal frame rate, from the next frame on
+    ///
+    /// In place, without a keyframe: libvpx through `vpx_codec_enc_config_set`, OpenH264
+    /// through `SetOption`. Ranges as in [`VideoEncoderConfig`]; [`CodecError::InvalidConfig`]
+    /// otherwise, and the encoder keeps its old rates.
+    fn set_rates(&mut self, bitrate_bps: u32, fps: u32) -> Result<(), CodecError>;
+
+    /// Changes the frame size; the next frame must have the new size and is a keyframe
+    ///
+    /// In place where the library allows it (libvpx, when not growing past the size the
+    /// encoder was created with for VP8), otherwise the encoder is created afresh with the
+    /// current settings. Sizes as in [`VideoEncoderConfig`].
+    fn set_size(&mut self, width: u32, height: u32) -> Result<(), CodecError>;
 }
 
 /// A video decoder; see [`video_decoder`]
@@ -366,6 +445,11 @@ impl KeyframeSchedule {
 
     fn request(&mut self) {
         self.requested = true;
+    }
+
+    /// Follows a change of the nominal frame rate
+    fn set_fps(&mut self, fps: u32) {
+        self.slack = Duration::from_secs(1) / fps.max(1) / 2;
     }
 
     fn is_due(&self, pts: Duration) -> bool {

@@ -202,10 +202,29 @@ pub struct SyntheticVideoEncoder {
     key_bytes: usize,
 }
 
+/// A boxed [`SyntheticVideoEncoder`] for `cfg` (a [`MakeEncoder`](super::MakeEncoder))
+pub fn video_encoder(cfg: VideoEncoderConfig) -> Result<Box<dyn VideoEncoder>, CodecError> {
+    Ok(Box::new(SyntheticVideoEncoder::new(cfg)?))
+}
+
 impl SyntheticVideoEncoder {
     /// An encoder for `cfg` (its codec is what goes on the wire)
     pub fn new(cfg: VideoEncoderConfig) -> Result<Self, CodecError> {
         cfg.check()?;
+        let mut enc = Self {
+            keyframes: KeyframeSchedule::new(&cfg),
+            cfg,
+            sequence: 0,
+            delta_bytes: 0,
+            key_bytes: 0,
+        };
+        enc.size_frames();
+        Ok(enc)
+    }
+
+    /// Frame sizes from the bitrate and frame rate
+    fn size_frames(&mut self) {
+        let cfg = &self.cfg;
         // A keyframe interval of n frames holds one keyframe (KEYFRAME_RATIO deltas' worth)
         // and n - 1 deltas, and carries bitrate · interval.
         let n = (cfg.keyframe_interval.as_secs_f64() * f64::from(cfg.fps))
@@ -213,13 +232,8 @@ impl SyntheticVideoEncoder {
             .max(1.0);
         let interval_bytes = f64::from(cfg.bitrate_bps) / 8.0 / f64::from(cfg.fps) * n;
         let delta = (interval_bytes / (n - 1.0 + f64::from(KEYFRAME_RATIO))) as usize;
-        Ok(Self {
-            keyframes: KeyframeSchedule::new(&cfg),
-            cfg,
-            sequence: 0,
-            delta_bytes: delta.max(HEADER_BYTES),
-            key_bytes: (delta * KEYFRAME_RATIO as usize).max(HEADER_BYTES),
-        })
+        self.delta_bytes = delta.max(HEADER_BYTES);
+        self.key_bytes = (delta * KEYFRAME_RATIO as usize).max(HEADER_BYTES);
     }
 }
 
@@ -252,6 +266,7 @@ impl VideoEncoder for SyntheticVideoEncoder {
         Ok(Some(EncodedVideo {
             data: header.write(len),
             keyframe,
+            temporal_id: 0,
         }))
     }
 
@@ -261,6 +276,30 @@ impl VideoEncoder for SyntheticVideoEncoder {
 
     fn config(&self) -> &VideoEncoderConfig {
         &self.cfg
+    }
+
+    fn set_rates(&mut self, bitrate_bps: u32, fps: u32) -> Result<(), CodecError> {
+        let cfg = VideoEncoderConfig {
+            bitrate_bps,
+            fps,
+            ..self.cfg
+        };
+        cfg.check()?;
+        self.cfg = cfg;
+        self.size_frames();
+        Ok(())
+    }
+
+    fn set_size(&mut self, width: u32, height: u32) -> Result<(), CodecError> {
+        let cfg = VideoEncoderConfig {
+            width,
+            height,
+            ..self.cfg
+        };
+        cfg.check()?;
+        self.cfg = cfg;
+        self.keyframes.request();
+        Ok(())
     }
 }
 

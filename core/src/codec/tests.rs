@@ -221,3 +221,152 @@ fn random_bytes_never_panic() {
         }
     }
 }
+
+/// The attack of issue 18: a VP9 inter frame declaring a picture far larger than its
+/// reference, which libvpx would allocate for; and the same for VP8 keyframes and H.264 SPS
+#[test]
+fn oversized_frames_are_refused_before_the_library_sees_them() {
+    use super::headers::tests::{sps, vp9_inter, vp9_key};
+    for codec in compiled() {
+        let encoded = encode_run(codec, 3, None);
+        let mut dec = video_decoder(codec).unwrap();
+        dec.decode(&encoded[0].1.data).unwrap().unwrap();
+        let attacks: Vec<(&str, Vec<u8>)> = match codec {
+            VideoCodec::Vp9 => vec![
+                (
+                    "inter frame over the pixel limit",
+                    vp9_inter(0xff, Err((8192, 8192))),
+                ),
+                (
+                    "inter frame over the side limit",
+                    vp9_inter(0x01, Err((65536, 2))),
+                ),
+                (
+                    "inter frame 8x its reference",
+                    vp9_inter(0x01, Err((2560, 1440))),
+                ),
+                ("keyframe over the limit", vp9_key(4097, 4097)),
+                ("superframe hiding one", {
+                    let big = vp9_inter(0x01, Err((8192, 8192)));
+                    let small = vp9_inter(0x01, Ok(0));
+                    let mut sf = [small.clone(), big.clone()].concat();
+                    sf.extend_from_slice(&[0xc1, small.len() as u8, big.len() as u8, 0xc1]);
+                    sf
+                }),
+            ],
+            VideoCodec::Vp8 => {
+                let mut key = encoded[0].1.data.to_vec();
+                key[6..10].copy_from_slice(&[0xff, 0x3f, 0xff, 0x3f]);
+                vec![("keyframe of 16383x16383", key)]
+            }
+            VideoCodec::H264 => {
+                let mut au = sps(512, 512);
+                au.extend_from_slice(&encoded[0].1.data);
+                vec![("sps of 8192x8192", au), ("sps of 16x65536", sps(1, 4096))]
+            }
+        };
+        for (what, data) in attacks {
+            match dec.decode(&data) {
+                Err(CodecError::Decode(e)) => {
+                    assert!(e.contains("over"), "{} {what}: {e}", codec.name());
+                }
+                other => panic!("{} {what}: {other:?}", codec.name()),
+            }
+        }
+        // Refused before decoding, so the stream carries on undisturbed.
+        let next = dec.decode(&encoded[1].1.data).unwrap().unwrap();
+        assert_eq!((next.width, next.height), (W, H), "{}", codec.name());
+    }
+}
+
+/// VP9 frames that change size within the 2:1 steps real encoders use still decode
+#[test]
+fn vp9_size_changes_within_limits_still_decode() {
+    if !VideoCodec::Vp9.is_supported() {
+        return;
+    }
+    let mut enc = AdaptiveEncoder::new(VideoEncoderConfig::new(VideoCodec::Vp9, 640, 360)).unwrap();
+    let mut dec = video_decoder(VideoCodec::Vp9).unwrap();
+    let src = TestPattern::new(640, 360);
+    for i in 0..20 {
+        let scale = if i < 10 {
+            Scale::FULL
+        } else {
+            Scale::new(1, 2).unwrap()
+        };
+        enc.set_target(VideoTarget {
+            scale,
+            ..enc.target()
+        })
+        .unwrap();
+        let e = enc.encode(&src.frame(i), pts(i)).unwrap().unwrap();
+        let out = dec.decode(&e.data).unwrap().unwrap();
+        assert_eq!(out.width, if i < 10 { 640 } else { 320 });
+    }
+}
+
+/// VP8 temporal layers: a receiver given only the base layer decodes every frame it gets,
+/// at a half (two layers) or a quarter (three) of the frame rate
+#[test]
+fn vp8_base_temporal_layer_decodes_alone() {
+    if !VideoCodec::Vp8.is_supported() {
+        return;
+    }
+    for (layers, base_every) in [(2u8, 2usize), (3, 4)] {
+        let mut enc = video_encoder(VideoEncoderConfig {
+            temporal_layers: layers,
+            bitrate_bps: 600_000,
+            ..VideoEncoderConfig::new(VideoCodec::Vp8, W, H)
+        })
+        .unwrap();
+        let src = TestPattern::new(W, H);
+        let frames: Vec<(u64, EncodedVideo)> = (0..90)
+            .map(|i| (i, enc.encode(&src.frame(i), pts(i)).unwrap().unwrap()))
+            .collect();
+        let ids: Vec<u8> = frames.iter().take(8).map(|(_, e)| e.temporal_id).collect();
+        let expect: &[u8] = if layers == 2 {
+            &[0, 1, 0, 1, 0, 1, 0, 1]
+        } else {
+            &[0, 2, 1, 2, 0, 2, 1, 2]
+        };
+        assert_eq!(ids, expect, "{layers} layers");
+
+        let mut base = video_decoder(VideoCodec::Vp8).unwrap();
+        let mut decoded = 0;
+        let mut base_bytes = 0;
+        for (i, e) in frames.iter().filter(|(_, e)| e.temporal_id == 0) {
+            let out = base.decode(&e.data).unwrap().expect("a picture");
+            let db = psnr(&src.frame(*i), &out);
+            assert!(db > MIN_PSNR_DB, "{layers} layers, frame {i}: {db:.1} dB");
+            decoded += 1;
+            base_bytes += e.data.len();
+        }
+        // Keyframes (frames 0 and 60, every 2 s) restart the pattern on layer 0.
+        let want = 60usize.div_ceil(base_every) + 30usize.div_ceil(base_every);
+        assert_eq!(decoded, want, "{layers} layers");
+        let total: usize = frames.iter().map(|(_, e)| e.data.len()).sum();
+        eprintln!(
+            "vp8 {layers} layers: base layer {} of {} frames, {:.0} % of the bytes",
+            decoded,
+            frames.len(),
+            base_bytes as f64 * 100.0 / total as f64
+        );
+        // Every frame decodes for a receiver of all layers.
+        let mut all = video_decoder(VideoCodec::Vp8).unwrap();
+        for (i, e) in &frames {
+            let out = all.decode(&e.data).unwrap().unwrap();
+            assert!(psnr(&src.frame(*i), &out) > MIN_PSNR_DB);
+        }
+    }
+    // Other codecs refuse temporal layers rather than ignore them.
+    for codec in [VideoCodec::H264, VideoCodec::Vp9] {
+        let cfg = VideoEncoderConfig {
+            temporal_layers: 2,
+            ..VideoEncoderConfig::new(codec, W, H)
+        };
+        assert!(matches!(
+            video_encoder(cfg),
+            Err(CodecError::InvalidConfig(_))
+        ));
+    }
+}

@@ -14,30 +14,34 @@
 #![allow(unsafe_code)]
 
 use std::ffi::{c_int, c_long, c_uint, c_ulong, CStr};
-use std::mem::{size_of, MaybeUninit};
+use std::mem::MaybeUninit;
 use std::ptr;
 use std::time::Duration;
 
 use bytes::Bytes;
 use vpx_sys::vp8e_enc_control_id::{
     VP8E_SET_CPUUSED, VP8E_SET_MAX_INTRA_BITRATE_PCT, VP8E_SET_NOISE_SENSITIVITY,
-    VP8E_SET_STATIC_THRESHOLD, VP8E_SET_TOKEN_PARTITIONS, VP9E_SET_AQ_MODE,
-    VP9E_SET_NOISE_SENSITIVITY, VP9E_SET_ROW_MT, VP9E_SET_TILE_COLUMNS,
+    VP8E_SET_STATIC_THRESHOLD, VP8E_SET_TEMPORAL_LAYER_ID, VP8E_SET_TOKEN_PARTITIONS,
+    VP9E_SET_AQ_MODE, VP9E_SET_NOISE_SENSITIVITY, VP9E_SET_ROW_MT, VP9E_SET_TILE_COLUMNS,
 };
 use vpx_sys::{
     vpx_codec_control_, vpx_codec_ctx_t, vpx_codec_cx_pkt_kind, vpx_codec_dec_cfg_t,
     vpx_codec_dec_init_ver, vpx_codec_decode, vpx_codec_destroy, vpx_codec_enc_cfg_t,
-    vpx_codec_enc_config_default, vpx_codec_enc_init_ver, vpx_codec_encode, vpx_codec_err_t,
-    vpx_codec_error, vpx_codec_error_detail, vpx_codec_get_cx_data, vpx_codec_get_frame,
-    vpx_codec_iface_t, vpx_codec_iter_t, vpx_codec_peek_stream_info, vpx_codec_stream_info_t,
+    vpx_codec_enc_config_default, vpx_codec_enc_config_set, vpx_codec_enc_init_ver,
+    vpx_codec_encode, vpx_codec_err_t, vpx_codec_error, vpx_codec_error_detail,
+    vpx_codec_get_cx_data, vpx_codec_get_frame, vpx_codec_iface_t, vpx_codec_iter_t,
     vpx_codec_vp8_cx, vpx_codec_vp8_dx, vpx_codec_vp9_cx, vpx_codec_vp9_dx, vpx_enc_pass,
-    vpx_image_t, vpx_img_fmt, vpx_img_wrap, vpx_kf_mode, vpx_rc_mode, VPX_DECODER_ABI_VERSION,
-    VPX_DL_REALTIME, VPX_EFLAG_FORCE_KF, VPX_ENCODER_ABI_VERSION, VPX_FRAME_IS_KEY,
+    vpx_image_t, vpx_img_fmt, vpx_img_wrap, vpx_kf_mode, vpx_rc_mode, VP8_EFLAG_NO_REF_ARF,
+    VP8_EFLAG_NO_REF_GF, VP8_EFLAG_NO_UPD_ARF, VP8_EFLAG_NO_UPD_ENTROPY, VP8_EFLAG_NO_UPD_GF,
+    VP8_EFLAG_NO_UPD_LAST, VPX_DECODER_ABI_VERSION, VPX_DL_REALTIME, VPX_EFLAG_FORCE_KF,
+    VPX_ENCODER_ABI_VERSION, VPX_FRAME_IS_KEY,
 };
 
+use super::headers::{self, Vp9Refs};
 use super::{
-    CodecError, EncodedVideo, I420Frame, KeyframeSchedule, VideoCodec, VideoDecoder, VideoEncoder,
-    VideoEncoderConfig, MAX_DECODE_PIXELS,
+    check_decode_size, check_rates, check_size, CodecError, EncodedVideo, I420Frame,
+    KeyframeSchedule, VideoCodec, VideoDecoder, VideoEncoder, VideoEncoderConfig,
+    MAX_DECODE_PIXELS,
 };
 
 /// Timebase of the pts we hand libvpx: the 90 kHz RTP video clock
@@ -127,36 +131,70 @@ fn error_string(ctx: &mut vpx_codec_ctx_t, err: vpx_codec_err_t) -> String {
 /// VP8/VP9 encoder
 pub(super) struct Encoder {
     ctx: Context,
+    /// The libvpx configuration in force, changed in place by set_rates and set_size
+    enc: vpx_codec_enc_cfg_t,
     cfg: VideoEncoderConfig,
     keyframes: KeyframeSchedule,
     /// Ticks per frame at the nominal rate
     duration: c_ulong,
     last_pts: Option<i64>,
+    /// Position in the temporal layer pattern of the next frame
+    layer_index: usize,
+    /// The size the context was created with: in-place resizes stay within it
+    initial: (u32, u32),
+}
+
+/// VP8 temporal layer patterns: per frame of the period, its layer and encode flags
+///
+/// After libvpx's `vpx_temporal_svc_encoder` example and libwebrtc's. Layer 0 frames
+/// reference and update only LAST; upper layers never update LAST nor the entropy
+/// contexts, so layer 0 decodes alone. With three layers the layer-1 frame updates GOLDEN,
+/// which only the following layer-2 frame references.
+fn vp8_layer_pattern(layers: u8) -> &'static [(u8, u32)] {
+    const NO_REF_GF: u32 = VP8_EFLAG_NO_REF_GF;
+    const NO_REF_ARF: u32 = VP8_EFLAG_NO_REF_ARF;
+    const NO_UPD_LAST: u32 = VP8_EFLAG_NO_UPD_LAST;
+    const NO_UPD_GF: u32 = VP8_EFLAG_NO_UPD_GF;
+    const NO_UPD_ARF: u32 = VP8_EFLAG_NO_UPD_ARF;
+    const NO_UPD_ENTROPY: u32 = VP8_EFLAG_NO_UPD_ENTROPY;
+    const BASE: u32 = NO_REF_GF | NO_REF_ARF | NO_UPD_GF | NO_UPD_ARF;
+    const TOP: u32 = NO_REF_GF | NO_REF_ARF | NO_UPD_LAST | NO_UPD_GF | NO_UPD_ARF | NO_UPD_ENTROPY;
+    match layers {
+        2 => &[(0, BASE), (1, TOP)],
+        3 => &[
+            (0, BASE),
+            (2, TOP),
+            (
+                1,
+                NO_REF_GF | NO_REF_ARF | NO_UPD_LAST | NO_UPD_ARF | NO_UPD_ENTROPY,
+            ),
+            (
+                2,
+                NO_REF_ARF | NO_UPD_LAST | NO_UPD_GF | NO_UPD_ARF | NO_UPD_ENTROPY,
+            ),
+        ],
+        _ => &[(0, 0)],
+    }
+}
+
+/// Share of the bitrate up to and including each temporal layer (libwebrtc's split)
+fn layer_shares(layers: u8) -> &'static [u32] {
+    match layers {
+        2 => &[60, 100],
+        3 => &[40, 60, 100],
+        _ => &[100],
+    }
 }
 
 // SAFETY: a libvpx encoder context is plain heap state with no thread affinity (no TLS, no
 // thread handles it expects to join from a given thread); we only touch it through
-// `&mut self`, so moving the owner to another thread is sound.
+// `&mut self`, so moving the owner to another thread is sound. `enc` is plain data.
 unsafe impl Send for Encoder {}
 
 impl Encoder {
     pub(super) fn new(cfg: VideoEncoderConfig) -> Result<Self, CodecError> {
-        let vp9 = match cfg.codec {
-            VideoCodec::Vp8 => false,
-            VideoCodec::Vp9 => true,
-            VideoCodec::H264 => {
-                return Err(CodecError::InvalidConfig("libvpx does not do h264".into()))
-            }
-        };
-        // SAFETY: these return pointers to libvpx's static interface tables.
-        let iface: *const vpx_codec_iface_t = unsafe {
-            if vp9 {
-                vpx_codec_vp9_cx()
-            } else {
-                vpx_codec_vp8_cx()
-            }
-        };
-
+        let vp9 = is_vp9(cfg.codec)?;
+        let iface = encoder_iface(vp9);
         let mut enc = MaybeUninit::<vpx_codec_enc_cfg_t>::uninit();
         // SAFETY: `iface` is a valid encoder interface and `enc` points to writable memory
         // of the right type, which the call fills in completely on success.
@@ -167,7 +205,6 @@ impl Encoder {
         // SAFETY: initialised by the successful call above.
         let mut enc = unsafe { enc.assume_init() };
 
-        let kbps = (cfg.bitrate_bps / 1000).max(1);
         enc.g_w = cfg.width;
         enc.g_h = cfg.height;
         enc.g_timebase.num = 1;
@@ -177,7 +214,7 @@ impl Encoder {
         enc.g_pass = vpx_enc_pass::VPX_RC_ONE_PASS;
         enc.g_lag_in_frames = 0;
         enc.rc_end_usage = vpx_rc_mode::VPX_CBR;
-        enc.rc_target_bitrate = kbps;
+        enc.rc_target_bitrate = (cfg.bitrate_bps / 1000).max(1);
         enc.rc_dropframe_thresh = 0;
         enc.rc_resize_allowed = 0;
         enc.rc_min_quantizer = 2;
@@ -191,6 +228,20 @@ impl Encoder {
         enc.kf_mode = vpx_kf_mode::VPX_KF_DISABLED;
         enc.kf_min_dist = 0;
         enc.kf_max_dist = c_uint::MAX;
+        if cfg.temporal_layers > 1 {
+            let pattern = vp8_layer_pattern(cfg.temporal_layers);
+            let layers = usize::from(cfg.temporal_layers);
+            enc.ts_number_layers = c_uint::from(cfg.temporal_layers);
+            enc.ts_periodicity = pattern.len() as c_uint;
+            for (i, (layer, _)) in pattern.iter().enumerate() {
+                enc.ts_layer_id[i] = c_uint::from(*layer);
+            }
+            for l in 0..layers {
+                // Layer l runs at 1 / 2^(layers - 1 - l) of the frame rate.
+                enc.ts_rate_decimator[l] = 1 << (layers - 1 - l);
+            }
+            set_layer_rates(&mut enc, cfg.temporal_layers);
+        }
 
         let mut ctx = Context::init("vpx encoder init", |ctx| {
             // SAFETY: `ctx` is a zeroed context owned by Context::init, `iface` a valid
@@ -198,16 +249,9 @@ impl Encoder {
             unsafe { vpx_codec_enc_init_ver(ctx, iface, &enc, 0, VPX_ENCODER_ABI_VERSION as c_int) }
         })?;
 
-        // Cap keyframe size at a few frames' worth of bits, as libwebrtc does:
-        // optimal buffer (ms) * 0.5 * fps / 10, in percent of the per-frame target.
-        let max_intra_pct = (600 * cfg.fps / 20).max(300) as c_int;
-        ctx.control(VP8E_SET_MAX_INTRA_BITRATE_PCT, max_intra_pct)?;
         ctx.control(VP8E_SET_STATIC_THRESHOLD, 1)?;
         if vp9 {
-            let big = u64::from(cfg.width) * u64::from(cfg.height) >= 1280 * 720;
-            ctx.control(VP8E_SET_CPUUSED, if big { 8 } else { 7 })?;
             ctx.control(VP9E_SET_ROW_MT, 1)?;
-            ctx.control(VP9E_SET_TILE_COLUMNS, c_int::from(cfg.width >= 1280))?;
             // Cyclic refresh: the real-time AQ mode.
             ctx.control(VP9E_SET_AQ_MODE, 3)?;
             ctx.control(VP9E_SET_NOISE_SENSITIVITY, 0)?;
@@ -217,26 +261,63 @@ impl Encoder {
             // One token partition: a single buffer per frame, as the RTP payloader expects.
             ctx.control(VP8E_SET_TOKEN_PARTITIONS, 0)?;
         }
-
-        Ok(Self {
+        let mut this = Self {
             ctx,
-            duration: (TIMEBASE_HZ / u64::from(cfg.fps)).max(1) as c_ulong,
+            enc,
+            duration: nominal_duration(cfg.fps),
             keyframes: KeyframeSchedule::new(&cfg),
             cfg,
             last_pts: None,
-        })
+            layer_index: 0,
+            initial: (cfg.width, cfg.height),
+        };
+        this.size_controls()?;
+        this.rate_controls()?;
+        Ok(this)
     }
 
-    /// `pts` in timebase ticks, strictly increasing as libvpx requires
-    fn ticks(&mut self, pts: Duration) -> i64 {
+    /// Controls that follow the frame size (VP9 speed and tiles)
+    fn size_controls(&mut self) -> Result<(), CodecError> {
+        if self.cfg.codec == VideoCodec::Vp9 {
+            let (w, h) = (self.cfg.width, self.cfg.height);
+            let big = u64::from(w) * u64::from(h) >= 1280 * 720;
+            self.ctx
+                .control(VP8E_SET_CPUUSED, if big { 8 } else { 7 })?;
+            self.ctx
+                .control(VP9E_SET_TILE_COLUMNS, c_int::from(w >= 1280))?;
+        }
+        Ok(())
+    }
+
+    /// Controls that follow the frame rate
+    fn rate_controls(&mut self) -> Result<(), CodecError> {
+        // Cap keyframe size at a few frames' worth of bits, as libwebrtc does:
+        // optimal buffer (ms) * 0.5 * fps / 10, in percent of the per-frame target.
+        let max_intra_pct = (600 * self.cfg.fps / 20).max(300) as c_int;
+        self.ctx
+            .control(VP8E_SET_MAX_INTRA_BITRATE_PCT, max_intra_pct)
+    }
+
+    /// Hands the changed `enc` to libvpx
+    fn apply_config(&mut self) -> Result<(), String> {
+        // SAFETY: initialised encoder context and a complete config, which libvpx copies.
+        let err = unsafe { vpx_codec_enc_config_set(self.ctx.as_mut_ptr(), &self.enc) };
+        self.ctx.check(err, "vpx config set")
+    }
+
+    /// `pts` in timebase ticks, strictly increasing as libvpx requires, and the frame's
+    /// duration: the time since the previous frame (libvpx budgets bits per frame from
+    /// it, so frames dropped upstream leave the next ones more bits), at most a second
+    fn ticks(&mut self, pts: Duration) -> (i64, c_ulong) {
         let ticks = (pts.as_nanos() * u128::from(TIMEBASE_HZ) / 1_000_000_000)
             .min(i64::MAX as u128 / 2) as i64;
-        let ticks = match self.last_pts {
-            Some(last) if ticks <= last => last + 1,
-            _ => ticks,
+        let (ticks, duration) = match self.last_pts {
+            Some(last) if ticks <= last => (last + 1, 1),
+            Some(last) => (ticks, (ticks - last).min(TIMEBASE_HZ as i64) as c_ulong),
+            None => (ticks, self.duration),
         };
         self.last_pts = Some(ticks);
-        ticks
+        (ticks, duration)
     }
 }
 
@@ -248,7 +329,7 @@ impl VideoEncoder for Encoder {
     ) -> Result<Option<EncodedVideo>, CodecError> {
         self.cfg.check_frame(frame)?;
         let force = self.keyframes.is_due(pts);
-        let ticks = self.ticks(pts);
+        let (ticks, duration) = self.ticks(pts);
 
         let (w, h) = (frame.width, frame.height);
         let mut img = MaybeUninit::<vpx_image_t>::uninit();
@@ -276,10 +357,20 @@ impl VideoEncoder for Encoder {
         img.planes[2] = frame.v.as_ptr().cast_mut();
         img.stride = [w as c_int, (w / 2) as c_int, (w / 2) as c_int, 0];
 
+        if force {
+            // A keyframe restarts the layer pattern.
+            self.layer_index = 0;
+        }
+        let pattern = vp8_layer_pattern(self.cfg.temporal_layers);
+        let (layer, layer_flags) = pattern[self.layer_index % pattern.len()];
+        if self.cfg.temporal_layers > 1 {
+            self.ctx
+                .control(VP8E_SET_TEMPORAL_LAYER_ID, c_int::from(layer))?;
+        }
         let flags = if force {
             VPX_EFLAG_FORCE_KF as c_long
         } else {
-            0
+            c_long::from(layer_flags)
         };
         // SAFETY: the context is an initialised encoder; `img` describes three planes that
         // `frame` keeps alive and unchanged for the duration of the call, and libvpx only
@@ -289,7 +380,7 @@ impl VideoEncoder for Encoder {
                 self.ctx.as_mut_ptr(),
                 &img,
                 ticks,
-                self.duration,
+                duration,
                 flags,
                 VPX_DL_REALTIME as _,
             )
@@ -327,10 +418,12 @@ impl VideoEncoder for Encoder {
         if data.is_empty() {
             return Ok(None);
         }
+        self.layer_index = (self.layer_index + 1) % pattern.len();
         self.keyframes.handle_output(pts, keyframe);
         Ok(Some(EncodedVideo {
             data: Bytes::from(data),
             keyframe,
+            temporal_id: if keyframe { 0 } else { layer },
         }))
     }
 
@@ -341,17 +434,105 @@ impl VideoEncoder for Encoder {
     fn config(&self) -> &VideoEncoderConfig {
         &self.cfg
     }
+
+    fn set_rates(&mut self, bitrate_bps: u32, fps: u32) -> Result<(), CodecError> {
+        check_rates(bitrate_bps, fps)?;
+        let old = self.enc.rc_target_bitrate;
+        let old_layers = self.enc.ts_target_bitrate;
+        self.enc.rc_target_bitrate = (bitrate_bps / 1000).max(1);
+        set_layer_rates(&mut self.enc, self.cfg.temporal_layers);
+        if let Err(e) = self.apply_config() {
+            self.enc.rc_target_bitrate = old;
+            self.enc.ts_target_bitrate = old_layers;
+            return Err(CodecError::Library(e));
+        }
+        self.cfg.bitrate_bps = bitrate_bps;
+        if fps != self.cfg.fps {
+            self.cfg.fps = fps;
+            self.duration = nominal_duration(fps);
+            self.keyframes.set_fps(fps);
+            self.rate_controls()?;
+        }
+        Ok(())
+    }
+
+    fn set_size(&mut self, width: u32, height: u32) -> Result<(), CodecError> {
+        check_size(width, height)?;
+        if (width, height) == (self.cfg.width, self.cfg.height) {
+            return Ok(());
+        }
+        let mut cfg = self.cfg;
+        cfg.width = width;
+        cfg.height = height;
+        // Growing past the size the context was created with: a new encoder. VP8 refuses
+        // that in place, and libvpx 1.12's VP9 accepts it but corrupts its heap on the frame
+        // after (seen here as glibc's "corrupted size vs. prev_size"); libwebrtc likewise
+        // re-initialises on a size increase.
+        if width > self.initial.0 || height > self.initial.1 {
+            *self = Self::new(cfg)?;
+            return Ok(());
+        }
+        let (old_w, old_h) = (self.enc.g_w, self.enc.g_h);
+        self.enc.g_w = width;
+        self.enc.g_h = height;
+        if let Err(e) = self.apply_config() {
+            tracing::debug!(error = %e, "{} resize in place refused; new encoder", cfg.codec.name());
+            self.enc.g_w = old_w;
+            self.enc.g_h = old_h;
+            *self = Self::new(cfg)?;
+            return Ok(());
+        }
+        self.cfg.width = width;
+        self.cfg.height = height;
+        self.size_controls()?;
+        self.keyframes.request();
+        Ok(())
+    }
+}
+
+/// Splits `enc.rc_target_bitrate` over the temporal layers (cumulative, in kbit/s)
+fn set_layer_rates(enc: &mut vpx_codec_enc_cfg_t, layers: u8) {
+    if layers > 1 {
+        for (l, share) in layer_shares(layers).iter().enumerate() {
+            enc.ts_target_bitrate[l] = (enc.rc_target_bitrate * share / 100).max(1);
+        }
+    }
+}
+
+/// Ticks of the 90 kHz timebase per frame at `fps`
+fn nominal_duration(fps: u32) -> c_ulong {
+    (TIMEBASE_HZ / u64::from(fps.max(1))).max(1) as c_ulong
+}
+
+fn is_vp9(codec: VideoCodec) -> Result<bool, CodecError> {
+    match codec {
+        VideoCodec::Vp8 => Ok(false),
+        VideoCodec::Vp9 => Ok(true),
+        VideoCodec::H264 => Err(CodecError::InvalidConfig("libvpx does not do h264".into())),
+    }
+}
+
+fn encoder_iface(vp9: bool) -> *const vpx_codec_iface_t {
+    // SAFETY: these return pointers to libvpx's static interface tables.
+    unsafe {
+        if vp9 {
+            vpx_codec_vp9_cx()
+        } else {
+            vpx_codec_vp8_cx()
+        }
+    }
 }
 
 /// VP8/VP9 decoder
 pub(super) struct Decoder {
     ctx: Context,
-    iface: *const vpx_codec_iface_t,
     codec: VideoCodec,
+    /// VP9 reference slot sizes, for the sizes inter frames take from them
+    refs: Vp9Refs,
 }
 
 // SAFETY: as for Encoder: the context has no thread affinity and is only used through
-// `&mut self`; `iface` points to an immutable static table.
+// `&mut self`.
 unsafe impl Send for Decoder {}
 
 impl Decoder {
@@ -376,32 +557,44 @@ impl Decoder {
             // decoder interface; libvpx copies `cfg`.
             unsafe { vpx_codec_dec_init_ver(ctx, iface, &cfg, 0, VPX_DECODER_ABI_VERSION as c_int) }
         })?;
-        Ok(Self { ctx, iface, codec })
+        Ok(Self {
+            ctx,
+            codec,
+            refs: Vp9Refs::default(),
+        })
     }
 
-    /// Rejects a frame that announces a picture above [`MAX_DECODE_PIXELS`]
-    fn check_size(&self, data: &[u8], len: c_uint) -> Result<(), CodecError> {
-        let mut info = vpx_codec_stream_info_t {
-            sz: size_of::<vpx_codec_stream_info_t>() as c_uint,
-            w: 0,
-            h: 0,
-            is_kf: 0,
-        };
-        // SAFETY: `data` is valid for `len` bytes, `info` is initialised with its size as
-        // the API requires, and `iface` is a valid decoder interface. Peeking only parses.
-        let err = unsafe { vpx_codec_peek_stream_info(self.iface, data.as_ptr(), len, &mut info) };
-        // Inter frames carry no size and fail to peek: nothing to check then.
-        if err == vpx_codec_err_t::VPX_CODEC_OK
-            && u64::from(info.w) * u64::from(info.h) > MAX_DECODE_PIXELS
-        {
-            return Err(CodecError::Decode(format!(
-                "{} picture of {}x{} is too large",
-                self.codec.name(),
-                info.w,
-                info.h
-            )));
+    /// Checks the sizes the frame declares, before libvpx sees it; returns the VP9
+    /// reference slots as they will be if libvpx accepts the frame
+    fn check_sizes(&self, data: &[u8]) -> Result<Option<Vp9Refs>, CodecError> {
+        let decode = CodecError::Decode;
+        match self.codec {
+            VideoCodec::Vp9 => {
+                let mut refs = self.refs.clone();
+                for frame in headers::vp9_frames(data).map_err(decode)? {
+                    let info = refs.parse(frame).map_err(decode)?;
+                    // No size: show_existing_frame, or an inter frame taking the size of a
+                    // slot we lost track of, which holds a size checked when it came.
+                    if let Some(size) = info.size {
+                        check_decode_size(self.codec, size)?;
+                    }
+                    if info.outgrows_refs() {
+                        return Err(CodecError::Decode(format!(
+                            "vp9 inter frame of {:?} is over twice its references {:?}",
+                            info.size, info.ref_sizes
+                        )));
+                    }
+                    refs.update(&info);
+                }
+                Ok(Some(refs))
+            }
+            _ => {
+                if let Some(size) = headers::vp8_size(data).map_err(decode)? {
+                    check_decode_size(self.codec, size)?;
+                }
+                Ok(None)
+            }
         }
-        Ok(())
     }
 }
 
@@ -417,7 +610,7 @@ impl VideoDecoder for Decoder {
             }
             Ok(len) => len,
         };
-        self.check_size(data, len)?;
+        let refs = self.check_sizes(data)?;
         // SAFETY: initialised decoder context; `data` is valid for `len` bytes during the
         // call and libvpx does not keep the pointer.
         let err = unsafe {
@@ -429,7 +622,14 @@ impl VideoDecoder for Decoder {
                 0,
             )
         };
-        self.ctx.check(err, name).map_err(CodecError::Decode)?;
+        if let Err(e) = self.ctx.check(err, name) {
+            // libvpx may have refreshed some slots before failing: forget them all.
+            self.refs.clear();
+            return Err(CodecError::Decode(e));
+        }
+        if let Some(refs) = refs {
+            self.refs = refs;
+        }
 
         let mut picture = None;
         let mut iter: vpx_codec_iter_t = ptr::null();

@@ -41,7 +41,7 @@ fn four_peers_mixing_drivers_full_mesh() {
     for (me, handle) in [(1, &t2), (3, &t4)] {
         for to in others(me) {
             let text = format!("{}->{}", ids[me], to);
-            rt.block_on(handle.send(&to, DataMessage::Text(text)))
+            rt.block_on(handle.send_data(&to, DataMessage::Text(text)))
                 .unwrap();
         }
     }
@@ -74,7 +74,7 @@ fn four_peers_mixing_drivers_full_mesh() {
         let mut got = BTreeSet::new();
         while got.len() < 3 {
             let text = wait_tokio(&rt, events, "data", |e| match e {
-                meshrtc_tokio::Event::Mesh(meshrtc::Event::DataReceived {
+                Event::Mesh(meshrtc::Event::DataReceived {
                     message: DataMessage::Text(t),
                     ..
                 }) => Some(t.clone()),

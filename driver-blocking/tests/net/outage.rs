@@ -72,7 +72,7 @@ fn signaling_outage_keeps_media_and_reconnects() {
         let peers = wait_for(events, "SignalingRestored", |e| {
             assert!(!is_loss_of(e, &a_id) && !is_loss_of(e, &b_id), "{e:?}");
             match e {
-                Event::SignalingRestored { peers } => Some(peers.clone()),
+                Event::SignalingRestored { peers, .. } => Some(peers.clone()),
                 _ => None,
             }
         });

@@ -1,7 +1,7 @@
 //! Two peers: blocking with tokio, and blocking with blocking
 
 use meshrtc::DataMessage;
-use meshrtc_blocking::{Event, Session, WaitMode};
+use meshrtc_blocking::{Event, RealtimeConfig, Session, WaitMode};
 
 use crate::util::*;
 
@@ -16,9 +16,9 @@ fn text_from(e: &Event, from: &meshrtc::signal::PeerId) -> Option<String> {
     }
 }
 
-fn tokio_text_from(e: &meshrtc_tokio::Event, from: &meshrtc::signal::PeerId) -> Option<String> {
+fn tokio_text_from(e: &Event, from: &meshrtc::signal::PeerId) -> Option<String> {
     match e {
-        meshrtc_tokio::Event::Mesh(meshrtc::Event::DataReceived {
+        Event::Mesh(meshrtc::Event::DataReceived {
             peer,
             message: DataMessage::Text(t),
             ..
@@ -50,7 +50,7 @@ fn blocking_and_tokio_exchange_data_and_audio() {
     handle
         .send_data(&tok, DataMessage::Text("from blocking".into()))
         .unwrap();
-    rt.block_on(t_handle.send(&blk, DataMessage::Text("from tokio".into())))
+    rt.block_on(t_handle.send_data(&blk, DataMessage::Text("from tokio".into())))
         .unwrap();
     let got = wait_tokio(&rt, &mut t_events, "data from blk", |e| {
         tokio_text_from(e, &blk)
@@ -71,7 +71,12 @@ fn blocking_and_tokio_exchange_data_and_audio() {
         let mut tick = tokio::time::interval(std::time::Duration::from_millis(20));
         for _ in 0..150 {
             tick.tick().await;
-            if sender.send_audio(tone.next_samples(960)).await.is_err() {
+            let now = std::time::Instant::now();
+            if sender
+                .send_audio(now, tone.next_samples(960))
+                .await
+                .is_err()
+            {
                 break;
             }
         }
@@ -96,9 +101,12 @@ fn two_blocking_peers_audio_and_data_both_ways() {
     let (a_id, b_id) = (pid("ba"), pid("bb"));
 
     let a = join_blocking(&url, "duo", "ba");
-    let mut b_config = blocking_config(&url, "duo", "bb");
-    b_config.wait = WaitMode::Poll;
-    let b = Session::join(b_config).unwrap();
+    let b_config = blocking_config(&url, "duo", "bb");
+    let rt_config = RealtimeConfig {
+        wait: WaitMode::Poll,
+        ..RealtimeConfig::default()
+    };
+    let b = Session::join_with(b_config, rt_config).unwrap();
     assert_eq!(connected(&a.events, 1), vec![b_id.clone()]);
     assert_eq!(connected(&b.events, 1), vec![a_id.clone()]);
 
@@ -129,9 +137,10 @@ fn two_blocking_peers_audio_and_data_both_ways() {
 
     let stats = a.handle.stats().unwrap();
     assert!(stats.signaling_connected);
-    assert!(stats.rt.capture_pushed >= 50, "{:?}", stats.rt);
-    assert!(stats.rt.playout_pushed >= 50, "{:?}", stats.rt);
-    assert_eq!(stats.rt.playout_full, 0, "{:?}", stats.rt);
+    let rt_counts = a.handle.rt_counts();
+    assert!(rt_counts.capture_pushed >= 50, "{rt_counts:?}");
+    assert!(rt_counts.playout_pushed >= 50, "{rt_counts:?}");
+    assert_eq!(rt_counts.playout_full, 0, "{rt_counts:?}");
     assert!(stats.peers[&b_id].connected);
 
     drop(a_audio);

@@ -9,11 +9,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use meshrtc::codec::testsrc::Tone;
+use meshrtc::session::Backoff;
 use meshrtc::signal::{PeerId, RoomId};
 use meshrtc::CandidatePolicy;
 use meshrtc_blocking::{
-    AudioCapture, AudioPlayout, Backoff, Event, Events, PeerIndex, Session, SessionConfig,
-    MAX_AUDIO_PEERS, SLOT_SAMPLES,
+    AudioCapture, AudioPlayout, Event, Events, PeerIndex, Session, SessionConfig, MAX_AUDIO_PEERS,
+    SLOT_SAMPLES,
 };
 use meshrtc_tokio::SignalServer;
 
@@ -66,11 +67,12 @@ fn participant(id: &str) -> meshrtc::Config {
 /// A blocking-driver config for tests: loopback only, audio on, fast reconnects
 pub fn blocking_config(url: &str, room: &str, id: &str) -> SessionConfig {
     let mut c = SessionConfig::new(url, rid(room));
-    c.peer_id = Some(pid(id));
-    c.participant = participant(id);
-    c.reconnect = Backoff {
+    c.session.peer_id = Some(pid(id));
+    c.session.participant = participant(id);
+    c.session.reconnect = Backoff {
         initial: Duration::from_millis(50),
         max: Duration::from_millis(400),
+        jitter: 0.5,
     };
     c
 }
@@ -86,10 +88,10 @@ pub fn join_tokio(
     url: &str,
     room: &str,
     id: &str,
-) -> (meshrtc_tokio::SessionHandle, meshrtc_tokio::EventStream) {
-    let mut c = meshrtc_tokio::SessionConfig::new(url, rid(room));
-    c.peer_id = Some(pid(id));
-    c.participant = participant(id);
+) -> (meshrtc_tokio::SessionHandle, meshrtc_tokio::Events) {
+    let mut c = SessionConfig::new(url, rid(room));
+    c.session.peer_id = Some(pid(id));
+    c.session.participant = participant(id);
     rt.block_on(meshrtc_tokio::Session::join(c))
         .unwrap_or_else(|e| panic!("{id} could not join {room}: {e}"))
 }
@@ -127,9 +129,9 @@ pub fn connected(events: &Events, count: usize) -> Vec<PeerId> {
 /// Reads tokio-driver events until `pick` returns something; panics after [`LIMIT`]
 pub fn wait_tokio<T>(
     rt: &tokio::runtime::Runtime,
-    events: &mut meshrtc_tokio::EventStream,
+    events: &mut meshrtc_tokio::Events,
     what: &str,
-    mut pick: impl FnMut(&meshrtc_tokio::Event) -> Option<T>,
+    mut pick: impl FnMut(&Event) -> Option<T>,
 ) -> T {
     rt.block_on(async {
         let search = async {
@@ -149,15 +151,13 @@ pub fn wait_tokio<T>(
 /// Waits until `count` distinct peers connected, on a tokio session
 pub fn connected_tokio(
     rt: &tokio::runtime::Runtime,
-    events: &mut meshrtc_tokio::EventStream,
+    events: &mut meshrtc_tokio::Events,
     count: usize,
 ) -> Vec<PeerId> {
     let mut seen = Vec::new();
     while seen.len() < count {
         let peer = wait_tokio(rt, events, "PeerConnected", |e| match e {
-            meshrtc_tokio::Event::Mesh(meshrtc::Event::PeerConnected { peer, .. }) => {
-                Some(peer.clone())
-            }
+            Event::Mesh(meshrtc::Event::PeerConnected { peer, .. }) => Some(peer.clone()),
             _ => None,
         });
         if !seen.contains(&peer) {
@@ -274,8 +274,8 @@ pub struct Indices(pub BTreeMap<PeerId, PeerIndex>);
 
 impl Indices {
     pub fn note(&mut self, e: &Event) {
-        if let Event::AudioStreamStarted { peer, index } = e {
-            self.0.insert(peer.clone(), *index);
+        if let Event::AudioStreamStarted { peer, slot } = e {
+            self.0.insert(peer.clone(), PeerIndex(*slot as u8));
         }
     }
 
@@ -298,9 +298,9 @@ impl Indices {
 }
 
 /// Audible chunks of the tokio session's audio events, from `peer`
-pub fn tokio_audible(e: &meshrtc_tokio::Event, peer: &PeerId) -> bool {
+pub fn tokio_audible(e: &Event, peer: &PeerId) -> bool {
     match e {
-        meshrtc_tokio::Event::Mesh(meshrtc::Event::AudioPlayout { peer: p, chunk }) => {
+        Event::Mesh(meshrtc::Event::AudioPlayout { peer: p, chunk }) => {
             let peak = chunk
                 .samples
                 .iter()
@@ -316,7 +316,7 @@ pub fn tokio_audible(e: &meshrtc_tokio::Event, peer: &PeerId) -> bool {
 /// Reads tokio events until `n` audible chunks from `peer` arrived
 pub fn tokio_hears(
     rt: &tokio::runtime::Runtime,
-    events: &mut meshrtc_tokio::EventStream,
+    events: &mut meshrtc_tokio::Events,
     peer: &PeerId,
     n: u64,
 ) {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use meshrtc::signal::PeerId;
 use meshrtc::DataMessage;
 use meshrtc_tokio::echo::Echo;
-use meshrtc_tokio::{Event, EventStream, SessionHandle};
+use meshrtc_tokio::{Event, Events, SessionHandle};
 use tokio::sync::{mpsc, watch};
 
 use crate::util::*;
@@ -27,7 +27,7 @@ struct Seen {
 /// echoing for the others until `stop`
 async fn mesh_peer(
     handle: SessionHandle,
-    mut events: EventStream,
+    mut events: Events,
     tag: String,
     expect: usize,
     done: mpsc::UnboundedSender<PeerId>,
@@ -51,7 +51,7 @@ async fn mesh_peer(
             Event::Mesh(meshrtc::Event::PeerConnected { peer, .. }) => {
                 seen.connected.insert(peer.clone());
                 handle
-                    .send(peer, DataMessage::Text(hello(peer)))
+                    .send_data(peer, DataMessage::Text(hello(peer)))
                     .await
                     .unwrap();
             }
@@ -82,7 +82,7 @@ async fn mesh_peer(
         }
         if let Event::Mesh(event) = &event {
             for (peer, msg) in echo.handle_event(Instant::now(), event) {
-                handle.send(&peer, msg).await.unwrap();
+                handle.send_data(&peer, msg).await.unwrap();
             }
         }
     }

@@ -282,7 +282,7 @@ async fn garbage_and_floods_do_not_disturb_a_pair() {
         let limit = Duration::from_secs(15);
         assert_eq!(wait_for(&mut a_events, limit, connected).await, pid("bob"));
         assert_eq!(wait_for(&mut b_events, limit, connected).await, pid("alice"));
-        a.send(&pid("bob"), DataMessage::Text("still fine".into())).await.unwrap();
+        a.send_data(&pid("bob"), DataMessage::Text("still fine".into())).await.unwrap();
         let got = wait_for(&mut b_events, limit, |e| match e {
             meshrtc_tokio::Event::Mesh(meshrtc::Event::DataReceived { message, .. }) => {
                 Some(message.clone())

@@ -2,18 +2,17 @@
 
 use std::time::{Duration, Instant};
 
+use meshrtc::clock::{Clock, SharedClock};
+use meshrtc::session::JoinError;
 use meshrtc::signal::ErrorCode;
 use meshrtc::{DataMessage, LeaveReason};
-use meshrtc_tokio::{Clock, Error, Event, EventStream, Session, SessionHandle, SharedClock};
+use meshrtc_tokio::{Error, Event, Events, Session, SessionHandle};
 
 use crate::util::*;
 
 const LIMIT: Duration = Duration::from_secs(15);
 
-async fn pair(
-    url: &str,
-    room: &str,
-) -> ((SessionHandle, EventStream), (SessionHandle, EventStream)) {
+async fn pair(url: &str, room: &str) -> ((SessionHandle, Events), (SessionHandle, Events)) {
     let (a, mut a_events) = join(url, room, "alice").await;
     let (b, mut b_events) = join(url, room, "bob").await;
     assert_eq!(wait_for(&mut a_events, LIMIT, connected).await, pid("bob"));
@@ -40,7 +39,7 @@ fn left(e: &Event) -> Option<(meshrtc::signal::PeerId, LeaveReason)> {
     }
 }
 
-async fn stream_ends(events: &mut EventStream) {
+async fn stream_ends(events: &mut Events) {
     tokio::time::timeout(LIMIT, async { while events.recv().await.is_some() {} })
         .await
         .expect("the event stream ends when the session ends");
@@ -90,7 +89,7 @@ async fn losing_signaling_is_an_event_and_peers_keep_talking() {
             .await;
         }
         assert!(!a.stats().await.unwrap().signaling_connected);
-        a.send(&pid("bob"), DataMessage::Binary(vec![1, 2, 3]))
+        a.send_data(&pid("bob"), DataMessage::Binary(vec![1, 2, 3]))
             .await
             .unwrap();
         let (from, msg) = wait_for(&mut b_events, LIMIT, data_from).await;
@@ -119,7 +118,10 @@ async fn join_errors_are_typed() {
         let closed = format!("ws://{}/", free.local_addr().unwrap());
         drop(free);
         let err = Session::join(config(&closed, "r", "x")).await.unwrap_err();
-        assert!(matches!(err, Error::SignalConnect { .. }), "{err}");
+        assert!(
+            matches!(err, Error::Join(JoinError::Unreachable(_))),
+            "{err}"
+        );
 
         let mut c = config(&url, "r", "x");
         c.bind = "0.0.0.0:0".parse().unwrap();
@@ -128,7 +130,7 @@ async fn join_errors_are_typed() {
 
         let (_x, _x_events) = join(&url, "r", "x").await;
         let err = Session::join(config(&url, "r", "x")).await.unwrap_err();
-        let Error::Rejected(rpc) = &err else {
+        let Error::Join(JoinError::Rejected(rpc)) = &err else {
             panic!("expected a rejection, got {err}");
         };
         assert_eq!(rpc.error_code(), Some(ErrorCode::PeerIdTaken));
@@ -144,7 +146,7 @@ async fn unknown_peer_is_reported_not_fatal() {
     bounded(async {
         let server = server().await;
         let (a, mut a_events) = join(&server.url(), "r", "alice").await;
-        a.send(&pid("nobody"), DataMessage::Text("?".into()))
+        a.send_data(&pid("nobody"), DataMessage::Text("?".into()))
             .await
             .unwrap();
         let failed = wait_for(&mut a_events, LIMIT, |e| match e {
@@ -155,7 +157,7 @@ async fn unknown_peer_is_reported_not_fatal() {
         assert_eq!(failed, Some(pid("nobody")));
         assert!(a.stats().await.unwrap().peers.is_empty());
         let too_big = DataMessage::Binary(vec![0; meshrtc::MAX_DATA_MESSAGE + 1]);
-        assert!(a.send(&pid("nobody"), too_big).await.is_err());
+        assert!(a.send_data(&pid("nobody"), too_big).await.is_err());
         a.leave().await.unwrap();
     })
     .await;
@@ -168,7 +170,7 @@ async fn bulk(room: &str, count: usize, max_queued: usize, command_queue: usize)
     let server = server().await;
     let url = server.url();
     let mut config = config(&url, room, "alice");
-    config.participant.max_queued_messages = max_queued;
+    config.session.participant.max_queued_messages = max_queued;
     config.command_queue = command_queue;
     let (a, mut a_events) = Session::join(config).await.unwrap();
     let (b, mut b_events) = join(&url, room, "bob").await;
@@ -181,7 +183,7 @@ async fn bulk(room: &str, count: usize, max_queued: usize, command_queue: usize)
             for i in 0..count {
                 let mut payload = vec![(i % 251) as u8; 1024];
                 payload[..8].copy_from_slice(&(i as u64).to_be_bytes());
-                a.send(&pid("bob"), DataMessage::Binary(payload))
+                a.send_data(&pid("bob"), DataMessage::Binary(payload))
                     .await
                     .unwrap();
             }
@@ -238,7 +240,7 @@ async fn a_session_runs_on_any_clock() {
         let server = server().await;
         let url = server.url();
         let mut c = config(&url, "clock", "alice");
-        c.clock = SharedClock::new(Shifted);
+        c.clock = Some(SharedClock::new(Shifted));
         let (a, mut a_events) = Session::join(c).await.unwrap();
         let (b, mut b_events) = join(&url, "clock", "bob").await;
         assert_eq!(wait_for(&mut a_events, LIMIT, connected).await, pid("bob"));
@@ -246,7 +248,7 @@ async fn a_session_runs_on_any_clock() {
             wait_for(&mut b_events, LIMIT, connected).await,
             pid("alice")
         );
-        b.send(&pid("alice"), DataMessage::Text("tick".into()))
+        b.send_data(&pid("alice"), DataMessage::Text("tick".into()))
             .await
             .unwrap();
         let (_, msg) = wait_for(&mut a_events, LIMIT, data_from).await;

@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use meshrtc::signal::{PeerId, RoomId};
 use meshrtc::CandidatePolicy;
 use meshrtc_tokio::{
-    Event, EventStream, Session, SessionConfig, SessionHandle, SignalServer, SignalServerConfig,
+    Event, Events, Session, SessionConfig, SessionHandle, SignalServer, SignalServerConfig,
 };
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
@@ -50,15 +50,15 @@ pub fn rid(s: &str) -> RoomId {
 /// A session config for tests: loopback only, seeded from the peer id
 pub fn config(url: &str, room: &str, id: &str) -> SessionConfig {
     let mut c = SessionConfig::new(url, rid(room));
-    c.peer_id = Some(pid(id));
-    c.participant.seed = id
+    c.session.peer_id = Some(pid(id));
+    c.session.participant.seed = id
         .bytes()
         .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
-    c.participant.candidate_policy = CandidatePolicy::LoopbackOnly;
+    c.session.participant.candidate_policy = CandidatePolicy::LoopbackOnly;
     c
 }
 
-pub async fn join(url: &str, room: &str, id: &str) -> (SessionHandle, EventStream) {
+pub async fn join(url: &str, room: &str, id: &str) -> (SessionHandle, Events) {
     Session::join(config(url, room, id))
         .await
         .unwrap_or_else(|e| panic!("{id} could not join {room}: {e}"))
@@ -66,7 +66,7 @@ pub async fn join(url: &str, room: &str, id: &str) -> (SessionHandle, EventStrea
 
 /// Reads events until `pick` returns something; panics after `limit`
 pub async fn wait_for<T>(
-    events: &mut EventStream,
+    events: &mut Events,
     limit: Duration,
     mut pick: impl FnMut(&Event) -> Option<T>,
 ) -> T {

@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 
 use meshrtc::codec::testsrc::{TestPattern, Tone};
 use meshrtc::codec::{VideoCodec, VideoEncoderConfig};
-use meshrtc::echo::{Echo, StatsFile, PING_INTERVAL};
 use meshrtc::signal::{Capabilities, PeerId, RoomId};
 use meshrtc::CandidatePolicy;
 use meshrtc_blocking::{Event, Session, SessionConfig};
+use meshrtc_tokio::echo::{Echo, StatsFile, PING_INTERVAL};
 use serde_json::Value;
 
 /// The simulated audio callback's period
@@ -55,19 +55,19 @@ impl BlockingPeer {
         let room_id = RoomId::new(room).map_err(|e| format!("room {room}: {e}"))?;
         let peer_id = PeerId::new(id).map_err(|e| format!("peer id {id}: {e}"))?;
         let mut config = SessionConfig::new(signal_url, room_id.clone());
-        config.peer_id = Some(peer_id.clone());
-        config.participant.seed = 0x5eed_b10c;
-        config.participant.candidate_policy = CandidatePolicy::LoopbackOnly;
-        config.participant.capabilities = Capabilities {
+        config.session.peer_id = Some(peer_id.clone());
+        config.session.participant.seed = 0x5eed_b10c;
+        config.session.participant.candidate_policy = CandidatePolicy::LoopbackOnly;
+        config.session.participant.capabilities = Capabilities {
             audio: true,
             video: true,
             data: true,
         };
-        config.participant.media.video_codecs = vec![media.codec];
+        config.session.participant.media.video_codecs = vec![media.codec];
         let mut video = VideoEncoderConfig::new(media.codec, media.width, media.height);
         video.fps = media.fps;
         video.bitrate_bps = 500_000;
-        config.participant.media.video = video;
+        config.session.participant.media.video = video;
         let session = Session::join(config).map_err(|e| format!("blocking {id}: join: {e}"))?;
 
         let stop = Arc::new(AtomicBool::new(false));

@@ -113,15 +113,13 @@ fn two_peers_connect_and_talk_under_1000_ppm_drift() {
     sim.run_for(Duration::from_secs(60));
     for (h, peer) in [(hosts[0], "b"), (hosts[1], "a")] {
         let got = sim
-            .events(h)
-            .iter()
+            .mesh_events(h)
             .filter(|(_, e)| matches!(e, Event::DataReceived { .. }))
             .count();
         assert_eq!(got, 20);
         assert!(sim.participant(h).is_connected(&pid(peer)));
         assert!(!sim
-            .events(h)
-            .iter()
+            .mesh_events(h)
             .any(|(_, e)| matches!(e, Event::PeerFailed { .. } | Event::PeerLeft { .. })));
     }
 }

@@ -9,6 +9,7 @@ mod impairments;
 mod measures;
 mod media;
 mod playout;
+mod recovery;
 mod scenarios;
 mod throughput;
 mod timeline;

@@ -47,7 +47,7 @@ fn bulk(latency: Duration, bits_per_sec: u64, secs: u32, message: usize) -> f64 
         }
         sim.run_for(Duration::from_millis(1));
         for (at, e) in sim.take_events(b) {
-            if let Event::DataReceived { message, .. } = e {
+            if let meshrtc::session::Event::Mesh(Event::DataReceived { message, .. }) = e {
                 if at >= half {
                     bytes += message.len();
                 }

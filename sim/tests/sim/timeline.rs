@@ -84,8 +84,7 @@ fn a_10s_outage_stops_traffic_which_then_arrives_late_and_complete() {
     for (x, y) in [(a, b), (b, a)] {
         assert!(sim.link_stats(x, y).outage_dropped > 0);
         assert!(!sim
-            .events(x)
-            .iter()
+            .mesh_events(x)
             .any(|(_, e)| matches!(e, Event::PeerFailed { .. })));
         assert!(sim
             .participant(x)
@@ -222,7 +221,7 @@ fn a_cut_off_host_joins_only_once_reconnected() {
     let announced = sim
         .events(hosts[2])
         .iter()
-        .find(|(_, e)| matches!(e, Event::Announced { .. }))
+        .find(|(_, e)| matches!(e, meshrtc::session::Event::Joined { .. }))
         .unwrap()
         .0;
     assert!(announced >= Duration::from_secs(3));
@@ -273,8 +272,7 @@ fn peers_join_late_leave_and_rejoin() {
     let sim = &out.sim;
     let p0 = meshrtc_sim::HostId(0);
     let connects: Vec<Duration> = sim
-        .events(p0)
-        .iter()
+        .mesh_events(p0)
         .filter_map(|(t, e)| match e {
             Event::PeerConnected { peer, .. } if peer.as_str() == "late" => Some(*t),
             _ => None,
@@ -284,12 +282,11 @@ fn peers_join_late_leave_and_rejoin() {
     assert!(connects[0] > Duration::from_secs(2) && connects[0] < Duration::from_secs(3));
     assert!(connects[1] > Duration::from_secs(8) && connects[1] < Duration::from_secs(9));
     let left = sim
-        .events(p0)
-        .iter()
+        .mesh_events(p0)
         .filter(|(t, e)| {
             matches!(e, Event::PeerLeft { peer, .. } if peer.as_str() == "late")
-                && *t > Duration::from_secs(5)
-                && *t < Duration::from_secs(6)
+                && **t > Duration::from_secs(5)
+                && **t < Duration::from_secs(6)
         })
         .count();
     assert_eq!(left, 1);

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use meshrtc::signal::{Notification, ServerFrame};
-use meshrtc::{DataMessage, Error, Event};
+use meshrtc::{DataMessage, Event, InputError};
 
 use crate::util::*;
 
@@ -28,7 +28,6 @@ fn garbage_datagrams_are_dropped_and_counted() {
     await_full_mesh(&mut sim, &hosts, Duration::from_secs(5));
     let p1 = sim.addr(hosts[1]);
     let mut rng = 0x1234_5678_u64;
-    let mut malformed = 0;
     for len in 0..300usize {
         let bytes: Vec<u8> = (0..len)
             .map(|_| {
@@ -38,20 +37,13 @@ fn garbage_datagrams_are_dropped_and_counted() {
                 rng as u8
             })
             .collect();
-        // From the real peer's address: the datagram reaches its Rtc or is rejected.
-        match sim.inject_datagram(hosts[0], p1, &bytes) {
-            Err(Error::MalformedDatagram { .. }) => malformed += 1,
-            Err(e) => assert!(e.is_remote_fault(), "{e}"),
-            Ok(()) => {}
-        }
+        // From the real peer's address: the datagram reaches its Rtc or is dropped and
+        // counted; either way it is no error of anyone's but the sender's, and no peer fails.
+        let res = sim.inject_datagram(hosts[0], p1, &bytes);
+        assert!(res.is_ok(), "{res:?}");
     }
-    assert!(malformed > 100);
-    assert_eq!(
-        sim.participant(hosts[0])
-            .drop_counters()
-            .malformed_datagrams,
-        malformed
-    );
+    let drops = sim.participant(hosts[0]).drop_counters();
+    assert!(drops.malformed_datagrams > 100, "{drops:?}");
     still_works(&mut sim, &hosts, "after-garbage");
 }
 
@@ -66,23 +58,25 @@ fn datagram_from_unknown_address_is_dropped_and_counted() {
     dtls.extend_from_slice(&[1; 16]);
     let mut rtp = vec![0x80, 96, 0, 1, 0, 0, 0, 1, 0, 0, 0, 9];
     rtp.extend_from_slice(&[0; 20]);
+    let before = sim.participant(hosts[0]).drop_counters();
     for bytes in [&dtls, &rtp] {
-        let err = sim.inject_datagram(hosts[0], stranger, bytes).unwrap_err();
-        assert!(
-            matches!(err, Error::UnroutableDatagram(a) if a == stranger),
-            "{err}"
-        );
+        sim.inject_datagram(hosts[0], stranger, bytes).unwrap();
     }
-    // A STUN request without integrity from a stranger is rejected too.
+    let after = sim.participant(hosts[0]).drop_counters();
+    assert_eq!(
+        after.unroutable_datagrams - before.unroutable_datagrams,
+        2,
+        "{after:?}"
+    );
+    // A STUN request without integrity from a stranger is dropped too.
     let mut stun = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42];
     stun.extend_from_slice(&[7; 12]);
-    let err = sim.inject_datagram(hosts[0], stranger, &stun).unwrap_err();
-    assert!(err.is_remote_fault(), "{err}");
-    assert!(
-        sim.participant(hosts[0])
-            .drop_counters()
-            .unroutable_datagrams
-            == 2
+    sim.inject_datagram(hosts[0], stranger, &stun).unwrap();
+    let last = sim.participant(hosts[0]).drop_counters();
+    assert_eq!(
+        last.unroutable_datagrams + last.malformed_datagrams,
+        after.unroutable_datagrams + after.malformed_datagrams + 1,
+        "{last:?}"
     );
     still_works(&mut sim, &hosts, "after-stranger");
 }
@@ -102,14 +96,17 @@ fn malformed_sdp_in_an_offer_fails_only_that_peer() {
             from: pid("evil"),
             sdp: sdp.into(),
         });
+        // The first fails the peer; the later ones name a peer that is gone.
         let err = sim.inject_signal(hosts[0], offer).unwrap_err();
-        assert!(err.is_remote_fault(), "{err}");
+        assert!(
+            matches!(err, InputError::BadSdp { .. } | InputError::UnknownPeer(_)),
+            "{err}"
+        );
     }
     assert!(sim.participant(hosts[0]).drop_counters().bad_signals >= 1);
     assert_eq!(sim.participant(hosts[0]).live_rtc_count(), 1);
     assert!(sim
-        .events(hosts[0])
-        .iter()
+        .mesh_events(hosts[0])
         .any(|(_, e)| matches!(e, Event::PeerFailed { peer, .. } if peer.as_str() == "evil")));
     still_works(&mut sim, &hosts, "after-bad-sdp");
 }
@@ -136,13 +133,13 @@ fn candidate_for_unknown_peer_and_bad_candidates_are_rejected() {
         )
         .unwrap_err();
     assert!(
-        matches!(err, Error::UnknownPeer(ref p) if p.as_str() == "ghost"),
+        matches!(err, InputError::UnknownPeer(ref p) if p.as_str() == "ghost"),
         "{err}"
     );
     let err = sim
         .inject_signal(hosts[0], cand("p1", "candidate:garbage"))
         .unwrap_err();
-    assert!(matches!(err, Error::BadCandidate { .. }), "{err}");
+    assert!(matches!(err, InputError::BadCandidate { .. }), "{err}");
     // A non-loopback candidate is filtered by the test policy, not an error.
     sim.inject_signal(
         hosts[0],

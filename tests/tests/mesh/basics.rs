@@ -14,7 +14,7 @@ fn two_peers_connect_and_exchange_data_both_ways() {
 
     // Connect time is reported and plausible: a few signaling and link round trips.
     for &h in &hosts {
-        let ct = sim.events(h).iter().find_map(|(_, e)| match e {
+        let ct = sim.mesh_events(h).find_map(|(_, e)| match e {
             Event::PeerConnected { connect_time, .. } => Some(*connect_time),
             _ => None,
         });
@@ -49,8 +49,7 @@ fn two_peers_connect_and_exchange_data_both_ways() {
         vec![(pid("p0"), "hello from p0".to_string())]
     );
     let bin: Vec<_> = sim
-        .events(hosts[0])
-        .iter()
+        .mesh_events(hosts[0])
         .filter_map(|(_, e)| match e {
             Event::DataReceived {
                 peer,
@@ -147,8 +146,7 @@ fn leaving_peer_is_dropped_by_the_others() {
     sim.run_for(Duration::from_secs(1));
     for &h in &hosts[..2] {
         let left: Vec<_> = sim
-            .events(h)
-            .iter()
+            .mesh_events(h)
             .filter_map(|(_, e)| match e {
                 Event::PeerLeft { peer, reason } => Some((peer.clone(), *reason)),
                 _ => None,
@@ -159,7 +157,7 @@ fn leaving_peer_is_dropped_by_the_others() {
         assert_eq!(sim.participant(h).live_rtc_count(), 1);
     }
     assert_eq!(sim.participant(hosts[2]).live_rtc_count(), 0);
-    assert!(sim.events(hosts[2]).iter().any(|(_, e)| matches!(
+    assert!(sim.mesh_events(hosts[2]).any(|(_, e)| matches!(
         e,
         Event::PeerLeft {
             reason: LeaveReason::LocalLeave,

@@ -58,8 +58,7 @@ pub fn await_full_mesh(sim: &mut Sim, hosts: &[HostId], limit: Duration) -> Dura
 
 /// Data messages `host` received, as (from, text)
 pub fn received_texts(sim: &Sim, host: HostId) -> Vec<(PeerId, String)> {
-    sim.events(host)
-        .iter()
+    sim.mesh_events(host)
         .filter_map(|(_, e)| match e {
             Event::DataReceived {
                 peer,

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use meshrtc::codec::testsrc::{TestPattern, Tone};
 use meshrtc::codec::VideoCodec;
+use meshrtc::session::Event::Mesh;
 use meshrtc::signal::{Capabilities, PeerId};
 use meshrtc::{CandidatePolicy, Config, Event, PeerStats};
 use meshrtc_sim::{Clock, HostId, HostOptions, Jitter, LinkConfig, Sim, SimConfig};
@@ -138,7 +139,7 @@ impl Call {
             .events(self.b)
             .iter()
             .filter_map(|(at, e)| match e {
-                Event::AudioPlayout { chunk, .. } if !chunk.concealed => {
+                Mesh(Event::AudioPlayout { chunk, .. }) if !chunk.concealed => {
                     let k = (chunk.media_ticks / 960) as usize;
                     let within = (chunk.media_ticks % 960) as f64 / 48_000.0;
                     let sent = *self.audio_sent.get(k)? + Duration::from_secs_f64(within);
@@ -155,7 +156,7 @@ impl Call {
             .events(self.b)
             .iter()
             .filter_map(|(at, e)| match e {
-                Event::VideoFrame { media_ticks, .. } => {
+                Mesh(Event::VideoFrame { media_ticks, .. }) => {
                     let sent = self.video_sent.get(media_ticks)?;
                     at.checked_sub(*sent)
                 }

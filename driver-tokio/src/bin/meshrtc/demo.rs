@@ -11,8 +11,8 @@ use meshrtc_tokio::echo::{self, RemoteReport};
 use meshrtc_tokio::{Session, SessionConfig, SignalServer, SignalServerConfig};
 use tokio::sync::watch;
 
-use meshrtc::codec::testsrc::TestSources;
 use meshrtc::codec::{VideoCodec, VideoEncoderConfig};
+use meshrtc::session::TestMedia;
 use meshrtc::signal::Capabilities;
 use meshrtc::PeerStats;
 
@@ -85,10 +85,10 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), String> {
     let started = Instant::now();
     let joins = ids.iter().enumerate().map(|(i, id)| {
         let mut config = SessionConfig::new(server.url(), room.clone());
-        config.peer_id = Some(id.clone());
-        config.participant.seed = i as u64 + 1;
-        config.participant.candidate_policy = CandidatePolicy::LoopbackOnly;
-        config.participant.capabilities = Capabilities {
+        config.session.peer_id = Some(id.clone());
+        config.session.participant.seed = i as u64 + 1;
+        config.session.participant.candidate_policy = CandidatePolicy::LoopbackOnly;
+        config.session.participant.capabilities = Capabilities {
             audio: true,
             video: args.video,
             data: true,
@@ -97,8 +97,11 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), String> {
         let mut video = VideoEncoderConfig::new(VideoCodec::H264, w, h);
         video.fps = fps;
         video.bitrate_bps = crate::peer::bitrate_for(w, h, fps);
-        config.participant.media.video = video;
-        config.test_sources = Some(TestSources::new(1, args.video.then_some(video_size)));
+        config.session.participant.media.video = video;
+        config.session.test_media = Some(TestMedia {
+            audio: true,
+            video: args.video.then_some(video_size),
+        });
         Session::join(config)
     });
     let mut sessions = Vec::with_capacity(n);

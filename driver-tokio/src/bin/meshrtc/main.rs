@@ -139,7 +139,7 @@ enum DataMode {
 }
 
 fn parse_signal_url(s: &str) -> Result<String, String> {
-    meshrtc_tokio::parse_url(s)
+    meshrtc_tokio::SignalUrl::parse(s)
         .map(|_| s.to_string())
         .map_err(|e| e.to_string())
 }

@@ -5,12 +5,12 @@ use std::fs::File;
 use std::io::Write;
 use std::time::Instant;
 
-use meshrtc::codec::testsrc::TestSources;
 use meshrtc::codec::VideoEncoderConfig;
+use meshrtc::session::TestMedia;
 use meshrtc::signal::{Capabilities, PeerId};
 use meshrtc::{CandidatePolicy, PeerStats};
 use meshrtc_tokio::echo::{self, Echo, RemoteReport, StatsFile};
-use meshrtc_tokio::{EventStream, Session, SessionConfig, SessionHandle};
+use meshrtc_tokio::{Events, Session, SessionConfig, SessionHandle};
 
 use crate::{millis, AudioMode, DataMode, PeerArgs, VideoCodec, VideoMode};
 
@@ -34,27 +34,27 @@ pub(crate) async fn run(args: PeerArgs) -> Result<(), String> {
     };
     let codec = codecs[0];
     let mut config = SessionConfig::new(args.signal.clone(), args.room.clone());
-    config.peer_id = args.id.clone();
+    config.session.peer_id = args.id.clone();
     config.bind = args.bind;
-    config.participant.seed = args.seed.unwrap_or_else(|| fastrand::u64(..));
+    config.session.participant.seed = args.seed.unwrap_or_else(|| fastrand::u64(..));
     // We can always receive and play audio and video; we send what the flags say.
-    config.participant.capabilities = Capabilities {
+    config.session.participant.capabilities = Capabilities {
         audio: true,
         video: true,
         data,
     };
-    config.participant.media.video_codecs = codecs;
+    config.session.participant.media.video_codecs = codecs;
     let mut video = VideoEncoderConfig::new(codec, args.width, args.height);
     video.fps = args.fps;
     video.bitrate_bps = bitrate_for(args.width, args.height, args.fps);
-    config.participant.media.video = video;
-    config.test_sources = Some(TestSources::new(
-        u16::from(send_audio),
-        send_video.then_some((args.width, args.height, args.fps)),
-    ));
+    config.session.participant.media.video = video;
+    config.session.test_media = Some(TestMedia {
+        audio: send_audio,
+        video: send_video.then_some((args.width, args.height, args.fps)),
+    });
     if args.bind.ip().is_loopback() {
         // A loopback socket cannot reach any other address.
-        config.participant.candidate_policy = CandidatePolicy::LoopbackOnly;
+        config.session.participant.candidate_policy = CandidatePolicy::LoopbackOnly;
     }
     let (handle, mut events) = Session::join(config).await.map_err(|e| e.to_string())?;
     println!(
@@ -103,7 +103,7 @@ pub(crate) async fn run(args: PeerArgs) -> Result<(), String> {
 /// `--data none`: only watch peers come and go
 async fn observe(
     handle: &SessionHandle,
-    events: &mut EventStream,
+    events: &mut Events,
     stop: impl std::future::Future<Output = ()>,
 ) -> BTreeMap<PeerId, RemoteReport> {
     let mut echo = Echo::new(handle.peer_id().clone());

@@ -1,0 +1,254 @@
+//! What meshrtc's drivers share beyond the sans-IO core
+//!
+//! The core ([`meshrtc::session::Session`]) makes every protocol decision; a driver waits and
+//! does IO. The two drivers (`meshrtc-tokio`, `meshrtc-blocking`) wait differently but set
+//! up the same things, so that part lives here once: the session configuration both take,
+//! binding the UDP socket, checking the signaling URL, and the error type both return.
+#![deny(missing_docs)]
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::time::Duration;
+
+use meshrtc::clock::SharedClock;
+use meshrtc::session::JoinError;
+use meshrtc::signal::RoomId;
+use meshrtc::CommandError;
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Default size of a UDP socket's kernel receive and send buffers
+///
+/// Linux's default (208 KiB) overflows on loopback when a data channel sends at full rate,
+/// and every drop stalls SCTP for a retransmission timeout.
+pub const DEFAULT_SOCKET_BUFFER: usize = 4 * 1024 * 1024;
+
+/// Default number of application commands queued between a handle and its driver
+///
+/// When the queue is full, sending waits: that is the back-pressure an application sees
+/// when a peer's channel cannot keep up.
+pub const DEFAULT_COMMAND_QUEUE: usize = 1024;
+
+/// How a driver's session is set up
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// The signaling server, `ws://host:port/`
+    pub signal_url: String,
+    /// Where the UDP socket binds; its address is the local host candidate (default
+    /// `127.0.0.1:0`). It must be a specific unicast address.
+    pub bind: SocketAddr,
+    /// Kernel receive and send buffer size of the UDP socket
+    pub socket_buffer: usize,
+    /// Application commands queued between the handle and the driver
+    pub command_queue: usize,
+    /// Where the driver reads the time; `None` is the driver's own clock (tokio's, which
+    /// tests can pause, or the operating system's)
+    pub clock: Option<SharedClock>,
+    /// The sans-IO session: room, peer id, participant configuration, timeouts, reconnect
+    /// backoff, event bound, test media
+    pub session: meshrtc::session::SessionConfig,
+}
+
+impl SessionConfig {
+    /// A configuration with defaults for everything but the server and the room
+    pub fn new(signal_url: impl Into<String>, room: RoomId) -> Self {
+        Self {
+            signal_url: signal_url.into(),
+            bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+            socket_buffer: DEFAULT_SOCKET_BUFFER,
+            command_queue: DEFAULT_COMMAND_QUEUE,
+            clock: None,
+            session: meshrtc::session::SessionConfig::new(room),
+        }
+    }
+
+    /// Checks what can be checked before any IO: the URL and the bind address
+    pub fn check(&self) -> Result<()> {
+        SignalUrl::parse(&self.signal_url)?;
+        let ip = self.bind.ip();
+        if ip.is_unspecified() || ip.is_multicast() {
+            return Err(Error::BadBindAddress(self.bind));
+        }
+        Ok(())
+    }
+
+    /// A name for the driver's threads: the peer id, or "peer"
+    pub fn thread_name(&self, prefix: &str) -> String {
+        let peer = self.session.peer_id.as_ref().map_or("peer", |p| p.as_str());
+        // Thread names show in `top -H` and /proc (15 bytes at most there).
+        let mut name = format!("{prefix}-{peer}");
+        let mut end = name.len().min(15);
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        name.truncate(end);
+        name
+    }
+}
+
+/// A checked `ws://host:port/path` signaling URL
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignalUrl {
+    /// The host, without brackets for IPv6
+    pub host: String,
+    /// The port (80 when the URL has none)
+    pub port: u16,
+}
+
+impl SignalUrl {
+    /// Checks that `url` is a `ws://` URL with a host
+    pub fn parse(url: &str) -> Result<Self> {
+        let bad = |reason: &str| Error::BadUrl {
+            url: url.to_string(),
+            reason: reason.to_string(),
+        };
+        let uri: http::Uri = url.parse().map_err(|_| bad("not a valid URL"))?;
+        match uri.scheme_str() {
+            Some("ws") => {}
+            Some("wss") => return Err(bad("wss:// is not supported; use ws://")),
+            Some(_) => return Err(bad("the scheme must be ws://")),
+            None => return Err(bad("missing ws:// scheme")),
+        }
+        let host = uri
+            .host()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| bad("missing host"))?;
+        Ok(Self {
+            host: host.trim_start_matches('[').trim_end_matches(']').into(),
+            port: uri.port_u16().unwrap_or(80),
+        })
+    }
+}
+
+/// Binds a UDP socket on `addr` with kernel buffers of `buffer` bytes each way
+///
+/// An IPv6 socket is IPv6 only (its address is the candidate; a dual-stack socket would
+/// receive IPv4 traffic under mapped addresses). Kernel limits (`net.core.rmem_max`) may
+/// give smaller buffers; that is logged, not an error. The socket is blocking.
+pub fn bind_udp(addr: SocketAddr, buffer: usize) -> Result<UdpSocket> {
+    let err = |source| Error::Bind { addr, source };
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true).map_err(err)?;
+    }
+    for (what, set, get) in [
+        (
+            "receive",
+            Socket::set_recv_buffer_size as fn(&Socket, usize) -> io::Result<()>,
+            Socket::recv_buffer_size as fn(&Socket) -> io::Result<usize>,
+        ),
+        (
+            "send",
+            Socket::set_send_buffer_size,
+            Socket::send_buffer_size,
+        ),
+    ] {
+        if let Err(e) = set(&socket, buffer) {
+            tracing::warn!(%e, what, "cannot size udp socket buffer");
+        }
+        let got = get(&socket).unwrap_or(0);
+        if got < buffer {
+            // Info, not warn: the kernel's limit is the administrator's choice.
+            tracing::info!(
+                what,
+                got,
+                wanted = buffer,
+                "udp buffer smaller than asked (see net.core.rmem_max/wmem_max)"
+            );
+        }
+    }
+    socket.bind(&addr.into()).map_err(err)?;
+    Ok(socket.into())
+}
+
+/// What a driver returns when a session cannot start or a command cannot be given
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    // ---- the configuration ----
+    /// The signaling URL is not a `ws://` URL with a host
+    #[error("bad signaling url {url:?}: {reason}")]
+    BadUrl {
+        /// The URL given
+        url: String,
+        /// What is wrong with it
+        reason: String,
+    },
+    /// The bind address cannot be a host candidate
+    #[error("bind address {0} cannot be a host candidate: give a specific unicast address")]
+    BadBindAddress(SocketAddr),
+
+    // ---- the network or the server ----
+    /// Joining failed (server unreachable, refused, signaling lost, timed out)
+    #[error(transparent)]
+    Join(#[from] JoinError),
+
+    // ---- local resources ----
+    /// The UDP socket could not be bound
+    #[error("cannot bind udp socket on {addr}: {source}")]
+    Bind {
+        /// The address
+        addr: SocketAddr,
+        /// The operating system's error
+        source: io::Error,
+    },
+    /// A driver thread could not be started
+    #[error("cannot start a driver thread: {0}")]
+    Spawn(io::Error),
+
+    // ---- the caller ----
+    /// The session has ended (left, or its driver stopped)
+    #[error("the session has ended")]
+    SessionEnded,
+    /// The core refused a command
+    #[error(transparent)]
+    Command(#[from] CommandError),
+}
+
+/// The drivers' result type
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How long a driver waits for the join beyond the session's own join timeout, for its
+/// threads to start and report
+pub const JOIN_GRACE: Duration = Duration::from_secs(1);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signal_urls_are_checked() {
+        let u = SignalUrl::parse("ws://127.0.0.1:8787/").unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("127.0.0.1", 8787));
+        let u = SignalUrl::parse("ws://[::1]:9/rpc").unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("::1", 9));
+        assert_eq!(SignalUrl::parse("ws://example.org").unwrap().port, 80);
+        for bad in ["wss://a:1/", "http://a:1/", "a:1", "ws:///x", "not a url"] {
+            assert!(
+                matches!(SignalUrl::parse(bad), Err(Error::BadUrl { .. })),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn unspecified_bind_addresses_are_refused() {
+        let room = RoomId::new("r").unwrap();
+        let mut c = SessionConfig::new("ws://127.0.0.1:1/", room);
+        c.bind = "0.0.0.0:0".parse().unwrap();
+        assert!(matches!(c.check(), Err(Error::BadBindAddress(_))));
+    }
+
+    #[test]
+    fn bound_sockets_get_their_buffers() {
+        let s = bind_udp("127.0.0.1:0".parse().unwrap(), 1 << 20).unwrap();
+        assert!(s.local_addr().unwrap().port() != 0);
+    }
+
+    #[test]
+    fn thread_names_fit_the_kernel_limit() {
+        let mut c = SessionConfig::new("ws://127.0.0.1:1/", RoomId::new("r").unwrap());
+        c.session.peer_id = Some(meshrtc::signal::PeerId::new("a-very-long-peer-name").unwrap());
+        assert_eq!(c.thread_name("mrb-core"), "mrb-core-a-very");
+    }
+}
