@@ -797,6 +797,12 @@ impl Peer {
         }
     }
 
+    /// Whether the peer's connection or media has something due at `now` (the timeout its
+    /// `Rtc` asked for, or a playout); recovery and health deadlines are not counted
+    pub(crate) fn io_due(&self, now: Instant) -> bool {
+        self.next_timeout <= now || self.media.poll_timeout().is_some_and(|t| t <= now)
+    }
+
     /// The next instant this peer needs a timeout; its recovery counts only while
     /// `signaling` is up (without it nothing can be done)
     pub(crate) fn next_timeout(

@@ -1,14 +1,21 @@
-//! Figures for meshrtc: connect times, data-channel throughput, memory
+//! Figures for meshrtc: connect times, data-channel throughput, the media path, a 10-peer
+//! mesh with media, the simulator's speed, memory
 //!
 //! Not a timed test: run it with `cargo bench -p meshrtc-benches --bench figures
-//! [section...]` (sections: `connect`, `throughput`, `memory`; none means all) and read the
-//! printed table. Everything runs on loopback (127.0.0.1) in this process.
+//! [section...] [--rounds N]` (sections: `connect`, `throughput`, `media`, `sim`, `mesh`,
+//! `memory`; none means all) and read the printed table. Everything runs on loopback
+//! (127.0.0.1) or in memory in this process.
 //!
 //! * connect time of a pair (p50/p95 over 20 runs) and of a full 10-peer mesh
 //! * data-channel throughput between two peers, 1 KiB and 16 KiB messages: meshrtc over
 //!   loopback UDP, two raw str0m `Rtc`s wired together in memory (the protocol's ceiling on
 //!   this machine) and, with `--features webrtc-rs`, two webrtc-rs peers over loopback UDP;
 //!   with the ratios meshrtc/str0m and meshrtc/webrtc-rs
+//! * the media path: datagrams per second through two `Participant`s against two raw str0m
+//!   `Rtc`s, the same pre-encoded frames, in memory ([`media`])
+//! * a 10-peer mesh with Opus and 360p30 VP8: CPU against the codec work alone, memory per
+//!   remote peer, 720p30 H.264 encode cost; the simulator with real and synthetic codecs
+//!   ([`mesh`])
 //! * memory per idle remote peer (resident set growth per `Rtc`)
 
 use std::collections::BTreeSet;
@@ -19,6 +26,8 @@ use meshrtc::signal::{PeerId, RoomId};
 use meshrtc::{CandidatePolicy, DataMessage};
 use meshrtc_tokio::{Event, Events, Session, SessionConfig, SessionHandle, SignalServer};
 
+mod media;
+mod mesh;
 #[cfg(feature = "webrtc-rs")]
 mod webrtc_rs;
 
@@ -32,6 +41,20 @@ fn main() {
         .filter(|a| !a.starts_with("--") && a.parse::<usize>().is_err())
         .collect();
     let wants = |section: &str| picked.is_empty() || picked.iter().any(|p| p == section);
+    // In-memory and virtual-time sections: no runtime, no sockets.
+    if wants("media") {
+        media::media(rounds());
+    }
+    if wants("sim") {
+        mesh::sim_speed(rounds().min(3));
+    }
+    if wants("mesh") {
+        mesh::mesh(rounds().min(3));
+    }
+    let network = ["connect", "throughput", "memory"];
+    if !picked.is_empty() && !network.iter().any(|s| wants(s)) {
+        return;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
