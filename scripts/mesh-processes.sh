@@ -18,7 +18,11 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 bin=$root/target/release/meshrtc
 [[ -x $bin ]] || { echo "build it first: cargo build --release -p meshrtc-tokio --bin meshrtc" >&2; exit 1; }
 out=$(mktemp -d)
-trap 'kill $server 2>/dev/null || true; rm -rf "$out"' EXIT
+server=
+# KEEP=1 keeps the peers' logs and stats.
+if [[ -n ${KEEP:-} ]]; then echo "logs in $out" >&2; fi
+trap 'if [[ -n $server ]]; then kill "$server" 2>/dev/null || true; fi; if [[ -z ${KEEP:-} ]]; then rm -rf "$out"; fi' EXIT
+: >"$out/signal.log"
 
 "$bin" signal --listen 127.0.0.1:0 >"$out/signal.log" 2>&1 &
 server=$!
