@@ -81,16 +81,16 @@ fn connect_time_p50_over_10_runs() {
 /// file's `jitter_buffer_ms`, and `concealed_ms` over the audio played) and both RTTs.
 ///
 /// Impair the path first, in a network namespace of its own so that nothing else on the
-/// machine is affected, with netem (which reorders: each packet's delay is independent). The
-/// delay shapes of the simulator's `jitter-exponential.toml` and `jitter-pareto.toml` are
-/// netem distribution tables made by `scripts/netem-dist.py` (see its header):
+/// machine is affected, with `scripts/jitter-queue.py` (an NFQUEUE relay that delays each UDP
+/// packet independently, so packets reorder, with the simulator's jitter shapes; see its
+/// header):
 ///
 /// ```text
-/// python3 scripts/netem-dist.py /tmp/tc
 /// unshare -n sh -c 'ip link set lo up &&
-///   TC_LIB_DIR=/tmp/tc tc qdisc add dev lo root netem delay 20ms 60ms distribution exp20 &&
-///   JITTER_LABEL="20 ms + exponential 20 ms" cargo test --release -p meshrtc-interop \
-///     --test chromium -- --ignored playout_side_by_side --nocapture'
+///   iptables -A OUTPUT -o lo -p udp -j NFQUEUE --queue-num 7 &&
+///   (python3 scripts/jitter-queue.py --queue 7 --latency 20 exponential:20 &) &&
+///   sleep 1 && JITTER_LABEL="20 ms + exponential 20 ms" cargo test --release \
+///     -p meshrtc-interop --test chromium -- --ignored playout_side_by_side --nocapture'
 /// ```
 #[test]
 #[ignore = "a figure, run by hand on an impaired loopback"]
