@@ -547,15 +547,13 @@ impl Encoders {
             Some(t) => {
                 let low = match &mut encoders.low {
                     Some(low) => low,
-                    None => encoders
-                        .low
-                        .insert(new_adaptive_encoder(
-                            config,
-                            VideoEncoderConfig {
-                                bitrate_bps: t.bitrate_bps,
-                                ..base
-                            },
-                        )?),
+                    None => encoders.low.insert(new_adaptive_encoder(
+                        config,
+                        VideoEncoderConfig {
+                            bitrate_bps: t.bitrate_bps,
+                            ..base
+                        },
+                    )?),
                 };
                 low.set_target(t)?;
                 if let Some(video) = low.encode(frame, pts)? {

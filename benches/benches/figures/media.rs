@@ -20,8 +20,8 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::rc::Rc;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -179,12 +179,16 @@ fn run(
         }
         if next_a <= *now {
             a.handle_timeout(*now);
-            next_a = a.drain(*now, &mut out).max(*now + Duration::from_micros(100));
+            next_a = a
+                .drain(*now, &mut out)
+                .max(*now + Duration::from_micros(100));
             push(&mut wire, *now, true, a.addr(), &mut out);
         }
         if next_b <= *now {
             b.handle_timeout(*now);
-            next_b = b.drain(*now, &mut out).max(*now + Duration::from_micros(100));
+            next_b = b
+                .drain(*now, &mut out)
+                .max(*now + Duration::from_micros(100));
             push(&mut wire, *now, false, b.addr(), &mut out);
         }
     }
@@ -207,20 +211,15 @@ fn measure(a: &mut dyn End, b: &mut dyn End, now: &mut Instant, frames: &Frames)
     let mut none = (0, 0);
     let mut ignored = 0;
     let limit = *now + Duration::from_secs(10);
-    run(
-        a,
-        b,
-        now,
-        limit,
-        None,
-        &mut none,
-        &mut ignored,
-        &|a, b| a.connected() && b.connected(),
-    );
+    run(a, b, now, limit, None, &mut none, &mut ignored, &|a, b| {
+        a.connected() && b.connected()
+    });
     assert!(a.connected() && b.connected(), "the pair did not connect");
     // Let the handshake's tail (channel open, first reports) settle.
     let settle = *now + Duration::from_millis(200);
-    run(a, b, now, settle, None, &mut none, &mut ignored, &|_, _| false);
+    run(a, b, now, settle, None, &mut none, &mut ignored, &|_, _| {
+        false
+    });
     let before = b.received();
     let mut sent = (0, 0);
     let mut to_b = 0;

@@ -218,7 +218,10 @@ fn codec_costs() -> (f64, f64, f64, f64) {
     let samples = enc.frame_samples();
     let pcm: Vec<_> = (0..250).map(|_| tone.next_samples(samples)).collect();
     let t = process_cpu();
-    let packets: Vec<_> = pcm.iter().map(|p| enc.encode(p).expect("encoded")).collect();
+    let packets: Vec<_> = pcm
+        .iter()
+        .map(|p| enc.encode(p).expect("encoded"))
+        .collect();
     let aenc = (process_cpu() - t) / packets.len() as f64;
     let mut dec = OpusDecoder::new(1).expect("an Opus decoder");
     let t = process_cpu();
