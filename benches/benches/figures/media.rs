@@ -77,6 +77,8 @@ impl Frames {
 struct Run {
     /// Datagrams from the sender to the receiver per wall second, while the call ran
     packets_per_s: f64,
+    /// The same per CPU second of the bench thread (both ends run on it)
+    packets_per_cpu_s: f64,
     /// Virtual seconds of call per wall second
     speed: f64,
     /// Frames the receiving application got (audio, video) against frames sent
@@ -224,6 +226,7 @@ fn measure(a: &mut dyn End, b: &mut dyn End, now: &mut Instant, frames: &Frames)
     let mut sent = (0, 0);
     let mut to_b = 0;
     let started = Instant::now();
+    let cpu = crate::thread_cpu();
     let end = *now + CALL;
     run(
         a,
@@ -235,10 +238,12 @@ fn measure(a: &mut dyn End, b: &mut dyn End, now: &mut Instant, frames: &Frames)
         &mut to_b,
         &|_, _| false,
     );
+    let cpu = crate::thread_cpu() - cpu;
     let wall = started.elapsed().as_secs_f64();
     let after = b.received();
     Run {
         packets_per_s: to_b as f64 / wall,
+        packets_per_cpu_s: to_b as f64 / cpu,
         speed: CALL.as_secs_f64() / wall,
         delivered: (after.0 - before.0, after.1 - before.1),
         sent,
@@ -574,26 +579,32 @@ pub fn media(rounds: usize) {
         let mut v: Vec<f64> = runs.iter().map(|r| r.packets_per_s / 1e3).collect();
         Spread::of(&mut v)
     };
+    let per_cpu = |runs: &[Run]| {
+        let mut v: Vec<f64> = runs.iter().map(|r| r.packets_per_cpu_s / 1e3).collect();
+        Spread::of(&mut v)
+    };
     let speed = |runs: &[Run]| {
         let mut v: Vec<f64> = runs.iter().map(|r| r.speed).collect();
         Spread::of(&mut v).median
     };
-    let r = pps(&raw);
-    let p = pps(&pass);
-    let q = pps(&play);
+    let (r, p, q) = (pps(&raw), pps(&pass), pps(&play));
+    let (rc, pc, qc) = (per_cpu(&raw), per_cpu(&pass), per_cpu(&play));
+    println!("  kpackets per wall second, then per CPU second of the bench thread:");
     println!(
-        "  raw str0m              {r} kpackets/s ({:.0}x real time)",
+        "  raw str0m              {r} ({:.0}x real time); per CPU s {rc}",
         speed(&raw)
     );
     println!(
-        "  meshrtc pass-through   {p} kpackets/s ({:.0}x real time), {:.2}x str0m",
+        "  meshrtc pass-through   {p} ({:.0}x real time), {:.2}x str0m; per CPU s {pc}, {:.2}x str0m",
         speed(&pass),
-        p.median / r.median
+        p.median / r.median,
+        pc.median / rc.median
     );
     println!(
-        "  meshrtc with playout   {q} kpackets/s ({:.0}x real time), {:.2}x str0m",
+        "  meshrtc with playout   {q} ({:.0}x real time), {:.2}x str0m; per CPU s {qc}, {:.2}x str0m",
         speed(&play),
-        q.median / r.median
+        q.median / r.median,
+        qc.median / rc.median
     );
     let (name, sent, got) = check[check.len() - 1];
     println!(

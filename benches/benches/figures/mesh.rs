@@ -363,8 +363,9 @@ fn scenarios_dir() -> PathBuf {
 /// Simulated seconds per wall second, real codecs against synthetic ones
 pub fn sim_speed(rounds: usize) {
     println!(
-        "== simulator speed (virtual seconds per wall second), real codecs against \
-         codec = \"synthetic\"; median (min-max) of {rounds} interleaved rounds =="
+        "== simulator speed (virtual seconds per wall second; in brackets per CPU second of the \
+         thread), real codecs against codec = \"synthetic\"; median (min-max) of {rounds} \
+         interleaved rounds =="
     );
     for (file, seconds) in [("clean-lan.toml", 20.0), ("mesh-10.toml", 10.0)] {
         let path = scenarios_dir().join(file);
@@ -377,19 +378,28 @@ pub fn sim_speed(rounds: usize) {
         let mut data_only = real.clone();
         data_only.media.clear();
         let mut speeds = [Vec::new(), Vec::new(), Vec::new()];
+        let mut cpu_speeds = [Vec::new(), Vec::new(), Vec::new()];
         for _ in 0..rounds {
-            for (s, out) in [&data_only, &real, &synthetic].into_iter().zip(&mut speeds) {
+            for ((s, out), cpu_out) in [&data_only, &real, &synthetic]
+                .into_iter()
+                .zip(&mut speeds)
+                .zip(&mut cpu_speeds)
+            {
                 let started = Instant::now();
+                let cpu = crate::thread_cpu();
                 let outcome = s.run(None).expect("the scenario ran");
+                cpu_out.push(seconds / (crate::thread_cpu() - cpu));
                 out.push(seconds / started.elapsed().as_secs_f64());
                 drop(outcome);
             }
         }
         let [d, r, y] = &mut speeds;
         let (d, r, y) = (Spread::of(d), Spread::of(r), Spread::of(y));
+        let [dc, rc, yc] = &mut cpu_speeds;
+        let (dc, rc, yc) = (Spread::of(dc), Spread::of(rc), Spread::of(yc));
         println!(
-            "  {file} ({seconds} s): data only {d}x; with media: real codecs {r}x, synthetic \
-             {y}x ({:.0}x faster)",
+            "  {file} ({seconds} s): data only {d}x [{dc}x]; with media: real codecs {r}x \
+             [{rc}x], synthetic {y}x [{yc}x] ({:.0}x faster)",
             y.median / r.median
         );
     }
