@@ -239,6 +239,11 @@ impl Peer {
             .map(Candidate::to_sdp_string)
     }
 
+    /// Stops using a local candidate (a TURN allocation that was lost)
+    pub(crate) fn invalidate_local_candidate(&mut self, c: &Candidate) {
+        self.rtc.direct_api().invalidate_candidate(c);
+    }
+
     /// Creates the offer: media lines for what either side can send, and the data channel
     pub(crate) fn create_offer(&mut self, config: &Config) -> String {
         let local = config.capabilities;
@@ -818,11 +823,17 @@ impl Peer {
                 }
             }
             RtcEvent::PeerStats(s) => {
-                // The last STUN check's round trip on the selected pair (ICE consent checks
-                // run whatever flows). Not `s.rtt`: str0m measures that from transport-wide
-                // congestion-control feedback, which the remote sends every 50-100 ms, so it
-                // also counts how long the remote held the feedback (10 ms more than the
-                // path in the simulator with audio, 6-17 ms on loopback).
+                // The participant names the candidate types (its transport knows them).
+                self.stats.candidate_pair = s
+                    .selected_candidate_pair
+                    .as_ref()
+                    .map(|p| crate::stats::CandidatePair::unnamed(p.local.addr, p.remote.addr));
+                // RTCP's round trip when media flows (below), else the last STUN check's on
+                // the selected pair (ICE consent checks run whatever flows). Not `s.rtt`:
+                // str0m measures that from transport-wide congestion-control feedback, which
+                // the remote sends every 50-100 ms, so it also counts how long the remote
+                // held the feedback (10 ms more than the path in the simulator with audio,
+                // 6-17 ms on loopback).
                 let ice_rtt = s
                     .selected_candidate_pair
                     .as_ref()

@@ -8,6 +8,7 @@ mod determinism;
 mod impairments;
 mod measures;
 mod media;
+mod nat;
 mod playout;
 mod recovery;
 mod scenarios;

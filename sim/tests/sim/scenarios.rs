@@ -7,7 +7,7 @@ use meshrtc_sim::Scenario;
 
 use crate::util::{real_trace, scenarios_dir};
 
-const NAMED: [&str; 11] = [
+const NAMED: [&str; 14] = [
     "clean-lan",
     "mesh-10",
     "wifi-lossy",
@@ -19,6 +19,9 @@ const NAMED: [&str; 11] = [
     "jitter-pareto",
     "jitter-normal",
     "jitter-uniform",
+    "nat-cone",
+    "nat-symmetric",
+    "nat-mixed-5",
 ];
 
 #[test]
