@@ -513,6 +513,8 @@ impl End for MeshEnd {
                         Event::VideoFrame { .. } => self.received.1 += 1,
                         _ => {}
                     },
+                    // No STUN/TURN servers here: nothing to resolve.
+                    Output::Resolve(_) => {}
                 }
             };
             if !self.has_signals() {
