@@ -815,9 +815,14 @@ impl Participant {
             let Some(peer) = self.peers.get_mut(&id) else {
                 continue;
             };
-            let res = peer.handle_timeout(now);
-            // A failure here is already reported as `Event::PeerFailed`.
-            let _ = self.after_peer_input(&id, res);
+            // A peer with nothing due is left alone: in a mesh every wake-up is some peer's
+            // packet or playout, and timing out and draining the other `Rtc`s is most of the
+            // cost of a wake-up otherwise.
+            if peer.io_due(now) {
+                let res = peer.handle_timeout(now);
+                // A failure here is already reported as `Event::PeerFailed`.
+                let _ = self.after_peer_input(&id, res);
+            }
             self.check_peer(&id, now);
         }
     }

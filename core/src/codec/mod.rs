@@ -14,7 +14,8 @@
 //! they return [`CodecError::Decode`] (or `Ok(None)` when the input holds no picture yet).
 //!
 //! `testsrc` (public with the `testing` feature) has deterministic test sources (a 440 Hz tone and a moving test pattern) and the
-//! quality metrics used by the tests.
+//! quality metrics used by the tests; [`synthetic`] has stand-in codecs for simulations
+//! (frames of realistic size and timing carrying only a checked header).
 
 use std::time::Duration;
 
@@ -31,6 +32,7 @@ mod h264;
 )]
 pub(crate) mod headers;
 pub mod scale;
+pub mod synthetic;
 #[cfg(feature = "testing")]
 pub mod testsrc;
 #[cfg(not(feature = "testing"))]
@@ -39,7 +41,7 @@ pub(crate) mod testsrc;
 #[cfg(feature = "vpx")]
 mod vpx;
 
-pub use adaptive::{AdaptiveEncoder, Scale, VideoSendStats, VideoTarget};
+pub use adaptive::{AdaptiveEncoder, MakeEncoder, Scale, VideoSendStats, VideoTarget};
 pub use audio::{AudioFormat, AudioParams, OpusConfig, OpusDecoder, OpusEncoder, PcmFrame};
 
 /// Largest decoded picture the video decoders accept, in pixels (4096 x 4096)
