@@ -398,7 +398,21 @@ impl AudioJitterBuffer {
 
     /// Produces every chunk due at `now`; collect them with [`poll_chunk`](Self::poll_chunk)
     pub fn handle_timeout(&mut self, now: Instant) {
-        // Bounded: at most one second of chunks per call, even after a long gap.
+        // Called late (a stalled caller, a suspended machine): chunks for the missed time
+        // could not be played anyway. Past half a second behind, playout restarts at the
+        // last tick before `now`, from the newest part of what is buffered, instead of
+        // producing the backlog (which would also wake the caller again at once).
+        let chunk = self.config.chunk;
+        if let Some(p) = self.playout.as_mut() {
+            let behind = now.saturating_duration_since(p.next_tick);
+            if !chunk.is_zero() && behind > chunk * 50 {
+                // Whole chunks, so the tick grid keeps its phase; never past `now`.
+                let missed = behind.as_nanos() / chunk.as_nanos() * chunk.as_nanos();
+                p.next_tick += Duration::from_nanos(u64::try_from(missed).unwrap_or(u64::MAX));
+                p.fresh = true;
+            }
+        }
+        // Bounded: at most a hundred chunks per call.
         for _ in 0..100 {
             let Some(p) = &self.playout else {
                 return;
@@ -876,6 +890,30 @@ mod tests {
         // Each 20 ms frame waits on average half a frame plus the target.
         assert!(d < Duration::from_millis(45), "{d:?} {s:?}");
         assert_eq!(jb.target_delay(), Duration::from_millis(20));
+    }
+
+    #[test]
+    fn a_caller_that_stalls_gets_no_backlog_and_a_timeout_after_now() {
+        let base = Instant::now();
+        let mut jb = AudioJitterBuffer::new(JitterConfig::default(), Box::new(Ramp));
+        let at = |ms: u64| base + Duration::from_millis(ms);
+        for i in 0..50i64 {
+            jb.handle_frame(at(20 + i as u64 * 20), i * 960, payload(i * 960));
+            jb.handle_timeout(at(20 + i as u64 * 20));
+            while jb.poll_chunk().is_some() {}
+        }
+        // The caller comes back 10 s late, frames still arriving: one chunk, not a thousand.
+        let late = at(1_000 + 10_000);
+        jb.handle_frame(late, 50 * 960, payload(50 * 960));
+        jb.handle_timeout(late);
+        let mut n = 0;
+        while let Some(c) = jb.poll_chunk() {
+            assert!(c.playout <= late);
+            n += 1;
+        }
+        assert!(n <= 2, "{n} chunks after a stall");
+        let next = jb.poll_timeout().expect("still playing");
+        assert!(next > late, "next timeout {next:?} not after {late:?}");
     }
 
     #[test]
