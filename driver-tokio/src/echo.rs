@@ -355,6 +355,19 @@ pub async fn run_echo(
     stop: impl Future<Output = ()>,
     progress: Option<&watch::Sender<BTreeMap<PeerId, RemoteReport>>>,
 ) -> Result<BTreeMap<PeerId, RemoteReport>> {
+    run_echo_with(handle, events, stop, progress, |_| {}).await
+}
+
+/// [`run_echo`], showing every session event to `tap` first (to record media, say)
+///
+/// `tap` runs on the event loop: it should hand work off rather than block.
+pub async fn run_echo_with(
+    handle: &SessionHandle,
+    events: &mut Events,
+    stop: impl Future<Output = ()>,
+    progress: Option<&watch::Sender<BTreeMap<PeerId, RemoteReport>>>,
+    mut tap: impl FnMut(&SessionEvent),
+) -> Result<BTreeMap<PeerId, RemoteReport>> {
     let mut echo = Echo::new(handle.peer_id().clone());
     tokio::pin!(stop);
     let mut ticker = tokio::time::interval(PING_INTERVAL);
@@ -381,6 +394,7 @@ pub async fn run_echo(
                 let Some(event) = event else {
                     break;
                 };
+                tap(&event);
                 let notable = matches!(
                     &event,
                     SessionEvent::Mesh(
