@@ -175,6 +175,23 @@ impl SignalServer {
 
     /// Listens on `addr` (and `config.metrics_addr`) with `config`; must be called inside a
     /// tokio runtime
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use meshrtc_tokio::{SignalServer, SignalServerConfig};
+    ///
+    /// # async fn run() -> meshrtc_tokio::Result<()> {
+    /// let config = SignalServerConfig {
+    ///     metrics_addr: Some("127.0.0.1:9090".parse().unwrap()),
+    ///     ..SignalServerConfig::default()
+    /// };
+    /// let server = SignalServer::bind_with("0.0.0.0:8787".parse().unwrap(), config).await?;
+    /// // Peers connect to the WebSocket; browsers open the page at the same address.
+    /// println!("{} and http://{}/", server.url(), server.local_addr());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn bind_with(addr: SocketAddr, config: SignalServerConfig) -> Result<Self> {
         let listen_err = |addr| move |source| ServerError::Listen { addr, source };
         let listener = TcpListener::bind(addr).await.map_err(listen_err(addr))?;

@@ -291,3 +291,26 @@ fn bad_media_files_are_refused_with_one_line() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--log-format json`: every log line on stderr is one JSON object with a level and a
+/// message (the last line, the command's own error, stays plain text)
+#[test]
+fn log_format_json_writes_one_object_per_line() {
+    let mut cmd = meshrtc();
+    cmd.env("RUST_LOG", "debug")
+        .args(["--log-format", "json", "peer", "--signal", "ws://127.0.0.1:9/", "--room", "r"])
+        .args(["--bind", "127.0.0.1", "--duration", "1"]);
+    let out = crate::cli::run(cmd, Duration::from_secs(30));
+    assert!(!out.status.success(), "nothing listens on port 9");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().collect();
+    let (last, logs) = lines.split_last().expect("some output");
+    assert!(last.starts_with("error: "), "{err}");
+    assert!(!logs.is_empty(), "debug logs expected: {err}");
+    for line in logs {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["level"].is_string() && v["message"].is_string(), "{line}");
+        assert!(v["timestamp"].is_string() && v["target"].is_string(), "{line}");
+    }
+}
