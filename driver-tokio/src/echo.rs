@@ -70,6 +70,28 @@ impl Remote {
 }
 
 /// The echo logic for one local peer, without IO
+///
+/// # Example
+///
+/// ```
+/// use std::time::Instant;
+/// use meshrtc::signal::PeerId;
+/// use meshrtc::{DataMessage, Event};
+/// use meshrtc_tokio::echo::Echo;
+///
+/// let mut echo = Echo::new(PeerId::new("alice").unwrap());
+/// let ping = Event::DataReceived {
+///     peer: PeerId::new("bob").unwrap(),
+///     label: "meshrtc".into(),
+///     message: DataMessage::Text(r#"{"ping": 3, "from": "bob"}"#.into()),
+/// };
+/// // A ping is answered with a pong, to the peer it came from.
+/// let replies = echo.handle_event(Instant::now(), &ping);
+/// assert_eq!(
+///     replies,
+///     vec![(PeerId::new("bob").unwrap(), DataMessage::Text(r#"{"pong":3,"from":"alice"}"#.into()))]
+/// );
+/// ```
 #[derive(Debug)]
 pub struct Echo {
     me: PeerId,
