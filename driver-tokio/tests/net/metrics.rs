@@ -233,7 +233,14 @@ fn peer_metrics_follow_a_call() {
     let spawn = |id: &str, duration: &str, extra: &[&str]| {
         meshrtc()
             .args(["peer", "--signal", &url, "--room", "metrics", "--id", id])
-            .args(["--duration", duration, "--bind", "127.0.0.1", "--audio", "tone"])
+            .args([
+                "--duration",
+                duration,
+                "--bind",
+                "127.0.0.1",
+                "--audio",
+                "tone",
+            ])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -245,7 +252,10 @@ fn peer_metrics_follow_a_call() {
     let (tx, rx) = std::sync::mpsc::channel();
     let stdout = alice.stdout.take().unwrap();
     std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
             let _ = tx.send(line);
         }
     });
@@ -281,19 +291,38 @@ fn peer_metrics_follow_a_call() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(get(&during, "meshrtc_peer_remotes_connected"), 1.0, "{during:?}");
+    assert_eq!(
+        get(&during, "meshrtc_peer_remotes_connected"),
+        1.0,
+        "{during:?}"
+    );
     assert!(get(&during, frames) >= 50.0, "{during:?}");
     let rtt = get(&during, r#"meshrtc_peer_rtt_seconds{remote="bob"}"#);
     assert!(rtt > 0.0 && rtt < 1.0, "{rtt}");
-    let jb = get(&during, r#"meshrtc_peer_jitter_buffer_seconds{remote="bob"}"#);
+    let jb = get(
+        &during,
+        r#"meshrtc_peer_jitter_buffer_seconds{remote="bob"}"#,
+    );
     assert!(jb > 0.0 && jb < 1.0, "{jb}");
-    assert!(get(&during, r#"meshrtc_peer_datagrams_total{remote="bob",direction="in"}"#) > 0.0);
-    assert_eq!(get(&during, r#"meshrtc_peer_reconnects_total{remote="bob"}"#), 0.0);
+    assert!(
+        get(
+            &during,
+            r#"meshrtc_peer_datagrams_total{remote="bob",direction="in"}"#
+        ) > 0.0
+    );
+    assert_eq!(
+        get(&during, r#"meshrtc_peer_reconnects_total{remote="bob"}"#),
+        0.0
+    );
     let text = rt.block_on(scrape(addr)).1;
     check_with_python(&text);
 
     let out = wait(bob, Duration::from_secs(30));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut after = during.clone();
     for _ in 0..100 {
         after = scrape_now();
@@ -302,9 +331,16 @@ fn peer_metrics_follow_a_call() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(get(&after, "meshrtc_peer_remotes_connected"), 0.0, "{after:?}");
+    assert_eq!(
+        get(&after, "meshrtc_peer_remotes_connected"),
+        0.0,
+        "{after:?}"
+    );
     // Counters do not go back.
-    assert!(after.get(frames).is_none_or(|f| *f >= get(&during, frames)), "{after:?}");
+    assert!(
+        after.get(frames).is_none_or(|f| *f >= get(&during, frames)),
+        "{after:?}"
+    );
     drop(alice);
     drop(server);
 }

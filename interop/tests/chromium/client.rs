@@ -46,12 +46,9 @@ fn browser_client_page() {
         w.peer("alpha").wait_joined(Duration::from_secs(20))?;
         let url = page_url(w, "browser", "&say=hello%20from%20the%20page");
         w.open_url("client", &url)?;
-        let first = w.wait_page(
-            "client",
-            PAGE_START,
-            "first video frame from alpha",
-            |r| !page_peer(r, "alpha")["first_video_frame_ms"].is_null(),
-        )?;
+        let first = w.wait_page("client", PAGE_START, "first video frame from alpha", |r| {
+            !page_peer(r, "alpha")["first_video_frame_ms"].is_null()
+        })?;
         w.spawn_peer("bravo", LONG_RUN, PEER_MEDIA)?;
         w.wait_page(
             "client",
@@ -60,9 +57,7 @@ fn browser_client_page() {
             |r| !page_peer(r, "bravo")["first_video_frame_ms"].is_null(),
         )?;
         std::thread::sleep(Duration::from_secs(6));
-        let page = w.wait_page("client", Duration::from_secs(5), "a fresh report", |_| {
-            true
-        })?;
+        let page = w.wait_page("client", Duration::from_secs(5), "a fresh report", |_| true)?;
         w.peer("alpha").terminate();
         w.peer("bravo").terminate();
         let alpha = w.finish_peer("alpha", EXIT_SLACK)?;
@@ -75,23 +70,69 @@ fn browser_client_page() {
         for (id, stats) in [("alpha", &alpha), ("bravo", &bravo)] {
             let p = page_peer(&page, id);
             let n = |what: &str| num(p, what);
-            c.equal(&format!("page: {id} connection"), &p["connection"], &json!("connected"));
-            c.equal(&format!("page: {id} data channel"), &p["dc"], &json!("open"));
-            c.at_least(&format!("page: {id} video frames decoded"), n("stats.frames_decoded"), 30.0);
-            c.at_least(&format!("page: {id} audio samples received"), n("stats.audio_samples"), 48_000.0);
-            c.at_least(&format!("page: {id} frame width"), n("stats.frame_width"), 320.0);
-            c.at_least(&format!("page: {id} video in kbit/s"), n("stats.video_in_kbps"), 10.0);
-            c.at_least(&format!("page: {id} audio in kbit/s"), n("stats.audio_in_kbps"), 5.0);
+            c.equal(
+                &format!("page: {id} connection"),
+                &p["connection"],
+                &json!("connected"),
+            );
+            c.equal(
+                &format!("page: {id} data channel"),
+                &p["dc"],
+                &json!("open"),
+            );
+            c.at_least(
+                &format!("page: {id} video frames decoded"),
+                n("stats.frames_decoded"),
+                30.0,
+            );
+            c.at_least(
+                &format!("page: {id} audio samples received"),
+                n("stats.audio_samples"),
+                48_000.0,
+            );
+            c.at_least(
+                &format!("page: {id} frame width"),
+                n("stats.frame_width"),
+                320.0,
+            );
+            c.at_least(
+                &format!("page: {id} video in kbit/s"),
+                n("stats.video_in_kbps"),
+                10.0,
+            );
+            c.at_least(
+                &format!("page: {id} audio in kbit/s"),
+                n("stats.audio_in_kbps"),
+                5.0,
+            );
             c.at_least(&format!("page: {id} out kbit/s"), n("stats.out_kbps"), 10.0);
-            c.check(!p["stats"]["rtt_ms"].is_null(), format!("page: {id} rtt_ms = {}", p["stats"]["rtt_ms"]));
+            c.check(
+                !p["stats"]["rtt_ms"].is_null(),
+                format!("page: {id} rtt_ms = {}", p["stats"]["rtt_ms"]),
+            );
             c.check(
                 !p["stats"]["jitter_buffer_ms"].is_null(),
-                format!("page: {id} jitter_buffer_ms = {}", p["stats"]["jitter_buffer_ms"]),
+                format!(
+                    "page: {id} jitter_buffer_ms = {}",
+                    p["stats"]["jitter_buffer_ms"]
+                ),
             );
-            c.at_least(&format!("page: {id} pongs received"), n("pongs_received"), 3.0);
-            c.at_least(&format!("page: {id} pings received (answered)"), n("pings_received"), 3.0);
+            c.at_least(
+                &format!("page: {id} pongs received"),
+                n("pongs_received"),
+                3.0,
+            );
+            c.at_least(
+                &format!("page: {id} pings received (answered)"),
+                n("pings_received"),
+                3.0,
+            );
             c.at_least(&format!("page: {id} chat lines sent"), n("chat_sent"), 1.0);
-            c.at_least(&format!("page: {id} chat lines echoed back"), n("chat_delivered"), 1.0);
+            c.at_least(
+                &format!("page: {id} chat lines echoed back"),
+                n("chat_delivered"),
+                1.0,
+            );
 
             let from = |what: &str| num(stats, &format!("remote.browser.{what}"));
             c.equal(
@@ -99,9 +140,21 @@ fn browser_client_page() {
                 &stats["remote"]["browser"]["connected"],
                 &json!(true),
             );
-            c.at_least(&format!("meshrtc {id}: audio frames decoded from the page"), from("audio.frames_decoded"), 150.0);
-            c.at_least(&format!("meshrtc {id}: video frames decoded from the page"), from("video.frames_decoded"), 30.0);
-            c.at_least(&format!("meshrtc {id}: pongs from the page"), from("data.pongs_received"), 3.0);
+            c.at_least(
+                &format!("meshrtc {id}: audio frames decoded from the page"),
+                from("audio.frames_decoded"),
+                150.0,
+            );
+            c.at_least(
+                &format!("meshrtc {id}: video frames decoded from the page"),
+                from("video.frames_decoded"),
+                30.0,
+            );
+            c.at_least(
+                &format!("meshrtc {id}: pongs from the page"),
+                from("data.pongs_received"),
+                3.0,
+            );
             // Pings, pongs and the echoed chat line.
             c.at_least(
                 &format!("meshrtc {id}: messages from the page"),

@@ -89,8 +89,8 @@ impl VideoFile {
 }
 
 fn open_y4m(path: &Path) -> Result<Y4mReader<BufReader<File>>, String> {
-    let f = File::open(path)
-        .map_err(|e| format!("cannot read video file {}: {e}", path.display()))?;
+    let f =
+        File::open(path).map_err(|e| format!("cannot read video file {}: {e}", path.display()))?;
     Y4mReader::new(BufReader::new(f)).map_err(|e| format!("video file {}: {e}", path.display()))
 }
 
@@ -283,13 +283,18 @@ impl Recorder {
     /// Closes every file; returns one line per file written
     pub(crate) fn finish(mut self) -> Result<Vec<String>, String> {
         drop(self.tx.take());
-        let mut lines = self
-            .thread
-            .take()
-            .map_or_else(|| Ok(Vec::new()), |t| t.join().unwrap_or_else(|_| Err("recording thread panicked".into())))?;
+        let mut lines = self.thread.take().map_or_else(
+            || Ok(Vec::new()),
+            |t| {
+                t.join()
+                    .unwrap_or_else(|_| Err("recording thread panicked".into()))
+            },
+        )?;
         let dropped = self.dropped.load(Ordering::Relaxed);
         if dropped > 0 {
-            lines.push(format!("recording dropped {dropped} frames (disk too slow)"));
+            lines.push(format!(
+                "recording dropped {dropped} frames (disk too slow)"
+            ));
         }
         Ok(lines)
     }
@@ -325,7 +330,8 @@ fn write_all(dir: &Path, rx: &Receiver<Item>) -> Result<Vec<String>, String> {
                     audio.insert(peer.clone(), w);
                 }
                 let w = audio.get_mut(&peer).expect("inserted above");
-                w.write(&samples).map_err(|e| format!("recording {peer}.wav: {e}"))
+                w.write(&samples)
+                    .map_err(|e| format!("recording {peer}.wav: {e}"))
             })(),
             Item::Video(peer, frame, ticks) => (|| {
                 let t = video.entry(peer.clone()).or_insert(VideoTrack {
@@ -359,7 +365,8 @@ fn write_all(dir: &Path, rx: &Receiver<Item>) -> Result<Vec<String>, String> {
     let mut lines = Vec::new();
     for (peer, w) in audio {
         let frames = w.frames_written();
-        w.finish().map_err(|e| format!("finishing {peer}.wav: {e}"))?;
+        w.finish()
+            .map_err(|e| format!("finishing {peer}.wav: {e}"))?;
         lines.push(format!(
             "recorded {peer}.wav: {:.2} s of audio",
             frames as f64 / 48_000.0
@@ -376,7 +383,8 @@ fn write_all(dir: &Path, rx: &Receiver<Item>) -> Result<Vec<String>, String> {
             }
             (None, None) => continue,
         };
-        w.finish().map_err(|e| format!("finishing {peer}.y4m: {e}"))?;
+        w.finish()
+            .map_err(|e| format!("finishing {peer}.y4m: {e}"))?;
         lines.push(format!("recorded {peer}.y4m: {frames} frames"));
     }
     match failed {

@@ -97,7 +97,13 @@ async fn answer(mut stream: TcpStream, handle: &SessionHandle, presence: &Presen
             Ok(n) => head.extend_from_slice(&buf[..n]),
         }
         if head.len() > MAX_HEAD {
-            return respond(&mut stream, "431 Request Header Fields Too Large", "text/plain", "too large\n").await;
+            return respond(
+                &mut stream,
+                "431 Request Header Fields Too Large",
+                "text/plain",
+                "too large\n",
+            )
+            .await;
         }
     }
     let line = String::from_utf8_lossy(&head);
@@ -110,15 +116,17 @@ async fn answer(mut stream: TcpStream, handle: &SessionHandle, presence: &Presen
     match handle.stats().await {
         Ok(stats) => {
             let text = render(&stats, |p| presence.contains(p));
+            respond(&mut stream, "200 OK", prometheus_text::CONTENT_TYPE, &text).await;
+        }
+        Err(_) => {
             respond(
                 &mut stream,
-                "200 OK",
-                prometheus_text::CONTENT_TYPE,
-                &text,
+                "503 Service Unavailable",
+                "text/plain",
+                "session ended\n",
             )
-            .await;
+            .await
         }
-        Err(_) => respond(&mut stream, "503 Service Unavailable", "text/plain", "session ended\n").await,
     }
 }
 
@@ -194,7 +202,12 @@ pub(crate) fn render(stats: &Stats, present: impl Fn(&PeerId) -> bool) -> String
         }
         f.reconnects.get_or_create(&l).inc_by(s.reconnects);
         for (dir, bytes, msgs, grams) in [
-            ("in", s.bytes_received, s.messages_received, s.datagrams_received),
+            (
+                "in",
+                s.bytes_received,
+                s.messages_received,
+                s.datagrams_received,
+            ),
             ("out", s.bytes_sent, s.messages_sent, s.datagrams_sent),
         ] {
             let ld = labels_dir(peer, dir);
@@ -229,33 +242,105 @@ pub(crate) fn render(stats: &Stats, present: impl Fn(&PeerId) -> bool) -> String
     let mut r = Registry::with_prefix("meshrtc_peer");
     let g: Gauge = Gauge::default();
     g.set(i64::try_from(connected_peers).unwrap_or(i64::MAX));
-    r.register("remotes_connected", "Remote peers with a usable connection", g);
+    r.register(
+        "remotes_connected",
+        "Remote peers with a usable connection",
+        g,
+    );
     let g: Gauge = Gauge::default();
     g.set(i64::from(stats.signaling_connected));
-    r.register("signaling_connected", "Whether the signaling connection is up", g);
+    r.register(
+        "signaling_connected",
+        "Whether the signaling connection is up",
+        g,
+    );
     for (name, help, value) in [
-        ("signaling_losses", "Times the signaling connection was lost", stats.signaling_losses),
-        ("signaling_restores", "Times a re-announce was accepted after a loss", stats.signaling_restores),
-        ("media_events_dropped", "Media events dropped because the application did not read them in time", stats.media_events_dropped),
+        (
+            "signaling_losses",
+            "Times the signaling connection was lost",
+            stats.signaling_losses,
+        ),
+        (
+            "signaling_restores",
+            "Times a re-announce was accepted after a loss",
+            stats.signaling_restores,
+        ),
+        (
+            "media_events_dropped",
+            "Media events dropped because the application did not read them in time",
+            stats.media_events_dropped,
+        ),
     ] {
         let c: Counter = Counter::default();
         c.inc_by(value);
         r.register(name, help, c);
     }
-    r.register("connected", "Whether the connection to the remote peer is usable", f.connected);
-    r.register("rtt_seconds", "Round-trip time to the remote peer (RTCP/STUN)", f.rtt);
-    r.register("audio_loss_ratio", "Fraction of the remote peer's audio packets lost on the way here", f.loss);
-    r.register("jitter_buffer_seconds", "Mean time a decoded audio sample waited in the jitter buffer", f.jitter_buffer);
-    r.register("audio_concealed_seconds", "Audio synthesised by loss concealment", f.concealed);
-    r.register("audio_frames_decoded", "Audio frames decoded from the remote peer", f.audio_frames);
-    r.register("audio_latency_seconds", "Capture-to-playout latency of the last measured audio frame", f.latency);
-    r.register("video_frames_decoded", "Video frames decoded from the remote peer", f.video_frames);
-    r.register("video_keyframes", "Video keyframes received from the remote peer", f.keyframes);
-    r.register("reconnects", "ICE restarts and full reconnects with the remote peer", f.reconnects);
-    r.register("data_bytes", "Data channel payload bytes (rate() of it is the data bitrate)", f.data_bytes);
+    r.register(
+        "connected",
+        "Whether the connection to the remote peer is usable",
+        f.connected,
+    );
+    r.register(
+        "rtt_seconds",
+        "Round-trip time to the remote peer (RTCP/STUN)",
+        f.rtt,
+    );
+    r.register(
+        "audio_loss_ratio",
+        "Fraction of the remote peer's audio packets lost on the way here",
+        f.loss,
+    );
+    r.register(
+        "jitter_buffer_seconds",
+        "Mean time a decoded audio sample waited in the jitter buffer",
+        f.jitter_buffer,
+    );
+    r.register(
+        "audio_concealed_seconds",
+        "Audio synthesised by loss concealment",
+        f.concealed,
+    );
+    r.register(
+        "audio_frames_decoded",
+        "Audio frames decoded from the remote peer",
+        f.audio_frames,
+    );
+    r.register(
+        "audio_latency_seconds",
+        "Capture-to-playout latency of the last measured audio frame",
+        f.latency,
+    );
+    r.register(
+        "video_frames_decoded",
+        "Video frames decoded from the remote peer",
+        f.video_frames,
+    );
+    r.register(
+        "video_keyframes",
+        "Video keyframes received from the remote peer",
+        f.keyframes,
+    );
+    r.register(
+        "reconnects",
+        "ICE restarts and full reconnects with the remote peer",
+        f.reconnects,
+    );
+    r.register(
+        "data_bytes",
+        "Data channel payload bytes (rate() of it is the data bitrate)",
+        f.data_bytes,
+    );
     r.register("data_messages", "Data channel messages", f.messages);
-    r.register("datagrams", "UDP datagrams of the connection (media, data and ICE)", f.datagrams);
-    r.register("clock_drift_ppm", "The remote sender's media clock against ours, in ppm", f.drift);
+    r.register(
+        "datagrams",
+        "UDP datagrams of the connection (media, data and ICE)",
+        f.datagrams,
+    );
+    r.register(
+        "clock_drift_ppm",
+        "The remote sender's media clock against ours, in ppm",
+        f.drift,
+    );
     let mut text = String::new();
     // Cannot fail: writing to a String.
     prometheus_text::encode(&mut text, &r).expect("metrics encode into a string");

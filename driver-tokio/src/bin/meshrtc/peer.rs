@@ -82,7 +82,10 @@ pub(crate) async fn run(args: PeerArgs) -> Result<(), String> {
     video.fps = fps;
     video.bitrate_bps = bitrate_for(width, height, fps);
     config.session.participant.media.video = video;
-    debug_assert_eq!(config.session.participant.media.opus.channels, opus_channels);
+    debug_assert_eq!(
+        config.session.participant.media.opus.channels,
+        opus_channels
+    );
     config.session.test_media = Some(TestMedia {
         audio: send_audio,
         video: send_video.then_some((width, height, fps)),
