@@ -181,7 +181,7 @@ impl SignalServer {
     /// ```no_run
     /// use meshrtc_tokio::{SignalServer, SignalServerConfig};
     ///
-    /// # async fn run() -> meshrtc_tokio::Result<()> {
+    /// # async fn run() -> Result<(), meshrtc_tokio::ServerError> {
     /// let config = SignalServerConfig {
     ///     metrics_addr: Some("127.0.0.1:9090".parse().unwrap()),
     ///     ..SignalServerConfig::default()
