@@ -410,7 +410,7 @@ impl Participant {
     }
 
     /// Sends one frame of captured audio (interleaved PCM, exactly one Opus frame of
-    /// [`MediaConfig::opus`]) to every connected peer that takes audio; returns how many
+    /// [`MediaConfig::opus`](crate::media::MediaConfig::opus)) to every connected peer that takes audio; returns how many
     ///
     /// The frame is encoded once, whatever the number of peers. `capture` is when its first
     /// sample was captured, on the local clock.

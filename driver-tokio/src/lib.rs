@@ -18,7 +18,7 @@
 //! use meshrtc::DataMessage;
 //! use meshrtc_tokio::{Event, Session, SessionConfig, SignalServer};
 //!
-//! # async fn example() -> meshrtc_tokio::Result<()> {
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
 //! let server = SignalServer::bind("127.0.0.1:0".parse().unwrap()).await?;
 //! let room = RoomId::new("demo").unwrap();
 //! let (handle, mut events) = Session::join(SessionConfig::new(server.url(), room)).await?;

@@ -189,6 +189,23 @@ impl SignalServer {
     /// tokio runtime
     ///
     /// With `config.redis`, Redis must answer now (later outages are waited out).
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use meshrtc_tokio::{SignalServer, SignalServerConfig};
+    ///
+    /// # async fn run() -> Result<(), meshrtc_tokio::ServerError> {
+    /// let config = SignalServerConfig {
+    ///     metrics_addr: Some("127.0.0.1:9090".parse().unwrap()),
+    ///     ..SignalServerConfig::default()
+    /// };
+    /// let server = SignalServer::bind_with("0.0.0.0:8787".parse().unwrap(), config).await?;
+    /// // Peers connect to the WebSocket; browsers open the page at the same address.
+    /// println!("{} and http://{}/", server.url(), server.local_addr());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn bind_with(addr: SocketAddr, mut config: SignalServerConfig) -> Result<Self> {
         if let Some(redis) = &config.redis {
             config.rooms.node = Some(redis.node.clone());

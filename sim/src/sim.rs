@@ -546,8 +546,8 @@ impl Sim {
     /// sans-IO `turn-server-proto` server in virtual time; participants name it in
     /// `Config::ice_servers` as `stun:` or `turn:` + [`server_addr`](Self::server_addr)
     ///
-    /// Links to and from it are the default link unless [`set_server_link`]
-    /// (Self::set_server_link) says otherwise.
+    /// Links to and from it are the default link unless
+    /// [`set_server_link`](Self::set_server_link) says otherwise.
     pub fn add_turn_server(&mut self, spec: &TurnServerSpec) -> ServerId {
         let i = self.servers.len();
         let ip = Ipv4Addr::new(127, 250, (i / 250) as u8, (i % 250) as u8 + 1);

@@ -378,6 +378,32 @@ enum Phase {
 
 /// One participant with its signaling connection, commands, test media and statistics;
 /// see the [module docs](self) for the call order
+///
+/// # Example
+///
+/// A driver's loop, with the IO left out:
+///
+/// ```no_run
+/// use std::time::{Instant, SystemTime};
+/// use meshrtc::session::{Input, Output, Session, SessionConfig};
+/// use meshrtc::signal::RoomId;
+///
+/// # fn wait_for_input(_deadline: Instant) -> Option<Input<'static>> { None }
+/// let config = SessionConfig::new(RoomId::new("demo").unwrap());
+/// let mut session = Session::new(config, Instant::now(), Some(SystemTime::now()));
+/// while !session.is_finished() {
+///     let deadline = loop {
+///         match session.poll_output() {
+///             Output::Timeout(t) => break t,
+///             Output::Connect => { /* open the WebSocket, then feed Input::SignalingUp */ }
+///             Output::Event(e) => println!("{e:?}"),
+///             _other => { /* send datagrams and frames, close, resolve names */ }
+///         }
+///     };
+///     let input = wait_for_input(deadline).unwrap_or(Input::Timeout(Instant::now()));
+///     session.handle_input(input);
+/// }
+/// ```
 pub struct Session {
     participant: Participant,
     room: RoomId,

@@ -9,6 +9,7 @@ mod cluster;
 #[path = "../../../core/tests/turn/coturn.rs"]
 #[allow(dead_code)] // reason: shared with the core's TURN tests; not every helper is used here
 mod coturn;
+mod files;
 mod ice;
 mod mesh;
 mod metrics;

@@ -11,6 +11,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use meshrtc::signal::{PeerId, RoomId};
 
 mod demo;
+mod media;
+mod metrics;
 mod peer;
 mod signal;
 
@@ -18,8 +20,19 @@ mod signal;
 #[derive(Debug, Parser)]
 #[command(name = "meshrtc", version, about, propagate_version = true)]
 struct Cli {
+    /// Log format on stderr: text, or json (one JSON object a line); RUST_LOG sets the level
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines
+    Text,
+    /// One JSON object per line (tracing-subscriber's JSON format)
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -158,6 +171,21 @@ struct PeerArgs {
     /// Seed for the core's random choices (random when absent)
     #[arg(long)]
     seed: Option<u64>,
+    /// Send this WAV file as audio, looped (PCM or float, any common rate and channel
+    /// count; resampled to 48 kHz)
+    #[arg(long, value_name = "FILE")]
+    audio_file: Option<PathBuf>,
+    /// Send this Y4M file as video, looped (4:2:0 or mono; its size and frame rate replace
+    /// --width/--height/--fps)
+    #[arg(long, value_name = "FILE")]
+    video_file: Option<PathBuf>,
+    /// Write what was played out per remote peer: DIR/<peer>.wav (48 kHz PCM after the
+    /// jitter buffer) and DIR/<peer>.y4m (decoded video, as rendered)
+    #[arg(long, value_name = "DIR")]
+    record: Option<PathBuf>,
+    /// Serve Prometheus metrics (per remote peer) at http://ADDR/metrics
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
 }
 
 /// Arguments of `meshrtc demo`
@@ -300,7 +328,7 @@ fn main() -> ExitCode {
             };
         }
     };
-    init_tracing();
+    init_tracing(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -331,14 +359,18 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs go to stderr; `RUST_LOG` sets the filter (default: warnings only)
-fn init_tracing() {
+/// Logs go to stderr, as text or JSON lines; `RUST_LOG` sets the filter (default: warnings
+/// only)
+fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
 }
 
 /// `127.0.0.1` with port 0
