@@ -12,7 +12,7 @@
 //! - Each frame's *transit* is its arrival time minus its media time (drift-corrected with the
 //!   current clock-drift estimate). Playout plays media time `m` at local time `m + S`; the
 //!   *set point* `S` is chosen from the transits of the last 20 s so that the expected
-//!   concealment is small and cheap in delay (see [`crate::sync::delay`]: a cost of delay plus
+//!   concealment is small and cheap in delay (see `sync::delay`: a cost of delay plus
 //!   priced concealment, a concealment budget, and a fast rise when several recent bursts
 //!   exceed the choice). The *target delay* reported is `S` minus the mean transit: what a
 //!   frame of typical delay waits. It is clamped to the configured range.
