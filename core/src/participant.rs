@@ -1342,25 +1342,7 @@ impl Participant {
         }
         match action {
             None => {}
-            Some(Action::IceRestart) => {
-                let fresh: Option<Vec<Candidate>> = std::mem::take(&mut peer.renew_candidates)
-                    .then(|| self.transport.candidates().cloned().collect());
-                let offer = peer.ice_restart(fresh.as_deref());
-                if peer.note_reconnecting(ReconnectKind::IceRestart) {
-                    self.outputs
-                        .push_back(Output::Event(Event::PeerReconnecting {
-                            peer: id.clone(),
-                            kind: ReconnectKind::IceRestart,
-                        }));
-                }
-                tracing::debug!(peer = %id, "ice restart");
-                let frame = self.request(Request::Offer {
-                    to: id.clone(),
-                    sdp: offer,
-                });
-                self.outputs.push_back(Output::Signal(frame));
-                self.drain_peer(id);
-            }
+            Some(Action::IceRestart) => self.ice_restart(id),
             Some(Action::Reconnect) => self.reconnect(id, now),
         }
     }

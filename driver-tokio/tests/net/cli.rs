@@ -868,23 +868,9 @@ fn a_killed_signal_server_restarted_on_its_port_does_not_stop_a_call() {
 }
 
 fn start_signal_with_listen(listen: &str) -> (Reaper, String) {
-    let mut child = meshrtc()
-        .args(["signal", "--listen", listen])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let child = Reaper::new(child);
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    let url = line
-        .trim_end()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
-    (child, url)
+    let mut cmd = meshrtc();
+    cmd.args(["signal", "--listen", listen]);
+    start_signal_cmd(cmd)
 }
 
 /// A network namespace holding only loopback, removed on drop
@@ -940,23 +926,9 @@ fn peers_whose_udp_is_blocked_for_30s_reconnect_after_the_rule_goes() {
         return;
     };
     let bin = env!("CARGO_BIN_EXE_meshrtc");
-    let mut child = ns
-        .command(bin)
-        .args(["signal", "--listen", "127.0.0.1:0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let server = Reaper::new(child);
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    let url = line
-        .trim_end()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
+    let mut cmd = ns.command(bin);
+    cmd.args(["signal", "--listen", "127.0.0.1:0"]);
+    let (server, url) = start_signal_cmd(cmd);
     let dir = std::env::temp_dir().join(format!("meshrtc-drop-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let spawn_peer = |id: &str| {
