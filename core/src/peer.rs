@@ -326,11 +326,21 @@ impl Peer {
         s.clock_drift_ppm = self.media.drift_ppm();
         s.clock_drift_uncertainty_ppm = self.media.drift_uncertainty_ppm();
         s.report_clock_drift_ppm = self.media.report_drift_ppm();
+        // `s.audio`/`s.video` hold what earlier connections to this peer received (a full
+        // reconnect carries them over): counters go on from there.
         if self.media.audio_mid.is_some() {
-            s.audio = Some(self.media.audio_stats());
+            let mut a = self.media.audio_stats();
+            if let Some(earlier) = &s.audio {
+                a.accumulate(earlier);
+            }
+            s.audio = Some(a);
         }
         if self.media.video_mid.is_some() {
-            s.video = Some(self.media.video_stats());
+            let mut v = self.media.video_stats();
+            if let Some(earlier) = &s.video {
+                v.accumulate(earlier);
+            }
+            s.video = Some(v);
         }
         s
     }
@@ -568,7 +578,11 @@ impl Peer {
             self.recovery.continue_outage(since);
         }
         let reconnects = old.stats.reconnects + 1;
+        // The old connection's media figures (with those it carried) go on in this one's.
+        let earlier = old.stats();
         self.stats = std::mem::take(&mut old.stats);
+        self.stats.audio = earlier.audio;
+        self.stats.video = earlier.video;
         self.stats.reconnects = reconnects;
         self.stats.connected = false;
         self.last_error = old.broken.take().or(old.last_error.take());
@@ -586,6 +600,12 @@ impl Peer {
         }
         old.unacked_bytes = 0;
         old.unacked.drain(..).collect()
+    }
+
+    /// The connection came up and the remote has since closed it (DTLS close): it is
+    /// leaving, or replacing the connection itself
+    pub(crate) fn closed_by_remote(&self) -> bool {
+        self.connected_at.is_some() && !self.rtc.is_alive() && self.broken.is_none()
     }
 
     /// How this peer's connection is doing at `now`
