@@ -8,7 +8,7 @@ use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::channel::ChannelId;
 use str0m::config::{CryptoProvider, DtlsCert};
 use str0m::format::Codec;
-use str0m::media::{Direction, Frequency, MediaKind, MediaTime};
+use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid};
 use str0m::{Candidate, Event as RtcEvent, IceConnectionState, IceCreds, Rtc};
 
 use crate::codec::VideoCodec;
@@ -19,7 +19,7 @@ use crate::media::{video_codec_of, MediaOut, PeerMedia};
 use crate::recovery::Recovery;
 use crate::shared::{TimeoutReason, Transmit};
 use crate::signal::PeerInfo;
-use crate::stats::PeerStats;
+use crate::stats::{PeerStats, SecondWindow};
 use crate::window::SendWindow;
 
 /// Below this many buffered bytes str0m tells us the channel can take more
@@ -133,6 +133,10 @@ pub(crate) struct Peer {
     remote_sending: [bool; 2],
     /// Which remote candidates we use (trickled ones and those inside descriptions)
     candidate_policy: CandidatePolicy,
+    /// Received media bytes per second, audio and video (for the received bitrate)
+    received_rate: [SecondWindow; 2],
+    /// RTP packets sent as str0m last reported them for this `Rtc`, audio and video
+    egress_packets: [u64; 2],
 }
 
 /// Our media kind of str0m's
@@ -240,6 +244,8 @@ impl Peer {
             remote_ufrag: None,
             next_timeout: now,
             stats: PeerStats::default(),
+            received_rate: [SecondWindow::new(now); 2],
+            egress_packets: [0; 2],
             media: PeerMedia::new(&config.media, config.wallclock_anchor),
             media_out: Vec::new(),
             jitter_config: config.media.jitter,
@@ -342,7 +348,27 @@ impl Peer {
             }
             s.video = Some(v);
         }
+        s.media_traffic.audio_received_bps = self.received_rate[0].bps(self.now);
+        s.media_traffic.video_received_bps = self.received_rate[1].bps(self.now);
         s
+    }
+
+    /// The media kind of `mid`, if it is our audio or video
+    fn kind_of_mid(&self, mid: Mid) -> Option<crate::MediaKind> {
+        if Some(mid) == self.media.audio_mid {
+            Some(crate::MediaKind::Audio)
+        } else if Some(mid) == self.media.video_mid {
+            Some(crate::MediaKind::Video)
+        } else {
+            None
+        }
+    }
+
+    /// Counts one encoded frame written to this peer
+    fn count_sent(&mut self, kind: crate::MediaKind, bytes: usize) {
+        let c = self.stats.media_traffic.count_mut(kind, true);
+        c.bytes += bytes as u64;
+        c.frames += 1;
     }
 
     pub(crate) fn accepts(&self, input: &str0m::Input<'_>) -> bool {
@@ -766,8 +792,12 @@ impl Peer {
             return false;
         };
         let t = MediaTime::new(ticks.max(0) as u64, Frequency::FORTY_EIGHT_KHZ);
+        let len = data.len();
         match writer.write(pt, wallclock, t, data) {
-            Ok(()) => true,
+            Ok(()) => {
+                self.count_sent(crate::MediaKind::Audio, len);
+                true
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "audio write refused");
                 false
@@ -800,8 +830,12 @@ impl Peer {
             return false;
         };
         let t = MediaTime::new(ticks.max(0) as u64, Frequency::NINETY_KHZ);
+        let len = data.len();
         match writer.write(pt, wallclock, t, data) {
-            Ok(()) => true,
+            Ok(()) => {
+                self.count_sent(crate::MediaKind::Video, len);
+                true
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "video write refused");
                 false
@@ -1032,6 +1066,14 @@ impl Peer {
                 }
             }
             RtcEvent::MediaEgressStats(st) => {
+                // Cumulative per stream of this `Rtc`: add what is new (a connection that
+                // replaces this one starts from zero again, its counters carried over).
+                if let Some(kind) = self.kind_of_mid(st.mid) {
+                    let seen = &mut self.egress_packets[kind_index(kind)];
+                    let new = st.packets.saturating_sub(*seen);
+                    *seen = (*seen).max(st.packets);
+                    self.stats.media_traffic.count_mut(kind, true).packets += new;
+                }
                 // RTCP receiver reports: arrival minus our sender report's time minus the
                 // delay the remote reports holding it (RFC 3550 LSR/DLSR).
                 if let Some(rtt) = st.rtt {
@@ -1057,6 +1099,16 @@ impl Peer {
                 }
             }
             RtcEvent::MediaData(d) => {
+                if let Some(kind) = self.kind_of_mid(d.mid) {
+                    let bytes = d.data.len() as u64;
+                    let (first, last) = (**d.seq_range.start(), **d.seq_range.end());
+                    let packets = last.saturating_sub(first).saturating_add(1);
+                    let c = self.stats.media_traffic.count_mut(kind, false);
+                    c.bytes += bytes;
+                    c.frames += 1;
+                    c.packets += packets;
+                    self.received_rate[kind_index(kind)].add(self.now, bytes);
+                }
                 let cfg = self.jitter_config;
                 self.media
                     .handle_media_data(&mut self.rtc, &cfg, d, &mut self.media_out);
