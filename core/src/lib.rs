@@ -53,6 +53,7 @@
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
+mod adapt;
 pub mod clock;
 pub mod codec;
 mod config;
@@ -63,6 +64,7 @@ pub mod media;
 mod participant;
 mod peer;
 pub mod pipeline;
+pub mod rate;
 mod recovery;
 pub mod session;
 mod shared;

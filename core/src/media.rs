@@ -52,6 +52,9 @@ pub struct MediaConfig {
     pub max_video_hold: Duration,
     /// Fastest change of the lip-sync correction, per second
     pub max_sync_step_per_sec: Duration,
+    /// Bandwidth estimation and what follows it (encoder targets, the low encoding, Opus
+    /// FEC); `video.bitrate_bps` is the most video is sent at
+    pub rate: crate::rate::RateConfig,
 }
 
 impl Default for MediaConfig {
@@ -65,6 +68,7 @@ impl Default for MediaConfig {
             max_video_wait: Duration::from_millis(300),
             max_video_hold: Duration::from_millis(500),
             max_sync_step_per_sec: Duration::from_millis(80),
+            rate: crate::rate::RateConfig::default(),
         }
     }
 }
@@ -149,9 +153,10 @@ pub(crate) enum MediaOut {
 /// and cheaper one for peers whose path cannot carry the main one. The two are independent
 /// streams: a peer moved from one to the other needs a keyframe of the one it moves to
 /// before its frames are useful.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Encoding {
     /// The encoding at the target the bandwidth estimate allows for most peers
+    #[default]
     Main,
     /// The second encoding for slow peers
     Low,
@@ -233,13 +238,6 @@ impl Encoders {
     ///
     /// E.g. FEC on with the loss RTCP reports (libwebrtc turns it on from about 1 %), and
     /// the bitrate lowered last, when video is already at its floor.
-    #[cfg_attr(
-        not(test),
-        allow(
-            dead_code,
-            reason = "API for the rate adaptation and layer routing of issue 17"
-        )
-    )]
     pub(crate) fn set_audio_params(
         &mut self,
         params: AudioParams,
@@ -261,13 +259,6 @@ impl Encoders {
     }
 
     /// The Opus settings in force (`None` before any were set or the encoder exists)
-    #[cfg_attr(
-        not(test),
-        allow(
-            dead_code,
-            reason = "API for the rate adaptation and layer routing of issue 17"
-        )
-    )]
     pub(crate) fn audio_params(&self) -> Option<AudioParams> {
         self.opus
             .as_ref()
@@ -293,13 +284,6 @@ impl Encoders {
     ///
     /// Call whenever the estimate the target comes from changes (the controller holds each
     /// level for at least a second, so calling often is fine).
-    #[cfg_attr(
-        not(test),
-        allow(
-            dead_code,
-            reason = "API for the rate adaptation and layer routing of issue 17"
-        )
-    )]
     pub(crate) fn set_video_bitrate(&mut self, now: Instant, bitrate_bps: u32) {
         let bitrate_bps = bitrate_bps.clamp(MIN_VIDEO_BPS, MAX_VIDEO_BPS);
         self.video_bitrate = Some(bitrate_bps);
@@ -330,13 +314,6 @@ impl Encoders {
     ///
     /// The low encoding gets its own size and frame rate from the same ladder; it costs a
     /// second encode per frame (see `benches/README.md` for what that costs).
-    #[cfg_attr(
-        not(test),
-        allow(
-            dead_code,
-            reason = "API for the rate adaptation and layer routing of issue 17"
-        )
-    )]
     pub(crate) fn set_low_encoding(&mut self, now: Instant, bitrate_bps: Option<u32>) {
         match bitrate_bps {
             None => {
@@ -363,13 +340,6 @@ impl Encoders {
     ///
     /// `false` when the encoder is still busy with earlier frames (CPU overload): the caller
     /// drops the frame instead of queueing it, and it is counted in the send statistics.
-    #[cfg_attr(
-        not(test),
-        allow(
-            dead_code,
-            reason = "API for the rate adaptation and layer routing of issue 17"
-        )
-    )]
     pub(crate) fn should_encode(&mut self, capture: Instant, now: Instant) -> bool {
         if self.degrade.should_encode(capture, now) {
             return true;
@@ -382,37 +352,16 @@ impl Encoders {
 
     /// Reports how long encoding the frame captured at `capture` took (all its encodings),
     /// ending at `now`, measured by the caller
-    #[cfg_attr(
-        not(test),
-        allow(
-            dead_code,
-            reason = "API for the rate adaptation and layer routing of issue 17"
-        )
-    )]
     pub(crate) fn handle_encode_time(&mut self, capture: Instant, took: Duration, now: Instant) {
         self.degrade.handle_encoded(capture, took, now);
     }
 
     /// Why the video sent is below the capture
-    #[cfg_attr(
-        not(test),
-        allow(
-            dead_code,
-            reason = "API for the rate adaptation and layer routing of issue 17"
-        )
-    )]
     pub(crate) fn quality_limitation(&self, now: Instant) -> QualityLimitation {
         self.degrade.quality_limitation(now)
     }
 
     /// Send statistics of `codec`'s encoding
-    #[cfg_attr(
-        not(test),
-        allow(
-            dead_code,
-            reason = "API for the rate adaptation and layer routing of issue 17"
-        )
-    )]
     pub(crate) fn video_send_stats(
         &self,
         codec: VideoCodec,
@@ -443,22 +392,6 @@ impl Encoders {
                 }))
             }
         }
-    }
-
-    /// Encodes one video frame with `codec`: the main encoding only
-    pub(crate) fn encode_video(
-        &mut self,
-        config: &MediaConfig,
-        codec: VideoCodec,
-        frame: &I420Frame,
-        pts: Duration,
-    ) -> Result<Option<codec::EncodedVideo>, codec::CodecError> {
-        let capture = self.video_epoch.map(|e| e + pts);
-        let frames = self.encode_video_encodings(config, codec, frame, capture, pts)?;
-        Ok(frames
-            .into_iter()
-            .find(|f| f.encoding == Encoding::Main)
-            .map(|f| f.video))
     }
 
     /// Encodes one video frame with `codec`, in every encoding in use: the main one and,
@@ -551,13 +484,6 @@ impl Encoders {
 
     /// Makes the next frame of one encoding of `codec` a keyframe (e.g. for a peer that was
     /// moved to it, or a PLI from a peer that receives it)
-    #[cfg_attr(
-        not(test),
-        allow(
-            dead_code,
-            reason = "API for the rate adaptation and layer routing of issue 17"
-        )
-    )]
     pub(crate) fn request_keyframe_of(&mut self, codec: VideoCodec, encoding: Encoding) {
         if let Some(e) = self.video.get_mut(&codec) {
             match encoding {
@@ -573,9 +499,7 @@ impl Encoders {
 }
 
 // Lowest and highest video target Encoders accepts (the encoders' own range)
-#[cfg_attr(not(test), allow(dead_code, reason = "see set_video_bitrate"))]
-const MIN_VIDEO_BPS: u32 = 50_000;
-#[cfg_attr(not(test), allow(dead_code, reason = "see set_video_bitrate"))]
+const MIN_VIDEO_BPS: u32 = crate::rate::MIN_VIDEO_BPS;
 const MAX_VIDEO_BPS: u32 = 50_000_000;
 
 /// Maps str0m's codec to ours

@@ -9,11 +9,12 @@ use str0m::config::{CryptoProvider, DtlsCert};
 use str0m::net::Protocol;
 use str0m::Candidate;
 
+use crate::adapt::Adaptation;
 use crate::codec::{I420Frame, VideoCodec};
 use crate::config::{Config, MediaKind};
 use crate::error::{CommandError, InputError, SdpRejection, SignalProblem, TransportError};
 use crate::event::{DataMessage, Event, FailReason, LeaveReason, ReconnectKind};
-use crate::media::{Encoders, MediaOut};
+use crate::media::{Encoders, Encoding, MediaOut};
 use crate::peer::{Health, Peer, PeerOutput, Role};
 use crate::recovery::{Action, CircuitState};
 use crate::shared::{Input, Output, Receive, TimeoutReason};
@@ -68,6 +69,8 @@ pub struct Participant {
     last_timeout_reason: TimeoutReason,
     drops: DropCounters,
     encoders: Encoders,
+    /// Bandwidth estimates to encoder targets (`adapt`, `rate`)
+    adaptation: Adaptation,
     /// Datagrams no peer accepted yet, retried for a short while
     strays: VecDeque<Stray>,
     /// Last statistics of peers that went away
@@ -116,6 +119,7 @@ impl Participant {
         };
         Self {
             secrets,
+            adaptation: Adaptation::new(&config.media),
             config,
             crypto,
             dtls_cert,
@@ -360,33 +364,16 @@ impl Participant {
             return Err(CommandError::MediaNotEnabled(MediaKind::Video));
         }
         frame.check()?;
-        let ticks = self.encoders.video_ticks(capture);
-        let pts = Duration::from_micros((ticks.max(0) as u64 * 1000) / 90);
-        let mut by_codec: BTreeMap<VideoCodec, Vec<PeerId>> = BTreeMap::new();
-        for (id, peer) in self.peers.iter_mut() {
-            if peer.can_send_media() {
-                if let Some(c) = peer.video_send_codec() {
-                    by_codec.entry(c).or_default().push(id.clone());
-                }
-            }
-        }
-        let mut sent = 0;
-        for (codec, ids) in by_codec {
-            let Some(enc) = self
-                .encoders
-                .encode_video(&self.config.media, codec, frame, pts)?
-            else {
-                continue;
-            };
-            let data: Arc<[u8]> = Arc::from(&enc.data[..]);
-            for id in ids {
-                let peer = self
-                    .peers
-                    .get_mut(&id)
-                    .expect("listed above; panic means bug");
-                sent += peer.write_video(codec, capture, ticks, data.clone()) as usize;
-                self.drain_peer(&id);
-            }
+        let (sent, touched) = crate::adapt::send_video(
+            &mut self.encoders,
+            &mut self.peers,
+            &self.config,
+            self.last_now,
+            capture,
+            frame,
+        )?;
+        for id in touched {
+            self.drain_peer(&id);
         }
         Ok(sent)
     }
@@ -433,14 +420,18 @@ impl Participant {
     pub fn handle_input(&mut self, input: Input<'_>) -> Result<(), InputError> {
         let now = input.time();
         self.last_now = self.last_now.max(now);
-        match input {
+        let res = match input {
             Input::Timeout(now) => {
                 self.handle_timeout(now);
                 Ok(())
             }
             Input::Receive(now, recv) => self.handle_receive(now, recv),
             Input::Signal(now, frame) => self.handle_signal(now, frame),
-        }
+        };
+        // New estimates arrive while peers are drained: the encoders follow them.
+        self.adaptation
+            .run(self.last_now, &mut self.peers, &mut self.encoders);
+        res
     }
 
     /// Returns the next output; call until it returns [`Output::Timeout`]
@@ -496,8 +487,15 @@ impl Participant {
     pub fn peer_stats(&self, peer: &PeerId) -> Option<PeerStats> {
         self.peers
             .get(peer)
-            .map(Peer::stats)
+            .map(|p| self.stats_of(p))
             .or_else(|| self.departed.get(peer).cloned())
+    }
+
+    fn stats_of(&self, p: &Peer) -> PeerStats {
+        let mut s = p.stats();
+        self.adaptation
+            .fill_stats(p, &self.encoders, &self.config.media, self.last_now, &mut s);
+        s
     }
 
     /// Peers that left or failed and whose last statistics are kept (at most 64, oldest
@@ -1119,7 +1117,12 @@ impl Participant {
                             codec,
                         },
                         MediaOut::KeyframeWanted(codec) => {
-                            self.encoders.request_keyframe(codec);
+                            // A keyframe of the encoding this peer gets (or moves to).
+                            let encoding = self
+                                .peers
+                                .get(id)
+                                .map_or(Encoding::Main, |p| p.rate.route.wanted());
+                            self.encoders.request_keyframe_of(codec, encoding);
                             continue;
                         }
                     };
@@ -1156,7 +1159,7 @@ impl Participant {
             return;
         };
         // Keep the last figures of a peer that went away (bounded), for reports.
-        self.departed.insert(id.clone(), peer.stats());
+        self.departed.insert(id.clone(), self.stats_of(&peer));
         while self.departed.len() > MAX_DEPARTED {
             self.departed.pop_first();
         }

@@ -254,7 +254,11 @@ fn drive(
             .clone()
             .unwrap_or_else(|| SharedClock::new(TokioClock));
         let now = clock.now();
-        let mut session = session::Session::new(config.session, now, Some(SystemTime::now()));
+        let mut session_config = config.session;
+        // Video encodes are timed on the same clock (CPU overload drops frames).
+        let encode_clock = &mut session_config.participant.encode_clock;
+        encode_clock.get_or_insert_with(|| clock.clone());
+        let mut session = session::Session::new(session_config, now, Some(SystemTime::now()));
         if let Err(e) = session
             .participant_mut()
             .add_local_candidate(udp.local_addr())

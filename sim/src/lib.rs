@@ -35,10 +35,12 @@
 #![deny(missing_docs)]
 
 pub mod clock;
+pub mod cross;
 mod error;
 pub mod link;
 pub mod media;
 pub mod plot;
+pub mod rates;
 pub mod report;
 pub mod scenario;
 mod sim;
@@ -47,7 +49,9 @@ pub mod trace;
 pub use clock::Clock;
 pub use error::Error;
 pub use link::{Fate, Jitter, Link, LinkConfig, LinkStats, Loss, QueueLimit, Rate, Verdict};
+pub use cross::{CrossModel, CrossStats, CrossTrafficConfig, SharedBottleneckConfig};
 pub use media::{MediaSample, MediaSource, MediaStats, MediaStreamConfig, MediaStreamId};
+pub use rates::RateSample;
 pub use report::Report;
 pub use scenario::Scenario;
 pub use sim::{

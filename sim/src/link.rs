@@ -542,6 +542,14 @@ impl Link {
         self.stats.bytes_delivered += charged as u64;
     }
 
+    /// Counts a packet a shared bottleneck in front of this link dropped (offered to the
+    /// link's path, dropped at a queue)
+    pub fn note_shared_queue_drop(&mut self, charged: usize) {
+        self.stats.offered += 1;
+        self.stats.bytes_offered += charged as u64;
+        self.stats.queue_dropped += 1;
+    }
+
     /// Counts a copy dropped on arrival because the link was down by then
     pub fn note_outage_in_flight(&mut self) {
         self.stats.outage_dropped += 1;
@@ -665,7 +673,7 @@ impl Link {
 
 /// The bottleneck queue: FIFO, served at a constant rate or by a capacity trace
 #[derive(Debug)]
-struct Bottleneck {
+pub(crate) struct Bottleneck {
     /// When the last admitted packet has been fully sent
     busy_until: u64,
     /// Admitted packets not yet fully sent: (leaves at, charged bytes)
@@ -678,7 +686,7 @@ struct Bottleneck {
 }
 
 impl Bottleneck {
-    fn new(now: Duration) -> Self {
+    pub(crate) fn new(now: Duration) -> Self {
         Self {
             busy_until: 0,
             queue: VecDeque::new(),
@@ -696,7 +704,13 @@ impl Bottleneck {
     }
 
     /// Admits a packet arriving at `now` (ns): when it leaves, or `None` if dropped
-    fn admit(&mut self, rate: &Rate, limit: QueueLimit, now: u64, size: u64) -> Option<u64> {
+    pub(crate) fn admit(
+        &mut self,
+        rate: &Rate,
+        limit: QueueLimit,
+        now: u64,
+        size: u64,
+    ) -> Option<u64> {
         while self.queue.front().is_some_and(|&(left, _)| left <= now) {
             let (_, s) = self
                 .queue

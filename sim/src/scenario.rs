@@ -14,6 +14,7 @@ use meshrtc::{CandidatePolicy, Config};
 use serde::Deserialize;
 
 use crate::clock::Clock;
+use crate::cross::{CrossModel, CrossTrafficConfig, SharedBottleneckConfig};
 use crate::link::{Jitter, LinkConfig, Loss, QueueLimit, Rate};
 use crate::media::{MediaSource, MediaStreamConfig};
 use crate::report::{self, Report, Series};
@@ -62,6 +63,12 @@ pub struct Scenario {
     /// Measured media streams (Opus audio, H.264/VP8/VP9 video)
     #[serde(default)]
     pub media: Vec<MediaSpec>,
+    /// Queues several links share, in front of their own stages
+    #[serde(default)]
+    pub bottlenecks: Vec<BottleneckSpec>,
+    /// Competing traffic into a shared bottleneck
+    #[serde(default)]
+    pub cross_traffic: Vec<CrossTrafficSpec>,
     /// The folder relative trace paths are resolved against (the scenario file's)
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -89,6 +96,78 @@ pub struct ParticipantSpec {
     pub restart_grace_s: Option<f64>,
     /// Seconds ICE restarts may try before a full reconnect
     pub reconnect_after_s: Option<f64>,
+    /// Bandwidth estimation and rate adaptation (default true)
+    pub rate_adaptation: Option<bool>,
+    /// A second, lower video encoding for peers far below the rest (default true)
+    pub low_encoding: Option<bool>,
+}
+
+/// A queue that several directed links share
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BottleneckSpec {
+    /// Its name, which cross traffic refers to
+    pub name: String,
+    /// Its rate, kbit/s (> 0)
+    pub rate_kbps: f64,
+    /// Drop-tail limit in bytes (default 0: unlimited)
+    #[serde(default)]
+    pub queue_bytes: usize,
+    /// The links through it
+    pub links: Vec<PairSpec>,
+}
+
+/// A directed pair of hosts (`*` for every host)
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PairSpec {
+    /// Sending host
+    pub from: String,
+    /// Receiving host
+    pub to: String,
+}
+
+/// Competing traffic into a shared bottleneck
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrossTrafficSpec {
+    /// Its name in reports
+    #[serde(default = "default_cross")]
+    pub name: String,
+    /// The bottleneck it goes through
+    pub bottleneck: String,
+    /// `cbr` (constant rate) or `aimd` (a TCP Reno flow)
+    pub model: CrossModelSpec,
+    /// `cbr`: its rate; `aimd`: the rate it starts at (kbit/s)
+    pub rate_kbps: f64,
+    /// `aimd`: the round trip without queueing, milliseconds (default 40)
+    pub rtt_ms: Option<f64>,
+    /// Bytes per packet (default 1200)
+    #[serde(default = "default_packet")]
+    pub packet_bytes: usize,
+    /// First packet, seconds
+    #[serde(default)]
+    pub start_s: f64,
+    /// No packet from then on, seconds
+    pub stop_s: Option<f64>,
+}
+
+/// How cross traffic sends
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CrossModelSpec {
+    /// Constant rate
+    Cbr,
+    /// Additive increase, multiplicative decrease
+    Aimd,
+}
+
+fn default_cross() -> String {
+    "cross".into()
+}
+
+fn default_packet() -> usize {
+    1200
 }
 
 /// One host, or `count` hosts named `name0`, `name1`, …
@@ -617,6 +696,12 @@ impl Scenario {
         if let Some(s) = self.participant.reconnect_after_s {
             participant.recovery.reconnect_after = secs(positive("reconnect_after_s", s)?);
         }
+        if let Some(on) = self.participant.rate_adaptation {
+            participant.media.rate.enabled = on;
+        }
+        if let Some(on) = self.participant.low_encoding {
+            participant.media.rate.low_encoding = on;
+        }
         let configs = self.host_configs(&names, &participant)?;
         let mut joins = Vec::new();
         for h in &self.hosts {
@@ -711,6 +796,50 @@ impl Scenario {
                     late_after: ms(t.late_ms),
                 })?;
             }
+        }
+        // Shared bottlenecks and the cross traffic through them, in file order.
+        let mut bottlenecks = Vec::new();
+        for b in &self.bottlenecks {
+            let mut links = Vec::new();
+            for l in &b.links {
+                for (x, y) in pairs(&names, &l.from, &l.to, false)? {
+                    links.push((HostId(x), HostId(y)));
+                }
+            }
+            sim.add_shared_bottleneck(SharedBottleneckConfig {
+                name: b.name.clone(),
+                bits_per_sec: (positive("rate_kbps", b.rate_kbps)? * 1000.0).round() as u64,
+                queue: match b.queue_bytes {
+                    0 => QueueLimit::Unlimited,
+                    n => QueueLimit::Bytes(n),
+                },
+                links,
+            })?;
+            bottlenecks.push(b.name.clone());
+        }
+        for c in &self.cross_traffic {
+            let Some(bottleneck) = bottlenecks.iter().position(|n| *n == c.bottleneck) else {
+                return Err(Error::Config(format!(
+                    "cross traffic {}: no bottleneck named {:?}",
+                    c.name, c.bottleneck
+                )));
+            };
+            let bits_per_sec = (positive("rate_kbps", c.rate_kbps)? * 1000.0).round() as u64;
+            let model = match c.model {
+                CrossModelSpec::Cbr => CrossModel::Cbr { bits_per_sec },
+                CrossModelSpec::Aimd => CrossModel::Aimd {
+                    start_bits_per_sec: bits_per_sec,
+                    rtt: ms(positive("rtt_ms", c.rtt_ms.unwrap_or(40.0))?),
+                },
+            };
+            sim.add_cross_traffic(CrossTrafficConfig {
+                name: c.name.clone(),
+                bottleneck,
+                model,
+                packet_bytes: c.packet_bytes,
+                start: secs(non_negative("start_s", c.start_s)?),
+                stop: c.stop_s.map(secs),
+            })?;
         }
         // Media streams, in file order, each expanded over its senders in host order.
         for m in &self.media {

@@ -11,11 +11,13 @@ use meshrtc::signal::{ClientFrame, LeftReason, PeerId, RoomId, ServerFrame};
 use meshrtc::{CommandError, Config, DataMessage, Participant, PeerStats, Receive, Transmit};
 
 use crate::clock::{Anchor, Clock};
+use crate::cross::{Admitted, CrossStats, CrossTrafficConfig, Shared, SharedBottleneckConfig};
 use crate::link::{charged_size, mix, Link, LinkConfig, LinkStats, Verdict};
 use crate::media::{
     Generator, MediaSource, MediaStats, MediaStream, MediaStreamConfig, MediaStreamId,
     PatternCache, SentFrame, AUDIO_RATE,
 };
+use crate::rates::{RateLog, RateSample};
 use crate::Error;
 
 /// Index of a host in the simulation
@@ -38,6 +40,8 @@ pub struct SimConfig {
     /// How often every participant's per-peer statistics are sampled (the last sample of a
     /// peer is kept after it goes away)
     pub stats_interval: Duration,
+    /// How often every directed pair's rates are sampled ([`Sim::rate_samples`]; zero: never)
+    pub rate_interval: Duration,
 }
 
 impl Default for SimConfig {
@@ -47,6 +51,7 @@ impl Default for SimConfig {
             signal_latency: Duration::from_millis(5),
             default_link: LinkConfig::with_latency(Duration::from_millis(10)),
             stats_interval: Duration::from_secs(1),
+            rate_interval: Duration::from_millis(250),
         }
     }
 }
@@ -290,10 +295,14 @@ enum Due {
     Flow(usize),
     /// A media stream's capture
     Media(usize),
+    /// A cross-traffic flow's packet
+    Cross(usize),
     /// A host's deadline (stale generations are skipped)
     Host { idx: usize, generation: u64 },
     /// Sample every participant's statistics
     Stats,
+    /// Sample every pair's rates
+    Rates,
 }
 
 /// What a scheduled item carries; boxed, so the heap moves small entries
@@ -358,6 +367,8 @@ pub struct Sim {
     flows: Vec<Flow>,
     media: Vec<MediaStream>,
     patterns: PatternCache,
+    shared: Shared,
+    rates: RateLog,
     by_peer: BTreeMap<PeerId, usize>,
     queue: BinaryHeap<Reverse<Scheduled>>,
     seq: u64,
@@ -396,6 +407,8 @@ impl Sim {
             flows: Vec::new(),
             media: Vec::new(),
             patterns: PatternCache::default(),
+            shared: Shared::default(),
+            rates: RateLog::default(),
             by_peer: BTreeMap::new(),
             queue: BinaryHeap::new(),
             seq: 0,
@@ -405,6 +418,10 @@ impl Sim {
         if !sim.config.stats_interval.is_zero() {
             let at = sim.config.stats_interval.as_nanos() as u64;
             sim.push(at, Due::Stats, Payload::None);
+        }
+        if !sim.config.rate_interval.is_zero() {
+            let at = sim.config.rate_interval.as_nanos() as u64;
+            sim.push(at, Due::Rates, Payload::None);
         }
         sim
     }
@@ -974,6 +991,66 @@ impl Sim {
         self.media.len()
     }
 
+    /// Adds a queue that the links it lists share (before their own stages)
+    pub fn add_shared_bottleneck(&mut self, config: SharedBottleneckConfig) -> Result<usize, Error> {
+        self.shared.add_bottleneck(config, self.hosts.len())
+    }
+
+    /// Adds a cross-traffic flow into a shared bottleneck
+    pub fn add_cross_traffic(&mut self, config: CrossTrafficConfig) -> Result<usize, Error> {
+        let i = self.shared.add_flow(config)?;
+        let start = (self.shared.flow_start(i).as_nanos() as u64).max(self.now);
+        self.push(start, Due::Cross(i), Payload::None);
+        Ok(i)
+    }
+
+    /// What cross-traffic flow `i` got through so far
+    pub fn cross_stats(&self, i: usize) -> &CrossStats {
+        self.shared.flow_stats(i)
+    }
+
+    /// Cross-traffic flow `i`'s configuration
+    pub fn cross_config(&self, i: usize) -> &CrossTrafficConfig {
+        self.shared.flow_config(i)
+    }
+
+    /// Number of cross-traffic flows
+    pub fn cross_count(&self) -> usize {
+        self.shared.flow_count()
+    }
+
+    /// The shared bottlenecks, in the order they were added
+    pub fn shared_bottlenecks(&self) -> impl Iterator<Item = &SharedBottleneckConfig> {
+        self.shared.bottleneck_configs()
+    }
+
+    /// The rates of the pair `from → to` sampled so far, every [`SimConfig::rate_interval`]
+    pub fn rate_samples(&self, from: HostId, to: HostId) -> &[RateSample] {
+        self.rates.samples((from.0, to.0))
+    }
+
+    fn sample_rates(&mut self) {
+        let at = self.elapsed();
+        let interval = self.config.rate_interval;
+        for a in 0..self.hosts.len() {
+            for b in 0..self.hosts.len() {
+                if a == b {
+                    continue;
+                }
+                let link = self
+                    .links
+                    .get(&(a, b))
+                    .map(|l| (l.stats(), &l.config().rate));
+                let sender = self.hosts[b]
+                    .peer_id
+                    .as_ref()
+                    .and_then(|p| self.hosts[a].core.participant().peer_stats(p));
+                self.rates
+                    .record((a, b), at, interval, link, sender.as_ref());
+            }
+        }
+    }
+
     /// The participant configuration the host was added with
     pub fn host_config(&self, host: HostId) -> &Config {
         &self.hosts[host.0].config
@@ -1039,6 +1116,16 @@ impl Sim {
             }
             (Due::Flow(i), _) => self.step_flow(i),
             (Due::Media(i), _) => self.step_media(i),
+            (Due::Cross(i), _) => {
+                if let Some(next) = self.shared.step_flow(i, self.now) {
+                    self.push(next, Due::Cross(i), Payload::None);
+                }
+            }
+            (Due::Rates, _) => {
+                self.sample_rates();
+                let next = self.now + self.config.rate_interval.as_nanos() as u64;
+                self.push(next, Due::Rates, Payload::None);
+            }
             (Due::Host { idx, generation }, _) => {
                 if self.hosts[idx].deadline_gen == generation {
                     self.step_host(idx);
@@ -1582,11 +1669,22 @@ impl Sim {
             link.set_up(self.path_up(from, to));
             self.links.insert(key, link);
         }
+        let charged = charged_size(&t.contents);
+        // A shared bottleneck comes first: the packet enters its link when it has left.
+        let now = match self.shared.admit(key, self.now, charged) {
+            Admitted::NotShared => now,
+            Admitted::Leaves(at) => Duration::from_nanos(at),
+            Admitted::Dropped => {
+                if let Some(link) = self.links.get_mut(&key) {
+                    link.note_shared_queue_drop(charged);
+                }
+                return;
+            }
+        };
         let link = self
             .links
             .get_mut(&key)
             .expect("inserted above; panic means bug");
-        let charged = charged_size(&t.contents);
         let fate = link.handle_packet(now, charged);
         let times: Vec<Duration> = fate
             .verdicts()

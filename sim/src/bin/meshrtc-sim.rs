@@ -1,4 +1,5 @@
-//! `meshrtc-sim SCENARIO.toml [--seed N] [--report report.json] [--plot delay.svg]`
+//! `meshrtc-sim SCENARIO.toml [--seed N] [--report report.json] [--plot plot.svg]
+//! [--rates rates.csv]`
 //!
 //! Runs a network scenario in virtual time, deterministically: the same scenario and seed
 //! give a byte-identical report. Prints a short summary on stdout; on bad input exits
@@ -28,6 +29,10 @@ struct Args {
     /// Draw one-way delay over time per pair into this SVG file
     #[arg(long, value_name = "FILE")]
     plot: Option<PathBuf>,
+    /// Write every pair's rates over time (sent, delivered, capacity, estimate, video
+    /// target) as CSV here
+    #[arg(long, value_name = "FILE")]
+    rates: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -81,6 +86,14 @@ fn run(args: &Args) -> Result<(), Error> {
             outcome.report.scenario, outcome.report.seed
         );
         plot::write_svg(path, &title, &outcome.series)?;
+    }
+    if let Some(path) = &args.rates {
+        let names: Vec<String> = outcome.report.hosts.iter().map(|h| h.name.clone()).collect();
+        let csv = meshrtc_sim::rates::csv(&outcome.sim, &names);
+        std::fs::write(path, csv).map_err(|e| Error::Io {
+            path: path.clone(),
+            source: e,
+        })?;
     }
     print_summary(&outcome.report, wall.as_secs_f64());
     Ok(())
