@@ -19,8 +19,8 @@ use crate::peer::{Health, Peer, PeerOutput, Role};
 use crate::recovery::{Action, CircuitState};
 use crate::shared::{Input, Output, Receive, TimeoutReason};
 use crate::signal::{
-    AnnounceResult, ClientFrame, Notification, PeerId, PeerInfo, Request, RequestId, RoomId,
-    RpcError, ServerFrame,
+    AnnounceResult, ClientFrame, LeftReason, Notification, PeerId, PeerInfo, Request, RequestId,
+    RoomId, RpcError, ServerFrame,
 };
 use crate::stats::{DropCounters, PeerStats};
 
@@ -173,6 +173,32 @@ impl Participant {
             self.drain_peer(&id);
         }
         Ok(())
+    }
+
+    /// Removes a local host candidate (an address the driver no longer has); call
+    /// [`handle_network_change`](Self::handle_network_change) once the addresses are as they
+    /// now are
+    pub fn remove_local_candidate(&mut self, addr: SocketAddr) {
+        self.local_candidates.retain(|c| c.addr() != addr);
+    }
+
+    /// The local addresses changed (an interface came or went, the host moved between
+    /// networks): every peer gets an ICE restart at once with the current candidates
+    pub fn handle_network_change(&mut self, now: Instant) {
+        self.last_now = self.last_now.max(now);
+        let ids: Vec<PeerId> = self.peers.keys().cloned().collect();
+        for id in &ids {
+            let Some(peer) = self.peers.get_mut(id) else {
+                continue;
+            };
+            peer.renew_candidates = true;
+            // Restart now if an offer can reach the peer, else as soon as one can.
+            let restarted = self.signaling_up;
+            peer.recovery.handle_network_change(now, restarted);
+            if restarted {
+                self.ice_restart(id);
+            }
+        }
     }
 
     /// Asks the signaling server to join `room`, optionally with a chosen peer id
@@ -715,7 +741,9 @@ impl Participant {
             Notification::Joined(info) => {
                 // A peer we are connected to that announced again (after its signaling
                 // came back, or a restarted server) keeps its connection.
-                if !self.peers.contains_key(&info.peer_id) {
+                if let Some(peer) = self.peers.get_mut(&info.peer_id) {
+                    peer.orphan = false;
+                } else {
                     self.known.insert(
                         info.peer_id.clone(),
                         Known {
@@ -730,6 +758,20 @@ impl Participant {
             }
             Notification::Left { peer_id, reason } => {
                 self.known.remove(&peer_id);
+                let up = self
+                    .peers
+                    .get(&peer_id)
+                    .is_some_and(|p| p.health(now, &self.config) == Health::Up);
+                if reason == LeftReason::Timeout && up {
+                    // Its signaling timed out but our path to it works: keep it while the
+                    // path holds (it may come back to the server; if the path breaks it is
+                    // gone).
+                    tracing::debug!(peer = %peer_id, "left by timeout, path up: kept");
+                    if let Some(p) = self.peers.get_mut(&peer_id) {
+                        p.orphan = true;
+                    }
+                    return Ok(());
+                }
                 self.close_peer(&peer_id, PeerEnd::Left(LeaveReason::Signaled(reason)));
                 Ok(())
             }
@@ -935,7 +977,14 @@ impl Participant {
         let Some(peer) = self.peers.get_mut(id) else {
             return;
         };
-        match peer.health(now, &self.config) {
+        let health = peer.health(now, &self.config);
+        if peer.orphan && health != Health::Up {
+            // The server said it left; only its working path kept it.
+            let reason = LeaveReason::Signaled(LeftReason::Timeout);
+            self.close_peer(id, PeerEnd::Left(reason));
+            return;
+        }
+        match health {
             Health::Connecting => {}
             Health::Up => {
                 if let Some(after) = peer.recovery.handle_up(now) {
@@ -965,7 +1014,9 @@ impl Participant {
         match action {
             None => {}
             Some(Action::IceRestart) => {
-                let offer = peer.ice_restart();
+                let fresh = std::mem::take(&mut peer.renew_candidates)
+                    .then_some(self.local_candidates.as_slice());
+                let offer = peer.ice_restart(fresh);
                 if peer.note_reconnecting(ReconnectKind::IceRestart) {
                     self.outputs
                         .push_back(Output::Event(Event::PeerReconnecting {
@@ -983,6 +1034,31 @@ impl Participant {
             }
             Some(Action::Reconnect) => self.reconnect(id, now),
         }
+    }
+
+    /// Restarts ICE with one peer (with fresh local candidates after a network change) and
+    /// sends the offer
+    fn ice_restart(&mut self, id: &PeerId) {
+        let Some(peer) = self.peers.get_mut(id) else {
+            return;
+        };
+        let fresh =
+            std::mem::take(&mut peer.renew_candidates).then_some(self.local_candidates.as_slice());
+        let offer = peer.ice_restart(fresh);
+        if peer.note_reconnecting(ReconnectKind::IceRestart) {
+            self.outputs
+                .push_back(Output::Event(Event::PeerReconnecting {
+                    peer: id.clone(),
+                    kind: ReconnectKind::IceRestart,
+                }));
+        }
+        tracing::debug!(peer = %id, "ice restart");
+        let frame = self.request(Request::Offer {
+            to: id.clone(),
+            sdp: offer,
+        });
+        self.outputs.push_back(Output::Signal(frame));
+        self.drain_peer(id);
     }
 
     // ---- peers ----

@@ -90,6 +90,17 @@ pub(crate) struct Peer {
     last_error: Option<TransportError>,
     /// How the current outage is being healed (for the events)
     reconnecting: Option<ReconnectKind>,
+    /// The local addresses changed: the next ICE restart replaces the local candidates
+    pub(crate) renew_candidates: bool,
+    /// The server said it left (timed out) while our path to it worked: kept only while the
+    /// path holds, never healed
+    pub(crate) orphan: bool,
+    /// An ICE restart is under way: the path counts as broken until ICE connects again
+    restarting: bool,
+    /// Our ICE restart offer waits for its answer
+    restart_offered: bool,
+    /// The remote's ICE user fragment (a new one in an offer is an ICE restart)
+    remote_ufrag: Option<String>,
     next_timeout: Instant,
     stats: PeerStats,
     media: PeerMedia,
@@ -182,6 +193,11 @@ impl Peer {
             broken: None,
             last_error: None,
             reconnecting: None,
+            renew_candidates: false,
+            orphan: false,
+            restarting: false,
+            restart_offered: false,
+            remote_ufrag: None,
             next_timeout: now,
             stats: PeerStats::default(),
             media: PeerMedia::new(&config.media, config.wallclock_anchor),
@@ -270,6 +286,7 @@ impl Peer {
             SdpOffer::from_sdp_string(sdp).map_err(|e| SdpRejection::Unparsable(e.to_string()))?;
         // A renegotiation drops our own offer, if any (str0m invalidates it).
         self.pending_offer = None;
+        self.restart_offered = false;
         let answer = self
             .rtc
             .sdp_api()
@@ -344,15 +361,23 @@ impl Peer {
         }
     }
 
-    /// Starts an ICE restart: new credentials, the same candidates; returns the offer
-    pub(crate) fn ice_restart(&mut self) -> String {
+    /// Starts an ICE restart: new credentials and, with `fresh` (after a network change),
+    /// the current local candidates added again; returns the offer
+    ///
+    /// The local candidates are kept (str0m would clear them only when the answer comes,
+    /// leaving none): a candidate whose address went away just finds no pair.
+    pub(crate) fn ice_restart(&mut self, fresh: Option<&[Candidate]>) -> String {
         let mut api = self.rtc.sdp_api();
         api.ice_restart(true);
         let (offer, pending) = api
             .apply()
             .expect("an ICE restart always yields an offer; panic means bug");
+        for c in fresh.unwrap_or_default() {
+            self.rtc.add_local_candidate(c.clone());
+        }
         self.pending_offer = Some(pending);
         self.stats.reconnects += 1;
+        self.restart_offered = true;
         offer.to_sdp_string()
     }
 
@@ -384,7 +409,8 @@ impl Peer {
             return Health::Connecting;
         };
         let heard = self.last_received.unwrap_or(connected_at).max(connected_at);
-        if self.ice_disconnected_since.is_some() || now >= heard + STALE_AFTER {
+        let restarting = self.restarting || self.restart_offered;
+        if restarting || self.ice_disconnected_since.is_some() || now >= heard + STALE_AFTER {
             return Health::Down;
         }
         Health::Up
@@ -394,7 +420,11 @@ impl Peer {
     pub(crate) fn health_deadline(&self, config: &Config) -> Option<Instant> {
         let at = match self.connected_at {
             None => self.created + config.connect_timeout,
-            Some(c) if self.ice_disconnected_since.is_none() => {
+            Some(c)
+                if self.ice_disconnected_since.is_none()
+                    && !self.restarting
+                    && !self.restart_offered =>
+            {
                 self.last_received.unwrap_or(c).max(c) + STALE_AFTER
             }
             Some(_) => return None,
@@ -407,6 +437,14 @@ impl Peer {
         if self.remote_fingerprint.is_none() {
             self.remote_fingerprint = sdp_fingerprint(sdp).map(str::to_string);
         }
+        // New ICE credentials on either side restart ICE: the path counts as broken until
+        // str0m connects again.
+        let ufrag = sdp_attribute(sdp, "a=ice-ufrag:").map(str::to_string);
+        let theirs_changed = self.remote_ufrag.is_some() && ufrag != self.remote_ufrag;
+        if std::mem::take(&mut self.restart_offered) || theirs_changed {
+            self.restarting = true;
+        }
+        self.remote_ufrag = ufrag;
         self.has_remote_description = true;
         for line in std::mem::take(&mut self.queued_candidates) {
             if let Ok(Some(c)) = parse_candidate(&line) {
@@ -677,6 +715,7 @@ impl Peer {
                 }
                 IceConnectionState::Connected | IceConnectionState::Completed => {
                     self.ice_disconnected_since = None;
+                    self.restarting = false;
                 }
                 _ => {}
             },
@@ -828,8 +867,13 @@ fn fingerprint_seed(id: &crate::signal::PeerId) -> u64 {
 
 /// The `a=fingerprint:` value of an SDP (the session's, or the first media section's)
 fn sdp_fingerprint(sdp: &str) -> Option<&str> {
+    sdp_attribute(sdp, "a=fingerprint:")
+}
+
+/// The value of the first line of an SDP that starts with `prefix`
+fn sdp_attribute<'a>(sdp: &'a str, prefix: &str) -> Option<&'a str> {
     sdp.lines()
-        .find_map(|l| l.trim_end().strip_prefix("a=fingerprint:"))
+        .find_map(|l| l.trim_end().strip_prefix(prefix))
         .map(str::trim)
 }
 

@@ -67,7 +67,8 @@ impl Default for RecoveryConfig {
 /// What to do for a peer now
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Action {
-    /// Renegotiate with new ICE credentials on the same `Rtc`
+    /// Renegotiate with new ICE credentials on the same `Rtc` (with fresh local candidates
+    /// after a network change)
     IceRestart,
     /// Replace the `Rtc` and offer afresh
     Reconnect,
@@ -148,6 +149,32 @@ impl Recovery {
         self.next_restart = Some(now + self.config.restart_grace);
     }
 
+    /// The local network changed (an address came or went): the path is as good as broken
+    /// and an ICE restart is due at once (the caller does it now if it can: `restarted`)
+    pub(crate) fn handle_network_change(&mut self, now: Instant, restarted: bool) {
+        self.down_since.get_or_insert(now);
+        if self.dead {
+            return;
+        }
+        if restarted {
+            self.restarts += 1;
+            self.next_restart = Some(now + self.restart_interval());
+        } else {
+            self.next_restart = Some(now);
+        }
+    }
+
+    /// The wait after a restart before the next one, if the path is still broken
+    fn restart_interval(&mut self) -> Duration {
+        let interval = self
+            .config
+            .restart_grace
+            .saturating_mul(1 << self.restarts.min(16))
+            .min(self.config.max_restart_interval);
+        // Up to a fifth earlier, so that both sides do not restart in lockstep.
+        interval.mul_f64(1.0 - 0.2 * self.rng.f64())
+    }
+
     /// The connection cannot recover on its own (DTLS closed, SCTP gone, never came up):
     /// a full reconnect is due
     pub(crate) fn handle_dead(&mut self, now: Instant) {
@@ -208,13 +235,7 @@ impl Recovery {
         }
         if self.next_restart.is_some_and(|t| now >= t) {
             self.restarts += 1;
-            let interval = self
-                .config
-                .restart_grace
-                .saturating_mul(1 << self.restarts.min(16))
-                .min(self.config.max_restart_interval);
-            // Up to a fifth earlier, so that both sides do not restart in lockstep.
-            let wait = interval.mul_f64(1.0 - 0.2 * self.rng.f64());
+            let wait = self.restart_interval();
             self.next_restart = Some(now + wait);
             return Some(Action::IceRestart);
         }

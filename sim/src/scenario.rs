@@ -404,6 +404,27 @@ pub enum ActionSpec {
         /// The host
         host: String,
     },
+    /// The signaling server restarts: every connection drops, every room is forgotten
+    RestartServer,
+    /// Cut a host's signaling only (for `duration_s`, else until `restore-signaling`); its
+    /// media paths stay
+    CutSignaling {
+        /// The host
+        host: String,
+        /// Restore after this many seconds
+        #[serde(default)]
+        duration_s: Option<f64>,
+    },
+    /// Let a host reach the signaling server again
+    RestoreSignaling {
+        /// The host
+        host: String,
+    },
+    /// The host moves to a new address (a network change)
+    MoveHost {
+        /// The host
+        host: String,
+    },
 }
 
 /// A measured flow of data messages
@@ -1035,6 +1056,23 @@ impl Scenario {
             }
             ActionSpec::Leave { host } => {
                 sim.schedule(at, Action::Leave(HostId(find(names, host)?)));
+            }
+            ActionSpec::RestartServer => sim.schedule(at, Action::RestartServer),
+            ActionSpec::CutSignaling { host, duration_s } => {
+                let h = HostId(find(names, host)?);
+                sim.schedule(at, Action::CutSignaling(h));
+                if let Some(d) = duration_s {
+                    sim.schedule(
+                        at + secs(positive("duration_s", *d)?),
+                        Action::RestoreSignaling(h),
+                    );
+                }
+            }
+            ActionSpec::RestoreSignaling { host } => {
+                sim.schedule(at, Action::RestoreSignaling(HostId(find(names, host)?)));
+            }
+            ActionSpec::MoveHost { host } => {
+                sim.schedule(at, Action::MoveHost(HostId(find(names, host)?)));
             }
         }
         Ok(())

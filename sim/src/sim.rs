@@ -116,6 +116,17 @@ pub enum Action {
     },
     /// Leave the room
     Leave(HostId),
+    /// Restart the signaling server: every connection drops and the server forgets every
+    /// room (clients reconnect and announce afresh)
+    RestartServer,
+    /// Cut a host's signaling only (its media paths stay): its connection drops and new
+    /// ones are refused until [`Action::RestoreSignaling`]
+    CutSignaling(HostId),
+    /// Let a host reach the signaling server again
+    RestoreSignaling(HostId),
+    /// Give a host a new address (a move between networks): its old address stops working
+    /// and its session is told of the change
+    MoveHost(HostId),
 }
 
 /// A stream of fixed-size data messages at a fixed rate, measured end to end
@@ -178,6 +189,9 @@ pub struct FlowStats {
     pub duplicates: u64,
     /// Messages received after one with a higher sequence number
     pub out_of_order: u64,
+    /// Messages a full reconnect reported as possibly undelivered (`DataUndelivered`): not
+    /// lost silently, the application was told
+    pub undelivered: u64,
     /// Send time of every accepted message, by sequence number
     pub sent_at: Vec<Duration>,
     /// Every received message, in arrival order
@@ -221,6 +235,8 @@ struct Host {
     addr: SocketAddr,
     /// The current signaling connection, while the session has one (or is opening one)
     conn: Option<ConnId>,
+    /// Signaling is cut ([`Action::CutSignaling`]): connections are refused
+    signal_cut: bool,
     peer_id: Option<PeerId>,
     joined_once: bool,
     incarnation: u64,
@@ -373,6 +389,8 @@ pub struct Sim {
     queue: BinaryHeap<Reverse<Scheduled>>,
     seq: u64,
     log: Vec<LogEntry>,
+    server_restarts: u64,
+    moves: u64,
 }
 
 impl Sim {
@@ -413,6 +431,8 @@ impl Sim {
             queue: BinaryHeap::new(),
             seq: 0,
             log: Vec::new(),
+            server_restarts: 0,
+            moves: 0,
             config,
         };
         if !sim.config.stats_interval.is_zero() {
@@ -470,6 +490,7 @@ impl Sim {
             clock: options.clock,
             addr,
             conn: None,
+            signal_cut: false,
             peer_id: None,
             joined_once: false,
             incarnation: 0,
@@ -602,6 +623,13 @@ impl Sim {
                 peer_id,
             } => self.join(host, &room, &peer_id),
             Action::Leave(h) => self.leave(h),
+            Action::RestartServer => self.restart_server(),
+            Action::CutSignaling(h) => {
+                self.hosts[h.0].signal_cut = true;
+                self.drop_signaling(h);
+            }
+            Action::RestoreSignaling(h) => self.hosts[h.0].signal_cut = false,
+            Action::MoveHost(h) => self.move_host(h.0),
         }
         Ok(())
     }
@@ -1169,6 +1197,12 @@ impl Sim {
                     // A connection the host has since given up on.
                     return;
                 }
+                if self.hosts[idx].signal_cut {
+                    self.hosts[idx].conn = None;
+                    let reason = "connection refused".to_string();
+                    self.feed(idx, |now| Input::SignalingDown(now, reason));
+                    return;
+                }
                 self.relay.handle_connect(now, conn);
                 self.drain_server();
                 self.feed(idx, Input::SignalingUp);
@@ -1310,6 +1344,18 @@ impl Sim {
         }
         let next = self.now + interval;
         self.push(next, Due::Flow(i), Payload::None);
+    }
+
+    /// Counts a flow message a full reconnect reported as possibly undelivered
+    fn record_undelivered(&mut self, bytes: &[u8]) {
+        if bytes.len() < FLOW_HEADER_BYTES || &bytes[..4] != FLOW_MAGIC {
+            return;
+        }
+        let mut b = [0u8; 4];
+        b.copy_from_slice(&bytes[4..8]);
+        if let Some(f) = self.flows.get_mut(u32::from_le_bytes(b) as usize) {
+            f.stats.undelivered += 1;
+        }
     }
 
     /// Records a flow message received on `host`; false if `bytes` is not one
@@ -1629,6 +1675,11 @@ impl Sim {
             Event::Mesh(M::PeerLeft { peer, .. } | M::PeerFailed { peer, .. }) => {
                 self.hosts[idx].media_epoch.remove(peer);
             }
+            Event::Mesh(M::DataUndelivered { messages, .. }) => {
+                for m in messages {
+                    self.record_undelivered(m.as_bytes());
+                }
+            }
             _ => {}
         }
         if let Event::Mesh(M::PeerConnected { peer, connect_time }) = &e {
@@ -1651,6 +1702,10 @@ impl Sim {
     }
 
     fn transmit(&mut self, from: usize, t: Transmit) {
+        if t.source != self.hosts[from].addr {
+            tracing::trace!(source = %t.source, "datagram from an address the host left");
+            return;
+        }
         let Some(&to) = self.by_addr.get(&t.destination) else {
             tracing::trace!(dest = %t.destination, "datagram to no host dropped");
             return;
@@ -1740,6 +1795,48 @@ impl Sim {
                 }
             }
         }
+    }
+
+    /// Restarts the signaling server: every client's connection drops, and the new server
+    /// knows no room
+    fn restart_server(&mut self) {
+        self.server_restarts += 1;
+        self.relay = Server::new(ServerConfig {
+            seed: mix(self.config.seed, 0x5e4e_0000 + self.server_restarts),
+            ..ServerConfig::default()
+        });
+        for idx in 0..self.hosts.len() {
+            if let Some(conn) = self.hosts[idx].conn.take() {
+                self.conn_host.remove(&conn);
+                let reason = "server restarted".to_string();
+                self.feed(idx, |now| Input::SignalingDown(now, reason));
+            }
+        }
+    }
+
+    /// Moves a host to a new address: datagrams to or from the old one go nowhere
+    fn move_host(&mut self, idx: usize) {
+        self.moves += 1;
+        let n = self.moves;
+        let ip = Ipv4Addr::new(
+            127,
+            100 + (n / 250 / 250) as u8,
+            (n / 250 % 250) as u8,
+            (n % 250) as u8 + 1,
+        );
+        let new = SocketAddr::from((ip, 5000));
+        let old = std::mem::replace(&mut self.hosts[idx].addr, new);
+        self.by_addr.remove(&old);
+        self.by_addr.insert(new, idx);
+        let local = self.local_instant(idx);
+        if let Some(s) = self.hosts[idx].core.session() {
+            let p = s.participant_mut();
+            p.remove_local_candidate(old);
+            p.add_local_candidate(new)
+                .expect("a loopback host candidate is valid; panic means bug");
+            p.handle_network_change(local);
+        }
+        self.drain_host(idx);
     }
 
     /// Drops the host's signaling connection, as if its WebSocket died: the server and the
