@@ -220,12 +220,37 @@ pub struct LinkSpec {
     pub rate_kbps: Option<f64>,
     /// Mahimahi capacity trace file (relative to the scenario file); replaces `rate_kbps`
     pub capacity_trace: Option<String>,
+    /// A synthetic cellular capacity trace ([`CapacityTrace::cellular`]); replaces
+    /// `rate_kbps` and `capacity_trace`
+    pub cellular: Option<CellularSpec>,
     /// Drop-tail limit in bytes (0: unlimited)
     pub queue_bytes: Option<usize>,
     /// Drop-tail limit in packets (0: unlimited)
     pub queue_packets: Option<usize>,
     /// meshrtc packet trace file (relative to the scenario file); `""` removes it
     pub delay_trace: Option<String>,
+}
+
+/// A synthetic cellular capacity: `{ mean_kbps = 2000, seed = 3, period_s = 120 }`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CellularSpec {
+    /// Mean capacity, kbit/s
+    pub mean_kbps: f64,
+    /// The trace's own seed (default 1), independent of the scenario's
+    #[serde(default = "default_cellular_seed")]
+    pub seed: u64,
+    /// Length before it repeats, seconds (default 120)
+    #[serde(default = "default_cellular_period")]
+    pub period_s: f64,
+}
+
+fn default_cellular_seed() -> u64 {
+    1
+}
+
+fn default_cellular_period() -> f64 {
+    120.0
 }
 
 /// Jitter in a scenario: `{ shape = "normal", std_ms = 5 }` and so on
@@ -1158,6 +1183,17 @@ impl LinkSpec {
         }
         if let Some(v) = self.reorder_delay_ms {
             c.reorder_delay = ms(non_negative("reorder_delay_ms", v)?);
+        }
+        if let Some(cell) = &self.cellular {
+            if self.rate_kbps.is_some() || self.capacity_trace.is_some() {
+                return Err(Error::Config(
+                    "set one of rate_kbps, capacity_trace and cellular".into(),
+                ));
+            }
+            let mean = positive("cellular.mean_kbps", cell.mean_kbps)?;
+            let period = secs(positive("cellular.period_s", cell.period_s)?);
+            let trace = CapacityTrace::cellular(cell.seed, period, (mean * 1000.0) as u64)?;
+            c.rate = Rate::Trace(Arc::new(trace));
         }
         match (self.rate_kbps, &self.capacity_trace) {
             (Some(_), Some(_)) => {
