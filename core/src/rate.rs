@@ -273,7 +273,10 @@ impl RateController {
                 }
             }
             // Peers that went away leave the group without a move.
-            if sorted.iter().any(|(_, p)| self.low_peers.contains(*p) != low.contains(*p)) {
+            if sorted
+                .iter()
+                .any(|(_, p)| self.low_peers.contains(*p) != low.contains(*p))
+            {
                 self.low_changed = Some(now);
             }
             self.low_peers = low;
@@ -393,8 +396,7 @@ fn step(
     };
     let (want_f, cur_f) = (f64::from(want), f64::from(cur.bps));
     let settled = now.saturating_duration_since(cur.at) >= cfg.min_interval;
-    let down =
-        want_f < cur_f * (1.0 - cfg.deadband) && (settled || want_f < cur_f * cfg.emergency);
+    let down = want_f < cur_f * (1.0 - cfg.deadband) && (settled || want_f < cur_f * cfg.emergency);
     let up = want_f > cur_f * (1.0 + cfg.deadband) && settled;
     // At the ceiling or the floor, the last gap closes too.
     let edge = settled && want != cur.bps && (want == MIN_VIDEO_BPS || want == ceiling);

@@ -98,9 +98,10 @@ impl CrossStats {
 
     /// Delivered kbit/s per interval, every interval from the first to the last delivery
     pub fn series(&self) -> Vec<(Duration, f64)> {
-        let (Some((&first, _)), Some((&last, _))) =
-            (self.buckets.first_key_value(), self.buckets.last_key_value())
-        else {
+        let (Some((&first, _)), Some((&last, _))) = (
+            self.buckets.first_key_value(),
+            self.buckets.last_key_value(),
+        ) else {
             return Vec::new();
         };
         (first..=last)
@@ -187,7 +188,8 @@ impl Shared {
             )));
         }
         let rate = match config.model {
-            CrossModel::Cbr { bits_per_sec } | CrossModel::Aimd {
+            CrossModel::Cbr { bits_per_sec }
+            | CrossModel::Aimd {
                 start_bits_per_sec: bits_per_sec,
                 ..
             } => bits_per_sec as f64,

@@ -47,9 +47,9 @@ mod sim;
 pub mod trace;
 
 pub use clock::Clock;
+pub use cross::{CrossModel, CrossStats, CrossTrafficConfig, SharedBottleneckConfig};
 pub use error::Error;
 pub use link::{Fate, Jitter, Link, LinkConfig, LinkStats, Loss, QueueLimit, Rate, Verdict};
-pub use cross::{CrossModel, CrossStats, CrossTrafficConfig, SharedBottleneckConfig};
 pub use media::{MediaSample, MediaSource, MediaStats, MediaStreamConfig, MediaStreamId};
 pub use rates::RateSample;
 pub use report::Report;

@@ -1020,7 +1020,10 @@ impl Sim {
     }
 
     /// Adds a queue that the links it lists share (before their own stages)
-    pub fn add_shared_bottleneck(&mut self, config: SharedBottleneckConfig) -> Result<usize, Error> {
+    pub fn add_shared_bottleneck(
+        &mut self,
+        config: SharedBottleneckConfig,
+    ) -> Result<usize, Error> {
         self.shared.add_bottleneck(config, self.hosts.len())
     }
 

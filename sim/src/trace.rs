@@ -132,7 +132,10 @@ impl CapacityTrace {
         let mut normal = move || {
             // Box-Muller
             let (u, v) = (rng.f64().max(1e-12), rng.f64());
-            ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos(), rng.f64())
+            (
+                (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos(),
+                rng.f64(),
+            )
         };
         let mean = mean_bits_per_sec as f64;
         let packet_bits = (MAHIMAHI_PACKET_BYTES * 8) as f64;

@@ -88,7 +88,12 @@ fn run(args: &Args) -> Result<(), Error> {
         plot::write_svg(path, &title, &outcome.series)?;
     }
     if let Some(path) = &args.rates {
-        let names: Vec<String> = outcome.report.hosts.iter().map(|h| h.name.clone()).collect();
+        let names: Vec<String> = outcome
+            .report
+            .hosts
+            .iter()
+            .map(|h| h.name.clone())
+            .collect();
         let csv = meshrtc_sim::rates::csv(&outcome.sim, &names);
         std::fs::write(path, csv).map_err(|e| Error::Io {
             path: path.clone(),
