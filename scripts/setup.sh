@@ -9,7 +9,9 @@ set -euo pipefail
 # chromium: Debian's headless browser for the interop tests (interop/, /usr/bin/chromium).
 # coturn: the TURN/STUN server the ICE tests start on 127.0.0.1 (core/tests/turn/).
 # iproute2, iptables: network namespaces behind Linux NAT (scripts/netns-nat.sh).
-needed=(pkg-config cmake g++ nasm libvpx-dev libclang-dev chromium coturn iproute2 iptables)
+# python3-prometheus-client: the Prometheus project's own text-format parser, which the
+# signaling server's /metrics test checks its output with.
+needed=(pkg-config cmake g++ nasm libvpx-dev libclang-dev chromium coturn iproute2 iptables python3-prometheus-client)
 missing=()
 for p in "${needed[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -24,6 +24,9 @@ pub struct Config {
     pub capabilities: Capabilities,
     /// Application metadata announced to the room
     pub metadata: serde_json::Value,
+    /// Room token (a JWT from the server's operator, signaling.md version 2) sent with every
+    /// `peer.announce`; `None` for servers without authentication
+    pub room_token: Option<String>,
     /// Label of the data channel the offerer opens
     pub channel_label: String,
     /// How long a peer may take from offer to connected before a full reconnect is tried
@@ -59,6 +62,7 @@ impl Default for Config {
                 data: true,
             },
             metadata: serde_json::Value::Object(Default::default()),
+            room_token: None,
             channel_label: "meshrtc".into(),
             connect_timeout: Duration::from_secs(15),
             recovery: RecoveryConfig::default(),

@@ -69,6 +69,10 @@ pub enum SdpRejection {
     /// An answer arrived while no offer of ours was outstanding
     #[error("answer without an offer")]
     UnexpectedAnswer,
+    /// An answer from another connection of that peer than the one we offered on (one
+    /// it has since replaced, delivered late)
+    #[error("answer from another connection (stale)")]
+    StaleAnswer,
 }
 
 /// Why a signaling message was not used

@@ -99,6 +99,9 @@ pub enum Event {
         room: RoomId,
         /// The peers already there
         peers: Vec<PeerInfo>,
+        /// The server gave us back our held place (a re-announce with its resume token
+        /// within the grace): the other peers saw no `peer.left`
+        resumed: bool,
     },
     /// Another peer joined the room (it will offer to us)
     PeerJoined(PeerInfo),

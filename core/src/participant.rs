@@ -12,7 +12,7 @@ use str0m::Candidate;
 use crate::adapt::Adaptation;
 use crate::codec::{I420Frame, VideoCodec};
 use crate::config::{Config, MediaKind};
-use crate::error::{CommandError, InputError, SdpRejection, SignalProblem, TransportError};
+use crate::error::{CommandError, InputError, SignalProblem, TransportError};
 use crate::event::{DataMessage, Event, FailReason, LeaveReason, ReconnectKind};
 use crate::media::{Encoders, Encoding, MediaOut};
 use crate::peer::{Health, Peer, PeerOutput, Role};
@@ -61,6 +61,8 @@ pub struct Participant {
     peers: BTreeMap<PeerId, Peer>,
     next_request: i64,
     pending_requests: BTreeMap<i64, &'static str>,
+    /// Which peer each outstanding `peer.offer` request is for
+    offer_requests: BTreeMap<i64, PeerId>,
     outputs: VecDeque<Output>,
     /// Peers given data since they were last drained: drained at the next `poll_output`,
     /// so a burst of sends reaches str0m in one write-then-poll round
@@ -78,6 +80,8 @@ pub struct Participant {
     /// Whether the server has accepted our announce on the current signaling connection
     /// (an offer can reach a peer)
     signaling_up: bool,
+    /// The server's resume token from the last announce result (signaling.md version 2)
+    resume: Option<String>,
 }
 
 /// How many departed peers' statistics are kept
@@ -129,6 +133,7 @@ impl Participant {
             peers: BTreeMap::new(),
             next_request: 1,
             pending_requests: BTreeMap::new(),
+            offer_requests: BTreeMap::new(),
             outputs: VecDeque::new(),
             unflushed: BTreeSet::new(),
             last_now: now,
@@ -138,6 +143,7 @@ impl Participant {
             strays: VecDeque::new(),
             departed: BTreeMap::new(),
             signaling_up: false,
+            resume: None,
         }
     }
 
@@ -234,6 +240,10 @@ impl Participant {
     /// answers will never come); call before announcing on a new one
     pub fn signaling_lost(&mut self) {
         self.pending_requests.clear();
+        self.offer_requests.clear();
+        for peer in self.peers.values_mut() {
+            peer.offers_maybe_lost();
+        }
         self.signaling_up = false;
         // A first announce that was lost is lost: the caller decides whether to try again.
         if let RoomState::Announcing { room, me } = &self.state {
@@ -253,6 +263,9 @@ impl Participant {
             peer_id,
             capabilities: Some(self.config.capabilities),
             metadata: Some(self.config.metadata.clone()),
+            token: self.config.room_token.clone(),
+            // Only a re-announce (we already have our id) can reclaim a held place.
+            resume: me.as_ref().and(self.resume.clone()),
         });
         self.outputs.push_back(Output::Signal(frame));
         self.state = RoomState::Announcing { room, me };
@@ -270,7 +283,7 @@ impl Participant {
         self.outputs.push_back(Output::Signal(frame));
         let ids: Vec<PeerId> = self.peers.keys().cloned().collect();
         for id in ids {
-            self.close_peer(&id, PeerEnd::Left(LeaveReason::LocalLeave));
+            self.close_peer(&id, LeaveReason::LocalLeave);
         }
         self.known.clear();
         self.state = RoomState::Left;
@@ -666,9 +679,13 @@ impl Participant {
         let Some(method) = self.pending_requests.remove(&n) else {
             return Err(InputError::UnexpectedSignal(SignalProblem::UnknownResponse));
         };
+        let offered_to = self.offer_requests.remove(&n);
         let value = match result {
             Ok(v) => v,
             Err(error) => {
+                if let Some(peer) = offered_to.and_then(|id| self.peers.get_mut(&id)) {
+                    peer.offer_refused();
+                }
                 if method == "peer.announce" {
                     // A refused re-announce leaves us where we were; a refused first one
                     // leaves us outside the room.
@@ -693,10 +710,15 @@ impl Participant {
             room: announced.room.clone(),
             me: announced.peer_id.clone(),
         };
+        if announced.resumed {
+            tracing::debug!("resumed our place in the room");
+        }
+        self.resume = announced.resume.clone();
         self.outputs.push_back(Output::Event(Event::Announced {
             peer_id: announced.peer_id.clone(),
             room: announced.room.clone(),
             peers: announced.peers.clone(),
+            resumed: announced.resumed,
         }));
         self.signaling_up = true;
         // Offer to every listed peer we have no connection with; a peer we are still
@@ -772,7 +794,7 @@ impl Participant {
                     }
                     return Ok(());
                 }
-                self.close_peer(&peer_id, PeerEnd::Left(LeaveReason::Signaled(reason)));
+                self.close_peer(&peer_id, LeaveReason::Signaled(reason));
                 Ok(())
             }
             Notification::Offer { from, sdp } => self.handle_offer(now, from, sdp),
@@ -787,10 +809,15 @@ impl Participant {
                     }
                     // After a glare our own offer may be gone: a late answer to it changes
                     // nothing.
-                    Err(reason @ SdpRejection::UnexpectedAnswer) => {
+                    //
+                    // Any other refusal is contained too: the answer may be a late one for
+                    // an offer of a connection either side has replaced since (held frames
+                    // of a resumed signaling connection, say). The connection stays as it
+                    // was and recovery goes on (a new offer after its next interval).
+                    Err(reason) => {
+                        tracing::debug!(peer = %from, %reason, "answer not used");
                         Err(InputError::BadSdp { peer: from, reason })
                     }
-                    Err(reason) => self.fail_bad_sdp(&from, reason),
                 }
             }
             Notification::IceCandidate {
@@ -802,6 +829,11 @@ impl Participant {
     fn handle_offer(&mut self, now: Instant, from: PeerId, sdp: String) -> Result<(), InputError> {
         let polite = self.is_polite(&from);
         if let Some(peer) = self.peers.get_mut(&from) {
+            if peer.is_retired_connection(&sdp) {
+                // For a connection of ours that we have since replaced: late.
+                tracing::debug!(peer = %from, "offer for a replaced connection; ignored");
+                return Ok(());
+            }
             if peer.is_other_connection(&sdp) {
                 // A new connection from the remote: it restarted, or reconnects in full.
                 if peer.has_pending_offer() && peer.is_fresh() && !polite {
@@ -828,7 +860,12 @@ impl Participant {
                     self.drain_peer(&from);
                     Ok(())
                 }
-                Err(reason) => self.fail_bad_sdp(&from, reason),
+                // A late offer for a state either side has left: the connection stays as it
+                // was (recovery goes on if it is broken).
+                Err(reason) => {
+                    tracing::debug!(peer = %from, %reason, "offer not used");
+                    Err(InputError::BadSdp { peer: from, reason })
+                }
             };
         }
         let Some(known) = self.known.remove(&from) else {
@@ -937,7 +974,7 @@ impl Participant {
             return;
         };
         // The old connection is dropped without a close: the remote's own recovery sees our
-        // new offer (a new DTLS fingerprint) and replaces its side.
+        // new offer (a new SDP session id) and replaces its side.
         let mut peer = self.new_peer(now, old.info().clone(), Role::Offerer);
         let undelivered = peer.take_over(&mut old);
         self.report_undelivered(id, undelivered);
@@ -981,13 +1018,27 @@ impl Participant {
         if peer.orphan && health != Health::Up {
             // The server said it left; only its working path kept it.
             let reason = LeaveReason::Signaled(LeftReason::Timeout);
-            self.close_peer(id, PeerEnd::Left(reason));
+            self.close_peer(id, reason);
             return;
         }
         match health {
             Health::Connecting => {}
             Health::Up => {
                 if let Some(after) = peer.recovery.handle_up(now) {
+                    if after >= self.config.recovery.reconnect_after
+                        && peer.has_unconfirmed_data()
+                        && peer.connected_before(now - after)
+                    {
+                        // SCTP has backed its retransmissions off by now: a new connection
+                        // carries the data at once (what the old one may have delivered
+                        // is reported).
+                        tracing::debug!(peer = %id, ?after, "path back after a long outage; new connection for the data");
+                        self.reconnect(id, now);
+                        if let Some(p) = self.peers.get_mut(id) {
+                            p.recovery.continue_outage(now - after);
+                        }
+                        return;
+                    }
                     let kind = peer.reconnected();
                     tracing::debug!(peer = %id, ?after, ?kind, "reconnected");
                     self.outputs
@@ -1111,14 +1162,6 @@ impl Participant {
         self.outputs.push_back(Output::Signal(frame));
     }
 
-    fn fail_bad_sdp(&mut self, id: &PeerId, reason: SdpRejection) -> Result<(), InputError> {
-        self.remove_peer(id, PeerEnd::Failed(FailReason::BadSdp(reason.clone())));
-        Err(InputError::BadSdp {
-            peer: id.clone(),
-            reason,
-        })
-    }
-
     /// Drains one peer after an input and turns a str0m error into a failed peer
     fn after_peer_input(
         &mut self,
@@ -1214,7 +1257,7 @@ impl Participant {
     }
 
     /// Closes a peer's `Rtc` (its DTLS close_notify still goes out) and forgets the peer
-    fn close_peer(&mut self, id: &PeerId, end: PeerEnd) {
+    fn close_peer(&mut self, id: &PeerId, reason: LeaveReason) {
         let Some(peer) = self.peers.get_mut(id) else {
             return;
         };
@@ -1227,10 +1270,10 @@ impl Participant {
                 self.outputs.push_back(Output::Transmit(t));
             }
         }
-        self.remove_peer(id, end);
+        self.remove_peer(id, reason);
     }
 
-    fn remove_peer(&mut self, id: &PeerId, end: PeerEnd) {
+    fn remove_peer(&mut self, id: &PeerId, reason: LeaveReason) {
         let Some(peer) = self.peers.remove(id) else {
             return;
         };
@@ -1239,15 +1282,9 @@ impl Participant {
         while self.departed.len() > MAX_DEPARTED {
             self.departed.pop_first();
         }
-        let event = match end {
-            PeerEnd::Left(reason) => Event::PeerLeft {
-                peer: id.clone(),
-                reason,
-            },
-            PeerEnd::Failed(reason) => Event::PeerFailed {
-                peer: id.clone(),
-                reason,
-            },
+        let event = Event::PeerLeft {
+            peer: id.clone(),
+            reason,
         };
         tracing::debug!(peer = %id, ?event, "peer removed");
         self.outputs.push_back(Output::Event(event));
@@ -1268,20 +1305,21 @@ impl Participant {
         let id = self.next_request;
         self.next_request += 1;
         self.pending_requests.insert(id, request.method());
-        // Responses to trickled candidates are not needed for long; bound the map.
+        if let Request::Offer { to, .. } = &request {
+            self.offer_requests.insert(id, to.clone());
+        }
+        // Responses to trickled candidates are not needed for long; bound the maps.
         while self.pending_requests.len() > 1024 {
             self.pending_requests.pop_first();
+        }
+        while self.offer_requests.len() > 256 {
+            self.offer_requests.pop_first();
         }
         ClientFrame {
             id: RequestId::Number(id),
             request,
         }
     }
-}
-
-enum PeerEnd {
-    Left(LeaveReason),
-    Failed(FailReason),
 }
 
 /// What became of a datagram offered to the peers

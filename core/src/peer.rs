@@ -75,9 +75,15 @@ pub(crate) struct Peer {
     ice_disconnected_since: Option<Instant>,
     /// When a datagram last came from this peer
     last_received: Option<Instant>,
-    /// The DTLS fingerprint of the remote's first description: another one means a new
-    /// connection (the remote restarted, or reconnects in full)
-    remote_fingerprint: Option<String>,
+    /// Which connection of the remote its first description came from (fingerprint and SDP
+    /// session id): another one means a new connection (it restarted, or reconnects in full)
+    remote_connection: Option<String>,
+    /// The remote connections this peer's earlier connections talked to (most recent
+    /// last, bounded): an offer from one of them is late, for a connection we replaced
+    retired_remotes: Vec<String>,
+    /// Our offers sent whose answers have not come (answers come in order, so while more
+    /// than one is out, an answer is for an older offer than the one waiting)
+    offers_out: u32,
     /// Messages written to the channel whose bytes the channel has not confirmed yet, and
     /// their total size (a full reconnect reports them undelivered)
     unacked: VecDeque<DataMessage>,
@@ -186,7 +192,9 @@ impl Peer {
             dtls_connected: false,
             ice_disconnected_since: None,
             last_received: None,
-            remote_fingerprint: None,
+            remote_connection: None,
+            offers_out: 0,
+            retired_remotes: Vec::new(),
             unacked: VecDeque::new(),
             unacked_bytes: 0,
             recovery,
@@ -278,14 +286,17 @@ impl Peer {
             self.media.set_mid(kind, mid);
         }
         self.pending_offer = Some(pending);
+        self.offers_out = self.offers_out.saturating_add(1);
         offer.to_sdp_string()
     }
 
     pub(crate) fn accept_offer(&mut self, sdp: &str) -> Result<String, SdpRejection> {
         let offer =
             SdpOffer::from_sdp_string(sdp).map_err(|e| SdpRejection::Unparsable(e.to_string()))?;
-        // A renegotiation drops our own offer, if any (str0m invalidates it).
+        // A renegotiation drops our own offer, if any (str0m invalidates it); the remote
+        // ignores it (perfect negotiation), so no answer to it comes.
         self.pending_offer = None;
+        self.offers_out = 0;
         self.restart_offered = false;
         let answer = self
             .rtc
@@ -297,11 +308,27 @@ impl Peer {
     }
 
     pub(crate) fn accept_answer(&mut self, sdp: &str) -> Result<(), SdpRejection> {
-        let Some(pending) = self.pending_offer.take() else {
+        if self.pending_offer.is_none() {
             return Err(SdpRejection::UnexpectedAnswer);
-        };
+        }
         let answer =
             SdpAnswer::from_sdp_string(sdp).map_err(|e| SdpRejection::Unparsable(e.to_string()))?;
+        // An answer from a connection the remote has since replaced leaves our offer waiting
+        // for the right one.
+        if self.is_other_connection(sdp) && self.has_remote_description {
+            return Err(SdpRejection::StaleAnswer);
+        }
+        // The answer to an offer we have since replaced with a newer one (ICE restarts sent
+        // while the remote could not answer, delivered together later).
+        if self.offers_out > 1 {
+            self.offers_out -= 1;
+            return Err(SdpRejection::StaleAnswer);
+        }
+        self.offers_out = 0;
+        let pending = self
+            .pending_offer
+            .take()
+            .expect("checked above; panic means bug");
         self.rtc
             .sdp_api()
             .accept_answer(pending, answer)
@@ -340,6 +367,28 @@ impl Peer {
         news
     }
 
+    /// The server refused to relay one of our offers: its answer will not come
+    pub(crate) fn offer_refused(&mut self) {
+        self.offers_out = self.offers_out.saturating_sub(1);
+    }
+
+    /// Signaling dropped: offers sent on the old connection may never arrive, so the next
+    /// answer counts as the one for the offer that waits
+    pub(crate) fn offers_maybe_lost(&mut self) {
+        self.offers_out = self.offers_out.min(1);
+    }
+
+    /// Whether this connection was up before `t` (it carried the data an outage from `t`
+    /// held up)
+    pub(crate) fn connected_before(&self, t: Instant) -> bool {
+        self.connected_at.is_some_and(|c| c < t)
+    }
+
+    /// Whether reliable data written to the data channel waits for its confirmation
+    pub(crate) fn has_unconfirmed_data(&self) -> bool {
+        !self.unacked.is_empty()
+    }
+
     /// The outage is over: how it was healed
     pub(crate) fn reconnected(&mut self) -> ReconnectKind {
         self.reconnecting
@@ -352,11 +401,20 @@ impl Peer {
         self.pending_offer.is_some()
     }
 
-    /// Whether `sdp` comes from another connection than the one we have (its DTLS
-    /// fingerprint differs from the remote's first)
+    /// Whether `sdp` comes from a remote connection that one of this peer's earlier
+    /// connections talked to (a late offer for a connection we have replaced)
+    pub(crate) fn is_retired_connection(&self, sdp: &str) -> bool {
+        sdp_connection(sdp).is_some_and(|c| self.retired_remotes.contains(&c))
+    }
+
+    /// Whether `sdp` comes from another connection than the one we have (its fingerprint or
+    /// SDP session id differs from the remote's first)
     pub(crate) fn is_other_connection(&self, sdp: &str) -> bool {
-        match (&self.remote_fingerprint, sdp_fingerprint(sdp)) {
-            (Some(ours), Some(theirs)) => ours != theirs,
+        match (&self.remote_connection, sdp_connection(sdp)) {
+            (Some(ours), Some(theirs)) => *ours != theirs,
+            // We never heard from the remote on this connection (ours is a new offer): its
+            // offer is for a connection of its own.
+            (None, Some(_)) => true,
             _ => false,
         }
     }
@@ -376,6 +434,7 @@ impl Peer {
             self.rtc.add_local_candidate(c.clone());
         }
         self.pending_offer = Some(pending);
+        self.offers_out = self.offers_out.saturating_add(1);
         self.stats.reconnects += 1;
         self.restart_offered = true;
         offer.to_sdp_string()
@@ -387,12 +446,28 @@ impl Peer {
     pub(crate) fn take_over(&mut self, old: &mut Peer) -> Vec<DataMessage> {
         self.send_queue = std::mem::take(&mut old.send_queue);
         self.recovery = std::mem::replace(&mut old.recovery, Recovery::new(Default::default(), 0));
+        // The outage goes on, but the old connection's restarts are not for this one: it
+        // connects (or, not in time, is dead and replaced).
+        if let Some(since) = self.recovery.down_since() {
+            self.recovery.continue_outage(since);
+        }
         let reconnects = old.stats.reconnects + 1;
         self.stats = std::mem::take(&mut old.stats);
         self.stats.reconnects = reconnects;
         self.stats.connected = false;
         self.last_error = old.broken.take().or(old.last_error.take());
         self.reconnecting = old.reconnecting;
+        // Answers to the old connection's offers may still come; they are not for ours.
+        self.offers_out = old.offers_out;
+        self.retired_remotes = std::mem::take(&mut old.retired_remotes);
+        if let Some(remote) = old.remote_connection.take() {
+            if !self.retired_remotes.contains(&remote) {
+                self.retired_remotes.push(remote);
+            }
+        }
+        if self.retired_remotes.len() > 8 {
+            self.retired_remotes.remove(0);
+        }
         old.unacked_bytes = 0;
         old.unacked.drain(..).collect()
     }
@@ -434,8 +509,8 @@ impl Peer {
     }
 
     fn on_remote_description(&mut self, sdp: &str) {
-        if self.remote_fingerprint.is_none() {
-            self.remote_fingerprint = sdp_fingerprint(sdp).map(str::to_string);
+        if self.remote_connection.is_none() {
+            self.remote_connection = sdp_connection(sdp);
         }
         // New ICE credentials on either side restart ICE: the path counts as broken until
         // str0m connects again.
@@ -866,8 +941,15 @@ fn fingerprint_seed(id: &crate::signal::PeerId) -> u64 {
 }
 
 /// The `a=fingerprint:` value of an SDP (the session's, or the first media section's)
-fn sdp_fingerprint(sdp: &str) -> Option<&str> {
-    sdp_attribute(sdp, "a=fingerprint:")
+/// Which connection of the remote an SDP describes: its DTLS fingerprint with the session id
+/// of its `o=` line (RFC 3264 keeps that for the life of one connection; a participant may
+/// reuse one certificate for all its connections, so the fingerprint alone does not tell)
+fn sdp_connection(sdp: &str) -> Option<String> {
+    let fingerprint = sdp_attribute(sdp, "a=fingerprint:")?;
+    let session = sdp_attribute(sdp, "o=")
+        .and_then(|o| o.split_whitespace().nth(1))
+        .unwrap_or("");
+    Some(format!("{fingerprint} {session}"))
 }
 
 /// The value of the first line of an SDP that starts with `prefix`

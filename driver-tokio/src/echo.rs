@@ -240,6 +240,8 @@ pub struct RemoteJson {
     pub loss: Option<f64>,
     /// The peer's clock rate against ours, in ppm
     pub clock_drift_ppm: Option<f64>,
+    /// ICE restarts and full reconnects with the peer (cli.md version 2)
+    pub reconnects: Option<u64>,
 }
 
 /// The data counters of one remote peer in the stats file
@@ -279,6 +281,7 @@ impl StatsFile {
                         messages_received: r.messages_received,
                     }),
                     rtt_ms: r.rtt.map(millis),
+                    reconnects: st.map(|s| s.reconnects),
                     loss: st
                         .and_then(|s| s.audio.as_ref())
                         .and_then(|a| a.packets_lost_fraction)

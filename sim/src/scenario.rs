@@ -43,6 +43,10 @@ pub struct Scenario {
     /// One-way delay between a host and the signaling server, in milliseconds
     #[serde(default = "default_signal_latency")]
     pub signal_latency_ms: f64,
+    /// Seconds the signaling server holds a dropped peer's place for its resume
+    /// (signaling.md version 2); 0, the default, reports it gone at once as version 1 did
+    #[serde(default)]
+    pub resume_grace_s: f64,
     /// Settings of every participant
     #[serde(default)]
     pub participant: ParticipantSpec,
@@ -727,6 +731,7 @@ impl Scenario {
             seed,
             signal_latency: ms(self.signal_latency_ms),
             default_link: default_link.clone(),
+            resume_grace: secs(non_negative("resume_grace_s", self.resume_grace_s)?),
             ..SimConfig::default()
         });
         let mut participant = Config {

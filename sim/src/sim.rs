@@ -42,6 +42,9 @@ pub struct SimConfig {
     pub stats_interval: Duration,
     /// How often every directed pair's rates are sampled ([`Sim::rate_samples`]; zero: never)
     pub rate_interval: Duration,
+    /// How long the signaling server holds a dropped peer's place for its resume (zero, the
+    /// default: the room hears `peer.left` at once, as signaling version 1)
+    pub resume_grace: Duration,
 }
 
 impl Default for SimConfig {
@@ -52,6 +55,7 @@ impl Default for SimConfig {
             default_link: LinkConfig::with_latency(Duration::from_millis(10)),
             stats_interval: Duration::from_secs(1),
             rate_interval: Duration::from_millis(250),
+            resume_grace: Duration::ZERO,
         }
     }
 }
@@ -319,6 +323,8 @@ enum Due {
     Stats,
     /// Sample every pair's rates
     Rates,
+    /// The signaling server's deadline (stale generations are skipped)
+    Server(u64),
 }
 
 /// What a scheduled item carries; boxed, so the heap moves small entries
@@ -390,6 +396,9 @@ pub struct Sim {
     seq: u64,
     log: Vec<LogEntry>,
     server_restarts: u64,
+    /// When the server's deadline is scheduled, and its generation
+    server_timer: Option<u64>,
+    server_gen: u64,
     moves: u64,
 }
 
@@ -406,10 +415,7 @@ impl Sim {
         // str0m draws some randomness from the thread-local generator: seed it here so the
         // run depends only on the seed.
         fastrand::seed(config.seed);
-        let relay = Server::new(ServerConfig {
-            seed: config.seed,
-            ..ServerConfig::default()
-        });
+        let relay = Server::new(server_config(&config, config.seed));
         let mut sim = Self {
             anchor: Anchor::new(),
             now: 0,
@@ -432,6 +438,8 @@ impl Sim {
             seq: 0,
             log: Vec::new(),
             server_restarts: 0,
+            server_timer: None,
+            server_gen: 0,
             moves: 0,
             config,
         };
@@ -1162,6 +1170,14 @@ impl Sim {
                     self.step_host(idx);
                 }
             }
+            (Due::Server(generation), _) => {
+                if self.server_gen == generation {
+                    self.server_timer = None;
+                    let now = self.now();
+                    self.relay.handle_timeout(now);
+                    self.drain_server();
+                }
+            }
             (Due::Stats, _) => {
                 for i in 0..self.hosts.len() {
                     self.snapshot_stats(i);
@@ -1231,6 +1247,8 @@ impl Sim {
                 self.drain_server();
             }
             SignalHop::ToClient(conn, text) => {
+                // Delivered: no longer waiting on the server's side of the connection.
+                self.relay.handle_written(now, conn, 1);
                 let Some(idx) = host else {
                     return;
                 };
@@ -1251,7 +1269,8 @@ impl Sim {
 
     /// Feeds one input to the host's session at its local time, then drains it
     fn feed(&mut self, idx: usize, input: impl FnOnce(Instant) -> Input<'static>) {
-        let _span = tracing::trace_span!("host", host = idx).entered();
+        let at = self.now as f64 / 1e9;
+        let _span = tracing::debug_span!("host", host = idx, t = at).entered();
         let local = self.local_instant(idx);
         if let Some(s) = self.hosts[idx].core.session() {
             s.handle_input(input(local));
@@ -1260,7 +1279,8 @@ impl Sim {
     }
 
     fn step_deliver(&mut self, from: usize, to: usize, t: Transmit, charged: usize) {
-        let _span = tracing::trace_span!("host", host = to).entered();
+        let at = self.now as f64 / 1e9;
+        let _span = tracing::debug_span!("host", host = to, t = at).entered();
         let link = self
             .links
             .get_mut(&(from, to))
@@ -1798,16 +1818,31 @@ impl Sim {
                 }
             }
         }
+        // The server's next deadline (resume graces), scheduled once.
+        let next = self
+            .relay
+            .poll_timeout()
+            .map(|t| (self.anchor.local_ns(t).max(0) as u64).max(self.now));
+        if next.is_some() && next != self.server_timer {
+            self.server_timer = next;
+            self.server_gen += 1;
+            let generation = self.server_gen;
+            self.push(
+                next.unwrap_or(self.now),
+                Due::Server(generation),
+                Payload::None,
+            );
+        }
     }
 
     /// Restarts the signaling server: every client's connection drops, and the new server
     /// knows no room
     fn restart_server(&mut self) {
         self.server_restarts += 1;
-        self.relay = Server::new(ServerConfig {
-            seed: mix(self.config.seed, 0x5e4e_0000 + self.server_restarts),
-            ..ServerConfig::default()
-        });
+        let seed = mix(self.config.seed, 0x5e4e_0000 + self.server_restarts);
+        self.relay = Server::new(server_config(&self.config, seed));
+        // The old server's timer goes with it.
+        self.server_timer = None;
         for idx in 0..self.hosts.len() {
             if let Some(conn) = self.hosts[idx].conn.take() {
                 self.conn_host.remove(&conn);
@@ -1851,6 +1886,17 @@ impl Sim {
         self.push_signal(self.now, SignalHop::Disconnect(conn));
         let reason = "connection dropped".to_string();
         self.feed(host.0, |now| Input::SignalingDown(now, reason));
+    }
+}
+
+/// The signaling server's configuration for a run
+fn server_config(config: &SimConfig, seed: u64) -> ServerConfig {
+    ServerConfig {
+        seed: Some(seed),
+        resume_grace: config.resume_grace,
+        // Hosts may join long after they connect.
+        announce_timeout: Duration::ZERO,
+        ..ServerConfig::default()
     }
 }
 

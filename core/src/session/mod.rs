@@ -254,6 +254,8 @@ pub enum Event {
         peers: Vec<PeerInfo>,
         /// From the loss to the re-announce being accepted
         after: Duration,
+        /// The server still held our place (resume): the room never saw us leave
+        resumed: bool,
     },
     /// The server refused our re-announce (other than "id taken", which is retried)
     RejoinFailed {
@@ -803,6 +805,7 @@ impl Session {
                 peer_id,
                 room,
                 peers,
+                resumed,
             } => match self.phase {
                 Phase::Joining { .. } => {
                     self.phase = Phase::Joined;
@@ -822,7 +825,11 @@ impl Session {
                         .lost_at
                         .take()
                         .map_or(Duration::ZERO, |t| self.now.saturating_duration_since(t));
-                    Some(Event::SignalingRestored { peers, after })
+                    Some(Event::SignalingRestored {
+                        peers,
+                        after,
+                        resumed,
+                    })
                 }
             },
             E::SignalError {

@@ -34,11 +34,15 @@ enum Work {
 
 impl Bench {
     fn new(config: SessionConfig) -> Self {
+        Self::with_server(config, ServerConfig::default())
+    }
+
+    fn with_server(config: SessionConfig, server: ServerConfig) -> Self {
         #[allow(clippy::disallowed_methods)]
         let now = Instant::now();
         let mut b = Self {
             nodes: Vec::new(),
-            server: Server::new(ServerConfig::default()),
+            server: Server::new(server),
             next_conn: 0,
             now,
             reachable: true,
@@ -338,8 +342,44 @@ fn lost_signaling_is_reopened_with_backoff_and_the_session_re_announces() {
 }
 
 #[test]
-fn a_taken_id_after_a_reconnect_is_retried_until_the_server_lets_go() {
+fn a_dropped_connection_resumes_its_place_and_the_room_sees_nothing() {
     let mut b = Bench::new(config("a"));
+    b.add(config("b"));
+    b.run_for(Duration::from_secs(2));
+    // The connection drops on our side only; the re-announce carries the resume token.
+    b.nodes[0].conn.take().unwrap();
+    let now = b.now;
+    b.session(0)
+        .handle_input(Input::SignalingDown(now, "dropped".into()));
+    b.run_for(Duration::from_secs(3));
+    let resumed: Vec<bool> = b.nodes[0]
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::SignalingRestored { resumed, .. } => Some(*resumed),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(resumed, vec![true]);
+    assert_eq!(
+        b.count(1, |e| matches!(
+            e,
+            Event::Mesh(crate::Event::PeerLeft { .. } | crate::Event::PeerJoined(_))
+        )),
+        0,
+        "b never saw a leave or a join"
+    );
+    assert_eq!(b.server.peers_in(&RoomId::new("room").unwrap()).len(), 2);
+}
+
+#[test]
+fn a_taken_id_after_a_reconnect_is_retried_until_the_server_lets_go() {
+    // A server without resume (version 1 behaviour).
+    let server = ServerConfig {
+        resume_grace: Duration::ZERO,
+        ..ServerConfig::default()
+    };
+    let mut b = Bench::with_server(config("a"), server);
     // The connection drops on our side only: the server still holds "a".
     let old = b.nodes[0].conn.take().unwrap();
     let now = b.now;

@@ -1,6 +1,9 @@
 //! Typed messages of the signaling protocol: JSON-RPC 2.0 over WebSocket
 //!
-//! The wire contract is `contracts/signaling.md`; this module is its only encoder and decoder.
+//! The wire contract is `contracts/signaling.md` with its version 2 additions (room tokens,
+//! ICE servers and resume in `peer.announce`, error `-32006`); this module is its only encoder
+//! and decoder. Version 2 fields are optional on the wire both ways, so version 1 peers and
+//! servers interoperate with this code.
 //! A [`ClientFrame`] is what a peer sends (always a request with an `id`), a [`ServerFrame`]
 //! is what the signaling server sends (a response or a notification).
 //!
@@ -12,6 +15,7 @@
 //! Objects held as [`serde_json::Value`] (metadata, response results) are written in
 //! `serde_json`'s map order.
 
+pub mod auth;
 pub mod server;
 
 use std::fmt;
@@ -154,6 +158,10 @@ pub enum Request {
         capabilities: Option<Capabilities>,
         /// Application data for the other peers, an object; absent means `{}`
         metadata: Option<Value>,
+        /// A room token (JWT) for a server that requires one (version 2)
+        token: Option<String>,
+        /// The resume token of a previous announce, to reclaim that place (version 2)
+        resume: Option<String>,
     },
     /// `peer.offer`: an SDP offer for peer `to`
     Offer {
@@ -261,7 +269,38 @@ pub enum LeftReason {
     Kicked,
 }
 
+/// An ICE server as the W3C `RTCIceServer` describes it: STUN or TURN URLs and, for TURN,
+/// the credentials to use with them
+///
+/// On the wire `urls` is an array; a single string is accepted when parsing, as browsers do.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct IceServer {
+    /// `stun:HOST:PORT`, `turn:HOST:PORT?transport=udp` and the like
+    #[serde(deserialize_with = "string_or_strings")]
+    pub urls: Vec<String>,
+    /// The TURN user name, if any
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// The TURN password, if any
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+impl IceServer {
+    /// A server reached at one URL, without credentials
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            urls: vec![url.into()],
+            username: None,
+            credential: None,
+        }
+    }
+}
+
 /// Result of `peer.announce`
+///
+/// The fields after `peers` are version 2 additions: absent on the wire when they are
+/// empty, `None` or `false`, and absent in the answers of a version 1 server.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AnnounceResult {
     /// The announcing peer's id, as requested or as assigned by the server
@@ -270,9 +309,35 @@ pub struct AnnounceResult {
     pub room: RoomId,
     /// The peers already in the room, in join order
     pub peers: Vec<PeerInfo>,
+    /// ICE servers to use in addition to the configured ones
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ice_servers: Vec<IceServer>,
+    /// The token that reclaims this place after a dropped connection; absent when the
+    /// server does not hold places (grace 0)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<String>,
+    /// How long, in seconds, the server holds the place of a dropped connection
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_grace_s: Option<u64>,
+    /// This announce reclaimed a held place: held notifications follow
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub resumed: bool,
 }
 
 impl AnnounceResult {
+    /// A result with the version 1 fields only
+    pub fn new(peer_id: PeerId, room: RoomId, peers: Vec<PeerInfo>) -> Self {
+        Self {
+            peer_id,
+            room,
+            peers,
+            ice_servers: Vec::new(),
+            resume: None,
+            resume_grace_s: None,
+            resumed: false,
+        }
+    }
+
     /// The `result` member of the announce response
     pub fn to_value(&self) -> Value {
         // Cannot fail: every map key involved is a string.
@@ -315,10 +380,12 @@ pub enum ErrorCode {
     MessageTooLarge,
     /// -32005: the connection sends too fast
     RateLimited,
+    /// -32006: the room token is missing, invalid, expired or for another room or id
+    Unauthorized,
 }
 
 impl ErrorCode {
-    const ALL: [Self; 10] = [
+    const ALL: [Self; 11] = [
         Self::ParseError,
         Self::InvalidRequest,
         Self::MethodNotFound,
@@ -329,6 +396,7 @@ impl ErrorCode {
         Self::UnknownTarget,
         Self::MessageTooLarge,
         Self::RateLimited,
+        Self::Unauthorized,
     ];
 
     /// The numeric `error.code`
@@ -344,6 +412,7 @@ impl ErrorCode {
             Self::UnknownTarget => -32003,
             Self::MessageTooLarge => -32004,
             Self::RateLimited => -32005,
+            Self::Unauthorized => -32006,
         }
     }
 
@@ -364,6 +433,7 @@ impl ErrorCode {
             Self::UnknownTarget => "unknown target peer",
             Self::MessageTooLarge => "message too large",
             Self::RateLimited => "rate limited",
+            Self::Unauthorized => "unauthorized",
         }
     }
 }
@@ -496,6 +566,8 @@ impl ClientFrame {
                 peer_id: p.peer_id,
                 capabilities: p.capabilities,
                 metadata: p.metadata,
+                token: p.token,
+                resume: p.resume,
             }),
             "peer.offer" => decode(params).map(|p: ToSdp| Request::Offer {
                 to: p.to,
@@ -760,6 +832,24 @@ fn optional_object<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::
     }
 }
 
+/// Deserializes `urls`: an array of strings, or one string
+fn string_or_strings<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(url) => vec![url],
+        OneOrMany::Many(urls) => urls,
+    })
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
 /// Deserializes a member that, when present, is kept even if it is `null`
 fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
     Value::deserialize(d).map(Some)
@@ -774,6 +864,10 @@ struct AnnounceParams {
     capabilities: Option<Capabilities>,
     #[serde(default, deserialize_with = "optional_object")]
     metadata: Option<Value>,
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    resume: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -851,6 +945,8 @@ impl Serialize for RequestParams<'_> {
                 peer_id,
                 capabilities,
                 metadata,
+                token,
+                resume,
             } => {
                 map.serialize_entry("room", room)?;
                 if let Some(peer_id) = peer_id {
@@ -861,6 +957,12 @@ impl Serialize for RequestParams<'_> {
                 }
                 if let Some(metadata) = metadata {
                     map.serialize_entry("metadata", metadata)?;
+                }
+                if let Some(token) = token {
+                    map.serialize_entry("token", token)?;
+                }
+                if let Some(resume) = resume {
+                    map.serialize_entry("resume", resume)?;
                 }
             }
             Request::Offer { to, sdp } | Request::Answer { to, sdp } => {
@@ -971,6 +1073,8 @@ mod tests {
                         data: true
                     }),
                     metadata: None,
+                    token: None,
+                    resume: None,
                 },
             }
         );
@@ -984,10 +1088,10 @@ mod tests {
             panic!("not a successful response to id 1");
         };
         let result = AnnounceResult::from_value(&result).unwrap();
-        let expected = AnnounceResult {
-            peer_id: pid("bob"),
-            room: RoomId::new("demo").unwrap(),
-            peers: vec![PeerInfo {
+        let expected = AnnounceResult::new(
+            pid("bob"),
+            RoomId::new("demo").unwrap(),
+            vec![PeerInfo {
                 peer_id: pid("alice"),
                 capabilities: Capabilities {
                     audio: true,
@@ -996,7 +1100,7 @@ mod tests {
                 },
                 metadata: json!({}),
             }],
-        };
+        );
         assert_eq!(result, expected);
         // Key order inside `result` is serde_json's map order; compare as JSON values.
         let written = ServerFrame::response_ok(RequestId::Number(1), expected.to_value());
@@ -1068,7 +1172,9 @@ mod tests {
                 room: RoomId::new("r").unwrap(),
                 peer_id: None,
                 capabilities: None,
-                metadata: Some(json!({"k": 1}))
+                metadata: Some(json!({"k": 1})),
+                token: None,
+                resume: None,
             }),
             r#"{"jsonrpc":"2.0","id":"a","method":"peer.announce","params":{"room":"r","metadata":{"k":1}}}"#
         );
@@ -1132,6 +1238,102 @@ mod tests {
     }
 
     #[test]
+    fn version_2_announce_fields() {
+        let text = r#"{"jsonrpc":"2.0","id":1,"method":"peer.announce","params":{"room":"r","peer_id":"bob","token":"a.b.c","resume":"t0k"}}"#;
+        let frame = ClientFrame::parse(text).unwrap();
+        assert_eq!(
+            frame.request,
+            Request::Announce {
+                room: RoomId::new("r").unwrap(),
+                peer_id: Some(pid("bob")),
+                capabilities: None,
+                metadata: None,
+                token: Some("a.b.c".into()),
+                resume: Some("t0k".into()),
+            }
+        );
+        assert_eq!(frame.to_json(), text, "params in the contract's order");
+        // Version 1 frames read the new fields as absent, and `null` is absent too.
+        let v1 = ClientFrame::parse(
+            r#"{"jsonrpc":"2.0","id":1,"method":"peer.announce","params":{"room":"r","token":null}}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            v1.request,
+            Request::Announce {
+                token: None,
+                resume: None,
+                ..
+            }
+        ));
+        for bad in [
+            r#"{"jsonrpc":"2.0","id":1,"method":"peer.announce","params":{"room":"r","token":5}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"peer.announce","params":{"room":"r","resume":{}}}"#,
+        ] {
+            assert_failure(
+                &client_err(bad),
+                ErrorCode::InvalidParams,
+                Some(RequestId::Number(1)),
+            );
+        }
+    }
+
+    #[test]
+    fn version_2_announce_result_fields() {
+        let value = json!({
+            "peer_id": "bob",
+            "room": "r",
+            "peers": [],
+            "ice_servers": [
+                {"urls": ["stun:127.0.0.1:3478"]},
+                {"urls": "turn:127.0.0.1:3478?transport=udp", "username": "1700000000:bob", "credential": "c"}
+            ],
+            "resume": "tok",
+            "resume_grace_s": 20,
+            "resumed": true
+        });
+        let result = AnnounceResult::from_value(&value).unwrap();
+        assert_eq!(
+            result.ice_servers,
+            vec![
+                IceServer::new("stun:127.0.0.1:3478"),
+                IceServer {
+                    urls: vec!["turn:127.0.0.1:3478?transport=udp".into()],
+                    username: Some("1700000000:bob".into()),
+                    credential: Some("c".into()),
+                }
+            ]
+        );
+        assert_eq!(result.resume.as_deref(), Some("tok"));
+        assert_eq!(result.resume_grace_s, Some(20));
+        assert!(result.resumed);
+        // `urls` is written as an array, absent credentials are left out.
+        let mut expected = value.clone();
+        expected["ice_servers"][1]["urls"] = json!(["turn:127.0.0.1:3478?transport=udp"]);
+        assert_eq!(result.to_value(), expected);
+
+        // A version 1 result: the additions are empty, and stay off the wire.
+        let v1 = json!({"peer_id": "bob", "room": "r", "peers": []});
+        let result = AnnounceResult::from_value(&v1).unwrap();
+        assert_eq!(
+            result,
+            AnnounceResult::new(pid("bob"), RoomId::new("r").unwrap(), Vec::new())
+        );
+        assert_eq!(result.to_value(), v1);
+
+        for bad in [
+            json!({"peer_id": "a", "room": "r", "peers": [], "ice_servers": [{"username": "u"}]}),
+            json!({"peer_id": "a", "room": "r", "peers": [], "ice_servers": [{"urls": [1]}]}),
+            json!({"peer_id": "a", "room": "r", "peers": [], "ice_servers": {}}),
+            json!({"peer_id": "a", "room": "r", "peers": [], "resume_grace_s": -1}),
+            json!({"peer_id": "a", "room": "r", "peers": [], "resumed": "yes"}),
+        ] {
+            let err = AnnounceResult::from_value(&bad).unwrap_err();
+            assert_eq!(err.error_code(), Some(ErrorCode::InvalidParams), "{bad}");
+        }
+    }
+
+    #[test]
     fn error_codes_round_trip() {
         for code in ErrorCode::ALL {
             assert_eq!(ErrorCode::from_code(code.code()), Some(code));
@@ -1140,6 +1342,12 @@ mod tests {
         assert_eq!(ErrorCode::from_code(-1), None);
         assert_eq!(ErrorCode::RateLimited.code(), -32005);
         assert_eq!(ErrorCode::NotAnnounced.code(), -32000);
+        assert_eq!(ErrorCode::Unauthorized.code(), -32006);
+        assert_eq!(
+            ServerFrame::response_err(Some(RequestId::Number(4)), ErrorCode::Unauthorized.into())
+                .to_json(),
+            r#"{"jsonrpc":"2.0","id":4,"error":{"code":-32006,"message":"unauthorized"}}"#
+        );
     }
 
     #[test]
@@ -1291,7 +1499,9 @@ mod tests {
                 room: RoomId::new("r").unwrap(),
                 peer_id: None,
                 capabilities: None,
-                metadata: None
+                metadata: None,
+                token: None,
+                resume: None,
             }
         );
         let frame = ClientFrame::parse(
@@ -1503,6 +1713,30 @@ mod tests {
         }
     }
 
+    impl Arbitrary for IceServer {
+        fn arbitrary(g: &mut Gen) -> Self {
+            Self {
+                urls: Vec::arbitrary(g),
+                username: Option::arbitrary(g),
+                credential: Option::arbitrary(g),
+            }
+        }
+    }
+
+    impl Arbitrary for AnnounceResult {
+        fn arbitrary(g: &mut Gen) -> Self {
+            Self {
+                peer_id: PeerId::arbitrary(g),
+                room: RoomId::arbitrary(g),
+                peers: Vec::arbitrary(g),
+                ice_servers: Vec::arbitrary(g),
+                resume: Option::arbitrary(g),
+                resume_grace_s: Option::arbitrary(g),
+                resumed: bool::arbitrary(g),
+            }
+        }
+    }
+
     impl Arbitrary for RequestId {
         fn arbitrary(g: &mut Gen) -> Self {
             if bool::arbitrary(g) {
@@ -1528,6 +1762,8 @@ mod tests {
                     peer_id: Option::arbitrary(g),
                     capabilities: Option::arbitrary(g),
                     metadata: bool::arbitrary(g).then(|| gen_object(g, 2)),
+                    token: Option::arbitrary(g),
+                    resume: Option::arbitrary(g),
                 },
                 1 => Self::Offer {
                     to: PeerId::arbitrary(g),
@@ -1651,15 +1887,30 @@ mod tests {
 
     #[test]
     fn prop_announce_results_round_trip() {
-        fn prop(peer_id: PeerId, room: RoomId, peers: Vec<PeerInfo>) -> bool {
-            let result = AnnounceResult {
-                peer_id,
-                room,
-                peers,
+        fn prop(result: AnnounceResult) -> bool {
+            let through_text = ServerFrame::response_ok(RequestId::Number(1), result.to_value());
+            let Ok(ServerFrame::Response {
+                result: Ok(value), ..
+            }) = ServerFrame::parse(&through_text.to_json())
+            else {
+                return false;
             };
-            AnnounceResult::from_value(&result.to_value()) == Ok(result)
+            AnnounceResult::from_value(&result.to_value()) == Ok(result.clone())
+                && AnnounceResult::from_value(&value) == Ok(result)
         }
-        check(500).quickcheck(prop as fn(PeerId, RoomId, Vec<PeerInfo>) -> bool);
+        check(500).quickcheck(prop as fn(AnnounceResult) -> bool);
+    }
+
+    #[test]
+    fn prop_mutated_announce_results_never_panic() {
+        fn prop(result: AnnounceResult, edits: Vec<(u16, u8)>) -> bool {
+            let text = serde_json::to_string(&result).unwrap();
+            if let Ok(value) = serde_json::from_str::<Value>(&mutate(&text, &edits)) {
+                let _ = AnnounceResult::from_value(&value);
+            }
+            true
+        }
+        check(1000).quickcheck(prop as fn(AnnounceResult, Vec<(u16, u8)>) -> bool);
     }
 
     #[test]

@@ -166,6 +166,7 @@ impl Mesh {
                     }
                 }
                 Pending::ToClient(to, text) => {
+                    self.relay.handle_written(self.now, ConnId(to as u64), 1);
                     let frame = ServerFrame::parse(&text).unwrap();
                     let _ = self.parts[to].handle_input(Input::Signal(self.now, frame));
                     self.drain(to);

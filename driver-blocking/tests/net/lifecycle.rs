@@ -130,12 +130,8 @@ fn the_wire_sees_announce_then_disconnect() {
                 Request::Announce { room, peer_id, .. } => {
                     assert_eq!(room.as_str(), "wire");
                     assert_eq!(peer_id.as_ref().map(|p| p.as_str()), Some("wired"));
-                    AnnounceResult {
-                        peer_id: peer_id.clone().unwrap(),
-                        room: room.clone(),
-                        peers: Vec::new(),
-                    }
-                    .to_value()
+                    AnnounceResult::new(peer_id.clone().unwrap(), room.clone(), Vec::new())
+                        .to_value()
                 }
                 _ => serde_json::json!({}),
             };

@@ -510,3 +510,447 @@ fn data_none_reports_null_data() {
     let _ = std::fs::remove_dir_all(&dir);
     terminate(server);
 }
+
+/// A file holding `contents` in a fresh temporary directory, removed when dropped
+struct TempFile(std::path::PathBuf);
+
+impl TempFile {
+    fn new(name: &str, contents: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "meshrtc-cli-{}-{name}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, contents).unwrap();
+        Self(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+fn addr_of(url: &str) -> std::net::SocketAddr {
+    url.trim_start_matches("ws://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap()
+}
+
+fn mint(secret: &TempFile, extra: &[&str]) -> String {
+    let mut cmd = meshrtc();
+    cmd.args(["token", "--secret-file", secret.path()])
+        .args(extra);
+    let out = run(cmd, Duration::from_secs(10));
+    assert!(out.status.success(), "{:?}", stderr_lines(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {text:?}");
+    assert_eq!(lines[0].split('.').count(), 3, "a JWT: {text:?}");
+    lines[0].to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_minted_by_the_cli_admits_to_a_server_requiring_tokens() {
+    let secret = TempFile::new("room.secret", "correct horse battery staple\n");
+    let (server, url) = start_signal_with(&["--token-secret-file", secret.path()]);
+    let alice = mint(&secret, &["--room", "r", "--id", "alice", "--ttl", "60"]);
+    let anyone = mint(&secret, &["--room", "r"]);
+    let other_room = mint(&secret, &["--room", "elsewhere"]);
+    let wrong = TempFile::new("other.secret", "guess\n");
+    let forged = mint(&wrong, &["--room", "r"]);
+    crate::util::bounded(async {
+        let addr = addr_of(&url);
+        let mut c = crate::util::Raw::connect_addr(addr, "/").await.unwrap();
+        let announce = |id: i64, token: Option<&str>, peer: &str| {
+            let mut p = serde_json::json!({"room": "r", "peer_id": peer});
+            if let Some(t) = token {
+                p["token"] = serde_json::json!(t);
+            }
+            (id, p)
+        };
+        for (id, token, peer) in [
+            (1, None, "alice"),
+            (2, Some(other_room.as_str()), "alice"),
+            (3, Some(forged.as_str()), "alice"),
+            (4, Some(alice.as_str()), "mallory"),
+        ] {
+            let (id, p) = announce(id, token, peer);
+            c.request(id, "peer.announce", p).await;
+            c.expect_error(-32006, serde_json::json!(id)).await;
+        }
+        let (id, p) = announce(5, Some(&alice), "alice");
+        c.request(id, "peer.announce", p).await;
+        assert_eq!(c.expect().await["result"]["peer_id"], "alice");
+        let mut d = crate::util::Raw::connect_addr(addr, "/").await.unwrap();
+        let (id, p) = announce(1, Some(&anyone), "dave");
+        d.request(id, "peer.announce", p).await;
+        assert_eq!(d.expect().await["result"]["peer_id"], "dave");
+    })
+    .await;
+    assert!(terminate(server).status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signal_hands_out_ice_servers_resume_and_metrics() {
+    let turn_secret = TempFile::new("turn.secret", "north-sea-secret\n");
+    let metrics_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let metrics_port = metrics_port.to_string();
+    let (server, url) = start_signal_with(&[
+        "--ice-server",
+        "stun:127.0.0.1:3478",
+        "--ice-server",
+        "turn:127.0.0.1:3478?transport=udp",
+        "--turn-secret-file",
+        turn_secret.path(),
+        "--turn-ttl",
+        "600",
+        "--resume-grace",
+        "7",
+        "--metrics",
+        &metrics_port,
+        "--allow-origin",
+        "https://ok.example",
+    ]);
+    crate::util::bounded(async {
+        let mut c = crate::util::Raw::connect_addr(addr_of(&url), "/")
+            .await
+            .unwrap();
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let result = c.announce(1, "r", Some("alice")).await;
+        assert_eq!(result["resume_grace_s"], 7);
+        assert_eq!(result["resume"].as_str().map(str::len), Some(32));
+        let ice = &result["ice_servers"];
+        assert_eq!(ice[0], serde_json::json!({"urls": ["stun:127.0.0.1:3478"]}));
+        assert_eq!(
+            ice[1]["urls"],
+            serde_json::json!(["turn:127.0.0.1:3478?transport=udp"])
+        );
+        let username = ice[1]["username"].as_str().unwrap();
+        let (expiry, peer) = username.split_once(':').unwrap();
+        assert_eq!(peer, "alice");
+        let expiry: u64 = expiry.parse().unwrap();
+        assert!(
+            (before + 600..=before + 602).contains(&expiry),
+            "{expiry} vs {before}"
+        );
+        let secret = meshrtc::signal::auth::Secret::new("north-sea-secret").unwrap();
+        let (_, credential) = meshrtc::signal::auth::turn_rest_credential(
+            &secret,
+            &meshrtc::signal::PeerId::new("alice").unwrap(),
+            expiry,
+        );
+        assert_eq!(ice[1]["credential"], credential.as_str());
+
+        // The metrics port answers Prometheus text.
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(&metrics_port).await.unwrap();
+        tcp.write_all(b"GET /metrics HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        let mut text = String::new();
+        tcp.read_to_string(&mut text).await.unwrap();
+        assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+        assert!(text.contains("\nmeshrtc_signal_peers 1\n"), "{text}");
+
+        // A browser page from another origin cannot open a WebSocket.
+        let mut tcp = tokio::net::TcpStream::connect(addr_of(&url)).await.unwrap();
+        let upgrade = "GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nOrigin: https://evil.example\r\n\r\n";
+        tcp.write_all(upgrade.as_bytes()).await.unwrap();
+        let mut text = String::new();
+        tcp.read_to_string(&mut text).await.unwrap();
+        assert!(text.starts_with("HTTP/1.1 403"), "{text}");
+    })
+    .await;
+    assert!(terminate(server).status.success());
+}
+
+#[test]
+fn signal_and_token_refuse_bad_secrets_and_urls_with_one_line() {
+    let empty = TempFile::new("empty.secret", " \n");
+    let good = TempFile::new("good.secret", "s3cret");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["signal", "--token-secret-file", "/nonexistent/secret"],
+            "cannot read token secret file",
+        ),
+        (
+            vec!["signal", "--token-secret-file", empty.path()],
+            "is empty",
+        ),
+        (vec!["signal", "--ice-server", "http://x:1"], "--ice-server"),
+        (
+            vec!["signal", "--turn-secret-file", good.path()],
+            "--turn-secret-file",
+        ),
+        (vec!["signal", "--resume-grace", "x"], "--resume-grace"),
+        (vec!["signal", "--metrics", "nowhere"], "--metrics"),
+        (vec!["token", "--room", "r"], "--secret-file"),
+        (
+            vec!["token", "--secret-file", good.path(), "--room", "bad room"],
+            "--room",
+        ),
+        (
+            vec!["token", "--secret-file", "/nonexistent/s", "--room", "r"],
+            "cannot read secret file",
+        ),
+    ];
+    for (args, needle) in cases {
+        let mut cmd = meshrtc();
+        cmd.args(&args);
+        let out = run(cmd, Duration::from_secs(15));
+        assert!(!out.status.success(), "{args:?} must fail");
+        let lines = stderr_lines(&out);
+        assert_eq!(
+            lines.len(),
+            1,
+            "{args:?}: one line on stderr, got {lines:?}"
+        );
+        assert!(lines[0].starts_with("error: "), "{args:?}: {lines:?}");
+        assert!(
+            lines[0].contains(needle),
+            "{args:?}: {lines:?} should mention {needle}"
+        );
+    }
+    let mut cmd = meshrtc();
+    cmd.args(["signal", "--help"]);
+    let text = String::from_utf8(run(cmd, Duration::from_secs(10)).stdout).unwrap();
+    for flag in [
+        "--resume-grace",
+        "--token-secret-file",
+        "--allow-origin",
+        "--ice-server",
+        "--turn-secret-file",
+        "--turn-ttl",
+        "--metrics",
+    ] {
+        assert!(text.contains(flag), "signal --help lists {flag}");
+    }
+    let mut cmd = meshrtc();
+    cmd.args(["token", "--help"]);
+    let text = String::from_utf8(run(cmd, Duration::from_secs(10)).stdout).unwrap();
+    for flag in ["--secret-file", "--room", "--id", "--ttl"] {
+        assert!(text.contains(flag), "token --help lists {flag}");
+    }
+}
+
+/// Issue 16 with real processes: `meshrtc signal` is killed mid-call and started again on
+/// the same port. Audio and echo pongs between the two peers keep flowing across it, both
+/// sessions reconnect and announce afresh, and a peer joining the new server reaches both.
+#[test]
+fn a_killed_signal_server_restarted_on_its_port_does_not_stop_a_call() {
+    let (server, url) = start_signal();
+    let port = url
+        .trim_start_matches("ws://127.0.0.1:")
+        .trim_end_matches('/')
+        .to_string();
+    let dir = std::env::temp_dir().join(format!("meshrtc-restart-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let spawn_peer = |id: &str, duration: &str| {
+        meshrtc()
+            .args(["peer", "--signal", &url, "--room", "restart", "--id", id])
+            .args(["--duration", duration, "--bind", "127.0.0.1"])
+            .args(["--data", "echo", "--audio", "tone"])
+            .arg("--stats-json")
+            .arg(dir.join(format!("{id}.json")))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map(Reaper::new)
+            .unwrap()
+    };
+    let alice = spawn_peer("alice", "14");
+    let bob = spawn_peer("bob", "14");
+    std::thread::sleep(Duration::from_secs(3));
+    // SIGKILL: no goodbye to anyone; the port is free again at once.
+    let _ = signal(server, "-KILL");
+    std::thread::sleep(Duration::from_secs(2));
+    let (server, url2) = start_signal_with_listen(&format!("127.0.0.1:{port}"));
+    assert_eq!(url2, url);
+    // Reconnects back off from 1 s (at most 2 s after the second failure).
+    std::thread::sleep(Duration::from_secs(4));
+    let carol = spawn_peer("carol", "4");
+    let mut outs = Vec::new();
+    for (name, child) in [("alice", alice), ("bob", bob), ("carol", carol)] {
+        let out = wait(child, Duration::from_secs(40));
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        outs.push(out);
+    }
+    for (me, other) in [("alice", "bob"), ("bob", "alice")] {
+        let text = std::fs::read_to_string(dir.join(format!("{me}.json"))).unwrap();
+        let v: Value = serde_json::from_str(&text).unwrap();
+        let r = &v["remote"][other];
+        assert_eq!(r["connected"], true, "{text}");
+        // The call never broke: no reconnect of the media path was needed.
+        assert_eq!(r["reconnects"].as_u64().unwrap_or(0), 0, "{text}");
+        // About 14 s of 20 ms audio frames and a ping a second, answered throughout.
+        let audio = r["audio"]["frames_decoded"].as_u64().expect(&text);
+        assert!(audio >= 600, "{me} decoded {audio} audio frames: {text}");
+        let pings = r["data"]["pings_sent"].as_u64().unwrap();
+        let pongs = r["data"]["pongs_received"].as_u64().unwrap();
+        assert!(pings >= 10 && pongs + 1 >= pings, "{me}: {text}");
+        // And the peer that joined the restarted server reached us.
+        assert_eq!(v["remote"]["carol"]["connected"], true, "{me}: {text}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    terminate(server);
+}
+
+fn start_signal_with_listen(listen: &str) -> (Reaper, String) {
+    let mut child = meshrtc()
+        .args(["signal", "--listen", listen])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let child = Reaper::new(child);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let url = line
+        .trim_end()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    (child, url)
+}
+
+/// A network namespace holding only loopback, removed on drop
+struct Netns(String);
+
+impl Netns {
+    /// A fresh namespace, or `None` (with a message) where this process may not make one;
+    /// under `CI` it must work
+    fn new(tag: &str) -> Option<Self> {
+        let name = format!("mrtc-{tag}-{}", std::process::id());
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "cannot create a network namespace (needs root and iproute2)"
+            );
+            eprintln!("skipped: cannot create a network namespace (needs root and iproute2)");
+            return None;
+        }
+        let ns = Self(name);
+        ns.run(&["ip", "link", "set", "lo", "up"]);
+        Some(ns)
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.0, program]);
+        c.env_remove("RUST_LOG");
+        c
+    }
+
+    fn run(&self, args: &[&str]) {
+        let status = self.command(args[0]).args(&args[1..]).status().unwrap();
+        assert!(status.success(), "{args:?} in {}", self.0);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// Issue 16 with real sockets: two `meshrtc peer`s whose UDP is dropped by an iptables rule
+/// for 30 s (signaling, over TCP, stays up) restart ICE and reconnect once the rule goes;
+/// audio and pongs flow again
+#[test]
+fn peers_whose_udp_is_blocked_for_30s_reconnect_after_the_rule_goes() {
+    let Some(ns) = Netns::new("drop") else {
+        return;
+    };
+    let bin = env!("CARGO_BIN_EXE_meshrtc");
+    let mut child = ns
+        .command(bin)
+        .args(["signal", "--listen", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let server = Reaper::new(child);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let url = line
+        .trim_end()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    let dir = std::env::temp_dir().join(format!("meshrtc-drop-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let spawn_peer = |id: &str| {
+        ns.command(bin)
+            .args(["peer", "--signal", &url, "--room", "drop", "--id", id])
+            .args(["--duration", "48", "--bind", "127.0.0.1"])
+            .args(["--data", "echo", "--audio", "tone"])
+            .arg("--stats-json")
+            .arg(dir.join(format!("{id}.json")))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map(Reaper::new)
+            .unwrap()
+    };
+    let alice = spawn_peer("alice");
+    let bob = spawn_peer("bob");
+    std::thread::sleep(Duration::from_secs(5));
+    let rule = ["INPUT", "-p", "udp", "-j", "DROP"];
+    ns.run(&[&["iptables", "-A"][..], &rule[..]].concat());
+    std::thread::sleep(Duration::from_secs(30));
+    ns.run(&[&["iptables", "-D"][..], &rule[..]].concat());
+    for (name, child) in [("alice", alice), ("bob", bob)] {
+        let out = wait(child, Duration::from_secs(60));
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for (me, other) in [("alice", "bob"), ("bob", "alice")] {
+        let text = std::fs::read_to_string(dir.join(format!("{me}.json"))).unwrap();
+        let v: Value = serde_json::from_str(&text).unwrap();
+        let r = &v["remote"][other];
+        assert!(r["reconnects"].as_u64().unwrap() >= 1, "{me}: {text}");
+        // About 5 s of audio before the block (50 frames a second), then 13 s after it:
+        // at least 4 s more means the connection came back (it took 5-6 s here).
+        let audio = r["audio"]["frames_decoded"].as_u64().expect(&text);
+        assert!(audio >= 450, "{me} decoded {audio} audio frames: {text}");
+        // A ping a second: at most 5 pongs before the block.
+        let pongs = r["data"]["pongs_received"].as_u64().unwrap();
+        assert!(pongs >= 9, "{me}: {pongs} pongs: {text}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    drop(server);
+}

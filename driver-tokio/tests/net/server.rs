@@ -16,6 +16,7 @@ async fn every_error_code_over_a_websocket() {
         let config = SignalServerConfig {
             rooms: ServerConfig {
                 max_peers_per_room: 2,
+                resume_grace: Duration::ZERO,
                 ..ServerConfig::default()
             },
             ..SignalServerConfig::default()
@@ -47,7 +48,12 @@ async fn every_error_code_over_a_websocket() {
         c1.expect_error(-32000, json!(6)).await;
 
         let result = c1.announce(7, "r", Some("alice")).await;
-        assert_eq!(result, json!({"peer_id": "alice", "room": "r", "peers": []}));
+        assert_eq!(
+            (&result["peer_id"], &result["room"], &result["peers"]),
+            (&json!("alice"), &json!("r"), &json!([]))
+        );
+        assert_eq!(result["resume_grace_s"], json!(0));
+        assert_eq!(result.get("resume"), None, "no token without a grace");
 
         // -32002: id taken.
         let mut c2 = Raw::connect(&server).await;
@@ -162,6 +168,10 @@ async fn paths_root_and_rpc_only() {
 async fn silent_connection_times_out() {
     bounded(async {
         let config = SignalServerConfig {
+            rooms: ServerConfig {
+                resume_grace: Duration::ZERO,
+                ..ServerConfig::default()
+            },
             ping_interval: Duration::from_millis(100),
             idle_timeout: Duration::from_millis(1000),
             ..SignalServerConfig::default()
@@ -189,7 +199,15 @@ async fn silent_connection_times_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_cycles_leave_nothing_behind() {
     bounded(async {
-        let server = server().await;
+        // Version 1: a dropped connection leaves at once.
+        let server = server_with(SignalServerConfig {
+            rooms: ServerConfig {
+                resume_grace: Duration::ZERO,
+                ..ServerConfig::default()
+            },
+            ..SignalServerConfig::default()
+        })
+        .await;
         let mut resident = Raw::connect(&server).await;
         resident.announce(1, "home", Some("resident")).await;
         for i in 0..100 {
@@ -296,6 +314,81 @@ async fn garbage_and_floods_do_not_disturb_a_pair() {
         }
         a.leave().await.unwrap();
         b.leave().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_connection_resumes_and_gets_what_was_held() {
+    bounded(async {
+        let server = server().await;
+        let mut alice = Raw::connect(&server).await;
+        let result = alice.announce(1, "r", Some("alice")).await;
+        let token = result["resume"].as_str().expect("a resume token").to_string();
+        assert_eq!(result["resume_grace_s"], json!(20));
+        let mut bob = Raw::connect(&server).await;
+        bob.announce(1, "r", Some("bob")).await;
+        assert_eq!(alice.expect().await["method"], "peer.joined");
+
+        // Alice's TCP connection dies without a close frame.
+        drop(alice);
+        counts_until(&server, Duration::from_secs(5), |c| c.connections == 1).await;
+        bob.request(2, "peer.offer", json!({"to": "alice", "sdp": "v=0 held"})).await;
+        assert_eq!(bob.expect().await, json!({"jsonrpc": "2.0", "id": 2, "result": {}}));
+
+        let mut again = Raw::connect(&server).await;
+        again
+            .request(1, "peer.announce", json!({"room": "r", "peer_id": "alice", "resume": token}))
+            .await;
+        let v = again.expect().await;
+        assert_eq!(v["result"]["resumed"], json!(true), "{v}");
+        assert_eq!(v["result"]["peers"][0]["peer_id"], "bob");
+        assert_eq!(
+            again.expect().await,
+            json!({"jsonrpc": "2.0", "method": "peer.offer", "params": {"from": "bob", "sdp": "v=0 held"}})
+        );
+        // Bob heard of none of it.
+        let quiet = tokio::time::timeout(Duration::from_millis(300), bob.recv()).await;
+        assert!(quiet.is_err(), "bob got {quiet:?}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_place_times_out_after_the_grace() {
+    bounded(async {
+        let server = server_with(SignalServerConfig {
+            rooms: ServerConfig {
+                resume_grace: Duration::from_millis(600),
+                ..ServerConfig::default()
+            },
+            ..SignalServerConfig::default()
+        })
+        .await;
+        let mut alice = Raw::connect(&server).await;
+        assert_eq!(
+            alice.announce(1, "r", Some("alice")).await["resume_grace_s"],
+            json!(1)
+        );
+        let mut bob = Raw::connect(&server).await;
+        bob.announce(1, "r", Some("bob")).await;
+        let dropped = std::time::Instant::now();
+        drop(alice);
+        let left = bob.expect().await;
+        let waited = dropped.elapsed();
+        assert_eq!(
+            left["params"],
+            json!({"peer_id": "alice", "reason": "timeout"}),
+            "{left}"
+        );
+        assert!(
+            waited >= Duration::from_millis(550),
+            "left after {waited:?}"
+        );
+        counts_until(&server, Duration::from_secs(5), |c| {
+            c.rooms == 1 && c.connections == 1
+        })
+        .await;
     })
     .await;
 }

@@ -23,7 +23,7 @@ fn flow(name: &str, from: usize, to: usize, stop: Duration) -> FlowConfig {
 }
 
 #[test]
-fn a_10s_outage_stops_traffic_which_then_arrives_late_and_complete() {
+fn a_10s_outage_stops_traffic_which_resumes_with_nothing_lost_silently() {
     let mut sim = Sim::new(SimConfig {
         seed: 31,
         default_link: LinkConfig::with_latency(Duration::from_millis(20)),
@@ -50,9 +50,17 @@ fn a_10s_outage_stops_traffic_which_then_arrives_late_and_complete() {
 
     for f in flows {
         let st = sim.flow_stats(f);
-        // Reliable channel: every message arrives, none is lost.
+        // Reliable channel: every message arrives or, if the connection that carried it
+        // had to be replaced after the outage, is reported undelivered; never both lost
+        // and unreported, never twice.
         assert!(st.sent > 1700, "{}", st.sent);
-        assert_eq!(st.received, st.sent, "every message arrives");
+        assert!(
+            st.received + st.undelivered >= st.sent,
+            "sent {} received {} undelivered {}",
+            st.sent,
+            st.received,
+            st.undelivered
+        );
         assert_eq!(st.duplicates, 0);
         let arrivals: Vec<Duration> = st.samples.iter().map(|x| x.sent_at + x.delay).collect();
         // Nothing arrives while the path is down (a message already on the wire at 10 s
@@ -62,23 +70,20 @@ fn a_10s_outage_stops_traffic_which_then_arrives_late_and_complete() {
             .filter(|&&t| t > down + Duration::from_millis(25) && t < up)
             .count();
         assert_eq!(during, 0, "arrivals during the outage");
-        // What was sent during the outage arrives after the repair: late, not lost.
-        let held: Vec<_> = st
-            .samples
-            .iter()
-            .filter(|x| x.sent_at >= down && x.sent_at < up)
-            .collect();
-        assert!(held.len() >= 490, "{}", held.len());
-        assert!(held.iter().all(|x| x.sent_at + x.delay >= up));
-        assert!(held.iter().all(|x| x.delay > Duration::from_millis(150)));
+        // Data flows again within 5 s of the repair.
+        let first_after = arrivals.iter().filter(|&&t| t >= up).min().copied();
+        assert!(
+            first_after.is_some_and(|t| t < up + Duration::from_secs(5)),
+            "{first_after:?}"
+        );
         // The gap in arrivals spans the outage.
         let gap = arrivals.windows(2).map(|w| w[1] - w[0]).max().unwrap();
         assert!(gap >= Duration::from_secs(10), "{gap:?}");
-        // And it recovers: ten seconds after the repair the delay is the path's again.
+        // And it recovers: five seconds after the repair the delay is the path's again.
         assert!(st
             .samples
             .iter()
-            .filter(|x| x.sent_at >= Duration::from_secs(30))
+            .filter(|x| x.sent_at >= Duration::from_secs(25))
             .all(|x| x.delay < Duration::from_millis(25)));
     }
     for (x, y) in [(a, b), (b, a)] {

@@ -1,4 +1,4 @@
-//! The `meshrtc` command of `contracts/cli.md`: `signal`, `peer` and `demo`
+//! The `meshrtc` command of `contracts/cli.md`: `signal`, `token`, `peer` and `demo`
 
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -26,6 +26,8 @@ struct Cli {
 enum Command {
     /// Run the signaling server (JSON-RPC 2.0 over WebSocket)
     Signal(SignalArgs),
+    /// Print a room token (JWT, HS256) for a server started with --token-secret-file
+    Token(TokenArgs),
     /// Join a room and connect to every other peer in it
     Peer(PeerArgs),
     /// Start a signaling server and N peers on loopback, full mesh, and report per pair
@@ -41,6 +43,50 @@ struct SignalArgs {
     /// Peers a room holds before announces get "room full"
     #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     max_peers_per_room: u32,
+    /// Seconds a dropped connection's place is held for a resume (0: tell the room at once)
+    #[arg(long, value_name = "SECONDS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    resume_grace: u64,
+    /// Require room tokens (JWT, HS256) signed with the secret in this file
+    #[arg(long, value_name = "FILE")]
+    token_secret_file: Option<PathBuf>,
+    /// Allow WebSockets from this browser origin only (repeatable; no Origin is always allowed)
+    #[arg(long, value_name = "URL")]
+    allow_origin: Vec<String>,
+    /// Hand this STUN/TURN server to every peer (repeatable): stun:HOST:PORT, turn:HOST:PORT[?transport=udp]
+    #[arg(long, value_name = "URL", value_parser = signal::parse_ice_server)]
+    ice_server: Vec<String>,
+    /// Mint time-limited TURN credentials (coturn use-auth-secret) with the secret in this file
+    #[arg(long, value_name = "FILE")]
+    turn_secret_file: Option<PathBuf>,
+    /// Seconds minted TURN credentials stay valid
+    #[arg(long, value_name = "SECONDS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
+    turn_ttl: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
+    /// Connections held at once
+    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: u64,
+    /// Connections held at once from one source address (IPv6: one /64)
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections_per_ip: u64,
+}
+
+/// Arguments of `meshrtc token`
+#[derive(Debug, clap::Args)]
+struct TokenArgs {
+    /// File holding the secret the signaling server checks tokens with
+    #[arg(long, value_name = "FILE")]
+    secret_file: PathBuf,
+    /// Room the token admits to
+    #[arg(long, value_parser = parse_room)]
+    room: RoomId,
+    /// Peer id the token grants (any id when absent)
+    #[arg(long, value_parser = parse_peer_id)]
+    id: Option<PeerId>,
+    /// Seconds the token stays valid
+    #[arg(long, value_name = "SECONDS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
+    ttl: u64,
 }
 
 /// Arguments of `meshrtc peer`
@@ -205,7 +251,9 @@ fn main() -> ExitCode {
                 }
                 ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
                 | ErrorKind::MissingSubcommand => {
-                    eprintln!("error: a subcommand is required: signal, peer or demo (see --help)");
+                    eprintln!(
+                        "error: a subcommand is required: signal, token, peer or demo (see --help)"
+                    );
                     ExitCode::from(2)
                 }
                 _ => {
@@ -231,6 +279,7 @@ fn main() -> ExitCode {
             Command::Signal(args) => signal::run(args).await,
             Command::Peer(args) => peer::run(args).await,
             Command::Demo(args) => demo::run(args).await,
+            Command::Token(args) => signal::token(args),
         }
     });
     // Driver threads and server tasks end on their own; do not wait for stragglers.

@@ -1,0 +1,221 @@
+//! `/metrics` of the signaling server: Prometheus text, counters that follow a room
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use meshrtc_tokio::SignalServerConfig;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::util::*;
+
+/// Samples by `name{labels}` as written
+type Samples = BTreeMap<String, f64>;
+
+/// Parses Prometheus text format 0.0.4 strictly: every line a `# HELP`, a `# TYPE` or a
+/// sample of a declared metric with well-formed labels and a number; panics otherwise
+fn parse_prometheus(text: &str) -> Samples {
+    fn is_name(s: &str) -> bool {
+        let mut chars = s.chars();
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    }
+    let mut types: BTreeMap<String, String> = BTreeMap::new();
+    let mut samples = Samples::new();
+    assert!(text.ends_with('\n'), "text ends with a newline");
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# ") {
+            let mut parts = rest.splitn(3, ' ');
+            let (kind, name, what) = (parts.next(), parts.next(), parts.next());
+            let name = name.unwrap_or_else(|| panic!("bad comment line {line:?}"));
+            assert!(is_name(name), "{line}");
+            match kind {
+                Some("HELP") => assert!(what.is_some(), "{line}"),
+                Some("TYPE") => {
+                    let t = what.unwrap_or("");
+                    assert!(
+                        ["counter", "gauge", "histogram", "summary", "untyped"].contains(&t),
+                        "{line}"
+                    );
+                    assert!(
+                        types.insert(name.to_string(), t.to_string()).is_none(),
+                        "{line}"
+                    );
+                }
+                _ => panic!("unknown comment {line:?}"),
+            }
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("no value in {line:?}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        let name = match series.split_once('{') {
+            None => series,
+            Some((name, labels)) => {
+                let labels = labels.strip_suffix('}').unwrap_or_else(|| panic!("{line}"));
+                for pair in labels.split(',').filter(|p| !p.is_empty()) {
+                    let (k, v) = pair.split_once('=').unwrap_or_else(|| panic!("{line}"));
+                    assert!(is_name(k), "{line}");
+                    assert!(
+                        v.len() >= 2 && v.starts_with('"') && v.ends_with('"'),
+                        "{line}"
+                    );
+                }
+                name
+            }
+        };
+        assert!(is_name(name), "{line}");
+        let t = types
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} has no # TYPE"));
+        if t == "counter" {
+            assert!(value >= 0.0, "{line}");
+        }
+        samples.insert(series.to_string(), value);
+    }
+    assert!(!samples.is_empty());
+    samples
+}
+
+/// Checks `text` with the Prometheus project's own Python parser (Debian's
+/// `python3-prometheus-client`); skipped with a message when it is missing, unless `CI` is set
+fn check_with_python(text: &str) {
+    let script = "import sys\nfrom prometheus_client.parser import text_string_to_metric_families as f\nn = sum(len(m.samples) for m in f(sys.stdin.read()))\nprint(n)\n";
+    let python = "/usr/bin/python3";
+    let probe = std::process::Command::new(python)
+        .args(["-c", "import prometheus_client"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI: python3-prometheus-client is required (scripts/setup.sh installs it)"
+        );
+        eprintln!("skipping the python3-prometheus-client check: not installed");
+        return;
+    }
+    let mut child = std::process::Command::new(python)
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "prometheus_client rejects the text: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let n: usize = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    assert!(n > 10, "{n} samples");
+}
+
+async fn scrape(addr: SocketAddr) -> (String, String) {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8(out).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    (head.to_string(), body.to_string())
+}
+
+async fn samples(addr: SocketAddr) -> Samples {
+    let (head, body) = scrape(addr).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.contains("Content-Type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    parse_prometheus(&body)
+}
+
+fn get(s: &Samples, series: &str) -> f64 {
+    *s.get(series)
+        .unwrap_or_else(|| panic!("no {series} in {s:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_and_follow_a_room_filling_and_emptying() {
+    bounded(async {
+        let server = server_with(SignalServerConfig {
+            metrics_addr: Some(loopback()),
+            ..SignalServerConfig::default()
+        })
+        .await;
+        let at = server.metrics_addr().expect("metrics listener");
+        let empty = samples(at).await;
+        assert_eq!(get(&empty, "meshrtc_signal_peers"), 0.0);
+        assert_eq!(get(&empty, "meshrtc_signal_rooms"), 0.0);
+        let (_, text) = scrape(at).await;
+        check_with_python(&text);
+
+        let mut peers = Vec::new();
+        for id in ["a", "b", "c"] {
+            let mut c = Raw::connect(&server).await;
+            c.announce(1, "room", Some(id)).await;
+            peers.push(c);
+        }
+        // Each hears of those after it.
+        for (i, c) in peers.iter_mut().enumerate() {
+            for _ in i + 1..3 {
+                assert_eq!(c.expect().await["method"], "peer.joined");
+            }
+        }
+        peers[0].request(2, "peer.dance", json!({})).await;
+        peers[0].expect_error(-32601, json!(2)).await;
+        let full = samples(at).await;
+        assert_eq!(get(&full, "meshrtc_signal_peers"), 3.0);
+        assert_eq!(get(&full, "meshrtc_signal_rooms"), 1.0);
+        assert_eq!(get(&full, "meshrtc_signal_connections"), 3.0);
+        assert_eq!(
+            get(&full, r#"meshrtc_signal_errors_total{code="-32601"}"#),
+            1.0
+        );
+        let frames_in = r#"meshrtc_signal_frames_total{direction="in"}"#;
+        let frames_out = r#"meshrtc_signal_frames_total{direction="out"}"#;
+        assert_eq!(get(&full, frames_in), 4.0);
+        // 3 results, 3 peer.joined, 1 error.
+        assert_eq!(get(&full, frames_out), 7.0);
+
+        for (i, c) in peers.iter_mut().enumerate() {
+            c.request(10 + i as i64, "peer.disconnect", json!({})).await;
+        }
+        counts_until(&server, Duration::from_secs(5), |c| c.tasks == 0).await;
+        let after = samples(at).await;
+        assert_eq!(get(&after, "meshrtc_signal_peers"), 0.0);
+        assert_eq!(get(&after, "meshrtc_signal_rooms"), 0.0);
+        assert_eq!(get(&after, "meshrtc_signal_connections"), 0.0);
+        assert_eq!(get(&after, frames_in), 7.0);
+        assert!(get(&after, frames_out) > get(&full, frames_out));
+        assert_eq!(get(&after, "meshrtc_signal_accepted_total"), 3.0);
+        let (_, text) = scrape(at).await;
+        check_with_python(&text);
+        // Anything but /metrics is 404 on that port.
+        let mut tcp = TcpStream::connect(at).await.unwrap();
+        tcp.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut out = String::new();
+        tcp.read_to_string(&mut out).await.unwrap();
+        assert!(out.starts_with("HTTP/1.1 404"), "{out}");
+    })
+    .await;
+}
