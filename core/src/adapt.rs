@@ -68,7 +68,7 @@ impl Adaptation {
             if !p.can_send_media() || p.video_send_codec().is_none() {
                 continue;
             }
-            if let Some(e) = p.rate.estimate {
+            if let Some(e) = p.rate.effective_estimate(now, ctl.usable()) {
                 paths.push((id.clone(), e));
             }
         }

@@ -173,6 +173,40 @@ pub(crate) struct EncodedFrame {
 struct CodecEncoders {
     main: AdaptiveEncoder,
     low: Option<AdaptiveEncoder>,
+    /// What each encoding wrote beyond its target
+    main_budget: FrameBudget,
+    low_budget: FrameBudget,
+}
+
+/// How far ahead of its target an encoding may get (in time at the target) before its
+/// frames are skipped
+const FRAME_BUDGET_WINDOW_S: f64 = 0.25;
+
+/// A leaky bucket of the bits an encoding wrote, drained at its target: while it holds
+/// more than [`FRAME_BUDGET_WINDOW_S`] worth of the target, the encoder overshot (a
+/// keyframe, a change of size, a scene change) and the next frames are skipped rather
+/// than sent into a queue the path cannot drain
+#[derive(Debug, Clone, Copy, Default)]
+struct FrameBudget {
+    bits: f64,
+    at: Option<Instant>,
+}
+
+impl FrameBudget {
+    /// Drains the bucket at `bps` up to `now`; true if a frame may be encoded now
+    fn allows(&mut self, now: Instant, bps: u32) -> bool {
+        if let Some(t) = self.at {
+            let dt = now.saturating_duration_since(t).as_secs_f64();
+            self.bits = (self.bits - dt * f64::from(bps)).max(0.0);
+        }
+        self.at = Some(self.at.map_or(now, |t| t.max(now)));
+        self.bits <= f64::from(bps) * FRAME_BUDGET_WINDOW_S
+    }
+
+    /// Counts a frame of `bytes` written
+    fn add(&mut self, bytes: usize) {
+        self.bits += bytes as f64 * 8.0;
+    }
 }
 
 /// Participant-wide encoders: each frame is encoded once (or twice, with a low encoding),
@@ -389,6 +423,8 @@ impl Encoders {
                 Ok(e.insert(CodecEncoders {
                     main: AdaptiveEncoder::new(cfg)?,
                     low: None,
+                    main_budget: FrameBudget::default(),
+                    low_budget: FrameBudget::default(),
                 }))
             }
         }
@@ -437,16 +473,30 @@ impl Encoders {
             codec,
             ..config.video
         };
+        // Frames over an encoding's budget are skipped (only while a target is set).
+        let within = |b: &mut FrameBudget, bps: Option<u32>| match (capture, bps) {
+            (Some(now), Some(bps)) => b.allows(now, bps),
+            _ => true,
+        };
         let encoders = self.codec_encoders(config, codec)?;
         let mut out = Vec::with_capacity(2);
         if let Some(t) = main_target {
             encoders.main.set_target(t)?;
         }
-        if let Some(video) = encoders.main.encode(frame, pts)? {
-            out.push(EncodedFrame {
-                encoding: Encoding::Main,
-                video,
-            });
+        if within(
+            &mut encoders.main_budget,
+            main_target.map(|t| t.bitrate_bps),
+        ) {
+            if let Some(video) = encoders.main.encode(frame, pts)? {
+                encoders.main_budget.add(video.data.len());
+                out.push(EncodedFrame {
+                    encoding: Encoding::Main,
+                    video,
+                });
+            }
+        } else {
+            tracing::trace!(?codec, "main encoding over its budget: frame skipped");
+            encoders.main.note_dropped_budget();
         }
         match low_target {
             Some(t) => {
@@ -460,14 +510,22 @@ impl Encoders {
                         })?),
                 };
                 low.set_target(t)?;
-                if let Some(video) = low.encode(frame, pts)? {
+                let ok = within(&mut encoders.low_budget, Some(t.bitrate_bps));
+                if !ok {
+                    low.note_dropped_budget();
+                }
+                if let Some(video) = if ok { low.encode(frame, pts)? } else { None } {
+                    encoders.low_budget.add(video.data.len());
                     out.push(EncodedFrame {
                         encoding: Encoding::Low,
                         video,
                     });
                 }
             }
-            None => encoders.low = None,
+            None => {
+                encoders.low = None;
+                encoders.low_budget = FrameBudget::default();
+            }
         }
         Ok(out)
     }

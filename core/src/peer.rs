@@ -753,6 +753,7 @@ impl Peer {
                     }
                     str0m::Output::Transmit(t) => {
                         self.stats.datagrams_sent += 1;
+                        self.rate.sent.add(self.now, t.contents.len());
                         out.push(PeerOutput::Transmit(Transmit {
                             source: t.source,
                             destination: t.destination,

@@ -211,6 +211,11 @@ impl RateController {
         (f64::from(media) / self.cfg.usable) as u32
     }
 
+    /// The share of an estimate media may use
+    pub(crate) fn usable(&self) -> f64 {
+        self.cfg.usable
+    }
+
     /// The main encoding's target in force
     pub(crate) fn video_target(&self) -> Option<u32> {
         self.main.map(|t| t.bps)
@@ -450,11 +455,85 @@ impl Route {
     }
 }
 
+/// Bytes of IPv4 and UDP headers per datagram, charged by the path but not in its contents
+const UDP_OVERHEAD_BYTES: usize = 28;
+
+/// Length of one bucket of a [`SendMeter`]
+const SEND_BUCKET: Duration = Duration::from_millis(100);
+
+/// Buckets of a [`SendMeter`]: it measures over the last second
+const SEND_BUCKETS: usize = 10;
+
+/// Everything written towards one peer (media, retransmissions, padding and probes, RTCP,
+/// data) over the last second, in 100 ms buckets
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SendMeter {
+    /// Start of the newest bucket
+    start: Option<Instant>,
+    /// Bytes per bucket, newest at `head`
+    buckets: [u64; SEND_BUCKETS],
+    head: usize,
+    /// Since when the meter has counted
+    since: Option<Instant>,
+}
+
+impl SendMeter {
+    fn advance(&mut self, now: Instant) {
+        let Some(start) = self.start else {
+            self.start = Some(now);
+            self.since = Some(now);
+            return;
+        };
+        let steps = (now.saturating_duration_since(start).as_nanos() / SEND_BUCKET.as_nanos())
+            .min(SEND_BUCKETS as u128 + 1) as usize;
+        for _ in 0..steps.min(SEND_BUCKETS) {
+            self.head = (self.head + 1) % SEND_BUCKETS;
+            self.buckets[self.head] = 0;
+        }
+        if steps > 0 {
+            let n = u32::try_from(
+                now.saturating_duration_since(start).as_nanos() / SEND_BUCKET.as_nanos(),
+            )
+            .unwrap_or(u32::MAX);
+            self.start = Some(start + SEND_BUCKET * n);
+        }
+    }
+
+    /// Counts a datagram of `len` bytes sent at `now`
+    pub(crate) fn add(&mut self, now: Instant, len: usize) {
+        self.advance(now);
+        self.buckets[self.head] += (len + UDP_OVERHEAD_BYTES) as u64;
+    }
+
+    /// The rate over the last second at `now`, bit/s (`None` before a second of counting)
+    pub(crate) fn bps(&mut self, now: Instant) -> Option<u32> {
+        self.advance(now);
+        let since = self.since?;
+        if now.saturating_duration_since(since) < SEND_BUCKET * SEND_BUCKETS as u32 {
+            return None;
+        }
+        // The newest bucket is partly filled: the window is the nine full ones and it.
+        let start = self.start?;
+        let span = SEND_BUCKET * (SEND_BUCKETS as u32 - 1) + now.saturating_duration_since(start);
+        let bytes: u64 = self.buckets.iter().sum();
+        Some((bytes as f64 * 8.0 / span.as_secs_f64().max(1e-3)).min(f64::from(u32::MAX)) as u32)
+    }
+}
+
+/// Least time between two updates of a [`PeerRate`]'s correction
+const CORRECTION_INTERVAL: Duration = Duration::from_millis(500);
+
 /// What the participant keeps per peer for rate adaptation
 #[derive(Debug, Clone, Default)]
 pub(crate) struct PeerRate {
     /// The path's bandwidth estimate, bit/s
     pub(crate) estimate: Option<u32>,
+    /// Everything sent towards the peer
+    pub(crate) sent: SendMeter,
+    /// The share of the estimate the targets are computed from (1 when what we send
+    /// stays within the usable share; below when headers, retransmissions, probes and
+    /// encoder overshoot make us send more than it), and when it last changed
+    correction: Option<(f64, Instant)>,
     /// Whether the estimate changed since the participant last looked
     pub(crate) changed: bool,
     /// Which encoding the peer is sent
@@ -468,6 +547,39 @@ pub(crate) struct PeerRate {
 }
 
 impl PeerRate {
+    /// The estimate the targets are computed from at `now`: str0m's, times a correction
+    /// that closes the loop on what is actually sent
+    ///
+    /// The controller's budget leaves `usable` of the estimate to media; what leaves the
+    /// participant also carries packet headers, retransmissions, feedback and encoder
+    /// overshoot, which at low rates add up to more than the headroom. When everything sent
+    /// over the last second exceeds the usable share of the estimate, the correction falls
+    /// by the ratio (at most by a fifth per half second); when it is below, the correction
+    /// grows back by a tenth per half second, up to 1.
+    pub(crate) fn effective_estimate(&mut self, now: Instant, usable: f64) -> Option<u32> {
+        let estimate = self.estimate?;
+        let (mut corr, at) = self.correction.unwrap_or((1.0, now));
+        let due = self
+            .correction
+            .is_none_or(|(_, t)| now.saturating_duration_since(t) >= CORRECTION_INTERVAL);
+        if due {
+            if let Some(sent) = self.sent.bps(now) {
+                let allowed = f64::from(estimate) * usable;
+                let sent = f64::from(sent);
+                if sent > allowed * 1.02 {
+                    corr *= (allowed / sent).max(0.8);
+                } else if sent < allowed * 0.95 {
+                    corr *= 1.1;
+                }
+                corr = corr.clamp(0.3, 1.0);
+            }
+            self.correction = Some((corr, now));
+        } else {
+            self.correction = Some((corr, at));
+        }
+        Some((f64::from(estimate) * corr) as u32)
+    }
+
     /// A new estimate from str0m
     pub(crate) fn handle_estimate(&mut self, kind: BweKind) {
         if let BweKind::Twcc { estimate, .. } = kind {

@@ -140,3 +140,37 @@ pub fn mean_over(
         .collect();
     (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
 }
+
+/// Every pair's rates as plot series (`from → to sent`, `… capacity`, `… estimate`,
+/// `… video target`), pairs that sent nothing left out
+pub fn series(sim: &crate::Sim, names: &[String]) -> Vec<crate::report::Series> {
+    type Pick = fn(&RateSample) -> Option<f64>;
+    let picks: [(&str, Pick); 4] = [
+        ("sent", |s| Some(s.sent_kbps)),
+        ("capacity", |s| s.capacity_kbps),
+        ("estimate", |s| s.estimate_kbps),
+        ("video target", |s| s.video_target_kbps),
+    ];
+    let mut out = Vec::new();
+    for (a, from) in names.iter().enumerate() {
+        for (b, to) in names.iter().enumerate() {
+            let samples = sim.rate_samples(crate::HostId(a), crate::HostId(b));
+            if a == b || samples.iter().all(|s| s.sent_kbps == 0.0) {
+                continue;
+            }
+            for (what, pick) in picks {
+                let points: Vec<(f64, f64)> = samples
+                    .iter()
+                    .filter_map(|s| pick(s).map(|v| (s.at.as_secs_f64(), v)))
+                    .collect();
+                if !points.is_empty() {
+                    out.push(crate::report::Series {
+                        label: format!("{from} → {to} {what}"),
+                        points,
+                    });
+                }
+            }
+        }
+    }
+    out
+}

@@ -394,7 +394,12 @@ impl DegradationController {
             self.underuse_since = None;
             self.encode_mean = None;
         } else if held(self.up_since, self.cfg.up_delay) {
-            self.bw_level -= 1;
+            // Up to the best level the bitrate affords with margin, in one step: after a
+            // fall and a recovery the path is back long before several steps were taken.
+            let bitrate = self.bitrate_bps.unwrap_or(0);
+            self.bw_level = (0..self.bw_level)
+                .find(|&i| self.levels[i].bpp(bitrate) >= self.cfg.up_bpp)
+                .unwrap_or(self.bw_level - 1);
             self.up_since = None;
         }
         if self.level() != before {
@@ -444,7 +449,7 @@ mod tests {
     }
 
     #[test]
-    fn a_bitrate_drop_steps_down_at_once_and_recovery_steps_up_slowly() {
+    fn a_bitrate_drop_steps_down_at_once_and_recovery_steps_up_after_a_delay() {
         let (mut c, t0) = ctl(640, 360, 30);
         c.set_target_bitrate(t0, 1_200_000);
         assert_eq!(c.current().unwrap().width, 640);
@@ -467,7 +472,7 @@ mod tests {
         let low = c.current().unwrap();
         assert_eq!((low.width, low.fps), (320, 20), "{low:?}");
 
-        // Recovery: one step at a time, each after the up delay.
+        // Recovery: after the up delay, to the best level with margin in one step.
         let mut t = 6.0;
         let mut steps = vec![(low.width, low.fps)];
         while t < 30.0 {
@@ -478,8 +483,18 @@ mod tests {
                 steps.push((l.width, l.fps));
             }
         }
-        assert_eq!(steps, [(320, 20), (320, 30), (480, 30), (640, 30)]);
+        assert_eq!(steps, [(320, 20), (640, 30)]);
         assert_eq!(c.quality_limitation(secs(t0, t)), QualityLimitation::None);
+        // A partial recovery goes as far as the bitrate affords: at 500 kbit/s 480x270@30
+        // gets 0.129 bits per pixel, 640x360@30 only 0.072.
+        let (mut c, t0) = ctl(640, 360, 30);
+        c.set_target_bitrate(t0, 100_000);
+        let mut t = 0.0;
+        while t < 10.0 {
+            t += 0.1;
+            c.set_target_bitrate(secs(t0, t), 500_000);
+        }
+        assert_eq!(c.current().unwrap().width, 480);
     }
 
     #[test]

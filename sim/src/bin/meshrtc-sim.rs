@@ -1,5 +1,5 @@
 //! `meshrtc-sim SCENARIO.toml [--seed N] [--report report.json] [--plot plot.svg]
-//! [--rates rates.csv]`
+//! [--rates rates.csv] [--rate-plot rates.svg]`
 //!
 //! Runs a network scenario in virtual time, deterministically: the same scenario and seed
 //! give a byte-identical report. Prints a short summary on stdout; on bad input exits
@@ -33,6 +33,10 @@ struct Args {
     /// target) as CSV here
     #[arg(long, value_name = "FILE")]
     rates: Option<PathBuf>,
+    /// Draw every pair's rates over time (sent, capacity, estimate, video target) into
+    /// this SVG file
+    #[arg(long, value_name = "FILE")]
+    rate_plot: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -87,13 +91,20 @@ fn run(args: &Args) -> Result<(), Error> {
         );
         plot::write_svg(path, &title, &outcome.series)?;
     }
+    let names: Vec<String> = outcome
+        .report
+        .hosts
+        .iter()
+        .map(|h| h.name.clone())
+        .collect();
+    if let Some(path) = &args.rate_plot {
+        let title = format!(
+            "{} (seed {}): rates",
+            outcome.report.scenario, outcome.report.seed
+        );
+        plot::write_rates_svg(path, &title, &outcome.sim, &names)?;
+    }
     if let Some(path) = &args.rates {
-        let names: Vec<String> = outcome
-            .report
-            .hosts
-            .iter()
-            .map(|h| h.name.clone())
-            .collect();
         let csv = meshrtc_sim::rates::csv(&outcome.sim, &names);
         std::fs::write(path, csv).map_err(|e| Error::Io {
             path: path.clone(),
