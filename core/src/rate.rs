@@ -817,6 +817,53 @@ mod tests {
     }
 
     #[test]
+    fn the_send_meter_counts_the_last_second_with_headers() {
+        let t0 = Instant::now();
+        let mut m = SendMeter::default();
+        // 100 datagrams of 97 bytes (125 with IPv4 and UDP) per second: 100 kbit/s.
+        for i in 0..300 {
+            m.add(at(t0, f64::from(i) * 0.01), 97);
+            if i == 50 {
+                assert_eq!(m.bps(at(t0, 0.5)), None, "less than a second counted");
+            }
+        }
+        let bps = m.bps(at(t0, 3.0)).unwrap();
+        assert!((95_000..=105_000).contains(&bps), "{bps}");
+        // Silence: the window empties.
+        assert_eq!(m.bps(at(t0, 10.0)), Some(0));
+    }
+
+    #[test]
+    fn the_correction_closes_the_loop_on_what_is_sent() {
+        let t0 = Instant::now();
+        let mut r = PeerRate {
+            estimate: Some(200_000),
+            ..PeerRate::default()
+        };
+        // Sending 250 kbit/s on an estimate of 200 (180 usable): the estimate used falls,
+        // a fifth per half second at most.
+        let mut t = 0.0;
+        let mut used = Vec::new();
+        while t < 3.0 {
+            // Five datagrams of 625 bytes (with headers) per 100 ms.
+            for _ in 0..5 {
+                r.sent.add(at(t0, t), 597);
+            }
+            t += 0.1;
+            used.push(r.effective_estimate(at(t0, t), 0.9).unwrap());
+        }
+        let last = *used.last().unwrap();
+        assert!(last < 150_000 && last >= 60_000, "{used:?}");
+        // Sending little: back up to the estimate, a tenth per half second.
+        while t < 12.0 {
+            r.sent.add(at(t0, t), 97);
+            t += 0.1;
+            used.push(r.effective_estimate(at(t0, t), 0.9).unwrap());
+        }
+        assert_eq!(*used.last().unwrap(), 200_000, "{used:?}");
+    }
+
+    #[test]
     fn meter_rates_from_counters() {
         let t0 = Instant::now();
         let mut m = RateMeter::default();
