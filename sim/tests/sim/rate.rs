@@ -204,7 +204,7 @@ bitrate_kbps = 400
 }
 
 #[test]
-#[ignore = "fails: audio late ~100 % in the 200 kbit/s phase on seed 1 although the send rate is below capacity (suspected: lip-sync holds audio back for late video); see docs/rate/README.md"]
+#[ignore = "fails: audio late in the 200 kbit/s phase on seed 1 although the send rate is below capacity (suspected: receive side, jitter-buffer target or lip-sync); see docs/rate/README.md"]
 fn a_capacity_step_is_followed_down_and_back_up() {
     let (drop, back) = (12.0, 24.0);
     for seed in [1, 2] {
@@ -266,7 +266,7 @@ fn competing_flows_share_fairly() {
 /// fades are deep (see the report of issue 17); asserted: audio is far less late than with
 /// fixed bitrates, and video keeps rendering.
 #[test]
-#[ignore = "fails at 180p: audio p99 not lower than with fixed bitrates on seed 1 (suspected lip-sync, see docs/rate/README.md)"]
+#[ignore = "fails at 180p: audio p99 not lower than with fixed bitrates on seed 1 (suspected receive side, see docs/rate/README.md)"]
 fn adaptation_keeps_audio_closer_to_time_over_lte_like_capacity() {
     let text = |adapt: bool| {
         let t = std::fs::read_to_string(scenarios_dir().join("rate-cellular.toml"))
