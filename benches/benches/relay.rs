@@ -1,7 +1,13 @@
 //! Relayed traffic: extra bytes and CPU per packet of TURN wrapping and unwrapping
 //!
-//! Not a timed test: run it with `cargo bench -p meshrtc-benches --bench relay [connect|packet]`
-//! (none: both) and read the tables.
+//! Not a timed test: run it with `cargo bench -p meshrtc-benches --bench relay
+//! [session|connect|packet]` (none: all) and read the tables.
+//!
+//! `session`: the real thing — two `meshrtc-tokio` sessions (core session and participant,
+//! UDP sockets, an in-process signaling server) on loopback join a room and connect, 20 runs
+//! with host candidates only and 20 with `ice_policy: Relay` through coturn; p50/p95 of the
+//! core's connect time (offer to data channel open) and of the wall time from the second
+//! join to both connected, and of leaving (which waits for the TURN release).
 //!
 //! `connect`: two str0m `Rtc`s on loopback connect (offer to data channel open on both
 //! sides), 20 runs host-only and 20 runs relay-only through coturn, p50/p95; set-up is the
@@ -179,6 +185,9 @@ fn main() {
         user: "bench",
         password: "bench",
     });
+    if wants("session") {
+        session(&server);
+    }
     if wants("connect") {
         connect(&server);
     }
@@ -266,6 +275,120 @@ fn connect(server: &coturn::Coturn) {
             percentile(&mut gather, 0.95)
         );
     }
+}
+
+/// Two meshrtc sessions on loopback, relay-only through `server` or host-only: (core connect
+/// ms, wall ms from the second join to both connected, wall ms of both leaves)
+async fn session_once(url: &str, room: &str, relay: Option<SocketAddr>) -> (f64, f64, f64) {
+    use meshrtc::signal::{PeerId, RoomId};
+    use meshrtc_tokio::{Event, Events, Session, SessionConfig};
+    let config = |id: &str, seed| {
+        let mut c = SessionConfig::new(url, RoomId::new(room).expect("a room"));
+        c.session.peer_id = Some(PeerId::new(id).expect("an id"));
+        c.session.participant.seed = seed;
+        c.session.participant.candidate_policy = meshrtc::CandidatePolicy::LoopbackOnly;
+        if let Some(server) = relay {
+            c.session.participant.ice_servers = vec![meshrtc::ice::IceServer::with_credentials(
+                format!("turn:{server}"),
+                "bench",
+                "bench",
+            )];
+            c.session.participant.ice_policy = IceTransportPolicy::Relay;
+        }
+        c
+    };
+    async fn connected(events: &mut Events) -> f64 {
+        loop {
+            let e = tokio::time::timeout(Duration::from_secs(20), events.recv())
+                .await
+                .expect("connected in time")
+                .expect("session alive");
+            match e {
+                Event::Mesh(meshrtc::Event::PeerConnected { connect_time, .. }) => {
+                    return ms(connect_time)
+                }
+                Event::Mesh(meshrtc::Event::IceServerFailed { server, problem }) => {
+                    panic!("{server}: {problem}")
+                }
+                _ => {}
+            }
+        }
+    }
+    let (a, mut a_events) = Session::join(config("alice", 1)).await.expect("joined");
+    let started = Instant::now();
+    let (b, mut b_events) = Session::join(config("bob", 2)).await.expect("joined");
+    let (ca, cb) = tokio::join!(connected(&mut a_events), connected(&mut b_events));
+    let wall = ms(started.elapsed());
+    if relay.is_some() {
+        // Relay-only: the sessions offered relayed candidates and nothing else, so the
+        // connection that just opened runs through coturn.
+        for s in [&a, &b] {
+            let ice = s.stats().await.expect("stats").ice;
+            assert!(
+                !ice.local_candidates.is_empty()
+                    && ice
+                        .local_candidates
+                        .iter()
+                        .all(|(t, _)| *t == meshrtc::ice::CandidateType::Relay),
+                "relay-only session offered {:?}",
+                ice.local_candidates
+            );
+        }
+    }
+    let left = Instant::now();
+    let (ra, rb) = tokio::join!(a.leave(), b.leave());
+    ra.expect("left");
+    rb.expect("left");
+    (ca.max(cb), wall, ms(left.elapsed()))
+}
+
+fn session(server: &coturn::Coturn) {
+    const RUNS: usize = 20;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    println!("== connect time on loopback, two meshrtc-tokio sessions, {RUNS} runs each (ms) ==");
+    println!(
+        "{:<24} {:>12} {:>12} {:>12} {:>12} {:>12} {:>12}",
+        "candidates", "core p50", "core p95", "wall p50", "wall p95", "leave p50", "leave p95"
+    );
+    runtime.block_on(async {
+        let signal = meshrtc_tokio::SignalServer::bind("127.0.0.1:0".parse().expect("an address"))
+            .await
+            .expect("a signaling server");
+        let url = signal.url();
+        for (name, relay) in [
+            ("host only", None),
+            ("relay only (coturn)", Some(server.addr)),
+        ] {
+            let mut core = Vec::new();
+            let mut wall = Vec::new();
+            let mut leave = Vec::new();
+            for run in 0..RUNS {
+                let room = format!("{}{run}", if relay.is_some() { "relay" } else { "host" });
+                let (c, w, l) = session_once(&url, &room, relay).await;
+                core.push(c);
+                wall.push(w);
+                leave.push(l);
+            }
+            println!(
+                "{name:<24} {:>12.1} {:>12.1} {:>12.1} {:>12.1} {:>12.1} {:>12.1}",
+                percentile(&mut core, 0.5),
+                percentile(&mut core, 0.95),
+                percentile(&mut wall, 0.5),
+                percentile(&mut wall, 0.95),
+                percentile(&mut leave, 0.5),
+                percentile(&mut leave, 0.95)
+            );
+        }
+    });
+    println!(
+        "(core: offer sent or received to data channel open, the larger of the two peers; wall: \
+         from the second join to both connected; leave: both sessions leaving, TURN releases \
+         included)"
+    );
 }
 
 fn per_packet(server: &coturn::Coturn) {

@@ -37,8 +37,14 @@ pub struct Config {
     /// Messages queued per peer while its channel is not writable, before
     /// [`CommandError::SendQueueFull`](crate::CommandError::SendQueueFull)
     pub max_queued_messages: usize,
-    /// Which remote candidates are used
+    /// Which remote candidates are used; [`CandidatePolicy::LoopbackOnly`] also offers only
+    /// loopback host candidates
     pub candidate_policy: CandidatePolicy,
+    /// STUN and TURN servers (the W3C `RTCIceServer` shape), asked when joining; servers the
+    /// signaling server hands out in the announce result are used too
+    pub ice_servers: Vec<crate::ice::IceServer>,
+    /// Which local candidates are offered (W3C `iceTransportPolicy`): all, or relayed only
+    pub ice_policy: crate::ice::IceTransportPolicy,
     /// Codecs, jitter buffer and lip-sync settings
     pub media: MediaConfig,
     /// A local instant and the wall-clock time at that instant, as str0m maps them for
@@ -68,6 +74,8 @@ impl Default for Config {
             recovery: RecoveryConfig::default(),
             max_queued_messages: 4096,
             candidate_policy: CandidatePolicy::Any,
+            ice_servers: Vec::new(),
+            ice_policy: crate::ice::IceTransportPolicy::All,
             media: MediaConfig::default(),
             wallclock_anchor: None,
             encode_clock: None,

@@ -190,6 +190,15 @@ pub enum Event {
         /// The Opus packet
         data: Arc<[u8]>,
     },
+    /// A STUN or TURN server could not be used or stopped working; host candidates and the
+    /// other servers carry on (counted in [`IceStats`](crate::IceStats) too)
+    IceServerFailed {
+        /// The server: its URL (`turn:HOST:PORT?transport=udp`), with its address when that
+        /// differs (a resolved name)
+        server: String,
+        /// What went wrong
+        problem: crate::ice::IceServerProblem,
+    },
     /// The signaling server answered one of our requests with an error
     SignalError {
         /// The method of the request

@@ -35,6 +35,8 @@
 //!             Output::Transmit(t) => send_datagram(t),
 //!             Output::Signal(frame) => send_signal(frame),
 //!             Output::Event(e) => println!("{e:?}"),
+//!             // STUN/TURN server names to look up (none here: no ice_servers configured)
+//!             Output::Resolve(_) => {}
 //!         }
 //!     };
 //!     // Wait for a datagram, a signaling frame or the deadline; feed exactly one input.
@@ -71,6 +73,7 @@ mod shared;
 pub mod signal;
 mod stats;
 pub mod sync;
+mod transport;
 mod window;
 
 pub use config::{CandidatePolicy, Config, MediaKind, MAX_DATA_MESSAGE};
@@ -81,7 +84,7 @@ pub use event::{DataMessage, Event, FailReason, LeaveReason, ReconnectKind};
 pub use participant::Participant;
 pub use recovery::{CircuitState, RecoveryConfig};
 pub use shared::{Input, Output, Receive, TimeoutReason, Transmit};
-pub use stats::{DropCounters, PeerStats};
+pub use stats::{CandidatePair, DropCounters, IceStats, PeerStats};
 
 #[cfg(test)]
 mod tests;

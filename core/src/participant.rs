@@ -22,7 +22,8 @@ use crate::signal::{
     AnnounceResult, ClientFrame, LeftReason, Notification, PeerId, PeerInfo, Request, RequestId,
     RoomId, RpcError, ServerFrame,
 };
-use crate::stats::{DropCounters, PeerStats};
+use crate::stats::{DropCounters, IceStats, PeerStats};
+use crate::transport::{Action as TransportAction, Transport};
 
 #[derive(Debug, PartialEq, Eq)]
 enum RoomState {
@@ -55,7 +56,8 @@ pub struct Participant {
     crypto: Arc<CryptoProvider>,
     dtls_cert: DtlsCert,
     state: RoomState,
-    local_candidates: Vec<Candidate>,
+    /// The socket's candidates, STUN/TURN servers and relaying
+    transport: Transport,
     /// Peers announced to us (joined, or listed at announce) that have no `Rtc` yet
     known: BTreeMap<PeerId, Known>,
     peers: BTreeMap<PeerId, Peer>,
@@ -121,6 +123,7 @@ impl Participant {
             Some(seed) => Secrets::Seeded(fastrand::Rng::with_seed(seed)),
             None => Secrets::Os,
         };
+        let transport = Transport::new(&config, now);
         Self {
             secrets,
             adaptation: Adaptation::new(&config.media),
@@ -128,7 +131,7 @@ impl Participant {
             crypto,
             dtls_cert,
             state: RoomState::Idle,
-            local_candidates: Vec::new(),
+            transport,
             known: BTreeMap::new(),
             peers: BTreeMap::new(),
             next_request: 1,
@@ -152,15 +155,23 @@ impl Participant {
         &self.config
     }
 
-    /// Adds a local host candidate (an address the driver has a socket bound to)
+    /// Adds a local address of the socket (the bound address, or one per interface when the
+    /// driver binds the wildcard; with the socket's port)
     ///
-    /// Candidates added after peers exist are trickled to every peer.
+    /// It becomes a host candidate unless the policies leave it out (relay-only
+    /// [`Config::ice_policy`], loopback with [`CandidatePolicy::LoopbackOnly`] or not), and
+    /// STUN/TURN traffic leaves from it either way. Add every address before joining;
+    /// candidates found later are trickled to every peer.
+    ///
+    /// [`CandidatePolicy::LoopbackOnly`]: crate::CandidatePolicy::LoopbackOnly
     pub fn add_local_candidate(&mut self, addr: SocketAddr) -> Result<(), CommandError> {
-        let cand = Candidate::host(addr, "udp").map_err(|e| CommandError::BadLocalAddress {
-            addr,
-            detail: e.to_string(),
-        })?;
-        self.local_candidates.push(cand.clone());
+        self.transport.add_local_address(addr)?;
+        self.drain_transport();
+        Ok(())
+    }
+
+    /// Adds a local candidate to every peer and trickles it
+    fn trickle_local_candidate(&mut self, cand: Candidate) {
         let ids: Vec<PeerId> = self.peers.keys().cloned().collect();
         for id in ids {
             let peer = self
@@ -168,24 +179,55 @@ impl Participant {
                 .get_mut(&id)
                 .expect("key just listed; panic means bug");
             if let Some(line) = peer.add_local_candidate(cand.clone()) {
+                // str0m's mids are random tokens, not "0": the candidate names the first
+                // m-line by index (BUNDLE: one transport for all).
                 let frame = self.request(Request::IceCandidate {
                     to: id.clone(),
                     candidate: line,
-                    sdp_mid: Some("0".into()),
+                    sdp_mid: None,
                     sdp_m_line_index: Some(0),
                 });
                 self.outputs.push_back(Output::Signal(frame));
             }
             self.drain_peer(&id);
         }
-        Ok(())
+    }
+
+    /// Carries out what the transport asks (candidates, server traffic, events)
+    fn drain_transport(&mut self) {
+        while let Some(action) = self.transport.poll_action() {
+            match action {
+                TransportAction::Transmit(t) => self.outputs.push_back(Output::Transmit(t)),
+                TransportAction::Candidate(c) => self.trickle_local_candidate(c),
+                TransportAction::EndOfCandidates(ids) => {
+                    for id in ids {
+                        if self.peers.contains_key(&id) {
+                            self.send_end_of_candidates(&id);
+                        }
+                    }
+                }
+                TransportAction::CandidateLost(c) => {
+                    for peer in self.peers.values_mut() {
+                        peer.invalidate_local_candidate(&c);
+                    }
+                    let ids: Vec<PeerId> = self.peers.keys().cloned().collect();
+                    for id in ids {
+                        self.drain_peer(&id);
+                    }
+                }
+                TransportAction::Event(e) => self.outputs.push_back(Output::Event(e)),
+                TransportAction::Resolve(servers) => {
+                    self.outputs.push_back(Output::Resolve(servers))
+                }
+            }
+        }
     }
 
     /// Removes a local host candidate (an address the driver no longer has); call
     /// [`handle_network_change`](Self::handle_network_change) once the addresses are as they
     /// now are
     pub fn remove_local_candidate(&mut self, addr: SocketAddr) {
-        self.local_candidates.retain(|c| c.addr() != addr);
+        self.transport.remove_local_address(addr);
     }
 
     /// The local addresses changed (an interface came or went, the host moved between
@@ -215,6 +257,7 @@ impl Participant {
         if !matches!(self.state, RoomState::Idle) {
             return Err(CommandError::AlreadyJoined);
         }
+        self.transport.start();
         self.announce(room, peer_id, None);
         Ok(())
     }
@@ -275,6 +318,8 @@ impl Participant {
     ///
     /// Each peer gets a [`Event::PeerLeft`] with [`LeaveReason::LocalLeave`].
     pub fn leave(&mut self) {
+        // After the peers' last datagrams (DTLS close_notify), which may need the relays.
+        self.transport.close();
         if matches!(self.state, RoomState::Idle | RoomState::Left) {
             self.state = RoomState::Left;
             return;
@@ -466,6 +511,10 @@ impl Participant {
             }
             Input::Receive(now, recv) => self.handle_receive(now, recv),
             Input::Signal(now, frame) => self.handle_signal(now, frame),
+            Input::Resolved(now, answers) => {
+                self.transport.resolved(now, answers);
+                Ok(())
+            }
         };
         // New estimates arrive while peers are drained: the encoders follow them.
         self.adaptation
@@ -478,6 +527,7 @@ impl Participant {
         while let Some(id) = self.unflushed.pop_first() {
             self.drain_peer(&id);
         }
+        self.drain_transport();
         if let Some(o) = self.outputs.pop_front() {
             return o;
         }
@@ -526,15 +576,36 @@ impl Participant {
     pub fn peer_stats(&self, peer: &PeerId) -> Option<PeerStats> {
         self.peers
             .get(peer)
-            .map(|p| self.stats_of(p))
+            .map(|p| self.named_stats(p))
             .or_else(|| self.departed.get(peer).cloned())
     }
 
-    fn stats_of(&self, p: &Peer) -> PeerStats {
-        let mut s = p.stats();
-        self.adaptation
-            .fill_stats(p, &self.encoders, &self.config.media, self.last_now, &mut s);
+    /// A peer's statistics with the candidate types of its selected pair and what we send
+    /// it (rate adaptation)
+    fn named_stats(&self, peer: &Peer) -> PeerStats {
+        let mut s = peer.stats();
+        s.candidate_pair = s
+            .candidate_pair
+            .map(|p| self.transport.pair(p.local, p.remote));
+        self.adaptation.fill_stats(
+            peer,
+            &self.encoders,
+            &self.config.media,
+            self.last_now,
+            &mut s,
+        );
         s
+    }
+
+    /// What the ICE transport did: local candidates, STUN/TURN servers, relayed traffic
+    pub fn ice_stats(&self) -> IceStats {
+        self.transport.stats()
+    }
+
+    /// Whether the socket may close: after [`leave`](Self::leave), once every TURN
+    /// allocation is released (or a short grace ran out); at once without TURN servers
+    pub fn is_transport_closed(&self) -> bool {
+        self.transport.is_closed()
     }
 
     /// Peers that left or failed and whose last statistics are kept (at most 64, oldest
@@ -553,6 +624,7 @@ impl Participant {
     // ---- inputs ----
 
     fn handle_timeout(&mut self, now: Instant) {
+        self.transport.handle_timeout(now);
         self.retry_strays(now);
         let ids: Vec<PeerId> = self.peers.keys().cloned().collect();
         for id in ids {
@@ -567,6 +639,10 @@ impl Participant {
     }
 
     fn handle_receive(&mut self, now: Instant, recv: Receive<'_>) -> Result<(), InputError> {
+        // STUN/TURN servers' datagrams stop here; relayed ones go on as if from the peer.
+        let Some(recv) = self.transport.receive(now, recv) else {
+            return Ok(());
+        };
         if !self.config.candidate_policy.allows(recv.source) {
             // The policy limits which addresses we talk to, whatever a remote's ICE checks
             // would otherwise teach str0m (peer-reflexive candidates).
@@ -710,6 +786,9 @@ impl Participant {
             room: announced.room.clone(),
             me: announced.peer_id.clone(),
         };
+        // Before offering: the servers handed out join the gathering the offers wait for.
+        self.transport
+            .add_announced_servers(now, &announced.ice_servers);
         if announced.resumed {
             tracing::debug!("resumed our place in the room");
         }
@@ -802,6 +881,7 @@ impl Participant {
                 let Some(peer) = self.peers.get_mut(&from) else {
                     return Err(InputError::UnknownPeer(from));
                 };
+                self.transport.add_remote_description(now, &sdp);
                 match peer.accept_answer(&sdp) {
                     Ok(()) => {
                         self.drain_peer(&from);
@@ -827,6 +907,9 @@ impl Participant {
     }
 
     fn handle_offer(&mut self, now: Instant, from: PeerId, sdp: String) -> Result<(), InputError> {
+        if self.peers.contains_key(&from) || self.known.contains_key(&from) {
+            self.transport.add_remote_description(now, &sdp);
+        }
         let polite = self.is_polite(&from);
         if let Some(peer) = self.peers.get_mut(&from) {
             if peer.is_retired_connection(&sdp) {
@@ -887,7 +970,9 @@ impl Participant {
             sdp: answer,
         });
         self.outputs.push_back(Output::Signal(frame));
-        self.send_end_of_candidates(&from);
+        if self.transport.end_of_candidates_now(&from) {
+            self.send_end_of_candidates(&from);
+        }
         let policy = self.config.candidate_policy;
         for c in known.early_candidates {
             // Early candidates were syntax-checked on arrival.
@@ -900,6 +985,9 @@ impl Participant {
 
     fn handle_candidate(&mut self, from: PeerId, candidate: String) -> Result<(), InputError> {
         let policy = self.config.candidate_policy;
+        if self.peers.contains_key(&from) || self.known.contains_key(&from) {
+            self.transport.add_remote_line(self.last_now, &candidate);
+        }
         if let Some(peer) = self.peers.get_mut(&from) {
             let res = peer.add_remote_candidate(&candidate, policy);
             self.drain_peer(&from);
@@ -1065,9 +1153,9 @@ impl Participant {
         match action {
             None => {}
             Some(Action::IceRestart) => {
-                let fresh = std::mem::take(&mut peer.renew_candidates)
-                    .then_some(self.local_candidates.as_slice());
-                let offer = peer.ice_restart(fresh);
+                let fresh: Option<Vec<Candidate>> = std::mem::take(&mut peer.renew_candidates)
+                    .then(|| self.transport.candidates().cloned().collect());
+                let offer = peer.ice_restart(fresh.as_deref());
                 if peer.note_reconnecting(ReconnectKind::IceRestart) {
                     self.outputs
                         .push_back(Output::Event(Event::PeerReconnecting {
@@ -1093,9 +1181,9 @@ impl Participant {
         let Some(peer) = self.peers.get_mut(id) else {
             return;
         };
-        let fresh =
-            std::mem::take(&mut peer.renew_candidates).then_some(self.local_candidates.as_slice());
-        let offer = peer.ice_restart(fresh);
+        let fresh: Option<Vec<Candidate>> = std::mem::take(&mut peer.renew_candidates)
+            .then(|| self.transport.candidates().cloned().collect());
+        let offer = peer.ice_restart(fresh.as_deref());
         if peer.note_reconnecting(ReconnectKind::IceRestart) {
             self.outputs
                 .push_back(Output::Event(Event::PeerReconnecting {
@@ -1126,7 +1214,7 @@ impl Participant {
             self.dtls_cert.clone(),
             str0m::IceCreds { ufrag, pass },
         );
-        for c in &self.local_candidates {
+        for c in self.transport.candidates() {
             peer.add_local_candidate(c.clone());
         }
         peer
@@ -1148,7 +1236,9 @@ impl Participant {
             }
         }
         self.peers.insert(id.clone(), peer);
-        self.send_end_of_candidates(&id);
+        if self.transport.end_of_candidates_now(&id) {
+            self.send_end_of_candidates(&id);
+        }
         self.drain_peer(&id);
     }
 
@@ -1195,7 +1285,12 @@ impl Participant {
         let res = peer.drain(&mut outs);
         for o in outs {
             match o {
-                PeerOutput::Transmit(t) => self.outputs.push_back(Output::Transmit(t)),
+                PeerOutput::Transmit(t) => {
+                    // Wrapped for the TURN server when it leaves from a relayed candidate.
+                    if let Some(t) = self.transport.route(self.last_now, t) {
+                        self.outputs.push_back(Output::Transmit(t));
+                    }
+                }
                 PeerOutput::Connected(connect_time) => {
                     self.outputs.push_back(Output::Event(Event::PeerConnected {
                         peer: id.clone(),
@@ -1267,7 +1362,9 @@ impl Participant {
         let _ = peer.drain(&mut outs);
         for o in outs {
             if let PeerOutput::Transmit(t) = o {
-                self.outputs.push_back(Output::Transmit(t));
+                if let Some(t) = self.transport.route(self.last_now, t) {
+                    self.outputs.push_back(Output::Transmit(t));
+                }
             }
         }
         self.remove_peer(id, reason);
@@ -1278,7 +1375,7 @@ impl Participant {
             return;
         };
         // Keep the last figures of a peer that went away (bounded), for reports.
-        self.departed.insert(id.clone(), self.stats_of(&peer));
+        self.departed.insert(id.clone(), self.named_stats(&peer));
         while self.departed.len() > MAX_DEPARTED {
             self.departed.pop_first();
         }
@@ -1292,6 +1389,11 @@ impl Participant {
 
     fn next_deadline(&self) -> (Instant, TimeoutReason) {
         let mut best = (self.last_now + IDLE_TIMEOUT, TimeoutReason::Idle);
+        if let Some(t) = self.transport.poll_timeout() {
+            if t < best.0 {
+                best = (t, TimeoutReason::Ice);
+            }
+        }
         for p in self.peers.values() {
             let (t, r) = p.next_timeout(&self.config, self.signaling_up);
             if t < best.0 {

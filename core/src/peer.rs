@@ -255,6 +255,11 @@ impl Peer {
             .map(Candidate::to_sdp_string)
     }
 
+    /// Stops using a local candidate (a TURN allocation that was lost)
+    pub(crate) fn invalidate_local_candidate(&mut self, c: &Candidate) {
+        self.rtc.direct_api().invalidate_candidate(c);
+    }
+
     /// Creates the offer: media lines for what either side can send, and the data channel
     pub(crate) fn create_offer(&mut self, config: &Config) -> String {
         let local = config.capabilities;
@@ -840,6 +845,11 @@ impl Peer {
                 }
             }
             RtcEvent::PeerStats(s) => {
+                // The participant names the candidate types (its transport knows them).
+                self.stats.candidate_pair = s
+                    .selected_candidate_pair
+                    .as_ref()
+                    .map(|p| crate::stats::CandidatePair::unnamed(p.local.addr, p.remote.addr));
                 // RTCP's round trip when media flows, else ICE's (STUN consent checks).
                 let ice_rtt = s
                     .selected_candidate_pair

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use crate::event::Event;
+use crate::ice::{Resolution, ServerEndpoint};
 use crate::signal::{ClientFrame, ServerFrame};
 
 /// A received datagram, borrowed from the caller's buffer
@@ -38,13 +39,17 @@ pub enum Input<'a> {
     Receive(Instant, Receive<'a>),
     /// A message arrived from the signaling server
     Signal(Instant, ServerFrame),
+    /// The driver resolved the STUN/TURN server names of an [`Output::Resolve`]
+    Resolved(Instant, Vec<Resolution>),
 }
 
 impl Input<'_> {
     /// The time the input happened
     pub fn time(&self) -> Instant {
         match self {
-            Self::Timeout(t) | Self::Receive(t, _) | Self::Signal(t, _) => *t,
+            Self::Timeout(t) | Self::Receive(t, _) | Self::Signal(t, _) | Self::Resolved(t, _) => {
+                *t
+            }
         }
     }
 }
@@ -60,6 +65,9 @@ pub enum Output {
     Signal(ClientFrame),
     /// Tell the application
     Event(Event),
+    /// Look up these STUN/TURN servers' names (DNS is IO: the driver's) and feed the answers
+    /// back as [`Input::Resolved`]; servers given by IP address never come here
+    Resolve(Vec<ServerEndpoint>),
 }
 
 /// Why the participant asked for its next timeout (for diagnosing a stalled run)
@@ -73,4 +81,6 @@ pub enum TimeoutReason {
     PeerDeadline,
     /// Audio playout or video release
     Playout,
+    /// STUN/TURN: a retransmission, a refresh, or releasing the allocations after leaving
+    Ice,
 }

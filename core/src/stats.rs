@@ -1,6 +1,9 @@
 //! Counters the core keeps per peer and per participant
 
+use std::net::SocketAddr;
 use std::time::Duration;
+
+use crate::ice::{CandidateType, GatherStats};
 
 /// Statistics for one remote peer
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -47,6 +50,54 @@ pub struct PeerStats {
     pub bitrate: Option<crate::rate::BitrateStats>,
     /// The video we send this peer, once it takes video from us
     pub video_sent: Option<crate::rate::VideoSendPeerStats>,
+    /// The candidate pair ICE selected (from str0m's statistics, every second), once there is
+    /// one
+    pub candidate_pair: Option<CandidatePair>,
+}
+
+/// The candidate pair a connection uses (W3C `RTCIceCandidatePairStats`, in short)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CandidatePair {
+    /// The address we send from: our host address (also for a server-reflexive candidate,
+    /// whose traffic leaves from its host base) or our relayed address on a TURN server
+    pub local: SocketAddr,
+    /// The remote address we send to
+    pub remote: SocketAddr,
+    /// `host` or `relay` (see [`local`](Self::local))
+    pub local_type: CandidateType,
+    /// The type the remote signaled for that address; `prflx` when it signaled none (learnt
+    /// from its connectivity checks)
+    pub remote_type: CandidateType,
+}
+
+impl CandidatePair {
+    /// A pair whose types are not known yet (`host`, `prflx`)
+    pub(crate) fn unnamed(local: SocketAddr, remote: SocketAddr) -> Self {
+        Self {
+            local,
+            remote,
+            local_type: CandidateType::Host,
+            remote_type: CandidateType::Prflx,
+        }
+    }
+}
+
+/// What the participant's ICE transport did: its candidates, its STUN/TURN servers and the
+/// traffic it relayed
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IceStats {
+    /// Our local candidates in use, in the order they were found
+    pub local_candidates: Vec<(CandidateType, SocketAddr)>,
+    /// STUN/TURN servers in use (asked, answered or still trying)
+    pub servers: usize,
+    /// Servers that gave no candidate, had a bad URL or did not resolve
+    pub server_failures: u64,
+    /// Relayed candidates lost after they were found
+    pub relays_lost: u64,
+    /// Whether candidates are still being gathered
+    pub gathering: bool,
+    /// The gatherer's counters (malformed server datagrams, relayed traffic)
+    pub gather: GatherStats,
 }
 
 /// Input the participant dropped, by kind

@@ -6,11 +6,12 @@
 
 use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::mpsc::{Receiver, Sender, SyncSender, TryRecvError};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TryRecvError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use meshrtc::clock::SharedClock;
+use meshrtc::ice::Resolution;
 use meshrtc::session::{self, Command, Event, EventSender, Input, Output, Stats};
 use meshrtc::signal::{PeerId, RoomId};
 use meshrtc::Receive;
@@ -136,6 +137,7 @@ pub(crate) fn run(setup: Setup) {
         playout,
         wait,
         read_timeout: None,
+        resolved: mpsc::channel(),
     };
     if let Err(e) = session.participant_mut().add_local_candidate(local_addr) {
         driver.fail(Error::Command(e));
@@ -170,6 +172,8 @@ struct Driver {
     wait: WaitMode,
     /// The read timeout the socket has now (saves a system call when unchanged)
     read_timeout: Option<Duration>,
+    /// STUN/TURN server names resolved on helper threads
+    resolved: (Sender<Vec<Resolution>>, Receiver<Vec<Resolution>>),
 }
 
 impl Driver {
@@ -263,6 +267,18 @@ impl Driver {
                     let _ = self.signal_out.send(SignalOut::Disconnect);
                 }
                 Output::Event(e) => self.deliver(e),
+                Output::Resolve(endpoints) => {
+                    // The system resolver blocks: never on this thread.
+                    let tx = self.resolved.0.clone();
+                    let spawned = std::thread::Builder::new()
+                        .name("mrb-resolve".into())
+                        .spawn(move || {
+                            let _ = tx.send(meshrtc_driver::resolve_blocking(endpoints));
+                        });
+                    if let Err(e) = spawned {
+                        tracing::warn!(%e, "cannot start a resolver thread");
+                    }
+                }
             }
         };
         self.events.push_all(&mut self.batch);
@@ -328,6 +344,10 @@ impl Driver {
                 }
             };
             s.handle_input(input);
+            self.drain(s);
+        }
+        while let Ok(answers) = self.resolved.1.try_recv() {
+            s.handle_input(Input::Resolved(self.clock.now(), answers));
             self.drain(s);
         }
         for _ in 0..SOURCE_BATCH {

@@ -73,6 +73,11 @@ impl Session {
     /// and the signaling thread, which owns the WebSocket. Blocks the caller.
     pub fn join_with(config: SessionConfig, rt: RealtimeConfig) -> Result<Self> {
         config.check()?;
+        if config.bind.ip().is_unspecified() {
+            // Without IP_PKTINFO on std sockets the local address of a datagram is unknown:
+            // this driver binds one specific address (its host candidate).
+            return Err(Error::BadBindAddress(config.bind));
+        }
         let opus = config.session.participant.media.opus;
         let frame_samples = opus.frame_ms as usize * 48 * usize::from(opus.channels);
         let socket = meshrtc_driver::bind_udp(config.bind, config.socket_buffer)?;

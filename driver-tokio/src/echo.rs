@@ -240,6 +240,8 @@ pub struct RemoteJson {
     pub loss: Option<f64>,
     /// The peer's clock rate against ours, in ppm
     pub clock_drift_ppm: Option<f64>,
+    /// The selected ICE candidate pair (see [`candidate_pair_json`])
+    pub candidate_pair: Option<Value>,
     /// ICE restarts and full reconnects with the peer (cli.md version 2)
     pub reconnects: Option<u64>,
 }
@@ -287,6 +289,7 @@ impl StatsFile {
                         .and_then(|a| a.packets_lost_fraction)
                         .map(f64::from),
                     clock_drift_ppm: st.and_then(|s| s.clock_drift_ppm),
+                    candidate_pair: st.and_then(candidate_pair_json),
                 };
                 (peer.to_string(), json)
             })
@@ -313,6 +316,19 @@ pub fn audio_json(s: &PeerStats) -> Option<Value> {
         "concealed_ms": jb.concealed_samples as f64 / 48.0,
         "latency_ms_p50": q(0.5),
         "latency_ms_p95": q(0.95),
+    }))
+}
+
+/// The `candidate_pair` object of the stats file (cli.md version 2), once ICE selected a
+/// pair: `{"local_type": "host|srflx|prflx|relay", "remote_type": ..., "local": "IP:PORT",
+/// "remote": "IP:PORT"}`
+pub fn candidate_pair_json(s: &PeerStats) -> Option<Value> {
+    let p = s.candidate_pair?;
+    Some(serde_json::json!({
+        "local_type": p.local_type.as_str(),
+        "remote_type": p.remote_type.as_str(),
+        "local": p.local.to_string(),
+        "remote": p.remote.to_string(),
     }))
 }
 

@@ -12,6 +12,7 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use meshrtc::clock::SharedClock;
 use meshrtc::codec::I420Frame;
+use meshrtc::ice::Resolution;
 use meshrtc::session::{self, Command, EventReceiver, EventSender, Input, Output};
 use meshrtc::signal::{PeerId, RoomId};
 use meshrtc::{DataMessage, Receive};
@@ -218,6 +219,7 @@ enum Wake {
     Udp(std::io::Result<usize>),
     Signal(SignalEvent),
     Connected(std::result::Result<Box<SignalClient>, String>),
+    Resolved(Vec<Resolution>),
     Timer,
 }
 
@@ -254,19 +256,32 @@ fn drive(
             .clone()
             .unwrap_or_else(|| SharedClock::new(TokioClock));
         let now = clock.now();
+        let policy = config.session.participant.candidate_policy;
         let mut session_config = config.session;
         // Video encodes are timed on the same clock (CPU overload drops frames).
         let encode_clock = &mut session_config.participant.encode_clock;
         encode_clock.get_or_insert_with(|| clock.clone());
         let mut session = session::Session::new(session_config, now, Some(SystemTime::now()));
-        if let Err(e) = session
-            .participant_mut()
-            .add_local_candidate(udp.local_addr())
-        {
-            let _ = ready.send(Err(e.into()));
-            return None;
+        // The bound address, or every interface's when bound on the wildcard.
+        let locals = match meshrtc_driver::local_addresses(udp.local_addr(), policy) {
+            Ok(l) => l,
+            Err(source) => {
+                let addr = udp.local_addr();
+                let _ = ready.send(Err(Error::Bind { addr, source }));
+                return None;
+            }
+        };
+        if locals.is_empty() {
+            tracing::warn!(bind = %udp.local_addr(), "no usable local address: no host candidate");
+        }
+        for addr in locals {
+            if let Err(e) = session.participant_mut().add_local_candidate(addr) {
+                let _ = ready.send(Err(e.into()));
+                return None;
+            }
         }
         tracing::debug!(local = %udp.local_addr(), "session started");
+        let (resolved_tx, resolved) = mpsc::unbounded_channel();
         let driver = Driver {
             session,
             udp,
@@ -278,8 +293,9 @@ fn drive(
             events,
             batch: Vec::new(),
             ready: Some(ready),
+            resolved_tx,
         };
-        driver.run(ctl, commands).await
+        driver.run(ctl, commands, resolved).await
     });
     // The driver (and with it the socket) is gone; tell `leave` it may return.
     if let Some(reply) = left {
@@ -301,7 +317,12 @@ struct Driver {
     /// Events of the current drain, handed over in one go
     batch: Vec<Event>,
     ready: Option<oneshot::Sender<Result<Joined>>>,
+    /// Where name lookups for STUN/TURN servers report
+    resolved_tx: mpsc::UnboundedSender<Vec<Resolution>>,
 }
+
+/// How long a STUN/TURN server name lookup may take before it counts as failed
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Driver {
     /// The loop: drain, wait for one thing, feed it, repeat; returns the `leave` reply
@@ -309,6 +330,7 @@ impl Driver {
         mut self,
         mut ctl: mpsc::UnboundedReceiver<Control>,
         mut commands: mpsc::Receiver<Command>,
+        mut resolved: mpsc::UnboundedReceiver<Vec<Resolution>>,
     ) -> Option<oneshot::Sender<()>> {
         let mut buf = RecvBuf::new();
         let timer = tokio::time::sleep(Duration::ZERO);
@@ -336,6 +358,7 @@ impl Driver {
                 r = self.udp.recv(&mut buf) => Wake::Udp(r),
                 s = next_signal(&mut self.signal) => Wake::Signal(s),
                 c = connected(&mut self.connecting) => Wake::Connected(c),
+                Some(r) = resolved.recv() => Wake::Resolved(r),
                 () = &mut timer, if !due => Wake::Timer,
                 () = std::future::ready(()), if due => Wake::Timer,
             };
@@ -365,11 +388,10 @@ impl Driver {
                 }
                 Wake::Command(None) => commands_open = false,
                 Wake::Udp(Ok(filled)) => {
-                    let local = self.udp.local_addr();
-                    for (source, contents) in buf.datagrams(filled) {
+                    for (source, dst_ip, contents) in buf.datagrams(filled) {
                         let recv = Receive {
                             source,
-                            destination: local,
+                            destination: self.udp.destination(dst_ip),
                             contents,
                         };
                         self.session
@@ -398,6 +420,9 @@ impl Driver {
                     self.session.handle_input(Input::SignalingDown(now, reason));
                 }
                 Wake::Timer => self.session.handle_input(Input::Timeout(now)),
+                Wake::Resolved(answers) => {
+                    self.session.handle_input(Input::Resolved(now, answers));
+                }
             }
         }
         self.udp.send_all(&mut self.outbox).await;
@@ -423,7 +448,8 @@ impl Driver {
                 Output::Timeout(t) => break t,
                 Output::Transmit(t) => {
                     let max = self.udp.max_segments();
-                    self.outbox.push(t.destination, &t.contents, max);
+                    let (source, destination) = self.udp.addresses(t.source, t.destination);
+                    self.outbox.push(source, destination, &t.contents, max);
                     if self.outbox.bytes() >= OUTBOX_SEND_BYTES
                         || self.outbox.datagrams() >= OUTBOX_SEND_DATAGRAMS
                     {
@@ -452,10 +478,36 @@ impl Driver {
                     }
                 }
                 Output::Event(e) => self.deliver(e),
+                Output::Resolve(endpoints) => self.resolve(endpoints),
             }
         };
         self.events.push_all(&mut self.batch);
         deadline
+    }
+
+    /// Looks STUN/TURN server names up on tokio's resolver; the answers come back as one
+    /// [`Input::Resolved`]
+    fn resolve(&self, endpoints: Vec<meshrtc::ice::ServerEndpoint>) {
+        let tx = self.resolved_tx.clone();
+        tokio::spawn(async move {
+            let mut answers = Vec::with_capacity(endpoints.len());
+            for endpoint in endpoints {
+                let addrs = match endpoint.lookup() {
+                    Some((host, port)) => {
+                        let lookup = tokio::net::lookup_host((host.to_owned(), port));
+                        match tokio::time::timeout(RESOLVE_TIMEOUT, lookup).await {
+                            Ok(Ok(addrs)) => Ok(addrs.collect()),
+                            Ok(Err(e)) => Err(e.to_string()),
+                            Err(_) => Err(format!("no answer within {RESOLVE_TIMEOUT:?}")),
+                        }
+                    }
+                    None => Ok(endpoint.url.socket_addr().into_iter().collect()),
+                };
+                answers.push(Resolution { endpoint, addrs });
+            }
+            // The driver may have ended meanwhile.
+            let _ = tx.send(answers);
+        });
     }
 
     fn deliver(&mut self, event: Event) {

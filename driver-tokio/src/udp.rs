@@ -1,8 +1,15 @@
 //! The UDP socket: large kernel buffers, batched receive (`recvmmsg`, GRO) and batched send
 //! (GSO) via `quinn-udp`
+//!
+//! A socket bound on the wildcard serves every interface address: the local address of each
+//! datagram received comes from the kernel (`IP_PKTINFO`, quinn-udp's `dst_ip`), and each
+//! datagram sent names its source address the same way, so that a reply leaves from the
+//! address (host candidate) the peer sent to. A dual-stack `[::]` socket sees IPv4 peers
+//! under IPv4-mapped addresses; they are mapped back before the core sees them and mapped
+//! again when sending.
 
 use std::io::{self, IoSliceMut};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use quinn_udp::{RecvMeta, UdpSockRef, UdpSocketState};
 use tokio::io::Interest;
@@ -23,6 +30,10 @@ pub(crate) struct UdpIo {
     socket: UdpSocket,
     state: UdpSocketState,
     local: SocketAddr,
+    /// Bound on the wildcard: addresses come from and go to the kernel per datagram
+    wildcard: bool,
+    /// A dual-stack IPv6 socket: IPv4 addresses travel IPv4-mapped
+    dual_stack: bool,
 }
 
 impl UdpIo {
@@ -35,16 +46,49 @@ impl UdpIo {
         let state = UdpSocketState::new(UdpSockRef::from(&std_socket)).map_err(err)?;
         let socket = UdpSocket::from_std(std_socket).map_err(err)?;
         let local = socket.local_addr().map_err(err)?;
+        let wildcard = local.ip().is_unspecified();
         Ok(Self {
             socket,
             state,
             local,
+            wildcard,
+            dual_stack: wildcard && local.is_ipv6(),
         })
     }
 
-    /// The bound address (a host candidate)
+    /// The bound address (the host candidate, or the wildcard with the port)
     pub(crate) fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+
+    /// The local address a datagram arrived on, as the core wants it: the bound address,
+    /// or (on the wildcard) the interface address the kernel reported
+    pub(crate) fn destination(&self, dst_ip: Option<IpAddr>) -> SocketAddr {
+        match dst_ip {
+            Some(ip) if self.wildcard => SocketAddr::new(ip.to_canonical(), self.local.port()),
+            _ => self.local,
+        }
+    }
+
+    /// The source IP to put on a datagram from `source` (`None`: the bound address is the
+    /// source anyway) and the destination as this socket's family writes it
+    pub(crate) fn addresses(
+        &self,
+        source: SocketAddr,
+        destination: SocketAddr,
+    ) -> (Option<IpAddr>, SocketAddr) {
+        if !self.wildcard {
+            return (None, destination);
+        }
+        let map = |ip: IpAddr| match ip {
+            IpAddr::V4(v4) if self.dual_stack => IpAddr::V6(v4.to_ipv6_mapped()),
+            other => other,
+        };
+        let src = (!source.ip().is_unspecified()).then(|| map(source.ip()));
+        (
+            src,
+            SocketAddr::new(map(destination.ip()), destination.port()),
+        )
     }
 
     /// Waits for datagrams and receives a batch into `buf`; returns how many slots were filled
@@ -79,14 +123,17 @@ impl UdpIo {
             let contents = &outbox.data[batch.start..batch.end];
             let segments = contents.len().div_ceil(batch.segment);
             let segment_size = (segments > 1).then_some(batch.segment);
-            match self.send(batch.destination, contents, segment_size).await {
+            match self
+                .send(batch.source, batch.destination, contents, segment_size)
+                .await
+            {
                 Ok(()) => {}
                 Err(e) if segment_size.is_some() => {
                     // A kernel or device without working GSO (quinn-udp now knows and
                     // sends no more batches): the batch goes out datagram by datagram.
                     tracing::debug!(%e, "gso send failed; sending one by one");
                     for d in contents.chunks(batch.segment) {
-                        if let Err(e) = self.send(batch.destination, d, None).await {
+                        if let Err(e) = self.send(batch.source, batch.destination, d, None).await {
                             tracing::debug!(%e, to = %batch.destination, "udp send failed");
                         }
                     }
@@ -99,6 +146,7 @@ impl UdpIo {
 
     async fn send(
         &self,
+        source: Option<IpAddr>,
         destination: SocketAddr,
         contents: &[u8],
         segment_size: Option<usize>,
@@ -108,7 +156,7 @@ impl UdpIo {
             ecn: None,
             contents,
             segment_size,
-            src_ip: None,
+            src_ip: source,
         };
         self.socket
             .async_io(Interest::WRITABLE, || {
@@ -136,6 +184,8 @@ pub(crate) struct Outbox {
 
 #[derive(Debug)]
 struct Batch {
+    /// The source IP to name (wildcard sockets), see [`UdpIo::addresses`]
+    source: Option<IpAddr>,
     destination: SocketAddr,
     segment: usize,
     start: usize,
@@ -161,14 +211,22 @@ impl Outbox {
         self.count
     }
 
-    /// Queues one datagram; `max_segments` is [`UdpIo::max_segments`]
-    pub(crate) fn push(&mut self, destination: SocketAddr, contents: &[u8], max_segments: usize) {
+    /// Queues one datagram; `source` and `destination` as [`UdpIo::addresses`] gives them,
+    /// `max_segments` is [`UdpIo::max_segments`]
+    pub(crate) fn push(
+        &mut self,
+        source: Option<IpAddr>,
+        destination: SocketAddr,
+        contents: &[u8],
+        max_segments: usize,
+    ) {
         let start = self.data.len();
         self.count += 1;
         self.data.extend_from_slice(contents);
         let end = self.data.len();
         if let Some(b) = self.batches.last_mut() {
             let fits = b.destination == destination
+                && b.source == source
                 && !b.closed
                 && !contents.is_empty()
                 && contents.len() <= b.segment
@@ -181,6 +239,7 @@ impl Outbox {
             }
         }
         self.batches.push(Batch {
+            source,
             destination,
             segment: contents.len().max(1),
             start,
@@ -205,14 +264,77 @@ impl RecvBuf {
         }
     }
 
-    /// The datagrams of the first `filled` slots, GRO batches split at their stride
-    pub(crate) fn datagrams(&self, filled: usize) -> impl Iterator<Item = (SocketAddr, &[u8])> {
+    /// The datagrams of the first `filled` slots, GRO batches split at their stride: the
+    /// source (IPv4-mapped addresses as IPv4), the local IP it arrived on when the kernel
+    /// said (see [`UdpIo::destination`]), the bytes
+    pub(crate) fn datagrams(
+        &self,
+        filled: usize,
+    ) -> impl Iterator<Item = (SocketAddr, Option<IpAddr>, &[u8])> {
         self.meta[..filled]
             .iter()
             .zip(self.data.chunks(SLOT_BYTES))
             .flat_map(|(meta, slot)| {
                 let stride = meta.stride.max(1);
-                slot[..meta.len].chunks(stride).map(move |d| (meta.addr, d))
+                let source = meshrtc_driver::canonical(meta.addr);
+                slot[..meta.len]
+                    .chunks(stride)
+                    .map(move |d| (source, meta.dst_ip, d))
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A wildcard socket answers from the address it was reached on (here two loopback
+    /// addresses of one socket), over IPv4 on a dual-stack socket
+    #[tokio::test]
+    async fn wildcard_socket_replies_from_the_address_it_was_reached_on() {
+        let io = UdpIo::bind("[::]:0".parse().unwrap(), 1 << 16).unwrap();
+        let port = io.local_addr().port();
+        let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        peer.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut buf = RecvBuf::new();
+        for local in ["127.0.0.1", "127.0.0.2"] {
+            let local: SocketAddr = SocketAddr::new(local.parse().unwrap(), port);
+            peer.send_to(b"hello", local).unwrap();
+            let filled = tokio::time::timeout(Duration::from_secs(2), io.recv(&mut buf))
+                .await
+                .expect("a datagram")
+                .unwrap();
+            let (source, dst, contents) = buf.datagrams(filled).next().unwrap();
+            assert_eq!(source, peer.local_addr().unwrap(), "mapped back to IPv4");
+            assert_eq!(io.destination(dst), local, "the address it was sent to");
+            assert_eq!(contents, b"hello");
+
+            let (src, to) = io.addresses(local, source);
+            let mut outbox = Outbox::default();
+            outbox.push(src, to, b"reply", io.max_segments());
+            io.send_all(&mut outbox).await;
+            let mut got = [0; 8];
+            let (n, from) = peer.recv_from(&mut got).unwrap();
+            assert_eq!((&got[..n], from), (&b"reply"[..], local));
+        }
+    }
+
+    #[test]
+    fn specific_sockets_need_no_addresses() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let io = UdpIo::bind("127.0.0.1:0".parse().unwrap(), 1 << 16).unwrap();
+            let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
+            assert_eq!(io.addresses(io.local_addr(), peer), (None, peer));
+            assert_eq!(
+                io.destination(Some("127.0.0.2".parse().unwrap())),
+                io.local_addr()
+            );
+        });
     }
 }

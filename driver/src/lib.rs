@@ -3,12 +3,17 @@
 //! The core ([`meshrtc::session::Session`]) makes every protocol decision; a driver waits and
 //! does IO. The two drivers (`meshrtc-tokio`, `meshrtc-blocking`) wait differently but set
 //! up the same things, so that part lives here once: the session configuration both take,
-//! binding the UDP socket, checking the signaling URL, and the error type both return.
+//! binding the UDP socket and finding its local addresses (the host candidates), resolving
+//! STUN/TURN server names when the session asks, checking the signaling URL, and the error
+//! type both return.
 #![deny(missing_docs)]
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs, UdpSocket};
 use std::time::Duration;
+
+use meshrtc::ice::{Resolution, ServerEndpoint};
+use meshrtc::CandidatePolicy;
 
 use meshrtc::clock::SharedClock;
 use meshrtc::session::JoinError;
@@ -33,8 +38,13 @@ pub const DEFAULT_COMMAND_QUEUE: usize = 1024;
 pub struct SessionConfig {
     /// The signaling server, `ws://host:port/`
     pub signal_url: String,
-    /// Where the UDP socket binds; its address is the local host candidate (default
-    /// `127.0.0.1:0`). It must be a specific unicast address.
+    /// Where the UDP socket binds (default `127.0.0.1:0`)
+    ///
+    /// A specific unicast address is the only host candidate. The wildcard binds every
+    /// interface: `[::]:P` one dual-stack socket for IPv4 and IPv6, `0.0.0.0:P` IPv4 only;
+    /// each usable interface address is then a host candidate ([`local_addresses`]), and
+    /// every datagram's local address is read from the kernel (`IP_PKTINFO`). Only
+    /// `meshrtc-tokio` binds the wildcard.
     pub bind: SocketAddr,
     /// Kernel receive and send buffer size of the UDP socket
     pub socket_buffer: usize,
@@ -61,12 +71,15 @@ impl SessionConfig {
         }
     }
 
-    /// Checks what can be checked before any IO: the URL and the bind address
+    /// Checks what can be checked before any IO: the URL, the bind address and the ICE
+    /// server URLs
     pub fn check(&self) -> Result<()> {
         SignalUrl::parse(&self.signal_url)?;
-        let ip = self.bind.ip();
-        if ip.is_unspecified() || ip.is_multicast() {
+        if self.bind.ip().is_multicast() {
             return Err(Error::BadBindAddress(self.bind));
+        }
+        for server in &self.session.participant.ice_servers {
+            server.endpoints().map_err(Error::IceServer)?;
         }
         Ok(())
     }
@@ -121,15 +134,18 @@ impl SignalUrl {
 
 /// Binds a UDP socket on `addr` with kernel buffers of `buffer` bytes each way
 ///
-/// An IPv6 socket is IPv6 only (its address is the candidate; a dual-stack socket would
-/// receive IPv4 traffic under mapped addresses). Kernel limits (`net.core.rmem_max`) may
-/// give smaller buffers; that is logged, not an error. The socket is blocking.
+/// A specific IPv6 address gets an IPv6-only socket (its address is the candidate); the
+/// IPv6 wildcard `[::]` a dual-stack one, which receives IPv4 traffic under IPv4-mapped
+/// addresses (the drivers map them back). Kernel limits (`net.core.rmem_max`) may give
+/// smaller buffers; that is logged, not an error. The socket is blocking.
 pub fn bind_udp(addr: SocketAddr, buffer: usize) -> Result<UdpSocket> {
     let err = |source| Error::Bind { addr, source };
     let socket =
         Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
     if addr.is_ipv6() {
-        socket.set_only_v6(true).map_err(err)?;
+        socket
+            .set_only_v6(!addr.ip().is_unspecified())
+            .map_err(err)?;
     }
     for (what, set, get) in [
         (
@@ -161,6 +177,92 @@ pub fn bind_udp(addr: SocketAddr, buffer: usize) -> Result<UdpSocket> {
     Ok(socket.into())
 }
 
+/// The local addresses of a socket bound on `bound`: the host candidates to give the
+/// session (`Participant::add_local_candidate`)
+///
+/// A specific address is the only one. For the wildcard, every address of every interface
+/// that is up, with the socket's port: IPv4 for `0.0.0.0`, IPv4 and IPv6 for `[::]` (a
+/// dual-stack socket). Link-local addresses are left out (they need a scope), and so are
+/// loopback addresses unless the candidate policy is
+/// [`CandidatePolicy::LoopbackOnly`] — browsers do not offer them either.
+pub fn local_addresses(bound: SocketAddr, policy: CandidatePolicy) -> io::Result<Vec<SocketAddr>> {
+    if !bound.ip().is_unspecified() {
+        return Ok(vec![bound]);
+    }
+    let loopback_only = policy == CandidatePolicy::LoopbackOnly;
+    let mut out = Vec::new();
+    for ip in interface_addresses()? {
+        let family_ok = bound.is_ipv6() || ip.is_ipv4();
+        let link_local = match ip {
+            IpAddr::V4(v) => v.is_link_local(),
+            IpAddr::V6(v) => v.is_unicast_link_local(),
+        };
+        let usable = !(ip.is_unspecified() || ip.is_multicast() || link_local);
+        if family_ok && usable && ip.is_loopback() == loopback_only {
+            let addr = SocketAddr::new(ip, bound.port());
+            if !out.contains(&addr) {
+                out.push(addr);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The addresses of the interfaces that are up
+#[cfg(unix)]
+fn interface_addresses() -> io::Result<Vec<IpAddr>> {
+    use nix::ifaddrs::getifaddrs;
+    use nix::net::if_::InterfaceFlags;
+    let mut out = Vec::new();
+    for ifa in getifaddrs().map_err(io::Error::from)? {
+        if !ifa.flags.contains(InterfaceFlags::IFF_UP) {
+            continue;
+        }
+        let Some(addr) = ifa.address else { continue };
+        if let Some(v4) = addr.as_sockaddr_in() {
+            out.push(IpAddr::V4(v4.ip()));
+        } else if let Some(v6) = addr.as_sockaddr_in6() {
+            out.push(IpAddr::V6(v6.ip()));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(not(unix))]
+fn interface_addresses() -> io::Result<Vec<IpAddr>> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "listing interface addresses is implemented for unix only; bind a specific address",
+    ))
+}
+
+/// Resolves STUN/TURN server names, blocking (the session's `Output::Resolve`); an
+/// answer per endpoint, in order
+///
+/// Runs the system resolver (`getaddrinfo`): call it off the thread that drives the
+/// session. `meshrtc-tokio` uses tokio's resolver instead.
+pub fn resolve_blocking(endpoints: Vec<ServerEndpoint>) -> Vec<Resolution> {
+    endpoints
+        .into_iter()
+        .map(|endpoint| {
+            let addrs = match endpoint.lookup() {
+                Some((host, port)) => (host, port)
+                    .to_socket_addrs()
+                    .map(Iterator::collect)
+                    .map_err(|e| e.to_string()),
+                None => Ok(endpoint.url.socket_addr().into_iter().collect()),
+            };
+            Resolution { endpoint, addrs }
+        })
+        .collect()
+}
+
+/// A datagram's addresses as the core wants them: IPv4-mapped IPv6 addresses (from a
+/// dual-stack socket) as plain IPv4
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
 /// What a driver returns when a session cannot start or a command cannot be given
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -174,9 +276,13 @@ pub enum Error {
         /// What is wrong with it
         reason: String,
     },
-    /// The bind address cannot be a host candidate
-    #[error("bind address {0} cannot be a host candidate: give a specific unicast address")]
+    /// The bind address cannot be used (multicast, or the wildcard where the driver binds
+    /// specific addresses only)
+    #[error("bind address {0} cannot be a host candidate: give a unicast address")]
     BadBindAddress(SocketAddr),
+    /// An ICE server URL cannot be used
+    #[error(transparent)]
+    IceServer(meshrtc::ice::UrlError),
 
     // ---- the network or the server ----
     /// Joining failed (server unreachable, refused, signaling lost, timed out)
@@ -232,11 +338,69 @@ mod tests {
     }
 
     #[test]
-    fn unspecified_bind_addresses_are_refused() {
+    fn multicast_bind_addresses_and_bad_ice_urls_are_refused() {
         let room = RoomId::new("r").unwrap();
         let mut c = SessionConfig::new("ws://127.0.0.1:1/", room);
         c.bind = "0.0.0.0:0".parse().unwrap();
+        assert!(c.check().is_ok(), "the wildcard is every interface");
+        c.bind = "224.0.0.1:0".parse().unwrap();
         assert!(matches!(c.check(), Err(Error::BadBindAddress(_))));
+        c.bind = "127.0.0.1:0".parse().unwrap();
+        c.session.participant.ice_servers = vec![meshrtc::ice::IceServer::new("turn:x:1")];
+        assert!(matches!(c.check(), Err(Error::IceServer(_))));
+    }
+
+    #[test]
+    fn wildcard_sockets_have_every_interface_address() {
+        let specific: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        assert_eq!(
+            local_addresses(specific, CandidatePolicy::Any).unwrap(),
+            [specific]
+        );
+        let v4 = local_addresses(
+            "0.0.0.0:5000".parse().unwrap(),
+            CandidatePolicy::LoopbackOnly,
+        )
+        .unwrap();
+        assert!(v4.contains(&"127.0.0.1:5000".parse().unwrap()), "{v4:?}");
+        assert!(v4.iter().all(|a| a.is_ipv4() && a.ip().is_loopback()));
+        let any = local_addresses("[::]:5000".parse().unwrap(), CandidatePolicy::Any).unwrap();
+        assert!(any
+            .iter()
+            .all(|a| !a.ip().is_loopback() && a.port() == 5000));
+        assert!(!any
+            .iter()
+            .any(|a| matches!(a.ip(), IpAddr::V6(v) if v.is_unicast_link_local())));
+        // A dual-stack socket is bound and reachable over IPv4.
+        let s = bind_udp("[::]:0".parse().unwrap(), 1 << 16).unwrap();
+        let port = s.local_addr().unwrap().port();
+        let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+        c.send_to(b"x", ("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut buf = [0; 4];
+        let (_, from) = s.recv_from(&mut buf).unwrap();
+        assert_eq!(canonical(from), c.local_addr().unwrap());
+    }
+
+    #[test]
+    fn literal_servers_resolve_without_dns_and_names_through_the_system() {
+        let server = meshrtc::ice::IceServer::with_credentials("turn:192.0.2.1:3478", "u", "p");
+        let ep = server.endpoints().unwrap().remove(0);
+        let r = resolve_blocking(vec![ep]);
+        assert_eq!(r[0].addrs, Ok(vec!["192.0.2.1:3478".parse().unwrap()]));
+        // `localhost` comes from /etc/hosts: no query leaves the machine.
+        let ep = meshrtc::ice::IceServer::new("stun:localhost:3479")
+            .endpoints()
+            .unwrap()
+            .remove(0);
+        let r = resolve_blocking(vec![ep]);
+        let addrs = r[0].addrs.as_ref().unwrap();
+        assert!(
+            addrs
+                .iter()
+                .all(|a| a.ip().is_loopback() && a.port() == 3479),
+            "{addrs:?}"
+        );
     }
 
     #[test]

@@ -14,7 +14,8 @@
 //
 // Query parameters: ws (signaling URL, required), room, id, audio=1, video=1,
 // codec=h264|vp8|vp9, width, height, fps, tag, probe_sizes (comma-separated byte sizes of the
-// binary probes sent when the channel opens), burst (text probes sent when it opens).
+// binary probes sent when the channel opens), burst (text probes sent when it opens), turn
+// (a turn: URL on 127.0.0.1), turn_user, turn_pass, policy=all|relay (iceTransportPolicy).
 'use strict';
 
 const q = new URLSearchParams(location.search);
@@ -34,7 +35,16 @@ const cfg = {
     .split(',')
     .filter((s) => s !== '')
     .map(Number),
+  turn: q.get('turn'),
+  turnUser: q.get('turn_user') || undefined,
+  turnPass: q.get('turn_pass') || undefined,
+  policy: q.get('policy') || 'all',
 };
+
+function rtcConfig() {
+  const iceServers = cfg.turn ? [{ urls: [cfg.turn], username: cfg.turnUser, credential: cfg.turnPass }] : [];
+  return { iceServers, iceTransportPolicy: cfg.policy };
+}
 
 const T0 = performance.now();
 const now = () => performance.now() - T0;
@@ -77,6 +87,13 @@ window.addEventListener('unhandledrejection', (e) => fail('unhandled rejection',
 function isLoopbackUdp(line) {
   const f = line.replace(/^a=/, '').trim().split(/\s+/);
   return f.length >= 8 && f[2].toLowerCase() === 'udp' && f[4] === '127.0.0.1';
+}
+
+// The `typ` of a candidate line (host, srflx, prflx, relay)
+function candType(line) {
+  const f = line.replace(/^a=/, '').trim().split(/\s+/);
+  const i = f.indexOf('typ');
+  return i >= 0 && i + 1 < f.length ? f[i + 1] : 'unknown';
 }
 
 // Drops every a=candidate line that is not loopback UDP; counts what it dropped.
@@ -167,7 +184,7 @@ const earlyCandidates = new Map();
 let localStream = null;
 
 function newPeer(remoteId, role) {
-  const pc = new RTCPeerConnection({ iceServers: [] });
+  const pc = new RTCPeerConnection(rtcConfig());
   const p = {
     id: remoteId,
     role,
@@ -204,6 +221,7 @@ function newPeer(remoteId, role) {
       probe_bytes_ok: 0,
       local_cands_sent: 0,
       local_cands_filtered: 0,
+      local_cand_types: {},
       remote_cands_added: 0,
       remote_cands_filtered: 0,
       remote_end_of_candidates: 0,
@@ -227,6 +245,8 @@ function newPeer(remoteId, role) {
       return;
     } else {
       p.r.local_cands_sent += 1;
+      const t = candType(c.candidate);
+      p.r.local_cand_types[t] = (p.r.local_cand_types[t] || 0) + 1;
       msg = { to: remoteId, candidate: c.candidate, sdp_mid: c.sdpMid, sdp_m_line_index: c.sdpMLineIndex };
     }
     if (p.descriptionSent) rpcQuiet('peer.ice_candidate', msg);

@@ -25,7 +25,7 @@
 //! let mut sim = Sim::new(SimConfig { seed: 7, ..SimConfig::default() });
 //! let config = Config { candidate_policy: CandidatePolicy::LoopbackOnly, ..Config::default() };
 //! let a = sim.add_host(config.clone());
-//! let b = sim.add_host_with(config, HostOptions { clock: Clock::new(0, 500.0).unwrap() });
+//! let b = sim.add_host_with(config, HostOptions { clock: Clock::new(0, 500.0).unwrap(), nat: None });
 //! sim.set_link(a, b, LinkConfig::with_latency(Duration::from_millis(30))).unwrap();
 //! sim.join(a, "room", "alice");
 //! sim.join(b, "room", "bob");
@@ -39,6 +39,7 @@ pub mod cross;
 mod error;
 pub mod link;
 pub mod media;
+pub mod nat;
 pub mod plot;
 pub mod rates;
 pub mod report;
@@ -51,6 +52,10 @@ pub use cross::{CrossModel, CrossStats, CrossTrafficConfig, SharedBottleneckConf
 pub use error::Error;
 pub use link::{Fate, Jitter, Link, LinkConfig, LinkStats, Loss, QueueLimit, Rate, Verdict};
 pub use media::{MediaSample, MediaSource, MediaStats, MediaStreamConfig, MediaStreamId};
+pub use nat::{
+    NatConfig, NatFiltering, NatMapping, NatStats, ServerId, ServerStats, TurnServerSpec,
+    TURN_REALM,
+};
 pub use rates::RateSample;
 pub use report::Report;
 pub use scenario::Scenario;

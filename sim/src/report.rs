@@ -214,6 +214,8 @@ pub struct PeerStatsReport {
     pub datagrams_received: u64,
     /// Messages still queued
     pub queued_messages: usize,
+    /// The selected candidate pair's types, `local/remote` (`host/srflx`, `relay/prflx`…)
+    pub candidate_pair: Option<String>,
 }
 
 /// One measured stream of a pair
@@ -515,6 +517,10 @@ fn peer_report(s: &PeerStats) -> PeerStatsReport {
         datagrams_sent: s.datagrams_sent,
         datagrams_received: s.datagrams_received,
         queued_messages: s.queued_messages,
+        candidate_pair: s
+            .candidate_pair
+            .as_ref()
+            .map(|p| format!("{}/{}", p.local_type.as_str(), p.remote_type.as_str())),
     }
 }
 

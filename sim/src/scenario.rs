@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meshrtc::codec::VideoCodec;
+use meshrtc::ice::{IceServer, IceTransportPolicy};
 use meshrtc::signal::{PeerId, RoomId};
 use meshrtc::{CandidatePolicy, Config};
 use serde::Deserialize;
@@ -17,6 +18,7 @@ use crate::clock::Clock;
 use crate::cross::{CrossModel, CrossTrafficConfig, SharedBottleneckConfig};
 use crate::link::{Jitter, LinkConfig, Loss, QueueLimit, Rate};
 use crate::media::{MediaSource, MediaStreamConfig};
+use crate::nat::{NatConfig, NatFiltering, NatMapping, TurnServerSpec};
 use crate::report::{self, Report, Series};
 use crate::sim::{Action, FlowConfig, HostId, HostOptions, Sim, SimConfig};
 use crate::trace::{resolve, CapacityTrace, PacketTrace};
@@ -50,6 +52,9 @@ pub struct Scenario {
     /// Settings of every participant
     #[serde(default)]
     pub participant: ParticipantSpec,
+    /// Public STUN/TURN servers (`[[servers]]`), named by hosts' `ice_servers`
+    #[serde(default)]
+    pub servers: Vec<ServerSpec>,
     /// The hosts, in order
     pub hosts: Vec<HostSpec>,
     /// The link every directed pair of hosts starts with
@@ -174,6 +179,63 @@ fn default_packet() -> usize {
     1200
 }
 
+/// A public STUN/TURN server host (`turn-server-proto` in virtual time)
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSpec {
+    /// The name hosts use in `ice_servers`
+    pub name: String,
+    /// The TURN username it accepts (long-term credentials)
+    #[serde(default = "default_turn_user")]
+    pub username: String,
+    /// The TURN password
+    #[serde(default = "default_turn_user")]
+    pub password: String,
+}
+
+fn default_turn_user() -> String {
+    "sim".into()
+}
+
+/// A NAT in front of a host, by its common name (RFC 4787 behaviours)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NatSpec {
+    /// No NAT: the host's address is public
+    None,
+    /// Endpoint-independent mapping and filtering
+    FullCone,
+    /// Endpoint-independent mapping, address-dependent filtering
+    RestrictedCone,
+    /// Endpoint-independent mapping, address-and-port-dependent filtering
+    PortRestrictedCone,
+    /// Address-and-port-dependent mapping and filtering
+    Symmetric,
+}
+
+impl NatSpec {
+    /// The NAT's behaviour (`None` for no NAT)
+    pub fn config(self) -> Option<NatConfig> {
+        Some(match self {
+            Self::None => return None,
+            Self::FullCone => NatConfig::full_cone(),
+            Self::RestrictedCone => NatConfig::restricted_cone(),
+            Self::PortRestrictedCone => NatConfig::port_restricted_cone(),
+            Self::Symmetric => NatConfig::symmetric(),
+        })
+    }
+}
+
+/// Which candidates a host offers (`iceTransportPolicy`)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IcePolicySpec {
+    /// Host, server-reflexive and relayed
+    All,
+    /// Relayed only
+    Relay,
+}
+
 /// One host, or `count` hosts named `name0`, `name1`, …
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -198,6 +260,55 @@ pub struct HostSpec {
     /// With `count`: milliseconds between consecutive hosts' joins
     #[serde(default)]
     pub stagger_ms: f64,
+    /// The NAT in front of the host (default `none`)
+    #[serde(default)]
+    pub nat: Option<NatSpec>,
+    /// Overrides the NAT's filtering (`endpoint-independent`, `address-dependent`,
+    /// `address-and-port-dependent`)
+    #[serde(default)]
+    pub nat_filtering: Option<NatFiltering>,
+    /// Overrides the NAT's mapping (`endpoint-independent`, `address-and-port-dependent`)
+    #[serde(default)]
+    pub nat_mapping: Option<NatMapping>,
+    /// Seconds a NAT mapping lives after the last datagram out (default 120)
+    #[serde(default)]
+    pub nat_timeout_s: Option<f64>,
+    /// Servers (names from `[[servers]]`) the host uses, each as `stun:` and `turn:` with
+    /// the server's credentials
+    #[serde(default)]
+    pub ice_servers: Vec<String>,
+    /// `all` (default) or `relay`
+    #[serde(default)]
+    pub ice_policy: Option<IcePolicySpec>,
+}
+
+impl HostSpec {
+    /// The host's NAT, with its overrides
+    fn nat_config(&self) -> Result<Option<NatConfig>, Error> {
+        let base = self.nat.unwrap_or(NatSpec::None).config();
+        let overridden = self.nat_filtering.is_some()
+            || self.nat_mapping.is_some()
+            || self.nat_timeout_s.is_some();
+        let Some(mut c) = base else {
+            if overridden {
+                return Err(Error::Config(format!(
+                    "host {:?}: nat_filtering, nat_mapping and nat_timeout_s need a nat",
+                    self.name
+                )));
+            }
+            return Ok(None);
+        };
+        if let Some(f) = self.nat_filtering {
+            c.filtering = f;
+        }
+        if let Some(m) = self.nat_mapping {
+            c.mapping = m;
+        }
+        if let Some(t) = self.nat_timeout_s {
+            c.timeout = secs(positive("nat_timeout_s", t)?);
+        }
+        Ok(Some(c))
+    }
 }
 
 /// A link description; every field is optional and overrides what it is applied to
@@ -754,6 +865,22 @@ impl Scenario {
             participant.media.rate.low_encoding = on;
         }
         let configs = self.host_configs(&names, &participant)?;
+        // Servers first: hosts name their addresses.
+        let mut servers = BTreeMap::new();
+        for spec in &self.servers {
+            let id = sim.add_turn_server(&TurnServerSpec {
+                users: vec![(spec.username.clone(), spec.password.clone())],
+            });
+            if servers
+                .insert(spec.name.as_str(), (sim.server_addr(id), spec))
+                .is_some()
+            {
+                return Err(Error::Config(format!(
+                    "server {:?} is defined twice",
+                    spec.name
+                )));
+            }
+        }
         let mut joins = Vec::new();
         for h in &self.hosts {
             let n = h.count.unwrap_or(1);
@@ -766,8 +893,34 @@ impl Scenario {
                     )));
                 }
                 let clock = Clock::new(offset_ns as i64, h.ppm)?;
-                let config = configs[sim.host_count()].clone();
-                let id = sim.add_host_with(config, HostOptions { clock });
+                let mut config = configs[sim.host_count()].clone();
+                for server in &h.ice_servers {
+                    let Some((addr, spec)) = servers.get(server.as_str()) else {
+                        return Err(Error::Config(format!(
+                            "host {:?}: no server named {server:?} in [[servers]]",
+                            h.name
+                        )));
+                    };
+                    config
+                        .ice_servers
+                        .push(IceServer::new(format!("stun:{addr}")));
+                    config.ice_servers.push(IceServer::with_credentials(
+                        format!("turn:{addr}"),
+                        spec.username.clone(),
+                        spec.password.clone(),
+                    ));
+                }
+                if h.ice_policy == Some(IcePolicySpec::Relay) {
+                    if h.ice_servers.is_empty() {
+                        return Err(Error::Config(format!(
+                            "host {:?}: ice_policy relay needs ice_servers",
+                            h.name
+                        )));
+                    }
+                    config.ice_policy = IceTransportPolicy::Relay;
+                }
+                let nat = h.nat_config()?;
+                let id = sim.add_host_with(config, HostOptions { clock, nat });
                 let join = non_negative("join_s", h.join_s)?
                     + i as f64 * non_negative("stagger_ms", h.stagger_ms)? / 1000.0;
                 if h.join {

@@ -17,6 +17,10 @@ use crate::media::{
     Generator, MediaSource, MediaStats, MediaStream, MediaStreamConfig, MediaStreamId,
     PatternCache, SentFrame, AUDIO_RATE,
 };
+use crate::nat::{
+    nat_ip, Nat, NatConfig, NatStats, ServerDatagram, ServerHost, ServerId, ServerStats,
+    TurnServerSpec,
+};
 use crate::rates::{RateLog, RateSample};
 use crate::Error;
 
@@ -65,7 +69,12 @@ impl Default for SimConfig {
 pub struct HostOptions {
     /// The host's clock
     pub clock: Clock,
+    /// The NAT in front of the host (`None`: its address is public)
+    pub nat: Option<NatConfig>,
 }
+
+/// Node number of the first STUN/TURN server in link keys (hosts are numbered from 0)
+const SERVER_NODE: usize = 1 << 24;
 
 /// One line of the simulation's event log
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -261,6 +270,8 @@ struct Host {
     held: Vec<SignalHop>,
     connects: BTreeMap<PeerId, ConnectInfo>,
     last_stats: BTreeMap<PeerId, PeerStats>,
+    /// The NAT in front of the host
+    nat: Option<Nat>,
     /// The media streams this host sends, by kind
     audio_stream: Option<usize>,
     video_stream: Option<usize>,
@@ -319,6 +330,8 @@ enum Due {
     Cross(usize),
     /// A host's deadline (stale generations are skipped)
     Host { idx: usize, generation: u64 },
+    /// A STUN/TURN server's deadline (skipped unless it is still the server's next one)
+    TurnServer(usize),
     /// Sample every participant's statistics
     Stats,
     /// Sample every pair's rates
@@ -400,6 +413,13 @@ pub struct Sim {
     server_timer: Option<u64>,
     server_gen: u64,
     moves: u64,
+    /// Public STUN/TURN servers; node `SERVER_NODE + i` in link keys
+    servers: Vec<ServerHost>,
+    /// Server deadlines in the queue, `(server, at)`
+    server_wakes: BTreeSet<(usize, u64)>,
+    /// Public IP → server, and NAT public IP → host behind it
+    server_ips: BTreeMap<std::net::IpAddr, usize>,
+    nat_ips: BTreeMap<std::net::IpAddr, usize>,
 }
 
 impl Sim {
@@ -441,6 +461,10 @@ impl Sim {
             server_timer: None,
             server_gen: 0,
             moves: 0,
+            servers: Vec::new(),
+            server_wakes: BTreeSet::new(),
+            server_ips: BTreeMap::new(),
+            nat_ips: BTreeMap::new(),
             config,
         };
         if !sim.config.stats_interval.is_zero() {
@@ -515,12 +539,82 @@ impl Sim {
             held: Vec::new(),
             connects: BTreeMap::new(),
             last_stats: BTreeMap::new(),
+            nat: None,
             audio_stream: None,
             video_stream: None,
             media_epoch: BTreeMap::new(),
         });
-        self.by_addr.insert(addr, idx);
+        match options.nat {
+            Some(nat) => {
+                // The private address is reachable from nowhere: only through the NAT.
+                let public = nat_ip(self.nat_ips.len());
+                let seed = mix(self.config.seed, 0x7a70_0000 + idx as u64);
+                self.nat_ips.insert(public, idx);
+                self.hosts[idx].nat = Some(Nat::new(nat, public, seed));
+            }
+            None => {
+                self.by_addr.insert(addr, idx);
+            }
+        }
         HostId(idx)
+    }
+
+    /// Adds a public STUN/TURN server host at `127.250.0.n:3478` (n = 1, 2, …), running the
+    /// sans-IO `turn-server-proto` server in virtual time; participants name it in
+    /// `Config::ice_servers` as `stun:` or `turn:` + [`server_addr`](Self::server_addr)
+    ///
+    /// Links to and from it are the default link unless [`set_server_link`]
+    /// (Self::set_server_link) says otherwise.
+    pub fn add_turn_server(&mut self, spec: &TurnServerSpec) -> ServerId {
+        let i = self.servers.len();
+        let ip = Ipv4Addr::new(127, 250, (i / 250) as u8, (i % 250) as u8 + 1);
+        let addr = SocketAddr::from((ip, 3478));
+        self.servers.push(ServerHost::new(addr, spec));
+        self.server_ips.insert(addr.ip(), i);
+        // From one of its relayed addresses to another: inside the server, no link.
+        let node = SERVER_NODE + i;
+        self.link_configs
+            .insert((node, node), LinkConfig::with_latency(Duration::ZERO));
+        ServerId(i)
+    }
+
+    /// The address a STUN/TURN server listens on
+    pub fn server_addr(&self, server: ServerId) -> SocketAddr {
+        self.servers[server.0].addr
+    }
+
+    /// What a STUN/TURN server did so far
+    pub fn server_stats(&self, server: ServerId) -> ServerStats {
+        self.servers[server.0].stats
+    }
+
+    /// Sets the links between a host and a STUN/TURN server (both directions), now
+    pub fn set_server_link(
+        &mut self,
+        host: HostId,
+        server: ServerId,
+        config: LinkConfig,
+    ) -> Result<(), Error> {
+        config.validate()?;
+        let now = self.elapsed();
+        let node = SERVER_NODE + server.0;
+        for key in [(host.0, node), (node, host.0)] {
+            if let Some(link) = self.links.get_mut(&key) {
+                link.set_config(config.clone(), now)?;
+            }
+            self.link_configs.insert(key, config.clone());
+        }
+        Ok(())
+    }
+
+    /// What the NAT in front of a host did so far (`None`: the host has no NAT)
+    pub fn nat_stats(&self, host: HostId) -> Option<NatStats> {
+        self.hosts[host.0].nat.as_ref().map(|n| n.stats)
+    }
+
+    /// The public IP of the NAT in front of a host
+    pub fn nat_public_ip(&self, host: HostId) -> Option<std::net::IpAddr> {
+        self.hosts[host.0].nat.as_ref().map(|n| n.public_ip)
     }
 
     fn participant_seed(&self, idx: usize, incarnation: u64) -> u64 {
@@ -643,7 +737,9 @@ impl Sim {
     }
 
     fn path_up(&self, from: usize, to: usize) -> bool {
-        !self.cut.contains(&(from, to)) && !self.hosts[from].isolated && !self.hosts[to].isolated
+        // Servers are never cut off; links to them can be.
+        let isolated = |n: usize| n < SERVER_NODE && self.hosts[n].isolated;
+        !self.cut.contains(&(from, to)) && !isolated(from) && !isolated(to)
     }
 
     fn refresh_links(&mut self) {
@@ -1170,6 +1266,13 @@ impl Sim {
                     self.step_host(idx);
                 }
             }
+            (Due::TurnServer(i), _) => {
+                self.server_wakes.remove(&(i, at));
+                if self.servers[i].wake == Some(at) {
+                    let out = self.servers[i].timeout(at);
+                    self.server_out(i, out);
+                }
+            }
             (Due::Server(generation), _) => {
                 if self.server_gen == generation {
                     self.server_timer = None;
@@ -1278,7 +1381,7 @@ impl Sim {
         self.drain_host(idx);
     }
 
-    fn step_deliver(&mut self, from: usize, to: usize, t: Transmit, charged: usize) {
+    fn step_deliver(&mut self, from: usize, to: usize, mut t: Transmit, charged: usize) {
         let at = self.now as f64 / 1e9;
         let _span = tracing::debug_span!("host", host = to, t = at).entered();
         let link = self
@@ -1290,6 +1393,24 @@ impl Sim {
             return;
         }
         link.note_delivered(charged);
+        if to >= SERVER_NODE {
+            let i = to - SERVER_NODE;
+            let out = self.servers[i].receive(self.now, t.source, t.destination, &t.contents);
+            self.server_out(i, out);
+            return;
+        }
+        // Through the host's NAT: a live mapping whose filter lets the datagram in.
+        if let Some(nat) = &mut self.hosts[to].nat {
+            if t.destination.ip() == nat.public_ip {
+                match nat.inbound(self.now, t.source, t.destination.port()) {
+                    Some(private) => t.destination = private,
+                    None => {
+                        tracing::trace!(source = %t.source, dest = %t.destination, "nat dropped");
+                        return;
+                    }
+                }
+            }
+        }
         let local = self.local_instant(to);
         let recv = Receive {
             source: t.source,
@@ -1676,6 +1797,21 @@ impl Sim {
                     }
                 }
                 Output::Event(e) => self.on_event(idx, e),
+                Output::Resolve(endpoints) => {
+                    // No DNS in the simulator: servers are given by address; a name fails
+                    // at once (the session reports it).
+                    let answers = endpoints
+                        .into_iter()
+                        .map(|endpoint| meshrtc::ice::Resolution {
+                            endpoint,
+                            addrs: Err("the simulator has no DNS".into()),
+                        })
+                        .collect();
+                    let local = self.local_instant(idx);
+                    if let Some(s) = self.hosts[idx].core.session() {
+                        s.handle_input(Input::Resolved(local, answers));
+                    }
+                }
             }
         }
     }
@@ -1724,12 +1860,49 @@ impl Sim {
         self.hosts[idx].events.push((at, e));
     }
 
-    fn transmit(&mut self, from: usize, t: Transmit) {
+    fn transmit(&mut self, from: usize, mut t: Transmit) {
         if t.source != self.hosts[from].addr {
             tracing::trace!(source = %t.source, "datagram from an address the host left");
             return;
         }
-        let Some(&to) = self.by_addr.get(&t.destination) else {
+        if let Some(nat) = &mut self.hosts[from].nat {
+            t.source = nat.outbound(self.now, t.source, t.destination);
+        }
+        self.send_datagram(from, t);
+    }
+
+    /// What a server sends, then its next deadline
+    fn server_out(&mut self, i: usize, out: Vec<ServerDatagram>) {
+        for (source, destination, contents) in out {
+            let t = Transmit {
+                source,
+                destination,
+                contents,
+            };
+            self.send_datagram(SERVER_NODE + i, t);
+        }
+        if let Some(at) = self.servers[i].wake {
+            if self.server_wakes.insert((i, at)) {
+                self.push(at, Due::TurnServer(i), Payload::None);
+            }
+        }
+    }
+
+    /// The node a public address belongs to: a server, a host's NAT or a public host
+    fn node_of(&self, addr: SocketAddr) -> Option<usize> {
+        if let Some(&i) = self.server_ips.get(&addr.ip()) {
+            return Some(SERVER_NODE + i);
+        }
+        if let Some(&h) = self.nat_ips.get(&addr.ip()) {
+            return Some(h);
+        }
+        self.by_addr.get(&addr).copied()
+    }
+
+    /// Puts a datagram leaving node `from` (a host, already through its NAT, or a server)
+    /// on the link to the node its destination belongs to
+    fn send_datagram(&mut self, from: usize, t: Transmit) {
+        let Some(to) = self.node_of(t.destination) else {
             tracing::trace!(dest = %t.destination, "datagram to no host dropped");
             return;
         };
@@ -1865,7 +2038,9 @@ impl Sim {
         let new = SocketAddr::from((ip, 5000));
         let old = std::mem::replace(&mut self.hosts[idx].addr, new);
         self.by_addr.remove(&old);
-        self.by_addr.insert(new, idx);
+        if self.hosts[idx].nat.is_none() {
+            self.by_addr.insert(new, idx);
+        }
         let local = self.local_instant(idx);
         if let Some(s) = self.hosts[idx].core.session() {
             let p = s.participant_mut();
@@ -1942,6 +2117,9 @@ fn describe(e: &Event) -> Option<String> {
             M::PeerLeft { peer, reason } => format!("left {peer} {reason:?}"),
             M::PeerFailed { peer, reason } => format!("failed {peer} {reason:?}"),
             M::SignalError { method, error } => format!("signal-error {method} {}", error.code),
+            M::IceServerFailed { server, problem } => {
+                format!("ice-server-failed {server} {problem}")
+            }
             M::PeerReconnecting { peer, kind } => format!("reconnecting {peer} {kind:?}"),
             M::PeerReconnected { peer, after, kind } => {
                 format!(

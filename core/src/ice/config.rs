@@ -15,11 +15,13 @@ pub const DEFAULT_PORT: u16 = 3478;
 
 /// One ICE server as an application configures it (W3C `RTCIceServer`)
 ///
-/// The field names are those of the signaling contract's `ice_servers` entries, so the
-/// signaling type converts field by field.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+///
+/// It is also the signaling contract's `ice_servers` entry ([`crate::signal::IceServer`]):
+/// `urls` is an array on the wire, and one string is accepted when parsing, as browsers do.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 pub struct IceServer {
     /// `stun:HOST:PORT` or `turn:HOST:PORT?transport=udp` URLs of one server
+    #[serde(deserialize_with = "crate::signal::string_or_strings")]
     pub urls: Vec<String>,
     /// TURN username (for TURN REST credentials: `"<expiry>:<id>"`)
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -277,6 +279,31 @@ impl ServerEndpoint {
                 Some(c) if self.url.scheme == Scheme::Turn => ServerKind::Turn(c.clone()),
                 _ => ServerKind::Stun,
             },
+        }
+    }
+}
+
+/// A driver's answer for one server whose host is a name ([`Host::Name`]): the addresses it
+/// resolved to, or why it could not
+///
+/// The core never resolves names. It asks its driver with
+/// [`Output::Resolve`](crate::Output::Resolve) and takes the answers back with
+/// [`Input::Resolved`](crate::Input::Resolved); which address is used (one of a family the
+/// socket has) is the core's choice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolution {
+    /// The server, as it was handed to the driver
+    pub endpoint: ServerEndpoint,
+    /// Its addresses (with the URL's port), or what the resolver said
+    pub addrs: Result<Vec<SocketAddr>, String>,
+}
+
+impl ServerEndpoint {
+    /// The name to look up and the port, when the host is a name (`None` for a literal IP)
+    pub fn lookup(&self) -> Option<(&str, u16)> {
+        match &self.url.host {
+            Host::Name(n) => Some((n.as_str(), self.url.port)),
+            Host::Ip(_) => None,
         }
     }
 }

@@ -38,6 +38,8 @@
 //! refused permission is not asked for again before 30 s.
 
 mod config;
+#[cfg(test)]
+pub(crate) mod fake;
 mod stun;
 mod turn;
 
@@ -54,8 +56,8 @@ use thiserror::Error;
 use tracing::{debug, info, warn};
 
 pub use config::{
-    Host, IceServer, IceTransportPolicy, ResolvedServer, Scheme, ServerEndpoint, ServerKind,
-    ServerUrl, TurnCredentials, UrlError, DEFAULT_PORT,
+    Host, IceServer, IceTransportPolicy, Resolution, ResolvedServer, Scheme, ServerEndpoint,
+    ServerKind, ServerUrl, TurnCredentials, UrlError, DEFAULT_PORT,
 };
 pub use stun::RetransmitTiming;
 
@@ -226,6 +228,32 @@ impl ServerError {
             },
         }
     }
+}
+
+/// What went wrong with one configured or announced STUN/TURN server, as the application
+/// hears of it ([`Event::IceServerFailed`](crate::Event::IceServerFailed)); host candidates
+/// and the other servers carry on
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum IceServerProblem {
+    /// Its URL cannot be used (malformed, TLS/TCP, a TURN URL without credentials)
+    #[error(transparent)]
+    BadUrl(#[from] UrlError),
+    /// Its name did not resolve (what the driver's resolver said)
+    #[error("cannot resolve: {0}")]
+    Unresolvable(String),
+    /// It gave no candidate
+    #[error("{0}")]
+    Failed(ServerError),
+    /// Its relayed candidate stopped working (the allocation was lost)
+    #[error("relay lost: {0}")]
+    RelayLost(ServerError),
+    /// It sent something unusable (reported once per server; its requests keep waiting)
+    #[error("sent something unusable: {0}")]
+    Misbehaved(String),
+    /// More than [`MAX_SERVERS`] servers were given; this one is not used
+    #[error("too many ice servers (at most {MAX_SERVERS})")]
+    TooManyServers,
 }
 
 /// Why a relayed datagram was not sent
@@ -421,6 +449,17 @@ impl Gatherer {
                 false
             }
         }
+    }
+
+    /// Forgets a local address and its host candidate (the interface went away); returns
+    /// whether it was known
+    pub fn remove_local_address(&mut self, addr: SocketAddr) -> bool {
+        let addr = canonical(addr);
+        let known = self.locals.contains(&addr);
+        self.locals.retain(|a| *a != addr);
+        self.candidates
+            .retain(|c| !(c.kind() == CandidateKind::Host && canonical(c.addr()) == addr));
+        known
     }
 
     fn is_offered_host(&self, ip: IpAddr) -> bool {

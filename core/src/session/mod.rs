@@ -156,6 +156,8 @@ pub enum Input<'a> {
     /// A command from the application (the owned form of the command methods, for drivers
     /// that pass commands through a channel)
     Command(Instant, Command),
+    /// The STUN/TURN server names of an [`Output::Resolve`], resolved
+    Resolved(Instant, Vec<crate::ice::Resolution>),
 }
 
 impl Input<'_> {
@@ -167,7 +169,8 @@ impl Input<'_> {
             | Self::Signal(t, _)
             | Self::SignalingUp(t)
             | Self::SignalingDown(t, _)
-            | Self::Command(t, _) => *t,
+            | Self::Command(t, _)
+            | Self::Resolved(t, _) => *t,
         }
     }
 }
@@ -204,6 +207,8 @@ pub enum Output {
     Disconnect,
     /// Tell the application
     Event(Event),
+    /// Resolve these STUN/TURN server names (DNS is IO) and feed [`Input::Resolved`]
+    Resolve(Vec<crate::ice::ServerEndpoint>),
 }
 
 /// Something that happened in a session
@@ -325,6 +330,8 @@ pub struct Stats {
     pub media_events_dropped: u64,
     /// Test-media frames that could not be sent
     pub test_media_failures: u64,
+    /// The ICE transport: local candidates, STUN/TURN servers, relayed traffic
+    pub ice: crate::IceStats,
 }
 
 /// The signaling connection as the session sees it
@@ -468,7 +475,10 @@ impl Session {
     /// Whether the session has ended (left, or the join failed); drain once more, then
     /// release the socket
     pub fn is_finished(&self) -> bool {
-        self.phase == Phase::Finished && !self.disconnect_pending
+        // TURN allocations are released before the socket goes (bounded by a short grace).
+        self.phase == Phase::Finished
+            && !self.disconnect_pending
+            && self.participant.is_transport_closed()
     }
 
     /// Whether the server has accepted us
@@ -502,6 +512,7 @@ impl Session {
             peers,
             drops: p.drop_counters(),
             signaling_connected: self.is_signaling_up(),
+            ice: p.ice_stats(),
             ..self.stats.clone()
         }
     }
@@ -595,6 +606,9 @@ impl Session {
                 self.handle_command(now, command);
                 Ok(())
             }
+            Input::Resolved(now, answers) => self
+                .participant
+                .handle_input(crate::Input::Resolved(now, answers)),
         };
         if let Err(e) = res {
             tracing::debug!(error = %e, "input rejected");
@@ -622,6 +636,7 @@ impl Session {
                     return Output::Timeout(self.next_deadline(t));
                 }
                 crate::Output::Transmit(t) => return Output::Transmit(t),
+                crate::Output::Resolve(servers) => return Output::Resolve(servers),
                 crate::Output::Signal(frame) => {
                     if self.signaling == Signaling::Up {
                         return Output::Signal(frame);

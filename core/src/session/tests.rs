@@ -131,6 +131,8 @@ impl Bench {
                     };
                     self.nodes[i].session.handle_input(input);
                 }
+                // No ice_servers in these tests.
+                Output::Resolve(_) => {}
                 Output::Disconnect => {
                     if let Some(conn) = self.nodes[i].conn.take() {
                         self.server

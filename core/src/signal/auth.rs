@@ -16,7 +16,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
@@ -98,7 +98,6 @@ pub enum TokenError {
 }
 
 type HmacSha256 = Hmac<sha2::Sha256>;
-type HmacSha1 = Hmac<sha1::Sha1>;
 
 /// The header every token this crate mints carries
 const HEADER: &str = r#"{"alg":"HS256","typ":"JWT"}"#;
@@ -237,11 +236,8 @@ fn numeric_date(v: &Value) -> Option<f64> {
 /// TURN REST credentials for `peer_id`, valid until `expiry` (seconds since 1970):
 /// `(username, credential)` as coturn's `use-auth-secret` checks them
 pub fn turn_rest_credential(secret: &Secret, peer_id: &PeerId, expiry: u64) -> (String, String) {
-    let username = format!("{expiry}:{peer_id}");
-    let mut mac = HmacSha1::new_from_slice(secret.expose()).expect("HMAC takes any key length");
-    mac.update(username.as_bytes());
-    let credential = STANDARD.encode(mac.finalize().into_bytes());
-    (username, credential)
+    let c = crate::ice::turn_rest_credentials(secret.expose(), expiry, peer_id.as_str());
+    (c.username, c.password)
 }
 
 fn hmac_sha256(secret: &Secret, data: &[u8]) -> Vec<u8> {

@@ -269,33 +269,10 @@ pub enum LeftReason {
     Kicked,
 }
 
-/// An ICE server as the W3C `RTCIceServer` describes it: STUN or TURN URLs and, for TURN,
-/// the credentials to use with them
-///
-/// On the wire `urls` is an array; a single string is accepted when parsing, as browsers do.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct IceServer {
-    /// `stun:HOST:PORT`, `turn:HOST:PORT?transport=udp` and the like
-    #[serde(deserialize_with = "string_or_strings")]
-    pub urls: Vec<String>,
-    /// The TURN user name, if any
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub username: Option<String>,
-    /// The TURN password, if any
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub credential: Option<String>,
-}
-
-impl IceServer {
-    /// A server reached at one URL, without credentials
-    pub fn new(url: impl Into<String>) -> Self {
-        Self {
-            urls: vec![url.into()],
-            username: None,
-            credential: None,
-        }
-    }
-}
+/// An ICE server as the W3C `RTCIceServer` describes it (the type `Config::ice_servers`
+/// takes too): on the wire `urls` is an array; a single string is accepted when parsing, as
+/// browsers do
+pub use crate::ice::IceServer;
 
 /// Result of `peer.announce`
 ///
@@ -833,7 +810,7 @@ fn optional_object<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::
 }
 
 /// Deserializes `urls`: an array of strings, or one string
-fn string_or_strings<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+pub(crate) fn string_or_strings<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum OneOrMany {

@@ -1,5 +1,6 @@
 //! Tests that reach into the core: a small in-memory mesh harness in virtual time
 
+mod ice;
 #[cfg(all(feature = "opus", feature = "h264", feature = "vpx"))]
 mod media;
 #[cfg(all(feature = "opus", feature = "vpx"))]
@@ -16,6 +17,10 @@ use crate::{CandidatePolicy, Config, Event, Input, Output, Participant, Receive,
 /// Decides the fate of a datagram: `None` drops it, `Some(d)` delivers it after `d`
 pub(crate) type LinkFn = Box<dyn FnMut(usize, usize, &Transmit) -> Option<Duration>>;
 
+/// Answers a participant's request to resolve a STUN/TURN server name
+pub(crate) type ResolveFn =
+    Box<dyn FnMut(&crate::ice::ServerEndpoint) -> Result<Vec<SocketAddr>, String>>;
+
 /// N participants, one relay, links decided by a closure; earliest event first
 pub(crate) struct Mesh {
     pub(crate) now: Instant,
@@ -29,10 +34,22 @@ pub(crate) struct Mesh {
     seq: u64,
     link: LinkFn,
     pub(crate) events: Vec<Vec<(Duration, Event)>>,
+    /// A STUN/TURN server in the network (1 ms from everyone), if any
+    pub(crate) turn: Option<crate::ice::fake::FakeTurn>,
+    /// The driver's resolver, for `Output::Resolve`
+    pub(crate) resolver: Option<ResolveFn>,
+    /// Merged into every announce result the signaling server sends (e.g. `ice_servers`)
+    pub(crate) announce_extra: Option<serde_json::Value>,
+    /// Signaling frames each participant sent, as JSON, in order
+    pub(crate) sent: Vec<Vec<String>>,
+    /// Datagrams sent straight from one participant to another (not through the server)
+    pub(crate) direct: u64,
 }
 
 enum Pending {
     Datagram(usize, Transmit),
+    ToTurn(Transmit),
+    Resolved(usize, Vec<crate::ice::Resolution>),
     ToServer(usize, String),
     ToClient(usize, String),
 }
@@ -53,6 +70,11 @@ impl Mesh {
             seq: 0,
             link,
             events: Vec::new(),
+            turn: None,
+            resolver: None,
+            announce_extra: None,
+            sent: Vec::new(),
+            direct: 0,
         };
         for (i, mut c) in configs.into_iter().enumerate() {
             c.seed = i as u64 + 1;
@@ -64,6 +86,7 @@ impl Mesh {
             m.addrs.push(addr);
             m.deadlines.push(start);
             m.events.push(Vec::new());
+            m.sent.push(Vec::new());
             m.relay.handle_connect(start, ConnId(i as u64));
         }
         m
@@ -154,6 +177,26 @@ impl Mesh {
                     let _ = self.parts[to].handle_input(Input::Receive(self.now, recv));
                     self.drain(to);
                 }
+                Pending::ToTurn(t) => {
+                    let d = crate::ice::Datagram {
+                        source: t.source,
+                        destination: t.destination,
+                        contents: t.contents,
+                    };
+                    let outs = self.turn.as_mut().map(|s| s.handle(&d)).unwrap_or_default();
+                    for o in outs {
+                        let t = Transmit {
+                            source: o.source,
+                            destination: o.destination,
+                            contents: o.contents,
+                        };
+                        self.send_from_server(t);
+                    }
+                }
+                Pending::Resolved(to, answers) => {
+                    let _ = self.parts[to].handle_input(Input::Resolved(self.now, answers));
+                    self.drain(to);
+                }
                 Pending::ToServer(from, text) => {
                     self.relay.handle_text(self.now, ConnId(from as u64), &text);
                     while let Some(o) = self.relay.poll_output() {
@@ -166,6 +209,7 @@ impl Mesh {
                     }
                 }
                 Pending::ToClient(to, text) => {
+                    let text = self.with_announce_extra(text);
                     self.relay.handle_written(self.now, ConnId(to as u64), 1);
                     let frame = ServerFrame::parse(&text).unwrap();
                     let _ = self.parts[to].handle_input(Input::Signal(self.now, frame));
@@ -182,6 +226,30 @@ impl Mesh {
         true
     }
 
+    /// A datagram from the TURN server: to a participant, or back to the server (relay to
+    /// relay)
+    fn send_from_server(&mut self, t: Transmit) {
+        if self.turn.as_ref().is_some_and(|s| s.owns(t.destination)) {
+            self.push(Duration::from_millis(1), Pending::ToTurn(t));
+        } else if let Some(to) = self.addrs.iter().position(|a| *a == t.destination) {
+            self.push(Duration::from_millis(1), Pending::Datagram(to, t));
+        }
+    }
+
+    fn with_announce_extra(&self, text: String) -> String {
+        let Some(extra) = &self.announce_extra else {
+            return text;
+        };
+        let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let Some(result) = v.get_mut("result").filter(|r| r.get("peers").is_some()) else {
+            return text;
+        };
+        if let (Some(r), Some(e)) = (result.as_object_mut(), extra.as_object()) {
+            r.extend(e.clone());
+        }
+        v.to_string()
+    }
+
     fn push(&mut self, after: Duration, p: Pending) {
         self.seq += 1;
         self.queue.insert((self.now + after, self.seq), p);
@@ -195,15 +263,35 @@ impl Mesh {
                     return;
                 }
                 Output::Transmit(t) => {
+                    if self.turn.as_ref().is_some_and(|s| s.owns(t.destination)) {
+                        self.push(Duration::from_millis(1), Pending::ToTurn(t));
+                        continue;
+                    }
                     let Some(to) = self.addrs.iter().position(|a| *a == t.destination) else {
                         continue;
                     };
+                    self.direct += 1;
                     if let Some(d) = (self.link)(i, to, &t) {
                         self.push(d, Pending::Datagram(to, t));
                     }
                 }
                 Output::Signal(f) => {
-                    self.push(Duration::from_millis(5), Pending::ToServer(i, f.to_json()))
+                    let text = f.to_json();
+                    self.sent[i].push(text.clone());
+                    self.push(Duration::from_millis(5), Pending::ToServer(i, text))
+                }
+                Output::Resolve(servers) => {
+                    let answers = servers
+                        .into_iter()
+                        .map(|endpoint| crate::ice::Resolution {
+                            addrs: match &mut self.resolver {
+                                Some(r) => r(&endpoint),
+                                None => Err("no resolver".into()),
+                            },
+                            endpoint,
+                        })
+                        .collect();
+                    self.push(Duration::from_millis(3), Pending::Resolved(i, answers));
                 }
                 Output::Event(e) => {
                     let at = self.elapsed();

@@ -6,6 +6,7 @@
 
 mod coturn;
 mod harness;
+mod nat;
 mod netns;
 
 use std::net::{SocketAddr, UdpSocket};

@@ -17,7 +17,6 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -25,57 +24,9 @@ use meshrtc::ice::{CandidateType, GatherEvent, IceTransportPolicy, ResolvedServe
 
 use crate::coturn::{self, Auth, Coturn};
 use crate::harness::{Node, Peer};
+use crate::nat::Nat;
 
-const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/netns-nat.sh");
 const PUBLIC: &str = "198.51.100.1:3478";
-
-/// The NATed namespaces of one test; removed on drop
-struct Nat {
-    prefix: String,
-}
-
-impl Nat {
-    /// Builds them, or returns `None` (skip) where namespaces cannot be made outside CI
-    fn up(symmetric: bool) -> Option<Self> {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let prefix = format!(
-            "mrtc{}x{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        let mut cmd = Command::new("bash");
-        cmd.args([SCRIPT, "up", "--prefix", &prefix]);
-        if symmetric {
-            cmd.arg("--symmetric");
-        }
-        let out = cmd.output().expect("bash runs");
-        let nat = Self { prefix };
-        if !out.status.success() {
-            let why = String::from_utf8_lossy(&out.stderr).into_owned();
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "netns-nat.sh failed (root, iproute2 and iptables needed): {why}"
-            );
-            eprintln!(
-                "skipped: cannot build network namespaces (needs root, iproute2, iptables): {why}"
-            );
-            return None;
-        }
-        Some(nat)
-    }
-
-    fn ns(&self, name: &str) -> String {
-        format!("{}-{name}", self.prefix)
-    }
-}
-
-impl Drop for Nat {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .args([SCRIPT, "down", "--prefix", &self.prefix])
-            .status();
-    }
-}
 
 /// One probe process in a namespace
 struct Probe {

@@ -9,10 +9,10 @@ use serde_json::Value;
 
 /// A child process that is killed if the test ends, or panics, before waiting for it: a
 /// failed assertion must not leave a `meshrtc signal` running
-struct Reaper(Option<Child>);
+pub(crate) struct Reaper(Option<Child>);
 
 impl Reaper {
-    fn new(child: Child) -> Self {
+    pub(crate) fn new(child: Child) -> Self {
         Self(Some(child))
     }
 
@@ -35,14 +35,14 @@ impl Drop for Reaper {
     }
 }
 
-fn meshrtc() -> Command {
+pub(crate) fn meshrtc() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_meshrtc"));
     c.env_remove("RUST_LOG");
     c
 }
 
 /// Runs `cmd` to completion; kills it and fails the test after `limit`
-fn run(mut cmd: Command, limit: Duration) -> Output {
+pub(crate) fn run(mut cmd: Command, limit: Duration) -> Output {
     let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -52,7 +52,7 @@ fn run(mut cmd: Command, limit: Duration) -> Output {
     wait(Reaper::new(child), limit)
 }
 
-fn wait(child: Reaper, limit: Duration) -> Output {
+pub(crate) fn wait(child: Reaper, limit: Duration) -> Output {
     let pid = child.id();
     let child = child.take();
     let (tx, rx) = mpsc::channel();
@@ -72,7 +72,7 @@ fn wait(child: Reaper, limit: Duration) -> Output {
     }
 }
 
-fn stderr_lines(out: &Output) -> Vec<String> {
+pub(crate) fn stderr_lines(out: &Output) -> Vec<String> {
     String::from_utf8_lossy(&out.stderr)
         .lines()
         .map(str::to_string)
@@ -80,14 +80,24 @@ fn stderr_lines(out: &Output) -> Vec<String> {
 }
 
 /// `meshrtc signal --listen 127.0.0.1:0`, returning the child and its URL
-fn start_signal() -> (Reaper, String) {
+pub(crate) fn start_signal() -> (Reaper, String) {
     start_signal_with(&[])
 }
 
 fn start_signal_with(extra: &[&str]) -> (Reaper, String) {
-    let mut child = meshrtc()
-        .args(["signal", "--listen", "127.0.0.1:0"])
-        .args(extra)
+    let mut cmd = meshrtc();
+    cmd.args(["signal", "--listen", "127.0.0.1:0"]).args(extra);
+    let (child, url) = start_signal_cmd(cmd);
+    assert!(
+        url.starts_with("ws://127.0.0.1:") && url.ends_with('/'),
+        "{url}"
+    );
+    (child, url)
+}
+
+/// Starts a `meshrtc signal` command line and reads its URL from the first line it prints
+pub(crate) fn start_signal_cmd(mut cmd: Command) -> (Reaper, String) {
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -109,10 +119,6 @@ fn start_signal_with(extra: &[&str]) -> (Reaper, String) {
         .and_then(|l| l.strip_prefix("listening on "))
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .to_string();
-    assert!(
-        url.starts_with("ws://127.0.0.1:") && url.ends_with('/'),
-        "{url}"
-    );
     (child, url)
 }
 
@@ -384,7 +390,7 @@ fn media_flags_send_a_tone_and_a_test_pattern() {
         let duration = if id == "bob" { "3.5" } else { "5" };
         meshrtc()
             .args(["peer", "--signal", &url, "--room", "media", "--id", id])
-            .args(["--duration", duration])
+            .args(["--duration", duration, "--bind", "127.0.0.1"])
             .args(media)
             .args(["--width", "320", "--height", "240", "--fps", "15"])
             .arg("--stats-json")
@@ -484,7 +490,8 @@ fn data_none_reports_null_data() {
         .map(|id| {
             meshrtc()
                 .args(["peer", "--signal", &url, "--room", "quiet", "--id", id])
-                .args(["--duration", "2", "--data", "none", "--stats-json"])
+                .args(["--duration", "2", "--data", "none", "--bind", "127.0.0.1"])
+                .arg("--stats-json")
                 .arg(dir.join(format!("{id}.json")))
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())

@@ -123,8 +123,14 @@ async fn join_errors_are_typed() {
             "{err}"
         );
 
-        let mut c = config(&url, "r", "x");
+        // The wildcard serves every interface; a multicast address is no host candidate.
+        let mut c = config(&url, "r", "wild");
         c.bind = "0.0.0.0:0".parse().unwrap();
+        let (wild, _events) = Session::join(c).await.expect("the wildcard binds");
+        assert!(wild.local_addr().ip().is_unspecified());
+        wild.leave().await.unwrap();
+        let mut c = config(&url, "r", "x");
+        c.bind = "224.0.0.1:0".parse().unwrap();
         let err = Session::join(c).await.unwrap_err();
         assert!(matches!(err, Error::BadBindAddress(_)), "{err}");
 

@@ -54,8 +54,13 @@ fn main() -> ExitCode {
     };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new(
+                    // The TURN server logs every 401 challenge (the first request of each
+                    // allocation) as an error.
+                    "warn,stun_proto::auth=off",
+                )
+            }),
         )
         .with_writer(std::io::stderr)
         .init();

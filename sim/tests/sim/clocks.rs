@@ -14,12 +14,14 @@ fn a_host_at_500_ppm_advances_exactly_500_us_per_second_faster() {
         config(),
         HostOptions {
             clock: Clock::new(0, 500.0).unwrap(),
+            nat: None,
         },
     );
     let slow = sim.add_host_with(
         config(),
         HostOptions {
             clock: Clock::new(-7_000_000_000, -2000.0).unwrap(),
+            nat: None,
         },
     );
     let ideal = sim.add_host(config());
@@ -78,12 +80,14 @@ fn drifting_pair(seed: u64) -> (Sim, [HostId; 2]) {
         config(),
         HostOptions {
             clock: Clock::new(3_600_000_000_000, 1000.0).unwrap(),
+            nat: None,
         },
     );
     let b = sim.add_host_with(
         config(),
         HostOptions {
             clock: Clock::new(-3_600_000_000_000, -1000.0).unwrap(),
+            nat: None,
         },
     );
     sim.join(a, "room", "a");

@@ -7,6 +7,7 @@ mod clocks;
 mod determinism;
 mod impairments;
 mod media;
+mod nat;
 mod rate;
 mod recovery;
 mod scenarios;

@@ -372,6 +372,7 @@ fn a_sender_at_1000_ppm_plays_without_growing_delay() {
         cfg.clone(),
         HostOptions {
             clock: Clock::new(3_600_000_000_000, 1000.0).unwrap(),
+            nat: None,
         },
     );
     let slow = sim.add_host(cfg);

@@ -283,13 +283,20 @@ fn recovery_sweep() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(100);
+    // SEED_FROM runs seeds SEED_FROM.. (to split a sweep); CASE keeps scenarios whose
+    // name contains it.
+    let from: u64 = std::env::var("SEED_FROM")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    let only = std::env::var("CASE").unwrap_or_default();
     println!("| scenario | seeds | audio resume p50 / p95 / max | data resume p50 / p95 / max | failed seeds |");
     println!("|---|---|---|---|---|");
-    for case in CASES {
+    for case in CASES.iter().filter(|c| c.scenario.contains(&only)) {
         let mut audio = Vec::new();
         let mut data = Vec::new();
         let mut failed = Vec::new();
-        for seed in 1..=seeds {
+        for seed in from..from + seeds {
             let r = run(case, seed);
             if !r.problems.is_empty() {
                 eprintln!("{} seed {seed}: {:?}", case.scenario, r.problems);

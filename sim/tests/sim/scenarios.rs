@@ -7,7 +7,7 @@ use meshrtc_sim::Scenario;
 
 use crate::util::{real_trace, scenarios_dir};
 
-const NAMED: [&str; 7] = [
+const NAMED: [&str; 10] = [
     "clean-lan",
     "mesh-10",
     "wifi-lossy",
@@ -15,6 +15,9 @@ const NAMED: [&str; 7] = [
     "burst-loss-10",
     "drift-1000ppm",
     "outage-10s",
+    "nat-cone",
+    "nat-symmetric",
+    "nat-mixed-5",
 ];
 
 #[test]

@@ -63,7 +63,13 @@ impl Call {
             seed,
             ..SimConfig::default()
         });
-        let a = sim.add_host_with(config(true, video), HostOptions { clock: clock_a });
+        let a = sim.add_host_with(
+            config(true, video),
+            HostOptions {
+                clock: clock_a,
+                nat: None,
+            },
+        );
         let b = sim.add_host(config(true, video));
         sim.set_link(a, b, a_to_b).unwrap();
         sim.set_link(b, a, LinkConfig::with_latency(Duration::from_millis(20)))

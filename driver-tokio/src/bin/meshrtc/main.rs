@@ -119,9 +119,24 @@ struct PeerArgs {
     /// Write per-peer statistics as JSON to this file when leaving
     #[arg(long, value_name = "FILE")]
     stats_json: Option<PathBuf>,
-    /// Local address for the UDP socket and the only host candidate (IP or IP:PORT)
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1", value_parser = parse_bind)]
-    bind: SocketAddr,
+    /// Local address for the UDP socket and the only host candidate (IP or IP:PORT); without
+    /// it the socket serves every interface and each usable address (IPv4 and IPv6, not
+    /// loopback) is a host candidate. A loopback address keeps all traffic on this machine
+    #[arg(long, value_name = "ADDR", value_parser = parse_bind)]
+    bind: Option<SocketAddr>,
+    /// A STUN or TURN server, `stun:HOST[:PORT]` or `turn:HOST[:PORT][?transport=udp]`
+    /// (repeatable); the signaling server may hand out more
+    #[arg(long = "ice-server", value_name = "URL", value_parser = parse_ice_url)]
+    ice_servers: Vec<String>,
+    /// Username for the --ice-server TURN servers
+    #[arg(long, value_name = "U", requires = "ice_credential")]
+    ice_username: Option<String>,
+    /// Password for the --ice-server TURN servers (better: minted by the signaling server)
+    #[arg(long, value_name = "C", requires = "ice_username")]
+    ice_credential: Option<String>,
+    /// Which local candidates to offer: all, or relay (TURN relayed candidates only)
+    #[arg(long, value_name = "POLICY", default_value = "all", value_parser = parse_ice_policy)]
+    ice_policy: meshrtc::ice::IceTransportPolicy,
     /// Video width in pixels
     #[arg(long, default_value_t = 640)]
     width: u32,
@@ -216,9 +231,22 @@ fn parse_bind(s: &str) -> Result<SocketAddr, String> {
             .map_err(|_| "not an IP address or IP:PORT".to_string())?,
     };
     if addr.ip().is_unspecified() || addr.ip().is_multicast() {
-        return Err("must be a specific unicast address (it is the host candidate)".into());
+        return Err(
+            "must be a specific unicast address (it is the host candidate; leave --bind out for every interface)"
+                .into(),
+        );
     }
     Ok(addr)
+}
+
+fn parse_ice_url(s: &str) -> Result<String, String> {
+    meshrtc::ice::ServerUrl::parse(s)
+        .map(|_| s.to_string())
+        .map_err(|e| e.to_string())
+}
+
+fn parse_ice_policy(s: &str) -> Result<meshrtc::ice::IceTransportPolicy, String> {
+    s.parse().map_err(|e: meshrtc::ice::UrlError| e.to_string())
 }
 
 /// Renders a clap error as one line: the first line, plus the indented lines that

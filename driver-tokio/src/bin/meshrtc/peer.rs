@@ -3,9 +3,11 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Instant;
 
 use meshrtc::codec::VideoEncoderConfig;
+use meshrtc::ice::IceServer;
 use meshrtc::session::TestMedia;
 use meshrtc::signal::{Capabilities, PeerId};
 use meshrtc::{CandidatePolicy, PeerStats};
@@ -35,7 +37,9 @@ pub(crate) async fn run(args: PeerArgs) -> Result<(), String> {
     let codec = codecs[0];
     let mut config = SessionConfig::new(args.signal.clone(), args.room.clone());
     config.session.peer_id = args.id.clone();
-    config.bind = args.bind;
+    config.bind = args.bind.unwrap_or_else(every_interface);
+    config.session.participant.ice_servers = ice_servers(&args)?;
+    config.session.participant.ice_policy = args.ice_policy;
     config.session.participant.seed = args.seed.unwrap_or_else(|| fastrand::u64(..));
     // We can always receive and play audio and video; we send what the flags say.
     config.session.participant.capabilities = Capabilities {
@@ -52,7 +56,7 @@ pub(crate) async fn run(args: PeerArgs) -> Result<(), String> {
         audio: send_audio,
         video: send_video.then_some((args.width, args.height, args.fps)),
     });
-    if args.bind.ip().is_loopback() {
+    if config.bind.ip().is_loopback() {
         // A loopback socket cannot reach any other address.
         config.session.participant.candidate_policy = CandidatePolicy::LoopbackOnly;
     }
@@ -98,6 +102,36 @@ pub(crate) async fn run(args: PeerArgs) -> Result<(), String> {
             .map_err(|e| format!("cannot write stats file: {e}"))?;
     }
     Ok(())
+}
+
+/// The wildcard for every interface: dual-stack where IPv6 exists, else IPv4 only
+fn every_interface() -> SocketAddr {
+    let v6 = SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), 0);
+    if std::net::UdpSocket::bind(v6).is_ok() {
+        v6
+    } else {
+        SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0)
+    }
+}
+
+/// The `--ice-server` URLs, the credentials attached to each (they are needed by `turn:`
+/// ones, and checked here so a missing one fails before joining)
+fn ice_servers(args: &PeerArgs) -> Result<Vec<IceServer>, String> {
+    let servers: Vec<IceServer> = args
+        .ice_servers
+        .iter()
+        .map(|url| IceServer {
+            urls: vec![url.clone()],
+            username: args.ice_username.clone(),
+            credential: args.ice_credential.clone(),
+        })
+        .collect();
+    for s in &servers {
+        s.endpoints().map_err(|e| {
+            format!("{e} (give --ice-username and --ice-credential for turn: servers)")
+        })?;
+    }
+    Ok(servers)
 }
 
 /// `--data none`: only watch peers come and go
