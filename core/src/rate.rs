@@ -853,7 +853,7 @@ mod tests {
             used.push(r.effective_estimate(at(t0, t), 0.9).unwrap());
         }
         let last = *used.last().unwrap();
-        assert!(last < 150_000 && last >= 60_000, "{used:?}");
+        assert!((60_000..150_000).contains(&last), "{used:?}");
         // Sending little: back up to the estimate, a tenth per half second.
         while t < 12.0 {
             r.sent.add(at(t0, t), 97);
