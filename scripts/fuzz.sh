@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
-# Runs every cargo-fuzz target of fuzz/ for SECONDS each (default 60), one after another,
-# starting from the seed corpus in fuzz/seeds/<target>/ (which it never writes to), and
+# Runs every cargo-fuzz target of fuzz/ for SECONDS each (default 60), one after another on
+# one core, starting from the seed corpus in fuzz/seeds/<target>/ (which it never writes to), and
 # prints each target's executions. Exits non-zero when a target finds a crash; the input is
 # then in fuzz/artifacts/<target>/.
 #
 #   scripts/fuzz.sh 30                      # CI: a short run of each
 #   FUZZ_RUNS=10000000 scripts/fuzz.sh 3600 # 10 million executions or an hour, whichever first
-#   FUZZ_TARGETS="server_machine" scripts/fuzz.sh 600
+#   FUZZ_TARGETS="server_machine participant" scripts/fuzz.sh 600
+#
+# Targets: the signaling parsers (client_frame, server_frame), room tokens, the server state
+# machine, Participant::handle_input (participant), SDP offers/answers (sdp), the audio
+# jitter buffer (jitter), each decoder (decode_opus, decode_h264, decode_vp8, decode_vp9).
+# A crash found here belongs in fuzz/seeds/<target>/ once fixed: tests/tests/fuzz_corpus.rs
+# replays every seed on stable Rust in every test run.
+#
+# FUZZ_MERGE=1 adds to fuzz/seeds/<target>/ what a run found that adds coverage.
 #
 # Needs the nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz`). The corpus that
 # grows during a run goes to $FUZZ_WORK (a temporary directory unless set).
@@ -15,7 +23,10 @@ cd "$(dirname "$0")/.."
 
 secs="${1:-60}"
 runs="${FUZZ_RUNS:-0}"
-targets=(${FUZZ_TARGETS:-client_frame server_frame room_token server_machine})
+# Every [[bin]] of fuzz/Cargo.toml unless FUZZ_TARGETS names some.
+all_targets=$(awk '/^\[\[bin\]\]/ { bin = 1; next } bin && /^name *=/ { gsub(/[" ]/, "", $0); sub(/^name=/, "", $0); print; bin = 0 }' fuzz/Cargo.toml)
+# shellcheck disable=SC2206
+targets=(${FUZZ_TARGETS:-$all_targets})
 work="${FUZZ_WORK:-$(mktemp -d -t meshrtc-fuzz.XXXXXX)}"
 
 if ! cargo +nightly --version >/dev/null 2>&1; then
@@ -49,6 +60,11 @@ for t in "${targets[@]}"; do
   speed=$(grep -o 'stat::average_exec_per_sec: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -n 1)
   corpus=$(find "$work/$t" -type f | wc -l)
   printf '%-16s %14s %10s %8s  %s\n' "$t" "${execs:-?}" "${speed:-?}" "$corpus" "$result"
+  if [ "${FUZZ_MERGE:-0}" = 1 ]; then
+    # Keep what the run found that adds coverage in the repository's corpus.
+    cargo +nightly fuzz run -O "$t" "seeds/$t" "$work/$t" -- -merge=1 -max_len=65536 \
+      >"$work/$t.merge.log" 2>&1 || echo "$t: merge failed, see $work/$t.merge.log" >&2
+  fi
 done
 echo "logs and grown corpora: $work"
 exit $status

@@ -11,7 +11,8 @@ set -euo pipefail
 # iproute2, iptables: network namespaces behind Linux NAT (scripts/netns-nat.sh).
 # python3-prometheus-client: the Prometheus project's own text-format parser, which the
 # signaling server's /metrics test checks its output with.
-needed=(pkg-config cmake g++ nasm libvpx-dev libclang-dev chromium coturn iproute2 iptables python3-prometheus-client)
+# redis-server: the room store that signaling nodes share (driver-tokio/tests/net/cluster.rs).
+needed=(pkg-config cmake g++ nasm libvpx-dev libclang-dev chromium coturn iproute2 iptables python3-prometheus-client redis-server)
 missing=()
 for p in "${needed[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

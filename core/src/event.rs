@@ -190,6 +190,16 @@ pub enum Event {
         /// The Opus packet
         data: Arc<[u8]>,
     },
+    /// A peer started or stopped sending us a kind of media: the direction of its m-line
+    /// changed (it paused or resumed that track towards us)
+    RemoteMediaState {
+        /// The peer
+        peer: PeerId,
+        /// Audio or video
+        kind: crate::MediaKind,
+        /// Whether it sends now
+        sending: bool,
+    },
     /// A STUN or TURN server could not be used or stopped working; host candidates and the
     /// other servers carry on (counted in [`IceStats`](crate::IceStats) too)
     IceServerFailed {

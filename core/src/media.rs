@@ -18,7 +18,7 @@ use crate::sync::jitter::{
     AudioDecode, AudioJitterBuffer, JitterConfig, JitterStats, PlayoutChunk,
 };
 use crate::sync::time::{local_secs, TimestampUnwrapper};
-use crate::sync::{DriftConfig, DriftEstimator};
+use crate::sync::{DriftConfig, DriftEstimate, DriftEstimator};
 
 /// Opus always runs at 48 kHz on the wire
 pub const AUDIO_RATE: u32 = 48_000;
@@ -55,6 +55,11 @@ pub struct MediaConfig {
     /// Bandwidth estimation and what follows it (encoder targets, the low encoding, Opus
     /// FEC); `video.bitrate_bps` is the most video is sent at
     pub rate: crate::rate::RateConfig,
+    /// Send and expect synthetic frames ([`codec::synthetic`]) instead of Opus and video:
+    /// sized like the real codec's at `opus.bitrate_bps` and `video`, carrying a checked
+    /// header, on the wire as Opus and VP8. For simulations, where codec work would dominate
+    /// the run time; both ends must use it
+    pub synthetic: bool,
 }
 
 impl Default for MediaConfig {
@@ -69,6 +74,7 @@ impl Default for MediaConfig {
             max_video_hold: Duration::from_millis(500),
             max_sync_step_per_sec: Duration::from_millis(80),
             rate: crate::rate::RateConfig::default(),
+            synthetic: false,
         }
     }
 }
@@ -220,6 +226,7 @@ impl FrameBudget {
 /// behind a busy encoder are turned down by [`should_encode`](Self::should_encode).
 pub(crate) struct Encoders {
     opus: Option<codec::OpusEncoder>,
+    synthetic_audio: Option<codec::synthetic::SyntheticAudioEncoder>,
     /// Audio settings asked for before the encoder existed
     audio_params: Option<AudioParams>,
     video: BTreeMap<VideoCodec, CodecEncoders>,
@@ -237,6 +244,7 @@ impl Encoders {
     pub(crate) fn new() -> Self {
         Self {
             opus: None,
+            synthetic_audio: None,
             audio_params: None,
             video: BTreeMap::new(),
             audio_ticks: 0,
@@ -253,6 +261,26 @@ impl Encoders {
         config: &MediaConfig,
         pcm: &[i16],
     ) -> Result<(i64, Arc<[u8]>, usize), codec::CodecError> {
+        if config.synthetic {
+            if self.synthetic_audio.is_none() {
+                let o = config.opus;
+                self.synthetic_audio = Some(codec::synthetic::SyntheticAudioEncoder::new(
+                    o.frame_ms,
+                    o.channels,
+                    o.bitrate_bps,
+                )?);
+            }
+            let enc = self
+                .synthetic_audio
+                .as_mut()
+                .expect("created above; panic means bug");
+            let samples = enc.frame_samples();
+            let ticks = self.audio_ticks;
+            let capture = Duration::from_micros((ticks.max(0) as u64) * 1000 / 48);
+            let data = enc.encode(pcm, capture)?;
+            self.audio_ticks += samples as i64;
+            return Ok((ticks, Arc::from(&data[..]), samples));
+        }
         if self.opus.is_none() {
             let mut enc = codec::OpusEncoder::new(config.opus)?;
             if let Some(p) = self.audio_params {
@@ -421,13 +449,29 @@ impl Encoders {
                     ..config.video
                 };
                 Ok(e.insert(CodecEncoders {
-                    main: AdaptiveEncoder::new(cfg)?,
+                    main: new_adaptive_encoder(config, cfg)?,
                     low: None,
                     main_budget: FrameBudget::default(),
                     low_budget: FrameBudget::default(),
                 }))
             }
         }
+    }
+
+    /// Encodes one video frame with `codec`: the main encoding only
+    pub(crate) fn encode_video(
+        &mut self,
+        config: &MediaConfig,
+        codec: VideoCodec,
+        frame: &I420Frame,
+        pts: Duration,
+    ) -> Result<Option<codec::EncodedVideo>, codec::CodecError> {
+        let capture = self.video_epoch.map(|e| e + pts);
+        let frames = self.encode_video_encodings(config, codec, frame, capture, pts)?;
+        Ok(frames
+            .into_iter()
+            .find(|f| f.encoding == Encoding::Main)
+            .map(|f| f.video))
     }
 
     /// Encodes one video frame with `codec`, in every encoding in use: the main one and,
@@ -502,12 +546,13 @@ impl Encoders {
             Some(t) => {
                 let low = match &mut encoders.low {
                     Some(low) => low,
-                    None => encoders
-                        .low
-                        .insert(AdaptiveEncoder::new(VideoEncoderConfig {
+                    None => encoders.low.insert(new_adaptive_encoder(
+                        config,
+                        VideoEncoderConfig {
                             bitrate_bps: t.bitrate_bps,
                             ..base
-                        })?),
+                        },
+                    )?),
                 };
                 low.set_target(t)?;
                 let ok = within(&mut encoders.low_budget, Some(t.bitrate_bps));
@@ -528,6 +573,13 @@ impl Encoders {
             }
         }
         Ok(out)
+    }
+
+    /// Uses `other`'s video clock (one clock for every track of a participant)
+    pub(crate) fn share_video_epoch(&mut self, other: &Self) {
+        if other.video_epoch.is_some() {
+            self.video_epoch = other.video_epoch;
+        }
     }
 
     /// Makes the next frame of every encoding of `codec` a keyframe
@@ -553,6 +605,19 @@ impl Encoders {
                 }
             }
         }
+    }
+}
+
+/// The adaptive encoder for `cfg`: over the real codec, or the synthetic one when `config`
+/// says so
+fn new_adaptive_encoder(
+    config: &MediaConfig,
+    cfg: VideoEncoderConfig,
+) -> Result<AdaptiveEncoder, codec::CodecError> {
+    if config.synthetic {
+        AdaptiveEncoder::with_encoder(cfg, codec::synthetic::video_encoder)
+    } else {
+        AdaptiveEncoder::new(cfg)
     }
 }
 
@@ -593,6 +658,31 @@ impl AudioDecode for OpusPlayout {
             Some(Ok(f)) => f.samples,
             _ => vec![0; samples * self.channels],
         }
+    }
+
+    fn recover(&mut self, next: &[u8], samples: usize) -> Option<Vec<i16>> {
+        if !codec::OpusDecoder::packet_has_fec(next) {
+            return None;
+        }
+        let dec = self.dec.as_mut()?;
+        dec.decode_fec(next, samples).ok().map(|f| f.samples)
+    }
+}
+
+/// Synthetic frames for the jitter buffer ([`MediaConfig::synthetic`])
+struct SyntheticPlayout(codec::synthetic::SyntheticAudioDecoder);
+
+impl AudioDecode for SyntheticPlayout {
+    fn channels(&self) -> usize {
+        self.0.channels()
+    }
+
+    fn decode(&mut self, payload: &[u8]) -> Result<Vec<i16>, String> {
+        self.0.decode(payload).map_err(|e| e.to_string())
+    }
+
+    fn conceal(&mut self, samples: usize) -> Vec<i16> {
+        vec![0; samples * self.0.channels()]
     }
 }
 
@@ -637,12 +727,13 @@ pub(crate) struct PeerMedia {
     pub(crate) audio_mid: Option<Mid>,
     pub(crate) video_mid: Option<Mid>,
     decode: bool,
+    synthetic: bool,
     playout_channels: usize,
     jitter: Option<AudioJitterBuffer>,
     audio_unwrap: TimestampUnwrapper,
     video_unwrap: TimestampUnwrapper,
     drift: DriftEstimator,
-    drift_ppm: Option<f64>,
+    drift_estimate: Option<DriftEstimate>,
     drift_reports: DriftEstimator,
     last_drift_update: Option<Instant>,
     sr_audio: Option<SenderReport>,
@@ -680,12 +771,13 @@ impl PeerMedia {
             audio_mid: None,
             video_mid: None,
             decode: config.decode,
+            synthetic: config.synthetic,
             playout_channels: config.opus.channels.clamp(1, 2) as usize,
             jitter: None,
             audio_unwrap: TimestampUnwrapper::default(),
             video_unwrap: TimestampUnwrapper::default(),
             drift: DriftEstimator::new(DriftConfig::default()),
-            drift_ppm: None,
+            drift_estimate: None,
             drift_reports: DriftEstimator::new(DriftConfig {
                 min_samples: 5,
                 min_span: Duration::from_secs(4),
@@ -715,13 +807,25 @@ impl PeerMedia {
     }
 
     /// The estimated drift of the sender's clock, in ppm
+    ///
+    /// `None` until the estimate is larger than its uncertainty (it could be noise).
     pub(crate) fn drift_ppm(&self) -> Option<f64> {
-        self.drift_ppm
+        self.drift_estimate.and_then(|e| e.significant_ppm())
     }
 
-    /// The drift of the sender's wall clock estimated from its sender reports, in ppm
+    /// Half the 95% interval of the drift estimate, in ppm
+    pub(crate) fn drift_uncertainty_ppm(&self) -> Option<f64> {
+        self.drift_estimate
+            .map(|e| e.uncertainty_ppm())
+            .filter(|u| u.is_finite())
+    }
+
+    /// The drift of the sender's wall clock estimated from its sender reports, in ppm (`None`
+    /// until larger than its uncertainty)
     pub(crate) fn report_drift_ppm(&self) -> Option<f64> {
-        self.drift_reports.estimate().map(|e| e.ppm)
+        self.drift_reports
+            .estimate()
+            .and_then(|e| e.significant_ppm())
     }
 
     pub(crate) fn audio_stats(&self) -> AudioStats {
@@ -753,6 +857,13 @@ impl PeerMedia {
         out: &mut Vec<MediaOut>,
     ) {
         let now = data.network_time;
+        if data.data.is_empty() {
+            // Padding: RTP packets with no payload, which browsers send on the audio stream
+            // to probe bandwidth, carry the timestamp of an earlier frame. Neither a frame
+            // nor a delay sample (as a frame it would replace the real one when it overtakes
+            // it, and decode to nothing).
+            return;
+        }
         self.origin.get_or_insert(now);
         if Some(data.mid) == self.audio_mid {
             let ticks = self.audio_unwrap.unwrap(data.time.numer() as u32);
@@ -768,9 +879,17 @@ impl PeerMedia {
             }
             // Decode to the channel count we play out, whatever the sender encoded.
             let channels = self.playout_channels;
+            let synthetic = self.synthetic;
             let jb = self.jitter.get_or_insert_with(|| {
-                let dec = codec::OpusDecoder::new(channels as u16).ok();
-                AudioJitterBuffer::new(*jitter_config, Box::new(OpusPlayout { dec, channels }))
+                let dec: Box<dyn AudioDecode> = if synthetic {
+                    Box::new(SyntheticPlayout(
+                        codec::synthetic::SyntheticAudioDecoder::new(channels as u16),
+                    ))
+                } else {
+                    let dec = codec::OpusDecoder::new(channels as u16).ok();
+                    Box::new(OpusPlayout { dec, channels })
+                };
+                AudioJitterBuffer::new(*jitter_config, dec)
             });
             jb.handle_frame(now, ticks, data.data);
         } else if Some(data.mid) == self.video_mid {
@@ -801,7 +920,7 @@ impl PeerMedia {
                 }
                 let dec = match self.decoders.get_mut(&codec) {
                     Some(d) => d,
-                    None => match codec::video_decoder(codec) {
+                    None => match new_video_decoder(self.synthetic, codec) {
                         Ok(d) => self.decoders.entry(codec).or_insert(d),
                         Err(_) => return,
                     },
@@ -911,7 +1030,7 @@ impl PeerMedia {
         }
         self.last_drift_update = Some(now);
         if let Some(e) = self.drift.estimate() {
-            self.drift_ppm = Some(e.ppm);
+            self.drift_estimate = Some(e);
             if let Some(jb) = &mut self.jitter {
                 jb.set_drift_ppm(e.ppm);
             }
@@ -1037,6 +1156,18 @@ impl PeerMedia {
         let max = self.max_sync_step * dt;
         let diff = self.sync_wanted - self.sync_delay;
         self.sync_delay += diff.clamp(-max, max);
+    }
+}
+
+/// The real decoder for `codec`, or the synthetic one
+fn new_video_decoder(
+    synthetic: bool,
+    codec: VideoCodec,
+) -> Result<Box<dyn codec::VideoDecoder>, codec::CodecError> {
+    if synthetic {
+        Ok(Box::new(codec::synthetic::SyntheticVideoDecoder::new()))
+    } else {
+        codec::video_decoder(codec)
     }
 }
 

@@ -16,6 +16,7 @@ use crate::error::{CommandError, InputError, SignalProblem, TransportError};
 use crate::event::{DataMessage, Event, FailReason, LeaveReason, ReconnectKind};
 use crate::media::{Encoders, Encoding, MediaOut};
 use crate::peer::{Health, Peer, PeerOutput, Role};
+use crate::pipeline::TrackId;
 use crate::recovery::{Action, CircuitState};
 use crate::shared::{Input, Output, Receive, TimeoutReason};
 use crate::signal::{
@@ -84,6 +85,18 @@ pub struct Participant {
     signaling_up: bool,
     /// The server's resume token from the last announce result (signaling.md version 2)
     resume: Option<String>,
+    /// Encoders of outgoing tracks other than the default one ([`send_audio_to`],
+    /// [`send_video_to`]): each track is its own stream, encoded once for all its peers
+    ///
+    /// [`send_audio_to`]: Self::send_audio_to
+    /// [`send_video_to`]: Self::send_video_to
+    track_encoders: BTreeMap<TrackId, Encoders>,
+    /// The track each peer's video m-line carried last (`None`: the default track): a
+    /// peer moved to another track needs a keyframe of it
+    video_track_of: BTreeMap<PeerId, Option<TrackId>>,
+    /// (peer, kind) whose sending is paused ([`set_sending`](Self::set_sending)),
+    /// remembered across reconnects
+    paused: BTreeSet<(PeerId, MediaKind)>,
 }
 
 /// How many departed peers' statistics are kept
@@ -147,6 +160,9 @@ impl Participant {
             departed: BTreeMap::new(),
             signaling_up: false,
             resume: None,
+            track_encoders: BTreeMap::new(),
+            video_track_of: BTreeMap::new(),
+            paused: BTreeSet::new(),
         }
     }
 
@@ -358,6 +374,9 @@ impl Participant {
     /// The message is queued (in order, up to [`Config::max_queued_messages`]) and handed
     /// to the channel at the next [`poll_output`](Self::poll_output), as far as the channel
     /// is open and its send window takes it; so a burst of sends goes out together.
+    /// A message larger than ours or the peer's advertised `max-message-size` fails with
+    /// [`CommandError::MessageTooLarge`] and nothing else changes; one queued before the
+    /// peer's limit was known and over it comes back as [`Event::DataUndelivered`].
     pub fn send_data(&mut self, peer: &PeerId, message: DataMessage) -> Result<(), CommandError> {
         message.check_size()?;
         if !self.config.capabilities.data {
@@ -377,7 +396,8 @@ impl Participant {
 
     /// Sends a data message to every peer; returns how many accepted it
     ///
-    /// A peer whose queue is full is skipped (the others still get the message).
+    /// A peer whose queue is full, or that advertised a smaller `max-message-size`, is
+    /// skipped (the others still get the message).
     pub fn broadcast(&mut self, message: DataMessage) -> Result<usize, CommandError> {
         message.check_size()?;
         let ids: Vec<PeerId> = self.peers.keys().cloned().collect();
@@ -385,7 +405,8 @@ impl Participant {
         for id in ids {
             match self.send_data(&id, message.clone()) {
                 Ok(()) => sent += 1,
-                Err(CommandError::SendQueueFull(_)) => {}
+                // Our own limit was checked above: this one is the peer's.
+                Err(CommandError::SendQueueFull(_) | CommandError::MessageTooLarge { .. }) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -393,7 +414,7 @@ impl Participant {
     }
 
     /// Sends one frame of captured audio (interleaved PCM, exactly one Opus frame of
-    /// [`MediaConfig::opus`]) to every connected peer that takes audio; returns how many
+    /// [`MediaConfig::opus`](crate::media::MediaConfig::opus)) to every connected peer that takes audio; returns how many
     ///
     /// The frame is encoded once, whatever the number of peers. `capture` is when its first
     /// sample was captured, on the local clock.
@@ -486,6 +507,168 @@ impl Participant {
             self.drain_peer(&id);
         }
         Ok(sent)
+    }
+
+    /// Sends one frame of audio of outgoing `track` to `peers` (those connected and taking
+    /// audio from us); returns how many it went to
+    ///
+    /// Each track other than the default one ([`send_audio`](Self::send_audio)) has an Opus
+    /// encoder of its own, so different content can go to different peers (an N−1 mix per
+    /// peer, say: one track per peer). A peer receives one audio stream from us (one
+    /// m-line per kind), so it should get one track at a time. Paused peers
+    /// ([`set_sending`](Self::set_sending)) are skipped.
+    pub fn send_audio_to<'a>(
+        &mut self,
+        track: TrackId,
+        capture: Instant,
+        pcm: &[i16],
+        peers: impl IntoIterator<Item = &'a PeerId>,
+    ) -> Result<usize, CommandError> {
+        if !self.config.capabilities.audio {
+            return Err(CommandError::MediaNotEnabled(MediaKind::Audio));
+        }
+        let ids: Vec<PeerId> = peers
+            .into_iter()
+            .filter(|p| self.peers.contains_key(*p))
+            .cloned()
+            .collect();
+        let enc = self
+            .track_encoders
+            .entry(track)
+            .or_insert_with(Encoders::new);
+        // Encoded even with no recipient, so the stream's clock and state run on.
+        let (ticks, data, _) = enc.encode_audio(&self.config.media, pcm)?;
+        let mut sent = 0;
+        for id in ids {
+            if let Some(peer) = self.peers.get_mut(&id) {
+                sent += peer.write_audio(capture, ticks, data.clone()) as usize;
+                self.drain_peer(&id);
+            }
+        }
+        Ok(sent)
+    }
+
+    /// Sends one video frame of outgoing `track` to `peers` (those connected and taking
+    /// video from us); returns how many it went to
+    ///
+    /// Each track has encoders of its own (one per codec in use among its peers), so an
+    /// original, a blurred copy and a composite can go to different peers. A peer that
+    /// moves to this track from another gets a keyframe first. Paused peers are skipped.
+    pub fn send_video_to<'a>(
+        &mut self,
+        track: TrackId,
+        capture: Instant,
+        frame: &I420Frame,
+        peers: impl IntoIterator<Item = &'a PeerId>,
+    ) -> Result<usize, CommandError> {
+        if !self.config.capabilities.video {
+            return Err(CommandError::MediaNotEnabled(MediaKind::Video));
+        }
+        frame.check()?;
+        // One video clock for every track, so a peer moved between tracks sees time go on.
+        let ticks = self.encoders.video_ticks(capture);
+        let pts = Duration::from_micros((ticks.max(0) as u64 * 1000) / 90);
+        let mut by_codec: BTreeMap<VideoCodec, Vec<PeerId>> = BTreeMap::new();
+        let mut moved = BTreeSet::new();
+        for id in peers {
+            let Some(peer) = self.peers.get_mut(id) else {
+                continue;
+            };
+            // A paused peer takes nothing (and must not make the track's peers take a
+            // keyframe every frame as a peer still to be moved).
+            if !peer.can_send_media() || self.paused.contains(&(id.clone(), MediaKind::Video)) {
+                continue;
+            }
+            if let Some(c) = peer.video_send_codec() {
+                by_codec.entry(c).or_default().push(id.clone());
+                if self.video_track_of.get(id) != Some(&Some(track)) {
+                    moved.insert(c);
+                }
+            }
+        }
+        let enc = self
+            .track_encoders
+            .entry(track)
+            .or_insert_with(Encoders::new);
+        enc.share_video_epoch(&self.encoders);
+        for &c in &moved {
+            enc.request_keyframe(c);
+        }
+        let mut sent = 0;
+        for (codec, ids) in by_codec {
+            let Some(enc) = self.track_encoders.get_mut(&track) else {
+                break;
+            };
+            let Some(out) = enc.encode_video(&self.config.media, codec, frame, pts)? else {
+                continue;
+            };
+            let data: Arc<[u8]> = Arc::from(&out.data[..]);
+            for id in ids {
+                let Some(peer) = self.peers.get_mut(&id) else {
+                    continue;
+                };
+                if peer.write_video(codec, capture, ticks, data.clone()) {
+                    sent += 1;
+                    self.video_track_of.insert(id.clone(), Some(track));
+                }
+                self.drain_peer(&id);
+            }
+        }
+        Ok(sent)
+    }
+
+    /// Forgets an outgoing track's encoders (its peers need another track's keyframe)
+    pub fn remove_track(&mut self, track: TrackId) {
+        self.track_encoders.remove(&track);
+    }
+
+    /// Pauses (`false`) or resumes (`true`) sending `kind` to `peer`, visibly: the m-line
+    /// becomes `recvonly` (or `inactive`) while paused, and the remote gets
+    /// [`Event::RemoteMediaState`]
+    ///
+    /// Media of that kind written for the peer meanwhile is not sent. Remembered for a peer
+    /// not connected yet and across reconnects; the renegotiation waits while an offer is
+    /// out or signaling is down.
+    pub fn set_sending(
+        &mut self,
+        peer: &PeerId,
+        kind: MediaKind,
+        sending: bool,
+    ) -> Result<(), CommandError> {
+        let enabled = match kind {
+            MediaKind::Audio => self.config.capabilities.audio,
+            MediaKind::Video => self.config.capabilities.video,
+        };
+        if !enabled {
+            return Err(CommandError::MediaNotEnabled(kind));
+        }
+        let key = (peer.clone(), kind);
+        if sending {
+            self.paused.remove(&key);
+        } else {
+            self.paused.insert(key);
+        }
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.set_send_paused(kind, !sending);
+            if sending && kind == MediaKind::Video {
+                // The remote's decoder lost its reference meanwhile.
+                self.video_track_of.remove(peer);
+                self.request_keyframe();
+            }
+            self.drain_peer(peer);
+        }
+        Ok(())
+    }
+
+    /// Whether we send `kind` to `peer` (not paused with [`set_sending`](Self::set_sending))
+    pub fn is_sending(&self, peer: &PeerId, kind: MediaKind) -> bool {
+        !self.paused.contains(&(peer.clone(), kind))
+    }
+
+    /// Whether `peer` sends us `kind`, as its m-line direction last said (false for an
+    /// unknown peer)
+    pub fn is_remote_sending(&self, peer: &PeerId, kind: MediaKind) -> bool {
+        self.peers.get(peer).is_some_and(|p| p.remote_sending(kind))
     }
 
     /// Asks every peer's encoder for a keyframe in its next video frame
@@ -631,9 +814,14 @@ impl Participant {
             let Some(peer) = self.peers.get_mut(&id) else {
                 continue;
             };
-            let res = peer.handle_timeout(now);
-            // A failure here is already reported as `Event::PeerFailed`.
-            let _ = self.after_peer_input(&id, res);
+            // A peer with nothing due is left alone: in a mesh every wake-up is some peer's
+            // packet or playout, and timing out and draining the other `Rtc`s is most of the
+            // cost of a wake-up otherwise.
+            if peer.io_due(now) {
+                let res = peer.handle_timeout(now);
+                // A failure here is already reported as `Event::PeerFailed`.
+                let _ = self.after_peer_input(&id, res);
+            }
             self.check_peer(&id, now);
         }
     }
@@ -811,6 +999,7 @@ impl Participant {
         // Peers whose path broke while signaling was down get their ICE restart now.
         let ids: Vec<PeerId> = self.peers.keys().cloned().collect();
         for id in ids {
+            self.offer_direction(&id);
             self.check_peer(&id, now);
         }
         Ok(())
@@ -1152,25 +1341,7 @@ impl Participant {
         }
         match action {
             None => {}
-            Some(Action::IceRestart) => {
-                let fresh: Option<Vec<Candidate>> = std::mem::take(&mut peer.renew_candidates)
-                    .then(|| self.transport.candidates().cloned().collect());
-                let offer = peer.ice_restart(fresh.as_deref());
-                if peer.note_reconnecting(ReconnectKind::IceRestart) {
-                    self.outputs
-                        .push_back(Output::Event(Event::PeerReconnecting {
-                            peer: id.clone(),
-                            kind: ReconnectKind::IceRestart,
-                        }));
-                }
-                tracing::debug!(peer = %id, "ice restart");
-                let frame = self.request(Request::Offer {
-                    to: id.clone(),
-                    sdp: offer,
-                });
-                self.outputs.push_back(Output::Signal(frame));
-                self.drain_peer(id);
-            }
+            Some(Action::IceRestart) => self.ice_restart(id),
             Some(Action::Reconnect) => self.reconnect(id, now),
         }
     }
@@ -1216,6 +1387,10 @@ impl Participant {
         );
         for c in self.transport.candidates() {
             peer.add_local_candidate(c.clone());
+        }
+        for kind in [MediaKind::Audio, MediaKind::Video] {
+            let key = (peer.info().peer_id.clone(), kind);
+            peer.set_send_paused(kind, self.paused.contains(&key));
         }
         peer
     }
@@ -1307,6 +1482,15 @@ impl Participant {
                 // Closed by the remote, or dead: recovery decides (the server says when the
                 // peer has really left).
                 PeerOutput::Closed => {}
+                PeerOutput::RemoteSending(kind, sending) => {
+                    self.outputs
+                        .push_back(Output::Event(Event::RemoteMediaState {
+                            peer: id.clone(),
+                            kind,
+                            sending,
+                        }))
+                }
+                PeerOutput::Undelivered(messages) => self.report_undelivered(id, messages),
                 PeerOutput::Media(m) => {
                     let event = match m {
                         MediaOut::Audio(chunk) => Event::AudioPlayout {
@@ -1331,12 +1515,22 @@ impl Participant {
                             codec,
                         },
                         MediaOut::KeyframeWanted(codec) => {
-                            // A keyframe of the encoding this peer gets (or moves to).
-                            let encoding = self
-                                .peers
-                                .get(id)
-                                .map_or(Encoding::Main, |p| p.rate.route.wanted());
-                            self.encoders.request_keyframe_of(codec, encoding);
+                            // A keyframe of the track's encoder when the peer gets a
+                            // track, else of the encoding this peer gets (or moves to).
+                            match self.video_track_of.get(id) {
+                                Some(Some(track)) => {
+                                    if let Some(enc) = self.track_encoders.get_mut(track) {
+                                        enc.request_keyframe(codec);
+                                    }
+                                }
+                                _ => {
+                                    let encoding = self
+                                        .peers
+                                        .get(id)
+                                        .map_or(Encoding::Main, |p| p.rate.route.wanted());
+                                    self.encoders.request_keyframe_of(codec, encoding);
+                                }
+                            }
                             continue;
                         }
                     };
@@ -1348,7 +1542,27 @@ impl Participant {
             if let Some(peer) = self.peers.get_mut(id) {
                 peer.set_broken(reason);
             }
+            return;
         }
+        self.offer_direction(id);
+    }
+
+    /// Sends the offer that brings a peer's m-line directions in line with what we send
+    /// (paused or not), when one is due and signaling can carry it
+    fn offer_direction(&mut self, id: &PeerId) {
+        if !self.signaling_up {
+            return;
+        }
+        let Some(offer) = self.peers.get_mut(id).and_then(Peer::direction_offer) else {
+            return;
+        };
+        tracing::debug!(peer = %id, "renegotiating media directions");
+        let frame = self.request(Request::Offer {
+            to: id.clone(),
+            sdp: offer,
+        });
+        self.outputs.push_back(Output::Signal(frame));
+        // The offer changed nothing str0m has to send yet; its answer is drained as usual.
     }
 
     /// Closes a peer's `Rtc` (its DTLS close_notify still goes out) and forgets the peer
@@ -1376,6 +1590,7 @@ impl Participant {
         };
         // Keep the last figures of a peer that went away (bounded), for reports.
         self.departed.insert(id.clone(), self.named_stats(&peer));
+        self.video_track_of.remove(id);
         while self.departed.len() > MAX_DEPARTED {
             self.departed.pop_first();
         }

@@ -32,15 +32,23 @@ pub struct PeerStats {
     pub malformed_media: u64,
     /// Remote candidates ignored by the candidate policy
     pub candidates_filtered: u64,
+    /// Datagrams from this peer's address that DTLS refused (unauthenticated alerts during
+    /// the handshake, garbage): dropped, never fatal
+    pub dtls_rejected: u64,
     /// ICE restarts and full reconnects with this peer
     pub reconnects: u64,
     /// The recovery's circuit breaker
     pub circuit: crate::recovery::CircuitState,
     /// Messages waiting for the channel to open or drain
     pub queued_messages: usize,
-    /// Estimated drift of the peer's clock relative to ours (ppm, + = theirs fast)
+    /// Estimated drift of the peer's clock relative to ours (ppm, + = theirs fast), from its
+    /// media's arrival times; `None` while the estimate is smaller than its uncertainty
     pub clock_drift_ppm: Option<f64>,
-    /// The same drift estimated from RTCP sender reports (the sender's wall clock), ppm
+    /// Half the 95% interval of that estimate (ppm): the drift lies within
+    /// `estimate ± this`; there whenever an estimate is
+    pub clock_drift_uncertainty_ppm: Option<f64>,
+    /// The same drift estimated from RTCP sender reports (the sender's wall clock), ppm;
+    /// `None` while smaller than its uncertainty
     pub report_clock_drift_ppm: Option<f64>,
     /// Audio receive statistics, when audio was negotiated
     pub audio: Option<crate::media::AudioStats>,

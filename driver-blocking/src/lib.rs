@@ -89,7 +89,7 @@
 //!
 //! Established peers do not need signaling: when the WebSocket drops, media and data keep
 //! flowing, the session reports [`Event::SignalingLost`], and the signaling thread
-//! reconnects with exponential [`Backoff`]. On the new connection the core thread
+//! reconnects with exponential [`Backoff`](meshrtc::session::Backoff). On the new connection the core thread
 //! re-announces with the same peer id and room (the one request the driver writes itself,
 //! since the core cannot re-announce) and reports [`Event::SignalingRestored`]. Peers that
 //! join afterwards offer to us as usual. Limits that need the core: peers that joined while

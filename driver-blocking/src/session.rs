@@ -220,6 +220,29 @@ impl SessionHandle {
         self.command(Command::Video(capture, Box::new(frame)))
     }
 
+    /// Queues one video frame of an outgoing track (its own encoders) for `peers`; blocks
+    /// while the command queue is full (see [`meshrtc::Participant::send_video_to`])
+    pub fn send_video_to(
+        &self,
+        track: meshrtc::pipeline::TrackId,
+        capture: Instant,
+        frame: std::sync::Arc<I420Frame>,
+        peers: Vec<PeerId>,
+    ) -> Result<()> {
+        self.command(Command::VideoTo(track, capture, frame, peers))
+    }
+
+    /// Pauses (`false`) or resumes sending `kind` to `peer`; the remote sees its m-line
+    /// direction change (see [`meshrtc::Participant::set_sending`])
+    pub fn set_sending(
+        &self,
+        peer: &PeerId,
+        kind: meshrtc::MediaKind,
+        sending: bool,
+    ) -> Result<()> {
+        self.command(Command::SetSending(peer.clone(), kind, sending))
+    }
+
     fn command(&self, command: Command) -> Result<()> {
         self.commands.send(command).map_err(|_| Error::SessionEnded)
     }

@@ -48,7 +48,7 @@ pub struct SignalClient {
 }
 
 impl SignalClient {
-    /// Connects to `url` (`ws://host:port/path`), failing after [`CONNECT_TIMEOUT`]
+    /// Connects to `url` (`ws://host:port/path`), failing after `CONNECT_TIMEOUT`
     ///
     /// The error says why, naming the URL.
     pub async fn connect(url: String) -> Result<Self, String> {
@@ -80,7 +80,7 @@ impl SignalClient {
     ///
     /// An error (why the connection is unusable) means [`recv`](Self::recv) will report
     /// [`SignalEvent::Closed`]. A server that does not take the frame within
-    /// [`WRITE_TIMEOUT`] counts as gone: the driver must never stall on signaling.
+    /// `WRITE_TIMEOUT` counts as gone: the driver must never stall on signaling.
     pub async fn send(&mut self, frame: &ClientFrame) -> Result<(), String> {
         if let Some(reason) = &self.closed {
             return Err(reason.clone());

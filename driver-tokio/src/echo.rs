@@ -70,6 +70,28 @@ impl Remote {
 }
 
 /// The echo logic for one local peer, without IO
+///
+/// # Example
+///
+/// ```
+/// use std::time::Instant;
+/// use meshrtc::signal::PeerId;
+/// use meshrtc::{DataMessage, Event};
+/// use meshrtc_tokio::echo::Echo;
+///
+/// let mut echo = Echo::new(PeerId::new("alice").unwrap());
+/// let ping = Event::DataReceived {
+///     peer: PeerId::new("bob").unwrap(),
+///     label: "meshrtc".into(),
+///     message: DataMessage::Text(r#"{"ping": 3, "from": "bob"}"#.into()),
+/// };
+/// // A ping is answered with a pong, to the peer it came from.
+/// let replies = echo.handle_event(Instant::now(), &ping);
+/// assert_eq!(
+///     replies,
+///     vec![(PeerId::new("bob").unwrap(), DataMessage::Text(r#"{"pong":3,"from":"alice"}"#.into()))]
+/// );
+/// ```
 #[derive(Debug)]
 pub struct Echo {
     me: PeerId,
@@ -380,6 +402,19 @@ pub async fn run_echo(
     stop: impl Future<Output = ()>,
     progress: Option<&watch::Sender<BTreeMap<PeerId, RemoteReport>>>,
 ) -> Result<BTreeMap<PeerId, RemoteReport>> {
+    run_echo_with(handle, events, stop, progress, |_| {}).await
+}
+
+/// [`run_echo`], showing every session event to `tap` first (to record media, say)
+///
+/// `tap` runs on the event loop: it should hand work off rather than block.
+pub async fn run_echo_with(
+    handle: &SessionHandle,
+    events: &mut Events,
+    stop: impl Future<Output = ()>,
+    progress: Option<&watch::Sender<BTreeMap<PeerId, RemoteReport>>>,
+    mut tap: impl FnMut(&SessionEvent),
+) -> Result<BTreeMap<PeerId, RemoteReport>> {
     let mut echo = Echo::new(handle.peer_id().clone());
     tokio::pin!(stop);
     let mut ticker = tokio::time::interval(PING_INTERVAL);
@@ -406,6 +441,7 @@ pub async fn run_echo(
                 let Some(event) = event else {
                     break;
                 };
+                tap(&event);
                 let notable = matches!(
                     &event,
                     SessionEvent::Mesh(

@@ -21,4 +21,7 @@ pub enum ServerError {
     /// The server has stopped
     #[error("the signaling server has stopped")]
     Stopped,
+    /// Redis (the room store shared with other nodes) could not be reached at start
+    #[error("cannot use redis at {0}")]
+    Redis(String),
 }

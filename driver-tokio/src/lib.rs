@@ -18,7 +18,7 @@
 //! use meshrtc::DataMessage;
 //! use meshrtc_tokio::{Event, Session, SessionConfig, SignalServer};
 //!
-//! # async fn example() -> meshrtc_tokio::Result<()> {
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
 //! let server = SignalServer::bind("127.0.0.1:0".parse().unwrap()).await?;
 //! let room = RoomId::new("demo").unwrap();
 //! let (handle, mut events) = Session::join(SessionConfig::new(server.url(), room)).await?;
@@ -45,7 +45,7 @@ pub use client::{SignalClient, SignalEvent};
 pub use clock::TokioClock;
 pub use error::{Error, Result, ServerError};
 pub use meshrtc_driver::{SessionConfig, SignalUrl, DEFAULT_COMMAND_QUEUE, DEFAULT_SOCKET_BUFFER};
-pub use server::{ServerCounts, SignalServer, SignalServerConfig};
+pub use server::{RedisConfig, ServerCounts, SignalServer, SignalServerConfig};
 pub use session::{Event, Events, Session, SessionHandle, Stats};
 
 #[cfg(test)]

@@ -17,10 +17,15 @@
 //! * a frame above the transport's hard cap closes the connection; anything above the
 //!   protocol's 64 KiB but below that cap reaches the logic, which answers `-32004`.
 //!
-//! With `metrics_addr` set, a second listener serves Prometheus text at `/metrics`.
+//! With `metrics_addr` set, a second listener serves Prometheus text at `/metrics`. With
+//! `redis` set, the server is one node of several sharing rooms through Redis (see
+//! [`RedisConfig`]); without it, nothing about Redis runs.
 
+mod cluster;
 mod http;
 mod metrics;
+
+pub use self::cluster::RedisConfig;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -33,8 +38,11 @@ use async_tungstenite::tungstenite::protocol::WebSocketConfig;
 use async_tungstenite::tungstenite::{Error as WsError, Message};
 use async_tungstenite::{WebSocketReceiver, WebSocketSender};
 use futures_util::{SinkExt, StreamExt};
-use meshrtc::signal::server::{ConnId, Server, ServerConfig, ServerOutput, Timestamp};
-use meshrtc::signal::LeftReason;
+use meshrtc::signal::server::{
+    ClaimOutcome, ClusterEvent, ClusterMember, ConnId, Place, Server, ServerConfig, ServerOutput,
+    Timestamp,
+};
+use meshrtc::signal::{LeftReason, RoomId};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -104,6 +112,9 @@ pub struct SignalServerConfig {
     pub allowed_origins: Vec<String>,
     /// Where to serve Prometheus text at `/metrics` (default: nowhere)
     pub metrics_addr: Option<SocketAddr>,
+    /// Share rooms with other nodes through this Redis (default: none, the server holds
+    /// its rooms alone); sets `rooms.node`
+    pub redis: Option<RedisConfig>,
 }
 
 impl Default for SignalServerConfig {
@@ -122,6 +133,7 @@ impl Default for SignalServerConfig {
             max_connections_per_ip: 256,
             allowed_origins: Vec::new(),
             metrics_addr: None,
+            redis: None,
         }
     }
 }
@@ -175,7 +187,29 @@ impl SignalServer {
 
     /// Listens on `addr` (and `config.metrics_addr`) with `config`; must be called inside a
     /// tokio runtime
-    pub async fn bind_with(addr: SocketAddr, config: SignalServerConfig) -> Result<Self> {
+    ///
+    /// With `config.redis`, Redis must answer now (later outages are waited out).
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use meshrtc_tokio::{SignalServer, SignalServerConfig};
+    ///
+    /// # async fn run() -> Result<(), meshrtc_tokio::ServerError> {
+    /// let config = SignalServerConfig {
+    ///     metrics_addr: Some("127.0.0.1:9090".parse().unwrap()),
+    ///     ..SignalServerConfig::default()
+    /// };
+    /// let server = SignalServer::bind_with("0.0.0.0:8787".parse().unwrap(), config).await?;
+    /// // Peers connect to the WebSocket; browsers open the page at the same address.
+    /// println!("{} and http://{}/", server.url(), server.local_addr());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn bind_with(addr: SocketAddr, mut config: SignalServerConfig) -> Result<Self> {
+        if let Some(redis) = &config.redis {
+            config.rooms.node = Some(redis.node.clone());
+        }
         let listen_err = |addr| move |source| ServerError::Listen { addr, source };
         let listener = TcpListener::bind(addr).await.map_err(listen_err(addr))?;
         let local_addr = listener.local_addr().map_err(listen_err(addr))?;
@@ -201,9 +235,22 @@ impl SignalServer {
             limits: Mutex::new(ConnLimits::default()),
             counters: DriverCounters::default(),
         });
+        let cluster = match &shared.config.redis {
+            Some(redis) => Some(
+                cluster::start(
+                    redis,
+                    &shared.config.rooms,
+                    shared.logic.clone(),
+                    stop_rx.clone(),
+                )
+                .await?,
+            ),
+            None => None,
+        };
         tokio::spawn(run_logic(
             Server::new(shared.config.rooms.clone()),
             logic_rx,
+            cluster,
         ));
         let accept = tokio::spawn(accept_loop(listener, shared.clone(), stop_rx.clone()));
         let metrics_addr = metrics.map(|(l, bound)| {
@@ -322,6 +369,20 @@ enum ServerInput {
         reason: LeftReason,
     },
     Snapshot(oneshot::Sender<Snapshot>),
+    /// The room store decided about a claim
+    Claimed {
+        conn: ConnId,
+        outcome: ClaimOutcome,
+    },
+    /// Another node told us something
+    Cluster(ClusterEvent),
+    /// The room store's members of a room
+    Listing {
+        room: RoomId,
+        members: Vec<ClusterMember>,
+    },
+    /// This node's places and rooms, for the room store
+    Places(oneshot::Sender<(Vec<Place>, Vec<RoomId>)>),
 }
 
 /// What the logic task tells one connection's writer
@@ -351,7 +412,11 @@ async fn sleep_until_opt(deadline: Option<std::time::Instant>) {
 }
 
 /// The one task that owns the logic: feeds it inputs and its timer, delivers its outputs
-async fn run_logic(mut logic: Server, mut rx: mpsc::Receiver<ServerInput>) {
+async fn run_logic(
+    mut logic: Server,
+    mut rx: mpsc::Receiver<ServerInput>,
+    cluster: Option<cluster::Cluster>,
+) {
     let mut conns: HashMap<ConnId, mpsc::UnboundedSender<ConnOutput>> = HashMap::new();
     loop {
         let deadline = logic.poll_timeout();
@@ -382,6 +447,16 @@ async fn run_logic(mut logic: Server, mut rx: mpsc::Receiver<ServerInput>) {
                             stats: logic.stats().clone(),
                         });
                     }
+                    ServerInput::Claimed { conn, outcome } => {
+                        logic.handle_claim(now, conn, outcome);
+                    }
+                    ServerInput::Cluster(event) => logic.handle_cluster_event(now, event),
+                    ServerInput::Listing { room, members } => {
+                        logic.handle_room_listing(now, &room, members);
+                    }
+                    ServerInput::Places(reply) => {
+                        let _ = reply.send((logic.places(), logic.node_rooms()));
+                    }
                 }
             }
             () = sleep_until_opt(deadline) => logic.handle_timeout(timestamp()),
@@ -398,6 +473,12 @@ async fn run_logic(mut logic: Server, mut rx: mpsc::Receiver<ServerInput>) {
                         let _ = tx.send(ConnOutput::Close);
                     }
                 }
+            }
+        }
+        while let Some(out) = logic.poll_cluster() {
+            match &cluster {
+                Some(c) => c.push(out),
+                None => tracing::error!("the logic asked for a room store it does not have"),
             }
         }
     }

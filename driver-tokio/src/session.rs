@@ -13,10 +13,12 @@ use futures_util::FutureExt;
 use meshrtc::clock::SharedClock;
 use meshrtc::codec::I420Frame;
 use meshrtc::ice::Resolution;
+use meshrtc::pipeline::TrackId;
 use meshrtc::session::{self, Command, EventReceiver, EventSender, Input, Output};
 use meshrtc::signal::{PeerId, RoomId};
-use meshrtc::{DataMessage, Receive};
+use meshrtc::{DataMessage, MediaKind, Receive};
 use meshrtc_driver::{Error, Result, SessionConfig, JOIN_GRACE};
+use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::client::{SignalClient, SignalEvent};
@@ -128,6 +130,42 @@ impl SessionHandle {
     /// Sends one captured video frame to every peer (encoded once per codec in use)
     pub async fn send_video(&self, capture: Instant, frame: I420Frame) -> Result<()> {
         self.command(Command::Video(capture, Box::new(frame))).await
+    }
+
+    /// Sends one audio frame of an outgoing track (its own Opus stream) to `peers`
+    ///
+    /// See [`meshrtc::Participant::send_audio_to`]; a [`meshrtc::pipeline::Pipeline`]
+    /// names the track and its recipients.
+    pub async fn send_audio_to(
+        &self,
+        track: TrackId,
+        capture: Instant,
+        pcm: Vec<i16>,
+        peers: Vec<PeerId>,
+    ) -> Result<()> {
+        self.command(Command::AudioTo(track, capture, pcm, peers))
+            .await
+    }
+
+    /// Sends one video frame of an outgoing track (its own encoders) to `peers`
+    ///
+    /// See [`meshrtc::Participant::send_video_to`].
+    pub async fn send_video_to(
+        &self,
+        track: TrackId,
+        capture: Instant,
+        frame: Arc<I420Frame>,
+        peers: Vec<PeerId>,
+    ) -> Result<()> {
+        self.command(Command::VideoTo(track, capture, frame, peers))
+            .await
+    }
+
+    /// Pauses (`false`) or resumes sending `kind` to `peer`; the remote sees its m-line
+    /// direction change ([`meshrtc::Event::RemoteMediaState`])
+    pub async fn set_sending(&self, peer: &PeerId, kind: MediaKind, sending: bool) -> Result<()> {
+        self.command(Command::SetSending(peer.clone(), kind, sending))
+            .await
     }
 
     async fn command(&self, command: Command) -> Result<()> {
@@ -434,7 +472,14 @@ impl Driver {
     /// Carries out one application command; media commands are written to str0m at once,
     /// so a drain follows them (data commands only queue in the core until the next drain)
     async fn command(&mut self, now: Instant, cmd: Command) {
-        let media = matches!(cmd, Command::Audio(..) | Command::Video(..));
+        let media = matches!(
+            cmd,
+            Command::Audio(..)
+                | Command::Video(..)
+                | Command::AudioTo(..)
+                | Command::VideoTo(..)
+                | Command::SetSending(..)
+        );
         self.session.handle_input(Input::Command(now, cmd));
         if media {
             self.drain().await;

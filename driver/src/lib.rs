@@ -34,6 +34,20 @@ pub const DEFAULT_SOCKET_BUFFER: usize = 4 * 1024 * 1024;
 pub const DEFAULT_COMMAND_QUEUE: usize = 1024;
 
 /// How a driver's session is set up
+///
+/// # Example
+///
+/// ```
+/// use meshrtc::ice::IceServer;
+/// use meshrtc::signal::{PeerId, RoomId};
+/// use meshrtc_driver::SessionConfig;
+///
+/// let mut config = SessionConfig::new("ws://127.0.0.1:8787/", RoomId::new("demo").unwrap());
+/// config.session.peer_id = Some(PeerId::new("alice").unwrap());
+/// config.session.participant.capabilities.video = false; // audio and data only
+/// config.session.participant.ice_servers.push(IceServer::new("stun:stun.example.org:3478"));
+/// assert!(config.check().is_ok());
+/// ```
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
     /// The signaling server, `ws://host:port/`

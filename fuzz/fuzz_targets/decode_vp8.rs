@@ -1,10 +1,11 @@
-//! The vp8 decoder with malformed payloads; see common/video.rs for the input layout
+//! The VP8 decoder with malformed payloads
+//!
+//! The body lives in `fuzz/targets/`, shared with the stable corpus replay test.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use meshrtc::codec::VideoCodec;
 
-#[path = "common/video.rs"]
-mod video;
+#[path = "../targets/mod.rs"]
+mod targets;
 
-fuzz_target!(|data: &[u8]| video::run(VideoCodec::Vp8, data));
+fuzz_target!(|data: &[u8]| targets::decode::vp8(data));

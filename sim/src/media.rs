@@ -272,6 +272,8 @@ pub(crate) struct Epoch {
 pub(crate) enum Generator {
     /// A tone, `samples` per channel per frame
     Tone { tone: Tone, samples: usize },
+    /// Silence, one frame's worth (synthetic audio ignores the samples)
+    Silence(Vec<i16>),
     /// A test pattern of this size
     Pattern { width: u32, height: u32 },
 }
@@ -292,8 +294,14 @@ pub(crate) struct MediaStream {
 }
 
 impl MediaStream {
-    pub(crate) fn new(config: MediaStreamConfig, local_start: i128) -> Self {
+    /// A stream; `synthetic`: the sender's frames are synthetic, so no signal is generated
+    pub(crate) fn new(config: MediaStreamConfig, local_start: i128, synthetic: bool) -> Self {
         let generator = match config.source {
+            MediaSource::Audio { channels, .. } if synthetic => Generator::Silence(vec![
+                    0;
+                    config.source.frame_ticks() as usize
+                        * usize::from(channels)
+                ]),
             MediaSource::Audio { channels, .. } => Generator::Tone {
                 tone: Tone::new(AUDIO_RATE as u32, channels),
                 samples: config.source.frame_ticks() as usize,
@@ -339,12 +347,26 @@ impl MediaStream {
 #[derive(Default)]
 pub(crate) struct PatternCache {
     frames: BTreeMap<(u32, u32), BTreeMap<u64, std::sync::Arc<meshrtc::codec::I420Frame>>>,
+    /// One black frame per size, for synthetic video (which ignores the pixels)
+    black: BTreeMap<(u32, u32), std::sync::Arc<meshrtc::codec::I420Frame>>,
 }
 
 /// Pattern frames kept per size
 const PATTERN_CACHE: usize = 64;
 
 impl PatternCache {
+    /// A black frame of this size
+    pub(crate) fn black(
+        &mut self,
+        width: u32,
+        height: u32,
+    ) -> std::sync::Arc<meshrtc::codec::I420Frame> {
+        self.black
+            .entry((width, height))
+            .or_insert_with(|| std::sync::Arc::new(meshrtc::codec::I420Frame::black(width, height)))
+            .clone()
+    }
+
     pub(crate) fn frame(
         &mut self,
         width: u32,

@@ -81,7 +81,8 @@ pub struct MediaReport {
     pub name: String,
     /// `audio` or `video`
     pub kind: String,
-    /// The codec the sender prefers (`opus`, `h264`, `vp8`, `vp9`)
+    /// The codec the sender prefers (`opus`, `h264`, `vp8`, `vp9`; `synthetic` for synthetic
+    /// frames)
     pub codec: String,
     /// Frames handed to the sender's participant while the pair was connected
     pub sent: u64,
@@ -119,10 +120,12 @@ pub struct MediaReport {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ReceiverReport {
     /// Estimated drift of the sender's clock against the receiver's, from packet arrivals,
-    /// ppm
+    /// ppm; `null` while smaller than its uncertainty
     pub clock_drift_ppm: Option<f64>,
+    /// Half the 95% interval of that estimate, ppm
+    pub clock_drift_uncertainty_ppm: Option<f64>,
     /// Estimated drift of the sender's clock from its RTCP sender reports (its wall clock
-    /// against our arrival times), ppm
+    /// against our arrival times), ppm; `null` while smaller than its uncertainty
     pub report_clock_drift_ppm: Option<f64>,
     /// The truth: the sender's clock rate over the receiver's, less one, ppm
     pub true_clock_drift_ppm: f64,
@@ -149,15 +152,24 @@ pub struct AudioReceiverReport {
     pub frames_discarded: u64,
     /// Frames that failed to decode
     pub decode_errors: u64,
+    /// Frames missing when due, decoded from the next frame's redundancy (Opus in-band FEC)
+    pub frames_recovered: u64,
+    /// Audio played out, concealment included, milliseconds (W3C `totalSamplesReceived`)
+    pub played_ms: f64,
     /// Audio synthesised by concealment, milliseconds
     pub concealed_ms: f64,
+    /// `concealed_ms / played_ms` (W3C `concealedSamples / totalSamplesReceived`)
+    pub concealed_fraction: Option<f64>,
     /// Audio inserted to slow playout down, milliseconds
     pub inserted_ms: f64,
     /// Audio removed to speed playout up, milliseconds
     pub removed_ms: f64,
-    /// Mean time a sample waited in the jitter buffer (W3C jitterBufferDelay / emitted),
-    /// milliseconds, on the receiver's clock
+    /// Mean time from a frame's arrival to its decoding per decoded sample (W3C
+    /// `jitterBufferDelay / jitterBufferEmittedCount`), milliseconds, on the receiver's clock
     pub jitter_buffer_delay_ms: Option<f64>,
+    /// Mean time from a frame's arrival to the playout of each of its samples per played
+    /// sample (concealment counting zero), milliseconds
+    pub playout_delay_ms: Option<f64>,
     /// Mean target delay over emitted samples, milliseconds
     pub jitter_buffer_target_delay_ms: Option<f64>,
     /// The target delay at the end, milliseconds
@@ -416,7 +428,9 @@ fn media_report(sim: &Sim, id: MediaStreamId, to: HostId, end: Duration) -> Medi
     let config = sim.media_stream_config(id);
     let from = config.from;
     let audio = matches!(config.source, MediaSource::Audio { .. });
-    let codec = if audio {
+    let codec = if sim.host_config(from).media.synthetic {
+        "synthetic".to_string()
+    } else if audio {
         "opus".to_string()
     } else {
         sim.host_config(from)
@@ -436,6 +450,7 @@ fn media_report(sim: &Sim, id: MediaStreamId, to: HostId, end: Duration) -> Medi
             let (ps, pr) = (sim.clock(from).ppb() as f64, sim.clock(to).ppb() as f64);
             ReceiverReport {
                 clock_drift_ppm: p.clock_drift_ppm.map(r3),
+                clock_drift_uncertainty_ppm: p.clock_drift_uncertainty_ppm.map(r3),
                 report_clock_drift_ppm: p.report_clock_drift_ppm.map(r3),
                 true_clock_drift_ppm: r3(((1e9 + ps) / (1e9 + pr) - 1.0) * 1e6),
                 audio: p.audio.as_ref().filter(|_| audio).map(audio_report),
@@ -478,10 +493,16 @@ fn audio_report(a: &meshrtc::media::AudioStats) -> AudioReceiverReport {
         frames_late: jb.frames_late,
         frames_discarded: jb.frames_discarded,
         decode_errors: jb.decode_errors,
+        frames_recovered: jb.frames_recovered,
+        played_ms: r3(jb.total_samples_received as f64 / rate),
         concealed_ms: r3(jb.concealed_samples as f64 / rate),
+        concealed_fraction: jb.concealed_fraction().map(|f| (f * 1e6).round() / 1e6),
         inserted_ms: r3(jb.inserted_samples_for_deceleration as f64 / rate),
         removed_ms: r3(jb.removed_samples_for_acceleration as f64 / rate),
         jitter_buffer_delay_ms: per_emitted(jb.jitter_buffer_delay),
+        playout_delay_ms: jb
+            .mean_playout_delay()
+            .map(|d| r3(d.as_secs_f64() * 1000.0)),
         jitter_buffer_target_delay_ms: per_emitted(jb.jitter_buffer_target_delay),
         target_delay_ms: r3(jb.target_delay * 1000.0),
         packets_lost_fraction: a

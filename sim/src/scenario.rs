@@ -616,6 +616,9 @@ pub enum CodecSpec {
     Vp8,
     /// VP9 (video)
     Vp9,
+    /// Synthetic frames of realistic size and timing (audio or video; on the wire as Opus or
+    /// VP8): no codec work. Every stream of the scenario must then be synthetic
+    Synthetic,
 }
 
 impl CodecSpec {
@@ -623,7 +626,7 @@ impl CodecSpec {
         match self {
             Self::Opus => None,
             Self::H264 => Some(VideoCodec::H264),
-            Self::Vp8 => Some(VideoCodec::Vp8),
+            Self::Vp8 | Self::Synthetic => Some(VideoCodec::Vp8),
             Self::Vp9 => Some(VideoCodec::Vp9),
         }
     }
@@ -639,7 +642,8 @@ pub struct MediaSpec {
     pub name: Option<String>,
     /// `audio` or `video`
     pub kind: MediaKindSpec,
-    /// `opus` for audio (the default); `h264`, `vp8` (the default) or `vp9` for video
+    /// `opus` for audio (the default); `h264`, `vp8` (the default) or `vp9` for video;
+    /// `synthetic` for either (every stream of the scenario, then)
     #[serde(default)]
     pub codec: Option<CodecSpec>,
     /// Sending host (`*`: every host); it sends to every peer it is connected to
@@ -737,6 +741,8 @@ impl MediaSpec {
         }
         match (self.kind, codec.video()) {
             (MediaKindSpec::Audio, None) => Ok(None),
+            (MediaKindSpec::Audio, Some(_)) if codec == CodecSpec::Synthetic => Ok(None),
+            (MediaKindSpec::Video, Some(c)) if codec == CodecSpec::Synthetic => Ok(Some(c)),
             (MediaKindSpec::Video, Some(c)) if c.is_supported() => Ok(Some(c)),
             (MediaKindSpec::Video, Some(c)) => {
                 bad(format!("{} support is not compiled in", c.name()))
@@ -1120,9 +1126,22 @@ impl Scenario {
         }
         let any_audio = self.media.iter().any(|m| m.kind == MediaKindSpec::Audio);
         let any_video = self.media.iter().any(|m| m.kind == MediaKindSpec::Video);
+        let synthetic = self
+            .media
+            .iter()
+            .filter(|m| m.codec == Some(CodecSpec::Synthetic))
+            .count();
+        if synthetic > 0 && synthetic < self.media.len() {
+            return Err(Error::Config(
+                "media: synthetic streams cannot be mixed with real codecs (every host would \
+                 have to decode both); make every stream synthetic or none"
+                    .into(),
+            ));
+        }
         for (config, [audio, video]) in configs.iter_mut().zip(sends) {
             config.capabilities.audio |= any_audio;
             config.capabilities.video |= any_video;
+            config.media.synthetic = synthetic > 0;
             if any_video {
                 config.media.video_codecs = in_use.clone();
             }

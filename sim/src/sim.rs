@@ -563,8 +563,8 @@ impl Sim {
     /// sans-IO `turn-server-proto` server in virtual time; participants name it in
     /// `Config::ice_servers` as `stun:` or `turn:` + [`server_addr`](Self::server_addr)
     ///
-    /// Links to and from it are the default link unless [`set_server_link`]
-    /// (Self::set_server_link) says otherwise.
+    /// Links to and from it are the default link unless
+    /// [`set_server_link`](Self::set_server_link) says otherwise.
     pub fn add_turn_server(&mut self, spec: &TurnServerSpec) -> ServerId {
         let i = self.servers.len();
         let ip = Ipv4Addr::new(127, 250, (i / 250) as u8, (i % 250) as u8 + 1);
@@ -1073,8 +1073,12 @@ impl Sim {
                     height,
                     ..media.video
                 };
-                meshrtc::codec::video_encoder(cfg)
-                    .map_err(|e| Error::Config(format!("media {}: {e}", config.name)))?;
+                let check = if media.synthetic {
+                    meshrtc::codec::synthetic::SyntheticVideoEncoder::new(cfg).map(|_| ())
+                } else {
+                    meshrtc::codec::video_encoder(cfg).map(|_| ())
+                };
+                check.map_err(|e| Error::Config(format!("media {}: {e}", config.name)))?;
             }
         }
         if config.stop.is_some_and(|s| s <= config.start) {
@@ -1088,7 +1092,9 @@ impl Sim {
             MediaSource::Audio { .. } => self.hosts[from].audio_stream = Some(idx),
             MediaSource::Video { .. } => self.hosts[from].video_stream = Some(idx),
         }
-        self.media.push(MediaStream::new(config, local_start));
+        let synthetic = self.hosts[from].config.media.synthetic;
+        self.media
+            .push(MediaStream::new(config, local_start, synthetic));
         self.push(start, Due::Media(idx), Payload::None);
         Ok(MediaStreamId(idx))
     }
@@ -1573,6 +1579,10 @@ impl Sim {
             let incarnation = self.hosts[from].incarnation;
             let m = &mut self.media[i];
             let res = match &mut m.generator {
+                Generator::Silence(pcm) => match self.hosts[from].core.session() {
+                    Some(s) => s.send_audio(capture, pcm),
+                    None => Err(CommandError::NotJoined),
+                },
                 Generator::Tone { tone, samples } => {
                     let pcm = tone.next_samples(*samples);
                     match self.hosts[from].core.session() {
@@ -1585,7 +1595,12 @@ impl Sim {
                     // given, whether or not that frame encodes: so does the origin here.
                     let (_, epoch) = m.epoch_mut(incarnation);
                     epoch.video_origin.get_or_insert(capture);
-                    let f = self.patterns.frame(width, height, k);
+                    // Synthetic frames ignore the pixels: skip drawing the pattern.
+                    let f = if self.hosts[from].config.media.synthetic {
+                        self.patterns.black(width, height)
+                    } else {
+                        self.patterns.frame(width, height, k)
+                    };
                     match self.hosts[from].core.session() {
                         Some(s) => s.send_video(capture, &f),
                         None => Err(CommandError::NotJoined),
@@ -2130,6 +2145,11 @@ fn describe(e: &Event) -> Option<String> {
             M::DataUndelivered { peer, messages } => {
                 format!("undelivered {peer} {}", messages.len())
             }
+            M::RemoteMediaState {
+                peer,
+                kind,
+                sending,
+            } => format!("remote-media {peer} {kind} {sending}"),
             M::AudioPlayout { .. } | M::VideoFrame { .. } | M::EncodedAudio { .. } => return None,
         },
         _ => return None,

@@ -1,14 +1,21 @@
-//! Figures for meshrtc: connect times, data-channel throughput, memory
+//! Figures for meshrtc: connect times, data-channel throughput, the media path, a 10-peer
+//! mesh with media, the simulator's speed, memory
 //!
 //! Not a timed test: run it with `cargo bench -p meshrtc-benches --bench figures
-//! [section...]` (sections: `connect`, `throughput`, `memory`; none means all) and read the
-//! printed table. Everything runs on loopback (127.0.0.1) in this process.
+//! [section...] [--rounds N]` (sections: `connect`, `throughput`, `media`, `sim`, `mesh`,
+//! `memory`; none means all) and read the printed table. Everything runs on loopback
+//! (127.0.0.1) or in memory in this process.
 //!
 //! * connect time of a pair (p50/p95 over 20 runs) and of a full 10-peer mesh
 //! * data-channel throughput between two peers, 1 KiB and 16 KiB messages: meshrtc over
 //!   loopback UDP, two raw str0m `Rtc`s wired together in memory (the protocol's ceiling on
 //!   this machine) and, with `--features webrtc-rs`, two webrtc-rs peers over loopback UDP;
 //!   with the ratios meshrtc/str0m and meshrtc/webrtc-rs
+//! * the media path: datagrams per second through two `Participant`s against two raw str0m
+//!   `Rtc`s, the same pre-encoded frames, in memory ([`media`])
+//! * a 10-peer mesh with Opus and 360p30 VP8: CPU against the codec work alone, memory per
+//!   remote peer, 720p30 H.264 encode cost; the simulator with real and synthetic codecs
+//!   ([`mesh`])
 //! * memory per idle remote peer (resident set growth per `Rtc`)
 
 use std::collections::BTreeSet;
@@ -19,6 +26,8 @@ use meshrtc::signal::{PeerId, RoomId};
 use meshrtc::{CandidatePolicy, DataMessage};
 use meshrtc_tokio::{Event, Events, Session, SessionConfig, SessionHandle, SignalServer};
 
+mod media;
+mod mesh;
 #[cfg(feature = "webrtc-rs")]
 mod webrtc_rs;
 
@@ -32,6 +41,20 @@ fn main() {
         .filter(|a| !a.starts_with("--") && a.parse::<usize>().is_err())
         .collect();
     let wants = |section: &str| picked.is_empty() || picked.iter().any(|p| p == section);
+    // In-memory and virtual-time sections: no runtime, no sockets.
+    if wants("media") {
+        media::media(rounds());
+    }
+    if wants("sim") {
+        mesh::sim_speed(rounds().min(3));
+    }
+    if wants("mesh") {
+        mesh::mesh(rounds().min(3));
+    }
+    let network = ["connect", "throughput", "memory"];
+    if !picked.is_empty() && !network.iter().any(|s| wants(s)) {
+        return;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -189,6 +212,20 @@ impl std::fmt::Display for Spread {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{:6.1} ({:.1}-{:.1})", self.median, self.min, self.max)
     }
+}
+
+/// CPU seconds the calling thread has used so far (`CLOCK_THREAD_CPUTIME_ID`): the in-memory
+/// and virtual-time sections run on one thread, so this is their work, whatever else the
+/// machine runs (wall time on a shared machine also counts the time others had the core)
+fn thread_cpu() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through a valid, exclusive pointer.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "CLOCK_THREAD_CPUTIME_ID is available on Linux");
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
 fn udp_receive_drops() -> Option<u64> {

@@ -13,6 +13,10 @@
 //! checked to be a 127.0.0.1 host candidate before the descriptions are exchanged; the run
 //! stops otherwise. `MESHRTC_BENCH_VERBOSE=1` prints them.
 
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -24,6 +28,10 @@ use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
     RTCIceCandidateType, RTCIceGatheringState, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
     RTCSessionDescription, SettingEngineBuilder,
+};
+use webrtc::runtime::{
+    AsyncInterval, AsyncTcpListener, AsyncTcpStream, AsyncUdpSocket, JoinHandle, Runtime,
+    TokioRuntime,
 };
 
 /// The buffered amount above which the sender pauses (`bufferedAmount` high-water mark),
@@ -41,8 +49,105 @@ fn kib_from_env(name: &str, default: u32) -> u32 {
         .map_or(default, |k| k * 1024)
 }
 
+/// Kernel socket buffer for webrtc-rs's sockets: meshrtc-tokio's default, or
+/// `MESHRTC_BENCH_WEBRTC_SOCKET_KIB` (0 keeps the kernel's default)
+pub fn socket_buffer() -> usize {
+    std::env::var("MESHRTC_BENCH_WEBRTC_SOCKET_KIB")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .map_or(meshrtc_tokio::DEFAULT_SOCKET_BUFFER, |k| k * 1024)
+}
+
 fn verbose() -> bool {
     std::env::var_os("MESHRTC_BENCH_VERBOSE").is_some_and(|v| v != "0")
+}
+
+/// webrtc-rs's tokio runtime, with the UDP sockets it binds given `buffer` bytes of kernel
+/// receive and send buffer, as meshrtc-tokio gives its own (`DEFAULT_SOCKET_BUFFER`)
+///
+/// webrtc 0.21 binds its sockets itself and has no setting for their buffers; its
+/// `Runtime::wrap_udp_socket` is where every bound socket passes, so this runtime sizes them
+/// there and hands everything else to `TokioRuntime` unchanged.
+#[derive(Debug)]
+struct BufferedRuntime {
+    inner: TokioRuntime,
+    buffer: usize,
+}
+
+impl Runtime for BufferedRuntime {
+    fn spawn(&self, future: Pin<Box<dyn Future<Output = ()> + Send>>) -> Box<dyn JoinHandle> {
+        self.inner.spawn(future)
+    }
+
+    fn spawn_reactor(
+        &self,
+        reactor_pool_size: usize,
+        future: Pin<Box<dyn Future<Output = ()> + Send>>,
+    ) -> Box<dyn JoinHandle> {
+        self.inner.spawn_reactor(reactor_pool_size, future)
+    }
+
+    fn wrap_udp_socket(&self, socket: std::net::UdpSocket) -> io::Result<Arc<dyn AsyncUdpSocket>> {
+        let s = socket2::SockRef::from(&socket);
+        if self.buffer > 0 {
+            s.set_recv_buffer_size(self.buffer)?;
+            s.set_send_buffer_size(self.buffer)?;
+        }
+        if verbose() {
+            println!(
+                "    webrtc-rs socket {:?}: receive buffer {} B, send buffer {} B",
+                socket.local_addr(),
+                s.recv_buffer_size()?,
+                s.send_buffer_size()?
+            );
+        }
+        self.inner.wrap_udp_socket(socket)
+    }
+
+    fn wrap_tcp_listener(
+        &self,
+        listener: std::net::TcpListener,
+    ) -> io::Result<Arc<dyn AsyncTcpListener>> {
+        self.inner.wrap_tcp_listener(listener)
+    }
+
+    fn connect_tcp<'a>(
+        &'a self,
+        remote_addr: SocketAddr,
+    ) -> Pin<Box<dyn Future<Output = io::Result<Arc<dyn AsyncTcpStream>>> + Send + 'a>> {
+        self.inner.connect_tcp(remote_addr)
+    }
+
+    fn resolve_host<'a>(
+        &'a self,
+        host: &'a str,
+    ) -> Pin<Box<dyn Future<Output = io::Result<Vec<SocketAddr>>> + Send + 'a>> {
+        self.inner.resolve_host(host)
+    }
+
+    fn now(&self) -> Instant {
+        self.inner.now()
+    }
+
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
+        self.inner.sleep(duration)
+    }
+
+    fn interval(&self, period: Duration) -> Box<dyn AsyncInterval> {
+        self.inner.interval(period)
+    }
+
+    fn block_on(&self, future: Pin<Box<dyn Future<Output = ()> + '_>>) {
+        self.inner.block_on(future)
+    }
+
+    fn yield_now(&self) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
+        self.inner.yield_now()
+    }
+
+    fn name(&self) -> &'static str {
+        "tokio, sized socket buffers"
+    }
 }
 
 /// Events of one peer connection the bench waits for
@@ -135,6 +240,10 @@ async fn peer(handler: &Arc<Handler>) -> impl PeerConnection {
         .with_setting_engine(settings)
         .with_handler(Arc::new(Shared(handler.clone())))
         .with_udp_addrs(vec!["127.0.0.1:0"])
+        .with_runtime(Arc::new(BufferedRuntime {
+            inner: TokioRuntime,
+            buffer: socket_buffer(),
+        }))
         .build()
         .await
         .expect("a webrtc-rs peer connection")

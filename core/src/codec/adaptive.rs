@@ -98,6 +98,9 @@ pub struct VideoSendStats {
     pub resolution_changes: u64,
 }
 
+/// Creates a [`VideoEncoder`] for a configuration ([`video_encoder`] for the real codecs)
+pub type MakeEncoder = fn(VideoEncoderConfig) -> Result<Box<dyn VideoEncoder>, CodecError>;
+
 /// A video encoder fed at the capture size, sending at a [`VideoTarget`] that may change
 /// at any time
 ///
@@ -109,6 +112,8 @@ pub struct AdaptiveEncoder {
     base: VideoEncoderConfig,
     target: VideoTarget,
     enc: Option<Box<dyn VideoEncoder>>,
+    /// Creates the codec on the first frame
+    make: MakeEncoder,
     scaler: Scaler,
     scaled: I420Frame,
     /// Earliest pts of the next frame to encode under `max_fps`
@@ -133,10 +138,15 @@ impl AdaptiveEncoder {
     ///
     /// Fails as [`video_encoder`] does for out-of-range settings.
     pub fn new(cfg: VideoEncoderConfig) -> Result<Self, CodecError> {
-        cfg.check()?;
         if !cfg.codec.is_supported() {
             return Err(CodecError::Unsupported(cfg.codec.name()));
         }
+        Self::with_encoder(cfg, video_encoder)
+    }
+
+    /// As [`new`](Self::new), with the codec made by `make` (e.g. a stand-in codec)
+    pub fn with_encoder(cfg: VideoEncoderConfig, make: MakeEncoder) -> Result<Self, CodecError> {
+        cfg.check()?;
         Ok(Self {
             target: VideoTarget {
                 bitrate_bps: cfg.bitrate_bps,
@@ -145,6 +155,7 @@ impl AdaptiveEncoder {
             },
             base: cfg,
             enc: None,
+            make,
             scaler: Scaler::new(),
             scaled: I420Frame::black(2, 2),
             next_due: None,
@@ -271,7 +282,7 @@ impl AdaptiveEncoder {
                     fps: self.target.max_fps.min(self.base.fps),
                     ..self.base
                 };
-                self.enc.insert(video_encoder(cfg)?)
+                self.enc.insert((self.make)(cfg)?)
             }
         };
         if std::mem::take(&mut self.keyframe_requested) {

@@ -322,6 +322,14 @@ impl OpusDecoder {
         self.run(next_packet, samples, true)
     }
 
+    /// Whether a packet carries in-band FEC for the packet before it (an LBRR frame), so that
+    /// [`decode_fec`](Self::decode_fec) recovers that packet rather than concealing it
+    ///
+    /// Only SILK and hybrid packets can (RFC 6716, 4.2.4); false for anything unparsable.
+    pub fn packet_has_fec(packet: &[u8]) -> bool {
+        imp::packet_has_fec(packet)
+    }
+
     /// Duration of an Opus packet in samples per channel at 48 kHz, read from its header
     pub fn packet_samples(packet: &[u8]) -> Result<usize, CodecError> {
         let samples = imp::packet_samples(packet)?;
@@ -359,7 +367,7 @@ impl std::fmt::Debug for OpusDecoder {
 }
 
 fn check_plc_samples(samples: usize) -> Result<(), CodecError> {
-    if samples == 0 || samples % OPUS_GRANULE != 0 || samples > OPUS_MAX_SAMPLES {
+    if samples == 0 || !samples.is_multiple_of(OPUS_GRANULE) || samples > OPUS_MAX_SAMPLES {
         return Err(CodecError::InvalidInput(format!(
             "{samples} samples is not a multiple of 2.5 ms up to 120 ms"
         )));
@@ -441,6 +449,31 @@ mod imp {
         opus::packet::get_nb_samples(packet, OPUS_RATE)
             .map_err(|e| CodecError::Decode(e.to_string()))
     }
+
+    pub(super) fn packet_has_fec(packet: &[u8]) -> bool {
+        let Some(&toc) = packet.first() else {
+            return false;
+        };
+        // Configurations 16..=31 are CELT only: no SILK layer, no LBRR.
+        if toc >> 3 >= 16 {
+            return false;
+        }
+        let Ok(per_frame) = opus::packet::get_samples_per_frame(packet, OPUS_RATE) else {
+            return false;
+        };
+        let Ok(parsed) = opus::packet::parse(packet) else {
+            return false;
+        };
+        let Some(first) = parsed.frames.first().and_then(|f| f.first()) else {
+            return false;
+        };
+        // The SILK layer starts with one VAD flag per 20 ms SILK frame and then the LBRR flag,
+        // per channel, each coded with probability one half: the leading bits of the frame.
+        let silk_frames = (per_frame / 960).max(1) as u32;
+        let mono = (first >> (7 - silk_frames)) & 1 == 1;
+        let stereo = toc & 0x04 != 0 && (first >> (6 - 2 * silk_frames)) & 1 == 1;
+        mono || stereo
+    }
 }
 
 #[cfg(not(feature = "opus"))]
@@ -485,6 +518,10 @@ mod imp {
 
     pub(super) fn packet_samples(_: &[u8]) -> Result<usize, CodecError> {
         Err(OFF)
+    }
+
+    pub(super) fn packet_has_fec(_: &[u8]) -> bool {
+        false
     }
 }
 

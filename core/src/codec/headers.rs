@@ -459,7 +459,7 @@ pub(crate) mod tests {
     impl BitWriter {
         pub(crate) fn put(&mut self, bits: u32, value: u64) {
             for i in (0..bits).rev() {
-                if self.n % 8 == 0 {
+                if self.n.is_multiple_of(8) {
                     self.out.push(0);
                 }
                 let bit = ((value >> i) & 1) as u8;

@@ -14,7 +14,8 @@
 //! they return [`CodecError::Decode`] (or `Ok(None)` when the input holds no picture yet).
 //!
 //! `testsrc` (public with the `testing` feature) has deterministic test sources (a 440 Hz tone and a moving test pattern) and the
-//! quality metrics used by the tests.
+//! quality metrics used by the tests; [`synthetic`] has stand-in codecs for simulations
+//! (frames of realistic size and timing carrying only a checked header).
 
 use std::time::Duration;
 
@@ -29,8 +30,9 @@ mod h264;
     not(any(feature = "h264", feature = "vpx")),
     allow(dead_code, reason = "used by the video decoders only")
 )]
-mod headers;
+pub(crate) mod headers;
 pub mod scale;
+pub mod synthetic;
 #[cfg(feature = "testing")]
 pub mod testsrc;
 #[cfg(not(feature = "testing"))]
@@ -39,7 +41,7 @@ pub(crate) mod testsrc;
 #[cfg(feature = "vpx")]
 mod vpx;
 
-pub use adaptive::{AdaptiveEncoder, Scale, VideoSendStats, VideoTarget};
+pub use adaptive::{AdaptiveEncoder, MakeEncoder, Scale, VideoSendStats, VideoTarget};
 pub use audio::{AudioFormat, AudioParams, OpusConfig, OpusDecoder, OpusEncoder, PcmFrame};
 
 /// Largest decoded picture the video decoders accept, in pixels (4096 x 4096)
@@ -285,7 +287,7 @@ impl VideoEncoderConfig {
 
 /// Checks an encoder frame size: even, non-zero, at most 4096
 fn check_size(width: u32, height: u32) -> Result<(), CodecError> {
-    if width == 0 || height == 0 || width % 2 != 0 || height % 2 != 0 {
+    if width == 0 || height == 0 || !width.is_multiple_of(2) || !height.is_multiple_of(2) {
         return Err(CodecError::InvalidConfig(format!(
             "frame size {width}x{height} is not even and non-zero"
         )));

@@ -54,7 +54,7 @@ pub struct Compositor {
 impl Compositor {
     /// A compositor with these settings
     pub fn new(config: CompositorConfig) -> Result<Self, PipelineError> {
-        let ok_side = |s: u32| (2..=MAX_SIDE).contains(&s) && s % 2 == 0;
+        let ok_side = |s: u32| (2..=MAX_SIDE).contains(&s) && s.is_multiple_of(2);
         if !ok_side(config.width) || !ok_side(config.height) {
             return Err(PipelineError::InvalidConfig(format!(
                 "composite of {}x{} is not even and within 2..={MAX_SIDE}",

@@ -161,6 +161,13 @@ pub enum PipelineError {
 pub struct TrackId(u32);
 
 impl TrackId {
+    /// A track id chosen by hand, for sending with
+    /// [`Participant::send_audio_to`](crate::Participant::send_audio_to) without a
+    /// pipeline (a pipeline numbers its own tracks from 0 in order of creation)
+    pub const fn new(index: u32) -> Self {
+        Self(index)
+    }
+
     /// The number behind the id, unique within its pipeline (in order of creation)
     pub const fn index(self) -> u32 {
         self.0
@@ -326,6 +333,8 @@ pub enum PipelineOutput {
     Media(Outgoing),
     /// Whether `track` is sent to `peer` changed (routing, mute, pause, or the peer or
     /// track came or went): the remote should see it as the m-line's direction
+    /// ([`Pipeline::sends_kind_to`] then
+    /// [`Participant::set_sending`](crate::Participant::set_sending))
     TrackState {
         /// The track
         track: TrackId,
@@ -1012,6 +1021,17 @@ impl Pipeline {
         self.routes.is_sending(track, peer)
     }
 
+    /// Whether any track of `kind` is sent to `peer` now: what to hand
+    /// [`Participant::set_sending`](crate::Participant::set_sending) when a
+    /// [`PipelineOutput::TrackState`] for that peer arrives, so that the remote sees the
+    /// m-line of that kind paused while nothing of it goes there
+    pub fn sends_kind_to(&self, kind: TrackKind, peer: &PeerId) -> bool {
+        self.routes
+            .tracks
+            .iter()
+            .any(|(&id, t)| t.kind == kind && self.routes.is_sending(id, peer))
+    }
+
     /// The tracks sent to `peer` now, for setting up a newly connected peer's m-lines
     pub fn sending_to<'a>(&'a self, peer: &'a PeerId) -> impl Iterator<Item = TrackId> + 'a {
         self.routes
@@ -1160,7 +1180,7 @@ impl Pipeline {
         samples: &[i16],
         channels: usize,
     ) -> Result<(), PipelineError> {
-        if !(1..=2).contains(&channels) || samples.len() % channels != 0 {
+        if !(1..=2).contains(&channels) || !samples.len().is_multiple_of(channels) {
             return Err(PipelineError::InvalidInput(format!(
                 "{} samples do not make whole frames of {channels} channels (1 or 2)",
                 samples.len()

@@ -183,6 +183,9 @@ fn muted_track_stops_and_resumes() {
     let (media, states) = send(&mut p);
     assert_eq!(states, [(t, b.clone(), false)]);
     assert!(!p.is_sending(t, &b));
+    // What the m-line of that kind towards b should say.
+    assert!(!p.sends_kind_to(TrackKind::Audio, &b));
+    assert!(p.sends_kind_to(TrackKind::Audio, &a));
     assert_eq!(media[0].1, [a.clone(), c.clone()]);
 
     p.set_muted(t, &b, false).unwrap();
@@ -356,7 +359,11 @@ fn mixer_stage_sends_each_peer_the_other_four_on_the_session_clock() {
     let mut events: Vec<(Instant, usize)> = Vec::new();
     for c in 0..150u64 {
         for i in 0..5 {
-            let jitter = if (c + i as u64) % 7 == 0 { 300 } else { 0 };
+            let jitter = if (c + i as u64).is_multiple_of(7) {
+                300
+            } else {
+                0
+            };
             let at = t0 + ms(c * 10 + i as u64) + Duration::from_micros(jitter);
             events.push((at, i));
         }

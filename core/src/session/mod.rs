@@ -186,6 +186,20 @@ pub enum Command {
     Audio(Instant, Vec<i16>),
     /// One captured video frame, captured at the instant
     Video(Instant, Box<I420Frame>),
+    /// One audio frame of an outgoing track to these peers (see
+    /// [`Participant::send_audio_to`](crate::Participant::send_audio_to))
+    AudioTo(crate::pipeline::TrackId, Instant, Vec<i16>, Vec<PeerId>),
+    /// One video frame of an outgoing track to these peers (see
+    /// [`Participant::send_video_to`](crate::Participant::send_video_to))
+    VideoTo(
+        crate::pipeline::TrackId,
+        Instant,
+        std::sync::Arc<I420Frame>,
+        Vec<PeerId>,
+    ),
+    /// Pause (`false`) or resume sending a kind of media to a peer, visible in its m-line
+    /// (see [`Participant::set_sending`](crate::Participant::set_sending))
+    SetSending(PeerId, crate::MediaKind, bool),
     /// Leave the room and end the session
     Leave,
 }
@@ -364,6 +378,32 @@ enum Phase {
 
 /// One participant with its signaling connection, commands, test media and statistics;
 /// see the [module docs](self) for the call order
+///
+/// # Example
+///
+/// A driver's loop, with the IO left out:
+///
+/// ```no_run
+/// use std::time::{Instant, SystemTime};
+/// use meshrtc::session::{Input, Output, Session, SessionConfig};
+/// use meshrtc::signal::RoomId;
+///
+/// # fn wait_for_input(_deadline: Instant) -> Option<Input<'static>> { None }
+/// let config = SessionConfig::new(RoomId::new("demo").unwrap());
+/// let mut session = Session::new(config, Instant::now(), Some(SystemTime::now()));
+/// while !session.is_finished() {
+///     let deadline = loop {
+///         match session.poll_output() {
+///             Output::Timeout(t) => break t,
+///             Output::Connect => { /* open the WebSocket, then feed Input::SignalingUp */ }
+///             Output::Event(e) => println!("{e:?}"),
+///             _other => { /* send datagrams and frames, close, resolve names */ }
+///         }
+///     };
+///     let input = wait_for_input(deadline).unwrap_or(Input::Timeout(Instant::now()));
+///     session.handle_input(input);
+/// }
+/// ```
 pub struct Session {
     participant: Participant,
     room: RoomId,
@@ -683,6 +723,21 @@ impl Session {
                 .send_video(capture, &frame)
                 .err()
                 .map(|e| failed(None, e)),
+            Command::AudioTo(track, capture, pcm, peers) => self
+                .participant
+                .send_audio_to(track, capture, &pcm, &peers)
+                .err()
+                .map(|e| failed(None, e)),
+            Command::VideoTo(track, capture, frame, peers) => self
+                .participant
+                .send_video_to(track, capture, &frame, &peers)
+                .err()
+                .map(|e| failed(None, e)),
+            Command::SetSending(peer, kind, sending) => self
+                .participant
+                .set_sending(&peer, kind, sending)
+                .err()
+                .map(|e| failed(Some(peer), e)),
             Command::Leave => {
                 self.leave();
                 None

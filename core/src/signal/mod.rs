@@ -96,6 +96,12 @@ id_newtype!(
     RoomId
 );
 
+id_newtype!(
+    /// Name of one signaling server node sharing rooms with others (`--node-id`):
+    /// 1-64 characters of `[A-Za-z0-9_.-]`
+    NodeId
+);
+
 /// Media and data a peer offers, as announced to the room
 ///
 /// On the wire all three fields are required. The default is a data-only peer.

@@ -83,9 +83,14 @@ use serde_json::Value;
 
 use crate::signal::auth::{turn_rest_credential, verify_room_token, Secret};
 use crate::signal::{
-    empty_object, Capabilities, ClientFrame, ErrorCode, IceServer, LeftReason, Notification,
-    PeerId, Request, RequestId, RoomId, RpcError, ServerFrame, MAX_FRAME_BYTES,
+    empty_object, Capabilities, ClientFrame, ErrorCode, IceServer, LeftReason, NodeId,
+    Notification, PeerId, Request, RequestId, RoomId, RpcError, ServerFrame, MAX_FRAME_BYTES,
 };
+
+mod cluster;
+
+use self::cluster::PendingClaim;
+pub use self::cluster::{Claim, ClaimOutcome, ClusterEvent, ClusterMember, ClusterOutput, Place};
 
 /// Limits, grace and seed of a [`Server`]
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -156,6 +161,16 @@ pub struct ServerConfig {
     /// from the operating system. Only a simulation should set one: seeded tokens are
     /// predictable.
     pub seed: Option<u64>,
+    /// This server's name when it is one node of several sharing rooms (default none: the
+    /// server holds its rooms alone). A node asks a shared room store to seat peers
+    /// ([`ClusterOutput::Claim`]) and tells other nodes what their members must hear
+    /// ([`ClusterOutput::Publish`]); see [`Server::poll_cluster`].
+    pub node: Option<NodeId>,
+    /// On a node: how long another node's member may be missing from the room store's
+    /// listings ([`Server::handle_room_listing`]) before it is ended as `"timeout"`
+    /// (default 10 s), so that a store restart does not end members before their nodes
+    /// restore them
+    pub missing_grace: Duration,
 }
 
 impl Default for ServerConfig {
@@ -184,6 +199,8 @@ impl Default for ServerConfig {
             turn_secret: None,
             turn_ttl: Duration::from_secs(3600),
             seed: None,
+            node: None,
+            missing_grace: Duration::from_secs(10),
         }
     }
 }
@@ -288,6 +305,12 @@ pub struct Server {
     /// The last wall-clock reading, with the monotonic time it was taken at
     wall: Option<(Instant, Duration)>,
     stats: ServerStats,
+    /// What a node asks of the room store and of other nodes, in order
+    cluster: VecDeque<ClusterOutput>,
+    /// Announces waiting for the room store, by connection (kept when the connection drops)
+    claims: BTreeMap<ConnId, PendingClaim>,
+    /// Events from other nodes for rooms with announces waiting for the room store
+    deferred: VecDeque<ClusterEvent>,
 }
 
 impl Server {
@@ -305,6 +328,9 @@ impl Server {
             to_evict: Vec::new(),
             wall: None,
             stats: ServerStats::default(),
+            cluster: VecDeque::new(),
+            claims: BTreeMap::new(),
+            deferred: VecDeque::new(),
         }
     }
 
@@ -459,9 +485,13 @@ impl Server {
         self.conns.len()
     }
 
-    /// Peers in every room, held places included
+    /// Peers in every room, held places included (on a node: this node's own peers)
     pub fn peer_count(&self) -> usize {
-        self.rooms.values().map(|r| r.members.len()).sum()
+        self.rooms
+            .values()
+            .flat_map(|r| &r.members)
+            .filter(|m| !m.is_remote())
+            .count()
     }
 
     /// Places held for a dropped connection, waiting for a resume
@@ -629,11 +659,25 @@ impl Server {
     }
 
     /// Seats the unannounced `conn`: takes a held place back, or joins afresh, or answers why not
-    fn announce(&mut self, now: Instant, conn: ConnId, id: RequestId, mut a: Announce) {
+    fn announce(&mut self, now: Instant, conn: ConnId, id: RequestId, a: Announce) {
+        if self.claims.contains_key(&conn) {
+            let message = "an announce is already in progress on this connection";
+            let error = RpcError::new(ErrorCode::InvalidParams, message);
+            return self.send_error(conn, Some(id), error);
+        }
         if let Some(peer_id) = self.resumable(&a) {
             // The token was issued to an authorized announce: no room token needed again.
             return self.resume(now, conn, id, a.room, peer_id);
         }
+        if self.config.node.is_some() && a.resume.is_some() && a.peer_id.is_some() {
+            // The place may be held by another node: the room store knows.
+            return self.claim(conn, id, a, true);
+        }
+        self.announce_fresh(now, conn, id, a);
+    }
+
+    /// Seats `conn` in a new place, or answers why not (on a node: asks the room store)
+    fn announce_fresh(&mut self, now: Instant, conn: ConnId, id: RequestId, mut a: Announce) {
         match self.authorize(now, &a) {
             Ok(Some(granted)) if a.peer_id.is_none() => a.peer_id = Some(granted),
             Ok(_) => {}
@@ -651,6 +695,14 @@ impl Server {
             );
             let error = RpcError::new(ErrorCode::InvalidParams, message);
             return self.send_error(conn, Some(id), error);
+        }
+        if self.config.node.is_some() {
+            // Room full, id taken and room metadata are decided by the room store, at once
+            // for every node.
+            if a.peer_id.is_none() {
+                a.peer_id = Some(self.fresh_peer_id(&a.room));
+            }
+            return self.claim(conn, id, a, false);
         }
         let (members, room_meta) = self
             .rooms
@@ -785,6 +837,8 @@ impl Server {
             }
             // The old connection is still open as far as we know: the token holder wins.
             Link::Live(old) => (VecDeque::new(), Some(old)),
+            // Not resumable here (no token is kept for remote members).
+            Link::Remote { .. } => (VecDeque::new(), None),
         };
         let result = ResultOut {
             peer_id: &peer_id,
@@ -836,9 +890,10 @@ impl Server {
             .rooms
             .get(room)
             .and_then(|r| r.member(to))
-            .map(|m| match m.link {
-                Link::Live(c) => Some(c),
-                Link::Held { .. } => None,
+            .map(|m| match &m.link {
+                Link::Live(c) => Ok(Some(*c)),
+                Link::Held { .. } => Ok(None),
+                Link::Remote { node, .. } => Err(node.clone()),
             });
         let Some(target) = target else {
             let message = format!("unknown target peer: {to} is not in {room}");
@@ -846,6 +901,10 @@ impl Server {
             return self.send_error(conn, Some(id), error);
         };
         let text = ServerFrame::Notification(notification).to_json();
+        let target = match target {
+            Ok(target) => target,
+            Err(node) => return self.forward_remote(now, conn, id, room, to, node, text),
+        };
         if let Err(message) = self.admit_relay(now, conn, room, to, target, text.len()) {
             tracing::debug!(?conn, peer = %to, %message, "relay refused");
             self.stats.relays_refused += 1;
@@ -955,6 +1014,8 @@ impl Server {
                 let conn = *conn;
                 self.push_send(conn, text, Origin::Server);
             }
+            // Its own node tells it: every node hears membership news for its members.
+            Link::Remote { .. } => {}
             Link::Held {
                 frames,
                 bytes,
@@ -1038,7 +1099,7 @@ impl Server {
                 .and_then(|r| r.member(&peer_id))
                 .and_then(|m| match m.link {
                     Link::Held { until, .. } => Some(until),
-                    Link::Live(_) => None,
+                    Link::Live(_) | Link::Remote { .. } => None,
                 });
             let Some(until) = held_until else {
                 continue;
@@ -1061,8 +1122,25 @@ impl Server {
         let gone = room.members.remove(at);
         room.metadata_bytes -= gone.metadata.get().len();
         let others: Vec<PeerId> = room.members.iter().map(|m| m.peer_id.clone()).collect();
-        if others.is_empty() {
+        let remote_nodes = room.remote_nodes();
+        // A node keeps a room while it has members of its own there.
+        if room.members.iter().all(Member::is_remote) {
             self.rooms.remove(room_id);
+        }
+        if self.config.node.is_some() && !gone.is_remote() {
+            self.cluster.push_back(ClusterOutput::Release {
+                room: room_id.clone(),
+                peer_id: peer_id.clone(),
+            });
+            for node in remote_nodes {
+                let event = ClusterEvent::Left {
+                    room: room_id.clone(),
+                    peer_id: peer_id.clone(),
+                    reason,
+                };
+                self.cluster
+                    .push_back(ClusterOutput::Publish { node, event });
+            }
         }
         tracing::debug!(peer = %peer_id, room = %room_id, ?reason, "peer left");
         let left = Notification::Left {
@@ -1182,14 +1260,17 @@ impl Server {
         let cfg = &self.config;
         let mut live = 0;
         for (id, room) in &self.rooms {
-            if room.members.is_empty() {
+            if room.members.iter().all(Member::is_remote) {
                 return Err(format!("room {id} is empty but kept"));
             }
-            if room.members.len() > cfg.max_peers_per_room {
+            // A node's view of other nodes' members may lag the room store's.
+            if cfg.node.is_none() && room.members.len() > cfg.max_peers_per_room {
                 return Err(format!("room {id} has {} peers", room.members.len()));
             }
             let meta: usize = room.members.iter().map(|m| m.metadata.get().len()).sum();
-            if meta != room.metadata_bytes || meta > cfg.max_room_metadata_bytes {
+            if meta != room.metadata_bytes
+                || (cfg.node.is_none() && meta > cfg.max_room_metadata_bytes)
+            {
                 return Err(format!(
                     "room {id} metadata {meta} / {}",
                     room.metadata_bytes
@@ -1200,6 +1281,7 @@ impl Server {
                     return Err(format!("{} has oversized metadata", m.peer_id));
                 }
                 match &m.link {
+                    Link::Remote { .. } => {}
                     Link::Live(conn) => {
                         live += 1;
                         let seat = self.conns.get(conn).and_then(|c| c.seat.as_ref());
@@ -1546,6 +1628,12 @@ struct Member {
 enum Link {
     /// On an open connection
     Live(ConnId),
+    /// Through another node of the cluster
+    Remote {
+        node: NodeId,
+        /// Since when the room store's listings of the room lack it
+        missing: Option<Instant>,
+    },
     /// Not at all: its connection dropped and the place is held until `until`
     Held {
         until: Instant,
@@ -1560,6 +1648,27 @@ enum Link {
 impl Room {
     fn member(&self, peer_id: &PeerId) -> Option<&Member> {
         self.members.iter().find(|m| &m.peer_id == peer_id)
+    }
+
+    fn member_mut(&mut self, peer_id: &PeerId) -> Option<&mut Member> {
+        self.members.iter_mut().find(|m| &m.peer_id == peer_id)
+    }
+
+    /// The other nodes that have members here, each once
+    fn remote_nodes(&self) -> BTreeSet<NodeId> {
+        self.members
+            .iter()
+            .filter_map(|m| match &m.link {
+                Link::Remote { node, .. } => Some(node.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+impl Member {
+    fn is_remote(&self) -> bool {
+        matches!(self.link, Link::Remote { .. })
     }
 }
 

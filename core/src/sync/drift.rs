@@ -18,6 +18,15 @@
 //!
 //! The shape of the least-squares residuals picks one: near-zero skew with Gaussian-like
 //! kurtosis selects least squares, anything else the envelope.
+//!
+//! **Uncertainty.** Each estimate comes with a standard error, from batches: the window is cut
+//! into [`BATCHES`] spans of equal time, each span is summarised by one point — its mean for
+//! least squares, its lowest sample for the envelope — and a line is fitted through those
+//! points; the scatter of the points around it gives the standard error of its slope. Batches
+//! absorb the correlation between neighbouring packets (queues, scheduling) that makes the
+//! textbook per-sample standard error far too small, and the lowest sample of a span is what
+//! the envelope stands on: when the noise has no sharp lower edge (a busy machine's
+//! scheduling), those lowest samples scatter and the error is large.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -38,6 +47,8 @@ pub enum DriftMethod {
 pub struct DriftEstimate {
     /// The sender's clock rate relative to ours, in parts per million (+ = sender fast)
     pub ppm: f64,
+    /// Standard error of `ppm` (infinite when the window is too short to tell)
+    pub std_error_ppm: f64,
     /// The estimator chosen for this figure
     pub method: DriftMethod,
     /// Samples behind it
@@ -74,6 +85,22 @@ impl Default for DriftConfig {
 
 /// Up to this many independent streams (e.g. audio, video, sender reports) share one slope
 pub const MAX_DRIFT_STREAMS: usize = 4;
+
+/// Spans of equal time the window is cut into for the standard error
+pub const BATCHES: usize = 10;
+
+impl DriftEstimate {
+    /// Half the width of the 95% interval around `ppm` (two standard errors)
+    pub fn uncertainty_ppm(&self) -> f64 {
+        2.0 * self.std_error_ppm
+    }
+
+    /// `ppm` if it is larger than its uncertainty, so that its sign and size mean something;
+    /// `None` while the interval still spans zero and more
+    pub fn significant_ppm(&self) -> Option<f64> {
+        (self.ppm.abs() >= self.uncertainty_ppm()).then_some(self.ppm)
+    }
+}
 
 #[derive(Debug, Default, Clone)]
 struct Stream {
@@ -207,11 +234,82 @@ impl DriftEstimator {
         };
         Some(DriftEstimate {
             ppm: -slope * 1e6,
+            std_error_ppm: self.batch_std_error(method) * 1e6,
             method,
             samples: n,
             skew,
             kurtosis,
         })
+    }
+
+    /// Standard error of the slope from batches (see the module docs): each stream's window
+    /// is cut into [`BATCHES`] spans of equal time, each summarised by one point (mean, or
+    /// lowest sample for the envelope); one slope with an intercept per stream is fitted to
+    /// those points, and its standard error is their residual scatter over their spread in
+    /// time. Infinite with too few points to tell.
+    fn batch_std_error(&self, method: DriftMethod) -> f64 {
+        let mut points: Vec<(usize, f64, f64)> = Vec::new();
+        for (i, s) in self.streams.iter().enumerate() {
+            let (Some(first), Some(last)) = (s.samples.front(), s.samples.back()) else {
+                continue;
+            };
+            let span = last.0 - first.0;
+            if span <= 0.0 || s.samples.len() < 3 * BATCHES {
+                continue;
+            }
+            let mut acc = [(0.0f64, 0.0f64, 0usize, (0.0f64, f64::INFINITY)); BATCHES];
+            for &(t, d) in &s.samples {
+                let b = (((t - first.0) / span * BATCHES as f64) as usize).min(BATCHES - 1);
+                let a = &mut acc[b];
+                a.0 += t;
+                a.1 += d;
+                a.2 += 1;
+                if d < a.3 .1 {
+                    a.3 = (t, d);
+                }
+            }
+            for a in acc.iter().filter(|a| a.2 > 0) {
+                points.push(match method {
+                    DriftMethod::LeastSquares => (i, a.0 / a.2 as f64, a.1 / a.2 as f64),
+                    DriftMethod::Envelope => (i, a.3 .0, a.3 .1),
+                });
+            }
+        }
+        let streams: Vec<usize> = {
+            let mut v: Vec<usize> = points.iter().map(|p| p.0).collect();
+            v.dedup();
+            v
+        };
+        let dof = points.len() as f64 - 1.0 - streams.len() as f64;
+        if dof < 2.0 {
+            return f64::INFINITY;
+        }
+        let (mut sxx, mut sxy) = (0.0, 0.0);
+        let mut means = [(0.0, 0.0); MAX_DRIFT_STREAMS];
+        for &i in &streams {
+            let mine: Vec<&(usize, f64, f64)> = points.iter().filter(|p| p.0 == i).collect();
+            let k = mine.len() as f64;
+            let mt = mine.iter().map(|p| p.1).sum::<f64>() / k;
+            let md = mine.iter().map(|p| p.2).sum::<f64>() / k;
+            means[i] = (mt, md);
+            for p in mine {
+                sxx += (p.1 - mt) * (p.1 - mt);
+                sxy += (p.1 - mt) * (p.2 - md);
+            }
+        }
+        if sxx <= 0.0 {
+            return f64::INFINITY;
+        }
+        let slope = sxy / sxx;
+        let rss: f64 = points
+            .iter()
+            .map(|&(i, t, d)| {
+                let (mt, md) = means[i];
+                let r = d - md - slope * (t - mt);
+                r * r
+            })
+            .sum();
+        (rss / dof / sxx).sqrt()
     }
 
     /// Sample-weighted mean of each stream's lower-envelope slope
@@ -347,6 +445,69 @@ mod tests {
         }
         let e = est.estimate().unwrap();
         assert!((e.ppm - 300.0).abs() < 1.0, "{e:?}");
+    }
+
+    /// Estimates after `secs` of 20 ms packets with `noise`, for seeds 1..=40
+    fn estimates(
+        ppm: f64,
+        secs: f64,
+        noise: impl Fn(&mut fastrand::Rng) -> f64,
+    ) -> Vec<DriftEstimate> {
+        (1..=40)
+            .map(|seed| {
+                let mut rng = fastrand::Rng::with_seed(seed);
+                run(ppm, secs, 20.0, || noise(&mut rng))
+            })
+            .collect()
+    }
+
+    /// Scheduling-like noise: mostly a fraction of a millisecond, sometimes a few, no sharp
+    /// lower edge (what a loaded machine adds to loopback)
+    fn scheduling(rng: &mut fastrand::Rng) -> f64 {
+        let base = 0.0003 * rng.f64() - 0.0003 * (1.0 - rng.f64()).ln();
+        if rng.f64() < 0.05 {
+            base + 0.004 * rng.f64()
+        } else {
+            base
+        }
+    }
+
+    #[test]
+    fn the_interval_covers_the_truth_and_a_zero_drift_reads_as_unknown() {
+        for (truth, method) in [
+            (0.0, "scheduling"),
+            (0.0, "gaussian"),
+            (250.0, "scheduling"),
+        ] {
+            let est = if method == "gaussian" {
+                estimates(truth, 10.0, |r| 0.002 * crate::sync::gaussian(r))
+            } else {
+                estimates(truth, 10.0, scheduling)
+            };
+            let covered = est
+                .iter()
+                .filter(|e| (e.ppm - truth).abs() <= e.uncertainty_ppm())
+                .count();
+            // A 95% interval: at least 34 of 40 (a little slack for the batch estimate).
+            assert!(
+                covered >= 34,
+                "{method} {truth}: {covered}/40 covered: {est:?}"
+            );
+            let shown = est.iter().filter(|e| e.significant_ppm().is_some()).count();
+            if truth == 0.0 {
+                // An estimate of a zero drift is shown only when its interval misses zero.
+                assert!(shown <= 6, "{method}: {shown}/40 shown as nonzero");
+            } else {
+                assert_eq!(shown, 40, "{method} {truth}");
+            }
+        }
+    }
+
+    #[test]
+    fn without_jitter_the_uncertainty_is_tiny() {
+        let e = run(37.0, 10.0, 20.0, || 0.0);
+        assert!(e.uncertainty_ppm() < 0.5, "{e:?}");
+        assert!((e.significant_ppm().unwrap() - 37.0).abs() < 1.0, "{e:?}");
     }
 
     #[test]

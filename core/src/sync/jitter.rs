@@ -10,23 +10,29 @@
 //! How the delay is chosen:
 //!
 //! - Each frame's *transit* is its arrival time minus its media time (drift-corrected with the
-//!   current clock-drift estimate). The *relative delay* of a frame is its transit minus the
-//!   smallest transit of the recent past (the fastest recent packet).
-//! - Relative delays go into a histogram that forgets old entries exponentially. The target
-//!   delay is a high quantile of it, clamped to the configured range.
+//!   current clock-drift estimate). Playout plays media time `m` at local time `m + S`; the
+//!   *set point* `S` is chosen from the transits of the last 20 s so that the expected
+//!   concealment is small and cheap in delay (see `sync::delay`: a cost of delay plus
+//!   priced concealment, a concealment budget, and a fast rise when several recent bursts
+//!   exceed the choice). The *target delay* reported is `S` minus the mean transit: what a
+//!   frame of typical delay waits. It is clamped to the configured range.
 //! - The playout clock runs at the local rate. Each chunk consumes a little more or a little
 //!   less media than it emits (acceleration / deceleration, cross-faded), steering the actual
-//!   delay toward the target without jumps, and compensating the estimated clock drift
+//!   delay toward the set point without jumps, and compensating the estimated clock drift
 //!   evenly rather than in bursts.
-//! - A frame that is missing when it is due is concealed. If nothing later has arrived the
-//!   playout position waits (the delay grows by exactly the lateness), so a late frame can
-//!   still be played; if later frames are there, the missing one counts as lost.
-//! - Frames that arrive after their position was played are dropped and counted late.
+//! - A frame that is missing when it is due is waited for: playout conceals without advancing
+//!   (the delay grows by exactly the wait), so a late frame still plays. It waits at most as
+//!   long as the missing stretch up to the next frame that is there: by then skipping the
+//!   stretch costs no more concealment than waiting did, so the stretch is skipped and counted
+//!   lost. With nothing later received, playout keeps waiting.
+//! - Frames that arrive after their position was played are dropped and counted late; their
+//!   transit still counts toward the delay choice (late frames say the most about it).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::sync::delay::{DelayEstimator, DelaySettings};
 use crate::sync::time::local_secs;
 
 /// Decodes (and conceals) one stream's audio for the jitter buffer
@@ -37,6 +43,12 @@ pub trait AudioDecode: Send {
     fn decode(&mut self, payload: &[u8]) -> Result<Vec<i16>, String>;
     /// Synthesises `samples` per channel of concealment (packet loss concealment)
     fn conceal(&mut self, samples: usize) -> Vec<i16>;
+    /// Recovers the `samples` per channel just before the frame `next` from the redundancy
+    /// `next` carries (Opus in-band FEC); `None` when it carries none
+    fn recover(&mut self, next: &[u8], samples: usize) -> Option<Vec<i16>> {
+        let _ = (next, samples);
+        None
+    }
 }
 
 /// Configuration of an [`AudioJitterBuffer`]
@@ -48,12 +60,16 @@ pub struct JitterConfig {
     pub min_delay: Duration,
     /// Largest target delay
     pub max_delay: Duration,
-    /// Quantile of relative delay the target covers
-    pub quantile: f64,
-    /// Per-frame forgetting factor of the slow delay histogram (the steady-state target)
-    pub forget: f64,
-    /// Per-frame forgetting factor of the fast delay histogram (reacts to jitter rising)
-    pub forget_fast: f64,
+    /// How long the transits behind the delay choice are remembered (a drop in jitter is
+    /// forgotten completely after this long)
+    pub window: Duration,
+    /// How far back the buffer looks for a rise in jitter (two bursts later than the set point
+    /// within this span raise it at once)
+    pub fast_window: Duration,
+    /// What one percent of concealed audio is worth in delay: the set point minimises delay
+    /// plus the expected concealment priced at this rate (higher: more delay, less
+    /// concealment)
+    pub delay_per_concealed_percent: Duration,
     /// Playout chunk length
     pub chunk: Duration,
     /// Most media a chunk may skip to speed up, as a fraction of the chunk
@@ -62,12 +78,14 @@ pub struct JitterConfig {
     pub max_decelerate: f64,
     /// How far the delay may be off target before it is steered
     pub hysteresis: Duration,
-    /// How long the "fastest recent packet" is remembered
-    pub fastest_window: Duration,
     /// Frames held at most (older excess is dropped)
     pub max_frames: usize,
     /// With nothing received for this long, playout pauses until the next frame
     pub idle_pause: Duration,
+    /// After waiting this long for a late frame (or restarting after a pause), when playout
+    /// would run more than this above the set point, the frames that piled up are dropped
+    /// until it is back near it (instead of accelerating for seconds)
+    pub catch_up_after: Duration,
 }
 
 impl Default for JitterConfig {
@@ -76,30 +94,43 @@ impl Default for JitterConfig {
             rate: 48_000,
             min_delay: Duration::from_millis(20),
             max_delay: Duration::from_millis(200),
-            quantile: 0.998,
-            forget: 0.995,
-            forget_fast: 0.98,
+            window: Duration::from_secs(20),
+            fast_window: Duration::from_secs(2),
+            delay_per_concealed_percent: Duration::from_millis(140),
             chunk: Duration::from_millis(10),
             max_accelerate: 0.10,
             max_decelerate: 0.25,
             hysteresis: Duration::from_millis(2),
-            fastest_window: Duration::from_secs(10),
             max_frames: 200,
             idle_pause: Duration::from_millis(600),
+            catch_up_after: Duration::from_millis(100),
         }
     }
 }
 
-/// W3C-style counters of one audio jitter buffer
+/// Counters of one audio jitter buffer (W3C `RTCInboundRtpStreamStats` names where they exist)
+///
+/// As in W3C webrtc-stats (and libwebrtc's NetEq), a sample *exits* the jitter buffer when
+/// its frame is decoded, at the start of the playout chunk that first needs it:
+/// `jitter_buffer_delay / jitter_buffer_emitted_count` is the mean time from a frame's arrival
+/// to its decoding. `playout_delay / total_samples_received` runs to each sample's playout
+/// instead (later by the time decoded audio waits for its chunk, about half a frame).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct JitterStats {
-    /// Sum over emitted samples of the time from arrival to playout, in seconds
+    /// Sum over decoded samples of the time from their frame's arrival to its decoding, in
+    /// seconds (W3C `jitterBufferDelay`)
     pub jitter_buffer_delay: f64,
-    /// Sum over emitted samples of the target delay at the time, in seconds
+    /// Sum over decoded samples of the target delay when they were decoded, in seconds (W3C
+    /// `jitterBufferTargetDelay`)
     pub jitter_buffer_target_delay: f64,
-    /// Samples (per channel) emitted
+    /// Samples (per channel) decoded (W3C `jitterBufferEmittedCount`)
     pub jitter_buffer_emitted_count: u64,
-    /// Samples (per channel) synthesised by concealment
+    /// Sum over played samples (not concealment) of the time from their frame's arrival to
+    /// the start of the chunk they play in, in seconds
+    pub playout_delay: f64,
+    /// Samples (per channel) played out, concealment included (W3C `totalSamplesReceived`)
+    pub total_samples_received: u64,
+    /// Samples (per channel) synthesised by concealment (W3C `concealedSamples`)
     pub concealed_samples: u64,
     /// Samples (per channel) inserted to slow down
     pub inserted_samples_for_deceleration: u64,
@@ -117,18 +148,37 @@ pub struct JitterStats {
     pub frames_discarded: u64,
     /// Frames that failed to decode
     pub decode_errors: u64,
+    /// Frames missing when due that were decoded from the redundancy of the frame after them
+    /// (Opus in-band FEC) instead of being concealed
+    pub frames_recovered: u64,
     /// Current target delay in seconds
     pub target_delay: f64,
 }
 
 impl JitterStats {
-    /// Mean buffer delay per emitted sample (W3C `jitterBufferDelay / jitterBufferEmittedCount`)
+    /// Mean time from arrival to decoding per decoded sample (W3C `jitterBufferDelay /
+    /// jitterBufferEmittedCount`)
     pub fn mean_delay(&self) -> Option<Duration> {
         (self.jitter_buffer_emitted_count > 0).then(|| {
             Duration::from_secs_f64(
                 self.jitter_buffer_delay / self.jitter_buffer_emitted_count as f64,
             )
         })
+    }
+
+    /// Mean time from arrival to playout per played sample, counting concealment as zero
+    /// (`playout_delay / total_samples_received`)
+    pub fn mean_playout_delay(&self) -> Option<Duration> {
+        (self.total_samples_received > 0).then(|| {
+            Duration::from_secs_f64(self.playout_delay / self.total_samples_received as f64)
+        })
+    }
+
+    /// Share of the played audio that was concealment (W3C `concealedSamples /
+    /// totalSamplesReceived`)
+    pub fn concealed_fraction(&self) -> Option<f64> {
+        (self.total_samples_received > 0)
+            .then(|| self.concealed_samples as f64 / self.total_samples_received as f64)
     }
 }
 
@@ -153,12 +203,24 @@ struct Frame {
     arrival: Instant,
 }
 
-/// Decoded PCM waiting to be played, with the arrival time of the frame each run came from
+/// Decoded PCM waiting to be played, in runs from one frame (or one stretch of concealment)
 #[derive(Debug, Default)]
 struct SyncBuffer {
     samples: VecDeque<i16>,
-    /// (samples per channel, arrival time or None for concealment)
-    runs: VecDeque<(usize, Option<Instant>)>,
+    runs: VecDeque<Run>,
+}
+
+/// A stretch of the sync buffer
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    /// Samples per channel
+    len: usize,
+    /// Arrival of the frame it was decoded from (`None`: concealment)
+    arrival: Option<Instant>,
+    /// Media tick of its first sample (for concealment while waiting: where playout waits)
+    media: i64,
+    /// Whether playing it moves through the media (false while waiting for a late frame)
+    advances: bool,
 }
 
 #[derive(Debug)]
@@ -169,6 +231,8 @@ struct Playout {
     next_tick: Instant,
     /// Fractional media samples owed to drift compensation
     drift_debt: f64,
+    /// No chunk played yet since playout (re)started
+    fresh: bool,
 }
 
 /// An adaptive jitter buffer for one audio stream
@@ -177,31 +241,27 @@ pub struct AudioJitterBuffer {
     decoder: Box<dyn AudioDecode>,
     channels: usize,
     frames: BTreeMap<i64, Frame>,
-    /// (arrival secs since origin, media secs since origin) of recent frames
-    recent: VecDeque<(f64, f64)>,
     origin: Option<(Instant, i64)>,
-    /// Forgetting histograms of relative delay, 1 ms buckets: slow and fast
-    hist: Vec<f64>,
-    hist_fast: Vec<f64>,
-    /// Forgetting mean of relative delay (seconds)
-    mean_rel: f64,
-    /// Target buffer delay (what a frame of typical relative delay waits)
+    /// Chooses the set point from recent transits
+    estimator: DelayEstimator,
+    /// Target buffer delay (what a frame of typical transit waits)
     target: Duration,
-    /// Where playout sits relative to the fastest recent path (seconds)
+    /// The transit (seconds) at which playout should run: media time `m` plays at `m + setpoint`
     setpoint: f64,
-    /// The fastest recent transit the relative delays are measured against
-    fastest: Option<f64>,
     /// Extra delay asked for by audio/video sync (seconds)
     sync_delay: f64,
     drift_ppm: f64,
     playout: Option<Playout>,
     sync: SyncBuffer,
+    /// The media position playout is waiting at (a missing frame) and how many samples per
+    /// channel of concealment it has waited there
+    waiting: Option<(i64, usize)>,
+    /// Samples per channel of the last decoded frame
+    frame_samples: usize,
     last_arrival: Option<Instant>,
     chunks: VecDeque<PlayoutChunk>,
     stats: JitterStats,
 }
-
-const HIST_BUCKETS: usize = 2000;
 
 impl AudioJitterBuffer {
     /// Creates an empty buffer that decodes with `decoder`
@@ -211,23 +271,26 @@ impl AudioJitterBuffer {
             .min_delay
             .max(Duration::from_millis(40))
             .min(config.max_delay);
+        let estimator = DelayEstimator::new(DelaySettings {
+            window: config.window.as_secs_f64(),
+            fast_window: config.fast_window.as_secs_f64(),
+            price: config.delay_per_concealed_percent.as_secs_f64() * 100.0,
+        });
         Self {
             config,
             decoder,
             channels,
             frames: BTreeMap::new(),
-            recent: VecDeque::new(),
             origin: None,
-            hist: vec![0.0; HIST_BUCKETS],
-            hist_fast: vec![0.0; HIST_BUCKETS],
-            mean_rel: 0.0,
+            estimator,
             target,
             setpoint: target.as_secs_f64(),
-            fastest: None,
             sync_delay: 0.0,
             drift_ppm: 0.0,
             playout: None,
             sync: SyncBuffer::default(),
+            waiting: None,
+            frame_samples: (config.rate / 50) as usize,
             last_arrival: None,
             chunks: VecDeque::new(),
             stats: JitterStats::default(),
@@ -250,6 +313,8 @@ impl AudioJitterBuffer {
     pub fn set_drift_ppm(&mut self, ppm: f64) {
         if ppm.is_finite() {
             self.drift_ppm = ppm.clamp(-5000.0, 5000.0);
+            self.estimator.set_scale(1.0 - self.drift_ppm * 1e-6);
+            self.update_target();
         }
     }
 
@@ -267,25 +332,8 @@ impl AudioJitterBuffer {
         // Delay statistics, for every frame including late ones (they say the most).
         let a = local_secs(arrival, origin_local);
         let m = (media_ticks - origin_media) as f64 / self.config.rate as f64;
-        self.recent.push_back((a, m));
-        let horizon = a - self.config.fastest_window.as_secs_f64();
-        while self.recent.front().is_some_and(|&(t, _)| t < horizon) {
-            self.recent.pop_front();
-        }
-        let scale = 1.0 - self.drift_ppm * 1e-6;
-        let fastest = self
-            .recent
-            .iter()
-            .map(|&(a, m)| a - m * scale)
-            .fold(f64::INFINITY, f64::min);
-        if let Some(prev) = self.fastest.replace(fastest) {
-            // The reference moved (a faster packet arrived, or the fastest one left the
-            // window): re-reference everything measured against it, so history stays
-            // comparable with what comes next.
-            self.rebase(fastest - prev);
-        }
-        let rel = (a - m * scale) - fastest;
-        self.add_to_histogram(rel);
+        self.estimator.add(a, m);
+        self.update_target();
 
         match &self.playout {
             Some(p) if media_ticks < p.decode_pos => {
@@ -293,13 +341,20 @@ impl AudioJitterBuffer {
                 return;
             }
             None => {
-                // Playout starts one target delay after the first frame.
+                // Playout starts one target delay after the first frame (at least the
+                // initial 40 ms while nothing is known about the path).
+                let start = self.target.max(
+                    Duration::from_millis(40)
+                        .max(self.config.min_delay)
+                        .min(self.config.max_delay),
+                );
                 self.playout = Some(Playout {
                     decode_pos: media_ticks,
-                    next_tick: arrival + self.target,
-
+                    next_tick: arrival + start,
                     drift_debt: 0.0,
+                    fresh: true,
                 });
+                self.waiting = None;
             }
             _ => {}
         }
@@ -314,50 +369,26 @@ impl AudioJitterBuffer {
         }
     }
 
-    /// Moves the reference of relative delay later by `delta` seconds
-    fn rebase(&mut self, delta: f64) {
-        let bins = (delta * 1000.0).round() as i64;
-        if bins == 0 {
+    /// Takes the estimator's set point: the target wait is the set point above the mean
+    /// transit, clamped to the configured range (the set point moves with the clamp)
+    fn update_target(&mut self) {
+        let (Some(point), Some(mean), Some(fastest)) = (
+            self.estimator.set_point(),
+            self.estimator.mean(),
+            self.estimator.fastest(),
+        ) else {
             return;
-        }
-        shift_histogram(&mut self.hist, bins);
-        shift_histogram(&mut self.hist_fast, bins);
-        let d = bins as f64 / 1000.0;
-        self.mean_rel -= d;
-        self.setpoint -= d;
-    }
-
-    fn add_to_histogram(&mut self, rel: f64) {
-        let q_slow = add_and_quantile(
-            &mut self.hist,
-            self.config.forget,
-            rel,
-            self.config.quantile,
-        );
-        let q_fast = add_and_quantile(
-            &mut self.hist_fast,
-            self.config.forget_fast,
-            rel,
-            self.config.quantile,
-        );
-        let first = self.stats.frames_received == 1;
-        let f = self.config.forget;
-        self.mean_rel = if first {
-            rel
-        } else {
-            f * self.mean_rel + (1.0 - f) * rel
         };
-        // The quantile covers the slow frames; a frame of typical delay then waits the
-        // difference. That wait is the target buffer delay, clamped to the configured range.
-        let q = q_slow.max(q_fast);
-        // A frame is decoded at the tick whose chunk reaches its first sample, up to one
-        // chunk before that sample plays: the wait covers that too.
-        let wait = (q - self.mean_rel).max(0.0) + self.config.chunk.as_secs_f64();
-        let lo = self.config.min_delay.as_secs_f64();
-        let hi = self.config.max_delay.as_secs_f64();
-        let wait = wait.clamp(lo, hi);
-        self.target = Duration::from_secs_f64(wait);
-        self.setpoint = self.mean_rel.max(0.0) + wait;
+        // A frame must be there when the chunk holding its first sample starts, up to one
+        // chunk before that sample plays; and a wait for a late frame conceals whole chunks.
+        // One chunk of margin makes the estimator's expected concealment the real one.
+        let point = point + self.config.chunk.as_secs_f64();
+        // At least `min_delay` above the fastest frame (a few very slow frames must not lift
+        // the floor), at most `max_delay` above the mean.
+        let lo = fastest + self.config.min_delay.as_secs_f64();
+        let hi = (mean + self.config.max_delay.as_secs_f64()).max(lo);
+        self.setpoint = point.clamp(lo, hi);
+        self.target = Duration::from_secs_f64((self.setpoint - mean).max(0.0));
     }
 
     /// When the next chunk is due (None while nothing has arrived or playout is paused)
@@ -367,7 +398,21 @@ impl AudioJitterBuffer {
 
     /// Produces every chunk due at `now`; collect them with [`poll_chunk`](Self::poll_chunk)
     pub fn handle_timeout(&mut self, now: Instant) {
-        // Bounded: at most one second of chunks per call, even after a long gap.
+        // Called late (a stalled caller, a suspended machine): chunks for the missed time
+        // could not be played anyway. Past half a second behind, playout restarts at the
+        // last tick before `now`, from the newest part of what is buffered, instead of
+        // producing the backlog (which would also wake the caller again at once).
+        let chunk = self.config.chunk;
+        if let Some(p) = self.playout.as_mut() {
+            let behind = now.saturating_duration_since(p.next_tick);
+            if !chunk.is_zero() && behind > chunk * 50 {
+                // Whole chunks, so the tick grid keeps its phase; never past `now`.
+                let missed = behind.as_nanos() / chunk.as_nanos() * chunk.as_nanos();
+                p.next_tick += Duration::from_nanos(u64::try_from(missed).unwrap_or(u64::MAX));
+                p.fresh = true;
+            }
+        }
+        // Bounded: at most a hundred chunks per call.
         for _ in 0..100 {
             let Some(p) = &self.playout else {
                 return;
@@ -395,20 +440,11 @@ impl AudioJitterBuffer {
         self.chunks.pop_front()
     }
 
-    /// How late we play relative to the fastest recent path, for the sample at `media`
+    /// The transit at which the sample at `media` plays if it plays at `now`
     fn current_delay(&self, now: Instant, media: i64) -> Option<f64> {
         let (origin_local, origin_media) = self.origin?;
-        let scale = 1.0 - self.drift_ppm * 1e-6;
-        let fastest = self
-            .recent
-            .iter()
-            .map(|&(a, m)| a - m * scale)
-            .fold(f64::INFINITY, f64::min);
-        if !fastest.is_finite() {
-            return None;
-        }
         let m = (media - origin_media) as f64 / self.config.rate as f64;
-        Some(local_secs(now, origin_local) - (m * scale + fastest))
+        Some(local_secs(now, origin_local) - m * self.estimator.scale())
     }
 
     fn emit_chunk(&mut self, tick: Instant) {
@@ -444,8 +480,21 @@ impl AudioJitterBuffer {
         let adj = adj.clamp(-max_dec, max_acc) as i64;
         let consume = (out as i64 + adj).max(1) as usize;
 
-        let mut concealed = self.fill(consume);
-        let media_ticks = play_pos;
+        if std::mem::take(
+            &mut self
+                .playout
+                .as_mut()
+                .expect("playing; panic means bug")
+                .fresh,
+        ) {
+            // Playout (re)starts at the first frame that arrived; after an outage on a FIFO
+            // path, a whole backlog arrives at once behind it: start from the newest part.
+            self.catch_up(tick);
+        }
+        let mut concealed = self.fill(consume, tick);
+        // The media time of the chunk's first sample (a gap skipped at the start of the
+        // chunk moves it past `play_pos`).
+        let media_ticks = self.sync.runs.front().map_or(play_pos, |r| r.media);
         let mut take: Vec<i16> = self.sync.samples.drain(..consume * ch).collect();
         // Attribute delay to the frames the consumed samples came from.
         let mut left = consume;
@@ -454,14 +503,17 @@ impl AudioJitterBuffer {
             let Some(run) = self.sync.runs.front_mut() else {
                 break;
             };
-            let n = run.0.min(left);
-            match run.1 {
+            let n = run.len.min(left);
+            match run.arrival {
                 Some(arrival) => delay_sum += n as f64 * local_secs(tick, arrival).max(0.0),
                 None => concealed = true,
             }
-            run.0 -= n;
+            run.len -= n;
+            if run.advances {
+                run.media += n as i64;
+            }
             left -= n;
-            if run.0 == 0 {
+            if run.len == 0 {
                 self.sync.runs.pop_front();
             }
         }
@@ -474,9 +526,8 @@ impl AudioJitterBuffer {
         } else {
             std::mem::take(&mut take)
         };
-        self.stats.jitter_buffer_delay += delay_sum * out as f64 / consume as f64;
-        self.stats.jitter_buffer_target_delay += self.target.as_secs_f64() * out as f64;
-        self.stats.jitter_buffer_emitted_count += out as u64;
+        self.stats.playout_delay += delay_sum * out as f64 / consume as f64;
+        self.stats.total_samples_received += out as u64;
 
         let p = self
             .playout
@@ -492,15 +543,18 @@ impl AudioJitterBuffer {
         });
     }
 
-    /// Decodes (or conceals) until at least `need` samples per channel are buffered;
-    /// returns whether it concealed
-    fn fill(&mut self, need: usize) -> bool {
+    /// Decodes (or conceals) until at least `need` samples per channel are buffered for the
+    /// chunk that plays at `tick`; returns whether it concealed
+    fn fill(&mut self, need: usize, tick: Instant) -> bool {
         let ch = self.channels;
         let mut concealed = false;
         let rate = self.config.rate as i64;
         while self.sync.samples.len() / ch < need {
-            let p = self.playout.as_mut().expect("playing; panic means bug");
-            let pos = p.decode_pos;
+            let pos = self
+                .playout
+                .as_ref()
+                .expect("playing; panic means bug")
+                .decode_pos;
             // Drop anything that now lies entirely before the decode position.
             while let Some((&k, _)) = self.frames.first_key_value() {
                 if k < pos {
@@ -512,14 +566,39 @@ impl AudioJitterBuffer {
             }
             match self.frames.first_key_value().map(|(&k, _)| k) {
                 Some(k) if k == pos => {
+                    let long_wait = self.catch_up_samples();
+                    if self
+                        .waiting
+                        .take()
+                        .is_some_and(|w| w.0 == pos && w.1 >= long_wait)
+                        && self.catch_up(tick)
+                    {
+                        // Stale frames were dropped: start again from the one now first.
+                        continue;
+                    }
                     let frame = self.frames.pop_first().expect("peeked; panic means bug").1;
                     match self.decoder.decode(&frame.payload) {
                         Ok(pcm) if !pcm.is_empty() => {
                             self.stats.frames_decoded += 1;
                             let n = pcm.len() / ch;
+                            // The frame exits the jitter buffer now (W3C).
+                            self.stats.jitter_buffer_delay +=
+                                n as f64 * local_secs(tick, frame.arrival).max(0.0);
+                            self.stats.jitter_buffer_target_delay +=
+                                n as f64 * self.target.as_secs_f64();
+                            self.stats.jitter_buffer_emitted_count += n as u64;
                             self.sync.samples.extend(pcm);
-                            self.sync.runs.push_back((n, Some(frame.arrival)));
-                            p.decode_pos += n as i64;
+                            self.sync.runs.push_back(Run {
+                                len: n,
+                                arrival: Some(frame.arrival),
+                                media: pos,
+                                advances: true,
+                            });
+                            self.playout
+                                .as_mut()
+                                .expect("playing; panic means bug")
+                                .decode_pos += n as i64;
+                            self.frame_samples = n;
                         }
                         _ => {
                             self.stats.decode_errors += 1;
@@ -530,22 +609,129 @@ impl AudioJitterBuffer {
                         }
                     }
                 }
+                Some(next) if self.recover(pos, next, tick) => {
+                    // A missing frame, decoded from the redundancy of the one after it.
+                }
                 Some(next) => {
-                    // A gap before a later frame: the missing media is lost; conceal it.
-                    let gap = ((next - pos) as usize).min(need.max(1) * 4);
-                    self.stats.frames_lost += 1;
-                    self.conceal(gap, true);
-                    concealed = true;
+                    // A gap before a later frame. Wait for it (conceal without advancing) as
+                    // long as waiting costs less concealment than skipping the gap would:
+                    // then a frame that is merely late still plays. After that, skip the gap:
+                    // the missing media is lost.
+                    let gap = (next - pos) as usize;
+                    let waited = self.waiting.filter(|w| w.0 == pos).map_or(0, |w| w.1);
+                    let limit = gap.min(self.max_wait_samples());
+                    if waited < limit {
+                        let n = (need - self.sync.samples.len() / ch).min(limit - waited);
+                        self.conceal(n, false);
+                        self.waiting = Some((pos, waited + n));
+                        concealed = true;
+                    } else {
+                        self.stats.frames_lost += gap.div_ceil(self.frame_samples.max(1)) as u64;
+                        self.playout
+                            .as_mut()
+                            .expect("playing; panic means bug")
+                            .decode_pos = next;
+                        self.waiting = None;
+                    }
                 }
                 None => {
                     // Nothing later has arrived: wait (expand without advancing).
                     let missing = need - self.sync.samples.len() / ch;
+                    let waited = self.waiting.filter(|w| w.0 == pos).map_or(0, |w| w.1);
                     self.conceal(missing, false);
+                    self.waiting = Some((pos, waited + missing));
                     concealed = true;
                 }
             }
         }
         concealed
+    }
+
+    /// Decodes the missing stretch `pos..next` from the redundancy of the frame at `next`, if
+    /// the stretch is one frame and that frame carries it (Opus in-band FEC): a late frame's
+    /// slot is then filled at once, without concealment or waiting. Returns whether it did.
+    fn recover(&mut self, pos: i64, next: i64, tick: Instant) -> bool {
+        let gap = (next - pos) as usize;
+        if gap != self.frame_samples {
+            return false;
+        }
+        let Some(frame) = self.frames.get(&next) else {
+            return false;
+        };
+        let (payload, arrival) = (frame.payload.clone(), frame.arrival);
+        let ch = self.channels;
+        let Some(mut pcm) = self.decoder.recover(&payload, gap) else {
+            return false;
+        };
+        pcm.resize(gap * ch, 0);
+        self.stats.frames_recovered += 1;
+        self.stats.jitter_buffer_delay += gap as f64 * local_secs(tick, arrival).max(0.0);
+        self.stats.jitter_buffer_target_delay += gap as f64 * self.target.as_secs_f64();
+        self.stats.jitter_buffer_emitted_count += gap as u64;
+        self.sync.samples.extend(pcm);
+        self.sync.runs.push_back(Run {
+            len: gap,
+            arrival: Some(arrival),
+            media: pos,
+            advances: true,
+        });
+        self.playout
+            .as_mut()
+            .expect("playing; panic means bug")
+            .decode_pos = next;
+        self.waiting = None;
+        true
+    }
+
+    /// The longest wait for a missing frame before the gap is skipped (samples per channel):
+    /// the largest target delay, so that a long gap in the media is not played as silence
+    fn max_wait_samples(&self) -> usize {
+        (self.config.max_delay.as_secs_f64() * self.config.rate as f64) as usize
+    }
+
+    /// After a long wait, the frames that piled up behind the late one would hold playout
+    /// far above the set point for seconds (acceleration removes a tenth of real time): drop
+    /// the oldest until playing the next one puts playout back near the set point. Returns
+    /// whether any was dropped.
+    fn catch_up(&mut self, tick: Instant) -> bool {
+        let buffered = (self.sync.samples.len() / self.channels) as i64;
+        let aim = self.setpoint + self.sync_delay + 2.0 * self.config.hysteresis.as_secs_f64();
+        if self
+            .frames
+            .first_key_value()
+            .and_then(|(&k, _)| self.current_delay(tick, k - buffered))
+            .is_none_or(|d| d < aim + self.config.catch_up_after.as_secs_f64())
+        {
+            return false;
+        }
+        let mut dropped = false;
+        while self.frames.len() > 1 {
+            let Some((&k, _)) = self.frames.first_key_value() else {
+                break;
+            };
+            match self.current_delay(tick, k - buffered) {
+                Some(d) if d > aim => {}
+                _ => break,
+            }
+            self.frames.pop_first();
+            self.stats.frames_discarded += 1;
+            dropped = true;
+            let next = *self
+                .frames
+                .first_key_value()
+                .expect("more than one; panic means bug")
+                .0;
+            self.playout
+                .as_mut()
+                .expect("playing; panic means bug")
+                .decode_pos = next;
+        }
+        dropped
+    }
+
+    /// How long a wait for a late frame must have been before stale frames are dropped
+    fn catch_up_samples(&self) -> usize {
+        (self.config.catch_up_after.as_secs_f64() * self.config.rate as f64) as usize
     }
 
     fn conceal(&mut self, n: usize, advance: bool) {
@@ -554,7 +740,13 @@ impl AudioJitterBuffer {
         let mut pcm = pcm;
         pcm.resize(n * ch, 0);
         self.sync.samples.extend(pcm);
-        self.sync.runs.push_back((n, None));
+        let media = self.playout.as_ref().map_or(0, |p| p.decode_pos);
+        self.sync.runs.push_back(Run {
+            len: n,
+            arrival: None,
+            media,
+            advances: advance,
+        });
         self.stats.concealed_samples += n as u64;
         if advance {
             if let Some(p) = self.playout.as_mut() {
@@ -562,39 +754,6 @@ impl AudioJitterBuffer {
             }
         }
     }
-}
-
-/// Moves histogram mass `bins` buckets down (or up, if negative), piling what falls off
-/// either end into the end bucket
-fn shift_histogram(hist: &mut [f64], bins: i64) {
-    let n = hist.len() as i64;
-    let mut out = vec![0.0; hist.len()];
-    for (i, &v) in hist.iter().enumerate() {
-        let j = (i as i64 - bins).clamp(0, n - 1) as usize;
-        out[j] += v;
-    }
-    hist.copy_from_slice(&out);
-}
-
-/// Adds `x` (seconds) to a forgetting histogram of 1 ms buckets and returns its `q` quantile
-/// (seconds, the upper edge of the bucket)
-fn add_and_quantile(hist: &mut [f64], forget: f64, x: f64, q: f64) -> f64 {
-    for b in hist.iter_mut() {
-        *b *= forget;
-    }
-    let n = hist.len();
-    let i = ((x * 1000.0).max(0.0) as usize).min(n - 1);
-    hist[i] += 1.0 - forget;
-    let total: f64 = hist.iter().sum();
-    let want = total * q;
-    let mut acc = 0.0;
-    for (i, b) in hist.iter().enumerate() {
-        acc += b;
-        if acc >= want {
-            return (i + 1) as f64 / 1000.0;
-        }
-    }
-    n as f64 / 1000.0
 }
 
 /// Shortens interleaved PCM to `out` samples per channel by cutting a segment from the
@@ -731,6 +890,30 @@ mod tests {
         // Each 20 ms frame waits on average half a frame plus the target.
         assert!(d < Duration::from_millis(45), "{d:?} {s:?}");
         assert_eq!(jb.target_delay(), Duration::from_millis(20));
+    }
+
+    #[test]
+    fn a_caller_that_stalls_gets_no_backlog_and_a_timeout_after_now() {
+        let base = Instant::now();
+        let mut jb = AudioJitterBuffer::new(JitterConfig::default(), Box::new(Ramp));
+        let at = |ms: u64| base + Duration::from_millis(ms);
+        for i in 0..50i64 {
+            jb.handle_frame(at(20 + i as u64 * 20), i * 960, payload(i * 960));
+            jb.handle_timeout(at(20 + i as u64 * 20));
+            while jb.poll_chunk().is_some() {}
+        }
+        // The caller comes back 10 s late, frames still arriving: one chunk, not a thousand.
+        let late = at(1_000 + 10_000);
+        jb.handle_frame(late, 50 * 960, payload(50 * 960));
+        jb.handle_timeout(late);
+        let mut n = 0;
+        while let Some(c) = jb.poll_chunk() {
+            assert!(c.playout <= late);
+            n += 1;
+        }
+        assert!(n <= 2, "{n} chunks after a stall");
+        let next = jb.poll_timeout().expect("still playing");
+        assert!(next > late, "next timeout {next:?} not after {late:?}");
     }
 
     #[test]
@@ -897,6 +1080,162 @@ mod tests {
         let s = jb.stats();
         assert!(s.concealed_samples >= 9 * 960, "{s:?}");
         assert!(concealed_chunks >= 9, "{concealed_chunks}");
+    }
+
+    /// `Ramp` that can also recover a frame from the next one's (pretend) FEC
+    struct RampFec;
+
+    impl AudioDecode for RampFec {
+        fn channels(&self) -> usize {
+            1
+        }
+        fn decode(&mut self, payload: &[u8]) -> Result<Vec<i16>, String> {
+            Ramp.decode(payload)
+        }
+        fn conceal(&mut self, samples: usize) -> Vec<i16> {
+            vec![0; samples]
+        }
+        fn recover(&mut self, next: &[u8], samples: usize) -> Option<Vec<i16>> {
+            let next = i64::from_le_bytes(next.try_into().ok()?);
+            Some(
+                (0..samples as i64)
+                    .map(|i| ((next - samples as i64 + i) % 10_000) as i16 + 1)
+                    .collect(),
+            )
+        }
+    }
+
+    /// Feeds `(arrival seconds, frame index)` of 20 ms frames in arrival order and plays
+    /// until `until` seconds; returns the buffer and every chunk
+    fn play(
+        decoder: Box<dyn AudioDecode>,
+        mut arrivals: Vec<(f64, i64)>,
+        until: f64,
+    ) -> (AudioJitterBuffer, Vec<PlayoutChunk>) {
+        let base = Instant::now();
+        let at = |s: f64| base + Duration::from_secs_f64(s);
+        let mut jb = AudioJitterBuffer::new(JitterConfig::default(), decoder);
+        arrivals.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut chunks = Vec::new();
+        let mut next = 0;
+        loop {
+            let t_arr = arrivals.get(next).map(|a| at(a.0));
+            let t = match (t_arr, jb.poll_timeout()) {
+                (Some(a), Some(b)) => a.min(b),
+                (a, b) => match a.or(b) {
+                    Some(t) => t,
+                    None => break,
+                },
+            };
+            if t > at(until) {
+                break;
+            }
+            if Some(t) == t_arr {
+                let i = arrivals[next].1;
+                jb.handle_frame(t, i * 960, payload(i * 960));
+                next += 1;
+            } else {
+                jb.handle_timeout(t);
+                while let Some(c) = jb.poll_chunk() {
+                    chunks.push(c);
+                }
+            }
+        }
+        (jb, chunks)
+    }
+
+    /// 20 ms frames 0..n sent every 20 ms over a 30 ms path, with `late(i)` added
+    fn path(n: i64, late: impl Fn(i64) -> f64) -> Vec<(f64, i64)> {
+        (0..n)
+            .map(|i| (i as f64 * 0.02 + 0.03 + late(i), i))
+            .collect()
+    }
+
+    #[test]
+    fn a_frame_late_by_less_than_a_frame_is_waited_for_and_played() {
+        // Frame 250 comes 26 ms after the others' pace, at most 16 ms after its slot (the
+        // buffer runs 20 ms behind the path, less up to a chunk for where the frame starts
+        // within its chunk); its successor is on time. Playout waits for it (two chunks of
+        // concealment at most, as the wait is in whole chunks), then plays it.
+        let (jb, _) = play(
+            Box::new(Ramp),
+            path(500, |i| if i == 250 { 0.026 } else { 0.0 }),
+            10.0,
+        );
+        let s = jb.stats();
+        assert_eq!((s.frames_late, s.frames_lost), (0, 0), "{s:?}");
+        // All but the last frame or two, still buffered at the end, were decoded.
+        assert!(s.frames_decoded + 2 >= s.frames_received, "{s:?}");
+        assert!(
+            s.concealed_samples > 0 && s.concealed_samples <= 2 * 480,
+            "{s:?}"
+        );
+    }
+
+    #[test]
+    fn a_frame_later_than_its_gap_is_skipped_after_one_frame_of_waiting() {
+        // Frame 250 is 80 ms late: playout waits 20 ms (its own length), skips it and counts
+        // it lost, then counts it late when it comes.
+        let (jb, _) = play(
+            Box::new(Ramp),
+            path(500, |i| if i == 250 { 0.080 } else { 0.0 }),
+            10.0,
+        );
+        let s = jb.stats();
+        assert_eq!((s.frames_late, s.frames_lost), (1, 1), "{s:?}");
+        assert!(s.concealed_samples <= 960 + 480, "{s:?}");
+    }
+
+    #[test]
+    fn fec_fills_a_late_frames_slot_without_concealment() {
+        let (jb, chunks) = play(
+            Box::new(RampFec),
+            path(500, |i| if i == 250 { 0.080 } else { 0.0 }),
+            10.0,
+        );
+        let s = jb.stats();
+        assert_eq!(s.frames_recovered, 1, "{s:?}");
+        assert_eq!((s.concealed_samples, s.frames_lost), (0, 0), "{s:?}");
+        assert_eq!(s.frames_late, 1, "the primary still comes, late: {s:?}");
+        // The recovered audio is the missing stretch, in place: the ramp continues.
+        let samples: Vec<i16> = chunks.iter().flat_map(|c| c.samples.clone()).collect();
+        assert!(chunks.iter().all(|c| !c.concealed));
+        assert!(samples.iter().all(|&v| v != 0));
+    }
+
+    #[test]
+    fn after_a_long_stall_on_a_fifo_path_playout_drops_the_backlog() {
+        // At 24 s the path stalls for 1.5 s, then delivers everything it held at once (FIFO).
+        // Playout waits, then drops the stale part of the backlog instead of playing 1.5 s
+        // late for the next 15 s (acceleration removes only a tenth of real time).
+        let stall = |i: i64| {
+            let sent = i as f64 * 0.02;
+            if (24.0..25.5).contains(&sent) {
+                25.5 - sent
+            } else {
+                0.0
+            }
+        };
+        let (jb, chunks) = play(Box::new(Ramp), path(1500, stall), 30.0);
+        let s = jb.stats();
+        assert!(s.frames_discarded > 40, "{s:?}");
+        // One second after the backlog arrived, playout is back near the path's delay.
+        let late = chunks
+            .iter()
+            .filter(|c| !c.concealed)
+            .filter(|c| {
+                let t = (c.playout - chunks[0].playout).as_secs_f64();
+                (26.6..30.0).contains(&t)
+            })
+            .map(|c| {
+                let play = (c.playout - chunks[0].playout).as_secs_f64();
+                play - c.media_ticks as f64 / 48_000.0
+            })
+            .fold(0.0f64, f64::max);
+        assert!(
+            late < 0.2,
+            "playout still {late} s behind the first chunk's pace"
+        );
     }
 
     #[test]

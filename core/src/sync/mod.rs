@@ -3,6 +3,7 @@
 //!
 //! Everything here is fed only from timestamped inputs and never reads a clock.
 
+pub(crate) mod delay;
 pub mod drift;
 pub mod jitter;
 pub mod time;

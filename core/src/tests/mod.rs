@@ -1,8 +1,12 @@
 //! Tests that reach into the core: a small in-memory mesh harness in virtual time
 
+mod hostile;
 mod ice;
 #[cfg(all(feature = "opus", feature = "h264", feature = "vpx"))]
 mod media;
+mod routing;
+#[cfg(all(feature = "opus", feature = "vpx"))]
+mod soak;
 #[cfg(all(feature = "opus", feature = "vpx"))]
 mod sync;
 
@@ -34,6 +38,10 @@ pub(crate) struct Mesh {
     seq: u64,
     link: LinkFn,
     pub(crate) events: Vec<Vec<(Duration, Event)>>,
+    /// Rewrites the signaling text participant `i` sends (an attacker or an odd client)
+    pub(crate) rewrite: Option<Box<dyn FnMut(usize, String) -> String>>,
+    /// Destinations of datagrams sent to addresses that are not in the mesh
+    pub(crate) foreign_destinations: Vec<SocketAddr>,
     /// A STUN/TURN server in the network (1 ms from everyone), if any
     pub(crate) turn: Option<crate::ice::fake::FakeTurn>,
     /// The driver's resolver, for `Output::Resolve`
@@ -70,6 +78,8 @@ impl Mesh {
             seq: 0,
             link,
             events: Vec::new(),
+            rewrite: None,
+            foreign_destinations: Vec::new(),
             turn: None,
             resolver: None,
             announce_extra: None,
@@ -255,7 +265,24 @@ impl Mesh {
         self.queue.insert((self.now + after, self.seq), p);
     }
 
-    fn drain(&mut self, i: usize) {
+    /// The address of participant `i`
+    pub(crate) fn addr(&self, i: usize) -> SocketAddr {
+        self.addrs[i]
+    }
+
+    /// Hands participant `to` a datagram (from anyone) now, then drains it
+    pub(crate) fn inject(&mut self, to: usize, source: SocketAddr, contents: &[u8]) {
+        let recv = Receive {
+            source,
+            destination: self.addrs[to],
+            contents,
+        };
+        let now = self.now;
+        let _ = self.parts[to].handle_input(Input::Receive(now, recv));
+        self.drain(to);
+    }
+
+    pub(crate) fn drain(&mut self, i: usize) {
         loop {
             match self.parts[i].poll_output() {
                 Output::Timeout(t) => {
@@ -268,6 +295,7 @@ impl Mesh {
                         continue;
                     }
                     let Some(to) = self.addrs.iter().position(|a| *a == t.destination) else {
+                        self.foreign_destinations.push(t.destination);
                         continue;
                     };
                     self.direct += 1;
@@ -276,7 +304,10 @@ impl Mesh {
                     }
                 }
                 Output::Signal(f) => {
-                    let text = f.to_json();
+                    let mut text = f.to_json();
+                    if let Some(rewrite) = &mut self.rewrite {
+                        text = rewrite(i, text);
+                    }
                     self.sent[i].push(text.clone());
                     self.push(Duration::from_millis(5), Pending::ToServer(i, text))
                 }

@@ -266,6 +266,9 @@ fn help_works_for_every_subcommand() {
 fn bad_input_exits_non_zero_with_one_line() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken = taken.local_addr().map(|a| (a, taken)).unwrap();
+    // A port nothing listens on, for an unreachable Redis.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let free = (free.local_addr().unwrap(), ());
     let cases: Vec<(Vec<String>, &str)> = vec![
         (vec!["peer".into(), "--bogus".into()], "--bogus"),
         (vec!["bogus".into()], "bogus"),
@@ -341,6 +344,44 @@ fn bad_input_exits_non_zero_with_one_line() {
         (
             ["demo", "--peers", "11"].map(String::from).to_vec(),
             "--peers",
+        ),
+        (
+            ["signal", "--redis", "http://127.0.0.1:1", "--node-id", "a"]
+                .map(String::from)
+                .to_vec(),
+            "--redis",
+        ),
+        (
+            ["signal", "--redis", "redis://127.0.0.1:1"]
+                .map(String::from)
+                .to_vec(),
+            "--node-id",
+        ),
+        (
+            [
+                "signal",
+                "--redis",
+                "redis://127.0.0.1:1",
+                "--node-id",
+                "bad id",
+            ]
+            .map(String::from)
+            .to_vec(),
+            "--node-id",
+        ),
+        (
+            [
+                "signal",
+                "--listen",
+                "127.0.0.1:0",
+                "--redis",
+                &format!("redis://{}", free.0),
+                "--node-id",
+                "a",
+            ]
+            .map(String::from)
+            .to_vec(),
+            "redis",
         ),
     ];
     for (args, needle) in cases {
@@ -746,6 +787,8 @@ fn signal_and_token_refuse_bad_secrets_and_urls_with_one_line() {
         "--turn-secret-file",
         "--turn-ttl",
         "--metrics",
+        "--redis",
+        "--node-id",
     ] {
         assert!(text.contains(flag), "signal --help lists {flag}");
     }
@@ -825,23 +868,9 @@ fn a_killed_signal_server_restarted_on_its_port_does_not_stop_a_call() {
 }
 
 fn start_signal_with_listen(listen: &str) -> (Reaper, String) {
-    let mut child = meshrtc()
-        .args(["signal", "--listen", listen])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let child = Reaper::new(child);
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    let url = line
-        .trim_end()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
-    (child, url)
+    let mut cmd = meshrtc();
+    cmd.args(["signal", "--listen", listen]);
+    start_signal_cmd(cmd)
 }
 
 /// A network namespace holding only loopback, removed on drop
@@ -897,23 +926,9 @@ fn peers_whose_udp_is_blocked_for_30s_reconnect_after_the_rule_goes() {
         return;
     };
     let bin = env!("CARGO_BIN_EXE_meshrtc");
-    let mut child = ns
-        .command(bin)
-        .args(["signal", "--listen", "127.0.0.1:0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let server = Reaper::new(child);
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    let url = line
-        .trim_end()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
+    let mut cmd = ns.command(bin);
+    cmd.args(["signal", "--listen", "127.0.0.1:0"]);
+    let (server, url) = start_signal_cmd(cmd);
     let dir = std::env::temp_dir().join(format!("meshrtc-drop-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let spawn_peer = |id: &str| {

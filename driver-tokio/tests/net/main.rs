@@ -5,9 +5,11 @@
 
 mod attacks;
 mod cli;
+mod cluster;
 #[path = "../../../core/tests/turn/coturn.rs"]
 #[allow(dead_code)] // reason: shared with the core's TURN tests; not every helper is used here
 mod coturn;
+mod files;
 mod ice;
 mod mesh;
 mod metrics;
@@ -15,4 +17,5 @@ mod metrics;
 mod nat;
 mod server;
 mod session;
+mod teardown;
 mod util;

@@ -219,3 +219,128 @@ async fn metrics_parse_and_follow_a_room_filling_and_emptying() {
     })
     .await;
 }
+
+/// `meshrtc peer --metrics`: the per-remote figures appear as a peer joins and media flows,
+/// parse as Prometheus text (ours and the Python client's), and follow the peer leaving
+#[test]
+fn peer_metrics_follow_a_call() {
+    use std::io::BufRead;
+    use std::process::Stdio;
+
+    use crate::cli::{meshrtc, start_signal, wait, Reaper};
+
+    let (server, url) = start_signal();
+    let spawn = |id: &str, duration: &str, extra: &[&str]| {
+        meshrtc()
+            .args(["peer", "--signal", &url, "--room", "metrics", "--id", id])
+            .args([
+                "--duration",
+                duration,
+                "--bind",
+                "127.0.0.1",
+                "--audio",
+                "tone",
+            ])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut alice = spawn("alice", "30", &["--metrics", "127.0.0.1:0"]);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = alice.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let alice = Reaper::new(alice);
+    let addr: SocketAddr = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("alice prints where her metrics are");
+        if let Some(rest) = line.strip_prefix("metrics on http://") {
+            break rest.trim_end_matches("/metrics").parse().unwrap();
+        }
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let scrape_now = || rt.block_on(samples(addr));
+    let alone = scrape_now();
+    assert_eq!(get(&alone, "meshrtc_peer_remotes_connected"), 0.0);
+    assert_eq!(get(&alone, "meshrtc_peer_signaling_connected"), 1.0);
+
+    let bob = Reaper::new(spawn("bob", "4", &[]));
+    let bob_connected = r#"meshrtc_peer_connected{remote="bob"}"#;
+    let frames = r#"meshrtc_peer_audio_frames_decoded_total{remote="bob"}"#;
+    let mut during = alone;
+    for _ in 0..100 {
+        during = scrape_now();
+        if during.get(bob_connected) == Some(&1.0)
+            && during.get(frames).is_some_and(|f| *f >= 50.0)
+            && during.contains_key(r#"meshrtc_peer_rtt_seconds{remote="bob"}"#)
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        get(&during, "meshrtc_peer_remotes_connected"),
+        1.0,
+        "{during:?}"
+    );
+    assert!(get(&during, frames) >= 50.0, "{during:?}");
+    let rtt = get(&during, r#"meshrtc_peer_rtt_seconds{remote="bob"}"#);
+    assert!(rtt > 0.0 && rtt < 1.0, "{rtt}");
+    let jb = get(
+        &during,
+        r#"meshrtc_peer_jitter_buffer_seconds{remote="bob"}"#,
+    );
+    assert!(jb > 0.0 && jb < 1.0, "{jb}");
+    assert!(
+        get(
+            &during,
+            r#"meshrtc_peer_datagrams_total{remote="bob",direction="in"}"#
+        ) > 0.0
+    );
+    assert_eq!(
+        get(&during, r#"meshrtc_peer_reconnects_total{remote="bob"}"#),
+        0.0
+    );
+    let text = rt.block_on(scrape(addr)).1;
+    check_with_python(&text);
+
+    let out = wait(bob, Duration::from_secs(30));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut after = during.clone();
+    for _ in 0..100 {
+        after = scrape_now();
+        if get(&after, "meshrtc_peer_remotes_connected") == 0.0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        get(&after, "meshrtc_peer_remotes_connected"),
+        0.0,
+        "{after:?}"
+    );
+    // Counters do not go back.
+    assert!(
+        after.get(frames).is_none_or(|f| *f >= get(&during, frames)),
+        "{after:?}"
+    );
+    drop(alice);
+    drop(server);
+}

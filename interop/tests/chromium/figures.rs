@@ -73,3 +73,89 @@ fn connect_time_p50_over_10_runs() {
         Ok(())
     });
 }
+
+/// Audio playout side by side on whatever path the loopback has: meshrtc sends Chromium a
+/// tone and Chromium sends meshrtc its fake microphone, both Opus 20 ms, for 60 s each run;
+/// prints Chromium's NetEq figures (W3C `jitterBufferDelay / jitterBufferEmittedCount`,
+/// `concealedSamples / totalSamplesReceived`) beside meshrtc's jitter buffer's (the stats
+/// file's `jitter_buffer_ms`, and `concealed_ms` over the audio played) and both RTTs.
+///
+/// Impair the path first, in a network namespace of its own so that nothing else on the
+/// machine is affected, with `scripts/jitter-queue.py` (an NFQUEUE relay that delays each UDP
+/// packet independently, so packets reorder, with the simulator's jitter shapes; see its
+/// header):
+///
+/// ```text
+/// unshare -n sh -c 'ip link set lo up &&
+///   iptables -A OUTPUT -o lo -p udp -j NFQUEUE --queue-num 7 &&
+///   (python3 scripts/jitter-queue.py --queue 7 --latency 20 exponential:20 &) &&
+///   sleep 1 && JITTER_LABEL="20 ms + exponential 20 ms" cargo test --release \
+///     -p meshrtc-interop --test chromium -- --ignored playout_side_by_side --nocapture'
+/// ```
+#[test]
+#[ignore = "a figure, run by hand on an impaired loopback"]
+fn playout_side_by_side_on_this_path() {
+    let runs: usize = std::env::var("RUNS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3);
+    let label = std::env::var("JITTER_LABEL").unwrap_or_else(|_| "unimpaired loopback".into());
+    run("playout_side_by_side_on_this_path", |w: &mut World| {
+        let hold = Duration::from_secs(60);
+        let mut rows = Vec::new();
+        for i in 0..runs {
+            let id = format!("mesh{i}");
+            let tag = format!("page{i}");
+            w.spawn_peer(&id, hold + Duration::from_secs(120), &["--audio", "tone"])?;
+            w.peer(&id).wait_joined(Duration::from_secs(20))?;
+            w.open_page(&tag, &format!("id=chromium{i}&audio=1"))?;
+            w.wait_page_connected(&tag, &id, PAGE_START)?;
+            std::thread::sleep(hold);
+            w.peer(&id).terminate();
+            let stats = w.finish_peer(&id, Duration::from_secs(20))?;
+            let page = w.wait_page_saw_leave(&tag, &id)?;
+            w.close_page(&tag);
+            let s = &page["peers"][&id]["stats"];
+            let neteq_delay = num(s, "inbound_audio.jitter_buffer_delay").unwrap_or(0.0) * 1000.0
+                / num(s, "inbound_audio.jitter_buffer_emitted_count")
+                    .unwrap_or(0.0)
+                    .max(1.0);
+            let neteq_concealed = num(s, "inbound_audio.concealed_samples").unwrap_or(0.0)
+                / num(s, "inbound_audio.total_samples_received")
+                    .unwrap_or(0.0)
+                    .max(1.0);
+            let m = &stats["remote"][format!("chromium{i}")];
+            let ours_delay = num(m, "audio.jitter_buffer_ms").unwrap_or(f64::NAN);
+            let concealed_ms = num(m, "audio.concealed_ms").unwrap_or(f64::NAN);
+            let decoded = num(m, "audio.frames_decoded").unwrap_or(0.0);
+            let ours_concealed = concealed_ms / (decoded * 20.0 + concealed_ms).max(1.0);
+            eprintln!(
+                "FIGURE {label}, run {i}: NetEq {neteq_delay:.1} ms, {:.2}% concealed; \
+                 meshrtc {ours_delay:.1} ms, {:.2}% concealed; RTT meshrtc {:?} ms, \
+                 Chromium {:?} ms",
+                neteq_concealed * 100.0,
+                ours_concealed * 100.0,
+                num(m, "rtt_ms"),
+                num(&page["peers"][&id]["stats"], "selected_pair.rtt_ms"),
+            );
+            eprintln!(
+                "DETAIL meshrtc audio {} page inbound_audio {}",
+                m["audio"], s["inbound_audio"]
+            );
+            rows.push((neteq_delay, neteq_concealed, ours_delay, ours_concealed));
+        }
+        let range = |f: fn(&(f64, f64, f64, f64)) -> f64| {
+            let v: Vec<f64> = rows.iter().map(f).collect();
+            (percentile(&v, 0.0), percentile(&v, 1.0))
+        };
+        let (a, b) = range(|r| r.0);
+        let (c, d) = range(|r| r.1 * 100.0);
+        let (e, f) = range(|r| r.2);
+        let (g, h) = range(|r| r.3 * 100.0);
+        eprintln!(
+            "FIGURE {label}: NetEq {a:.1}-{b:.1} ms, {c:.2}-{d:.2}% concealed; meshrtc \
+             {e:.1}-{f:.1} ms, {g:.2}-{h:.2}% concealed ({runs} runs of 60 s)"
+        );
+        Ok(())
+    });
+}

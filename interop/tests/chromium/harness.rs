@@ -463,6 +463,37 @@ impl World {
         Ok(())
     }
 
+    /// Starts a Chromium on any `url` (the page `meshrtc signal` serves, say), under `tag`
+    ///
+    /// The page reports only if the URL tells it where (`report=`, see [`World::report_url`]).
+    pub fn open_url(&mut self, tag: &str, url: &str) -> Result<(), String> {
+        let profile = TempDir::new("chromium-profile");
+        let log_path = self.dir.path().join(format!("chromium-{tag}.log"));
+        let mut cmd = Command::new(&self.chromium);
+        cmd.args(CHROMIUM_FLAGS)
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg(url)
+            .stdin(Stdio::null())
+            .stdout(log_file(&log_path)?)
+            .stderr(log_file(&log_path)?);
+        let proc = Proc::spawn("chromium", &mut cmd, true)?;
+        self.browsers.insert(
+            tag.to_string(),
+            Browser {
+                url: url.to_string(),
+                proc,
+                log_path,
+                _profile: profile,
+            },
+        );
+        Ok(())
+    }
+
+    /// Where a page reports as `tag`: this world's page server, `POST /report?tag=TAG`
+    pub fn report_url(&self, tag: &str) -> String {
+        format!("{}/report?tag={}", self.pages.base_url(), encode(tag))
+    }
+
     /// Waits until the page `tag` reports something `pred` accepts
     pub fn wait_page(
         &self,

@@ -11,6 +11,7 @@
 //! they fail. `MESHRTC_INTEROP_KEEP=1` keeps the scratch directories (logs, stats files).
 
 mod blocking;
+mod client;
 #[path = "../../../core/tests/turn/coturn.rs"]
 #[allow(dead_code)] // reason: shared with the core's TURN tests; not every helper is used here
 mod coturn;

@@ -7,7 +7,7 @@ use meshrtc_sim::Scenario;
 
 use crate::util::{real_trace, scenarios_dir};
 
-const NAMED: [&str; 10] = [
+const NAMED: [&str; 14] = [
     "clean-lan",
     "mesh-10",
     "wifi-lossy",
@@ -15,6 +15,10 @@ const NAMED: [&str; 10] = [
     "burst-loss-10",
     "drift-1000ppm",
     "outage-10s",
+    "jitter-exponential",
+    "jitter-pareto",
+    "jitter-normal",
+    "jitter-uniform",
     "nat-cone",
     "nat-symmetric",
     "nat-mixed-5",

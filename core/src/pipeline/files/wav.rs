@@ -446,7 +446,7 @@ impl<W: Write + Seek> WavWriter<W> {
 
     /// Appends interleaved samples (a whole number of frames)
     pub fn write(&mut self, samples: &[i16]) -> Result<(), FileError> {
-        if samples.len() % usize::from(self.channels) != 0 {
+        if !samples.len().is_multiple_of(usize::from(self.channels)) {
             return Err(FileError::InvalidInput(format!(
                 "{} samples are not whole frames of {} channels",
                 samples.len(),

@@ -11,6 +11,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use meshrtc::signal::{PeerId, RoomId};
 
 mod demo;
+mod media;
+mod metrics;
 mod peer;
 mod signal;
 
@@ -18,8 +20,19 @@ mod signal;
 #[derive(Debug, Parser)]
 #[command(name = "meshrtc", version, about, propagate_version = true)]
 struct Cli {
+    /// Log format on stderr: text, or json (one JSON object a line); RUST_LOG sets the level
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines
+    Text,
+    /// One JSON object per line (tracing-subscriber's JSON format)
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -70,6 +83,15 @@ struct SignalArgs {
     /// Connections held at once from one source address (IPv6: one /64)
     #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
     max_connections_per_ip: u64,
+    /// Share rooms with the other nodes using this Redis (redis://HOST:PORT[/DB])
+    #[arg(long, value_name = "URL", requires = "node_id", value_parser = signal::parse_redis_url)]
+    redis: Option<String>,
+    /// This node's name among the nodes sharing the Redis (1-64 of [A-Za-z0-9_.-])
+    #[arg(long, value_name = "N", requires = "redis", value_parser = signal::parse_node_id)]
+    node_id: Option<meshrtc::signal::NodeId>,
+    /// Seconds after which a silent node counts as dead and its peers as left
+    #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(2..=3600))]
+    node_ttl: u64,
 }
 
 /// Arguments of `meshrtc token`
@@ -149,6 +171,21 @@ struct PeerArgs {
     /// Seed for the core's random choices (random when absent)
     #[arg(long)]
     seed: Option<u64>,
+    /// Send this WAV file as audio, looped (PCM or float, any common rate and channel
+    /// count; resampled to 48 kHz)
+    #[arg(long, value_name = "FILE")]
+    audio_file: Option<PathBuf>,
+    /// Send this Y4M file as video, looped (4:2:0 or mono; its size and frame rate replace
+    /// --width/--height/--fps)
+    #[arg(long, value_name = "FILE")]
+    video_file: Option<PathBuf>,
+    /// Write what was played out per remote peer: DIR/<peer>.wav (48 kHz PCM after the
+    /// jitter buffer) and DIR/<peer>.y4m (decoded video, as rendered)
+    #[arg(long, value_name = "DIR")]
+    record: Option<PathBuf>,
+    /// Serve Prometheus metrics (per remote peer) at http://ADDR/metrics
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
 }
 
 /// Arguments of `meshrtc demo`
@@ -291,7 +328,7 @@ fn main() -> ExitCode {
             };
         }
     };
-    init_tracing();
+    init_tracing(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -322,14 +359,18 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs go to stderr; `RUST_LOG` sets the filter (default: warnings only)
-fn init_tracing() {
+/// Logs go to stderr, as text or JSON lines; `RUST_LOG` sets the filter (default: warnings
+/// only)
+fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
 }
 
 /// `127.0.0.1` with port 0

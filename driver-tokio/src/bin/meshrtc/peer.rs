@@ -1,4 +1,5 @@
-//! `meshrtc peer`: join a room, run the data echo, leave, write stats
+//! `meshrtc peer`: join a room, send test media or files, run the data echo, record what
+//! played out, serve metrics, leave, write stats
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -14,7 +15,7 @@ use meshrtc::{CandidatePolicy, PeerStats};
 use meshrtc_tokio::echo::{self, Echo, RemoteReport, StatsFile};
 use meshrtc_tokio::{Events, Session, SessionConfig, SessionHandle};
 
-use crate::{millis, AudioMode, DataMode, PeerArgs, VideoCodec, VideoMode};
+use crate::{media, metrics, millis, AudioMode, DataMode, PeerArgs, VideoCodec, VideoMode};
 
 pub(crate) async fn run(args: PeerArgs) -> Result<(), String> {
     // Open the stats file first: a bad path fails before joining, not after the run.
@@ -28,6 +29,35 @@ pub(crate) async fn run(args: PeerArgs) -> Result<(), String> {
     let data = args.data == DataMode::Echo;
     let send_audio = args.audio == AudioMode::Tone;
     let send_video = args.video == VideoMode::Testsrc;
+    if send_audio && args.audio_file.is_some() {
+        return Err("give --audio tone or --audio-file, not both".into());
+    }
+    if send_video && args.video_file.is_some() {
+        return Err("give --video testsrc or --video-file, not both".into());
+    }
+    // Files and the metrics port are checked before joining: bad input fails at once.
+    let opus_channels = meshrtc::codec::OpusConfig::default().channels;
+    let opus_frame_ms = meshrtc::codec::OpusConfig::default().frame_ms;
+    let audio_file = match &args.audio_file {
+        Some(path) => Some(media::AudioFile::open(path, opus_channels, opus_frame_ms)?),
+        None => None,
+    };
+    let video_file = match &args.video_file {
+        Some(path) => Some(media::VideoFile::open(path)?),
+        None => None,
+    };
+    let (width, height, fps) = match &video_file {
+        Some(v) => (v.info.width, v.info.height, v.fps(args.fps)),
+        None => (args.width, args.height, args.fps),
+    };
+    let recorder = match &args.record {
+        Some(dir) => Some(media::Recorder::start(dir)?),
+        None => None,
+    };
+    let metrics_listener = match args.metrics {
+        Some(addr) => Some(metrics::bind(addr).await?),
+        None => None,
+    };
     let codecs = match args.video_codec {
         Some(VideoCodec::H264) => vec![meshrtc::codec::VideoCodec::H264],
         Some(VideoCodec::Vp8) => vec![meshrtc::codec::VideoCodec::Vp8],
@@ -48,13 +78,17 @@ pub(crate) async fn run(args: PeerArgs) -> Result<(), String> {
         data,
     };
     config.session.participant.media.video_codecs = codecs;
-    let mut video = VideoEncoderConfig::new(codec, args.width, args.height);
-    video.fps = args.fps;
-    video.bitrate_bps = bitrate_for(args.width, args.height, args.fps);
+    let mut video = VideoEncoderConfig::new(codec, width, height);
+    video.fps = fps;
+    video.bitrate_bps = bitrate_for(width, height, fps);
     config.session.participant.media.video = video;
+    debug_assert_eq!(
+        config.session.participant.media.opus.channels,
+        opus_channels
+    );
     config.session.test_media = Some(TestMedia {
         audio: send_audio,
-        video: send_video.then_some((args.width, args.height, args.fps)),
+        video: send_video.then_some((width, height, fps)),
     });
     if config.bind.ip().is_loopback() {
         // A loopback socket cannot reach any other address.
@@ -81,19 +115,39 @@ pub(crate) async fn run(args: PeerArgs) -> Result<(), String> {
             }
         }
     };
+    let presence = metrics::Presence::default();
+    if let Some(listener) = metrics_listener {
+        if let Ok(addr) = listener.local_addr() {
+            println!("metrics on http://{addr}/metrics");
+        }
+        metrics::serve(listener, handle.clone(), presence.clone());
+    }
+    let sources = media::Sources::start(&handle, audio_file, video_file.map(|v| (v, fps)))?;
+    let tap = |event: &meshrtc_tokio::Event| {
+        presence.on_event(event);
+        if let Some(r) = &recorder {
+            r.on_event(event);
+        }
+    };
     let report = if data {
-        echo::run_echo(&handle, &mut events, stop, None)
+        echo::run_echo_with(&handle, &mut events, stop, None, tap)
             .await
             .map_err(|e| e.to_string())?
     } else {
-        observe(&handle, &mut events, stop).await
+        observe(&handle, &mut events, stop, tap).await
     };
+    drop(sources);
     let peer_id = handle.peer_id().clone();
     let room = handle.room().to_string();
     // Media counters live in the core's per-peer statistics: read them before leaving.
     let media = handle.stats().await.map(|s| s.peers).unwrap_or_default();
     handle.leave().await.map_err(|e| e.to_string())?;
     print_summary(&report, &media);
+    if let Some(recorder) = recorder {
+        for line in recorder.finish()? {
+            println!("{line}");
+        }
+    }
     if let Some(file) = &mut stats_file {
         let json = StatsFile::new(&peer_id, room, &report, &media, data);
         let text = serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?;
@@ -139,10 +193,12 @@ async fn observe(
     handle: &SessionHandle,
     events: &mut Events,
     stop: impl std::future::Future<Output = ()>,
+    mut tap: impl FnMut(&meshrtc_tokio::Event),
 ) -> BTreeMap<PeerId, RemoteReport> {
     let mut echo = Echo::new(handle.peer_id().clone());
     let watch = async {
         while let Some(event) = events.recv().await {
+            tap(&event);
             // No data channel: there is never anything to answer.
             if let meshrtc_tokio::Event::Mesh(event) = &event {
                 let _ = echo.handle_event(Instant::now(), event);

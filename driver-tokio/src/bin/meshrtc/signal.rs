@@ -7,7 +7,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use meshrtc::signal::auth::{mint_room_token, RoomClaims, Secret};
 use meshrtc::signal::server::ServerConfig;
 use meshrtc::signal::IceServer;
-use meshrtc_tokio::{SignalServer, SignalServerConfig};
+use meshrtc::signal::NodeId;
+use meshrtc_tokio::{RedisConfig, SignalServer, SignalServerConfig};
 
 use crate::{SignalArgs, TokenArgs};
 
@@ -45,6 +46,17 @@ pub(crate) async fn run(args: SignalArgs) -> Result<(), String> {
         max_connections_per_ip: usize::try_from(args.max_connections_per_ip).unwrap_or(usize::MAX),
         allowed_origins: args.allow_origin,
         metrics_addr: args.metrics,
+        redis: match (args.redis, args.node_id) {
+            (Some(url), Some(node)) => {
+                let ttl = Duration::from_secs(args.node_ttl);
+                Some(RedisConfig {
+                    node_ttl: ttl,
+                    refresh: ttl / 5,
+                    ..RedisConfig::new(url, node)
+                })
+            }
+            _ => None,
+        },
         ..SignalServerConfig::default()
     };
     // Watch the signals before saying we are ready: a SIGTERM right after the listening
@@ -90,6 +102,28 @@ fn read_secret(path: &Path, what: &str) -> Result<Secret, String> {
         .map_err(|e| format!("cannot read {what} file {}: {e}", path.display()))?;
     Secret::from_file_contents(&bytes)
         .ok_or_else(|| format!("{what} file {} is empty", path.display()))
+}
+
+/// Checks a Redis URL: `redis://HOST:PORT[/DB]` (or `redis+unix://`, `unix://`)
+pub(crate) fn parse_redis_url(s: &str) -> Result<String, String> {
+    let lower = s.to_ascii_lowercase();
+    let Some(rest) = lower.strip_prefix("redis://") else {
+        if lower.starts_with("unix://") || lower.starts_with("redis+unix://") {
+            return Ok(s.to_string());
+        }
+        return Err("not a Redis URL (e.g. redis://127.0.0.1:6379)".into());
+    };
+    let hostport = rest.split('/').next().unwrap_or("");
+    let hostport = hostport.rsplit('@').next().unwrap_or("");
+    if hostport.is_empty() {
+        return Err("the Redis URL has no host (e.g. redis://127.0.0.1:6379)".into());
+    }
+    Ok(s.to_string())
+}
+
+/// Checks a node id: 1-64 characters of `[A-Za-z0-9_.-]`
+pub(crate) fn parse_node_id(s: &str) -> Result<NodeId, String> {
+    NodeId::new(s).map_err(|e| format!("bad node id: {e}"))
 }
 
 fn is_turn(url: &str) -> bool {

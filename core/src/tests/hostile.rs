@@ -1,0 +1,421 @@
+//! Attacks on a participant, each asserting that the attacker loses and honest peers carry
+//! on: a peer advertising a small `max-message-size`, candidates to foreign addresses inside
+//! an SDP, unauthenticated datagrams (spoofed DTLS alerts, garbage) from a remote's address,
+//! predictable ICE credentials, an oversized VP9 inter frame
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::signal::Capabilities;
+use crate::tests::{perfect, Mesh};
+use crate::{CommandError, Config, DataMessage, Event};
+
+fn data_config() -> Config {
+    Config {
+        capabilities: Capabilities {
+            audio: false,
+            video: false,
+            data: true,
+        },
+        ..Config::default()
+    }
+}
+
+fn mesh(n: usize) -> Mesh {
+    Mesh::new((0..n).map(|_| data_config()).collect(), perfect(10))
+}
+
+/// Binary messages of `len` bytes `at` received from `from`
+fn received(m: &Mesh, at: usize, from: usize, len: usize) -> usize {
+    m.events[at]
+        .iter()
+        .filter(|(_, e)| {
+            matches!(e, Event::DataReceived { peer, message, .. }
+                if *peer == Mesh::id(from) && message.len() == len)
+        })
+        .count()
+}
+
+/// Events that mean a connection broke (failed, or is being healed)
+fn breakages(m: &Mesh, at: usize) -> Vec<String> {
+    m.events[at]
+        .iter()
+        .filter(|(_, e)| {
+            matches!(
+                e,
+                Event::PeerFailed { .. } | Event::PeerReconnecting { .. } | Event::PeerLeft { .. }
+            )
+        })
+        .map(|(t, e)| format!("{t:?}: {e:?}"))
+        .collect()
+}
+
+/// Participant 1 advertises 64 KiB as aiortc does. A larger message to it fails at once with
+/// `MessageTooLarge`; smaller ones still go; the connection lives; a broadcast skips it and
+/// reaches the peer that takes large messages.
+#[test]
+fn message_larger_than_the_remotes_max_message_size_fails_alone() {
+    let mut m = mesh(3);
+    m.rewrite = Some(Box::new(|i, text| {
+        if i == 1 {
+            let t = text.replace("a=max-message-size:262144", "a=max-message-size:65536");
+            assert!(
+                !t.contains("max-message-size") || t.contains("max-message-size:65536"),
+                "{t}"
+            );
+            t
+        } else {
+            text
+        }
+    }));
+    m.connect_all();
+    let (p0, p1, p2) = (Mesh::id(0), Mesh::id(1), Mesh::id(2));
+
+    let big = DataMessage::Binary(vec![7; 100_000]);
+    let err = m.with(0, |p, _| p.send_data(&p1, big.clone())).unwrap_err();
+    assert_eq!(
+        err,
+        CommandError::MessageTooLarge {
+            len: 100_000,
+            max: 65_536
+        }
+    );
+    // The same message to the peer that advertised 256 KiB goes; a broadcast skips peer 1.
+    m.with(0, |p, _| p.send_data(&p2, big.clone())).unwrap();
+    assert_eq!(m.with(0, |p, _| p.broadcast(big.clone())).unwrap(), 1);
+    // Within the limit goes, and peer 1 may send large messages to us (we advertise more).
+    m.with(0, |p, _| {
+        p.send_data(&p1, DataMessage::Binary(vec![1; 65_536]))
+    })
+    .unwrap();
+    m.with(1, |p, _| p.send_data(&p0, big.clone())).unwrap();
+    m.run_for(Duration::from_secs(2));
+
+    assert_eq!(received(&m, 2, 0, 100_000), 2);
+    assert_eq!(received(&m, 1, 0, 65_536), 1);
+    assert_eq!(received(&m, 1, 0, 100_000), 0);
+    assert_eq!(received(&m, 0, 1, 100_000), 1);
+    for i in 0..3 {
+        assert!(breakages(&m, i).is_empty(), "{i}: {:?}", breakages(&m, i));
+    }
+    assert!(m.parts[0].is_connected(&p1) && m.parts[1].is_connected(&p0));
+}
+
+/// A message queued before the remote's description is known and larger than what it then
+/// advertises is dropped (reported undelivered) instead of failing the connection
+#[test]
+fn queued_message_over_the_remotes_limit_is_dropped_not_fatal() {
+    let mut m = mesh(2);
+    m.rewrite = Some(Box::new(|i, text| {
+        if i == 1 {
+            text.replace("a=max-message-size:262144", "a=max-message-size:65536")
+        } else {
+            text
+        }
+    }));
+    let room = crate::signal::RoomId::new("room").unwrap();
+    m.with(1, |p, _| p.join(room.clone(), Some(Mesh::id(1))))
+        .unwrap();
+    m.run_for(Duration::from_millis(50));
+    m.with(0, |p, _| p.join(room.clone(), Some(Mesh::id(0))))
+        .unwrap();
+    let p1 = Mesh::id(1);
+    let ok = m.run_until(Duration::from_secs(2), |m| {
+        m.parts[0].peer_ids().any(|p| *p == p1)
+    });
+    assert!(ok, "peer 1 never became known");
+    // Queued now: the answer with 64 KiB has not come yet.
+    m.with(0, |p, _| {
+        p.send_data(&p1, DataMessage::Binary(vec![3; 100_000]))
+    })
+    .unwrap();
+    m.with(0, |p, _| {
+        p.send_data(&p1, DataMessage::Binary(vec![4; 1_000]))
+    })
+    .unwrap();
+    m.run_for(Duration::from_secs(3));
+    assert!(m.parts[0].is_connected(&p1));
+    assert_eq!(received(&m, 1, 0, 1_000), 1);
+    assert_eq!(received(&m, 1, 0, 100_000), 0);
+    assert!(breakages(&m, 0).is_empty(), "{:?}", breakages(&m, 0));
+    assert!(breakages(&m, 1).is_empty(), "{:?}", breakages(&m, 1));
+}
+
+/// Participant 0's offers and answers carry an extra `a=candidate` to an address outside the
+/// policy (loopback only here): the others never send to it, count it, and connect anyway
+#[test]
+fn sdp_candidate_to_a_foreign_address_is_dropped_and_counted() {
+    let mut m = mesh(3);
+    m.rewrite = Some(Box::new(|i, text| {
+        if i == 0 && text.contains("a=ice-ufrag:") {
+            text.replace(
+                "a=ice-ufrag:",
+                "a=candidate:9 1 udp 2130706431 203.0.113.9 5000 typ host\\r\\na=ice-ufrag:",
+            )
+        } else {
+            text
+        }
+    }));
+    m.connect_all();
+    m.run_for(Duration::from_secs(2));
+    let foreign: SocketAddr = "203.0.113.9:5000".parse().unwrap();
+    assert!(
+        !m.foreign_destinations.contains(&foreign),
+        "sent to the foreign candidate"
+    );
+    for i in 1..3 {
+        let stats = m.parts[i].peer_stats(&Mesh::id(0)).unwrap();
+        assert!(stats.candidates_filtered >= 1, "{i}: {stats:?}");
+        assert!(m.parts[i].is_connected(&Mesh::id(0)));
+    }
+    // The control: without the extra line nothing is filtered.
+    let stats = m.parts[1].peer_stats(&Mesh::id(2)).unwrap();
+    assert_eq!(stats.candidates_filtered, 0);
+}
+
+/// A DTLS alert record (plaintext, epoch 0): fatal, `description`
+fn dtls_alert(seq: u8, description: u8) -> Vec<u8> {
+    vec![
+        21,
+        0xfe,
+        0xfd, // alert, DTLS 1.2
+        0,
+        0, // epoch
+        0,
+        0,
+        0,
+        0,
+        0,
+        seq, // sequence number
+        0,
+        2, // length
+        2,
+        description, // fatal
+    ]
+}
+
+/// While the handshakes run, an off-path attacker spoofing each remote's address sends fatal
+/// DTLS alerts and close_notify to every participant: every pair connects anyway, none
+/// fails or reconnects
+#[test]
+fn spoofed_dtls_alerts_during_the_handshake_do_not_tear_peers_down() {
+    let mut m = mesh(3);
+    let room = crate::signal::RoomId::new("room").unwrap();
+    for i in 0..3 {
+        m.with(i, |p, _| p.join(room.clone(), Some(Mesh::id(i))))
+            .unwrap();
+        m.run_for(Duration::from_millis(20));
+    }
+    let mut seq = 0u8;
+    for _ in 0..400 {
+        for to in 0..3 {
+            for from in 0..3 {
+                if from != to {
+                    let src = m.addr(from);
+                    for desc in [0u8, 40, 42, 48, 80] {
+                        seq = seq.wrapping_add(1);
+                        m.inject(to, src, &dtls_alert(seq, desc));
+                    }
+                }
+            }
+        }
+        m.run_for(Duration::from_millis(5));
+    }
+    let ok = m.run_until(Duration::from_secs(5), |m| {
+        (0..3).all(|i| (0..3).all(|j| i == j || m.parts[i].is_connected(&Mesh::id(j))))
+    });
+    assert!(ok, "mesh did not connect under spoofed alerts");
+    let mut rejected = 0;
+    for i in 0..3 {
+        assert!(breakages(&m, i).is_empty(), "{i}: {:?}", breakages(&m, i));
+        for j in (0..3).filter(|j| *j != i) {
+            let stats = m.parts[i].peer_stats(&Mesh::id(j)).unwrap();
+            assert_eq!(stats.reconnects, 0);
+            rejected += stats.dtls_rejected;
+        }
+    }
+    // The alerts did reach DTLS mid-handshake (each one used to fail the connection).
+    assert!(rejected > 0, "no alert reached a handshake");
+}
+
+/// After the mesh connects, garbage from each remote's own address (DTLS-, RTP-, RTCP- and
+/// STUN-looking, alerts after the handshake) is dropped: data keeps flowing both ways and no
+/// connection breaks
+#[test]
+fn garbage_from_the_remotes_address_does_not_break_the_connection() {
+    let mut m = mesh(3);
+    m.connect_all();
+    let mut rng = fastrand::Rng::with_seed(18);
+    for round in 0..200u32 {
+        for to in 0..3 {
+            for from in (0..3).filter(|f| *f != to) {
+                let src = m.addr(from);
+                let len = rng.usize(1..300);
+                let mut junk: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
+                // First byte decides how it is demultiplexed (RFC 7983): cover each range.
+                junk[0] = match round % 5 {
+                    0 => rng.u8(20..=63),
+                    1 => rng.u8(128..=191),
+                    2 => 0,
+                    3 => 200,
+                    _ => junk[0],
+                };
+                m.inject(to, src, &junk);
+                m.inject(to, src, &dtls_alert(round as u8, 40));
+            }
+        }
+        if round % 20 == 0 {
+            for i in 0..3 {
+                m.with(i, |p, _| p.broadcast(DataMessage::Binary(vec![9; 333])))
+                    .unwrap();
+            }
+        }
+        m.run_for(Duration::from_millis(10));
+    }
+    m.run_for(Duration::from_secs(1));
+    for i in 0..3 {
+        assert!(breakages(&m, i).is_empty(), "{i}: {:?}", breakages(&m, i));
+        for j in (0..3).filter(|j| *j != i) {
+            assert!(m.parts[i].is_connected(&Mesh::id(j)));
+            assert_eq!(received(&m, i, j, 333), 10, "{i} from {j}");
+        }
+    }
+}
+
+/// The ICE credentials (ufrag, password) participant 0 sends in its offer, run twice from
+/// the same configuration and seeds
+fn offered_credentials(secret_seed: Option<u64>) -> Vec<(String, String)> {
+    let runs = (0..2).map(|_| {
+        let configs = (0..2)
+            .map(|_| Config {
+                secret_seed,
+                ..data_config()
+            })
+            .collect();
+        let mut m = Mesh::new(configs, perfect(10));
+        let seen = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+        let sink = seen.clone();
+        m.rewrite = Some(Box::new(move |_, text: String| {
+            sink.borrow_mut().push(text.clone());
+            text
+        }));
+        m.connect_all();
+        let texts = seen.borrow();
+        let attr = |name: &str| {
+            texts
+                .iter()
+                .find_map(|t| t.split(name).nth(1))
+                .map(|rest| rest.split("\\r\\n").next().unwrap().to_string())
+                .expect("an offer with ICE credentials")
+        };
+        (attr("a=ice-ufrag:"), attr("a=ice-pwd:"))
+    });
+    runs.collect()
+}
+
+/// An attacker who knows every seed (`--seed`, the demo's fixed ones) and replays the same
+/// run cannot predict the ICE credentials: they come from the operating system and differ
+/// between identical runs; the password carries at least 128 bits. Only an explicit
+/// `secret_seed` (the simulator's exact replay) makes them repeat.
+#[test]
+fn ice_credentials_are_unpredictable_from_the_seeds() {
+    let os = offered_credentials(None);
+    assert_ne!(os[0].0, os[1].0, "ufrag repeated across identical runs");
+    assert_ne!(os[0].1, os[1].1, "password repeated across identical runs");
+    for (ufrag, pwd) in &os {
+        assert!(ufrag.len() >= 4, "{ufrag}");
+        // 62 symbols carry log2(62) > 5.95 bits each.
+        assert!(pwd.len() as f64 * 62f64.log2() >= 128.0, "{pwd}");
+    }
+    let seeded = offered_credentials(Some(42));
+    assert_eq!(seeded[0], seeded[1], "a secret seed replays exactly");
+}
+
+/// Participant 0 streams VP9 to 1 and, mid-stream, sends inter frames declaring 8192×8192
+/// (over the pixel limit, and 25 times its 320×180 reference) alone and hidden in a
+/// superframe; participant 2 streams VP9 to 1 throughout. The victim refuses the frames
+/// before libvpx sees them (counted as decode errors), its memory does not jump, the
+/// attacker's stream comes back with its next keyframe, the honest stream never stops.
+#[cfg(all(feature = "opus", feature = "vpx"))]
+#[test]
+fn oversized_vp9_inter_frame_is_refused_and_video_carries_on() {
+    use crate::codec::headers::tests::vp9_inter;
+    use crate::codec::testsrc::TestPattern;
+    use crate::codec::VideoCodec;
+    use crate::media::VideoPayload;
+
+    if !VideoCodec::Vp9.is_supported() {
+        return;
+    }
+    let config = || {
+        let mut c = Config {
+            capabilities: Capabilities {
+                audio: false,
+                video: true,
+                data: true,
+            },
+            ..Config::default()
+        };
+        c.media.video_codecs = vec![VideoCodec::Vp9];
+        c.media.video.width = 320;
+        c.media.video.height = 180;
+        c
+    };
+    let mut m = Mesh::new(vec![config(), config(), config()], perfect(10));
+    m.connect_all();
+    let mut patterns: Vec<TestPattern> = (0..3).map(|_| TestPattern::new(320, 180)).collect();
+    let frames_from = |m: &Mesh, from: usize| {
+        m.events[1]
+            .iter()
+            .filter(|(_, e)| {
+                matches!(e, Event::VideoFrame { peer, payload: VideoPayload::Decoded(_), .. }
+                    if *peer == Mesh::id(from))
+            })
+            .count()
+    };
+    let mut stream = |m: &mut Mesh, frames: usize| {
+        for _ in 0..frames {
+            for i in [0, 2] {
+                let f = patterns[i].next_frame();
+                m.with(i, |p, now| p.send_video(now, &f)).unwrap();
+            }
+            m.run_for(Duration::from_millis(33));
+        }
+    };
+    stream(&mut m, 30);
+    let (before_0, before_2) = (frames_from(&m, 0), frames_from(&m, 2));
+    assert!(before_0 >= 20 && before_2 >= 20, "{before_0} {before_2}");
+    let rss_before = crate::tests::soak::rss_kib();
+
+    let big = vp9_inter(0xff, Err((8192, 8192)));
+    let small = vp9_inter(0x01, Ok(0));
+    let mut superframe = [small.clone(), big.clone()].concat();
+    superframe.extend_from_slice(&[0xc1, small.len() as u8, big.len() as u8, 0xc1]);
+    // Each attack, then time for the victim's PLI to bring a keyframe (until then it drops
+    // the attacker's frames unseen).
+    for attack in [big, superframe] {
+        m.with(0, |p, now| {
+            p.send_encoded_video(now, VideoCodec::Vp9, bytes::Bytes::from(attack))
+        })
+        .unwrap();
+        m.run_for(Duration::from_millis(33));
+        stream(&mut m, 30);
+    }
+
+    let rss_after = crate::tests::soak::rss_kib();
+    // An 8192×8192 I420 picture is 96 MiB; nothing near that was allocated.
+    assert!(
+        rss_after < rss_before + 48 * 1024,
+        "rss {rss_before} -> {rss_after} KiB"
+    );
+    let victim = m.parts[1].peer_stats(&Mesh::id(0)).unwrap().video.unwrap();
+    assert!(victim.decode_errors >= 2, "{victim:?}");
+    // The attacker's stream resumed (keyframe on the victim's PLI), the honest one went on.
+    assert!(frames_from(&m, 0) >= before_0 + 40, "{victim:?}");
+    assert!(frames_from(&m, 2) >= before_2 + 55);
+    let honest = m.parts[1].peer_stats(&Mesh::id(2)).unwrap().video.unwrap();
+    assert_eq!(honest.decode_errors, 0, "{honest:?}");
+    for i in 0..3 {
+        assert!(breakages(&m, i).is_empty(), "{i}: {:?}", breakages(&m, i));
+    }
+}

@@ -1,0 +1,11 @@
+//! `Participant::handle_input` with arbitrary signaling, datagrams, commands and time
+//!
+//! The body lives in `fuzz/targets/`, shared with the stable corpus replay test.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+#[path = "../targets/mod.rs"]
+mod targets;
+
+fuzz_target!(|data: &[u8]| targets::participant::run(data));

@@ -1,0 +1,11 @@
+//! SDP offers and answers edited from real ones into a participant
+//!
+//! The body lives in `fuzz/targets/`, shared with the stable corpus replay test.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+#[path = "../targets/mod.rs"]
+mod targets;
+
+fuzz_target!(|data: &[u8]| targets::sdp::run(data));
