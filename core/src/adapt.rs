@@ -97,6 +97,20 @@ impl Adaptation {
             tracing::debug!(bps, "video target");
             encoders.set_video_bitrate(now, bps);
         }
+        // The frame budgets drain at what each group's slowest path carries of video.
+        let mut drain = [None::<u32>; 2];
+        for (id, p) in peers.iter_mut() {
+            let Some(estimate) = p.rate.estimate else {
+                continue;
+            };
+            if !p.can_send_media() || p.video_send_codec().is_none() {
+                continue;
+            }
+            let video = ctl.video_drain(estimate);
+            let slot = &mut drain[usize::from(ctl.encoding_of(id) == Encoding::Low)];
+            *slot = Some(slot.map_or(video, |d| d.min(video)));
+        }
+        encoders.set_budget_rates(drain[0], drain[1]);
         // Audio: the controller's bitrate; FEC and expected loss from the worst loss
         // reported (the same encode goes to everyone).
         let current = encoders.audio_params().unwrap_or(self.base_audio);

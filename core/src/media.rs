@@ -238,6 +238,9 @@ pub(crate) struct Encoders {
     /// The low encoding's bitrate and its own controller (it has no CPU input: its encodes
     /// are reported together with the main one's)
     low: Option<(u32, DegradationController)>,
+    /// What the slowest path of each group (main, low) drains of video, bit/s: the rate the
+    /// frame budgets drain at (see [`set_budget_rates`](Self::set_budget_rates))
+    drain: [Option<u32>; 2],
 }
 
 impl Encoders {
@@ -252,7 +255,20 @@ impl Encoders {
             video_bitrate: None,
             degrade: DegradationController::new(DegradationConfig::default()),
             low: None,
+            drain: [None; 2],
         }
+    }
+
+    /// Sets the rates the main and the low encoding's frame budgets drain at: the video the
+    /// slowest path of each group carries away (str0m's pacer sends at 1.1 times the
+    /// estimate, less the audio); `None` drains at the encoding's target
+    ///
+    /// The frame budget is there against a queue in the pacer the path cannot drain, so it
+    /// follows the path, not the encoder's target, which stays below it on purpose
+    /// (headroom, hysteresis, a loss-limited estimate): on a path with room, a keyframe or
+    /// an encoder overshooting a low target is no reason to skip frames.
+    pub(crate) fn set_budget_rates(&mut self, main: Option<u32>, low: Option<u32>) {
+        self.drain = [main, low];
     }
 
     /// Encodes one Opus frame; returns (rtp ticks of its first sample, payload)
@@ -517,11 +533,14 @@ impl Encoders {
             codec,
             ..config.video
         };
-        // Frames over an encoding's budget are skipped (only while a target is set).
-        let within = |b: &mut FrameBudget, bps: Option<u32>| match (capture, bps) {
-            (Some(now), Some(bps)) => b.allows(now, bps),
-            _ => true,
-        };
+        // Frames over an encoding's budget are skipped (only while a target is set); the
+        // budget drains at what the path takes, else at the target.
+        let [main_drain, low_drain] = self.drain;
+        let within =
+            |b: &mut FrameBudget, bps: Option<u32>, drain: Option<u32>| match (capture, bps) {
+                (Some(now), Some(bps)) => b.allows(now, drain.map_or(bps, |d| d.max(bps))),
+                _ => true,
+            };
         let encoders = self.codec_encoders(config, codec)?;
         let mut out = Vec::with_capacity(2);
         if let Some(t) = main_target {
@@ -530,6 +549,7 @@ impl Encoders {
         if within(
             &mut encoders.main_budget,
             main_target.map(|t| t.bitrate_bps),
+            main_drain,
         ) {
             if let Some(video) = encoders.main.encode(frame, pts)? {
                 encoders.main_budget.add(video.data.len());
@@ -555,7 +575,7 @@ impl Encoders {
                     )?),
                 };
                 low.set_target(t)?;
-                let ok = within(&mut encoders.low_budget, Some(t.bitrate_bps));
+                let ok = within(&mut encoders.low_budget, Some(t.bitrate_bps), low_drain);
                 if !ok {
                     low.note_dropped_budget();
                 }
@@ -1269,6 +1289,29 @@ mod encoder_tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn the_frame_budget_follows_the_path_not_the_target() {
+        let Some(codec) = VideoCodec::ALL.into_iter().find(|c| c.is_supported()) else {
+            return;
+        };
+        let config = config(codec);
+        let skipped = |drain: Option<u32>| {
+            let mut enc = Encoders::new();
+            enc.video_epoch = Some(Instant::now());
+            // A target far below what the first keyframe takes.
+            enc.set_video_bitrate(enc.video_epoch.unwrap(), 60_000);
+            enc.set_budget_rates(drain, None);
+            run(&mut enc, &config, codec, 0, 60);
+            enc.video_send_stats(codec, Encoding::Main)
+                .unwrap()
+                .frames_dropped_budget
+        };
+        // Draining at the target: the keyframe alone is more than 250 ms of it.
+        assert!(skipped(None) > 0);
+        // A path that carries 2 Mbit/s of video has room for the keyframe: nothing skipped.
+        assert_eq!(skipped(Some(2_000_000)), 0);
     }
 
     #[test]

@@ -54,6 +54,9 @@ const MIN_MAIN_WITH_LOW_BPS: u32 = 250_000;
 /// (10) and header extensions (about 12)
 const PACKET_OVERHEAD_BYTES: u32 = 62;
 
+/// str0m's pacing rate as a multiple of its estimate (`pacer/control.rs`)
+const PACING_FACTOR: f64 = 1.1;
+
 /// How a participant adapts its media to the paths' bandwidth
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RateConfig {
@@ -237,6 +240,13 @@ impl RateController {
 
     fn audio_bps(&self) -> u32 {
         self.audio.map_or(self.max_audio_bps, |t| t.bps)
+    }
+
+    /// Video str0m's pacer carries away on a path with `estimate`: it sends at
+    /// [`PACING_FACTOR`] times the estimate, audio first
+    pub(crate) fn video_drain(&self, estimate: u32) -> u32 {
+        let paced = (f64::from(estimate) * PACING_FACTOR) as u32;
+        paced.saturating_sub(self.audio_bps() + self.audio_overhead_bps)
     }
 
     /// Video a path with `estimate` has room for, after headroom and audio
@@ -544,7 +554,13 @@ pub(crate) struct PeerRate {
     pub(crate) audio_sent: RateMeter,
     /// The fraction of our audio the peer last reported lost (RTCP receiver reports)
     pub(crate) audio_loss: Option<f32>,
+    /// The fraction of our video the peer last reported lost
+    video_loss: Option<f32>,
 }
+
+/// Reported loss from which str0m's estimate is loss-limited (its loss controller keeps
+/// the estimate near the acknowledged rate; GoogCC holds between 2 and 10 %)
+const LOSS_LIMITED: f32 = 0.02;
 
 impl PeerRate {
     /// The estimate the targets are computed from at `now`: str0m's, times a correction
@@ -556,6 +572,12 @@ impl PeerRate {
     /// over the last second exceeds the usable share of the estimate, the correction falls
     /// by the ratio (at most by a fifth per half second); when it is below, the correction
     /// grows back by a tenth per half second, up to 1.
+    ///
+    /// While the peer reports [`LOSS_LIMITED`] loss or more, the correction does not fall:
+    /// str0m's loss controller then keeps the estimate near what is acknowledged, i.e. near
+    /// what we send, so sending more than its usable share is no sign of overhead, and
+    /// scaling it down would spiral (less sent, lower estimate, lower targets; on a lossy
+    /// but uncongested path, video frames skipped for a budget the path did not need).
     pub(crate) fn effective_estimate(&mut self, now: Instant, usable: f64) -> Option<u32> {
         let estimate = self.estimate?;
         let (mut corr, at) = self.correction.unwrap_or((1.0, now));
@@ -566,9 +588,13 @@ impl PeerRate {
             if let Some(sent) = self.sent.bps(now) {
                 let allowed = f64::from(estimate) * usable;
                 let sent = f64::from(sent);
-                if sent > allowed * 1.02 {
+                let lossy = [self.audio_loss, self.video_loss]
+                    .into_iter()
+                    .flatten()
+                    .any(|l| l >= LOSS_LIMITED);
+                if sent > allowed * 1.02 && !lossy {
                     corr *= (allowed / sent).max(0.8);
-                } else if sent < allowed * 0.95 {
+                } else if sent < allowed * 0.95 || lossy {
                     corr *= 1.1;
                 }
                 corr = corr.clamp(0.3, 1.0);
@@ -605,6 +631,9 @@ impl PeerRate {
             }
         } else if Some(st.mid) == video {
             self.video_sent.sample(st.timestamp, st.bytes);
+            if let Some(loss) = st.loss {
+                self.video_loss = Some(loss);
+            }
         }
     }
 }
@@ -861,6 +890,44 @@ mod tests {
             used.push(r.effective_estimate(at(t0, t), 0.9).unwrap());
         }
         assert_eq!(*used.last().unwrap(), 200_000, "{used:?}");
+    }
+
+    #[test]
+    fn a_loss_limited_estimate_is_not_corrected_down() {
+        // 5 % of our media reported lost: str0m's estimate follows what is acknowledged, so
+        // sending above its usable share is no overhead to correct for.
+        let t0 = Instant::now();
+        let mut r = PeerRate {
+            estimate: Some(200_000),
+            video_loss: Some(0.05),
+            ..PeerRate::default()
+        };
+        let mut t = 0.0;
+        while t < 3.0 {
+            for _ in 0..5 {
+                r.sent.add(at(t0, t), 597);
+            }
+            t += 0.1;
+            assert_eq!(r.effective_estimate(at(t0, t), 0.9), Some(200_000));
+        }
+        // Below the threshold, the same sending is corrected.
+        r.video_loss = Some(0.01);
+        while t < 6.0 {
+            for _ in 0..5 {
+                r.sent.add(at(t0, t), 597);
+            }
+            t += 0.1;
+            r.effective_estimate(at(t0, t), 0.9);
+        }
+        assert!(r.effective_estimate(at(t0, t), 0.9).unwrap() < 150_000);
+    }
+
+    #[test]
+    fn video_drains_at_the_pacing_rate_less_audio() {
+        let (c, _) = ctl();
+        // 1.1 × 200 kbit/s less 32 kbit/s of Opus and 24.8 kbit/s of its headers.
+        assert_eq!(c.video_drain(200_000), 163_200);
+        assert_eq!(c.video_drain(10_000), 0);
     }
 
     #[test]
