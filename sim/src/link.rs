@@ -536,6 +536,12 @@ impl Link {
         &self.stats
     }
 
+    /// How long the last packet admitted to the bottleneck waited behind the queue before
+    /// its first bit was sent (zero without a bottleneck)
+    pub fn queue_wait(&self) -> Duration {
+        Duration::from_nanos(self.bottleneck.last_wait)
+    }
+
     /// Counts a copy that reached the other host (the caller checked the link was up)
     pub fn note_delivered(&mut self, charged: usize) {
         self.stats.delivered += 1;
@@ -683,6 +689,8 @@ pub(crate) struct Bottleneck {
     trace_start: u64,
     /// The opportunity used last and the bytes left in it
     last_opportunity: Option<(u64, u64)>,
+    /// How long the last admitted packet waited behind the queue, ns
+    last_wait: u64,
 }
 
 impl Bottleneck {
@@ -693,6 +701,7 @@ impl Bottleneck {
             queued_bytes: 0,
             trace_start: now.as_nanos() as u64,
             last_opportunity: None,
+            last_wait: 0,
         }
     }
 
@@ -733,6 +742,7 @@ impl Bottleneck {
             Rate::Unlimited => return Some(now),
             Rate::Constant { bits_per_sec } => {
                 let start = now.max(self.busy_until);
+                self.last_wait = start - now;
                 // ceil(size·8·1e9 / rate): the last bit leaves at this time.
                 let tx = (size as u128 * 8 * 1_000_000_000).div_ceil(*bits_per_sec as u128);
                 let left = start.saturating_add(tx as u64);
@@ -741,6 +751,7 @@ impl Bottleneck {
             Rate::Trace(t) => t,
         };
         let start = now.max(self.busy_until);
+        self.last_wait = start - now;
         let rel = start.saturating_sub(self.trace_start);
         // Continue in the last opportunity if it is not over and has bytes left.
         let (mut k, mut credit) = match self.last_opportunity {

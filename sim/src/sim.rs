@@ -658,6 +658,13 @@ impl Sim {
             .unwrap_or_default()
     }
 
+    /// How long the last packet from `from` to `to` waited in the link's bottleneck queue
+    pub fn link_queue_wait(&self, from: HostId, to: HostId) -> Duration {
+        self.links
+            .get(&(from.0, to.0))
+            .map_or(Duration::ZERO, |l| l.queue_wait())
+    }
+
     /// The host's datagram address
     pub fn addr(&self, host: HostId) -> SocketAddr {
         self.hosts[host.0].addr
