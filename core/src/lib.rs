@@ -70,6 +70,7 @@ pub mod session;
 mod shared;
 pub mod signal;
 mod stats;
+mod tracks;
 pub mod sync;
 mod transport;
 mod window;

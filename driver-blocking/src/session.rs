@@ -261,6 +261,12 @@ impl SessionHandle {
         self.command(Command::SetSending(peer.clone(), kind, sending))
     }
 
+    /// Gives an outgoing video track m-lines of its own, so a peer can receive it next to
+    /// our other video tracks (see [`meshrtc::Participant::add_video_track`])
+    pub fn add_video_track(&self, track: meshrtc::pipeline::TrackId) -> Result<()> {
+        self.command(Command::AddVideoTrack(track))
+    }
+
     fn command(&self, command: Command) -> Result<()> {
         self.commands.send(command).map_err(|_| Error::SessionEnded)
     }
