@@ -70,8 +70,8 @@ pub mod session;
 mod shared;
 pub mod signal;
 mod stats;
-mod tracks;
 pub mod sync;
+mod tracks;
 mod transport;
 mod window;
 

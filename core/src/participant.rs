@@ -711,7 +711,8 @@ impl Participant {
                 let Some(peer) = self.peers.get_mut(&id) else {
                     continue;
                 };
-                sent += usize::from(peer.write_track_video(track, codec, capture, ticks, data.clone()));
+                sent +=
+                    usize::from(peer.write_track_video(track, codec, capture, ticks, data.clone()));
                 self.drain_peer(&id);
             }
         }

@@ -332,7 +332,9 @@ impl Peer {
         ticks: i64,
         data: Arc<[u8]>,
     ) -> bool {
-        if !self.can_send_media() || self.send_paused[1] || self.track_send_codec(track) != Some(codec)
+        if !self.can_send_media()
+            || self.send_paused[1]
+            || self.track_send_codec(track) != Some(codec)
         {
             return false;
         }
@@ -423,7 +425,10 @@ impl Peer {
                 continue;
             };
             if !media.disabled() && media.direction().is_sending() != want_video {
-                changes.push((t.mid, direction(want_video, media.direction().is_receiving())));
+                changes.push((
+                    t.mid,
+                    direction(want_video, media.direction().is_receiving()),
+                ));
             }
         }
         let add = if want_video {
@@ -1264,7 +1269,11 @@ impl Peer {
                 }
             }
             RtcEvent::KeyframeRequest(r) => {
-                let codec = self.send_tracks.iter().find(|t| t.mid == r.mid).map(|t| (t.track, t.codec));
+                let codec = self
+                    .send_tracks
+                    .iter()
+                    .find(|t| t.mid == r.mid)
+                    .map(|t| (t.track, t.codec));
                 if let Some((track, Some(c))) = codec {
                     out.push(PeerOutput::TrackKeyframeWanted(track, c));
                 }

@@ -342,16 +342,21 @@ fn one_peer_receives_the_camera_and_its_blurred_copy_as_separate_tracks() {
         grey_got.len()
     );
     // The camera's detail arrives on the main track, the blurred copy keeps little of it.
-    assert!(main_hf > 0.5 * camera, "main {main_hf:.1} vs camera {camera:.1}");
-    assert!(soft_hf < 0.2 * main_hf, "blurred {soft_hf:.1} vs main {main_hf:.1}");
+    assert!(
+        main_hf > 0.5 * camera,
+        "main {main_hf:.1} vs camera {camera:.1}"
+    );
+    assert!(
+        soft_hf < 0.2 * main_hf,
+        "blurred {soft_hf:.1} vs main {main_hf:.1}"
+    );
     assert!(luma_variance(soft_got.last().unwrap()) > 200.0);
     assert!(luma_variance(grey_got.last().unwrap()) < 20.0);
     // p2 got the camera only: the separate tracks went to p1 alone.
     assert!(track_frames(&m, 2, 0, None).len() > 60);
-    assert!(m.events[2].iter().all(|(_, e)| !matches!(
-        e,
-        Event::VideoFrame { track: Some(_), .. }
-    )));
+    assert!(m.events[2]
+        .iter()
+        .all(|(_, e)| !matches!(e, Event::VideoFrame { track: Some(_), .. })));
     let _ = p2;
 }
 
@@ -400,4 +405,36 @@ fn separate_tracks_pause_with_video_and_resume_with_a_keyframe() {
     assert!(before > 20, "{before} frames before the pause");
     assert_eq!(during, 0, "frames of the separate track while paused");
     assert!(after > 20, "{after} frames after resuming");
+}
+
+#[test]
+fn both_sides_adding_separate_tracks_at_once_each_get_the_other() {
+    // Glare: both offer their new m-lines at the same instant; perfect negotiation keeps
+    // one offer, and the side whose offer was dropped offers its tracks again after.
+    let mut m = Mesh::new(vec![av_config(), av_config()], perfect(10));
+    m.connect_all();
+    let track = TrackId::new(2);
+    for i in 0..2 {
+        m.with(i, |p, _| p.add_video_track(track)).unwrap();
+    }
+    let mut pattern = TestPattern::new(160, 96);
+    for step in 0..200u64 {
+        if step % 3 == 0 {
+            let f = pattern.next_frame();
+            for (i, j) in [(0, 1), (1, 0)] {
+                let to = Mesh::id(j);
+                m.with(i, |p, now| p.send_video_to(track, now, &f, [&to]))
+                    .unwrap();
+            }
+        }
+        m.run_for(Duration::from_millis(10));
+    }
+    for (at, from) in [(1, 0), (0, 1)] {
+        let got = track_frames(&m, at, from, Some(track));
+        assert!(
+            got.len() > 30,
+            "p{at} got {} frames of p{from}'s track",
+            got.len()
+        );
+    }
 }

@@ -30,7 +30,10 @@ fn av(url: &str, id: &str) -> SessionConfig {
 #[derive(Debug, Default)]
 struct Got {
     audible: u64,
+    /// Frames on the main video m-line
     frames: u64,
+    /// Frames of the separate track (its own m-line)
+    track_frames: u64,
     states: Vec<(MediaKind, bool)>,
 }
 
@@ -53,9 +56,14 @@ fn collect(
             match e {
                 Event::Mesh(meshrtc::Event::VideoFrame {
                     peer,
+                    track,
                     payload: VideoPayload::Decoded(_),
                     ..
-                }) if &peer == from => got.frames += 1,
+                }) if &peer == from => match track {
+                    None => got.frames += 1,
+                    Some(t) if t == BLURRED => got.track_frames += 1,
+                    Some(t) => panic!("frame of unknown track {t}"),
+                },
                 Event::Mesh(meshrtc::Event::RemoteMediaState {
                     peer,
                     kind,
@@ -68,9 +76,13 @@ fn collect(
     got
 }
 
-/// The blocking peer sends a tone track to `b` only and a video track to `c` only (each
-/// its own encoder, from an ordinary thread), then pauses audio to `b` and resumes it: `b`
-/// sees the m-line direction change both ways and hears the tone again
+/// The separate video track (an m-line of its own) the blocking peer sends to `c`
+const BLURRED: TrackId = TrackId::new(2);
+
+/// The blocking peer sends a tone track to `b` only, and to `c` only a video track and,
+/// on an m-line of its own, a blurred copy (each its own encoder, from an ordinary thread);
+/// then it pauses audio to `b` and resumes it: `b` sees the m-line direction change both
+/// ways and hears the tone again
 #[test]
 fn blocking_driver_routes_tracks_per_peer_and_pauses_visibly() {
     let rt = runtime();
@@ -89,6 +101,7 @@ fn blocking_driver_routes_tracks_per_peer_and_pauses_visibly() {
     connected_tokio(&rt, &mut b_events, 2);
     connected_tokio(&rt, &mut c_events, 2);
 
+    handle.add_video_track(BLURRED).unwrap();
     let handle = Arc::new(handle);
     let stop = Arc::new(AtomicBool::new(false));
     let sender = {
@@ -96,6 +109,7 @@ fn blocking_driver_routes_tracks_per_peer_and_pauses_visibly() {
         std::thread::spawn(move || {
             let mut tone = Tone::new(48_000, 1);
             let mut pattern = TestPattern::new(160, 96);
+            let mut blur = meshrtc::pipeline::blur::Blur::new(4);
             let mut next = Instant::now();
             let mut step = 0u64;
             while !stop.load(Ordering::Relaxed) {
@@ -109,9 +123,14 @@ fn blocking_driver_routes_tracks_per_peer_and_pauses_visibly() {
                     )
                     .unwrap();
                 if step % 2 == 0 {
-                    let frame = Arc::new(pattern.next_frame());
+                    let frame = pattern.next_frame();
+                    let mut soft = meshrtc::codec::I420Frame::black(160, 96);
+                    blur.apply(&frame, &mut soft);
                     handle
-                        .send_video_to(TrackId::new(1), now, frame, vec![c.clone()])
+                        .send_video_to(TrackId::new(1), now, Arc::new(frame), vec![c.clone()])
+                        .unwrap();
+                    handle
+                        .send_video_to(BLURRED, now, Arc::new(soft), vec![c.clone()])
                         .unwrap();
                 }
                 step += 1;
@@ -124,10 +143,19 @@ fn blocking_driver_routes_tracks_per_peer_and_pauses_visibly() {
     // b hears the audio track and sees no video; c sees the video track and hears nothing.
     let at_b = collect(&rt, &mut b_events, &src, LIMIT, |g| g.audible >= 50);
     assert!(at_b.audible >= 50, "b heard {at_b:?}");
-    let at_c = collect(&rt, &mut c_events, &src, LIMIT, |g| g.frames >= 20);
-    assert!(at_c.frames >= 20, "c saw {at_c:?}");
+    let at_c = collect(&rt, &mut c_events, &src, LIMIT, |g| {
+        g.frames >= 20 && g.track_frames >= 20
+    });
+    assert!(
+        at_c.frames >= 20 && at_c.track_frames >= 20,
+        "c saw {at_c:?}"
+    );
     let at_b = collect(&rt, &mut b_events, &src, LIMIT, |g| g.audible >= 25);
-    assert_eq!(at_b.frames, 0, "b got video of a track unicast to c");
+    assert_eq!(
+        at_b.frames + at_b.track_frames,
+        0,
+        "b got video of tracks unicast to c"
+    );
     let at_c = collect(&rt, &mut c_events, &src, LIMIT, |g| g.frames >= 10);
     assert_eq!(at_c.audible, 0, "c heard audio of a track unicast to b");
 
