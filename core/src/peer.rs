@@ -597,9 +597,22 @@ impl Peer {
             .sdp_api()
             .accept_answer(pending, answer)
             .map_err(|e| SdpRejection::Unacceptable(e.to_string()))?;
-        for t in &mut self.send_tracks {
-            t.confirmed = true;
-        }
+        // Track m-lines the answered offer added are there now; any of an offer it replaced
+        // (an ICE restart made meanwhile) are not, and are offered again.
+        let rtc = &self.rtc;
+        let wanted = &mut self.wanted_tracks;
+        self.send_tracks.retain_mut(|t| {
+            if !t.confirmed {
+                if rtc.media(t.mid).is_none() {
+                    if !wanted.contains(&t.track) {
+                        wanted.push(t.track);
+                    }
+                    return false;
+                }
+                t.confirmed = true;
+            }
+            true
+        });
         self.on_remote_description(sdp);
         Ok(())
     }

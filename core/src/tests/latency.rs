@@ -128,11 +128,11 @@ fn a_mixer_adds_at_most_one_chunk_to_capture_to_playout() {
     let mut captures: [Vec<Instant>; 2] = [Vec::new(), Vec::new()];
     let frames = 30_000 / 20;
     for index in 0..frames {
-        for sender in 0..2 {
+        for (sender, caps) in captures.iter_mut().enumerate() {
             let phase = sender * BURST_PERIOD / 2;
             let pcm = burst_frame(index, phase);
-            if (index + BURST_PERIOD - phase) % BURST_PERIOD == 0 {
-                captures[sender].push(m.now);
+            if (index + BURST_PERIOD - phase).is_multiple_of(BURST_PERIOD) {
+                caps.push(m.now);
             }
             m.with(sender, |p, now| p.send_audio(now, &pcm)).unwrap();
         }

@@ -122,7 +122,7 @@ fn blocking_driver_routes_tracks_per_peer_and_pauses_visibly() {
                         vec![b.clone()],
                     )
                     .unwrap();
-                if step % 2 == 0 {
+                if step.is_multiple_of(2) {
                     let frame = pattern.next_frame();
                     let mut soft = meshrtc::codec::I420Frame::black(160, 96);
                     blur.apply(&frame, &mut soft);
