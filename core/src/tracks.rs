@@ -68,6 +68,8 @@ pub(crate) struct SendTrack {
     pub(crate) started: bool,
     /// The codec we send it in (first of our preference the answer allows)
     pub(crate) codec: Option<VideoCodec>,
+    /// RTP packets sent on it as str0m last reported them (cumulative)
+    pub(crate) egress_packets: u64,
 }
 
 /// A separate track the remote sends us, on its own m-line: decoded and released on its
