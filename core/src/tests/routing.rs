@@ -352,6 +352,16 @@ fn one_peer_receives_the_camera_and_its_blurred_copy_as_separate_tracks() {
     );
     assert!(luma_variance(soft_got.last().unwrap()) > 200.0);
     assert!(luma_variance(grey_got.last().unwrap()) < 20.0);
+    // The per-peer counters take the separate tracks in as video, and both ends agree.
+    let sent = m.parts[0].peer_stats(&p1).unwrap().media_traffic.video_sent;
+    let got = m.parts[1]
+        .peer_stats(&Mesh::id(0))
+        .unwrap()
+        .media_traffic
+        .video_received;
+    assert_eq!(sent.frames, got.frames, "{sent:?} vs {got:?}");
+    assert_eq!(sent.bytes, got.bytes);
+    assert!(got.frames as usize >= main.len() + soft_got.len() + grey_got.len());
     // p2 got the camera only: the separate tracks went to p1 alone.
     assert!(track_frames(&m, 2, 0, None).len() > 60);
     assert!(m.events[2]
