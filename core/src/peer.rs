@@ -144,7 +144,7 @@ pub(crate) struct Peer {
     wanted_tracks: Vec<TrackId>,
     /// Separate video tracks the remote sends us, and the m-lines its descriptions named
     recv_tracks: Vec<RecvTrack>,
-    remote_track_mids: Vec<(str0m::media::Mid, TrackId)>,
+    remote_track_mids: Vec<(Mid, TrackId)>,
     /// For the receive side of separate tracks
     media_config: MediaConfig,
     wallclock_anchor: Option<(Instant, std::time::SystemTime)>,
@@ -384,7 +384,7 @@ impl Peer {
     }
 
     /// The separate track received on `mid`, if any
-    fn recv_track(&mut self, mid: str0m::media::Mid) -> Option<&mut RecvTrack> {
+    fn recv_track(&mut self, mid: Mid) -> Option<&mut RecvTrack> {
         self.recv_tracks.iter_mut().find(|t| t.mid == mid)
     }
 
