@@ -51,6 +51,10 @@ pub struct Config {
     /// RTCP (the driver takes both together at start-up). Needed only for capture-to-playout
     /// latency figures; `None` leaves them unmeasured.
     pub wallclock_anchor: Option<(Instant, std::time::SystemTime)>,
+    /// The driver's clock, read only to time video encodes: an encode that takes longer
+    /// than the frame interval means the CPU cannot keep up, and frames are dropped and the
+    /// size or frame rate stepped down. `None` (the simulator) never measures encodes.
+    pub encode_clock: Option<crate::clock::SharedClock>,
 }
 
 impl Default for Config {
@@ -74,6 +78,7 @@ impl Default for Config {
             ice_policy: crate::ice::IceTransportPolicy::All,
             media: MediaConfig::default(),
             wallclock_anchor: None,
+            encode_clock: None,
         }
     }
 }

@@ -55,6 +55,7 @@
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
+mod adapt;
 pub mod clock;
 pub mod codec;
 mod config;
@@ -65,6 +66,7 @@ pub mod media;
 mod participant;
 mod peer;
 pub mod pipeline;
+pub mod rate;
 mod recovery;
 pub mod session;
 mod shared;

@@ -52,6 +52,9 @@ pub struct MediaConfig {
     pub max_video_hold: Duration,
     /// Fastest change of the lip-sync correction, per second
     pub max_sync_step_per_sec: Duration,
+    /// Bandwidth estimation and what follows it (encoder targets, the low encoding, Opus
+    /// FEC); `video.bitrate_bps` is the most video is sent at
+    pub rate: crate::rate::RateConfig,
     /// Send and expect synthetic frames ([`codec::synthetic`]) instead of Opus and video:
     /// sized like the real codec's at `opus.bitrate_bps` and `video`, carrying a checked
     /// header, on the wire as Opus and VP8. For simulations, where codec work would dominate
@@ -70,6 +73,7 @@ impl Default for MediaConfig {
             max_video_wait: Duration::from_millis(300),
             max_video_hold: Duration::from_millis(500),
             max_sync_step_per_sec: Duration::from_millis(80),
+            rate: crate::rate::RateConfig::default(),
             synthetic: false,
         }
     }
@@ -201,9 +205,10 @@ pub(crate) enum MediaOut {
 /// and cheaper one for peers whose path cannot carry the main one. The two are independent
 /// streams: a peer moved from one to the other needs a keyframe of the one it moves to
 /// before its frames are useful.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Encoding {
     /// The encoding at the target the bandwidth estimate allows for most peers
+    #[default]
     Main,
     /// The second encoding for slow peers
     Low,
@@ -220,6 +225,40 @@ pub(crate) struct EncodedFrame {
 struct CodecEncoders {
     main: AdaptiveEncoder,
     low: Option<AdaptiveEncoder>,
+    /// What each encoding wrote beyond its target
+    main_budget: FrameBudget,
+    low_budget: FrameBudget,
+}
+
+/// How far ahead of its target an encoding may get (in time at the target) before its
+/// frames are skipped
+const FRAME_BUDGET_WINDOW_S: f64 = 0.25;
+
+/// A leaky bucket of the bits an encoding wrote, drained at its target: while it holds
+/// more than [`FRAME_BUDGET_WINDOW_S`] worth of the target, the encoder overshot (a
+/// keyframe, a change of size, a scene change) and the next frames are skipped rather
+/// than sent into a queue the path cannot drain
+#[derive(Debug, Clone, Copy, Default)]
+struct FrameBudget {
+    bits: f64,
+    at: Option<Instant>,
+}
+
+impl FrameBudget {
+    /// Drains the bucket at `bps` up to `now`; true if a frame may be encoded now
+    fn allows(&mut self, now: Instant, bps: u32) -> bool {
+        if let Some(t) = self.at {
+            let dt = now.saturating_duration_since(t).as_secs_f64();
+            self.bits = (self.bits - dt * f64::from(bps)).max(0.0);
+        }
+        self.at = Some(self.at.map_or(now, |t| t.max(now)));
+        self.bits <= f64::from(bps) * FRAME_BUDGET_WINDOW_S
+    }
+
+    /// Counts a frame of `bytes` written
+    fn add(&mut self, bytes: usize) {
+        self.bits += bytes as f64 * 8.0;
+    }
 }
 
 /// Participant-wide encoders: each frame is encoded once (or twice, with a low encoding),
@@ -245,6 +284,9 @@ pub(crate) struct Encoders {
     /// The low encoding's bitrate and its own controller (it has no CPU input: its encodes
     /// are reported together with the main one's)
     low: Option<(u32, DegradationController)>,
+    /// What the slowest path of each group (main, low) drains of video, bit/s: the rate the
+    /// frame budgets drain at (see [`set_budget_rates`](Self::set_budget_rates))
+    drain: [Option<u32>; 2],
 }
 
 impl Encoders {
@@ -259,7 +301,20 @@ impl Encoders {
             video_bitrate: None,
             degrade: DegradationController::new(DegradationConfig::default()),
             low: None,
+            drain: [None; 2],
         }
+    }
+
+    /// Sets the rates the main and the low encoding's frame budgets drain at: the video the
+    /// slowest path of each group carries away (str0m's pacer sends at 1.1 times the
+    /// estimate, less the audio); `None` drains at the encoding's target
+    ///
+    /// The frame budget is there against a queue in the pacer the path cannot drain, so it
+    /// follows the path, not the encoder's target, which stays below it on purpose
+    /// (headroom, hysteresis, a loss-limited estimate): on a path with room, a keyframe or
+    /// an encoder overshooting a low target is no reason to skip frames.
+    pub(crate) fn set_budget_rates(&mut self, main: Option<u32>, low: Option<u32>) {
+        self.drain = [main, low];
     }
 
     /// Encodes one Opus frame; returns (rtp ticks of its first sample, payload)
@@ -307,13 +362,6 @@ impl Encoders {
     ///
     /// E.g. FEC on with the loss RTCP reports (libwebrtc turns it on from about 1 %), and
     /// the bitrate lowered last, when video is already at its floor.
-    #[cfg_attr(
-        not(test),
-        allow(
-            dead_code,
-            reason = "API for the rate adaptation and layer routing of issue 17"
-        )
-    )]
     pub(crate) fn set_audio_params(
         &mut self,
         params: AudioParams,
@@ -335,13 +383,6 @@ impl Encoders {
     }
 
     /// The Opus settings in force (`None` before any were set or the encoder exists)
-    #[cfg_attr(
-        not(test),
-        allow(
-            dead_code,
-            reason = "API for the rate adaptation and layer routing of issue 17"
-        )
-    )]
     pub(crate) fn audio_params(&self) -> Option<AudioParams> {
         self.opus
             .as_ref()
@@ -367,13 +408,6 @@ impl Encoders {
     ///
     /// Call whenever the estimate the target comes from changes (the controller holds each
     /// level for at least a second, so calling often is fine).
-    #[cfg_attr(
-        not(test),
-        allow(
-            dead_code,
-            reason = "API for the rate adaptation and layer routing of issue 17"
-        )
-    )]
     pub(crate) fn set_video_bitrate(&mut self, now: Instant, bitrate_bps: u32) {
         let bitrate_bps = bitrate_bps.clamp(MIN_VIDEO_BPS, MAX_VIDEO_BPS);
         self.video_bitrate = Some(bitrate_bps);
@@ -404,13 +438,6 @@ impl Encoders {
     ///
     /// The low encoding gets its own size and frame rate from the same ladder; it costs a
     /// second encode per frame (see `benches/README.md` for what that costs).
-    #[cfg_attr(
-        not(test),
-        allow(
-            dead_code,
-            reason = "API for the rate adaptation and layer routing of issue 17"
-        )
-    )]
     pub(crate) fn set_low_encoding(&mut self, now: Instant, bitrate_bps: Option<u32>) {
         match bitrate_bps {
             None => {
@@ -437,13 +464,6 @@ impl Encoders {
     ///
     /// `false` when the encoder is still busy with earlier frames (CPU overload): the caller
     /// drops the frame instead of queueing it, and it is counted in the send statistics.
-    #[cfg_attr(
-        not(test),
-        allow(
-            dead_code,
-            reason = "API for the rate adaptation and layer routing of issue 17"
-        )
-    )]
     pub(crate) fn should_encode(&mut self, capture: Instant, now: Instant) -> bool {
         if self.degrade.should_encode(capture, now) {
             return true;
@@ -456,37 +476,16 @@ impl Encoders {
 
     /// Reports how long encoding the frame captured at `capture` took (all its encodings),
     /// ending at `now`, measured by the caller
-    #[cfg_attr(
-        not(test),
-        allow(
-            dead_code,
-            reason = "API for the rate adaptation and layer routing of issue 17"
-        )
-    )]
     pub(crate) fn handle_encode_time(&mut self, capture: Instant, took: Duration, now: Instant) {
         self.degrade.handle_encoded(capture, took, now);
     }
 
     /// Why the video sent is below the capture
-    #[cfg_attr(
-        not(test),
-        allow(
-            dead_code,
-            reason = "API for the rate adaptation and layer routing of issue 17"
-        )
-    )]
     pub(crate) fn quality_limitation(&self, now: Instant) -> QualityLimitation {
         self.degrade.quality_limitation(now)
     }
 
     /// Send statistics of `codec`'s encoding
-    #[cfg_attr(
-        not(test),
-        allow(
-            dead_code,
-            reason = "API for the rate adaptation and layer routing of issue 17"
-        )
-    )]
     pub(crate) fn video_send_stats(
         &self,
         codec: VideoCodec,
@@ -514,6 +513,8 @@ impl Encoders {
                 Ok(e.insert(CodecEncoders {
                     main: new_adaptive_encoder(config, cfg)?,
                     low: None,
+                    main_budget: FrameBudget::default(),
+                    low_budget: FrameBudget::default(),
                 }))
             }
         }
@@ -578,16 +579,34 @@ impl Encoders {
             codec,
             ..config.video
         };
+        // Frames over an encoding's budget are skipped (only while a target is set); the
+        // budget drains at what the path takes, else at the target.
+        let [main_drain, low_drain] = self.drain;
+        let within =
+            |b: &mut FrameBudget, bps: Option<u32>, drain: Option<u32>| match (capture, bps) {
+                (Some(now), Some(bps)) => b.allows(now, drain.map_or(bps, |d| d.max(bps))),
+                _ => true,
+            };
         let encoders = self.codec_encoders(config, codec)?;
         let mut out = Vec::with_capacity(2);
         if let Some(t) = main_target {
             encoders.main.set_target(t)?;
         }
-        if let Some(video) = encoders.main.encode(frame, pts)? {
-            out.push(EncodedFrame {
-                encoding: Encoding::Main,
-                video,
-            });
+        if within(
+            &mut encoders.main_budget,
+            main_target.map(|t| t.bitrate_bps),
+            main_drain,
+        ) {
+            if let Some(video) = encoders.main.encode(frame, pts)? {
+                encoders.main_budget.add(video.data.len());
+                out.push(EncodedFrame {
+                    encoding: Encoding::Main,
+                    video,
+                });
+            }
+        } else {
+            tracing::trace!(?codec, "main encoding over its budget: frame skipped");
+            encoders.main.note_dropped_budget();
         }
         match low_target {
             Some(t) => {
@@ -602,14 +621,22 @@ impl Encoders {
                     )?),
                 };
                 low.set_target(t)?;
-                if let Some(video) = low.encode(frame, pts)? {
+                let ok = within(&mut encoders.low_budget, Some(t.bitrate_bps), low_drain);
+                if !ok {
+                    low.note_dropped_budget();
+                }
+                if let Some(video) = if ok { low.encode(frame, pts)? } else { None } {
+                    encoders.low_budget.add(video.data.len());
                     out.push(EncodedFrame {
                         encoding: Encoding::Low,
                         video,
                     });
                 }
             }
-            None => encoders.low = None,
+            None => {
+                encoders.low = None;
+                encoders.low_budget = FrameBudget::default();
+            }
         }
         Ok(out)
     }
@@ -633,13 +660,6 @@ impl Encoders {
 
     /// Makes the next frame of one encoding of `codec` a keyframe (e.g. for a peer that was
     /// moved to it, or a PLI from a peer that receives it)
-    #[cfg_attr(
-        not(test),
-        allow(
-            dead_code,
-            reason = "API for the rate adaptation and layer routing of issue 17"
-        )
-    )]
     pub(crate) fn request_keyframe_of(&mut self, codec: VideoCodec, encoding: Encoding) {
         if let Some(e) = self.video.get_mut(&codec) {
             match encoding {
@@ -668,9 +688,7 @@ fn new_adaptive_encoder(
 }
 
 // Lowest and highest video target Encoders accepts (the encoders' own range)
-#[cfg_attr(not(test), allow(dead_code, reason = "see set_video_bitrate"))]
-const MIN_VIDEO_BPS: u32 = 50_000;
-#[cfg_attr(not(test), allow(dead_code, reason = "see set_video_bitrate"))]
+const MIN_VIDEO_BPS: u32 = crate::rate::MIN_VIDEO_BPS;
 const MAX_VIDEO_BPS: u32 = 50_000_000;
 
 /// Maps str0m's codec to ours
@@ -1320,6 +1338,29 @@ mod encoder_tests {
     }
 
     #[test]
+    fn the_frame_budget_follows_the_path_not_the_target() {
+        let Some(codec) = VideoCodec::ALL.into_iter().find(|c| c.is_supported()) else {
+            return;
+        };
+        let config = config(codec);
+        let skipped = |drain: Option<u32>| {
+            let mut enc = Encoders::new();
+            enc.video_epoch = Some(Instant::now());
+            // A target far below what the first keyframe takes.
+            enc.set_video_bitrate(enc.video_epoch.unwrap(), 60_000);
+            enc.set_budget_rates(drain, None);
+            run(&mut enc, &config, codec, 0, 60);
+            enc.video_send_stats(codec, Encoding::Main)
+                .unwrap()
+                .frames_dropped_budget
+        };
+        // Draining at the target: the keyframe alone is more than 250 ms of it.
+        assert!(skipped(None) > 0);
+        // A path that carries 2 Mbit/s of video has room for the keyframe: nothing skipped.
+        assert_eq!(skipped(Some(2_000_000)), 0);
+    }
+
+    #[test]
     fn the_bitrate_picks_the_size_and_the_low_encoding_is_smaller() {
         let Some(codec) = VideoCodec::ALL.into_iter().find(|c| c.is_supported()) else {
             return;
@@ -1362,9 +1403,9 @@ mod encoder_tests {
         assert!(low.frame_width < main.frame_width, "{low:?} {main:?}");
         assert!(low.bytes_sent * 3 < main.bytes_sent, "{low:?} {main:?}");
 
-        // The main encoding went back up in steps (one every two seconds).
+        // The main encoding went back up in one step, two seconds after the recovery.
         assert_eq!((main.frame_width, main.frame_height), (640, 360));
-        assert_eq!(main.resolution_changes, 3);
+        assert_eq!(main.resolution_changes, 2);
 
         // Keyframes on demand for one encoding only.
         enc.request_keyframe_of(codec, Encoding::Low);

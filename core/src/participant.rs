@@ -9,11 +9,12 @@ use str0m::config::{CryptoProvider, DtlsCert};
 use str0m::net::Protocol;
 use str0m::Candidate;
 
+use crate::adapt::Adaptation;
 use crate::codec::{I420Frame, VideoCodec};
 use crate::config::{Config, MediaKind};
 use crate::error::{CommandError, InputError, SignalProblem, TransportError};
 use crate::event::{DataMessage, Event, FailReason, LeaveReason, ReconnectKind};
-use crate::media::{Encoders, MediaOut};
+use crate::media::{Encoders, Encoding, MediaOut};
 use crate::peer::{Health, Peer, PeerOutput, Role};
 use crate::pipeline::TrackId;
 use crate::recovery::{Action, CircuitState};
@@ -73,6 +74,8 @@ pub struct Participant {
     last_timeout_reason: TimeoutReason,
     drops: DropCounters,
     encoders: Encoders,
+    /// Bandwidth estimates to encoder targets (`adapt`, `rate`)
+    adaptation: Adaptation,
     /// Datagrams no peer accepted yet, retried for a short while
     strays: VecDeque<Stray>,
     /// Last statistics of peers that went away
@@ -138,6 +141,7 @@ impl Participant {
         let transport = Transport::new(&config, now);
         Self {
             secrets,
+            adaptation: Adaptation::new(&config.media),
             config,
             crypto,
             dtls_cert,
@@ -468,33 +472,16 @@ impl Participant {
             return Err(CommandError::MediaNotEnabled(MediaKind::Video));
         }
         frame.check()?;
-        let ticks = self.encoders.video_ticks(capture);
-        let pts = Duration::from_micros((ticks.max(0) as u64 * 1000) / 90);
-        let mut by_codec: BTreeMap<VideoCodec, Vec<PeerId>> = BTreeMap::new();
-        for (id, peer) in self.peers.iter_mut() {
-            if peer.can_send_media() {
-                if let Some(c) = peer.video_send_codec() {
-                    by_codec.entry(c).or_default().push(id.clone());
-                }
-            }
-        }
-        let mut sent = 0;
-        for (codec, ids) in by_codec {
-            let Some(enc) = self
-                .encoders
-                .encode_video(&self.config.media, codec, frame, pts)?
-            else {
-                continue;
-            };
-            let data: Arc<[u8]> = Arc::from(&enc.data[..]);
-            for id in ids {
-                let peer = self
-                    .peers
-                    .get_mut(&id)
-                    .expect("listed above; panic means bug");
-                sent += peer.write_video(codec, capture, ticks, data.clone()) as usize;
-                self.drain_peer(&id);
-            }
+        let (sent, touched) = crate::adapt::send_video(
+            &mut self.encoders,
+            &mut self.peers,
+            &self.config,
+            self.last_now,
+            capture,
+            frame,
+        )?;
+        for id in touched {
+            self.drain_peer(&id);
         }
         Ok(sent)
     }
@@ -796,7 +783,7 @@ impl Participant {
     pub fn handle_input(&mut self, input: Input<'_>) -> Result<(), InputError> {
         let now = input.time();
         self.last_now = self.last_now.max(now);
-        match input {
+        let res = match input {
             Input::Timeout(now) => {
                 self.handle_timeout(now);
                 Ok(())
@@ -807,7 +794,11 @@ impl Participant {
                 self.transport.resolved(now, answers);
                 Ok(())
             }
-        }
+        };
+        // New estimates arrive while peers are drained: the encoders follow them.
+        self.adaptation
+            .run(self.last_now, &mut self.peers, &mut self.encoders);
+        res
     }
 
     /// Returns the next output; call until it returns [`Output::Timeout`]
@@ -868,12 +859,20 @@ impl Participant {
             .or_else(|| self.departed.get(peer).cloned())
     }
 
-    /// A peer's statistics with the candidate types of its selected pair
+    /// A peer's statistics with the candidate types of its selected pair and what we send
+    /// it (rate adaptation)
     fn named_stats(&self, peer: &Peer) -> PeerStats {
         let mut s = peer.stats();
         s.candidate_pair = s
             .candidate_pair
             .map(|p| self.transport.pair(p.local, p.remote));
+        self.adaptation.fill_stats(
+            peer,
+            &self.encoders,
+            &self.config.media,
+            self.last_now,
+            &mut s,
+        );
         s
     }
 
@@ -1644,13 +1643,21 @@ impl Participant {
                             codec,
                         },
                         MediaOut::KeyframeWanted(codec) => {
+                            // A keyframe of the track's encoder when the peer gets a
+                            // track, else of the encoding this peer gets (or moves to).
                             match self.video_track_of.get(id) {
                                 Some(Some(track)) => {
                                     if let Some(enc) = self.track_encoders.get_mut(track) {
                                         enc.request_keyframe(codec);
                                     }
                                 }
-                                _ => self.encoders.request_keyframe(codec),
+                                _ => {
+                                    let encoding = self
+                                        .peers
+                                        .get(id)
+                                        .map_or(Encoding::Main, |p| p.rate.route.wanted());
+                                    self.encoders.request_keyframe_of(codec, encoding);
+                                }
                             }
                             continue;
                         }

@@ -4,6 +4,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use str0m::bwe::Bitrate;
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::channel::ChannelId;
 use str0m::config::{CryptoProvider, DtlsCert};
@@ -17,6 +18,7 @@ use crate::error::{CommandError, SdpRejection, TransportError};
 use crate::event::{DataMessage, ReconnectKind};
 use crate::media::{video_codec_of, MediaConfig, MediaOut, PeerMedia};
 use crate::pipeline::TrackId;
+use crate::rate::{PeerRate, RateController};
 use crate::recovery::Recovery;
 use crate::shared::{TimeoutReason, Transmit};
 use crate::signal::PeerInfo;
@@ -131,6 +133,8 @@ pub(crate) struct Peer {
     video_preference: Vec<VideoCodec>,
     /// Whether we use a data channel with this peer (else DTLS up counts as connected)
     wants_data: bool,
+    /// Bandwidth estimate, encoding sent and send rates (see `rate`)
+    pub(crate) rate: PeerRate,
     /// Our sending of audio and video to this peer is paused (the m-line says so)
     send_paused: [bool; 2],
     /// Whether we send audio and video at all (our capabilities)
@@ -218,7 +222,19 @@ impl Peer {
                 };
             }
         }
-        let rtc = builder.build(now);
+        // Bandwidth estimation (TWCC) and str0m's pacer, which it turns on, when we may send
+        // video; we ask it to probe up to all the media we would send.
+        let rate = config.media.rate;
+        let bwe = config.capabilities.video && rate.enabled;
+        if bwe {
+            builder = builder.enable_bwe(Some(Bitrate::bps(u64::from(rate.initial_bps))));
+        }
+        let mut rtc = builder.build(now);
+        if bwe {
+            let desired = RateController::for_media(&config.media).desired_bps();
+            rtc.bwe()
+                .set_desired_bitrate(Bitrate::bps(u64::from(desired)));
+        }
         let info_caps = info.capabilities;
         let recovery = Recovery::new(
             config.recovery,
@@ -267,6 +283,7 @@ impl Peer {
             video_send_codec: None,
             video_preference: config.media.video_codecs.clone(),
             wants_data: config.capabilities.data,
+            rate: PeerRate::default(),
             send_paused: [false; 2],
             can_send: [config.capabilities.audio, config.capabilities.video],
             remote_sending: [
@@ -965,6 +982,11 @@ impl Peer {
         self.video_send_codec
     }
 
+    /// The codec we send video with, once known (see [`video_send_codec`](Self::video_send_codec))
+    pub(crate) fn sent_video_codec(&self) -> Option<VideoCodec> {
+        self.video_send_codec
+    }
+
     /// Whether media written now would be sent (ICE and DTLS are up)
     pub(crate) fn can_send_media(&self) -> bool {
         self.dtls_connected && self.rtc.is_connected()
@@ -1168,6 +1190,7 @@ impl Peer {
                     }
                     str0m::Output::Transmit(t) => {
                         self.stats.datagrams_sent += 1;
+                        self.rate.sent.add(self.now, t.contents.len());
                         out.push(PeerOutput::Transmit(Transmit {
                             source: t.source,
                             destination: t.destination,
@@ -1297,6 +1320,8 @@ impl Peer {
                     self.stats.rtt = Some(rtt);
                     self.window.handle_rtt(rtt);
                 }
+                let (audio, video) = (self.media.audio_mid, self.media.video_mid);
+                self.rate.handle_egress(audio, video, &st);
             }
             RtcEvent::Closed => out.push(PeerOutput::Closed),
             RtcEvent::MediaAdded(m) => {
@@ -1399,6 +1424,7 @@ impl Peer {
                     f.sender_info.rtp_time.numer() as u32,
                 );
             }
+            RtcEvent::EgressBitrateEstimate(kind) => self.rate.handle_estimate(kind),
             RtcEvent::MediaIngressStats(st) => {
                 self.media.handle_ingress_stats(st.mid, st.loss, st.jitter);
                 if let Some(rtt) = st.rtt {

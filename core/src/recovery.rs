@@ -417,4 +417,26 @@ mod tests {
         assert_eq!(r.poll_action(start, true), Some(Action::Reconnect));
         assert_eq!(r.poll_action(start, true), None);
     }
+
+    /// A connection the remote closed: it is leaving (the server's word is on its way) or
+    /// offering anew; nothing is tried within the grace, a reconnect after it, and coming
+    /// up (the remote's new connection) cancels it
+    #[test]
+    fn a_connection_the_remote_closed_waits_the_grace() {
+        let start = t0();
+        let config = RecoveryConfig::default();
+        let mut r = Recovery::new(config, 6);
+        r.handle_dead(start, true);
+        let grace_end = start + config.closed_grace;
+        let early = run(&mut r, start, grace_end - Duration::from_millis(10), true);
+        assert!(early.is_empty(), "{early:?}");
+        assert_eq!(r.poll_timeout(), Some(grace_end));
+        assert_eq!(r.poll_action(grace_end, true), Some(Action::Reconnect));
+
+        let mut r = Recovery::new(config, 7);
+        r.handle_dead(start, true);
+        r.handle_up(start + Duration::from_millis(300));
+        let late = run(&mut r, start, start + Duration::from_secs(5), true);
+        assert!(late.is_empty(), "{late:?}");
+    }
 }

@@ -54,6 +54,10 @@ pub struct PeerStats {
     pub audio: Option<crate::media::AudioStats>,
     /// Video receive statistics, when video was negotiated
     pub video: Option<crate::media::VideoStats>,
+    /// What we send this peer: bandwidth estimate, video target, audio and video rates
+    pub bitrate: Option<crate::rate::BitrateStats>,
+    /// The video we send this peer, once it takes video from us
+    pub video_sent: Option<crate::rate::VideoSendPeerStats>,
     /// The candidate pair ICE selected (from str0m's statistics, every second), once there is
     /// one
     pub candidate_pair: Option<CandidatePair>,

@@ -116,7 +116,11 @@ pub(crate) fn run(setup: Setup) {
     let clock = config
         .clock
         .unwrap_or_else(|| SharedClock::new(SystemClock));
-    let mut session = session::Session::new(config.session, clock.now(), Some(SystemTime::now()));
+    let mut session_config = config.session;
+    // Video encodes are timed on the same clock (CPU overload drops frames).
+    let encode_clock = &mut session_config.participant.encode_clock;
+    encode_clock.get_or_insert_with(|| clock.clone());
+    let mut session = session::Session::new(session_config, clock.now(), Some(SystemTime::now()));
     let mut driver = Driver {
         socket,
         local_addr,

@@ -254,6 +254,8 @@ pub struct RemoteJson {
     pub video: Option<Value>,
     /// The echo's data counters (`null` without a data channel)
     pub data: Option<DataJson>,
+    /// What we send the peer (see [`bitrate_json`])
+    pub bitrate: Value,
     /// Round-trip time in milliseconds
     pub rtt_ms: Option<f64>,
     /// Fraction of the peer's audio packets lost
@@ -296,6 +298,7 @@ impl StatsFile {
                     connect_ms: r.connect_time.map(millis),
                     audio: st.and_then(audio_json),
                     video: st.and_then(video_json),
+                    bitrate: bitrate_json(st),
                     data: data.then_some(DataJson {
                         pings_sent: r.pings_sent,
                         pongs_received: r.pongs_received,
@@ -351,14 +354,36 @@ pub fn candidate_pair_json(s: &PeerStats) -> Option<Value> {
     }))
 }
 
-/// The `video` object of the stats file, when video was negotiated
+/// The `video` object of the stats file, when video was negotiated: what we received and
+/// what we send (`contracts/cli.md` version 2), `null` where not measured
 pub fn video_json(s: &PeerStats) -> Option<Value> {
-    let v = s.video.as_ref()?;
+    if s.video.is_none() && s.video_sent.is_none() {
+        return None;
+    }
+    let v = s.video.as_ref();
+    let sent = s.video_sent.as_ref();
     Some(serde_json::json!({
-        "frames_received": v.frames_received,
-        "frames_decoded": v.frames_decoded,
-        "keyframes": v.keyframes,
+        "frames_received": v.map(|v| v.frames_received),
+        "frames_decoded": v.map(|v| v.frames_decoded),
+        "keyframes": v.map(|v| v.keyframes),
+        "frames_sent": sent.map(|v| v.frames_sent),
+        "frame_width": sent.and_then(|v| v.frame_width),
+        "frame_height": sent.and_then(|v| v.frame_height),
+        "quality_limitation": sent.map(|v| v.quality_limitation.as_str()),
     }))
+}
+
+/// The `bitrate` object of the stats file (`contracts/cli.md` version 2): the bandwidth
+/// estimate towards the peer, the video target and the rates sent, kbit/s; `null` fields
+/// (or all of it) where not measured
+pub fn bitrate_json(s: Option<&PeerStats>) -> Value {
+    let b = s.and_then(|s| s.bitrate).unwrap_or_default();
+    serde_json::json!({
+        "available_outgoing_kbps": b.available_outgoing_kbps,
+        "video_target_kbps": b.video_target_kbps,
+        "video_sent_kbps": b.video_sent_kbps,
+        "audio_sent_kbps": b.audio_sent_kbps,
+    })
 }
 
 fn millis(d: Duration) -> f64 {

@@ -301,7 +301,11 @@ fn drive(
             .unwrap_or_else(|| SharedClock::new(TokioClock));
         let now = clock.now();
         let policy = config.session.participant.candidate_policy;
-        let mut session = session::Session::new(config.session, now, Some(SystemTime::now()));
+        let mut session_config = config.session;
+        // Video encodes are timed on the same clock (CPU overload drops frames).
+        let encode_clock = &mut session_config.participant.encode_clock;
+        encode_clock.get_or_insert_with(|| clock.clone());
+        let mut session = session::Session::new(session_config, now, Some(SystemTime::now()));
         // The bound address, or every interface's when bound on the wildcard.
         let locals = match meshrtc_driver::local_addresses(udp.local_addr(), policy) {
             Ok(l) => l,

@@ -35,17 +35,20 @@
 #![deny(missing_docs)]
 
 pub mod clock;
+pub mod cross;
 mod error;
 pub mod link;
 pub mod media;
 pub mod nat;
 pub mod plot;
+pub mod rates;
 pub mod report;
 pub mod scenario;
 mod sim;
 pub mod trace;
 
 pub use clock::Clock;
+pub use cross::{CrossModel, CrossStats, CrossTrafficConfig, SharedBottleneckConfig};
 pub use error::Error;
 pub use link::{Fate, Jitter, Link, LinkConfig, LinkStats, Loss, QueueLimit, Rate, Verdict};
 pub use media::{MediaSample, MediaSource, MediaStats, MediaStreamConfig, MediaStreamId};
@@ -53,6 +56,7 @@ pub use nat::{
     NatConfig, NatFiltering, NatMapping, NatStats, ServerId, ServerStats, TurnServerSpec,
     TURN_REALM,
 };
+pub use rates::RateSample;
 pub use report::Report;
 pub use scenario::Scenario;
 pub use sim::{

@@ -536,10 +536,24 @@ impl Link {
         &self.stats
     }
 
+    /// How long the last packet admitted to the bottleneck waited behind the queue before
+    /// its first bit was sent (zero without a bottleneck)
+    pub fn queue_wait(&self) -> Duration {
+        Duration::from_nanos(self.bottleneck.last_wait)
+    }
+
     /// Counts a copy that reached the other host (the caller checked the link was up)
     pub fn note_delivered(&mut self, charged: usize) {
         self.stats.delivered += 1;
         self.stats.bytes_delivered += charged as u64;
+    }
+
+    /// Counts a packet a shared bottleneck in front of this link dropped (offered to the
+    /// link's path, dropped at a queue)
+    pub fn note_shared_queue_drop(&mut self, charged: usize) {
+        self.stats.offered += 1;
+        self.stats.bytes_offered += charged as u64;
+        self.stats.queue_dropped += 1;
     }
 
     /// Counts a copy dropped on arrival because the link was down by then
@@ -665,7 +679,7 @@ impl Link {
 
 /// The bottleneck queue: FIFO, served at a constant rate or by a capacity trace
 #[derive(Debug)]
-struct Bottleneck {
+pub(crate) struct Bottleneck {
     /// When the last admitted packet has been fully sent
     busy_until: u64,
     /// Admitted packets not yet fully sent: (leaves at, charged bytes)
@@ -675,16 +689,19 @@ struct Bottleneck {
     trace_start: u64,
     /// The opportunity used last and the bytes left in it
     last_opportunity: Option<(u64, u64)>,
+    /// How long the last admitted packet waited behind the queue, ns
+    last_wait: u64,
 }
 
 impl Bottleneck {
-    fn new(now: Duration) -> Self {
+    pub(crate) fn new(now: Duration) -> Self {
         Self {
             busy_until: 0,
             queue: VecDeque::new(),
             queued_bytes: 0,
             trace_start: now.as_nanos() as u64,
             last_opportunity: None,
+            last_wait: 0,
         }
     }
 
@@ -696,7 +713,13 @@ impl Bottleneck {
     }
 
     /// Admits a packet arriving at `now` (ns): when it leaves, or `None` if dropped
-    fn admit(&mut self, rate: &Rate, limit: QueueLimit, now: u64, size: u64) -> Option<u64> {
+    pub(crate) fn admit(
+        &mut self,
+        rate: &Rate,
+        limit: QueueLimit,
+        now: u64,
+        size: u64,
+    ) -> Option<u64> {
         while self.queue.front().is_some_and(|&(left, _)| left <= now) {
             let (_, s) = self
                 .queue
@@ -719,6 +742,7 @@ impl Bottleneck {
             Rate::Unlimited => return Some(now),
             Rate::Constant { bits_per_sec } => {
                 let start = now.max(self.busy_until);
+                self.last_wait = start - now;
                 // ceil(size·8·1e9 / rate): the last bit leaves at this time.
                 let tx = (size as u128 * 8 * 1_000_000_000).div_ceil(*bits_per_sec as u128);
                 let left = start.saturating_add(tx as u64);
@@ -727,6 +751,7 @@ impl Bottleneck {
             Rate::Trace(t) => t,
         };
         let start = now.max(self.busy_until);
+        self.last_wait = start - now;
         let rel = start.saturating_sub(self.trace_start);
         // Continue in the last opportunity if it is not over and has bytes left.
         let (mut k, mut credit) = match self.last_opportunity {

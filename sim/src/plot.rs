@@ -1,4 +1,5 @@
-//! SVG plot of one-way delay over time, per directed pair and stream (plotters, SVG backend)
+//! SVG plots over time (plotters, SVG backend): one-way delay per directed pair and
+//! stream, and rates per directed pair
 
 use std::path::Path;
 
@@ -13,14 +14,37 @@ const MAX_POINTS: usize = 1000;
 /// Series drawn with a legend entry at most (a 10-peer mesh has 90 pairs)
 const MAX_LEGEND: usize = 12;
 
-/// Draws `series` into an SVG file at `path`
+/// Draws `series` (one-way delays) into an SVG file at `path`
 pub fn write_svg(path: &Path, title: &str, series: &[Series]) -> Result<(), Error> {
     let svg = render_svg(title, series)?;
     std::fs::write(path, svg).map_err(|e| Error::io(path, e))
 }
 
-/// Draws `series` as an SVG document
+/// Draws `series` (one-way delays) as an SVG document
 pub fn render_svg(title: &str, series: &[Series]) -> Result<String, Error> {
+    render_svg_axes(title, "send time (s)", "one-way delay (ms)", series)
+}
+
+/// Draws every directed pair's rates (sent, delivered, capacity, estimate, video target)
+/// into an SVG file at `path`
+pub fn write_rates_svg(
+    path: &Path,
+    title: &str,
+    sim: &crate::Sim,
+    names: &[String],
+) -> Result<(), Error> {
+    let series = crate::rates::series(sim, names);
+    let svg = render_svg_axes(title, "time (s)", "rate (kbit/s)", &series)?;
+    std::fs::write(path, svg).map_err(|e| Error::io(path, e))
+}
+
+/// Draws `series` as an SVG document with the given axis labels
+pub fn render_svg_axes(
+    title: &str,
+    x_desc: &str,
+    y_desc: &str,
+    series: &[Series],
+) -> Result<String, Error> {
     let plot_err = |e: &dyn std::fmt::Display| Error::Plot(e.to_string());
     let thinned: Vec<(String, Vec<(f64, f64)>)> = series
         .iter()
@@ -48,8 +72,8 @@ pub fn render_svg(title: &str, series: &[Series]) -> Result<String, Error> {
             .map_err(|e| plot_err(&e))?;
         chart
             .configure_mesh()
-            .x_desc("send time (s)")
-            .y_desc("one-way delay (ms)")
+            .x_desc(x_desc)
+            .y_desc(y_desc)
             .draw()
             .map_err(|e| plot_err(&e))?;
         let legend = thinned.len() <= MAX_LEGEND;

@@ -15,6 +15,7 @@ use meshrtc::{CandidatePolicy, Config};
 use serde::Deserialize;
 
 use crate::clock::Clock;
+use crate::cross::{CrossModel, CrossTrafficConfig, SharedBottleneckConfig};
 use crate::link::{Jitter, LinkConfig, Loss, QueueLimit, Rate};
 use crate::media::{MediaSource, MediaStreamConfig};
 use crate::nat::{NatConfig, NatFiltering, NatMapping, TurnServerSpec};
@@ -71,6 +72,12 @@ pub struct Scenario {
     /// Measured media streams (Opus audio, H.264/VP8/VP9 video)
     #[serde(default)]
     pub media: Vec<MediaSpec>,
+    /// Queues several links share, in front of their own stages
+    #[serde(default)]
+    pub bottlenecks: Vec<BottleneckSpec>,
+    /// Competing traffic into a shared bottleneck
+    #[serde(default)]
+    pub cross_traffic: Vec<CrossTrafficSpec>,
     /// The folder relative trace paths are resolved against (the scenario file's)
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -98,6 +105,78 @@ pub struct ParticipantSpec {
     pub restart_grace_s: Option<f64>,
     /// Seconds ICE restarts may try before a full reconnect
     pub reconnect_after_s: Option<f64>,
+    /// Bandwidth estimation and rate adaptation (default true)
+    pub rate_adaptation: Option<bool>,
+    /// A second, lower video encoding for peers far below the rest (default true)
+    pub low_encoding: Option<bool>,
+}
+
+/// A queue that several directed links share
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BottleneckSpec {
+    /// Its name, which cross traffic refers to
+    pub name: String,
+    /// Its rate, kbit/s (> 0)
+    pub rate_kbps: f64,
+    /// Drop-tail limit in bytes (default 0: unlimited)
+    #[serde(default)]
+    pub queue_bytes: usize,
+    /// The links through it
+    pub links: Vec<PairSpec>,
+}
+
+/// A directed pair of hosts (`*` for every host)
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PairSpec {
+    /// Sending host
+    pub from: String,
+    /// Receiving host
+    pub to: String,
+}
+
+/// Competing traffic into a shared bottleneck
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrossTrafficSpec {
+    /// Its name in reports
+    #[serde(default = "default_cross")]
+    pub name: String,
+    /// The bottleneck it goes through
+    pub bottleneck: String,
+    /// `cbr` (constant rate) or `aimd` (a TCP Reno flow)
+    pub model: CrossModelSpec,
+    /// `cbr`: its rate; `aimd`: the rate it starts at (kbit/s)
+    pub rate_kbps: f64,
+    /// `aimd`: the round trip without queueing, milliseconds (default 40)
+    pub rtt_ms: Option<f64>,
+    /// Bytes per packet (default 1200)
+    #[serde(default = "default_packet")]
+    pub packet_bytes: usize,
+    /// First packet, seconds
+    #[serde(default)]
+    pub start_s: f64,
+    /// No packet from then on, seconds
+    pub stop_s: Option<f64>,
+}
+
+/// How cross traffic sends
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CrossModelSpec {
+    /// Constant rate
+    Cbr,
+    /// Additive increase, multiplicative decrease
+    Aimd,
+}
+
+fn default_cross() -> String {
+    "cross".into()
+}
+
+fn default_packet() -> usize {
+    1200
 }
 
 /// A public STUN/TURN server host (`turn-server-proto` in virtual time)
@@ -256,12 +335,37 @@ pub struct LinkSpec {
     pub rate_kbps: Option<f64>,
     /// Mahimahi capacity trace file (relative to the scenario file); replaces `rate_kbps`
     pub capacity_trace: Option<String>,
+    /// A synthetic cellular capacity trace ([`CapacityTrace::cellular`]); replaces
+    /// `rate_kbps` and `capacity_trace`
+    pub cellular: Option<CellularSpec>,
     /// Drop-tail limit in bytes (0: unlimited)
     pub queue_bytes: Option<usize>,
     /// Drop-tail limit in packets (0: unlimited)
     pub queue_packets: Option<usize>,
     /// meshrtc packet trace file (relative to the scenario file); `""` removes it
     pub delay_trace: Option<String>,
+}
+
+/// A synthetic cellular capacity: `{ mean_kbps = 2000, seed = 3, period_s = 120 }`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CellularSpec {
+    /// Mean capacity, kbit/s
+    pub mean_kbps: f64,
+    /// The trace's own seed (default 1), independent of the scenario's
+    #[serde(default = "default_cellular_seed")]
+    pub seed: u64,
+    /// Length before it repeats, seconds (default 120)
+    #[serde(default = "default_cellular_period")]
+    pub period_s: f64,
+}
+
+fn default_cellular_seed() -> u64 {
+    1
+}
+
+fn default_cellular_period() -> f64 {
+    120.0
 }
 
 /// Jitter in a scenario: `{ shape = "normal", std_ms = 5 }` and so on
@@ -760,6 +864,12 @@ impl Scenario {
         if let Some(s) = self.participant.reconnect_after_s {
             participant.recovery.reconnect_after = secs(positive("reconnect_after_s", s)?);
         }
+        if let Some(on) = self.participant.rate_adaptation {
+            participant.media.rate.enabled = on;
+        }
+        if let Some(on) = self.participant.low_encoding {
+            participant.media.rate.low_encoding = on;
+        }
         let configs = self.host_configs(&names, &participant)?;
         // Servers first: hosts name their addresses.
         let mut servers = BTreeMap::new();
@@ -896,6 +1006,50 @@ impl Scenario {
                     late_after: ms(t.late_ms),
                 })?;
             }
+        }
+        // Shared bottlenecks and the cross traffic through them, in file order.
+        let mut bottlenecks = Vec::new();
+        for b in &self.bottlenecks {
+            let mut links = Vec::new();
+            for l in &b.links {
+                for (x, y) in pairs(&names, &l.from, &l.to, false)? {
+                    links.push((HostId(x), HostId(y)));
+                }
+            }
+            sim.add_shared_bottleneck(SharedBottleneckConfig {
+                name: b.name.clone(),
+                bits_per_sec: (positive("rate_kbps", b.rate_kbps)? * 1000.0).round() as u64,
+                queue: match b.queue_bytes {
+                    0 => QueueLimit::Unlimited,
+                    n => QueueLimit::Bytes(n),
+                },
+                links,
+            })?;
+            bottlenecks.push(b.name.clone());
+        }
+        for c in &self.cross_traffic {
+            let Some(bottleneck) = bottlenecks.iter().position(|n| *n == c.bottleneck) else {
+                return Err(Error::Config(format!(
+                    "cross traffic {}: no bottleneck named {:?}",
+                    c.name, c.bottleneck
+                )));
+            };
+            let bits_per_sec = (positive("rate_kbps", c.rate_kbps)? * 1000.0).round() as u64;
+            let model = match c.model {
+                CrossModelSpec::Cbr => CrossModel::Cbr { bits_per_sec },
+                CrossModelSpec::Aimd => CrossModel::Aimd {
+                    start_bits_per_sec: bits_per_sec,
+                    rtt: ms(positive("rtt_ms", c.rtt_ms.unwrap_or(40.0))?),
+                },
+            };
+            sim.add_cross_traffic(CrossTrafficConfig {
+                name: c.name.clone(),
+                bottleneck,
+                model,
+                packet_bytes: c.packet_bytes,
+                start: secs(non_negative("start_s", c.start_s)?),
+                stop: c.stop_s.map(secs),
+            })?;
         }
         // Media streams, in file order, each expanded over its senders in host order.
         for m in &self.media {
@@ -1206,6 +1360,17 @@ impl LinkSpec {
         }
         if let Some(v) = self.reorder_delay_ms {
             c.reorder_delay = ms(non_negative("reorder_delay_ms", v)?);
+        }
+        if let Some(cell) = &self.cellular {
+            if self.rate_kbps.is_some() || self.capacity_trace.is_some() {
+                return Err(Error::Config(
+                    "set one of rate_kbps, capacity_trace and cellular".into(),
+                ));
+            }
+            let mean = positive("cellular.mean_kbps", cell.mean_kbps)?;
+            let period = secs(positive("cellular.period_s", cell.period_s)?);
+            let trace = CapacityTrace::cellular(cell.seed, period, (mean * 1000.0) as u64)?;
+            c.rate = Rate::Trace(Arc::new(trace));
         }
         match (self.rate_kbps, &self.capacity_trace) {
             (Some(_), Some(_)) => {

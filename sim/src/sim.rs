@@ -11,6 +11,7 @@ use meshrtc::signal::{ClientFrame, LeftReason, PeerId, RoomId, ServerFrame};
 use meshrtc::{CommandError, Config, DataMessage, Participant, PeerStats, Receive, Transmit};
 
 use crate::clock::{Anchor, Clock};
+use crate::cross::{Admitted, CrossStats, CrossTrafficConfig, Shared, SharedBottleneckConfig};
 use crate::link::{charged_size, mix, Link, LinkConfig, LinkStats, Verdict};
 use crate::media::{
     Generator, MediaSource, MediaStats, MediaStream, MediaStreamConfig, MediaStreamId,
@@ -20,6 +21,7 @@ use crate::nat::{
     nat_ip, Nat, NatConfig, NatStats, ServerDatagram, ServerHost, ServerId, ServerStats,
     TurnServerSpec,
 };
+use crate::rates::{RateLog, RateSample};
 use crate::Error;
 
 /// Index of a host in the simulation
@@ -42,6 +44,8 @@ pub struct SimConfig {
     /// How often every participant's per-peer statistics are sampled (the last sample of a
     /// peer is kept after it goes away)
     pub stats_interval: Duration,
+    /// How often every directed pair's rates are sampled ([`Sim::rate_samples`]; zero: never)
+    pub rate_interval: Duration,
     /// How long the signaling server holds a dropped peer's place for its resume (zero, the
     /// default: the room hears `peer.left` at once, as signaling version 1)
     pub resume_grace: Duration,
@@ -54,6 +58,7 @@ impl Default for SimConfig {
             signal_latency: Duration::from_millis(5),
             default_link: LinkConfig::with_latency(Duration::from_millis(10)),
             stats_interval: Duration::from_secs(1),
+            rate_interval: Duration::from_millis(250),
             resume_grace: Duration::ZERO,
         }
     }
@@ -321,12 +326,16 @@ enum Due {
     Flow(usize),
     /// A media stream's capture
     Media(usize),
+    /// A cross-traffic flow's packet
+    Cross(usize),
     /// A host's deadline (stale generations are skipped)
     Host { idx: usize, generation: u64 },
     /// A STUN/TURN server's deadline (skipped unless it is still the server's next one)
     TurnServer(usize),
     /// Sample every participant's statistics
     Stats,
+    /// Sample every pair's rates
+    Rates,
     /// The signaling server's deadline (stale generations are skipped)
     Server(u64),
 }
@@ -393,6 +402,8 @@ pub struct Sim {
     flows: Vec<Flow>,
     media: Vec<MediaStream>,
     patterns: PatternCache,
+    shared: Shared,
+    rates: RateLog,
     by_peer: BTreeMap<PeerId, usize>,
     queue: BinaryHeap<Reverse<Scheduled>>,
     seq: u64,
@@ -440,6 +451,8 @@ impl Sim {
             flows: Vec::new(),
             media: Vec::new(),
             patterns: PatternCache::default(),
+            shared: Shared::default(),
+            rates: RateLog::default(),
             by_peer: BTreeMap::new(),
             queue: BinaryHeap::new(),
             seq: 0,
@@ -457,6 +470,10 @@ impl Sim {
         if !sim.config.stats_interval.is_zero() {
             let at = sim.config.stats_interval.as_nanos() as u64;
             sim.push(at, Due::Stats, Payload::None);
+        }
+        if !sim.config.rate_interval.is_zero() {
+            let at = sim.config.rate_interval.as_nanos() as u64;
+            sim.push(at, Due::Rates, Payload::None);
         }
         sim
     }
@@ -639,6 +656,13 @@ impl Sim {
             .get(&(from.0, to.0))
             .map(|l| *l.stats())
             .unwrap_or_default()
+    }
+
+    /// How long the last packet from `from` to `to` waited in the link's bottleneck queue
+    pub fn link_queue_wait(&self, from: HostId, to: HostId) -> Duration {
+        self.links
+            .get(&(from.0, to.0))
+            .map_or(Duration::ZERO, |l| l.queue_wait())
     }
 
     /// The host's datagram address
@@ -1112,6 +1136,69 @@ impl Sim {
         self.media.len()
     }
 
+    /// Adds a queue that the links it lists share (before their own stages)
+    pub fn add_shared_bottleneck(
+        &mut self,
+        config: SharedBottleneckConfig,
+    ) -> Result<usize, Error> {
+        self.shared.add_bottleneck(config, self.hosts.len())
+    }
+
+    /// Adds a cross-traffic flow into a shared bottleneck
+    pub fn add_cross_traffic(&mut self, config: CrossTrafficConfig) -> Result<usize, Error> {
+        let i = self.shared.add_flow(config)?;
+        let start = (self.shared.flow_start(i).as_nanos() as u64).max(self.now);
+        self.push(start, Due::Cross(i), Payload::None);
+        Ok(i)
+    }
+
+    /// What cross-traffic flow `i` got through so far
+    pub fn cross_stats(&self, i: usize) -> &CrossStats {
+        self.shared.flow_stats(i)
+    }
+
+    /// Cross-traffic flow `i`'s configuration
+    pub fn cross_config(&self, i: usize) -> &CrossTrafficConfig {
+        self.shared.flow_config(i)
+    }
+
+    /// Number of cross-traffic flows
+    pub fn cross_count(&self) -> usize {
+        self.shared.flow_count()
+    }
+
+    /// The shared bottlenecks, in the order they were added
+    pub fn shared_bottlenecks(&self) -> impl Iterator<Item = &SharedBottleneckConfig> {
+        self.shared.bottleneck_configs()
+    }
+
+    /// The rates of the pair `from → to` sampled so far, every [`SimConfig::rate_interval`]
+    pub fn rate_samples(&self, from: HostId, to: HostId) -> &[RateSample] {
+        self.rates.samples((from.0, to.0))
+    }
+
+    fn sample_rates(&mut self) {
+        let at = self.elapsed();
+        let interval = self.config.rate_interval;
+        for a in 0..self.hosts.len() {
+            for b in 0..self.hosts.len() {
+                if a == b {
+                    continue;
+                }
+                let link = self
+                    .links
+                    .get(&(a, b))
+                    .map(|l| (l.stats(), &l.config().rate));
+                let sender = self.hosts[b]
+                    .peer_id
+                    .as_ref()
+                    .and_then(|p| self.hosts[a].core.participant().peer_stats(p));
+                self.rates
+                    .record((a, b), at, interval, link, sender.as_ref());
+            }
+        }
+    }
+
     /// The participant configuration the host was added with
     pub fn host_config(&self, host: HostId) -> &Config {
         &self.hosts[host.0].config
@@ -1177,6 +1264,16 @@ impl Sim {
             }
             (Due::Flow(i), _) => self.step_flow(i),
             (Due::Media(i), _) => self.step_media(i),
+            (Due::Cross(i), _) => {
+                if let Some(next) = self.shared.step_flow(i, self.now) {
+                    self.push(next, Due::Cross(i), Payload::None);
+                }
+            }
+            (Due::Rates, _) => {
+                self.sample_rates();
+                let next = self.now + self.config.rate_interval.as_nanos() as u64;
+                self.push(next, Due::Rates, Payload::None);
+            }
             (Due::Host { idx, generation }, _) => {
                 if self.hosts[idx].deadline_gen == generation {
                     self.step_host(idx);
@@ -1845,11 +1942,22 @@ impl Sim {
             link.set_up(self.path_up(from, to));
             self.links.insert(key, link);
         }
+        let charged = charged_size(&t.contents);
+        // A shared bottleneck comes first: the packet enters its link when it has left.
+        let now = match self.shared.admit(key, self.now, charged) {
+            Admitted::NotShared => now,
+            Admitted::Leaves(at) => Duration::from_nanos(at),
+            Admitted::Dropped => {
+                if let Some(link) = self.links.get_mut(&key) {
+                    link.note_shared_queue_drop(charged);
+                }
+                return;
+            }
+        };
         let link = self
             .links
             .get_mut(&key)
             .expect("inserted above; panic means bug");
-        let charged = charged_size(&t.contents);
         let fate = link.handle_packet(now, charged);
         let times: Vec<Duration> = fate
             .verdicts()

@@ -110,6 +110,68 @@ impl CapacityTrace {
         Self::from_offsets(offsets)
     }
 
+    /// A synthetic cellular (LTE-like) trace of `period`, seeded: the capacity's logarithm
+    /// wanders around `mean_bits_per_sec` (an AR(1) process updated every 100 ms, so the
+    /// rate changes by several times within seconds), with fades to a few percent of the
+    /// mean for 0.2-1 s (about one every 10 s), and opportunities that come in bursts every
+    /// 1-4 ms as a cell's scheduler grants them
+    ///
+    /// Its statistics resemble the published Mahimahi LTE traces (which are GPL data and not
+    /// part of this project); the same seed gives the same trace.
+    pub fn cellular(seed: u64, period: Duration, mean_bits_per_sec: u64) -> Result<Self, Error> {
+        const SLOT_MS: u64 = 100;
+        const ALPHA: f64 = 0.9;
+        const SIGMA: f64 = 0.6;
+        let period_ms = period.as_millis() as u64;
+        if period_ms < SLOT_MS || mean_bits_per_sec < 8 * MAHIMAHI_PACKET_BYTES as u64 {
+            return Err(Error::Config(
+                "cellular trace: period below 100 ms or mean below one packet per second".into(),
+            ));
+        }
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let mut normal = move || {
+            // Box-Muller
+            let (u, v) = (rng.f64().max(1e-12), rng.f64());
+            (
+                (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos(),
+                rng.f64(),
+            )
+        };
+        let mean = mean_bits_per_sec as f64;
+        let packet_bits = (MAHIMAHI_PACKET_BYTES * 8) as f64;
+        let mut x = 0.0f64;
+        let mut fade_until = 0u64;
+        let mut credit = 0.0f64;
+        let mut next_grant = 0u64;
+        let mut offsets = Vec::new();
+        let mut rate = mean;
+        for ms in 0..period_ms {
+            if ms % SLOT_MS == 0 {
+                let (n, u) = normal();
+                x = ALPHA * x + (1.0 - ALPHA * ALPHA).sqrt() * SIGMA * n;
+                if ms >= fade_until && u < 0.01 {
+                    fade_until = ms + 200 + (u * 80_000.0) as u64;
+                }
+                rate = if ms < fade_until {
+                    0.03 * mean
+                } else {
+                    (mean * (x - SIGMA * SIGMA / 2.0).exp()).clamp(0.05 * mean, 4.0 * mean)
+                };
+            }
+            credit += rate / 1000.0 / packet_bits;
+            if ms >= next_grant {
+                let (_, u) = normal();
+                next_grant = ms + 1 + (u * 4.0) as u64;
+                while credit >= 1.0 {
+                    offsets.push(ms.max(1));
+                    credit -= 1.0;
+                }
+            }
+        }
+        offsets.push(period_ms);
+        Self::from_offsets(offsets)
+    }
+
     /// How long until the trace repeats
     pub fn period(&self) -> Duration {
         Duration::from_millis(self.period_ms)

@@ -89,6 +89,9 @@ pub struct VideoSendStats {
     pub frames_dropped_rate: u64,
     /// Captured frames dropped before encoding because the encoder could not keep up (CPU)
     pub frames_dropped_cpu: u64,
+    /// Captured frames skipped because the encoding had written more than its target
+    /// allows (after a keyframe or another overshoot), so that they do not queue on the path
+    pub frames_dropped_budget: u64,
     /// Frames the encoder's rate control skipped to hold the bitrate (OpenH264 only)
     pub frames_skipped_encoder: u64,
     /// Changes of the encoded size (`qualityLimitationResolutionChanges`)
@@ -204,6 +207,11 @@ impl AdaptiveEncoder {
     /// Counts a captured frame the caller dropped because the encoder could not keep up
     pub fn note_dropped_cpu(&mut self) {
         self.stats.frames_dropped_cpu += 1;
+    }
+
+    /// Counts a captured frame skipped because the encoding is over its bitrate budget
+    pub fn note_dropped_budget(&mut self) {
+        self.stats.frames_dropped_budget += 1;
     }
 
     /// The statistics so far

@@ -20,8 +20,10 @@
 //! **CPU.** The mean encode time, as a share of the frame interval at the current level, is
 //! the encoder's usage. Above `cpu_overuse` the controller steps down one level (by the same
 //! ladder); below `cpu_underuse` it gives a CPU step back. Per frame, when the previous
-//! encodes still have the encoder busy for more than half a frame interval past this frame's
-//! capture time, the frame is dropped rather than queued behind them.
+//! encodes still have the encoder busy for more than half a frame interval past the time
+//! this frame would be handed over without a queue (its capture time plus the least recent
+//! delay between capture and handover), the frame is dropped rather than queued behind
+//! them.
 //!
 //! The thresholds' defaults come from measurements of this crate's encoders; see
 //! [`DegradationConfig::default`].
@@ -31,9 +33,14 @@
 //! [`handle_encoded`]: DegradationController::handle_encoded
 //! [`current`]: DegradationController::current
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::Scale;
+
+/// How far back [`DegradationController::should_encode`] looks for the least delay between
+/// a frame's capture and its handover to the encoder
+pub const HANDOVER_WINDOW: Duration = Duration::from_secs(2);
 
 /// Why the video sent is below what was captured (W3C `qualityLimitationReason`)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -192,9 +199,12 @@ pub struct DegradationController {
     /// Since when the usage has been above overuse / below underuse
     overuse_since: Option<Instant>,
     underuse_since: Option<Instant>,
-    /// Until when the encoder is busy with frames handed to it (capture time plus the encode
-    /// times reported since)
+    /// Until when the encoder is busy with frames handed to it (handover time plus the
+    /// encode times reported since)
     busy_until: Option<Instant>,
+    /// Handover delays (`now - capture`) of the last [`HANDOVER_WINDOW`], as a monotonic
+    /// queue whose front is their least
+    handover: VecDeque<(Instant, Duration)>,
     last_cpu_drop: Option<Instant>,
     frames_dropped: u64,
     /// The latest time seen, for re-evaluating when the capture changes
@@ -217,6 +227,7 @@ impl DegradationController {
             overuse_since: None,
             underuse_since: None,
             busy_until: None,
+            handover: VecDeque::new(),
             last_cpu_drop: None,
             frames_dropped: 0,
             last_now: None,
@@ -267,13 +278,17 @@ impl DegradationController {
     /// time it would be handed to the encoder)
     ///
     /// `false` when the encoder is still busy with earlier frames for more than half a frame
-    /// interval past this frame's capture time (or `now` is already that late): the frame is
-    /// dropped rather than queued, and counted.
+    /// interval past the time this frame would be handed over if nothing queued: its capture
+    /// time plus the least handover delay (`now - capture`) of the last
+    /// [`HANDOVER_WINDOW`]. A constant delay between capture and handover (a camera
+    /// pipeline, video stamped earlier than audio) is no CPU overload; only time the encoder
+    /// itself is behind counts. Such a frame is dropped rather than queued, and counted.
     pub fn should_encode(&mut self, capture: Instant, now: Instant) -> bool {
         self.update(now.max(capture));
+        let lag = now.saturating_duration_since(capture);
+        let floor = self.handover_floor(now.max(capture), lag);
         let slack = self.frame_interval() / 2;
-        let busy = self.busy_until.map_or(capture, |b| b.max(capture)).max(now);
-        if busy > capture + slack {
+        if self.busy_until.is_some_and(|b| b > capture + floor + slack) {
             self.frames_dropped += 1;
             self.last_cpu_drop = Some(now.max(capture));
             return false;
@@ -281,10 +296,28 @@ impl DegradationController {
         true
     }
 
+    /// Adds a handover delay seen at `now`; the least of the last [`HANDOVER_WINDOW`]
+    fn handover_floor(&mut self, now: Instant, lag: Duration) -> Duration {
+        let w = &mut self.handover;
+        while w.back().is_some_and(|&(_, l)| l >= lag) {
+            w.pop_back();
+        }
+        w.push_back((now, lag));
+        while w
+            .front()
+            .is_some_and(|&(t, _)| now.saturating_duration_since(t) > HANDOVER_WINDOW)
+        {
+            w.pop_front();
+        }
+        w.front().map_or(lag, |&(_, l)| l)
+    }
+
     /// Records that the frame captured at `capture` took `encode_time` to encode, ending at
     /// `now`
     pub fn handle_encoded(&mut self, capture: Instant, encode_time: Duration, now: Instant) {
-        let start = self.busy_until.map_or(capture, |b| b.max(capture));
+        // It started when the encoder was free, or when it was handed over.
+        let handed = now.checked_sub(encode_time).unwrap_or(now).max(capture);
+        let start = self.busy_until.map_or(handed, |b| b.max(handed));
         self.busy_until = Some(start + encode_time);
         let t = encode_time.as_secs_f64();
         // About a second of frames.
@@ -394,7 +427,12 @@ impl DegradationController {
             self.underuse_since = None;
             self.encode_mean = None;
         } else if held(self.up_since, self.cfg.up_delay) {
-            self.bw_level -= 1;
+            // Up to the best level the bitrate affords with margin, in one step: after a
+            // fall and a recovery the path is back long before several steps were taken.
+            let bitrate = self.bitrate_bps.unwrap_or(0);
+            self.bw_level = (0..self.bw_level)
+                .find(|&i| self.levels[i].bpp(bitrate) >= self.cfg.up_bpp)
+                .unwrap_or(self.bw_level - 1);
             self.up_since = None;
         }
         if self.level() != before {
@@ -444,7 +482,7 @@ mod tests {
     }
 
     #[test]
-    fn a_bitrate_drop_steps_down_at_once_and_recovery_steps_up_slowly() {
+    fn a_bitrate_drop_steps_down_at_once_and_recovery_steps_up_after_a_delay() {
         let (mut c, t0) = ctl(640, 360, 30);
         c.set_target_bitrate(t0, 1_200_000);
         assert_eq!(c.current().unwrap().width, 640);
@@ -467,7 +505,7 @@ mod tests {
         let low = c.current().unwrap();
         assert_eq!((low.width, low.fps), (320, 20), "{low:?}");
 
-        // Recovery: one step at a time, each after the up delay.
+        // Recovery: after the up delay, to the best level with margin in one step.
         let mut t = 6.0;
         let mut steps = vec![(low.width, low.fps)];
         while t < 30.0 {
@@ -478,8 +516,18 @@ mod tests {
                 steps.push((l.width, l.fps));
             }
         }
-        assert_eq!(steps, [(320, 20), (320, 30), (480, 30), (640, 30)]);
+        assert_eq!(steps, [(320, 20), (640, 30)]);
         assert_eq!(c.quality_limitation(secs(t0, t)), QualityLimitation::None);
+        // A partial recovery goes as far as the bitrate affords: at 500 kbit/s 480x270@30
+        // gets 0.129 bits per pixel, 640x360@30 only 0.072.
+        let (mut c, t0) = ctl(640, 360, 30);
+        c.set_target_bitrate(t0, 100_000);
+        let mut t = 0.0;
+        while t < 10.0 {
+            t += 0.1;
+            c.set_target_bitrate(secs(t0, t), 500_000);
+        }
+        assert_eq!(c.current().unwrap().width, 480);
     }
 
     #[test]
@@ -554,6 +602,46 @@ mod tests {
         run(&mut c, 300, 5);
         assert_eq!(c.current().unwrap().width, 640);
         assert_eq!(c.quality_limitation(t), QualityLimitation::None);
+    }
+
+    #[test]
+    fn a_constant_delay_before_handover_is_no_overload() {
+        // Frames handed over 150 ms after their capture (a camera pipeline slower than the
+        // microphone's), encoded in 10 ms: nothing is dropped, with or without encode times.
+        for timed in [false, true] {
+            let (mut c, t0) = ctl(640, 360, 30);
+            let period = Duration::from_secs(1) / 30;
+            for i in 0..300u32 {
+                let cap = t0 + period * i;
+                let now = cap + Duration::from_millis(150 + u64::from(i % 7));
+                assert!(c.should_encode(cap, now), "frame {i} (timed: {timed})");
+                if timed {
+                    let took = Duration::from_millis(10);
+                    c.handle_encoded(cap, took, now + took);
+                }
+            }
+            assert_eq!(c.frames_dropped(), 0);
+            assert_ne!(
+                c.quality_limitation(t0 + period * 300),
+                QualityLimitation::Cpu
+            );
+        }
+        // The same delay with 45 ms encodes at 30 fps still drops frames.
+        let (mut c, t0) = ctl(640, 360, 30);
+        let period = Duration::from_secs(1) / 30;
+        let mut free = t0;
+        let mut sent = 0;
+        for i in 0..120u32 {
+            let cap = t0 + period * i;
+            let now = (cap + Duration::from_millis(150)).max(free);
+            if c.should_encode(cap, now) {
+                sent += 1;
+                let took = Duration::from_millis(45);
+                c.handle_encoded(cap, took, now + took);
+                free = now + took;
+            }
+        }
+        assert!((60..100).contains(&sent), "{sent}");
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! `meshrtc-sim SCENARIO.toml [--seed N] [--report report.json] [--plot delay.svg]`
+//! `meshrtc-sim SCENARIO.toml [--seed N] [--report report.json] [--plot plot.svg]
+//! [--rates rates.csv] [--rate-plot rates.svg]`
 //!
 //! Runs a network scenario in virtual time, deterministically: the same scenario and seed
 //! give a byte-identical report. Prints a short summary on stdout; on bad input exits
@@ -28,6 +29,14 @@ struct Args {
     /// Draw one-way delay over time per pair into this SVG file
     #[arg(long, value_name = "FILE")]
     plot: Option<PathBuf>,
+    /// Write every pair's rates over time (sent, delivered, capacity, estimate, video
+    /// target) as CSV here
+    #[arg(long, value_name = "FILE")]
+    rates: Option<PathBuf>,
+    /// Draw every pair's rates over time (sent, capacity, estimate, video target) into
+    /// this SVG file
+    #[arg(long, value_name = "FILE")]
+    rate_plot: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -86,6 +95,26 @@ fn run(args: &Args) -> Result<(), Error> {
             outcome.report.scenario, outcome.report.seed
         );
         plot::write_svg(path, &title, &outcome.series)?;
+    }
+    let names: Vec<String> = outcome
+        .report
+        .hosts
+        .iter()
+        .map(|h| h.name.clone())
+        .collect();
+    if let Some(path) = &args.rate_plot {
+        let title = format!(
+            "{} (seed {}): rates",
+            outcome.report.scenario, outcome.report.seed
+        );
+        plot::write_rates_svg(path, &title, &outcome.sim, &names)?;
+    }
+    if let Some(path) = &args.rates {
+        let csv = meshrtc_sim::rates::csv(&outcome.sim, &names);
+        std::fs::write(path, csv).map_err(|e| Error::Io {
+            path: path.clone(),
+            source: e,
+        })?;
     }
     print_summary(&outcome.report, wall.as_secs_f64());
     Ok(())

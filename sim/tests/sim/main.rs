@@ -10,6 +10,7 @@ mod measures;
 mod media;
 mod nat;
 mod playout;
+mod rate;
 mod recovery;
 mod scenarios;
 mod throughput;
