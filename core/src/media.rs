@@ -22,6 +22,9 @@ use crate::sync::{DriftConfig, DriftEstimate, DriftEstimator};
 
 /// Opus always runs at 48 kHz on the wire
 pub const AUDIO_RATE: u32 = 48_000;
+
+/// Playout latency samples kept per peer: a minute of 10 ms chunks
+const LATENCY_SAMPLES: usize = 6000;
 /// Video RTP clock
 pub const VIDEO_RATE: u32 = 90_000;
 
@@ -84,7 +87,8 @@ impl Default for MediaConfig {
 pub struct AudioStats {
     /// The jitter buffer's counters
     pub jitter_buffer: JitterStats,
-    /// Playout latency samples from the sender's capture (ms), when a wall-clock anchor is set
+    /// Playout latency samples from the sender's capture (ms), when a wall-clock anchor is
+    /// set: those of the last minute of playout (at most 6000, in no particular order)
     pub latency_ms: Vec<f64>,
     /// RTP packets lost on the way here (str0m's receiver statistics)
     pub packets_lost_fraction: Option<f32>,
@@ -790,6 +794,8 @@ impl Pending {
 
 /// The receive (and send bookkeeping) side of media for one remote peer
 pub(crate) struct PeerMedia {
+    /// Where the next latency sample goes once the ring is full
+    latency_next: usize,
     pub(crate) audio_mid: Option<Mid>,
     pub(crate) video_mid: Option<Mid>,
     decode: bool,
@@ -868,6 +874,7 @@ impl PeerMedia {
             anchor,
             origin: None,
             audio_stats: AudioStats::default(),
+            latency_next: 0,
             video_stats: VideoStats::default(),
         }
     }
@@ -1184,11 +1191,15 @@ impl PeerMedia {
                         let anchor_wall = secs_since(epoch, anchor_sys);
                         // Both wall clocks share one time base (exact on one machine).
                         let local_wall = anchor_wall + local_secs(chunk.playout, anchor_local);
-                        if self.audio_stats.latency_ms.len() < 100_000 {
-                            self.audio_stats
-                                .latency_ms
-                                .push((local_wall - wall) * 1000.0);
+                        // The last minute's samples: a ring, so memory stays flat.
+                        let sample = (local_wall - wall) * 1000.0;
+                        let samples = &mut self.audio_stats.latency_ms;
+                        if samples.len() < LATENCY_SAMPLES {
+                            samples.push(sample);
+                        } else {
+                            samples[self.latency_next % LATENCY_SAMPLES] = sample;
                         }
+                        self.latency_next = (self.latency_next + 1) % LATENCY_SAMPLES;
                     }
                 }
                 out.push(MediaOut::Audio(chunk));
