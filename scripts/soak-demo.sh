@@ -6,7 +6,7 @@
 # (default: a third of the run) by at most 10 % + 8 MiB.
 #
 #   scripts/soak-demo.sh                    # 10 minutes, a sample every 10 s
-#   scripts/soak-demo.sh 20 2               # the short version CI runs
+#   WARMUP=15 MESHRTC_BIN=target/debug/meshrtc scripts/soak-demo.sh 30 2   # what CI runs
 #   SOAK_ARGS="--video" scripts/soak-demo.sh 600
 #
 # MESHRTC_BIN names the binary (default: target/release/meshrtc, built if missing).

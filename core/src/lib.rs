@@ -84,7 +84,7 @@ pub use event::{DataMessage, Event, FailReason, LeaveReason, ReconnectKind};
 pub use participant::Participant;
 pub use recovery::{CircuitState, RecoveryConfig};
 pub use shared::{Input, Output, Receive, TimeoutReason, Transmit};
-pub use stats::{CandidatePair, DropCounters, IceStats, PeerStats};
+pub use stats::{CandidatePair, DropCounters, IceStats, MediaCount, MediaTraffic, PeerStats};
 
 #[cfg(test)]
 mod tests;

@@ -98,6 +98,31 @@ pub struct AudioStats {
     pub sync_delay_ms: f64,
 }
 
+impl AudioStats {
+    /// Adds what an earlier connection to the same peer received: counters add up, the
+    /// figures of the moment are this connection's (the earlier ones while it has none)
+    pub(crate) fn accumulate(&mut self, earlier: &AudioStats) {
+        self.jitter_buffer.accumulate(&earlier.jitter_buffer);
+        if self.latency_ms.is_empty() {
+            self.latency_ms.clone_from(&earlier.latency_ms);
+        }
+        self.packets_lost_fraction = self.packets_lost_fraction.or(earlier.packets_lost_fraction);
+        self.jitter = self.jitter.or(earlier.jitter);
+        self.sender_reports += earlier.sender_reports;
+        self.max_sender_report_interval_ms = max_option(
+            self.max_sender_report_interval_ms,
+            earlier.max_sender_report_interval_ms,
+        );
+    }
+}
+
+fn max_option(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// Video receive statistics of one peer
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct VideoStats {
@@ -123,6 +148,27 @@ pub struct VideoStats {
     pub sender_reports: u64,
     /// Longest gap between two sender reports (ms)
     pub max_sender_report_interval_ms: Option<f64>,
+}
+
+impl VideoStats {
+    /// Adds what an earlier connection to the same peer received (see
+    /// [`AudioStats::accumulate`])
+    pub(crate) fn accumulate(&mut self, earlier: &VideoStats) {
+        self.frames_received += earlier.frames_received;
+        self.frames_decoded += earlier.frames_decoded;
+        self.keyframes += earlier.keyframes;
+        self.decode_errors += earlier.decode_errors;
+        self.plis_sent += earlier.plis_sent;
+        self.frames_rendered += earlier.frames_rendered;
+        self.frames_dropped_held += earlier.frames_dropped_held;
+        self.sender_reports += earlier.sender_reports;
+        self.av_offset_ms = self.av_offset_ms.or(earlier.av_offset_ms);
+        self.codec = self.codec.or(earlier.codec);
+        self.max_sender_report_interval_ms = max_option(
+            self.max_sender_report_interval_ms,
+            earlier.max_sender_report_interval_ms,
+        );
+    }
 }
 
 /// A decoded (or, in pass-through, encoded) video frame

@@ -1065,8 +1065,12 @@ impl Participant {
                 self.close_peer(&peer_id, LeaveReason::Signaled(reason));
                 Ok(())
             }
-            Notification::Offer { from, sdp } => self.handle_offer(now, from, sdp),
+            Notification::Offer { from, sdp } => {
+                tracing::trace!(peer = %from, %sdp, "offer received");
+                self.handle_offer(now, from, sdp)
+            }
             Notification::Answer { from, sdp } => {
+                tracing::trace!(peer = %from, %sdp, "answer received");
                 let Some(peer) = self.peers.get_mut(&from) else {
                     return Err(InputError::UnknownPeer(from));
                 };
@@ -1327,7 +1331,10 @@ impl Participant {
                 }
             }
             Health::Down => peer.recovery.handle_down(now),
-            Health::Dead => peer.recovery.handle_dead(now),
+            Health::Dead => {
+                let closed = peer.closed_by_remote();
+                peer.recovery.handle_dead(now, closed);
+            }
         }
         let was_open = peer.recovery.circuit() == CircuitState::Open;
         let action = peer.recovery.poll_action(now, signaling);
@@ -1619,6 +1626,11 @@ impl Participant {
     }
 
     fn request(&mut self, request: Request) -> ClientFrame {
+        match &request {
+            Request::Offer { to, sdp } => tracing::trace!(peer = %to, %sdp, "offer sent"),
+            Request::Answer { to, sdp } => tracing::trace!(peer = %to, %sdp, "answer sent"),
+            _ => {}
+        }
         let id = self.next_request;
         self.next_request += 1;
         self.pending_requests.insert(id, request.method());

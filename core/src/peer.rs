@@ -9,7 +9,7 @@ use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::channel::ChannelId;
 use str0m::config::{CryptoProvider, DtlsCert};
 use str0m::format::Codec;
-use str0m::media::{Direction, Frequency, MediaKind, MediaTime};
+use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid};
 use str0m::{Candidate, Event as RtcEvent, IceConnectionState, IceCreds, Rtc};
 
 use crate::codec::VideoCodec;
@@ -21,7 +21,7 @@ use crate::rate::{PeerRate, RateController};
 use crate::recovery::Recovery;
 use crate::shared::{TimeoutReason, Transmit};
 use crate::signal::PeerInfo;
-use crate::stats::PeerStats;
+use crate::stats::{PeerStats, SecondWindow};
 use crate::window::SendWindow;
 
 /// Below this many buffered bytes str0m tells us the channel can take more
@@ -137,6 +137,10 @@ pub(crate) struct Peer {
     remote_sending: [bool; 2],
     /// Which remote candidates we use (trickled ones and those inside descriptions)
     candidate_policy: CandidatePolicy,
+    /// Received media bytes per second, audio and video (for the received bitrate)
+    received_rate: [SecondWindow; 2],
+    /// RTP packets sent as str0m last reported them for this `Rtc`, audio and video
+    egress_packets: [u64; 2],
 }
 
 /// Our media kind of str0m's
@@ -256,6 +260,8 @@ impl Peer {
             remote_ufrag: None,
             next_timeout: now,
             stats: PeerStats::default(),
+            received_rate: [SecondWindow::new(now); 2],
+            egress_packets: [0; 2],
             media: PeerMedia::new(&config.media, config.wallclock_anchor),
             media_out: Vec::new(),
             jitter_config: config.media.jitter,
@@ -343,13 +349,43 @@ impl Peer {
         s.clock_drift_ppm = self.media.drift_ppm();
         s.clock_drift_uncertainty_ppm = self.media.drift_uncertainty_ppm();
         s.report_clock_drift_ppm = self.media.report_drift_ppm();
+        // `s.audio`/`s.video` hold what earlier connections to this peer received (a full
+        // reconnect carries them over): counters go on from there.
         if self.media.audio_mid.is_some() {
-            s.audio = Some(self.media.audio_stats());
+            let mut a = self.media.audio_stats();
+            if let Some(earlier) = &s.audio {
+                a.accumulate(earlier);
+            }
+            s.audio = Some(a);
         }
         if self.media.video_mid.is_some() {
-            s.video = Some(self.media.video_stats());
+            let mut v = self.media.video_stats();
+            if let Some(earlier) = &s.video {
+                v.accumulate(earlier);
+            }
+            s.video = Some(v);
         }
+        s.media_traffic.audio_received_bps = self.received_rate[0].bps(self.now);
+        s.media_traffic.video_received_bps = self.received_rate[1].bps(self.now);
         s
+    }
+
+    /// The media kind of `mid`, if it is our audio or video
+    fn kind_of_mid(&self, mid: Mid) -> Option<crate::MediaKind> {
+        if Some(mid) == self.media.audio_mid {
+            Some(crate::MediaKind::Audio)
+        } else if Some(mid) == self.media.video_mid {
+            Some(crate::MediaKind::Video)
+        } else {
+            None
+        }
+    }
+
+    /// Counts one encoded frame written to this peer
+    fn count_sent(&mut self, kind: crate::MediaKind, bytes: usize) {
+        let c = self.stats.media_traffic.count_mut(kind, true);
+        c.bytes += bytes as u64;
+        c.frames += 1;
     }
 
     pub(crate) fn accepts(&self, input: &str0m::Input<'_>) -> bool {
@@ -585,7 +621,11 @@ impl Peer {
             self.recovery.continue_outage(since);
         }
         let reconnects = old.stats.reconnects + 1;
+        // The old connection's media figures (with those it carried) go on in this one's.
+        let earlier = old.stats();
         self.stats = std::mem::take(&mut old.stats);
+        self.stats.audio = earlier.audio;
+        self.stats.video = earlier.video;
         self.stats.reconnects = reconnects;
         self.stats.connected = false;
         self.last_error = old.broken.take().or(old.last_error.take());
@@ -603,6 +643,12 @@ impl Peer {
         }
         old.unacked_bytes = 0;
         old.unacked.drain(..).collect()
+    }
+
+    /// The connection came up and the remote has since closed it (DTLS close): it is
+    /// leaving, or replacing the connection itself
+    pub(crate) fn closed_by_remote(&self) -> bool {
+        self.connected_at.is_some() && !self.rtc.is_alive() && self.broken.is_none()
     }
 
     /// How this peer's connection is doing at `now`
@@ -768,8 +814,12 @@ impl Peer {
             return false;
         };
         let t = MediaTime::new(ticks.max(0) as u64, Frequency::FORTY_EIGHT_KHZ);
+        let len = data.len();
         match writer.write(pt, wallclock, t, data) {
-            Ok(()) => true,
+            Ok(()) => {
+                self.count_sent(crate::MediaKind::Audio, len);
+                true
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "audio write refused");
                 false
@@ -802,8 +852,12 @@ impl Peer {
             return false;
         };
         let t = MediaTime::new(ticks.max(0) as u64, Frequency::NINETY_KHZ);
+        let len = data.len();
         match writer.write(pt, wallclock, t, data) {
-            Ok(()) => true,
+            Ok(()) => {
+                self.count_sent(crate::MediaKind::Video, len);
+                true
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "video write refused");
                 false
@@ -1035,6 +1089,14 @@ impl Peer {
                 }
             }
             RtcEvent::MediaEgressStats(st) => {
+                // Cumulative per stream of this `Rtc`: add what is new (a connection that
+                // replaces this one starts from zero again, its counters carried over).
+                if let Some(kind) = self.kind_of_mid(st.mid) {
+                    let seen = &mut self.egress_packets[kind_index(kind)];
+                    let new = st.packets.saturating_sub(*seen);
+                    *seen = (*seen).max(st.packets);
+                    self.stats.media_traffic.count_mut(kind, true).packets += new;
+                }
                 // RTCP receiver reports: arrival minus our sender report's time minus the
                 // delay the remote reports holding it (RFC 3550 LSR/DLSR).
                 if let Some(rtt) = st.rtt {
@@ -1062,6 +1124,16 @@ impl Peer {
                 }
             }
             RtcEvent::MediaData(d) => {
+                if let Some(kind) = self.kind_of_mid(d.mid) {
+                    let bytes = d.data.len() as u64;
+                    let (first, last) = (**d.seq_range.start(), **d.seq_range.end());
+                    let packets = last.saturating_sub(first).saturating_add(1);
+                    let c = self.stats.media_traffic.count_mut(kind, false);
+                    c.bytes += bytes;
+                    c.frames += 1;
+                    c.packets += packets;
+                    self.received_rate[kind_index(kind)].add(self.now, bytes);
+                }
                 let cfg = self.jitter_config;
                 self.media
                     .handle_media_data(&mut self.rtc, &cfg, d, &mut self.media_out);

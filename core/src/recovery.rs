@@ -54,6 +54,10 @@ pub struct RecoveryConfig {
     /// How long a full reconnect may take to come up before it counts as failed
     /// (default 15 s)
     pub attempt_timeout: Duration,
+    /// A connection the remote closed (DTLS close) is replaced only after this long
+    /// (default 1 s): a remote that closes is leaving (the server's `peer.left` is on its
+    /// way) or replacing the connection itself (its offer is on its way)
+    pub closed_grace: Duration,
 }
 
 impl Default for RecoveryConfig {
@@ -66,6 +70,7 @@ impl Default for RecoveryConfig {
             breaker_failures: 5,
             breaker_cooldown: Duration::from_secs(60),
             attempt_timeout: Duration::from_secs(15),
+            closed_grace: Duration::from_secs(1),
         }
     }
 }
@@ -194,8 +199,9 @@ impl Recovery {
     }
 
     /// The connection cannot recover on its own (DTLS closed, SCTP gone, never came up):
-    /// a full reconnect is due
-    pub(crate) fn handle_dead(&mut self, now: Instant) {
+    /// a full reconnect is due, at once or, when the remote closed it, after
+    /// [`RecoveryConfig::closed_grace`]
+    pub(crate) fn handle_dead(&mut self, now: Instant, closed_by_remote: bool) {
         self.down_since.get_or_insert(now);
         if self.dead {
             return;
@@ -203,7 +209,12 @@ impl Recovery {
         self.dead = true;
         self.next_restart = None;
         if self.attempt.is_none() && self.next_reconnect.is_none() && self.reopen_at.is_none() {
-            self.next_reconnect = Some(now);
+            let wait = if closed_by_remote {
+                self.config.closed_grace
+            } else {
+                Duration::ZERO
+            };
+            self.next_reconnect = Some(now + wait);
         }
     }
 
@@ -346,7 +357,7 @@ mod tests {
     fn dead_connections_back_off_then_the_breaker_opens() {
         let start = t0();
         let mut r = Recovery::new(RecoveryConfig::default(), 2);
-        r.handle_dead(start);
+        r.handle_dead(start, false);
         let actions = run(&mut r, start, start + Duration::from_secs(400), true);
         let reconnects: Vec<f64> = actions
             .iter()
@@ -402,8 +413,30 @@ mod tests {
     fn a_dead_connection_reconnects_at_once() {
         let start = t0();
         let mut r = Recovery::new(RecoveryConfig::default(), 5);
-        r.handle_dead(start);
+        r.handle_dead(start, false);
         assert_eq!(r.poll_action(start, true), Some(Action::Reconnect));
         assert_eq!(r.poll_action(start, true), None);
+    }
+
+    /// A connection the remote closed: it is leaving (the server's word is on its way) or
+    /// offering anew; nothing is tried within the grace, a reconnect after it, and coming
+    /// up (the remote's new connection) cancels it
+    #[test]
+    fn a_connection_the_remote_closed_waits_the_grace() {
+        let start = t0();
+        let config = RecoveryConfig::default();
+        let mut r = Recovery::new(config, 6);
+        r.handle_dead(start, true);
+        let grace_end = start + config.closed_grace;
+        let early = run(&mut r, start, grace_end - Duration::from_millis(10), true);
+        assert!(early.is_empty(), "{early:?}");
+        assert_eq!(r.poll_timeout(), Some(grace_end));
+        assert_eq!(r.poll_action(grace_end, true), Some(Action::Reconnect));
+
+        let mut r = Recovery::new(config, 7);
+        r.handle_dead(start, true);
+        r.handle_up(start + Duration::from_millis(300));
+        let late = run(&mut r, start, start + Duration::from_secs(5), true);
+        assert!(late.is_empty(), "{late:?}");
     }
 }

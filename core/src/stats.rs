@@ -61,6 +61,116 @@ pub struct PeerStats {
     /// The candidate pair ICE selected (from str0m's statistics, every second), once there is
     /// one
     pub candidate_pair: Option<CandidatePair>,
+    /// Media written to and read from this connection, by kind and direction
+    pub media_traffic: MediaTraffic,
+}
+
+/// Media of one kind in one direction: what the core wrote to the connection or read from it
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MediaCount {
+    /// Encoded media bytes: the RTP payloads of the frames (no RTP headers, no
+    /// retransmissions); the rate of this counter is the media bitrate
+    pub bytes: u64,
+    /// Encoded frames
+    pub frames: u64,
+    /// RTP packets: received, those the frames arrived in (by sequence number); sent, as
+    /// str0m last reported them (once a second, retransmissions included)
+    pub packets: u64,
+}
+
+/// The media counters of one connection, kept across its reconnects
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MediaTraffic {
+    /// Audio written to the peer
+    pub audio_sent: MediaCount,
+    /// Audio read from the peer
+    pub audio_received: MediaCount,
+    /// Video written to the peer
+    pub video_sent: MediaCount,
+    /// Video read from the peer
+    pub video_received: MediaCount,
+    /// Received audio bitrate (payload bits per second) of the last whole second; `None`
+    /// before the first second is over
+    pub audio_received_bps: Option<u64>,
+    /// Received video bitrate, as `audio_received_bps`
+    pub video_received_bps: Option<u64>,
+}
+
+impl MediaTraffic {
+    /// The counters of `kind` in one direction
+    pub fn count(&self, kind: crate::MediaKind, sent: bool) -> &MediaCount {
+        use crate::MediaKind::{Audio, Video};
+        match (kind, sent) {
+            (Audio, true) => &self.audio_sent,
+            (Audio, false) => &self.audio_received,
+            (Video, true) => &self.video_sent,
+            (Video, false) => &self.video_received,
+        }
+    }
+
+    pub(crate) fn count_mut(&mut self, kind: crate::MediaKind, sent: bool) -> &mut MediaCount {
+        use crate::MediaKind::{Audio, Video};
+        match (kind, sent) {
+            (Audio, true) => &mut self.audio_sent,
+            (Audio, false) => &mut self.audio_received,
+            (Video, true) => &mut self.video_sent,
+            (Video, false) => &mut self.video_received,
+        }
+    }
+}
+
+/// Bytes counted in whole seconds since `origin`, for a bitrate over the last whole second
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SecondWindow {
+    origin: std::time::Instant,
+    /// The second being counted (since `origin`) and its bytes so far
+    second: u64,
+    bytes: u64,
+    /// Bytes of the second before `second`, once one is over
+    previous: Option<u64>,
+}
+
+impl SecondWindow {
+    pub(crate) fn new(origin: std::time::Instant) -> Self {
+        Self {
+            origin,
+            second: 0,
+            bytes: 0,
+            previous: None,
+        }
+    }
+
+    fn second_of(&self, now: std::time::Instant) -> u64 {
+        now.saturating_duration_since(self.origin).as_secs()
+    }
+
+    /// Counts `bytes` at `now`
+    pub(crate) fn add(&mut self, now: std::time::Instant, bytes: u64) {
+        let second = self.second_of(now);
+        if second > self.second {
+            self.previous = Some(if second == self.second + 1 {
+                self.bytes
+            } else {
+                0
+            });
+            self.second = second;
+            self.bytes = 0;
+        }
+        self.bytes += bytes;
+    }
+
+    /// Bits per second of the last whole second before `now`; `None` before one is over
+    pub(crate) fn bps(&self, now: std::time::Instant) -> Option<u64> {
+        let second = self.second_of(now);
+        let bytes = if second <= self.second {
+            self.previous?
+        } else if second == self.second + 1 {
+            self.bytes
+        } else {
+            0
+        };
+        Some(bytes * 8)
+    }
 }
 
 /// The candidate pair a connection uses (W3C `RTCIceCandidatePairStats`, in short)

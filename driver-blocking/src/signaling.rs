@@ -8,7 +8,7 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
 use std::time::{Duration, Instant};
 
-use meshrtc::signal::ServerFrame;
+use meshrtc::signal::{ClientFrame, ServerFrame};
 use meshrtc_driver::SignalUrl;
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Message, WebSocket};
@@ -149,11 +149,18 @@ fn serve(ws: &mut Ws, out: &Receiver<SignalOut>, into_core: &SyncSender<SignalIn
         loop {
             match out.try_recv() {
                 Ok(SignalOut::Frame(text)) => {
+                    // Signaling is a few frames a second at most: naming them is cheap.
+                    let method = ClientFrame::parse(&text).map_or("?", |f| f.request.method());
                     if let Err(e) = ws.send(Message::text(text)) {
+                        tracing::debug!(%e, method, "signaling frame not written");
                         return End::Lost(e.to_string());
                     }
+                    tracing::debug!(method, "signaling frame written");
                 }
-                Ok(SignalOut::Disconnect) => return End::Disconnect,
+                Ok(SignalOut::Disconnect) => {
+                    tracing::debug!("closing the signaling connection");
+                    return End::Disconnect;
+                }
                 // Already connected: a second request changes nothing.
                 Ok(SignalOut::Connect) => {}
                 Err(TryRecvError::Disconnected) => return End::Finished,
@@ -163,8 +170,13 @@ fn serve(ws: &mut Ws, out: &Receiver<SignalOut>, into_core: &SyncSender<SignalIn
         match ws.read() {
             Ok(Message::Text(text)) => match ServerFrame::parse(text.as_str()) {
                 Ok(frame) => {
+                    // The core thread is gone. What it queued last (its `peer.disconnect`,
+                    // when it left) must still be written: the next turn finds that in
+                    // `out`, or finds `out` closed and empty. Returning at once would close
+                    // the WebSocket without it, and the server would hold our place for
+                    // its resume grace instead of telling the room we left.
                     if into_core.send(SignalIn::Frame(frame)).is_err() {
-                        return End::Finished;
+                        tracing::debug!("the core thread is gone; frame from the server dropped");
                     }
                 }
                 Err(failure) => tracing::debug!(%failure, "invalid frame from signaling server"),
@@ -206,6 +218,66 @@ fn close(mut ws: Ws) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The core thread leaves and ends while this thread is handing it a frame from the
+    /// server (in a room, a peer that saw our DTLS close offers again at once): the queued
+    /// `peer.disconnect` is still written before the WebSocket closes. It was not, once:
+    /// the server then held our place for its resume grace and the room heard nothing.
+    #[test]
+    fn queued_frames_are_written_when_the_core_thread_is_gone() {
+        use meshrtc::signal::{Notification, PeerId, Request, RequestId};
+        use std::sync::mpsc;
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("ws://{}/", listener.local_addr().unwrap());
+        let server = std::thread::spawn(move || {
+            let (tcp, _) = listener.accept().unwrap();
+            tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut ws = tungstenite::accept(tcp).unwrap();
+            // Two offers: the first fills the core's channel, the second blocks the thread.
+            for _ in 0..2 {
+                let offer = ServerFrame::Notification(Notification::Offer {
+                    from: PeerId::new("alpha").unwrap(),
+                    sdp: "v=0".into(),
+                });
+                ws.send(Message::text(offer.to_json())).unwrap();
+            }
+            let mut methods = Vec::new();
+            loop {
+                match ws.read() {
+                    Ok(Message::Text(t)) => {
+                        let frame = ClientFrame::parse(t.as_str()).expect("a client frame");
+                        methods.push(frame.request.method());
+                    }
+                    Ok(_) => {}
+                    Err(_) => return methods,
+                }
+            }
+        });
+        let (out_tx, out_rx) = mpsc::channel();
+        let (in_tx, in_rx) = mpsc::sync_channel(1);
+        let thread = std::thread::spawn(move || run(url, out_rx, in_tx));
+        out_tx.send(SignalOut::Connect).unwrap();
+        assert!(matches!(
+            in_rx.recv_timeout(Duration::from_secs(10)),
+            Ok(SignalIn::Up)
+        ));
+        // The first offer fills the channel; the thread then reads the second and blocks
+        // handing it over (reading it takes microseconds; this waits far longer).
+        std::thread::sleep(Duration::from_millis(300));
+        // The core thread leaves and ends: its last frames are queued, then both of its
+        // channel ends go (the sender first, as when its driver is dropped).
+        let bye = ClientFrame {
+            id: RequestId::Number(9),
+            request: Request::Disconnect,
+        };
+        out_tx.send(SignalOut::Frame(bye.to_json())).unwrap();
+        out_tx.send(SignalOut::Disconnect).unwrap();
+        drop(out_tx);
+        drop(in_rx);
+        thread.join().unwrap();
+        assert_eq!(server.join().unwrap(), vec!["peer.disconnect"]);
+    }
 
     #[test]
     fn connect_refused_names_the_url() {

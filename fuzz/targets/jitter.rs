@@ -6,7 +6,8 @@
 //! a second, sets the buffer's drift, as `PeerMedia` does) or as raw media times.
 //!
 //! Checked: no panic; every chunk has the chunk's length and the stream's channels; chunks
-//! play in order; a timeout produces the chunks due and no more; the buffer's next timeout
+//! play in order; media time moves forward while playout runs (a pause after the sender
+//! went quiet may restart it anywhere); a timeout produces the chunks due and no more; the buffer's next timeout
 //! is never in the past after a timeout.
 
 use std::sync::Arc;
@@ -155,8 +156,11 @@ fn run_input(input: Input) {
                 // At most the chunks of the elapsed time since playout could have started.
                 let bound = (now - start).as_millis() as usize / 10 + 2;
                 assert!(n <= bound, "{n} chunks after {:?}", now - start);
-                if let Some(t) = jb.poll_timeout() {
-                    assert!(t > now, "next timeout {t:?} not after now {now:?}");
+                match jb.poll_timeout() {
+                    Some(t) => assert!(t > now, "next timeout {t:?} not after now {now:?}"),
+                    // Paused (the sender went quiet): the next frame starts a new timeline,
+                    // which may lie anywhere (a sender that restarted its RTP clock).
+                    None => last_ticks_out = None,
                 }
             }
             Op::Drift(ppm) => jb.set_drift_ppm(f64::from(ppm)),

@@ -156,6 +156,31 @@ pub struct JitterStats {
 }
 
 impl JitterStats {
+    /// Adds an earlier buffer's counters (the same peer over an earlier connection); the
+    /// target delay stays this buffer's unless it has received nothing yet
+    pub fn accumulate(&mut self, earlier: &JitterStats) {
+        if self.frames_received == 0 {
+            self.target_delay = earlier.target_delay;
+        }
+        self.jitter_buffer_delay += earlier.jitter_buffer_delay;
+        self.jitter_buffer_target_delay += earlier.jitter_buffer_target_delay;
+        self.jitter_buffer_emitted_count += earlier.jitter_buffer_emitted_count;
+        self.playout_delay += earlier.playout_delay;
+        self.total_samples_received += earlier.total_samples_received;
+        self.concealed_samples += earlier.concealed_samples;
+        self.inserted_samples_for_deceleration += earlier.inserted_samples_for_deceleration;
+        self.removed_samples_for_acceleration += earlier.removed_samples_for_acceleration;
+        self.frames_received += earlier.frames_received;
+        self.frames_decoded += earlier.frames_decoded;
+        self.frames_late += earlier.frames_late;
+        self.frames_lost += earlier.frames_lost;
+        self.frames_discarded += earlier.frames_discarded;
+        self.decode_errors += earlier.decode_errors;
+        self.frames_recovered += earlier.frames_recovered;
+    }
+}
+
+impl JitterStats {
     /// Mean time from arrival to decoding per decoded sample (W3C `jitterBufferDelay /
     /// jitterBufferEmittedCount`)
     pub fn mean_delay(&self) -> Option<Duration> {

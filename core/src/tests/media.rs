@@ -145,6 +145,64 @@ fn video_round_trip(codec: VideoCodec) {
     assert!(vs.keyframes >= 1);
 }
 
+/// The media counters agree end to end on a perfect link: what one side wrote the other
+/// read, byte for byte and frame for frame; packets are at least frames; the received
+/// bitrate of the last second matches the bytes counted
+#[test]
+fn media_counters_match_at_both_ends() {
+    use crate::MediaKind::{Audio, Video};
+    let mut m = Mesh::new(
+        vec![
+            av_config(true, true, &[VideoCodec::Vp8]),
+            av_config(true, true, &[VideoCodec::Vp8]),
+        ],
+        perfect(20),
+    );
+    m.connect_all();
+    stream(&mut m, 3, true, true);
+    let streaming = m.parts[1].peer_stats(&Mesh::id(0)).unwrap().media_traffic;
+    // Let everything in flight arrive and the senders' packet counts be reported.
+    m.run_for(Duration::from_millis(1500));
+    for (at, from) in [(1, 0), (0, 1)] {
+        let sent = m.parts[from]
+            .peer_stats(&Mesh::id(at))
+            .unwrap()
+            .media_traffic;
+        let got = m.parts[at]
+            .peer_stats(&Mesh::id(from))
+            .unwrap()
+            .media_traffic;
+        for kind in [Audio, Video] {
+            let (s, r) = (sent.count(kind, true), got.count(kind, false));
+            assert!(s.frames > 0 && s.bytes > 0, "{kind}: {s:?}");
+            assert_eq!((s.bytes, s.frames), (r.bytes, r.frames), "{kind}");
+            assert!(r.packets >= r.frames, "{kind}: {r:?}");
+            // No loss, so no retransmission: every packet sent arrived.
+            assert_eq!(s.packets, r.packets, "{kind}");
+        }
+        // 3 s of 20 ms audio frames, one packet each; VP8 key frames take several.
+        assert!(got.audio_received.frames >= 140, "{got:?}");
+        assert_eq!(got.audio_received.packets, got.audio_received.frames);
+        assert!(got.video_received.packets > got.video_received.frames);
+    }
+    // While streaming, the last second's audio bitrate is the average one (steady Opus),
+    // and video flowed too.
+    let audio = streaming.audio_received;
+    let average = audio.bytes as f64 * 8.0 / 3.0;
+    let last = streaming
+        .audio_received_bps
+        .expect("a whole second is over") as f64;
+    assert!(
+        last > average * 0.7 && last < average * 1.5,
+        "{last} b/s in the last second, {average} b/s on average"
+    );
+    assert!(streaming.video_received_bps.is_some_and(|b| b > 0));
+    // 3 s without media: the last whole second had none.
+    m.run_for(Duration::from_millis(1500));
+    let quiet = m.parts[1].peer_stats(&Mesh::id(0)).unwrap().media_traffic;
+    assert_eq!(quiet.audio_received_bps, Some(0));
+}
+
 #[test]
 fn h264_round_trip() {
     video_round_trip(VideoCodec::H264);

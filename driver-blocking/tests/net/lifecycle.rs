@@ -151,3 +151,107 @@ fn the_wire_sees_announce_then_disconnect() {
     let methods = server.join().unwrap();
     assert_eq!(methods, vec!["peer.announce", "peer.disconnect"]);
 }
+
+/// A clean leave while frames from the server keep coming (in a room, a peer that saw our
+/// DTLS close offers again at once): the room hears `peer.left` with reason `"disconnect"`
+/// at once, never `"timeout"` after the resume grace
+///
+/// The blocking driver once closed its WebSocket without the queued `peer.disconnect` when
+/// a server frame arrived just after its core thread had ended, so the server held its
+/// place (the Chromium three-party room saw it 2 runs in 3). Here a bare client in the
+/// room sends the leaver a relayed candidate every millisecond around each leave, which
+/// made the old driver lose its `peer.disconnect` in nearly every round.
+#[test]
+fn a_leave_while_frames_arrive_is_told_to_the_room_at_once() {
+    use std::net::TcpStream;
+    use tungstenite::stream::MaybeTlsStream;
+    use tungstenite::{Message, WebSocket};
+
+    type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
+    const ROUNDS: usize = 6;
+
+    let rt = runtime();
+    let mut config = meshrtc_tokio::SignalServerConfig::default();
+    // Let the flood through: the limits are not what this test is about.
+    let rooms = &mut config.rooms;
+    rooms.rate_limit_per_sec = 100_000;
+    rooms.rate_limit_burst = 100_000;
+    rooms.rate_limit_bytes_per_sec = 100 << 20;
+    rooms.rate_limit_bytes_burst = 100 << 20;
+    rooms.relay_bytes_per_sec = 100 << 20;
+    rooms.relay_bytes_burst = 100 << 20;
+    config.read_frames_per_sec = 1_000_000;
+    config.read_bytes_per_sec = 1 << 30;
+    let server = rt
+        .block_on(meshrtc_tokio::SignalServer::bind_with(
+            "127.0.0.1:0".parse().unwrap(),
+            config,
+        ))
+        .unwrap();
+    let url = server.url();
+
+    let (mut ws, _) = tungstenite::connect(url.as_str()).unwrap();
+    fn send(ws: &mut Ws, id: u64, method: &str, params: serde_json::Value) {
+        let frame =
+            serde_json::json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+        ws.send(Message::text(frame.to_string())).unwrap();
+    }
+    /// The next text frame, if one comes within the socket's read timeout
+    fn next(ws: &mut Ws) -> Option<serde_json::Value> {
+        match ws.read() {
+            Ok(Message::Text(t)) => Some(serde_json::from_str(t.as_str()).unwrap()),
+            Ok(_) => None,
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                None
+            }
+            Err(e) => panic!("flooder: {e}"),
+        }
+    }
+    send(
+        &mut ws,
+        1,
+        "peer.announce",
+        serde_json::json!({"room": "flood", "peer_id": "flooder"}),
+    );
+    if let MaybeTlsStream::Plain(tcp) = ws.get_ref() {
+        tcp.set_read_timeout(Some(Duration::from_millis(1)))
+            .unwrap();
+    }
+    let mut id = 2;
+    for round in 0..ROUNDS {
+        let name = format!("leaver{round}");
+        let session = join_blocking(&url, "flood", &name);
+        // The leaver offered to us (we are in its announce result); we never answer. Its
+        // candidate policy (loopback only) drops these candidates at once.
+        let leaving = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            session.handle.leave().unwrap();
+        });
+        let until = std::time::Instant::now() + LIMIT;
+        let reason = loop {
+            assert!(
+                std::time::Instant::now() < until,
+                "{name}: no peer.left within {LIMIT:?}"
+            );
+            let params = serde_json::json!({
+                "to": name,
+                "candidate": "candidate:1 1 udp 2130706431 192.0.2.1 9 typ host",
+                "sdp_mid": "0",
+                "sdp_m_line_index": 0,
+            });
+            send(&mut ws, id, "peer.ice_candidate", params);
+            id += 1;
+            let Some(frame) = next(&mut ws) else { continue };
+            if frame["method"] == "peer.left" && frame["params"]["peer_id"] == name.as_str() {
+                break frame["params"]["reason"].clone();
+            }
+        };
+        leaving.join().unwrap();
+        assert_eq!(reason, "disconnect", "{name} (round {round})");
+    }
+}

@@ -220,8 +220,10 @@ async fn metrics_parse_and_follow_a_room_filling_and_emptying() {
     .await;
 }
 
-/// `meshrtc peer --metrics`: the per-remote figures appear as a peer joins and media flows,
-/// parse as Prometheus text (ours and the Python client's), and follow the peer leaving
+/// `meshrtc peer --metrics`: the per-remote figures appear as a peer joins and media flows
+/// (audio and video both ways: the media byte, packet and frame counters move, and their
+/// rate agrees with the received-bitrate gauge), parse as Prometheus text (ours and the
+/// Python client's), and follow the peer leaving
 #[test]
 fn peer_metrics_follow_a_call() {
     use std::io::BufRead;
@@ -248,7 +250,15 @@ fn peer_metrics_follow_a_call() {
             .spawn()
             .unwrap()
     };
-    let mut alice = spawn("alice", "30", &["--metrics", "127.0.0.1:0"]);
+    // Small video, so that two encoders do not load the machine.
+    let video = [
+        "--video", "testsrc", "--width", "160", "--height", "96", "--fps", "15",
+    ];
+    let alice_args: Vec<&str> = ["--metrics", "127.0.0.1:0"]
+        .into_iter()
+        .chain(video)
+        .collect();
+    let mut alice = spawn("alice", "30", &alice_args);
     let (tx, rx) = std::sync::mpsc::channel();
     let stdout = alice.stdout.take().unwrap();
     std::thread::spawn(move || {
@@ -277,20 +287,73 @@ fn peer_metrics_follow_a_call() {
     assert_eq!(get(&alone, "meshrtc_peer_remotes_connected"), 0.0);
     assert_eq!(get(&alone, "meshrtc_peer_signaling_connected"), 1.0);
 
-    let bob = Reaper::new(spawn("bob", "4", &[]));
+    let bob = Reaper::new(spawn("bob", "7", &video));
     let bob_connected = r#"meshrtc_peer_connected{remote="bob"}"#;
     let frames = r#"meshrtc_peer_audio_frames_decoded_total{remote="bob"}"#;
+    let media = |what: &str, kind: &str, dir: &str| {
+        format!(
+            r#"meshrtc_peer_media_{what}_total{{remote="bob",kind="{kind}",direction="{dir}"}}"#
+        )
+    };
+    let flows = ["audio", "video"]
+        .into_iter()
+        .flat_map(|k| [(k, "in"), (k, "out")]);
     let mut during = alone;
     for _ in 0..100 {
         during = scrape_now();
         if during.get(bob_connected) == Some(&1.0)
             && during.get(frames).is_some_and(|f| *f >= 50.0)
             && during.contains_key(r#"meshrtc_peer_rtt_seconds{remote="bob"}"#)
+            // Packets sent are reported once a second.
+            && flows
+                .clone()
+                .all(|(k, d)| during.get(&media("packets", k, d)).is_some_and(|p| *p > 0.0))
         {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The media counters move while audio and video flow both ways.
+    let (t0, first) = (std::time::Instant::now(), during.clone());
+    std::thread::sleep(Duration::from_millis(1500));
+    let later = scrape_now();
+    let secs = t0.elapsed().as_secs_f64();
+    for (kind, dir) in flows {
+        for what in ["bytes", "packets", "frames"] {
+            let key = media(what, kind, dir);
+            assert!(
+                get(&later, &key) > get(&first, &key),
+                "{key} did not move: {first:?} {later:?}"
+            );
+        }
+        // Each frame is at least one packet; payload bytes are at most a packet each.
+        let (bytes, packets) = (
+            get(&later, &media("bytes", kind, dir)),
+            get(&later, &media("packets", kind, dir)),
+        );
+        assert!(
+            packets >= 1.0 && bytes >= packets,
+            "{kind} {dir}: {bytes} bytes in {packets} packets"
+        );
+    }
+    // Audio is a steady Opus stream: the bitrate from the counter's rate and the gauge of
+    // the last second agree (within a factor of 2) and are what Opus sends (6-256 kb/s).
+    let key = media("bytes", "audio", "in");
+    let rate = (get(&later, &key) - get(&first, &key)) * 8.0 / secs;
+    let gauge = get(
+        &later,
+        r#"meshrtc_peer_media_received_bits_per_second{remote="bob",kind="audio"}"#,
+    );
+    assert!((6_000.0..256_000.0).contains(&rate), "audio in: {rate} b/s");
+    assert!(
+        gauge > rate / 2.0 && gauge < rate * 2.0,
+        "gauge {gauge} b/s, rate {rate} b/s"
+    );
+    let video_in = get(
+        &later,
+        r#"meshrtc_peer_media_received_bits_per_second{remote="bob",kind="video"}"#,
+    );
+    assert!(video_in > 0.0, "video in: {video_in} b/s");
     assert_eq!(
         get(&during, "meshrtc_peer_remotes_connected"),
         1.0,
@@ -339,6 +402,11 @@ fn peer_metrics_follow_a_call() {
     // Counters do not go back.
     assert!(
         after.get(frames).is_none_or(|f| *f >= get(&during, frames)),
+        "{after:?}"
+    );
+    let key = media("bytes", "video", "in");
+    assert!(
+        after.get(&key).is_none_or(|b| *b >= get(&later, &key)),
         "{after:?}"
     );
     drop(alice);

@@ -52,6 +52,11 @@ impl BlockingPeer {
         id: &str,
         media: BlockingMedia,
     ) -> Result<Self, String> {
+        // `RUST_LOG=meshrtc_blocking=debug` shows this peer's signaling frames.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .try_init();
         let room_id = RoomId::new(room).map_err(|e| format!("room {room}: {e}"))?;
         let peer_id = PeerId::new(id).map_err(|e| format!("peer id {id}: {e}"))?;
         let mut config = SessionConfig::new(signal_url, room_id.clone());

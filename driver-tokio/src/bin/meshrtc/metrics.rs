@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use meshrtc::signal::PeerId;
+use meshrtc::MediaKind;
 use meshrtc_tokio::{Event as SessionEvent, SessionHandle, Stats};
 use prometheus_client::encoding::prometheus_text;
 use prometheus_client::metrics::counter::Counter;
@@ -156,10 +157,26 @@ struct Families {
     datagrams: Family<Labels, Counter>,
     drift: Family<Labels, FloatGauge>,
     latency: Family<Labels, FloatGauge>,
+    media_bytes: Family<Labels, Counter>,
+    media_packets: Family<Labels, Counter>,
+    media_frames: Family<Labels, Counter>,
+    media_received_bitrate: Family<Labels, Gauge>,
 }
 
 fn labels(remote: &str) -> Labels {
     vec![("remote".to_string(), remote.to_string())]
+}
+
+/// `remote`, `kind` (`audio`, `video`) and, when given, `direction` (`in`, `out`)
+fn labels_kind(remote: &str, kind: MediaKind, direction: Option<&str>) -> Labels {
+    let mut l = vec![
+        ("remote".to_string(), remote.to_string()),
+        ("kind".to_string(), kind.to_string()),
+    ];
+    if let Some(d) = direction {
+        l.push(("direction".to_string(), d.to_string()));
+    }
+    l
 }
 
 fn labels_dir(remote: &str, direction: &str) -> Labels {
@@ -189,6 +206,10 @@ pub(crate) fn render(stats: &Stats, present: impl Fn(&PeerId) -> bool) -> String
         datagrams: Family::default(),
         drift: Family::default(),
         latency: Family::default(),
+        media_bytes: Family::default(),
+        media_packets: Family::default(),
+        media_frames: Family::default(),
+        media_received_bitrate: Family::default(),
     };
     let mut connected_peers = 0;
     for (id, s) in &stats.peers {
@@ -237,6 +258,27 @@ pub(crate) fn render(stats: &Stats, present: impl Fn(&PeerId) -> bool) -> String
         if let Some(v) = &s.video {
             f.video_frames.get_or_create(&l).inc_by(v.frames_decoded);
             f.keyframes.get_or_create(&l).inc_by(v.keyframes);
+        }
+        let t = &s.media_traffic;
+        for (kind, negotiated, received_bps) in [
+            (MediaKind::Audio, s.audio.is_some(), t.audio_received_bps),
+            (MediaKind::Video, s.video.is_some(), t.video_received_bps),
+        ] {
+            let (sent, received) = (t.count(kind, true), t.count(kind, false));
+            if !negotiated && sent.bytes == 0 && received.bytes == 0 {
+                continue;
+            }
+            for (dir, c) in [("in", received), ("out", sent)] {
+                let lk = labels_kind(peer, kind, Some(dir));
+                f.media_bytes.get_or_create(&lk).inc_by(c.bytes);
+                f.media_packets.get_or_create(&lk).inc_by(c.packets);
+                f.media_frames.get_or_create(&lk).inc_by(c.frames);
+            }
+            if let Some(bps) = received_bps {
+                f.media_received_bitrate
+                    .get_or_create(&labels_kind(peer, kind, None))
+                    .set(i64::try_from(bps).unwrap_or(i64::MAX));
+            }
         }
     }
     let mut r = Registry::with_prefix("meshrtc_peer");
@@ -331,6 +373,26 @@ pub(crate) fn render(stats: &Stats, present: impl Fn(&PeerId) -> bool) -> String
         f.data_bytes,
     );
     r.register("data_messages", "Data channel messages", f.messages);
+    r.register(
+        "media_bytes",
+        "Encoded media bytes (RTP payloads, no headers or retransmissions) by kind and direction; rate() of it is the media bitrate",
+        f.media_bytes,
+    );
+    r.register(
+        "media_packets",
+        "RTP media packets by kind and direction (sent: as last reported, once a second, retransmissions included)",
+        f.media_packets,
+    );
+    r.register(
+        "media_frames",
+        "Encoded media frames by kind and direction",
+        f.media_frames,
+    );
+    r.register(
+        "media_received_bits_per_second",
+        "Received media bitrate (payload bits) over the last whole second",
+        f.media_received_bitrate,
+    );
     r.register(
         "datagrams",
         "UDP datagrams of the connection (media, data and ICE)",
