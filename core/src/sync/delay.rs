@@ -34,6 +34,12 @@
 //!   count once) of the last [`fast_window`](crate::sync::JitterConfig::fast_window) (2 s)
 //!   were later than the long-window choice, the set point rises to the largest transit of
 //!   those 2 s. The ordinary tail of a heavy-tailed path does not do that.
+//! - **Episodes that end.** A queue that built up on the path and drained (a capacity drop
+//!   the sender followed late) leaves seconds of slow transits in the window that no longer
+//!   describe the path; held for 20 s they kept audio hundreds of milliseconds late after
+//!   the queue was gone. When every frame of the last fast window is faster than the set
+//!   point by [`EPISODE_MARGIN`] and by three times their own spread, the window restarts
+//!   at the fast window's start.
 //!
 //! Transits are kept in 100 µs units in a sorted multiset, so adding and forgetting a frame
 //! costs O(log n) and a choice costs one walk over the top of the distribution.
