@@ -9,10 +9,9 @@
 //! A cross-traffic flow ([`CrossTrafficConfig`]) sends packets into a shared bottleneck
 //! that go nowhere else (a competing application's traffic): either at a constant rate
 //! ([`CrossModel::Cbr`]) or with additive increase and multiplicative decrease
-//! ([`CrossModel::Aimd`], a model of a
-//! TCP Reno flow: each delivered packet adds `MSS² / (rate · rtt²)` to the rate, a loss
-//! halves it at most once per round trip; the round trip is the base one plus the packet's
-//! queueing delay). What it got through is counted per [`CROSS_INTERVAL`].
+//! ([`CrossModel::Aimd`], a model of a TCP Reno flow: each delivered packet adds
+//! `MSS² / (rate · rtt²)` to the rate, a loss halves it at most once per round trip; the
+//! round trip is the base one plus the packet's queueing delay). What it got through is counted per [`CROSS_INTERVAL`].
 
 use std::collections::BTreeMap;
 use std::time::Duration;
