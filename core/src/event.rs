@@ -172,6 +172,11 @@ pub enum Event {
     VideoFrame {
         /// From whom
         peer: PeerId,
+        /// Which of the peer's video tracks: `None` for its main video m-line (whichever
+        /// track the peer routes to us there), `Some` for a track the peer sends on an
+        /// m-line of its own, named by the peer's id for it
+        /// ([`Participant::add_video_track`](crate::Participant::add_video_track))
+        track: Option<crate::pipeline::TrackId>,
         /// The frame: decoded, or encoded in pass-through mode
         payload: VideoPayload,
         /// Its media time (90 kHz ticks, unwrapped)

@@ -73,6 +73,7 @@ mod shared;
 pub mod signal;
 mod stats;
 pub mod sync;
+mod tracks;
 mod transport;
 mod window;
 

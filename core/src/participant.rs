@@ -97,6 +97,8 @@ pub struct Participant {
     /// (peer, kind) whose sending is paused ([`set_sending`](Self::set_sending)),
     /// remembered across reconnects
     paused: BTreeSet<(PeerId, MediaKind)>,
+    /// Video tracks with m-lines of their own ([`add_video_track`](Self::add_video_track))
+    separate_tracks: BTreeSet<TrackId>,
 }
 
 /// How many departed peers' statistics are kept
@@ -163,6 +165,7 @@ impl Participant {
             track_encoders: BTreeMap::new(),
             video_track_of: BTreeMap::new(),
             paused: BTreeSet::new(),
+            separate_tracks: BTreeSet::new(),
         }
     }
 
@@ -548,12 +551,32 @@ impl Participant {
         Ok(sent)
     }
 
+    /// Gives outgoing video `track` an m-line of its own towards each peer it is sent to,
+    /// so that a peer can receive it next to our main video and our other such tracks
+    ///
+    /// Without this, every track shares a peer's one video m-line (the peer gets one of
+    /// them at a time, as [`send_video_to`](Self::send_video_to) last chose). With it, the
+    /// first frame of the track written for a peer adds a `sendonly` m-line by
+    /// renegotiation (frames before its answer are not sent), and the remote reports the
+    /// track's frames as [`Event::VideoFrame`] with `track: Some(track)`, decoded apart from
+    /// the rest. Pausing video to a peer ([`set_sending`](Self::set_sending)) pauses these
+    /// m-lines too.
+    pub fn add_video_track(&mut self, track: TrackId) -> Result<(), CommandError> {
+        if !self.config.capabilities.video {
+            return Err(CommandError::MediaNotEnabled(MediaKind::Video));
+        }
+        self.separate_tracks.insert(track);
+        Ok(())
+    }
+
     /// Sends one video frame of outgoing `track` to `peers` (those connected and taking
     /// video from us); returns how many it went to
     ///
     /// Each track has encoders of its own (one per codec in use among its peers), so an
     /// original, a blurred copy and a composite can go to different peers. A peer that
     /// moves to this track from another gets a keyframe first. Paused peers are skipped.
+    /// A track given its own m-lines ([`add_video_track`](Self::add_video_track)) reaches a
+    /// peer next to the others instead of in their place.
     pub fn send_video_to<'a>(
         &mut self,
         track: TrackId,
@@ -565,6 +588,9 @@ impl Participant {
             return Err(CommandError::MediaNotEnabled(MediaKind::Video));
         }
         frame.check()?;
+        if self.separate_tracks.contains(&track) {
+            return self.send_separate_video(track, capture, frame, peers);
+        }
         // One video clock for every track, so a peer moved between tracks sees time go on.
         let ticks = self.encoders.video_ticks(capture);
         let pts = Duration::from_micros((ticks.max(0) as u64 * 1000) / 90);
@@ -617,9 +643,78 @@ impl Participant {
         Ok(sent)
     }
 
-    /// Forgets an outgoing track's encoders (its peers need another track's keyframe)
+    /// [`send_video_to`](Self::send_video_to) for a track with m-lines of its own
+    fn send_separate_video<'a>(
+        &mut self,
+        track: TrackId,
+        capture: Instant,
+        frame: &I420Frame,
+        peers: impl IntoIterator<Item = &'a PeerId>,
+    ) -> Result<usize, CommandError> {
+        let ticks = self.encoders.video_ticks(capture);
+        let pts = Duration::from_micros((ticks.max(0) as u64 * 1000) / 90);
+        let mut by_codec: BTreeMap<VideoCodec, Vec<PeerId>> = BTreeMap::new();
+        let mut fresh = BTreeSet::new();
+        let mut offer_to = Vec::new();
+        for id in peers {
+            let Some(peer) = self.peers.get_mut(id) else {
+                continue;
+            };
+            if !peer.can_send_media() || self.paused.contains(&(id.clone(), MediaKind::Video)) {
+                continue;
+            }
+            match peer.track_send_codec(track) {
+                Some(c) => {
+                    by_codec.entry(c).or_default().push(id.clone());
+                    if !peer.track_started(track) {
+                        fresh.insert(c);
+                    }
+                }
+                None => {
+                    if peer.want_track(track) {
+                        offer_to.push(id.clone());
+                    }
+                }
+            }
+        }
+        let enc = self
+            .track_encoders
+            .entry(track)
+            .or_insert_with(Encoders::new);
+        enc.share_video_epoch(&self.encoders);
+        for &c in &fresh {
+            enc.request_keyframe(c);
+        }
+        let mut sent = 0;
+        for (codec, ids) in by_codec {
+            let Some(enc) = self.track_encoders.get_mut(&track) else {
+                break;
+            };
+            let Some(out) = enc.encode_video(&self.config.media, codec, frame, pts)? else {
+                continue;
+            };
+            let data: Arc<[u8]> = Arc::from(&out.data[..]);
+            for id in ids {
+                let Some(peer) = self.peers.get_mut(&id) else {
+                    continue;
+                };
+                sent +=
+                    usize::from(peer.write_track_video(track, codec, capture, ticks, data.clone()));
+                self.drain_peer(&id);
+            }
+        }
+        // Peers without the track's m-line yet: the renegotiation that adds it.
+        for id in offer_to {
+            self.drain_peer(&id);
+        }
+        Ok(sent)
+    }
+
+    /// Forgets an outgoing track's encoders (its peers need another track's keyframe); a
+    /// track with m-lines of its own stops being sent (its m-lines stay, idle)
     pub fn remove_track(&mut self, track: TrackId) {
         self.track_encoders.remove(&track);
+        self.separate_tracks.remove(&track);
     }
 
     /// Pauses (`false`) or resumes (`true`) sending `kind` to `peer`, visibly: the m-line
@@ -653,6 +748,7 @@ impl Participant {
             if sending && kind == MediaKind::Video {
                 // The remote's decoder lost its reference meanwhile.
                 self.video_track_of.remove(peer);
+                p.restart_tracks();
                 self.request_keyframe();
             }
             self.drain_peer(peer);
@@ -1498,6 +1594,30 @@ impl Participant {
                         }))
                 }
                 PeerOutput::Undelivered(messages) => self.report_undelivered(id, messages),
+                PeerOutput::TrackKeyframeWanted(track, codec) => {
+                    if let Some(enc) = self.track_encoders.get_mut(&track) {
+                        enc.request_keyframe(codec);
+                    }
+                }
+                PeerOutput::TrackMedia(track, m) => {
+                    // Separate tracks are video only.
+                    if let MediaOut::Video {
+                        payload,
+                        media_ticks,
+                        keyframe,
+                        codec,
+                    } = m
+                    {
+                        self.outputs.push_back(Output::Event(Event::VideoFrame {
+                            peer: id.clone(),
+                            track: Some(track),
+                            payload,
+                            media_ticks,
+                            keyframe,
+                            codec,
+                        }));
+                    }
+                }
                 PeerOutput::Media(m) => {
                     let event = match m {
                         MediaOut::Audio(chunk) => Event::AudioPlayout {
@@ -1516,6 +1636,7 @@ impl Participant {
                             codec,
                         } => Event::VideoFrame {
                             peer: id.clone(),
+                            track: None,
                             payload,
                             media_ticks,
                             keyframe,

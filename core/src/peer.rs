@@ -16,12 +16,14 @@ use crate::codec::VideoCodec;
 use crate::config::{CandidatePolicy, Config};
 use crate::error::{CommandError, SdpRejection, TransportError};
 use crate::event::{DataMessage, ReconnectKind};
-use crate::media::{video_codec_of, MediaOut, PeerMedia};
+use crate::media::{video_codec_of, MediaConfig, MediaOut, PeerMedia};
+use crate::pipeline::TrackId;
 use crate::rate::{PeerRate, RateController};
 use crate::recovery::Recovery;
 use crate::shared::{TimeoutReason, Transmit};
 use crate::signal::PeerInfo;
 use crate::stats::{PeerStats, SecondWindow};
+use crate::tracks::{self, RecvTrack, SendTrack};
 use crate::window::SendWindow;
 
 /// Below this many buffered bytes str0m tells us the channel can take more
@@ -55,6 +57,10 @@ pub(crate) enum PeerOutput {
         message: DataMessage,
     },
     Media(MediaOut),
+    /// Media of a separate track the remote sends us on an m-line of its own
+    TrackMedia(TrackId, MediaOut),
+    /// The remote asked for a keyframe of a separate track we send it
+    TrackKeyframeWanted(TrackId, VideoCodec),
     /// The remote started or stopped sending us this kind (its m-line direction)
     RemoteSending(crate::MediaKind, bool),
     /// Queued messages larger than the remote's `max-message-size`, dropped unsent
@@ -137,6 +143,15 @@ pub(crate) struct Peer {
     remote_sending: [bool; 2],
     /// Which remote candidates we use (trickled ones and those inside descriptions)
     candidate_policy: CandidatePolicy,
+    /// Separate video tracks we send on m-lines of their own, and those waiting for one
+    send_tracks: Vec<SendTrack>,
+    wanted_tracks: Vec<TrackId>,
+    /// Separate video tracks the remote sends us, and the m-lines its descriptions named
+    recv_tracks: Vec<RecvTrack>,
+    remote_track_mids: Vec<(Mid, TrackId)>,
+    /// For the receive side of separate tracks
+    media_config: MediaConfig,
+    wallclock_anchor: Option<(Instant, std::time::SystemTime)>,
     /// Received media bytes per second, audio and video (for the received bitrate)
     received_rate: [SecondWindow; 2],
     /// RTP packets sent as str0m last reported them for this `Rtc`, audio and video
@@ -276,7 +291,118 @@ impl Peer {
                 config.capabilities.video && info_caps.video,
             ],
             candidate_policy: config.candidate_policy,
+            send_tracks: Vec::new(),
+            wanted_tracks: Vec::new(),
+            recv_tracks: Vec::new(),
+            remote_track_mids: Vec::new(),
+            media_config: config.media.clone(),
+            wallclock_anchor: config.wallclock_anchor,
         }
+    }
+
+    /// Asks for an m-line of its own for separate video `track` (offered at the next
+    /// [`direction_offer`](Self::direction_offer)); false if it has one or waits for one
+    pub(crate) fn want_track(&mut self, track: TrackId) -> bool {
+        if self.send_tracks.iter().any(|t| t.track == track) || self.wanted_tracks.contains(&track)
+        {
+            return false;
+        }
+        self.wanted_tracks.push(track);
+        true
+    }
+
+    /// The codec separate `track` goes to this peer in, once its m-line is negotiated
+    pub(crate) fn track_send_codec(&mut self, track: TrackId) -> Option<VideoCodec> {
+        let t = self
+            .send_tracks
+            .iter_mut()
+            .find(|t| t.track == track && t.confirmed)?;
+        if t.codec.is_none() {
+            let writer = self.rtc.writer(t.mid)?;
+            let offered: Vec<VideoCodec> = writer
+                .payload_params()
+                .filter_map(|p| video_codec_of(p.spec().codec))
+                .collect();
+            t.codec = self
+                .video_preference
+                .iter()
+                .copied()
+                .find(|c| offered.contains(c));
+        }
+        t.codec
+    }
+
+    /// Whether the remote has had a frame of separate `track` (so no keyframe is owed)
+    pub(crate) fn track_started(&self, track: TrackId) -> bool {
+        self.send_tracks
+            .iter()
+            .any(|t| t.track == track && t.started)
+    }
+
+    /// Every separate track owes the remote a keyframe again (after a pause)
+    pub(crate) fn restart_tracks(&mut self) {
+        for t in &mut self.send_tracks {
+            t.started = false;
+        }
+    }
+
+    /// Writes one encoded frame of separate `track` on its m-line; false if not sent
+    pub(crate) fn write_track_video(
+        &mut self,
+        track: TrackId,
+        codec: VideoCodec,
+        wallclock: Instant,
+        ticks: i64,
+        data: Arc<[u8]>,
+    ) -> bool {
+        if !self.can_send_media()
+            || self.send_paused[1]
+            || self.track_send_codec(track) != Some(codec)
+        {
+            return false;
+        }
+        let Some(t) = self.send_tracks.iter_mut().find(|t| t.track == track) else {
+            return false;
+        };
+        let Some(writer) = self.rtc.writer(t.mid) else {
+            return false;
+        };
+        let Some(pt) = writer
+            .payload_params()
+            .find(|p| video_codec_of(p.spec().codec) == Some(codec))
+            .map(|p| p.pt())
+        else {
+            return false;
+        };
+        let time = MediaTime::new(ticks.max(0) as u64, Frequency::NINETY_KHZ);
+        let len = data.len();
+        match writer.write(pt, wallclock, time, data) {
+            Ok(()) => {
+                t.started = true;
+                self.count_sent(crate::MediaKind::Video, len);
+                true
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, %track, "video write refused");
+                false
+            }
+        }
+    }
+
+    /// Our offer was dropped for the remote's (glare): m-lines it added are not there
+    fn unconfirmed_tracks_lost(&mut self) {
+        let wanted = &mut self.wanted_tracks;
+        self.send_tracks.retain(|t| {
+            if !t.confirmed && !wanted.contains(&t.track) {
+                wanted.push(t.track);
+            }
+            t.confirmed
+        });
+    }
+
+    /// The separate track received on `mid`, if any
+    fn recv_track(&mut self, mid: Mid) -> Option<&mut RecvTrack> {
+        self.recv_tracks.iter_mut().find(|t| t.mid == mid)
     }
 
     /// Pauses or resumes what we send of `kind` to this peer; the m-line direction follows
@@ -317,14 +443,57 @@ impl Peer {
                 changes.push((mid, direction(want_send, current.is_receiving())));
             }
         }
-        if changes.is_empty() {
+        // Separate video tracks follow the pause of video; new ones get their m-lines.
+        let want_video = !self.send_paused[1] && self.can_send[1];
+        for t in self.send_tracks.iter().filter(|t| t.confirmed) {
+            let Some(media) = self.rtc.media(t.mid) else {
+                continue;
+            };
+            if !media.disabled() && media.direction().is_sending() != want_video {
+                changes.push((
+                    t.mid,
+                    direction(want_video, media.direction().is_receiving()),
+                ));
+            }
+        }
+        let add = if want_video {
+            std::mem::take(&mut self.wanted_tracks)
+        } else {
+            Vec::new()
+        };
+        if changes.is_empty() && add.is_empty() {
             return None;
         }
         let mut api = self.rtc.sdp_api();
         for (mid, dir) in changes {
             api.set_direction(mid, dir);
         }
-        let (offer, pending) = api.apply()?;
+        let mut added = Vec::new();
+        for track in &add {
+            let mid = api.add_media(
+                MediaKind::Video,
+                Direction::SendOnly,
+                Some("meshrtc".into()),
+                Some(tracks::track_msid(*track)),
+                None,
+            );
+            added.push(SendTrack {
+                track: *track,
+                mid,
+                confirmed: false,
+                started: false,
+                codec: None,
+                egress_packets: 0,
+            });
+        }
+        let Some((offer, pending)) = api.apply() else {
+            self.wanted_tracks.extend(add);
+            return None;
+        };
+        if !added.is_empty() {
+            tracing::debug!(tracks = ?add, "offering m-lines for separate video tracks");
+        }
+        self.send_tracks.extend(added);
         self.pending_offer = Some(pending);
         self.offers_out = self.offers_out.saturating_add(1);
         Some(offer.to_sdp_string())
@@ -443,7 +612,9 @@ impl Peer {
             SdpOffer::from_sdp_string(sdp).map_err(|e| SdpRejection::Unparsable(e.to_string()))?;
         // A renegotiation drops our own offer, if any (str0m invalidates it); the remote
         // ignores it (perfect negotiation), so no answer to it comes.
-        self.pending_offer = None;
+        if self.pending_offer.take().is_some() {
+            self.unconfirmed_tracks_lost();
+        }
         self.offers_out = 0;
         self.restart_offered = false;
         let answer = self
@@ -482,6 +653,22 @@ impl Peer {
             .sdp_api()
             .accept_answer(pending, answer)
             .map_err(|e| SdpRejection::Unacceptable(e.to_string()))?;
+        // Track m-lines the answered offer added are there now; any of an offer it replaced
+        // (an ICE restart made meanwhile) are not, and are offered again.
+        let rtc = &self.rtc;
+        let wanted = &mut self.wanted_tracks;
+        self.send_tracks.retain_mut(|t| {
+            if !t.confirmed {
+                if rtc.media(t.mid).is_none() {
+                    if !wanted.contains(&t.track) {
+                        wanted.push(t.track);
+                    }
+                    return false;
+                }
+                t.confirmed = true;
+            }
+            true
+        });
         self.on_remote_description(sdp);
         Ok(())
     }
@@ -703,6 +890,13 @@ impl Peer {
             self.remote_max_message = Some(max);
         }
         self.has_remote_description = true;
+        for (mid, track) in tracks::remote_tracks(sdp) {
+            if !self.remote_track_mids.iter().any(|(m, _)| *m == mid)
+                && self.remote_track_mids.len() < tracks::MAX_RECV_TRACKS
+            {
+                self.remote_track_mids.push((mid, track));
+            }
+        }
         for line in std::mem::take(&mut self.queued_candidates) {
             if let Ok(Some(c)) = parse_candidate(&line) {
                 self.rtc.add_remote_candidate(c);
@@ -761,6 +955,9 @@ impl Peer {
     pub(crate) fn handle_timeout(&mut self, now: Instant) -> Result<(), TransportError> {
         self.now = self.now.max(now);
         self.media.handle_timeout(now, &mut self.media_out);
+        for t in &mut self.recv_tracks {
+            t.media.handle_timeout(now, &mut t.out);
+        }
         self.rtc
             .handle_input(str0m::Input::Timeout(now))
             .map_err(|e| TransportError::from_rtc(&e))
@@ -955,8 +1152,16 @@ impl Peer {
         res
     }
 
-    fn drain_rtc(&mut self, out: &mut Vec<PeerOutput>) -> Result<(), TransportError> {
+    fn drain_media(&mut self, out: &mut Vec<PeerOutput>) {
         out.extend(self.media_out.drain(..).map(PeerOutput::Media));
+        for t in &mut self.recv_tracks {
+            let track = t.track;
+            out.extend(t.out.drain(..).map(|m| PeerOutput::TrackMedia(track, m)));
+        }
+    }
+
+    fn drain_rtc(&mut self, out: &mut Vec<PeerOutput>) -> Result<(), TransportError> {
+        self.drain_media(out);
         loop {
             self.flush()?;
             let mut bad_in_a_row = 0;
@@ -969,7 +1174,11 @@ impl Peer {
                         bad_in_a_row += 1;
                         self.stats.malformed_media += 1;
                         tracing::debug!(%mid, %pt, error = %e, "dropped malformed media");
-                        self.media.handle_malformed(&mut self.rtc, mid, self.now);
+                        let now = self.now;
+                        match self.recv_tracks.iter_mut().find(|t| t.mid == mid) {
+                            Some(t) => t.media.handle_malformed(&mut self.rtc, mid, now),
+                            None => self.media.handle_malformed(&mut self.rtc, mid, now),
+                        }
                         continue;
                     }
                     Err(e) => return Err(TransportError::from_rtc(&e)),
@@ -991,7 +1200,7 @@ impl Peer {
                     str0m::Output::Event(e) => self.handle_event(e, out),
                 }
             }
-            out.extend(self.media_out.drain(..).map(PeerOutput::Media));
+            self.drain_media(out);
             if !self.rtc.is_alive() {
                 out.push(PeerOutput::Closed);
                 return Ok(());
@@ -1096,6 +1305,14 @@ impl Peer {
                     let new = st.packets.saturating_sub(*seen);
                     *seen = (*seen).max(st.packets);
                     self.stats.media_traffic.count_mut(kind, true).packets += new;
+                } else if let Some(t) = self.send_tracks.iter_mut().find(|t| t.mid == st.mid) {
+                    // A separate track's stream: video, counted from its own total.
+                    let new = st.packets.saturating_sub(t.egress_packets);
+                    t.egress_packets = t.egress_packets.max(st.packets);
+                    self.stats
+                        .media_traffic
+                        .count_mut(crate::MediaKind::Video, true)
+                        .packets += new;
                 }
                 // RTCP receiver reports: arrival minus our sender report's time minus the
                 // delay the remote reports holding it (RFC 3550 LSR/DLSR).
@@ -1107,7 +1324,29 @@ impl Peer {
                 self.rate.handle_egress(audio, video, &st);
             }
             RtcEvent::Closed => out.push(PeerOutput::Closed),
-            RtcEvent::MediaAdded(m) => self.media.set_mid(m.kind, m.mid),
+            RtcEvent::MediaAdded(m) => {
+                if self.send_tracks.iter().any(|t| t.mid == m.mid) {
+                    // One of our separate tracks' m-lines, now negotiated.
+                } else if let Some(&(_, track)) =
+                    self.remote_track_mids.iter().find(|(mid, _)| *mid == m.mid)
+                {
+                    if m.kind == MediaKind::Video
+                        && self.recv_tracks.len() < tracks::MAX_RECV_TRACKS
+                        && !self.recv_tracks.iter().any(|t| t.mid == m.mid)
+                    {
+                        let mut media = PeerMedia::new(&self.media_config, self.wallclock_anchor);
+                        media.set_mid(MediaKind::Video, m.mid);
+                        self.recv_tracks.push(RecvTrack {
+                            track,
+                            mid: m.mid,
+                            media,
+                            out: Vec::new(),
+                        });
+                    }
+                } else {
+                    self.media.set_mid(m.kind, m.mid);
+                }
+            }
             RtcEvent::MediaChanged(m) => {
                 let kind = if Some(m.mid) == self.media.audio_mid {
                     crate::MediaKind::Audio
@@ -1124,7 +1363,14 @@ impl Peer {
                 }
             }
             RtcEvent::MediaData(d) => {
-                if let Some(kind) = self.kind_of_mid(d.mid) {
+                // A separate track's media counts as video.
+                let kind = self.kind_of_mid(d.mid).or_else(|| {
+                    self.recv_tracks
+                        .iter()
+                        .any(|t| t.mid == d.mid)
+                        .then_some(crate::MediaKind::Video)
+                });
+                if let Some(kind) = kind {
                     let bytes = d.data.len() as u64;
                     let (first, last) = (**d.seq_range.start(), **d.seq_range.end());
                     let packets = last.saturating_sub(first).saturating_add(1);
@@ -1135,6 +1381,12 @@ impl Peer {
                     self.received_rate[kind_index(kind)].add(self.now, bytes);
                 }
                 let cfg = self.jitter_config;
+                if let Some(i) = self.recv_tracks.iter().position(|t| t.mid == d.mid) {
+                    let t = &mut self.recv_tracks[i];
+                    t.media
+                        .handle_media_data(&mut self.rtc, &cfg, d, &mut t.out);
+                    return;
+                }
                 self.media
                     .handle_media_data(&mut self.rtc, &cfg, d, &mut self.media_out);
                 // The first frame starts playout: schedule it.
@@ -1142,6 +1394,26 @@ impl Peer {
             RtcEvent::KeyframeRequest(r) if Some(r.mid) == self.media.video_mid => {
                 if let Some(c) = self.video_send_codec() {
                     out.push(PeerOutput::Media(MediaOut::KeyframeWanted(c)));
+                }
+            }
+            RtcEvent::KeyframeRequest(r) => {
+                let codec = self
+                    .send_tracks
+                    .iter()
+                    .find(|t| t.mid == r.mid)
+                    .map(|t| (t.track, t.codec));
+                if let Some((track, Some(c))) = codec {
+                    out.push(PeerOutput::TrackKeyframeWanted(track, c));
+                }
+            }
+            RtcEvent::SenderFeedback(f) if self.recv_tracks.iter().any(|t| t.mid == f.mid) => {
+                if let Some(t) = self.recv_track(f.mid) {
+                    t.media.handle_sender_report(
+                        f.mid,
+                        f.received_at,
+                        f.sender_info.ntp_time,
+                        f.sender_info.rtp_time.numer() as u32,
+                    );
                 }
             }
             RtcEvent::SenderFeedback(f) => {
@@ -1167,7 +1439,16 @@ impl Peer {
     /// Whether the peer's connection or media has something due at `now` (the timeout its
     /// `Rtc` asked for, or a playout); recovery and health deadlines are not counted
     pub(crate) fn io_due(&self, now: Instant) -> bool {
-        self.next_timeout <= now || self.media.poll_timeout().is_some_and(|t| t <= now)
+        self.next_timeout <= now || self.media_timeout().is_some_and(|t| t <= now)
+    }
+
+    /// The soonest playout or render of the main media and the separate tracks
+    fn media_timeout(&self) -> Option<Instant> {
+        self.recv_tracks
+            .iter()
+            .filter_map(|t| t.media.poll_timeout())
+            .chain(self.media.poll_timeout())
+            .min()
     }
 
     /// The next instant this peer needs a timeout; its recovery counts only while
@@ -1181,7 +1462,7 @@ impl Peer {
             self.next_timeout,
             TimeoutReason::Rtc(self.rtc.last_timeout_reason()),
         );
-        if let Some(t) = self.media.poll_timeout() {
+        if let Some(t) = self.media_timeout() {
             if t < best.0 {
                 best = (t, TimeoutReason::Playout);
             }

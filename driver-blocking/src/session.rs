@@ -220,6 +220,24 @@ impl SessionHandle {
         self.command(Command::Video(capture, Box::new(frame)))
     }
 
+    /// Queues one audio frame of an outgoing track (its own Opus stream: one Opus frame of
+    /// interleaved PCM) for `peers`; blocks while the command queue is full (see
+    /// [`meshrtc::Participant::send_audio_to`])
+    ///
+    /// Not for the audio callback: this allocates and may block. The default track, to
+    /// every peer, goes through the real-time [`AudioCapture`]; per-peer tracks (an N−1
+    /// mix, a track for some peers only) come from an ordinary thread, such as one running
+    /// a [`meshrtc::pipeline::Pipeline`].
+    pub fn send_audio_to(
+        &self,
+        track: meshrtc::pipeline::TrackId,
+        capture: Instant,
+        pcm: Vec<i16>,
+        peers: Vec<PeerId>,
+    ) -> Result<()> {
+        self.command(Command::AudioTo(track, capture, pcm, peers))
+    }
+
     /// Queues one video frame of an outgoing track (its own encoders) for `peers`; blocks
     /// while the command queue is full (see [`meshrtc::Participant::send_video_to`])
     pub fn send_video_to(
@@ -241,6 +259,12 @@ impl SessionHandle {
         sending: bool,
     ) -> Result<()> {
         self.command(Command::SetSending(peer.clone(), kind, sending))
+    }
+
+    /// Gives an outgoing video track m-lines of its own, so a peer can receive it next to
+    /// our other video tracks (see [`meshrtc::Participant::add_video_track`])
+    pub fn add_video_track(&self, track: meshrtc::pipeline::TrackId) -> Result<()> {
+        self.command(Command::AddVideoTrack(track))
     }
 
     fn command(&self, command: Command) -> Result<()> {

@@ -1,10 +1,13 @@
 //! One video input, three outputs: the original to one peer, a blurred copy to another, a
-//! composite to a third
+//! composite to a third — and the first one gets the blurred copy too, as a second track
 //!
-//! The source peer's pipeline has three outgoing video tracks, each unicast to one viewer
-//! and each encoded on its own: a pass-through of the camera, the camera blurred, and a grid
-//! of the camera and every viewer's own video. Each viewer writes what the source sent it to
-//! `meshrtc-examples/pipeline_video/<viewer>.y4m`.
+//! The source peer's pipeline has three outgoing video tracks, each encoded on its own: a
+//! pass-through of the camera (to the first viewer), the camera blurred (to the first and
+//! the second viewer, on a video m-line of its own, `add_video_track`, so the first viewer
+//! receives it next to the original) and a grid of the camera and every viewer's own video
+//! (to the third). Each viewer writes what the source sent it on its main video m-line to
+//! `meshrtc-examples/pipeline_video/<viewer>.y4m` and each separate track to
+//! `<viewer>-track<N>.y4m`.
 //!
 //! ```sh
 //! cargo run --release -p meshrtc-tokio --example pipeline_video -- --secs 10
@@ -12,6 +15,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,7 +27,7 @@ use meshrtc::pipeline::blur::{Blur, BlurStage};
 use meshrtc::pipeline::composite::{CompositorConfig, CompositorStage};
 use meshrtc::pipeline::{
     Forward, Media, Pipeline, PipelineConfig, PipelineOutput, Routing, Select, StageConfig,
-    TrackKind,
+    TrackId, TrackKind,
 };
 use meshrtc::signal::PeerId;
 use meshrtc_tokio::{Event, Events, SessionHandle};
@@ -63,18 +67,34 @@ async fn main() {
     );
     let mut ok = tiles == 4;
     for (name, v) in VIEWERS.into_iter().zip(viewers) {
-        let (frames, hf, last) = v.await.unwrap();
-        let ratio = hf / camera_hf.max(1e-9);
-        println!(
-            "{name}: {frames} frames from the source, detail {hf:.0} ({:.0}% of the camera)",
-            100.0 * ratio
-        );
-        ok &= frames > 0;
+        let got = v.await.unwrap();
+        for (track, r) in &got {
+            let ratio = r.hf / camera_hf.max(1e-9);
+            let on = track.map_or("main m-line".to_string(), |t| format!("{t}, own m-line"));
+            println!(
+                "{name}: {} frames from the source ({on}), detail {:.0} ({:.0}% of the camera)",
+                r.frames,
+                r.hf,
+                100.0 * ratio
+            );
+        }
+        let ratio = |t: Option<TrackId>| {
+            got.get(&t)
+                .filter(|r| r.frames > 0)
+                .map(|r| r.hf / camera_hf.max(1e-9))
+        };
         ok &= match name {
-            "viewer-original" => ratio > 0.7,
-            "viewer-blurred" => ratio < 0.5,
+            // The camera on the main m-line and its blurred copy beside it.
+            "viewer-original" => {
+                ratio(None).is_some_and(|r| r > 0.7)
+                    && ratio(Some(BLURRED)).is_some_and(|r| r < 0.5)
+            }
+            "viewer-blurred" => ratio(Some(BLURRED)).is_some_and(|r| r < 0.5),
             // The grid shows the viewers' colours beside the camera.
-            _ => last.is_some_and(|f| has_colour(&f, COLOURS[0])),
+            _ => got
+                .get(&None)
+                .and_then(|r| r.last.as_ref())
+                .is_some_and(|f| has_colour(f, COLOURS[0])),
         };
     }
     println!("files in {}", args.out.display());
@@ -85,6 +105,9 @@ async fn main() {
     }
 }
 
+/// The blurred track's id (the pipeline numbers its tracks in order of creation)
+const BLURRED: TrackId = TrackId::new(1);
+
 /// The source: camera in, three tracks out; returns the camera's detail and the tiles in
 /// the last composite
 async fn source(handle: SessionHandle, mut events: Events, duration: Duration) -> (f64, usize) {
@@ -92,7 +115,14 @@ async fn source(handle: SessionHandle, mut events: Events, duration: Duration) -
     let budget = StageConfig::new(Duration::from_millis(30));
     let original = p.add_track(TrackKind::Video, Routing::Unicast(pid(VIEWERS[0])));
     p.add_stage(Forward::new(original), budget.clone().video(Select::Local));
-    let blurred = p.add_track(TrackKind::Video, Routing::Unicast(pid(VIEWERS[1])));
+    let both = [pid(VIEWERS[0]), pid(VIEWERS[1])].into_iter().collect();
+    let blurred = p.add_track(TrackKind::Video, Routing::Peers(both));
+    assert_eq!(blurred, BLURRED);
+    // Its own m-line to each peer, so the first viewer gets it beside the original.
+    handle
+        .add_video_track(blurred)
+        .await
+        .expect("session alive");
     p.add_stage(
         BlurStage::new(Blur::new(6), blurred),
         budget.clone().video(Select::Local),
@@ -163,8 +193,16 @@ async fn source(handle: SessionHandle, mut events: Events, duration: Duration) -
     (hf / frames.max(1) as f64, tiles)
 }
 
-/// A viewer: sends a flat colour, records what the source sends it; returns the frames,
-/// their mean detail and the last one
+/// What a viewer got from the source on one of its video tracks
+struct Received {
+    frames: u64,
+    /// Mean detail (see `hf_energy`)
+    hf: f64,
+    last: Option<I420Frame>,
+}
+
+/// A viewer: sends a flat colour, records what the source sends it; returns per track of
+/// the source (`None`: its main video m-line) the frames, their mean detail and the last
 async fn viewer(
     name: &'static str,
     colour: (u8, u8, u8),
@@ -172,13 +210,13 @@ async fn viewer(
     mut events: Events,
     duration: Duration,
     out: std::path::PathBuf,
-) -> (u64, f64, Option<I420Frame>) {
-    let mut file = y4m(&out, WIDTH, HEIGHT, FPS);
+) -> BTreeMap<Option<TrackId>, Received> {
     let mut own = I420Frame::black(WIDTH, HEIGHT);
     own.y.fill(colour.0);
     own.u.fill(colour.1);
     own.v.fill(colour.2);
-    let (mut frames, mut hf, mut last) = (0u64, 0.0, None);
+    let mut got: BTreeMap<Option<TrackId>, Received> = BTreeMap::new();
+    let mut files = BTreeMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let end = tokio::time::sleep(duration);
     tokio::pin!(end);
@@ -192,22 +230,35 @@ async fn viewer(
                 None => break,
                 Some(Event::Mesh(meshrtc::Event::VideoFrame {
                     peer,
+                    track,
                     payload: VideoPayload::Decoded(f),
                     ..
                 })) if peer.as_str() == "source" => {
-                    frames += 1;
-                    hf += hf_energy(&f);
+                    let file = files.entry(track).or_insert_with(|| {
+                        let path = match track {
+                            None => out.clone(),
+                            Some(t) => out.with_file_name(format!("{name}-{t}.y4m")),
+                        };
+                        y4m(&path, WIDTH, HEIGHT, FPS)
+                    });
                     file.write_frame(&f).expect("write Y4M");
-                    last = Some(*f);
+                    let r = got.entry(track).or_insert(Received { frames: 0, hf: 0.0, last: None });
+                    r.frames += 1;
+                    r.hf += hf_energy(&f);
+                    r.last = Some(*f);
                 }
                 Some(_) => {}
             },
         }
     }
-    let _ = name;
     handle.leave().await.expect("leave");
-    file.finish().expect("finish Y4M");
-    (frames, hf / frames.max(1) as f64, last)
+    for file in files.into_values() {
+        file.finish().expect("finish Y4M");
+    }
+    for r in got.values_mut() {
+        r.hf /= r.frames.max(1) as f64;
+    }
+    got
 }
 
 /// Whether a good share of the picture is close to this colour

@@ -168,6 +168,12 @@ impl SessionHandle {
             .await
     }
 
+    /// Gives an outgoing video track m-lines of its own, so a peer can receive it next to
+    /// our other video tracks (see [`meshrtc::Participant::add_video_track`])
+    pub async fn add_video_track(&self, track: TrackId) -> Result<()> {
+        self.command(Command::AddVideoTrack(track)).await
+    }
+
     async fn command(&self, command: Command) -> Result<()> {
         self.commands
             .send(command)
@@ -479,6 +485,7 @@ impl Driver {
                 | Command::AudioTo(..)
                 | Command::VideoTo(..)
                 | Command::SetSending(..)
+                | Command::AddVideoTrack(..)
         );
         self.session.handle_input(Input::Command(now, cmd));
         if media {

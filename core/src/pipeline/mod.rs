@@ -12,7 +12,9 @@
 //! An outgoing track ([`TrackId`], made by [`Pipeline::add_track`]) has a [`TrackKind`] and a
 //! [`Routing`]: all peers ([`Routing::Broadcast`]), one ([`Routing::Unicast`]), a set
 //! ([`Routing::Peers`]) or none, for local playout and display ([`Routing::Local`]). There may
-//! be several tracks per kind (an original and a processed video, say). A track can be
+//! be several tracks per kind (an original and a processed video, say; for one peer to
+//! receive several video tracks at once, give each an m-line of its own with
+//! [`Participant::add_video_track`](crate::Participant::add_video_track)). A track can be
 //! paused for everyone ([`Pipeline::set_paused`]) or muted towards one peer
 //! ([`Pipeline::set_muted`]); whether a track is being sent to a peer
 //! ([`Pipeline::is_sending`]) is what the remote should see as the direction of its m-line,

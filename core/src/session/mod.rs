@@ -200,6 +200,9 @@ pub enum Command {
     /// Pause (`false`) or resume sending a kind of media to a peer, visible in its m-line
     /// (see [`Participant::set_sending`](crate::Participant::set_sending))
     SetSending(PeerId, crate::MediaKind, bool),
+    /// Give an outgoing video track m-lines of its own, so a peer can receive it next to
+    /// the others (see [`Participant::add_video_track`](crate::Participant::add_video_track))
+    AddVideoTrack(crate::pipeline::TrackId),
     /// Leave the room and end the session
     Leave,
 }
@@ -738,6 +741,11 @@ impl Session {
                 .set_sending(&peer, kind, sending)
                 .err()
                 .map(|e| failed(Some(peer), e)),
+            Command::AddVideoTrack(track) => self
+                .participant
+                .add_video_track(track)
+                .err()
+                .map(|e| failed(None, e)),
             Command::Leave => {
                 self.leave();
                 None

@@ -2,6 +2,8 @@
 
 mod hostile;
 mod ice;
+#[cfg(all(feature = "opus", feature = "vpx"))]
+mod latency;
 #[cfg(all(feature = "opus", feature = "h264", feature = "vpx"))]
 mod media;
 mod routing;

@@ -267,3 +267,184 @@ fn blurred_track_arrives_with_far_less_detail_than_the_camera() {
     // Still the picture, not a blank: the blur keeps the coarse structure.
     assert!(luma_variance(got.last().unwrap()) > 200.0);
 }
+
+/// Decoded frames `at` got from `from` on one of its video tracks (`None`: the main one)
+fn track_frames(m: &Mesh, at: usize, from: usize, track: Option<TrackId>) -> Vec<I420Frame> {
+    m.events[at]
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Event::VideoFrame {
+                peer,
+                track: t,
+                payload: VideoPayload::Decoded(f),
+                ..
+            } if *peer == Mesh::id(from) && *t == track => Some((**f).clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn one_peer_receives_the_camera_and_its_blurred_copy_as_separate_tracks() {
+    use crate::pipeline::blur::Blur;
+
+    let mut m = Mesh::new(vec![av_config(), av_config(), av_config()], perfect(10));
+    m.connect_all();
+    let (p1, p2) = (Mesh::id(1), Mesh::id(2));
+    // The camera on the main m-line to everyone; to p1 also its blurred copy and a flat
+    // grey picture, each on an m-line of its own.
+    let (blurred, grey_track) = (TrackId::new(5), TrackId::new(6));
+    m.with(0, |p, _| p.add_video_track(blurred)).unwrap();
+    m.with(0, |p, _| p.add_video_track(grey_track)).unwrap();
+    let mut pattern = TestPattern::new(160, 96);
+    let mut blur = Blur::new(4);
+    let mut soft = I420Frame::black(160, 96);
+    let mut grey = I420Frame::black(160, 96);
+    grey.y.fill(128);
+    let mut camera_hf = Vec::new();
+    for step in 0..300u64 {
+        if step % 3 == 0 {
+            let frame = pattern.next_frame();
+            camera_hf.push(hf_energy(&frame));
+            blur.apply(&frame, &mut soft);
+            m.with(0, |p, now| p.send_video(now, &frame)).unwrap();
+            m.with(0, |p, now| p.send_video_to(blurred, now, &soft, [&p1]))
+                .unwrap();
+            m.with(0, |p, now| p.send_video_to(grey_track, now, &grey, [&p1]))
+                .unwrap();
+        }
+        m.run_for(Duration::from_millis(10));
+    }
+    // The m-lines were added by renegotiation, one offer per peer (both tracks in it).
+    let offers = m.sent[0]
+        .iter()
+        .filter(|f| f.contains("mrtc-track5") && f.contains("mrtc-track6"))
+        .count();
+    assert!(offers >= 1, "no offer named both tracks");
+    let main = track_frames(&m, 1, 0, None);
+    let soft_got = track_frames(&m, 1, 0, Some(blurred));
+    let grey_got = track_frames(&m, 1, 0, Some(grey_track));
+    assert!(
+        main.len() > 60 && soft_got.len() > 60 && grey_got.len() > 60,
+        "{} main, {} blurred, {} grey frames",
+        main.len(),
+        soft_got.len(),
+        grey_got.len()
+    );
+    let camera = camera_hf.iter().sum::<f64>() / camera_hf.len() as f64;
+    let mean_hf = |fs: &[I420Frame]| fs.iter().map(hf_energy).sum::<f64>() / fs.len() as f64;
+    let (main_hf, soft_hf) = (mean_hf(&main), mean_hf(&soft_got));
+    eprintln!(
+        "p1 from p0: {} main frames (detail {main_hf:.1}, camera {camera:.1}), {} blurred \
+         (detail {soft_hf:.1}), {} grey",
+        main.len(),
+        soft_got.len(),
+        grey_got.len()
+    );
+    // The camera's detail arrives on the main track, the blurred copy keeps little of it.
+    assert!(
+        main_hf > 0.5 * camera,
+        "main {main_hf:.1} vs camera {camera:.1}"
+    );
+    assert!(
+        soft_hf < 0.2 * main_hf,
+        "blurred {soft_hf:.1} vs main {main_hf:.1}"
+    );
+    assert!(luma_variance(soft_got.last().unwrap()) > 200.0);
+    assert!(luma_variance(grey_got.last().unwrap()) < 20.0);
+    // The per-peer counters take the separate tracks in as video, and both ends agree.
+    let sent = m.parts[0].peer_stats(&p1).unwrap().media_traffic.video_sent;
+    let got = m.parts[1]
+        .peer_stats(&Mesh::id(0))
+        .unwrap()
+        .media_traffic
+        .video_received;
+    assert_eq!(sent.frames, got.frames, "{sent:?} vs {got:?}");
+    assert_eq!(sent.bytes, got.bytes);
+    assert!(got.frames as usize >= main.len() + soft_got.len() + grey_got.len());
+    // p2 got the camera only: the separate tracks went to p1 alone.
+    assert!(track_frames(&m, 2, 0, None).len() > 60);
+    assert!(m.events[2]
+        .iter()
+        .all(|(_, e)| !matches!(e, Event::VideoFrame { track: Some(_), .. })));
+    let _ = p2;
+}
+
+#[test]
+fn separate_tracks_pause_with_video_and_resume_with_a_keyframe() {
+    let mut m = Mesh::new(vec![av_config(), av_config()], perfect(10));
+    m.connect_all();
+    let p1 = Mesh::id(1);
+    let track = TrackId::new(1);
+    m.with(0, |p, _| p.add_video_track(track)).unwrap();
+    let mut pattern = TestPattern::new(160, 96);
+    let ms = Duration::from_millis;
+    let mut marks = Vec::new();
+    for step in 0..450u64 {
+        if step == 150 || step == 300 {
+            let on = step == 300;
+            m.with(0, |p, _| p.set_sending(&p1, MediaKind::Video, on))
+                .unwrap();
+            marks.push(m.elapsed());
+        }
+        if step % 3 == 0 {
+            let f = pattern.next_frame();
+            m.with(0, |p, now| p.send_video_to(track, now, &f, [&p1]))
+                .unwrap();
+        }
+        m.run_for(ms(10));
+    }
+    let times: Vec<Duration> = m.events[1]
+        .iter()
+        .filter_map(|(t, e)| match e {
+            Event::VideoFrame {
+                track: Some(_),
+                payload: VideoPayload::Decoded(_),
+                ..
+            } => Some(*t),
+            _ => None,
+        })
+        .collect();
+    let (pause, resume) = (marks[0], marks[1]);
+    let before = times.iter().filter(|t| **t < pause).count();
+    let during = times
+        .iter()
+        .filter(|t| **t > pause + ms(300) && **t < resume)
+        .count();
+    let after = times.iter().filter(|t| **t > resume + ms(500)).count();
+    assert!(before > 20, "{before} frames before the pause");
+    assert_eq!(during, 0, "frames of the separate track while paused");
+    assert!(after > 20, "{after} frames after resuming");
+}
+
+#[test]
+fn both_sides_adding_separate_tracks_at_once_each_get_the_other() {
+    // Glare: both offer their new m-lines at the same instant; perfect negotiation keeps
+    // one offer, and the side whose offer was dropped offers its tracks again after.
+    let mut m = Mesh::new(vec![av_config(), av_config()], perfect(10));
+    m.connect_all();
+    let track = TrackId::new(2);
+    for i in 0..2 {
+        m.with(i, |p, _| p.add_video_track(track)).unwrap();
+    }
+    let mut pattern = TestPattern::new(160, 96);
+    for step in 0..200u64 {
+        if step % 3 == 0 {
+            let f = pattern.next_frame();
+            for (i, j) in [(0, 1), (1, 0)] {
+                let to = Mesh::id(j);
+                m.with(i, |p, now| p.send_video_to(track, now, &f, [&to]))
+                    .unwrap();
+            }
+        }
+        m.run_for(Duration::from_millis(10));
+    }
+    for (at, from) in [(1, 0), (0, 1)] {
+        let got = track_frames(&m, at, from, Some(track));
+        assert!(
+            got.len() > 30,
+            "p{at} got {} frames of p{from}'s track",
+            got.len()
+        );
+    }
+}

@@ -4,4 +4,5 @@ mod lifecycle;
 mod mesh;
 mod outage;
 mod pair;
+mod routing;
 mod util;
