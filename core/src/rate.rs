@@ -28,8 +28,8 @@
 //!   worst loss RTCP receiver reports give for our audio
 //!   ([`AudioParams::following_loss`](crate::codec::AudioParams::following_loss)).
 //!
-//! [`RateController`] is sans-IO and knows nothing of `Rtc`s: the participant hands it the
-//! estimates and applies its [`Decision`]; [`Route`] keeps a peer on one encoding until a
+//! `RateController` is sans-IO and knows nothing of `Rtc`s: the participant hands it the
+//! estimates and applies its `Decision`; `Route` keeps a peer on one encoding until a
 //! keyframe of the next one is there to switch on.
 
 use std::collections::BTreeSet;

@@ -1,16 +1,17 @@
 //! Shared bottlenecks and cross traffic
 //!
-//! A [`SharedBottleneck`] is one FIFO queue, served at a constant rate with a drop-tail
-//! limit, that several directed links pass through before their own stages (a home uplink
-//! that several calls share, say): a packet of any of its links enters the shared queue
-//! when it is sent and enters its link when its last bit has left the queue.
+//! A shared bottleneck ([`SharedBottleneckConfig`]) is one FIFO queue, served at a
+//! constant rate with a drop-tail limit, that several directed links pass through before
+//! their own stages (a home uplink that several calls share, say): a packet of any of its
+//! links enters the shared queue when it is sent and enters its link when its last bit has
+//! left the queue.
 //!
-//! A [`CrossTraffic`] flow sends packets into a shared bottleneck that go nowhere else (a
-//! competing application's traffic): either at a constant rate ([`CrossModel::Cbr`]) or
-//! with additive increase and multiplicative decrease ([`CrossModel::Aimd`], a model of a
-//! TCP Reno flow: each delivered packet adds `MSS² / (rate · rtt²)` to the rate, a loss
-//! halves it at most once per round trip; the round trip is the base one plus the packet's
-//! queueing delay). What it got through is counted per [`CROSS_INTERVAL`].
+//! A cross-traffic flow ([`CrossTrafficConfig`]) sends packets into a shared bottleneck
+//! that go nowhere else (a competing application's traffic): either at a constant rate
+//! ([`CrossModel::Cbr`]) or with additive increase and multiplicative decrease
+//! ([`CrossModel::Aimd`], a model of a TCP Reno flow: each delivered packet adds
+//! `MSS² / (rate · rtt²)` to the rate, a loss halves it at most once per round trip; the
+//! round trip is the base one plus the packet's queueing delay). What it got through is counted per [`CROSS_INTERVAL`].
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -34,6 +34,12 @@
 //!   count once) of the last [`fast_window`](crate::sync::JitterConfig::fast_window) (2 s)
 //!   were later than the long-window choice, the set point rises to the largest transit of
 //!   those 2 s. The ordinary tail of a heavy-tailed path does not do that.
+//! - **Episodes that end.** A queue that built up on the path and drained (a capacity drop
+//!   the sender followed late) leaves seconds of slow transits in the window that no longer
+//!   describe the path; held for 20 s they kept audio hundreds of milliseconds late after
+//!   the queue was gone. When every frame of the last fast window is faster than the set
+//!   point by [`EPISODE_MARGIN`] and by three times their own spread, the window restarts
+//!   at the fast window's start.
 //!
 //! Transits are kept in 100 µs units in a sorted multiset, so adding and forgetting a frame
 //! costs O(log n) and a choice costs one walk over the top of the distribution.
@@ -50,6 +56,13 @@ const STEP: i64 = 5;
 /// (fewer are the ordinary tail: with 0.4% of frames late, three within 2 s happen by chance
 /// only every few minutes, and then lift the set point for at most 2 s)
 const RISE_HEADS: usize = 3;
+
+/// How far below the set point every frame of the fast window must be for a slow episode
+/// to be over (seconds)
+const EPISODE_MARGIN: f64 = 0.1;
+
+/// Frames the fast window must hold to say so
+const EPISODE_MIN_FRAMES: usize = 20;
 
 /// Settings of a [`DelayEstimator`], in seconds
 #[derive(Debug, Clone, Copy)]
@@ -126,12 +139,37 @@ impl DelayEstimator {
         });
         *self.sorted.entry(key).or_insert(0) += 1;
         self.sum += key;
-        let horizon = arrival - self.settings.window;
+        let mut horizon = arrival - self.settings.window;
+        if let Some(recent) = self.episode_over(arrival) {
+            horizon = horizon.max(recent);
+        }
         while self.samples.front().is_some_and(|s| s.arrival < horizon) {
             let s = self.samples.pop_front().expect("checked; panic means bug");
             self.forget(s.key);
         }
         self.choose();
+    }
+
+    /// Whether a slow episode is over at `now`: every frame of the last fast window was far
+    /// faster than the set point (by [`EPISODE_MARGIN`], and by three times their own
+    /// spread), as when a queue that built up on the path has drained. The older, slower
+    /// frames then describe a path that is gone: the window restarts at the fast window's
+    /// start, returned. Ordinary jitter, however heavy its tail, spreads the recent frames
+    /// too and never does this.
+    fn episode_over(&self, now: f64) -> Option<f64> {
+        let (set_point, _) = self.choice?;
+        let from = now - self.settings.fast_window;
+        if self.samples.front().is_none_or(|f| f.arrival >= from) {
+            return None;
+        }
+        let (mut lo, mut hi, mut n) = (i64::MAX, i64::MIN, 0usize);
+        for x in self.samples.iter().rev().take_while(|x| x.arrival >= from) {
+            lo = lo.min(x.key);
+            hi = hi.max(x.key);
+            n += 1;
+        }
+        let margin = ((EPISODE_MARGIN * UNITS) as i64).max(3 * (hi - lo));
+        (n >= EPISODE_MIN_FRAMES && (set_point * UNITS) as i64 > hi + margin).then_some(from)
     }
 
     fn forget(&mut self, key: i64) {
@@ -350,6 +388,41 @@ mod tests {
         add(&mut e, 0.100);
         assert!(e.choice.unwrap().1, "fast rule did not fire");
         assert!(e.set_point().unwrap() >= before + 0.149);
+    }
+
+    #[test]
+    fn a_queue_that_drained_is_forgotten_once_two_calm_seconds_pass() {
+        // Calm, then a queue builds at the bottleneck over 3 s to 800 ms and drains in 1 s
+        // (a capacity drop the sender followed late), then calm again.
+        let transit = |t: f64| match t {
+            t if (10.0..13.0).contains(&t) => (t - 10.0) / 3.0 * 0.8,
+            t if (13.0..14.0).contains(&t) => (14.0 - t) * 0.8,
+            _ => 0.0,
+        };
+        let mut e = DelayEstimator::new(settings());
+        let mut high = 0.0f64;
+        let mut at_17 = None;
+        for i in 0..1500 {
+            let m = f64::from(i) * 0.02;
+            e.add(m + 0.030 + transit(m), m);
+            if (12.0..14.0).contains(&m) {
+                high = high.max(e.set_point().unwrap());
+            }
+            if at_17.is_none() && m >= 17.0 {
+                at_17 = e.set_point();
+            }
+        }
+        // The episode raised the point; two seconds after it ended the point is back at
+        // the path's transit, not 20 s later.
+        assert!(high > 0.3, "{high}");
+        let s = at_17.unwrap();
+        assert!((s - 0.030).abs() < 0.005, "{s}");
+        // Exponential jitter with a heavy tail never looks like the end of an episode: the
+        // point stays where the price puts it.
+        let mut rng = fastrand::Rng::with_seed(2);
+        let e = feed(2000, |_| -0.020 * (1.0 - rng.f64()).ln());
+        let s = e.set_point().unwrap() - 0.030;
+        assert!((0.085..0.135).contains(&s), "{s}");
     }
 
     #[test]
