@@ -105,7 +105,7 @@ pub struct ParticipantSpec {
     pub restart_grace_s: Option<f64>,
     /// Seconds ICE restarts may try before a full reconnect
     pub reconnect_after_s: Option<f64>,
-    /// Bandwidth estimation and rate adaptation (default true)
+    /// Bandwidth estimation and rate adaptation (default false, as the core's)
     pub rate_adaptation: Option<bool>,
     /// A second, lower video encoding for peers far below the rest (default true)
     pub low_encoding: Option<bool>,
