@@ -591,9 +591,6 @@ impl Participant {
         if self.separate_tracks.contains(&track) {
             return self.send_separate_video(track, capture, frame, peers);
         }
-        // One video clock for every track, so a peer moved between tracks sees time go on.
-        let ticks = self.encoders.video_ticks(capture);
-        let pts = Duration::from_micros((ticks.max(0) as u64 * 1000) / 90);
         let mut by_codec: BTreeMap<VideoCodec, Vec<PeerId>> = BTreeMap::new();
         let mut moved = BTreeSet::new();
         for id in peers {
@@ -612,12 +609,31 @@ impl Participant {
                 }
             }
         }
+        self.send_track_video(track, capture, frame, by_codec, &moved, false)
+    }
+
+    /// Encodes `frame` once per codec on `track`'s encoders (a keyframe in the codecs of
+    /// `keyframe`) and writes each encoding to its peers: on the track's own m-lines when
+    /// `separate`, else on their main video (which then carries this track); returns how
+    /// many peers took it
+    fn send_track_video(
+        &mut self,
+        track: TrackId,
+        capture: Instant,
+        frame: &I420Frame,
+        by_codec: BTreeMap<VideoCodec, Vec<PeerId>>,
+        keyframe: &BTreeSet<VideoCodec>,
+        separate: bool,
+    ) -> Result<usize, CommandError> {
+        // One video clock for every track, so a peer moved between tracks sees time go on.
+        let ticks = self.encoders.video_ticks(capture);
+        let pts = Duration::from_micros((ticks.max(0) as u64 * 1000) / 90);
         let enc = self
             .track_encoders
             .entry(track)
             .or_insert_with(Encoders::new);
         enc.share_video_epoch(&self.encoders);
-        for &c in &moved {
+        for &c in keyframe {
             enc.request_keyframe(c);
         }
         let mut sent = 0;
@@ -633,9 +649,16 @@ impl Participant {
                 let Some(peer) = self.peers.get_mut(&id) else {
                     continue;
                 };
-                if peer.write_video(codec, capture, ticks, data.clone()) {
+                let taken = if separate {
+                    peer.write_track_video(track, codec, capture, ticks, data.clone())
+                } else {
+                    peer.write_video(codec, capture, ticks, data.clone())
+                };
+                if taken {
                     sent += 1;
-                    self.video_track_of.insert(id.clone(), Some(track));
+                    if !separate {
+                        self.video_track_of.insert(id.clone(), Some(track));
+                    }
                 }
                 self.drain_peer(&id);
             }
@@ -651,8 +674,6 @@ impl Participant {
         frame: &I420Frame,
         peers: impl IntoIterator<Item = &'a PeerId>,
     ) -> Result<usize, CommandError> {
-        let ticks = self.encoders.video_ticks(capture);
-        let pts = Duration::from_micros((ticks.max(0) as u64 * 1000) / 90);
         let mut by_codec: BTreeMap<VideoCodec, Vec<PeerId>> = BTreeMap::new();
         let mut fresh = BTreeSet::new();
         let mut offer_to = Vec::new();
@@ -677,32 +698,7 @@ impl Participant {
                 }
             }
         }
-        let enc = self
-            .track_encoders
-            .entry(track)
-            .or_insert_with(Encoders::new);
-        enc.share_video_epoch(&self.encoders);
-        for &c in &fresh {
-            enc.request_keyframe(c);
-        }
-        let mut sent = 0;
-        for (codec, ids) in by_codec {
-            let Some(enc) = self.track_encoders.get_mut(&track) else {
-                break;
-            };
-            let Some(out) = enc.encode_video(&self.config.media, codec, frame, pts)? else {
-                continue;
-            };
-            let data: Arc<[u8]> = Arc::from(&out.data[..]);
-            for id in ids {
-                let Some(peer) = self.peers.get_mut(&id) else {
-                    continue;
-                };
-                sent +=
-                    usize::from(peer.write_track_video(track, codec, capture, ticks, data.clone()));
-                self.drain_peer(&id);
-            }
-        }
+        let sent = self.send_track_video(track, capture, frame, by_codec, &fresh, true)?;
         // Peers without the track's m-line yet: the renegotiation that adds it.
         for id in offer_to {
             self.drain_peer(&id);

@@ -361,32 +361,21 @@ impl Peer {
         {
             return false;
         }
-        let Some(t) = self.send_tracks.iter_mut().find(|t| t.track == track) else {
-            return false;
-        };
-        let Some(writer) = self.rtc.writer(t.mid) else {
-            return false;
-        };
-        let Some(pt) = writer
-            .payload_params()
-            .find(|p| video_codec_of(p.spec().codec) == Some(codec))
-            .map(|p| p.pt())
+        let Some(mid) = self
+            .send_tracks
+            .iter()
+            .find(|t| t.track == track)
+            .map(|t| t.mid)
         else {
             return false;
         };
-        let time = MediaTime::new(ticks.max(0) as u64, Frequency::NINETY_KHZ);
-        let len = data.len();
-        match writer.write(pt, wallclock, time, data) {
-            Ok(()) => {
-                t.started = true;
-                self.count_sent(crate::MediaKind::Video, len);
-                true
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, %track, "video write refused");
-                false
-            }
+        if !self.write_video_on(mid, codec, wallclock, ticks, data) {
+            return false;
         }
+        if let Some(t) = self.send_tracks.iter_mut().find(|t| t.track == track) {
+            t.started = true;
+        }
+        true
     }
 
     /// Our offer was dropped for the remote's (glare): m-lines it added are not there
@@ -1038,6 +1027,19 @@ impl Peer {
         let Some(mid) = self.media.video_mid else {
             return false;
         };
+        self.write_video_on(mid, codec, wallclock, ticks, data)
+    }
+
+    /// Writes one encoded video frame in `codec` on the m-line `mid` (the main video's or a
+    /// separate track's) and counts it; false if str0m would not take it
+    fn write_video_on(
+        &mut self,
+        mid: Mid,
+        codec: VideoCodec,
+        wallclock: Instant,
+        ticks: i64,
+        data: Arc<[u8]>,
+    ) -> bool {
         let Some(writer) = self.rtc.writer(mid) else {
             return false;
         };
@@ -1056,7 +1058,7 @@ impl Peer {
                 true
             }
             Err(e) => {
-                tracing::debug!(error = %e, "video write refused");
+                tracing::debug!(error = %e, %mid, "video write refused");
                 false
             }
         }
