@@ -562,13 +562,19 @@ impl Server {
     }
 
     /// The connection announced: it no longer has a deadline to do so
-    fn seat_conn(&mut self, conn: ConnId, seat: Seat) {
+    /// Seats `conn` as `peer_id` in `room` (its announce deadline ends) and sends it the
+    /// announce result `text`
+    fn seat_conn(&mut self, conn: ConnId, room: &RoomId, peer_id: PeerId, text: String) {
         if let Some(c) = self.conns.get_mut(&conn) {
             if let Some(until) = c.announce_deadline.take() {
                 self.announce_deadlines.remove(&(until, conn));
             }
-            c.seat = Some(seat);
+            c.seat = Some(Seat {
+                room: room.clone(),
+                peer_id,
+            });
         }
+        self.push_send(conn, text, Origin::Own);
     }
 
     fn handle_request(&mut self, now: Instant, conn: ConnId, frame: ClientFrame, text: &str) {
@@ -768,14 +774,7 @@ impl Server {
         let text = result_text(&id, result, self.config.max_result_bytes, &mut self.stats);
         entry.metadata_bytes += meta_len;
         entry.members.push(member);
-        self.seat_conn(
-            conn,
-            Seat {
-                room: room.clone(),
-                peer_id,
-            },
-        );
-        self.push_send(conn, text, Origin::Own);
+        self.seat_conn(conn, &room, peer_id, text);
         for peer in others {
             self.deliver(&room, &peer, joined.clone());
         }
@@ -862,14 +861,7 @@ impl Server {
         }
         tracing::debug!(?conn, peer = %peer_id, %room, held = held.len(), "peer resumed");
         self.stats.resumed += 1;
-        self.seat_conn(
-            conn,
-            Seat {
-                room: room.clone(),
-                peer_id,
-            },
-        );
-        self.push_send(conn, text, Origin::Own);
+        self.seat_conn(conn, &room, peer_id, text);
         for text in held {
             self.push_send(conn, text, Origin::Server);
         }

@@ -584,14 +584,7 @@ impl Server {
         entry.metadata_bytes += meta_len;
         entry.members.push(member);
         tracing::debug!(?conn, peer = %peer_id, %room, "peer joined (room store)");
-        self.seat_conn(
-            conn,
-            Seat {
-                room: room.clone(),
-                peer_id,
-            },
-        );
-        self.push_send(conn, text, Origin::Own);
+        self.seat_conn(conn, &room, peer_id, text);
         for other in locals {
             self.deliver(&room, &other, joined.clone());
         }
@@ -671,14 +664,7 @@ impl Server {
         tracing::debug!(?conn, peer = %peer_id, %room, %from, "peer resumed from another node");
         self.stats.resumed += 1;
         if open {
-            self.seat_conn(
-                conn,
-                Seat {
-                    room: room.clone(),
-                    peer_id,
-                },
-            );
-            self.push_send(conn, text, Origin::Own);
+            self.seat_conn(conn, &room, peer_id, text);
         }
         let mut nodes: BTreeSet<NodeId> = peers.into_iter().map(|m| m.node).collect();
         nodes.insert(from);
