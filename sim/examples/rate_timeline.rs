@@ -1,7 +1,7 @@
 //! Where the delay of a rate scenario comes from, over time: per direction and interval,
-//! the wait of the last packet in the bottleneck queue, the audio jitter buffer's target,
-//! the lip-sync delay added to audio, and the capture-to-playout delays (count, p50, max)
-//! of audio and video captured in the interval
+//! what the sender estimates, targets and sends (kbit/s), the wait of the last packet in the
+//! bottleneck queue, the audio jitter buffer's target, the lip-sync delay added to audio, and
+//! the capture-to-playout delays (count, p50, max) of audio and video captured in the interval
 //!
 //! `cargo run --release -p meshrtc-sim --example rate_timeline -- scenarios/capacity-step.toml [seed] [step_ms]`
 
@@ -54,7 +54,15 @@ fn main() {
                         s.video.as_ref().and_then(|v| v.av_offset_ms),
                     )
                 });
-                rows.push((t, a, b, wait, target, sync, av, jb));
+                // What the sender (a) says about its path to b.
+                let rate = p
+                    .sim
+                    .peer_id(hb)
+                    .cloned()
+                    .and_then(|id| p.sim.peer_stats(ha, &id))
+                    .and_then(|s| s.bitrate)
+                    .unwrap_or_default();
+                rows.push((t, a, b, wait, target, sync, av, jb, rate));
             }
         }
     }
@@ -88,9 +96,12 @@ fn main() {
         (d.len(), q(0.5), q(1.0))
     };
     println!(
-        "{:>7} {:>11} {:>9} {:>8} {:>8} {:>8} {:>8} {:>18} {:>18}",
+        "{:>7} {:>11} {:>6} {:>6} {:>6} {:>9} {:>8} {:>8} {:>8} {:>8} {:>18} {:>18}",
         "t_s",
         "dir",
+        "est",
+        "tgt",
+        "sent",
         "queue",
         "jb_held",
         "jb_tgt",
@@ -100,7 +111,7 @@ fn main() {
         "video n/p50/max"
     );
     let mut last = std::collections::BTreeMap::new();
-    for (t, a, b, backlog_ms, target, sync, av, (jd, jn)) in rows {
+    for (t, a, b, backlog_ms, target, sync, av, (jd, jn), rate) in rows {
         let (pd, pn) = last.insert((a, b), (jd, jn)).unwrap_or((0.0, 0));
         let held = if jn > pn {
             (jd - pd) / (jn - pn) as f64 * 1000.0
@@ -110,9 +121,12 @@ fn main() {
         let (an, ap, am) = delays(a, b, "audio", t - step, t);
         let (vn, vp, vm) = delays(a, b, "video", t - step, t);
         println!(
-            "{:>7.2} {:>11} {:>7.0}ms {:>6.0}ms {:>6.0}ms {:>6.0}ms {:>8} {:>4}/{:>5.0}/{:>5.0}ms {:>4}/{:>5.0}/{:>5.0}ms",
+            "{:>7.2} {:>11} {:>6.0} {:>6.0} {:>6.0} {:>7.0}ms {:>6.0}ms {:>6.0}ms {:>6.0}ms {:>8} {:>4}/{:>5.0}/{:>5.0}ms {:>4}/{:>5.0}/{:>5.0}ms",
             t.as_secs_f64(),
             format!("{}→{}", p.names[a], p.names[b]),
+            rate.available_outgoing_kbps.unwrap_or(f64::NAN),
+            rate.video_target_kbps.unwrap_or(f64::NAN),
+            rate.video_sent_kbps.unwrap_or(f64::NAN) + rate.audio_sent_kbps.unwrap_or(f64::NAN),
             backlog_ms,
             held,
             target,
