@@ -72,6 +72,14 @@ impl Adaptation {
                 paths.push((id.clone(), e));
             }
         }
+        // str0m probes up to the desired bitrate: not above what a receiver with a queue
+        // asked for (probes into that queue would only deepen it).
+        let full = ctl.desired_bps();
+        for p in peers.values_mut() {
+            if let Some(bps) = p.rate.desired_change(now, full) {
+                p.set_desired_bitrate(bps);
+            }
+        }
         let d = ctl.update(now, &paths);
         if let Some(bps) = d.audio_bps {
             self.audio_bps = bps;
@@ -100,7 +108,7 @@ impl Adaptation {
         // The frame budgets drain at what each group's slowest path carries of video.
         let mut drain = [None::<u32>; 2];
         for (id, p) in peers.iter_mut() {
-            let Some(estimate) = p.rate.estimate else {
+            let Some(estimate) = p.rate.path_estimate(now) else {
                 continue;
             };
             if !p.can_send_media() || p.video_send_codec().is_none() {
@@ -147,7 +155,7 @@ impl Adaptation {
         };
         let codec = peer.sent_video_codec();
         s.bitrate = Some(BitrateStats {
-            available_outgoing_kbps: r.estimate.map(kbps),
+            available_outgoing_kbps: r.path_estimate(now).map(kbps),
             video_target_kbps: codec.and(target).map(kbps),
             video_sent_kbps: r.video_sent.kbps(),
             audio_sent_kbps: r.audio_sent.kbps(),

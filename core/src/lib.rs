@@ -59,6 +59,7 @@ mod adapt;
 pub mod clock;
 pub mod codec;
 mod config;
+mod congestion;
 mod error;
 mod event;
 pub mod ice;

@@ -14,6 +14,7 @@ use crate::codec::{
     self, AdaptiveEncoder, AudioParams, I420Frame, OpusConfig, VideoCodec, VideoEncoderConfig,
     VideoSendStats, VideoTarget,
 };
+use crate::congestion::QueueGuard;
 use crate::sync::jitter::{
     AudioDecode, AudioJitterBuffer, JitterConfig, JitterStats, PlayoutChunk,
 };
@@ -835,11 +836,14 @@ pub(crate) struct PeerMedia {
     origin: Option<Instant>,
     audio_stats: AudioStats,
     video_stats: VideoStats,
+    /// Watches the one-way delay of what this peer sends us (rate adaptation on)
+    guard: Option<QueueGuard>,
 }
 
 impl PeerMedia {
     pub(crate) fn new(config: &MediaConfig, anchor: Option<(Instant, SystemTime)>) -> Self {
         Self {
+            guard: config.rate.enabled.then(QueueGuard::default),
             audio_mid: None,
             video_mid: None,
             decode: config.decode,
@@ -940,6 +944,16 @@ impl PeerMedia {
         self.origin.get_or_insert(now);
         if Some(data.mid) == self.audio_mid {
             let ticks = self.audio_unwrap.unwrap(data.time.numer() as u32);
+            let mut drained = false;
+            if let Some(g) = &mut self.guard {
+                g.handle_audio(now, ticks as f64 / AUDIO_RATE as f64);
+                drained = g.take_drained();
+            }
+            if drained {
+                if let Some(jb) = &mut self.jitter {
+                    jb.path_queue_drained(now);
+                }
+            }
             self.drift
                 .handle_sample(DRIFT_AUDIO, now, ticks as f64 / AUDIO_RATE as f64);
             self.update_drift(now);
@@ -1173,6 +1187,20 @@ impl PeerMedia {
     }
 
     /// Plays out audio and releases video due at `now`
+    /// A datagram of `len` bytes arrived from this peer (what arrives is what the path
+    /// carries while it has a queue)
+    pub(crate) fn handle_datagram(&mut self, now: Instant, len: usize) {
+        if let Some(g) = &mut self.guard {
+            g.handle_bytes(now, len);
+        }
+    }
+
+    /// The bitrate to ask this peer for in a REMB now, when our side of its path has a queue
+    /// (see [`congestion`](crate::congestion))
+    pub(crate) fn poll_rate_request(&mut self, now: Instant) -> Option<u32> {
+        self.guard.as_mut()?.poll_request(now)
+    }
+
     pub(crate) fn handle_timeout(&mut self, now: Instant, out: &mut Vec<MediaOut>) {
         self.step_sync(now);
         if let Some(jb) = &mut self.jitter {

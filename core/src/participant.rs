@@ -981,6 +981,7 @@ impl Participant {
     }
 
     fn route(&mut self, now: Instant, recv: Receive<'_>) -> Routed {
+        let len = recv.contents.len();
         let parsed =
             str0m::net::Receive::new(Protocol::Udp, recv.source, recv.destination, recv.contents);
         let parsed = match parsed {
@@ -1000,7 +1001,7 @@ impl Participant {
             .peers
             .get_mut(&id)
             .expect("found above; panic means bug");
-        let res = peer.handle_receive(input);
+        let res = peer.handle_receive(input, len);
         Routed::Delivered(self.after_peer_input(&id, res))
     }
 

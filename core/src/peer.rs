@@ -396,6 +396,13 @@ impl Peer {
 
     /// Pauses or resumes what we send of `kind` to this peer; the m-line direction follows
     /// at the next [`direction_offer`](Self::direction_offer)
+    /// What str0m's bandwidth estimator may probe up to
+    pub(crate) fn set_desired_bitrate(&mut self, bps: u32) {
+        self.rtc
+            .bwe()
+            .set_desired_bitrate(Bitrate::bps(u64::from(bps)));
+    }
+
     pub(crate) fn set_send_paused(&mut self, kind: crate::MediaKind, paused: bool) {
         self.send_paused[kind_index(kind)] = paused;
     }
@@ -944,6 +951,17 @@ impl Peer {
     pub(crate) fn handle_timeout(&mut self, now: Instant) -> Result<(), TransportError> {
         self.now = self.now.max(now);
         self.media.handle_timeout(now, &mut self.media_out);
+        if let Some(bps) = self.media.poll_rate_request(now) {
+            // A queue is building on the path from this peer: ask it for less (REMB).
+            let mid = self.media.audio_mid.or(self.media.video_mid);
+            if let Some(mid) = mid {
+                let mut api = self.rtc.direct_api();
+                if let Some(rx) = api.stream_rx_by_mid(mid, None) {
+                    rx.request_remb(Bitrate::bps(u64::from(bps)));
+                    self.rate.remb_sent += 1;
+                }
+            }
+        }
         for t in &mut self.recv_tracks {
             t.media.handle_timeout(now, &mut t.out);
         }
@@ -1064,10 +1082,16 @@ impl Peer {
         }
     }
 
-    pub(crate) fn handle_receive(&mut self, input: str0m::Input<'_>) -> Result<(), TransportError> {
+    /// A datagram of `len` bytes from this peer, parsed
+    pub(crate) fn handle_receive(
+        &mut self,
+        input: str0m::Input<'_>,
+        len: usize,
+    ) -> Result<(), TransportError> {
         if let str0m::Input::Receive(t, _) = &input {
             self.now = self.now.max(*t);
             self.last_received = Some(self.now);
+            self.media.handle_datagram(self.now, len);
         }
         self.stats.datagrams_received += 1;
         match self.rtc.handle_input(input) {
@@ -1426,7 +1450,7 @@ impl Peer {
                     f.sender_info.rtp_time.numer() as u32,
                 );
             }
-            RtcEvent::EgressBitrateEstimate(kind) => self.rate.handle_estimate(kind),
+            RtcEvent::EgressBitrateEstimate(kind) => self.rate.handle_estimate(kind, self.now),
             RtcEvent::MediaIngressStats(st) => {
                 self.media.handle_ingress_stats(st.mid, st.loss, st.jitter);
                 if let Some(rtt) = st.rtt {

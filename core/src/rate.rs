@@ -40,6 +40,7 @@ use str0m::media::Mid;
 use str0m::stats::MediaEgressStats;
 
 use crate::codec::degrade::QualityLimitation;
+use crate::congestion::RemoteCap;
 use crate::media::{Encoding, MediaConfig};
 use crate::signal::PeerId;
 
@@ -558,6 +559,13 @@ pub(crate) struct PeerRate {
     pub(crate) audio_loss: Option<f32>,
     /// The fraction of our video the peer last reported lost
     video_loss: Option<f32>,
+    /// The peer's last request for less (REMB: its side of the path has a queue)
+    remote_cap: Option<RemoteCap>,
+    /// The desired bitrate str0m's estimator was last given
+    desired: Option<u32>,
+    /// REMB requests received from the peer, and sent to it
+    pub(crate) remb_received: u64,
+    pub(crate) remb_sent: u64,
 }
 
 /// Reported loss from which str0m's estimate is loss-limited (its loss controller keeps
@@ -581,7 +589,9 @@ impl PeerRate {
     /// scaling it down would spiral (less sent, lower estimate, lower targets; on a lossy
     /// but uncongested path, video frames skipped for a budget the path did not need).
     pub(crate) fn effective_estimate(&mut self, now: Instant, usable: f64) -> Option<u32> {
-        let estimate = self.estimate?;
+        let estimate = self.path_estimate(now)?;
+        // A fresh request from the receiver already says what arrives: no correction down.
+        let capped = self.remote_cap.is_some_and(|c| c.holding(now));
         let (mut corr, at) = self.correction.unwrap_or((1.0, now));
         let due = self
             .correction
@@ -594,7 +604,7 @@ impl PeerRate {
                     .into_iter()
                     .flatten()
                     .any(|l| l >= LOSS_LIMITED);
-                if sent > allowed * 1.02 && !lossy {
+                if sent > allowed * 1.02 && !lossy && !capped {
                     corr *= (allowed / sent).max(0.8);
                 } else if sent < allowed * 0.95 || lossy {
                     corr *= 1.1;
@@ -608,14 +618,52 @@ impl PeerRate {
         Some((f64::from(estimate) * corr) as u32)
     }
 
-    /// A new estimate from str0m
-    pub(crate) fn handle_estimate(&mut self, kind: BweKind) {
-        if let BweKind::Twcc { estimate, .. } = kind {
-            let bps = estimate.as_u64().min(u64::from(u32::MAX)) as u32;
-            if self.estimate != Some(bps) {
-                self.estimate = Some(bps);
+    /// The path's estimate at `now`: str0m's, within what the receiver last asked for
+    /// while that request stands (see [`RemoteCap`]: it grows back within seconds)
+    pub(crate) fn path_estimate(&self, now: Instant) -> Option<u32> {
+        let Some(cap) = self.remote_cap else {
+            return self.estimate;
+        };
+        let limit = cap.limit(now);
+        Some(self.estimate.map_or(limit, |e| e.min(limit)))
+    }
+
+    /// What str0m's estimator may probe up to at `now`: `full` (all the media we would
+    /// send), below the receiver's standing request; `Some` when that differs from what
+    /// was last set
+    pub(crate) fn desired_change(&mut self, now: Instant, full: u32) -> Option<u32> {
+        let want = self.remote_cap.map_or(full, |c| c.limit(now).min(full));
+        // Small steps as the request grows back are not worth a call each.
+        let set = self.desired.unwrap_or(full);
+        let moved = want < set || f64::from(want) > f64::from(set) * 1.1 || want == full;
+        if self.desired != Some(want) && moved {
+            self.desired = Some(want);
+            return Some(want);
+        }
+        None
+    }
+
+    /// A new estimate from str0m: its own (TWCC), or the receiver's request (REMB)
+    pub(crate) fn handle_estimate(&mut self, kind: BweKind, now: Instant) {
+        match kind {
+            BweKind::Twcc { estimate, .. } => {
+                let bps = estimate.as_u64().min(u64::from(u32::MAX)) as u32;
+                if self.estimate != Some(bps) {
+                    self.estimate = Some(bps);
+                    self.changed = true;
+                }
+            }
+            BweKind::Remb { estimate, .. } => {
+                let bps = estimate.as_u64().min(u64::from(u32::MAX)) as u32;
+                // Two requests close together (one per media line): the lower stands.
+                let keep = self
+                    .remote_cap
+                    .filter(|c| c.holding(now) && c.limit(now) <= bps);
+                self.remote_cap = Some(keep.unwrap_or(RemoteCap::new(bps, now)));
+                self.remb_received += 1;
                 self.changed = true;
             }
+            _ => {}
         }
     }
 

@@ -118,9 +118,17 @@ pub struct AdaptiveEncoder {
     scaled: I420Frame,
     /// Earliest pts of the next frame to encode under `max_fps`
     next_due: Option<Duration>,
+    /// A keyframe is wanted (made once [`MIN_KEYFRAME_INTERVAL`] has passed since the last)
     keyframe_requested: bool,
+    /// Presentation time of the last keyframe made
+    last_keyframe: Option<Duration>,
     stats: VideoSendStats,
 }
+
+/// Least time between two keyframes made on request (libwebrtc's sender waits 300 ms too):
+/// a receiver that lost a keyframe asks again every 200 ms, and on a congested path each
+/// keyframe answered at once is another burst the queue cannot take, lost in its turn
+pub const MIN_KEYFRAME_INTERVAL: Duration = Duration::from_millis(300);
 
 impl std::fmt::Debug for AdaptiveEncoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -160,6 +168,7 @@ impl AdaptiveEncoder {
             scaled: I420Frame::black(2, 2),
             next_due: None,
             keyframe_requested: false,
+            last_keyframe: None,
             stats: VideoSendStats::default(),
         })
     }
@@ -195,13 +204,10 @@ impl AdaptiveEncoder {
         Ok(())
     }
 
-    /// Makes the next encoded frame a keyframe
+    /// Makes the next encoded frame a keyframe, or the first one [`MIN_KEYFRAME_INTERVAL`]
+    /// after the last keyframe
     pub fn request_keyframe(&mut self) {
-        match &mut self.enc {
-            Some(enc) => enc.request_keyframe(),
-            // The first frame is a keyframe anyway.
-            None => self.keyframe_requested = true,
-        }
+        self.keyframe_requested = true;
     }
 
     /// Counts a captured frame the caller dropped because the encoder could not keep up
@@ -285,7 +291,11 @@ impl AdaptiveEncoder {
                 self.enc.insert((self.make)(cfg)?)
             }
         };
-        if std::mem::take(&mut self.keyframe_requested) {
+        let spaced = self
+            .last_keyframe
+            .is_none_or(|k| pts.saturating_sub(k) >= MIN_KEYFRAME_INTERVAL || pts < k);
+        if self.keyframe_requested && spaced {
+            self.keyframe_requested = false;
             enc.request_keyframe();
         }
         let input = if (w, h) == (frame.width, frame.height) {
@@ -299,6 +309,9 @@ impl AdaptiveEncoder {
             Some(e) => {
                 self.stats.frames_sent += 1;
                 self.stats.key_frames_sent += u64::from(e.keyframe);
+                if e.keyframe {
+                    self.last_keyframe = Some(pts);
+                }
                 self.stats.bytes_sent += e.data.len() as u64;
                 self.stats.frame_width = w;
                 self.stats.frame_height = h;

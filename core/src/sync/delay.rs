@@ -98,6 +98,8 @@ pub(crate) struct DelayEstimator {
     last_media: Option<f64>,
     /// The last choice: (set point, whether the fast rule set it)
     choice: Option<(f64, bool)>,
+    /// When a queue on the path was seen to drain (arrival seconds), until the window restarts
+    drained_at: Option<f64>,
 }
 
 impl DelayEstimator {
@@ -112,6 +114,7 @@ impl DelayEstimator {
             step_index: 0,
             last_media: None,
             choice: None,
+            drained_at: None,
         }
     }
 
@@ -143,11 +146,29 @@ impl DelayEstimator {
         if let Some(recent) = self.episode_over(arrival) {
             horizon = horizon.max(recent);
         }
+        // A queue the receiver saw build and drain: once a fast window of frames has come
+        // since, the frames before the drain describe a path that is gone.
+        if let Some(t) = self.drained_at {
+            if arrival >= t + self.settings.fast_window {
+                horizon = horizon.max(t);
+                self.drained_at = None;
+            }
+        }
         while self.samples.front().is_some_and(|s| s.arrival < horizon) {
             let s = self.samples.pop_front().expect("checked; panic means bug");
             self.forget(s.key);
         }
         self.choose();
+    }
+
+    /// The path had a queue that has now drained (at `at`, in arrival seconds; the receiver's
+    /// queue guard saw it): a fast window later, the window restarts at `at`. The episode
+    /// rule below does that by itself only when the frames since are far faster than the set
+    /// point and evenly spread; after a capacity drop the sender's smaller video still leaves
+    /// 40–60 ms bursts every few seconds, and the set point stayed 130 ms up, all audio late,
+    /// until the window forgot the queue 20 s later.
+    pub(crate) fn queue_drained(&mut self, at: f64) {
+        self.drained_at = Some(at);
     }
 
     /// Whether a slow episode is over at `now`: every frame of the last fast window was far
@@ -297,7 +318,15 @@ impl DelayEstimator {
                 // Below every transit by more than a frame: lower only costs more.
                 break;
             }
-            s -= STEP;
+            // With nothing within a frame above the set point the cost only falls, step by
+            // step, until the next transit below enters: go straight to the last step before
+            // it. (Walking there was a hang: one frame whose media time lies far in the past,
+            // a transit of days, meant billions of steps; the fuzzer found it.)
+            let steps = match enter.peek() {
+                Some(&(&k, _)) if active_n == 0 => ((s - k) / STEP).max(1),
+                _ => 1,
+            };
+            s -= steps * STEP;
         }
         let long = best.0;
 
@@ -343,6 +372,54 @@ mod tests {
             e.add(m + 0.030 + extra(i), m);
         }
         e
+    }
+
+    #[test]
+    fn a_frame_from_days_ago_is_chosen_over_at_once() {
+        // One frame whose media time lies 10^7 s in the past (a sender's garbage timestamp):
+        // a transit of months. The set point still comes from the other frames, and at
+        // once: walking down to them in 0.5 ms steps was 2·10^10 steps (the fuzzer hung).
+        for jump in [-1e7, 1e7] {
+            let mut e = DelayEstimator::new(settings());
+            for i in 0..500 {
+                let m = i as f64 * 0.02;
+                let media = if i == 250 { m + jump } else { m };
+                e.add(m + 0.030, media);
+            }
+            let s = e.set_point().unwrap();
+            assert!((s - 0.030).abs() < 0.0006, "{jump}: {s}");
+        }
+    }
+
+    #[test]
+    fn a_queue_seen_to_drain_is_forgotten_a_fast_window_later() {
+        // A path with a 50 ms burst every 2 s (which keeps the episode rule from ending an
+        // episode by itself), and 3 s of a queue (200 ms) from 10 s.
+        let queue = |i: usize| {
+            let t = i as f64 * 0.02;
+            if (10.0..13.0).contains(&t) {
+                0.2
+            } else if i % 100 == 0 {
+                0.05
+            } else {
+                0.0
+            }
+        };
+        let clean = feed(900, |i| if i % 100 == 0 { 0.05 } else { 0.0 })
+            .set_point()
+            .unwrap();
+        let held = feed(900, queue).set_point().unwrap();
+        assert!(held > clean + 0.02, "{held} {clean}");
+        let mut e = feed(700, queue);
+        e.queue_drained(700.0 * 0.02 + 0.030);
+        let mut i = 700;
+        while i < 900 {
+            let m = i as f64 * 0.02;
+            e.add(m + 0.030 + queue(i), m);
+            i += 1;
+        }
+        let s = e.set_point().unwrap();
+        assert!(s < clean + 0.005, "{s} {clean}");
     }
 
     #[test]

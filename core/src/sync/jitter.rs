@@ -74,6 +74,12 @@ pub struct JitterConfig {
     pub chunk: Duration,
     /// Most media a chunk may skip to speed up, as a fraction of the chunk
     pub max_accelerate: f64,
+    /// Most media a chunk may skip when playout runs more than [`Self::fast_accelerate_above`]
+    /// over the set point (a queue on the path has drained and left a backlog: catch up in
+    /// about a second, not over many)
+    pub max_fast_accelerate: f64,
+    /// How far above the set point playout must run for fast acceleration
+    pub fast_accelerate_above: Duration,
     /// Most media a chunk may repeat to slow down, as a fraction of the chunk
     pub max_decelerate: f64,
     /// How far the delay may be off target before it is steered
@@ -99,6 +105,8 @@ impl Default for JitterConfig {
             delay_per_concealed_percent: Duration::from_millis(140),
             chunk: Duration::from_millis(10),
             max_accelerate: 0.10,
+            max_fast_accelerate: 0.5,
+            fast_accelerate_above: Duration::from_millis(80),
             max_decelerate: 0.25,
             hysteresis: Duration::from_millis(2),
             max_frames: 200,
@@ -343,6 +351,14 @@ impl AudioJitterBuffer {
         }
     }
 
+    /// The path had a queue that drained at `at` (the receiver's queue guard saw it): the
+    /// delay choice forgets what arrived before once a fast window of frames has come since
+    pub fn path_queue_drained(&mut self, at: Instant) {
+        if let Some((origin_local, _)) = self.origin {
+            self.estimator.queue_drained(local_secs(at, origin_local));
+        }
+    }
+
     /// Adds delay on top of the target (lip-sync waiting for slower video)
     pub fn set_sync_delay(&mut self, extra: Duration) {
         self.sync_delay = extra.as_secs_f64().min(1.0);
@@ -492,6 +508,7 @@ impl AudioJitterBuffer {
         // set point sits one hysteresis above the target so that the dead band never dips
         // below it.
         let mut adj = drift_adj;
+        let mut accelerate = self.config.max_accelerate;
         if let Some(delay) = self.current_delay(tick, play_pos) {
             let hyst = self.config.hysteresis.as_secs_f64();
             let err = delay - (self.setpoint + self.sync_delay + hyst);
@@ -499,8 +516,11 @@ impl AudioJitterBuffer {
                 // Close a quarter of the error per chunk, within the rate limits.
                 adj += (err * rate / 4.0).round();
             }
+            if err > self.config.fast_accelerate_above.as_secs_f64() {
+                accelerate = accelerate.max(self.config.max_fast_accelerate);
+            }
         }
-        let max_acc = (out as f64 * self.config.max_accelerate).floor();
+        let max_acc = (out as f64 * accelerate).floor();
         let max_dec = (out as f64 * self.config.max_decelerate).floor();
         let adj = adj.clamp(-max_dec, max_acc) as i64;
         let consume = (out as i64 + adj).max(1) as usize;
