@@ -178,12 +178,6 @@ impl QueueGuard {
     pub(crate) fn take_drained(&mut self) -> bool {
         std::mem::take(&mut self.drained)
     }
-
-    /// Whether the guard currently sees a queue
-    #[cfg(test)]
-    pub(crate) fn congested(&self) -> bool {
-        self.congested
-    }
 }
 
 /// How long a request applies as it is before it starts to grow back

@@ -399,13 +399,13 @@ mod tests {
             let t = i as f64 * 0.02;
             if (10.0..13.0).contains(&t) {
                 0.2
-            } else if i % 100 == 0 {
+            } else if i.is_multiple_of(100) {
                 0.05
             } else {
                 0.0
             }
         };
-        let clean = feed(900, |i| if i % 100 == 0 { 0.05 } else { 0.0 })
+        let clean = feed(900, |i| if i.is_multiple_of(100) { 0.05 } else { 0.0 })
             .set_point()
             .unwrap();
         let held = feed(900, queue).set_point().unwrap();
