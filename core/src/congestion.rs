@@ -20,8 +20,10 @@
 //!   never (the unit test runs two minutes of it).
 //! - **What to ask for**: while congested, every [`INTERVAL`] (200 ms), what arrived over
 //!   the last [`RATE_WINDOW`] (500 ms: every datagram from the peer, with its IP and UDP
-//!   headers) — the bottleneck's rate while it has a queue — times `1 − delay / 0.5 s` (within 0.5–0.85), so that the queue drains in
-//!   about half a second.
+//!   headers) — the bottleneck's rate while it has a queue — times `1 − delay / 0.5 s`
+//!   (within 0.5–0.85), so that the queue drains in about half a second; but never less
+//!   than a quarter of what arrived over the last 3 s ([`LONG_WINDOW`]: a cellular fade is
+//!   not the path's rate).
 //!
 //! The sender applies the lowest fresh request at once and lets it grow back slowly
 //! ([`RemoteCap`]); see [`rate`](crate::rate).
@@ -45,6 +47,14 @@ const BINS_TO_ENTER: u32 = 3;
 const INTERVAL: Duration = Duration::from_millis(200);
 /// Span over which the received rate is measured
 const RATE_WINDOW: Duration = Duration::from_millis(500);
+/// A request never asks for less than [`LONG_SHARE`] of what arrived over this span: on a cellular
+/// path the capacity fades to nearly nothing for up to a second, and what arrives in the
+/// last half second then says nothing about what the path carries once the fade is over
+/// (asked for 43 kbit/s, a sender took 15 s to grow back and sent no video meanwhile)
+const LONG_WINDOW: Duration = Duration::from_secs(3);
+/// ... a quarter: after a capacity step the last 3 s still hold the old rate, and half of
+/// it was above the new capacity (low-phase audio 7–10 % late instead of 0)
+const LONG_SHARE: f64 = 0.25;
 /// Bytes of IPv4 and UDP headers per datagram
 const IP_UDP_HEADERS: u64 = 28;
 
@@ -54,7 +64,7 @@ pub(crate) struct QueueGuard {
     origin: Option<Instant>,
     /// (bin index, least transit in it), oldest first, over the last [`BASE_WINDOW`]
     bins: VecDeque<(i64, f64)>,
-    /// (arrival, wire bytes) of everything received over the last [`RATE_WINDOW`]
+    /// (arrival, wire bytes) of everything received over the last [`LONG_WINDOW`]
     received: VecDeque<(Instant, u64)>,
     received_bytes: u64,
     /// Consecutive complete bins above [`ENTER`], and at or below it
@@ -99,7 +109,7 @@ impl QueueGuard {
 
     fn forget_received(&mut self, now: Instant) {
         while let Some(&(t, b)) = self.received.front() {
-            if t + RATE_WINDOW < now {
+            if t + LONG_WINDOW < now {
                 self.received.pop_front();
                 self.received_bytes -= b;
             } else {
@@ -167,11 +177,19 @@ impl QueueGuard {
             return None;
         }
         let q = self.queue_delay()?;
-        let rate = self.received_bytes as f64 * 8.0 / RATE_WINDOW.as_secs_f64();
+        let recent: u64 = self
+            .received
+            .iter()
+            .rev()
+            .take_while(|(t, _)| *t + RATE_WINDOW >= now)
+            .map(|(_, b)| b)
+            .sum();
+        let rate = recent as f64 * 8.0 / RATE_WINDOW.as_secs_f64();
+        let long = self.received_bytes as f64 * 8.0 / LONG_WINDOW.as_secs_f64();
         let share = (1.0 - q / 0.5).clamp(0.5, 0.85);
         self.last_request = Some(now);
         self.requests += 1;
-        Some((rate * share).max(1.0) as u32)
+        Some((rate * share).max(long * LONG_SHARE).max(1.0) as u32)
     }
 
     /// Whether a queue the guard saw has drained since it was last asked

@@ -249,7 +249,12 @@ impl RateController {
     /// [`PACING_FACTOR`] times the estimate, audio first
     pub(crate) fn video_drain(&self, estimate: u32) -> u32 {
         let paced = (f64::from(estimate) * PACING_FACTOR) as u32;
-        paced.saturating_sub(self.audio_bps() + self.audio_overhead_bps)
+        // Never below the encoders' own floor: a path whose estimate barely covers the audio
+        // (a receiver's request during a cellular fade) otherwise drained nothing, and every
+        // frame after the next keyframe was skipped for as long as it lasted (12 s seen).
+        paced
+            .saturating_sub(self.audio_bps() + self.audio_overhead_bps)
+            .max(MIN_VIDEO_BPS)
     }
 
     /// Video a path with `estimate` has room for, after headroom and audio
@@ -977,7 +982,7 @@ mod tests {
         let (c, _) = ctl();
         // 1.1 × 200 kbit/s less 32 kbit/s of Opus and 24.8 kbit/s of its headers.
         assert_eq!(c.video_drain(200_000), 163_200);
-        assert_eq!(c.video_drain(10_000), 0);
+        assert_eq!(c.video_drain(10_000), MIN_VIDEO_BPS);
     }
 
     #[test]

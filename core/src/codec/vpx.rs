@@ -304,13 +304,19 @@ impl Encoder {
 
     /// `pts` in timebase ticks, strictly increasing as libvpx requires, and the frame's
     /// duration: the time since the previous frame (libvpx budgets bits per frame from
-    /// it, so frames dropped upstream leave the next ones more bits), at most a second
+    /// it, so frames dropped upstream leave the next ones more bits), at most two nominal
+    /// frame intervals: frames skipped for a full bitrate budget must not be paid back in
+    /// one frame (a 10 kB inter frame at 50 kbit/s after 1.6 s of skips, which was skipped
+    /// for in turn: seconds of frozen video on a cellular path)
     fn ticks(&mut self, pts: Duration) -> (i64, c_ulong) {
         let ticks = (pts.as_nanos() * u128::from(TIMEBASE_HZ) / 1_000_000_000)
             .min(i64::MAX as u128 / 2) as i64;
         let (ticks, duration) = match self.last_pts {
             Some(last) if ticks <= last => (last + 1, 1),
-            Some(last) => (ticks, (ticks - last).min(TIMEBASE_HZ as i64) as c_ulong),
+            Some(last) => {
+                let cap = (2 * self.duration).min(TIMEBASE_HZ as c_ulong) as i64;
+                (ticks, (ticks - last).min(cap) as c_ulong)
+            }
             None => (ticks, self.duration),
         };
         self.last_pts = Some(ticks);
