@@ -204,8 +204,8 @@ impl AdaptiveEncoder {
         Ok(())
     }
 
-    /// Makes the next encoded frame a keyframe, or the first one [`MIN_KEYFRAME_INTERVAL`]
-    /// after the last keyframe
+    /// Makes the next encoded frame a keyframe, or the first one 300 ms after the last
+    /// keyframe
     pub fn request_keyframe(&mut self) {
         self.keyframe_requested = true;
     }
