@@ -74,8 +74,6 @@ pub(crate) struct QueueGuard {
     /// The queue drained since [`Self::take_drained`] was last asked
     drained: bool,
     last_request: Option<Instant>,
-    /// Requests made (statistics, tests)
-    pub(crate) requests: u64,
 }
 
 impl QueueGuard {
@@ -188,7 +186,6 @@ impl QueueGuard {
         let long = self.received_bytes as f64 * 8.0 / LONG_WINDOW.as_secs_f64();
         let share = (1.0 - q / 0.5).clamp(0.5, 0.85);
         self.last_request = Some(now);
-        self.requests += 1;
         Some((rate * share).max(long * LONG_SHARE).max(1.0) as u32)
     }
 

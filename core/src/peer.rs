@@ -958,7 +958,6 @@ impl Peer {
                 let mut api = self.rtc.direct_api();
                 if let Some(rx) = api.stream_rx_by_mid(mid, None) {
                     rx.request_remb(Bitrate::bps(u64::from(bps)));
-                    self.rate.remb_sent += 1;
                 }
             }
         }

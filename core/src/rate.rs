@@ -568,9 +568,6 @@ pub(crate) struct PeerRate {
     remote_cap: Option<RemoteCap>,
     /// The desired bitrate str0m's estimator was last given
     desired: Option<u32>,
-    /// REMB requests received from the peer, and sent to it
-    pub(crate) remb_received: u64,
-    pub(crate) remb_sent: u64,
 }
 
 /// Reported loss from which str0m's estimate is loss-limited (its loss controller keeps
@@ -665,7 +662,6 @@ impl PeerRate {
                     .remote_cap
                     .filter(|c| c.holding(now) && c.limit(now) <= bps);
                 self.remote_cap = Some(keep.unwrap_or(RemoteCap::new(bps, now)));
-                self.remb_received += 1;
                 self.changed = true;
             }
             _ => {}
