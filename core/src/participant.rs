@@ -78,6 +78,9 @@ pub struct Participant {
     adaptation: Adaptation,
     /// Datagrams no peer accepted yet, retried for a short while
     strays: VecDeque<Stray>,
+    /// Reused between wake-ups (no allocation per timeout or drain)
+    scratch_ids: Vec<PeerId>,
+    scratch_outs: Vec<PeerOutput>,
     /// Last statistics of peers that went away
     departed: BTreeMap<PeerId, PeerStats>,
     /// Whether the server has accepted our announce on the current signaling connection
@@ -159,6 +162,8 @@ impl Participant {
             drops: DropCounters::default(),
             encoders: Encoders::new(),
             strays: VecDeque::new(),
+            scratch_ids: Vec::new(),
+            scratch_outs: Vec::new(),
             departed: BTreeMap::new(),
             signaling_up: false,
             resume: None,
@@ -901,8 +906,9 @@ impl Participant {
     fn handle_timeout(&mut self, now: Instant) {
         self.transport.handle_timeout(now);
         self.retry_strays(now);
-        let ids: Vec<PeerId> = self.peers.keys().cloned().collect();
-        for id in ids {
+        let mut ids = std::mem::take(&mut self.scratch_ids);
+        ids.extend(self.peers.keys().cloned());
+        for id in ids.drain(..) {
             let Some(peer) = self.peers.get_mut(&id) else {
                 continue;
             };
@@ -910,12 +916,18 @@ impl Participant {
             // packet or playout, and timing out and draining the other `Rtc`s is most of the
             // cost of a wake-up otherwise.
             if peer.io_due(now) {
-                let res = peer.handle_timeout(now);
-                // A failure here is already reported as `Event::PeerFailed`.
-                let _ = self.after_peer_input(&id, res);
+                match peer.handle_timeout(now) {
+                    // Only playout was due: str0m has nothing new to say.
+                    Ok(false) => self.drain_peer_with(&id, false),
+                    // A failure here is already reported as `Event::PeerFailed`.
+                    res => {
+                        let _ = self.after_peer_input(&id, res.map(drop));
+                    }
+                }
             }
             self.check_peer(&id, now);
         }
+        self.scratch_ids = ids;
     }
 
     fn handle_receive(&mut self, now: Instant, recv: Receive<'_>) -> Result<(), InputError> {
@@ -1553,12 +1565,23 @@ impl Participant {
 
     /// Drains one peer's `Rtc` until it returns a timeout
     fn drain_peer(&mut self, id: &PeerId) {
+        self.drain_peer_with(id, true);
+    }
+
+    /// Hands on what one peer has for us: its media's output, and what its `Rtc` has
+    /// unless `rtc` is false (nothing was fed to it since it last returned a timeout)
+    fn drain_peer_with(&mut self, id: &PeerId, rtc: bool) {
         let Some(peer) = self.peers.get_mut(id) else {
             return;
         };
-        let mut outs = Vec::new();
-        let res = peer.drain(&mut outs);
-        for o in outs {
+        let mut outs = std::mem::take(&mut self.scratch_outs);
+        let res = if rtc {
+            peer.drain(&mut outs)
+        } else {
+            peer.drain_media(&mut outs);
+            Ok(())
+        };
+        for o in outs.drain(..) {
             match o {
                 PeerOutput::Transmit(t) => {
                     // Wrapped for the TURN server when it leaves from a relayed candidate.
@@ -1663,6 +1686,7 @@ impl Participant {
                 }
             }
         }
+        self.scratch_outs = outs;
         if let Err(reason) = res {
             if let Some(peer) = self.peers.get_mut(id) {
                 peer.set_broken(reason);

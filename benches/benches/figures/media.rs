@@ -435,6 +435,8 @@ fn mesh_pair(now: Instant, decode: bool) -> (MeshEnd, MeshEnd) {
         };
         c.capabilities.audio = true;
         c.capabilities.video = true;
+        // Raw str0m opens no data channel either: the same work.
+        c.capabilities.data = false;
         c.media.video_codecs = vec![VideoCodec::Vp8];
         c.media.video = VideoEncoderConfig::new(VideoCodec::Vp8, 640, 360);
         c.media.decode = decode;

@@ -19,6 +19,7 @@ pub mod auth;
 pub mod server;
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::de::{DeserializeOwned, Deserializer};
 use serde::ser::{SerializeMap, Serializer};
@@ -48,9 +49,10 @@ fn is_valid_id(s: &str) -> bool {
 macro_rules! id_newtype {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
-        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        // Shared, not owned: ids are cloned into every event and map of a busy mesh.
+        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
         #[serde(try_from = "String")]
-        pub struct $name(String);
+        pub struct $name(Arc<str>);
 
         impl $name {
             /// Validates `s` as 1-64 characters of `[A-Za-z0-9_.-]`
@@ -59,7 +61,7 @@ macro_rules! id_newtype {
                 if !is_valid_id(&s) {
                     return Err(IdError);
                 }
-                Ok(Self(s))
+                Ok(Self(s.into()))
             }
 
             /// The id as a string slice
@@ -73,6 +75,12 @@ macro_rules! id_newtype {
 
             fn try_from(s: String) -> Result<Self, IdError> {
                 Self::new(s)
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
             }
         }
 
