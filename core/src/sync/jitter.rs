@@ -540,7 +540,15 @@ impl AudioJitterBuffer {
         // The media time of the chunk's first sample (a gap skipped at the start of the
         // chunk moves it past `play_pos`).
         let media_ticks = self.sync.runs.front().map_or(play_pos, |r| r.media);
-        let mut take: Vec<i16> = self.sync.samples.drain(..consume * ch).collect();
+        // `fill` buffered at least `consume` samples per channel. Copied a slice at a time,
+        // not sample by sample through `drain`.
+        let n = consume * ch;
+        let mut take: Vec<i16> = Vec::with_capacity(n);
+        let (front, back) = self.sync.samples.as_slices();
+        let from_front = n.min(front.len());
+        take.extend_from_slice(&front[..from_front]);
+        take.extend_from_slice(&back[..n - from_front]);
+        self.sync.samples.drain(..n);
         // Attribute delay to the frames the consumed samples came from.
         let mut left = consume;
         let mut delay_sum = 0.0;
