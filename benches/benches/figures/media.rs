@@ -10,7 +10,8 @@
 //! * raw str0m: two `Rtc`s built with the settings a meshrtc peer uses (codecs Opus and
 //!   VP8, 1 s stats and RTCP report intervals, no audio reordering, the same video
 //!   reordering wait), frames written with `Writer::write`, received as `MediaData`
-//! * meshrtc pass-through: two `Participant`s (`MediaConfig::decode` false), frames sent
+//! * meshrtc pass-through: two `Participant`s (`MediaConfig::decode` false, announcing no
+//!   data channel, which raw str0m does not open either), frames sent
 //!   with `send_encoded_audio`/`send_encoded_video`, received as `EncodedAudio` and encoded
 //!   `VideoFrame` events: the core's own per-packet work (routing, its media bookkeeping,
 //!   lip-sync timing of video) on top of str0m's
