@@ -39,6 +39,10 @@ const cfg = {
   turnUser: q.get('turn_user') || undefined,
   turnPass: q.get('turn_pass') || undefined,
   policy: q.get('policy') || 'all',
+  // Send the camera track disabled (black frames, a few kbit/s): receive video, send next to none.
+  muteVideo: q.get('mute_video') === '1',
+  // Text probes per second (round trips through the data channel's echo); default 1.
+  probeHz: Number(q.get('probe_hz') || 1),
 };
 
 function rtcConfig() {
@@ -196,6 +200,7 @@ function newPeer(remoteId, role) {
     queuedRemote: [],
     queuedLocal: [],
     probes: new Map(),
+    probeSentAt: new Map(),
     nextProbe: 1,
     nextPing: 1,
     timer: null,
@@ -230,6 +235,7 @@ function newPeer(remoteId, role) {
       remote_sdp: null,
       stats: null,
       history: [],
+      probe_rtts: [],
     },
   };
   peers.set(remoteId, p);
@@ -467,6 +473,7 @@ function sendTextProbe(p) {
   const n = p.nextProbe++;
   const text = JSON.stringify({ probe: n, from: myId, text: 'héllo ✓ 𝄞 ' + 'x'.repeat((n * 37) % 2000) });
   p.probes.set('t' + n, text);
+  p.probeSentAt.set('t' + n, now());
   if (send(p, text)) p.r.probes_sent += 1;
 }
 
@@ -493,12 +500,13 @@ function setupChannel(p, dc) {
         p.nextPing += 1;
         p.r.pings_sent += 1;
       }
-      sendTextProbe(p);
     }, 1000);
+    p.probeTimer = setInterval(() => sendTextProbe(p), 1000 / Math.max(cfg.probeHz, 0.1));
   };
   dc.onclose = () => {
     p.r.dc_state = 'closed';
     clearInterval(p.timer);
+    clearInterval(p.probeTimer);
     log(p.id, 'data channel closed');
   };
   dc.onerror = (e) => log(p.id, 'data channel error', e.error ? e.error.message : String(e));
@@ -527,6 +535,13 @@ function onData(p, data) {
       if ('probe' in obj && obj.from === myId) {
         const sent = p.probes.get('t' + obj.probe);
         p.probes.delete('t' + obj.probe);
+        const at = p.probeSentAt.get('t' + obj.probe);
+        p.probeSentAt.delete('t' + obj.probe);
+        if (at !== undefined) {
+          // [when it came back, round trip] in ms, the last 600
+          p.r.probe_rtts.push([Math.round(now()), Math.round((now() - at) * 10) / 10]);
+          if (p.r.probe_rtts.length > 600) p.r.probe_rtts.splice(0, p.r.probe_rtts.length - 600);
+        }
         if (sent === data) p.r.probes_ok += 1;
         else {
           p.r.probes_bad += 1;
@@ -581,6 +596,7 @@ async function collectStats(p) {
         packets_lost: s.packetsLost || 0,
         nack_count: s.nackCount || 0,
         pli_count: s.pliCount || 0,
+        bytes_received: (s.bytesReceived || 0) + (s.headerBytesReceived || 0),
         codec: codecOf(s),
         decoder: s.decoderImplementation || null,
       };
@@ -600,6 +616,9 @@ async function collectStats(p) {
         frames_sent: s.framesSent || 0,
         key_frames_encoded: s.keyFramesEncoded || 0,
         packets_sent: s.packetsSent || 0,
+        bytes_sent: (s.bytesSent || 0) + (s.headerBytesSent || 0),
+        target_bitrate: s.targetBitrate || null,
+        quality_limitation_reason: s.qualityLimitationReason || null,
         frame_width: s.frameWidth || null,
         frame_height: s.frameHeight || null,
         codec: codecOf(s),
@@ -618,6 +637,7 @@ async function collectStats(p) {
           local: l ? l.protocol + ' ' + l.address + ':' + l.port + ' ' + l.candidateType : null,
           remote: r ? r.protocol + ' ' + r.address + ':' + r.port + ' ' + r.candidateType : null,
           rtt_ms: pair.currentRoundTripTime !== undefined ? pair.currentRoundTripTime * 1000 : null,
+          available_outgoing_bitrate: pair.availableOutgoingBitrate || null,
           dtls_state: s.dtlsState,
         };
       }
@@ -630,8 +650,15 @@ async function collectStats(p) {
     out.outbound_video ? out.outbound_video.frames_encoded : 0,
     out.inbound_audio ? out.inbound_audio.total_samples_received : 0,
     out.inbound_audio ? out.inbound_audio.concealed_samples : 0,
+    // 5-9: video bytes received and sent (RTP payload and headers),
+    // the sender's estimate (bit/s) and encoder target (bit/s), the sent frame height
+    out.inbound_video ? out.inbound_video.bytes_received : 0,
+    out.outbound_video ? out.outbound_video.bytes_sent : 0,
+    out.selected_pair ? out.selected_pair.available_outgoing_bitrate : null,
+    out.outbound_video ? out.outbound_video.target_bitrate : null,
+    out.outbound_video ? out.outbound_video.frame_height : null,
   ]);
-  if (p.r.history.length > 120) p.r.history.splice(0, p.r.history.length - 120);
+  if (p.r.history.length > 240) p.r.history.splice(0, p.r.history.length - 240);
 }
 
 async function tick() {
@@ -660,6 +687,7 @@ async function main() {
     report.state = 'media';
     const video = cfg.video ? { width: cfg.width, height: cfg.height, frameRate: cfg.fps } : false;
     localStream = await navigator.mediaDevices.getUserMedia({ audio: cfg.audio, video });
+    if (cfg.muteVideo) for (const t of localStream.getVideoTracks()) t.enabled = false;
     log('local tracks', localStream.getTracks().map((t) => t.kind + ':' + t.label).join(', '));
   }
   report.state = 'connecting';

@@ -254,7 +254,8 @@ fn peer_metrics_follow_a_call() {
     let video = [
         "--video", "testsrc", "--width", "160", "--height", "96", "--fps", "15",
     ];
-    let alice_args: Vec<&str> = ["--metrics", "127.0.0.1:0"]
+    // Alice follows the path's estimate (her rate gauges are checked below); Bob does not.
+    let alice_args: Vec<&str> = ["--metrics", "127.0.0.1:0", "--rate-adaptation"]
         .into_iter()
         .chain(video)
         .collect();
@@ -362,6 +363,19 @@ fn peer_metrics_follow_a_call() {
     assert!(get(&during, frames) >= 50.0, "{during:?}");
     let rtt = get(&during, r#"meshrtc_peer_rtt_seconds{remote="bob"}"#);
     assert!(rtt > 0.0 && rtt < 1.0, "{rtt}");
+    // With rate adaptation: the path's estimate, and a video target within it.
+    let estimate = get(
+        &later,
+        r#"meshrtc_peer_available_outgoing_bits_per_second{remote="bob"}"#,
+    );
+    let target = get(
+        &later,
+        r#"meshrtc_peer_video_target_bits_per_second{remote="bob"}"#,
+    );
+    assert!(
+        estimate > 0.0 && target > 0.0 && target <= estimate,
+        "estimate {estimate} b/s, video target {target} b/s"
+    );
     let jb = get(
         &during,
         r#"meshrtc_peer_jitter_buffer_seconds{remote="bob"}"#,

@@ -20,5 +20,6 @@ mod figures;
 mod harness;
 mod http;
 mod media;
+mod rate;
 mod relay;
 mod room;

@@ -186,6 +186,10 @@ struct PeerArgs {
     /// Serve Prometheus metrics (per remote peer) at http://ADDR/metrics
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
+    /// Follow each path's bandwidth estimate with the video bitrate, frame rate and size
+    /// (off by default, as in the core: see docs/rate/README.md)
+    #[arg(long)]
+    rate_adaptation: bool,
 }
 
 /// Arguments of `meshrtc demo`

@@ -161,6 +161,8 @@ struct Families {
     media_packets: Family<Labels, Counter>,
     media_frames: Family<Labels, Counter>,
     media_received_bitrate: Family<Labels, Gauge>,
+    available_outgoing: Family<Labels, Gauge>,
+    video_target: Family<Labels, Gauge>,
 }
 
 fn labels(remote: &str) -> Labels {
@@ -210,6 +212,8 @@ pub(crate) fn render(stats: &Stats, present: impl Fn(&PeerId) -> bool) -> String
         media_packets: Family::default(),
         media_frames: Family::default(),
         media_received_bitrate: Family::default(),
+        available_outgoing: Family::default(),
+        video_target: Family::default(),
     };
     let mut connected_peers = 0;
     for (id, s) in &stats.peers {
@@ -253,6 +257,15 @@ pub(crate) fn render(stats: &Stats, present: impl Fn(&PeerId) -> bool) -> String
             f.audio_frames.get_or_create(&l).inc_by(jb.frames_decoded);
             if let Some(last) = a.latency_ms.last() {
                 f.latency.get_or_create(&l).set(last / 1000.0);
+            }
+        }
+        if let Some(b) = &s.bitrate {
+            let bps = |kbps: f64| (kbps * 1000.0).round() as i64;
+            if let Some(k) = b.available_outgoing_kbps {
+                f.available_outgoing.get_or_create(&l).set(bps(k));
+            }
+            if let Some(k) = b.video_target_kbps {
+                f.video_target.get_or_create(&l).set(bps(k));
             }
         }
         if let Some(v) = &s.video {
@@ -402,6 +415,16 @@ pub(crate) fn render(stats: &Stats, present: impl Fn(&PeerId) -> bool) -> String
         "clock_drift_ppm",
         "The remote sender's media clock against ours, in ppm",
         f.drift,
+    );
+    r.register(
+        "available_outgoing_bits_per_second",
+        "The bandwidth estimate of the path to the peer (with rate adaptation on)",
+        f.available_outgoing,
+    );
+    r.register(
+        "video_target_bits_per_second",
+        "The target of the video encoding the peer receives (with rate adaptation on)",
+        f.video_target,
     );
     let mut text = String::new();
     // Cannot fail: writing to a String.

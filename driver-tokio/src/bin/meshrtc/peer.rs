@@ -82,6 +82,7 @@ pub(crate) async fn run(args: PeerArgs) -> Result<(), String> {
     video.fps = fps;
     video.bitrate_bps = bitrate_for(width, height, fps);
     config.session.participant.media.video = video;
+    config.session.participant.media.rate.enabled = args.rate_adaptation;
     debug_assert_eq!(
         config.session.participant.media.opus.channels,
         opus_channels
