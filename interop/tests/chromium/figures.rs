@@ -10,7 +10,7 @@ use crate::harness::{num, run, World, PAGE_START};
 
 const RUNS: usize = 10;
 
-fn percentile(v: &[f64], q: f64) -> f64 {
+pub fn percentile(v: &[f64], q: f64) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
     s[((s.len() - 1) as f64 * q).round() as usize]

@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::figures::percentile;
 use crate::harness::{run, World, LONG_RUN, PAGE_START};
 
 /// Capacity before and after the low phase, kbit/s
@@ -114,26 +115,25 @@ fn rate_of(bytes: &Series, span: f64) -> Series {
     out
 }
 
-fn mean_in(s: &Series, from: f64, to: f64) -> f64 {
-    let v: Vec<f64> = s
-        .iter()
+/// The values of `s` sampled in `from..to`
+fn values_in(s: &Series, from: f64, to: f64) -> Vec<f64> {
+    s.iter()
         .filter(|(t, _)| (from..to).contains(t))
         .map(|p| p.1)
-        .collect();
+        .collect()
+}
+
+fn mean_in(s: &Series, from: f64, to: f64) -> f64 {
+    let v = values_in(s, from, to);
     v.iter().sum::<f64>() / v.len().max(1) as f64
 }
 
 fn percentile_in(s: &Series, from: f64, to: f64, q: f64) -> f64 {
-    let mut v: Vec<f64> = s
-        .iter()
-        .filter(|(t, _)| (from..to).contains(t))
-        .map(|p| p.1)
-        .collect();
+    let v = values_in(s, from, to);
     if v.is_empty() {
         return f64::NAN;
     }
-    v.sort_by(f64::total_cmp);
-    v[((v.len() - 1) as f64 * q).round() as usize]
+    percentile(&v, q)
 }
 
 /// What one case measured, on a common clock (seconds from the start of the high phase)
@@ -204,20 +204,14 @@ impl Case {
     }
 }
 
-/// The page's report converted to the test's clock: history and probe round trips
-fn page_series(
-    page: &Value,
-    peer: &str,
-    page_ms_at_start: f64,
-) -> (Series, Series, Series, Series) {
+/// From the page's report, on the test's clock: video bytes sent, its estimate, probe round trips
+fn page_series(page: &Value, peer: &str, page_ms_at_start: f64) -> (Series, Series, Series) {
     let p = &page["peers"][peer];
     let t = |ms: f64| (ms - page_ms_at_start) / 1000.0;
-    let mut received = Vec::new();
     let mut sent = Vec::new();
     let mut estimate = Vec::new();
     for h in p["history"].as_array().into_iter().flatten() {
         let ms = h[0].as_f64().unwrap_or(0.0);
-        received.push((t(ms), h[5].as_f64().unwrap_or(0.0)));
         sent.push((t(ms), h[6].as_f64().unwrap_or(0.0)));
         if let Some(e) = h[7].as_f64() {
             estimate.push((t(ms), e));
@@ -229,7 +223,7 @@ fn page_series(
         .flatten()
         .filter_map(|r| Some((t(r[0].as_f64()?), r[1].as_f64()?)))
         .collect();
-    (received, sent, estimate, rtt)
+    (sent, estimate, rtt)
 }
 
 /// The page's clock (ms) at the moment of this call, within a report interval's latency
@@ -297,7 +291,7 @@ fn case(
     w.peer(&id).terminate();
     let _ = w.finish_peer(&id, Duration::from_secs(20));
     w.close_page(tag);
-    let (_received, page_sent, estimate, rtt) = page_series(&page, &id, page_ms_at_start);
+    let (page_sent, estimate, rtt) = page_series(&page, &id, page_ms_at_start);
     Ok(if who == "meshrtc" {
         Case {
             who,
@@ -329,8 +323,13 @@ impl Drop for Unshape {
 /// Whether this is a network namespace holding nothing but `lo` (where reshaping `lo`
 /// disturbs nobody)
 fn alone_with_lo() -> bool {
-    std::fs::read_dir("/sys/class/net")
-        .is_ok_and(|d| d.filter_map(Result::ok).all(|e| e.file_name() == "lo"))
+    // /proc/net is the calling process's namespace (/sys/class/net may still show the host's).
+    std::fs::read_to_string("/proc/net/dev").is_ok_and(|dev| {
+        dev.lines()
+            .skip(2)
+            .filter_map(|l| l.split(':').next())
+            .all(|name| name.trim() == "lo")
+    })
 }
 
 #[test]
