@@ -121,6 +121,18 @@ const MAX_STRAYS: usize = 16;
 /// How long an unroutable datagram is held for a retry
 const STRAY_TTL: Duration = Duration::from_millis(250);
 
+/// Whether an unroutable datagram may be a remote's first, early one: a STUN message or a
+/// plaintext DTLS handshake record (epoch 0, a ClientHello). An encrypted record, SRTP or
+/// SRTCP only follows a handshake with this side, so from an address no peer accepts it is
+/// stale or forged (RFC 7983 demultiplexing by first byte; RFC 6347 record header).
+fn worth_holding(contents: &[u8]) -> bool {
+    match contents.first() {
+        Some(0..=3) => true,
+        Some(22) => contents.get(3..5) == Some(&[0, 0]),
+        _ => false,
+    }
+}
+
 /// A peer we know is in the room, with candidates that arrived before its offer
 #[derive(Debug)]
 struct Known {
@@ -955,7 +967,12 @@ impl Participant {
                 self.drops.unroutable_datagrams += 1;
                 // A connectivity check or DTLS hello can arrive a moment before the
                 // candidate or pair that makes it routable: keep a few for a short while
-                // and retry.
+                // and retry. Nothing else is ever early, only stale (an earlier session
+                // on a reused address) or forged, and handing it to the next connection
+                // from that address could break its handshake.
+                if !worth_holding(recv.contents) {
+                    return Ok(());
+                }
                 if self.strays.len() >= MAX_STRAYS {
                     self.strays.pop_front();
                 }

@@ -419,3 +419,59 @@ fn oversized_vp9_inter_frame_is_refused_and_video_carries_on() {
         assert!(breakages(&m, i).is_empty(), "{i}: {:?}", breakages(&m, i));
     }
 }
+
+/// A new peer's address was an earlier peer's a moment ago (a driver that binds a fresh
+/// ephemeral port gets a recently freed one): encrypted DTLS records that the earlier session
+/// sent after it was gone here arrive from the new peer's address just before the new peer
+/// joins. They belong to no connection and are dropped, not held for the new one: the new
+/// peer connects and data flows.
+#[test]
+fn stale_records_from_a_reused_address_do_not_break_the_next_peer() {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    let captured: Rc<RefCell<Vec<Vec<u8>>>> = Rc::default();
+    let cap = captured.clone();
+    let link: crate::tests::LinkFn = Box::new(move |from, to, t| {
+        // DTLS application data (content type 23): SCTP under the session's keys.
+        if from == 1 && to == 0 && t.contents.first() == Some(&23) {
+            cap.borrow_mut().push(t.contents.clone());
+        }
+        Some(Duration::from_millis(10))
+    });
+    let mut m = Mesh::new((0..3).map(|_| data_config()).collect(), link);
+    let room = crate::signal::RoomId::new("room").unwrap();
+    for i in 0..2 {
+        m.with(i, |p, _| p.join(room.clone(), Some(Mesh::id(i))))
+            .unwrap();
+        m.run_for(Duration::from_millis(20));
+    }
+    assert!(m.run_until(Duration::from_secs(5), |m| m.parts[0]
+        .is_connected(&Mesh::id(1))));
+    m.with(1, |p, _| p.broadcast(DataMessage::Binary(vec![1; 500])))
+        .unwrap();
+    m.run_for(Duration::from_millis(200));
+    m.with(1, |p, _| p.leave());
+    m.run_for(Duration::from_millis(100));
+    let stale = captured.borrow().clone();
+    assert!(!stale.is_empty(), "no encrypted record captured");
+    // The earlier session's records, from the address the next peer is about to use.
+    let reused = m.addr(2);
+    for record in &stale {
+        m.inject(0, reused, record);
+    }
+    m.with(2, |p, _| p.join(room.clone(), Some(Mesh::id(2))))
+        .unwrap();
+    assert!(
+        m.run_until(Duration::from_secs(5), |m| m.parts[0]
+            .is_connected(&Mesh::id(2))
+            && m.parts[2].is_connected(&Mesh::id(0))),
+        "the next peer never connected"
+    );
+    m.with(2, |p, _| p.broadcast(DataMessage::Binary(vec![2; 333])))
+        .unwrap();
+    m.run_for(Duration::from_millis(200));
+    assert_eq!(received(&m, 0, 2, 333), 1);
+    let stray = m.parts[0].drop_counters().unroutable_datagrams;
+    assert!(stray >= stale.len() as u64, "{stray} unroutable");
+}
