@@ -122,6 +122,14 @@ pub enum TransportLayer {
 }
 
 impl TransportError {
+    /// str0m panicked while handling this peer's input
+    pub(crate) fn panicked(detail: String) -> Self {
+        Self {
+            layer: TransportLayer::Other,
+            detail: format!("str0m panicked: {detail}"),
+        }
+    }
+
     pub(crate) fn from_rtc(e: &str0m::RtcError) -> Self {
         use str0m::RtcError as E;
         let layer = match e {

@@ -1030,6 +1030,9 @@ impl Participant {
             .peers
             .get_mut(&id)
             .expect("found above; panic means bug");
+        if peer.refuses_early_record(recv.contents) {
+            return Routed::Delivered(Ok(()));
+        }
         let res = peer.handle_receive(input, len);
         Routed::Delivered(self.after_peer_input(&id, res))
     }

@@ -40,6 +40,53 @@ const MAX_BAD_PACKETS: usize = 256;
 /// Remote candidates queued before the remote description is known, at most
 const MAX_QUEUED_CANDIDATES: usize = 64;
 
+/// Encrypted DTLS records remembered before the handshake completes, at most
+const EARLY_RECORDS: usize = 64;
+
+/// DTLS 1.2 records from the remote before the handshake completed.
+///
+/// Until the handshake completes the DTLS stack (dimpl 0.7) queues encrypted records
+/// without its replay window: a repeat panics it, and one that is not the remote's (a stale
+/// session on the same address, a forgery) fails the handshake when it is finally
+/// decrypted. The remote's first encrypted record always follows its plaintext hello, and a
+/// resent flight carries new sequence numbers, so encrypted records before any hello, and
+/// repeats, are refused.
+#[derive(Debug, Default)]
+struct EarlyRecords {
+    /// A plaintext handshake record (its hello) arrived
+    heard_hello: bool,
+    /// (epoch, sequence) of the first record of each encrypted datagram, bounded
+    seen: Vec<(u16, u64)>,
+}
+
+impl EarlyRecords {
+    /// Whether to refuse `datagram`; anything not a DTLS 1.2 record passes
+    fn refuses(&mut self, datagram: &[u8]) -> bool {
+        // RFC 6347 record header: type, version (2), epoch (2), sequence (6), length (2).
+        let Some(header) = datagram.get(..13).filter(|h| (20..=25).contains(&h[0])) else {
+            return false;
+        };
+        let epoch = u16::from_be_bytes([header[3], header[4]]);
+        if epoch == 0 {
+            self.heard_hello |= header[0] == 22;
+            return false;
+        }
+        let mut seq = [0u8; 8];
+        seq[2..].copy_from_slice(&header[5..11]);
+        let key = (epoch, u64::from_be_bytes(seq));
+        if !self.heard_hello || self.seen.contains(&key) {
+            return true;
+        }
+        // A handshake's own encrypted records are a handful; a flood of distinct ones is
+        // garbage, and forgetting the oldest is safe.
+        if self.seen.len() >= EARLY_RECORDS {
+            self.seen.remove(0);
+        }
+        self.seen.push(key);
+        false
+    }
+}
+
 /// Who sent the offer on this connection
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Role {
@@ -89,6 +136,10 @@ pub(crate) struct Peer {
     window: SendWindow,
     connected_at: Option<Instant>,
     dtls_connected: bool,
+    /// str0m panicked on this connection: its `Rtc` is left alone until it is replaced
+    panicked: bool,
+    /// What came before the DTLS handshake completed (see [`Peer::refuses_early_record`])
+    early_records: EarlyRecords,
     ice_disconnected_since: Option<Instant>,
     /// When a datagram last came from this peer
     last_received: Option<Instant>,
@@ -257,6 +308,8 @@ impl Peer {
             window: SendWindow::new(SCTP_BUFFER),
             connected_at: None,
             dtls_connected: false,
+            panicked: false,
+            early_records: EarlyRecords::default(),
             ice_disconnected_since: None,
             last_received: None,
             remote_connection: None,
@@ -974,10 +1027,38 @@ impl Peer {
         if !rtc_due {
             return Ok(false);
         }
-        self.rtc
-            .handle_input(str0m::Input::Timeout(now))
-            .map_err(|e| TransportError::from_rtc(&e))?;
-        Ok(true)
+        self.guarded(|p| {
+            p.rtc
+                .handle_input(str0m::Input::Timeout(now))
+                .map_err(|e| TransportError::from_rtc(&e))?;
+            Ok(true)
+        })
+    }
+
+    /// Runs `f` on this peer's `Rtc` and contains a panic in it. str0m has panicked on
+    /// hostile input before (its changelog lists such fixes); a panic ends this connection
+    /// (the error fails the peer and recovery replaces it), not the process or the room,
+    /// and the `Rtc` is not fed or polled again.
+    fn guarded<T: Default>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<T, TransportError>,
+    ) -> Result<T, TransportError> {
+        if self.panicked {
+            return Ok(T::default());
+        }
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self))) {
+            Ok(res) => res,
+            Err(panic) => {
+                self.panicked = true;
+                let detail = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::warn!(peer = %self.info.peer_id, %detail, "str0m panicked; the connection is dropped");
+                Err(TransportError::panicked(detail))
+            }
+        }
     }
 
     /// The codec we send video with to this peer (first of our preference it accepted)
@@ -1104,7 +1185,12 @@ impl Peer {
             self.media.handle_datagram(self.now, len);
         }
         self.stats.datagrams_received += 1;
-        match self.rtc.handle_input(input) {
+        self.guarded(|p| p.receive_rtc(input))
+    }
+
+    fn receive_rtc(&mut self, input: str0m::Input<'_>) -> Result<(), TransportError> {
+        let res = self.rtc.handle_input(input);
+        match res {
             Ok(()) => Ok(()),
             // What DTLS refuses in a datagram is dropped, not fatal: before the handshake
             // completes nothing is authenticated (a plaintext alert or garbage from a
@@ -1119,6 +1205,17 @@ impl Peer {
             }
             Err(e) => Err(TransportError::from_rtc(&e)),
         }
+    }
+
+    /// Whether `datagram` is an encrypted DTLS record this peer's handshake must not see
+    /// (see [`EarlyRecords`]); counted as refused by DTLS
+    pub(crate) fn refuses_early_record(&mut self, datagram: &[u8]) -> bool {
+        if self.dtls_connected || !self.early_records.refuses(datagram) {
+            return false;
+        }
+        self.stats.dtls_rejected += 1;
+        tracing::debug!(peer = %self.info.peer_id, "early encrypted dtls record dropped");
+        true
     }
 
     pub(crate) fn close(&mut self) {
@@ -1181,7 +1278,7 @@ impl Peer {
 
     /// Polls the `Rtc` until it returns a timeout, flushing the send queue as it opens
     pub(crate) fn drain(&mut self, out: &mut Vec<PeerOutput>) -> Result<(), TransportError> {
-        let res = self.drain_rtc(out);
+        let res = self.guarded(|p| p.drain_rtc(out));
         if !self.oversized.is_empty() {
             out.push(PeerOutput::Undelivered(std::mem::take(&mut self.oversized)));
         }
@@ -1255,6 +1352,7 @@ impl Peer {
         match e {
             RtcEvent::Connected => {
                 self.dtls_connected = true;
+                self.early_records = EarlyRecords::default();
                 // Without a data channel, DTLS up is when media becomes usable.
                 if !self.wants_data && self.connected_at.is_none() {
                     self.connected_at = Some(self.now);
@@ -1639,6 +1737,46 @@ pub(crate) fn parse_candidate(line: &str) -> Result<Option<Candidate>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A DTLS 1.2 record header (and a byte of body) of `kind`, `epoch`, `seq`
+    fn record(kind: u8, epoch: u16, seq: u64) -> Vec<u8> {
+        let mut r = vec![kind, 0xfe, 0xfd];
+        r.extend_from_slice(&epoch.to_be_bytes());
+        r.extend_from_slice(&seq.to_be_bytes()[2..]);
+        r.extend_from_slice(&[0, 1, 0]);
+        r
+    }
+
+    #[test]
+    fn encrypted_records_before_the_hello_and_repeats_are_refused() {
+        let mut early = EarlyRecords::default();
+        // Encrypted before any hello: stale or forged.
+        assert!(early.refuses(&record(23, 1, 5)));
+        assert!(early.refuses(&record(22, 1, 0)));
+        // Plaintext passes, alerts too (they are handled further on).
+        assert!(!early.refuses(&record(21, 0, 0)));
+        assert!(!early.refuses(&record(22, 0, 0)));
+        // After the hello the remote's Finished passes once; its resend (new sequence)
+        // passes; a repeat of either does not.
+        assert!(!early.refuses(&record(22, 1, 0)));
+        assert!(!early.refuses(&record(22, 1, 1)));
+        assert!(early.refuses(&record(22, 1, 0)));
+        assert!(early.refuses(&record(22, 1, 1)));
+        // Not DTLS 1.2 records: STUN, RTP, a DTLS 1.3 unified header, a short datagram.
+        for other in [
+            vec![0, 1, 0, 0],
+            vec![0x80; 20],
+            vec![0x2c; 20],
+            vec![23, 0xfe],
+        ] {
+            assert!(!early.refuses(&other));
+        }
+        // Memory stays bounded whatever arrives.
+        for seq in 0..10_000 {
+            early.refuses(&record(23, 1, 100 + seq));
+        }
+        assert!(early.seen.len() <= EARLY_RECORDS);
+    }
 
     #[test]
     fn rejected_media_lines_get_a_format_from_the_offer() {
