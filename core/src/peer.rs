@@ -657,6 +657,7 @@ impl Peer {
 
     pub(crate) fn accept_offer(&mut self, sdp: &str) -> Result<String, SdpRejection> {
         let sdp = &self.filter_candidates(sdp);
+        check_sdp(sdp)?;
         let offer =
             SdpOffer::from_sdp_string(sdp).map_err(|e| SdpRejection::Unparsable(e.to_string()))?;
         // A renegotiation drops our own offer, if any (str0m invalidates it); the remote
@@ -667,9 +668,7 @@ impl Peer {
         self.offers_out = 0;
         self.restart_offered = false;
         let answer = self
-            .rtc
-            .sdp_api()
-            .accept_offer(offer)
+            .guarded_sdp(|rtc| rtc.sdp_api().accept_offer(offer))?
             .map_err(|e| SdpRejection::Unacceptable(e.to_string()))?;
         self.on_remote_description(sdp);
         Ok(fill_rejected_media_lines(&answer.to_sdp_string(), sdp))
@@ -680,6 +679,7 @@ impl Peer {
             return Err(SdpRejection::UnexpectedAnswer);
         }
         let sdp = &self.filter_candidates(sdp);
+        check_sdp(sdp)?;
         let answer =
             SdpAnswer::from_sdp_string(sdp).map_err(|e| SdpRejection::Unparsable(e.to_string()))?;
         // An answer from a connection the remote has since replaced leaves our offer waiting
@@ -698,9 +698,7 @@ impl Peer {
             .pending_offer
             .take()
             .expect("checked above; panic means bug");
-        self.rtc
-            .sdp_api()
-            .accept_answer(pending, answer)
+        self.guarded_sdp(|rtc| rtc.sdp_api().accept_answer(pending, answer))?
             .map_err(|e| SdpRejection::Unacceptable(e.to_string()))?;
         // Track m-lines the answered offer added are there now; any of an offer it replaced
         // (an ICE restart made meanwhile) are not, and are offered again.
@@ -1035,6 +1033,27 @@ impl Peer {
         })
     }
 
+    /// Applies a remote description with `f`, containing a panic in str0m: the `Rtc` is
+    /// then left alone and the connection counts as broken (recovery replaces it)
+    fn guarded_sdp<T>(&mut self, f: impl FnOnce(&mut Rtc) -> T) -> Result<T, SdpRejection> {
+        if self.panicked {
+            return Err(SdpRejection::Unacceptable(
+                "the connection is being replaced".into(),
+            ));
+        }
+        let rtc = &mut self.rtc;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(rtc))) {
+            Ok(t) => Ok(t),
+            Err(panic) => {
+                let error = TransportError::panicked(panic_detail(&*panic));
+                tracing::warn!(peer = %self.info.peer_id, %error, "remote description dropped");
+                self.panicked = true;
+                self.set_broken(error.clone());
+                Err(SdpRejection::Unacceptable(error.detail))
+            }
+        }
+    }
+
     /// Runs `f` on this peer's `Rtc` and contains a panic in it. str0m has panicked on
     /// hostile input before (its changelog lists such fixes); a panic ends this connection
     /// (the error fails the peer and recovery replaces it), not the process or the room,
@@ -1050,11 +1069,7 @@ impl Peer {
             Ok(res) => res,
             Err(panic) => {
                 self.panicked = true;
-                let detail = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
+                let detail = panic_detail(&*panic);
                 tracing::warn!(peer = %self.info.peer_id, %detail, "str0m panicked; the connection is dropped");
                 Err(TransportError::panicked(detail))
             }
@@ -1720,6 +1735,48 @@ fn sdp_max_message_size(sdp: &str) -> Option<usize> {
         }
     }
     found
+}
+
+/// The message of a caught panic
+fn panic_detail(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
+}
+
+/// Refuses what str0m 0.24 would panic on in a remote description: an RTX payload type
+/// given two different `apt` (associated payload types) in one m-line, on one `a=fmtp`
+/// line or across several (str0m 0.25 rejects it itself)
+fn check_sdp(sdp: &str) -> Result<(), SdpRejection> {
+    let mut apts: Vec<(&str, &str)> = Vec::new();
+    for line in sdp.lines() {
+        if line.starts_with("m=") {
+            apts.clear();
+        }
+        let Some((pt, params)) = line
+            .strip_prefix("a=fmtp:")
+            .and_then(|rest| rest.trim().split_once(' '))
+        else {
+            continue;
+        };
+        for param in params.split(';') {
+            let Some(apt) = param.trim().strip_prefix("apt=") else {
+                continue;
+            };
+            match apts.iter().find(|(p, _)| *p == pt) {
+                Some((_, earlier)) if *earlier != apt => {
+                    return Err(SdpRejection::Unparsable(format!(
+                        "payload type {pt} has conflicting apt values {earlier} and {apt}"
+                    )));
+                }
+                Some(_) => {}
+                None => apts.push((pt, apt)),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Parses a trickled candidate line; `Ok(None)` is the end-of-candidates marker

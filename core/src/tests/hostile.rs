@@ -536,3 +536,97 @@ fn replayed_records_during_a_handshake_neither_panic_nor_stop_the_peer() {
     );
     assert!(rejected > 0, "no repeat reached the peer");
 }
+
+/// A peer offers video whose RTX payload type names two primaries (`apt=120;apt=121`),
+/// which str0m 0.24 panics on. Everyone it offers to refuses the offer with a clear reason; the
+/// other peers connect and talk as before.
+#[test]
+fn offer_with_conflicting_rtx_apt_is_refused_and_the_room_carries_on() {
+    let configs = (0..3)
+        .map(|_| Config {
+            capabilities: Capabilities {
+                audio: false,
+                video: true,
+                data: true,
+            },
+            ..Config::default()
+        })
+        .collect();
+    let mut m = Mesh::new(configs, perfect(10));
+    m.rewrite = Some(Box::new(|i, text| {
+        if i != 2 || !text.contains("\"peer.offer\"") {
+            return text;
+        }
+        // Its offer: one video m-line whose RTX names both VP8 and VP9 as its primary.
+        let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let sdp = v["params"]["sdp"].as_str().unwrap().to_owned();
+        let mut lines: Vec<String> = vec!["v=0".into()];
+        lines.extend(
+            sdp.lines()
+                .filter(|l| l.starts_with("o="))
+                .map(String::from),
+        );
+        lines.extend(["s=-", "t=0 0", "a=group:BUNDLE 0"].map(String::from));
+        lines.extend(
+            sdp.lines()
+                .filter(|l| l.starts_with("a=fingerprint"))
+                .take(1)
+                .map(String::from),
+        );
+        lines.extend(
+            [
+                "m=video 9 UDP/TLS/RTP/SAVPF 120 121 125",
+                "c=IN IP4 0.0.0.0",
+                "a=sendrecv",
+                "a=mid:0",
+                "a=setup:actpass",
+                "a=rtcp-mux",
+                "a=rtpmap:120 VP8/90000",
+                "a=rtpmap:121 VP9/90000",
+                "a=rtpmap:125 rtx/90000",
+                "a=fmtp:125 apt=120;apt=121",
+            ]
+            .map(String::from),
+        );
+        lines.extend(
+            sdp.lines()
+                .filter(|l| l.starts_with("a=ice-"))
+                .take(2)
+                .map(String::from),
+        );
+        v["params"]["sdp"] = (lines.join("\r\n") + "\r\n").into();
+        v.to_string()
+    }));
+    let room = crate::signal::RoomId::new("room").unwrap();
+    for i in 0..3 {
+        m.with(i, |p, _| p.join(room.clone(), Some(Mesh::id(i))))
+            .unwrap();
+        m.run_for(Duration::from_millis(20));
+    }
+    assert!(m.run_until(Duration::from_secs(5), |m| m.parts[0]
+        .is_connected(&Mesh::id(1))
+        && m.parts[1].is_connected(&Mesh::id(0))));
+    m.run_for(Duration::from_secs(1));
+    let offers = m.sent[2]
+        .iter()
+        .filter(|t| t.contains("apt=120;apt=121"))
+        .count();
+    assert!(offers > 0, "the rewritten offer was never sent");
+    let refusals = (0..2)
+        .flat_map(|i| m.events[i].iter())
+        .filter(|(_, e)| {
+            matches!(e, Event::PeerFailed { peer, reason }
+                if *peer == Mesh::id(2) && format!("{reason:?}").contains("conflicting apt"))
+        })
+        .count();
+    assert!(refusals > 0, "nobody refused the offer for its apt values");
+    for (i, j) in [(0, 1), (1, 0)] {
+        m.with(i, |p, _| {
+            p.send_data(&Mesh::id(j), DataMessage::Binary(vec![7; 100]))
+        })
+        .unwrap();
+    }
+    m.run_for(Duration::from_millis(200));
+    assert_eq!(received(&m, 0, 1, 100), 1);
+    assert_eq!(received(&m, 1, 0, 100), 1);
+}
