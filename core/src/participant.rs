@@ -1011,18 +1011,29 @@ impl Participant {
 
     fn route(&mut self, now: Instant, recv: Receive<'_>) -> Routed {
         let len = recv.contents.len();
-        let parsed =
-            str0m::net::Receive::new(Protocol::Udp, recv.source, recv.destination, recv.contents);
-        let parsed = match parsed {
-            Ok(p) => p,
-            Err(e) => return Routed::Malformed(e.to_string()),
+        // Parsing and matching run str0m on unauthenticated bytes from anyone: a panic in
+        // them (see `Peer::handle_receive`) makes the datagram malformed, nothing more.
+        let routed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let parsed = str0m::net::Receive::new(
+                Protocol::Udp,
+                recv.source,
+                recv.destination,
+                recv.contents,
+            )
+            .map_err(|e| e.to_string())?;
+            let input = str0m::Input::Receive(now, parsed);
+            let target = self
+                .peers
+                .iter()
+                .find(|(_, p)| p.accepts(&input))
+                .map(|(id, _)| id.clone());
+            Ok((input, target))
+        }));
+        let (input, target) = match routed {
+            Ok(Ok(routed)) => routed,
+            Ok(Err(e)) => return Routed::Malformed(e),
+            Err(_) => return Routed::Malformed("str0m panicked parsing it".into()),
         };
-        let input = str0m::Input::Receive(now, parsed);
-        let target = self
-            .peers
-            .iter()
-            .find(|(_, p)| p.accepts(&input))
-            .map(|(id, _)| id.clone());
         let Some(id) = target else {
             return Routed::NoPeer;
         };
