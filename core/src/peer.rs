@@ -1091,7 +1091,7 @@ impl Peer {
             && !self.restart_offered
             && self.ice_disconnected_since.is_none();
         self.rate.pushback.set_active(now, active);
-        if !self.rate.pushback.poll_timeout().is_some_and(|t| t <= now) {
+        if self.rate.pushback.poll_timeout().is_none_or(|t| t > now) {
             return;
         }
         let sent = self.rate.sent.bps(now);

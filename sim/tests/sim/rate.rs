@@ -357,6 +357,13 @@ fn lte_run(up: &str, down: &str, seed: u64) -> Outcome {
             "cellular = { mean_kbps = 3000, seed = 12 }",
             &format!("capacity_trace = {down:?}"),
         );
+    let text = match std::env::var("RATE_PUSHBACK") {
+        Ok(pushback) => text.replace(
+            "rate_adaptation = true",
+            &format!("rate_adaptation = true\npushback = {pushback}"),
+        ),
+        Err(_) => text,
+    };
     run_text(&text, seed)
 }
 
@@ -377,7 +384,7 @@ fn fast_pairs_video(out: &Outcome) -> Vec<f64> {
 
 /// The full scenarios on more seeds, with every figure printed
 /// A scenario of the sweep; `RATE_PUSHBACK=false` turns the senders' pushback off (to
-/// compare)
+/// compare; the LTE traces' runs follow it too)
 fn sweep_file(name: &str, seed: u64) -> Outcome {
     let Ok(pushback) = std::env::var("RATE_PUSHBACK") else {
         return run_file(name, seed);
