@@ -67,6 +67,7 @@ pub mod media;
 mod participant;
 mod peer;
 pub mod pipeline;
+mod pushback;
 pub mod rate;
 mod recovery;
 pub mod session;

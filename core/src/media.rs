@@ -838,12 +838,15 @@ pub(crate) struct PeerMedia {
     video_stats: VideoStats,
     /// Watches the one-way delay of what this peer sends us (rate adaptation on)
     guard: Option<QueueGuard>,
+    /// Whether the guard's requests are sent (REMB), or it only tells the jitter buffer
+    requests: bool,
 }
 
 impl PeerMedia {
     pub(crate) fn new(config: &MediaConfig, anchor: Option<(Instant, SystemTime)>) -> Self {
         Self {
             guard: config.rate.enabled.then(QueueGuard::default),
+            requests: config.rate.receiver_requests,
             audio_mid: None,
             video_mid: None,
             decode: config.decode,
@@ -1198,7 +1201,8 @@ impl PeerMedia {
     /// The bitrate to ask this peer for in a REMB now, when our side of its path has a queue
     /// (see [`congestion`](crate::congestion))
     pub(crate) fn poll_rate_request(&mut self, now: Instant) -> Option<u32> {
-        self.guard.as_mut()?.poll_request(now)
+        let request = self.guard.as_mut()?.poll_request(now);
+        request.filter(|_| self.requests)
     }
 
     pub(crate) fn handle_timeout(&mut self, now: Instant, out: &mut Vec<MediaOut>) {

@@ -1011,6 +1011,21 @@ impl Participant {
 
     fn route(&mut self, now: Instant, recv: Receive<'_>) -> Routed {
         let len = recv.contents.len();
+        // Answers to our own round-trip probes (see `pushback`) stop here.
+        if crate::ice::stun::is_stun(recv.contents) {
+            if let Ok(msg) = crate::ice::stun::Message::parse(recv.contents) {
+                if matches!(
+                    msg.class,
+                    crate::ice::stun::Class::Success | crate::ice::stun::Class::Error
+                ) && self
+                    .peers
+                    .values_mut()
+                    .any(|p| p.take_probe_answer(now, &msg))
+                {
+                    return Routed::Delivered(Ok(()));
+                }
+            }
+        }
         // Parsing and matching run str0m on unauthenticated bytes from anyone: a panic in
         // them (see `Peer::handle_receive`) makes the datagram malformed, nothing more.
         let routed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

@@ -16,8 +16,10 @@ use crate::codec::VideoCodec;
 use crate::config::{CandidatePolicy, Config};
 use crate::error::{CommandError, SdpRejection, TransportError};
 use crate::event::{DataMessage, ReconnectKind};
+use crate::ice::stun;
 use crate::media::{video_codec_of, MediaConfig, MediaOut, PeerMedia};
 use crate::pipeline::TrackId;
+use crate::pushback::Pushback;
 use crate::rate::{PeerRate, RateController};
 use crate::recovery::Recovery;
 use crate::shared::{TimeoutReason, Transmit};
@@ -39,6 +41,10 @@ const MAX_BAD_PACKETS: usize = 256;
 
 /// Remote candidates queued before the remote description is known, at most
 const MAX_QUEUED_CANDIDATES: usize = 64;
+
+/// PRIORITY of our round-trip probes: a peer-reflexive candidate's (RFC 8445 §5.1.2.1),
+/// which every ICE agent takes in a check
+const PROBE_PRIORITY: u32 = (110 << 24) | (65_535 << 8) | 255;
 
 /// Encrypted DTLS records remembered before the handshake completes, at most
 const EARLY_RECORDS: usize = 64;
@@ -175,6 +181,15 @@ pub(crate) struct Peer {
     restart_offered: bool,
     /// The remote's ICE user fragment (a new one in an offer is an ICE restart)
     remote_ufrag: Option<String>,
+    /// ... and its ICE password (our round-trip probes are signed with it)
+    remote_pwd: Option<String>,
+    /// Whether str0m sends video with its estimator on and pushback is wanted (then the
+    /// path is probed)
+    bwe: bool,
+    /// The local and remote address str0m last sent on (the path in use)
+    path: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
+    /// A probe to hand on with the next drain
+    probe_out: Option<Transmit>,
     next_timeout: Instant,
     stats: PeerStats,
     media: PeerMedia,
@@ -245,6 +260,11 @@ impl Peer {
         cert: DtlsCert,
         creds: IceCreds,
     ) -> Self {
+        // Probe transaction ids start with our first user fragment: per connection.
+        let mut prefix = [0u8; 4];
+        for (i, b) in creds.ufrag.bytes().take(4).enumerate() {
+            prefix[i] = b;
+        }
         let mut builder = Rtc::builder()
             .set_crypto_provider(crypto)
             .set_dtls_cert(cert)
@@ -326,6 +346,10 @@ impl Peer {
             restarting: false,
             restart_offered: false,
             remote_ufrag: None,
+            remote_pwd: None,
+            bwe: bwe && rate.pushback,
+            path: None,
+            probe_out: None,
             next_timeout: now,
             stats: PeerStats::default(),
             received_rate: [SecondWindow::new(now); 2],
@@ -336,7 +360,7 @@ impl Peer {
             video_send_codec: None,
             video_preference: config.media.video_codecs.clone(),
             wants_data: config.capabilities.data,
-            rate: PeerRate::default(),
+            rate: PeerRate::with_probes(Pushback::new(prefix)),
             send_paused: [false; 2],
             can_send: [config.capabilities.audio, config.capabilities.video],
             remote_sending: [
@@ -933,6 +957,7 @@ impl Peer {
             self.restarting = true;
         }
         self.remote_ufrag = ufrag;
+        self.remote_pwd = sdp_attribute(sdp, "a=ice-pwd:").map(str::to_string);
         if let Some(max) = sdp_max_message_size(sdp) {
             self.remote_max_message = Some(max);
         }
@@ -1020,6 +1045,7 @@ impl Peer {
         for t in &mut self.recv_tracks {
             t.media.handle_timeout(now, &mut t.out);
         }
+        self.probe_path(now);
         // A playout tick alone leaves the `Rtc` be: feeding it a timeout it did not ask for,
         // and draining it after, costs as much as one it did (every 10 ms per peer).
         if !rtc_due {
@@ -1052,6 +1078,72 @@ impl Peer {
                 Err(SdpRejection::Unacceptable(error.detail))
             }
         }
+    }
+
+    /// Starts or stops probing the path's round trip (while str0m sends video with its
+    /// estimator on, over a path that works), and sends a probe when one is due
+    fn probe_path(&mut self, now: Instant) {
+        let active = self.bwe
+            && !self.panicked
+            && self.rate.frames_sent > 0
+            && self.dtls_connected
+            && !self.restarting
+            && !self.restart_offered
+            && self.ice_disconnected_since.is_none();
+        self.rate.pushback.set_active(now, active);
+        if self.rate.pushback.poll_timeout().is_none_or(|t| t > now) {
+            return;
+        }
+        let sent = self.rate.sent.bps(now);
+        let estimate = self.rate.path_estimate_uncapped(now);
+        let Some(probe) = self
+            .rate
+            .pushback
+            .on_timeout(now, sent, estimate, self.path)
+        else {
+            return;
+        };
+        let (Some(ufrag), Some(pwd)) = (&self.remote_ufrag, &self.remote_pwd) else {
+            return;
+        };
+        let local = self.rtc.direct_api().local_ice_credentials();
+        let username = format!("{ufrag}:{}", local.ufrag);
+        // Our role as str0m took it (the first offerer controls), with a tie-breaker that
+        // loses any role conflict: should the roles disagree, the remote answers 487 and
+        // keeps its own (RFC 8445 §7.3.1.1) rather than switching for a probe.
+        let (role, tie_breaker) = match self.role {
+            Role::Offerer => (stun::attr::ICE_CONTROLLING, 0),
+            Role::Answerer => (stun::attr::ICE_CONTROLLED, u64::MAX),
+        };
+        let request =
+            stun::Builder::new(stun::Class::Request, stun::method::BINDING, probe.tid, 96)
+                .attr(stun::attr::USERNAME, username.as_bytes())
+                .u32(stun::attr::PRIORITY, PROBE_PRIORITY)
+                .attr(role, &tie_breaker.to_be_bytes())
+                .integrity(pwd.as_bytes())
+                .fingerprint()
+                .finish();
+        self.stats.datagrams_sent += 1;
+        self.rate.sent.add(now, request.len());
+        self.probe_out = Some(Transmit {
+            source: probe.source,
+            destination: probe.destination,
+            contents: request,
+        });
+    }
+
+    /// Whether `msg` answers one of our round-trip probes (then it is used up here)
+    pub(crate) fn take_probe_answer(&mut self, now: Instant, msg: &stun::Message<'_>) -> bool {
+        if !self.rate.pushback.owns(&msg.tid) {
+            return false;
+        }
+        let Some(pwd) = &self.remote_pwd else {
+            return false;
+        };
+        if !msg.verify_integrity(pwd.as_bytes()) {
+            return false;
+        }
+        self.rate.pushback.on_answer(now, &msg.tid)
     }
 
     /// Runs `f` on this peer's `Rtc` and contains a panic in it. str0m has panicked on
@@ -1302,6 +1394,9 @@ impl Peer {
 
     /// Hands on the media's output (playout, frames) without polling the `Rtc`
     pub(crate) fn drain_media(&mut self, out: &mut Vec<PeerOutput>) {
+        if let Some(t) = self.probe_out.take() {
+            out.push(PeerOutput::Transmit(t));
+        }
         if !self.media_out.is_empty() {
             out.extend(self.media_out.drain(..).map(PeerOutput::Media));
         }
@@ -1340,6 +1435,7 @@ impl Peer {
                         break;
                     }
                     str0m::Output::Transmit(t) => {
+                        self.path = Some((t.source, t.destination));
                         self.stats.datagrams_sent += 1;
                         self.rate.sent.add(self.now, t.contents.len());
                         out.push(PeerOutput::Transmit(Transmit {
@@ -1591,7 +1687,9 @@ impl Peer {
     /// Whether the peer's connection or media has something due at `now` (the timeout its
     /// `Rtc` asked for, or a playout); recovery and health deadlines are not counted
     pub(crate) fn io_due(&self, now: Instant) -> bool {
-        self.next_timeout <= now || self.media_timeout().is_some_and(|t| t <= now)
+        self.next_timeout <= now
+            || self.media_timeout().is_some_and(|t| t <= now)
+            || self.rate.pushback.poll_timeout().is_some_and(|t| t <= now)
     }
 
     /// The soonest playout or render of the main media and the separate tracks
@@ -1615,6 +1713,11 @@ impl Peer {
             TimeoutReason::Rtc(self.rtc.last_timeout_reason()),
         );
         if let Some(t) = self.media_timeout() {
+            if t < best.0 {
+                best = (t, TimeoutReason::Playout);
+            }
+        }
+        if let Some(t) = self.rate.pushback.poll_timeout() {
             if t < best.0 {
                 best = (t, TimeoutReason::Playout);
             }

@@ -42,6 +42,7 @@ use str0m::stats::MediaEgressStats;
 use crate::codec::degrade::QualityLimitation;
 use crate::congestion::RemoteCap;
 use crate::media::{Encoding, MediaConfig};
+use crate::pushback::Pushback;
 use crate::signal::PeerId;
 
 /// Lowest video bitrate the encoders take (their own floor)
@@ -86,6 +87,14 @@ pub struct RateConfig {
     pub emergency: f64,
     /// Opus never goes below this bitrate for lack of bandwidth
     pub min_audio_bps: u32,
+    /// As a receiver, ask a sender for less (RTCP REMB) when a queue builds on the path
+    /// from it (see `congestion.rs`; browsers do not, so a test may turn it off to see a
+    /// meshrtc sender as a browser's peer would)
+    pub receiver_requests: bool,
+    /// As a sender, probe each path's round trip while sending video and hold the sending
+    /// rate below what was sent while a queue builds, before the estimate notices (see
+    /// `pushback.rs`)
+    pub pushback: bool,
 }
 
 impl Default for RateConfig {
@@ -101,6 +110,8 @@ impl Default for RateConfig {
             deadband: 0.1,
             emergency: 0.75,
             min_audio_bps: 16_000,
+            receiver_requests: true,
+            pushback: true,
         }
     }
 }
@@ -568,6 +579,8 @@ pub(crate) struct PeerRate {
     remote_cap: Option<RemoteCap>,
     /// The desired bitrate str0m's estimator was last given
     desired: Option<u32>,
+    /// Our round-trip probes of the path and the cap they put on the estimate
+    pub(crate) pushback: Pushback,
 }
 
 /// Reported loss from which str0m's estimate is loss-limited (its loss controller keeps
@@ -575,6 +588,14 @@ pub(crate) struct PeerRate {
 const LOSS_LIMITED: f32 = 0.02;
 
 impl PeerRate {
+    /// Rates of a new peer whose path `pushback` probes
+    pub(crate) fn with_probes(pushback: Pushback) -> Self {
+        Self {
+            pushback,
+            ..Self::default()
+        }
+    }
+
     /// The estimate the targets are computed from at `now`: str0m's, times a correction
     /// that closes the loop on what is actually sent
     ///
@@ -621,8 +642,18 @@ impl PeerRate {
     }
 
     /// The path's estimate at `now`: str0m's, within what the receiver last asked for
-    /// while that request stands (see [`RemoteCap`]: it grows back within seconds)
+    /// while that request stands (see [`RemoteCap`]: it grows back within seconds) and
+    /// within what our round-trip probes allow (see [`Pushback`])
     pub(crate) fn path_estimate(&self, now: Instant) -> Option<u32> {
+        let estimate = self.path_estimate_uncapped(now);
+        match self.pushback.cap() {
+            Some(cap) => Some(estimate.map_or(cap, |e| e.min(cap))),
+            None => estimate,
+        }
+    }
+
+    /// The path's estimate without our own pushback (see [`Pushback`])
+    pub(crate) fn path_estimate_uncapped(&self, now: Instant) -> Option<u32> {
         let Some(cap) = self.remote_cap else {
             return self.estimate;
         };
@@ -631,10 +662,12 @@ impl PeerRate {
     }
 
     /// What str0m's estimator may probe up to at `now`: `full` (all the media we would
-    /// send), below the receiver's standing request; `Some` when that differs from what
-    /// was last set
+    /// send), below the receiver's standing request and our pushback; `Some` when that
+    /// differs from what was last set
     pub(crate) fn desired_change(&mut self, now: Instant, full: u32) -> Option<u32> {
         let want = self.remote_cap.map_or(full, |c| c.limit(now).min(full));
+        // Nor above our own pushback: str0m's probes (padding) would fill the queue again.
+        let want = self.pushback.cap().map_or(want, |c| c.min(want));
         // Small steps as the request grows back are not worth a call each.
         let set = self.desired.unwrap_or(full);
         let moved = want < set || f64::from(want) > f64::from(set) * 1.1 || want == full;

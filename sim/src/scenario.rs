@@ -109,6 +109,11 @@ pub struct ParticipantSpec {
     pub rate_adaptation: Option<bool>,
     /// A second, lower video encoding for peers far below the rest (default true)
     pub low_encoding: Option<bool>,
+    /// Receivers ask senders for less when a queue builds (REMB; default true; browsers
+    /// do not)
+    pub remb: Option<bool>,
+    /// Senders probe round trips and push back before the estimate falls (default true)
+    pub pushback: Option<bool>,
 }
 
 /// A queue that several directed links share
@@ -869,6 +874,12 @@ impl Scenario {
         }
         if let Some(on) = self.participant.low_encoding {
             participant.media.rate.low_encoding = on;
+        }
+        if let Some(on) = self.participant.remb {
+            participant.media.rate.receiver_requests = on;
+        }
+        if let Some(on) = self.participant.pushback {
+            participant.media.rate.pushback = on;
         }
         let configs = self.host_configs(&names, &participant)?;
         // Servers first: hosts name their addresses.

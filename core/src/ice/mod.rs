@@ -40,7 +40,7 @@
 mod config;
 #[cfg(test)]
 pub(crate) mod fake;
-mod stun;
+pub(crate) mod stun;
 mod turn;
 
 use std::collections::VecDeque;

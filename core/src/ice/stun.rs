@@ -46,6 +46,9 @@ pub(crate) mod attr {
     pub(crate) const XOR_RELAYED_ADDRESS: u16 = 0x0016;
     pub(crate) const REQUESTED_TRANSPORT: u16 = 0x0019;
     pub(crate) const XOR_MAPPED_ADDRESS: u16 = 0x0020;
+    pub(crate) const PRIORITY: u16 = 0x0024;
+    pub(crate) const ICE_CONTROLLED: u16 = 0x8029;
+    pub(crate) const ICE_CONTROLLING: u16 = 0x802A;
     pub(crate) const FINGERPRINT: u16 = 0x8028;
 }
 
