@@ -420,6 +420,54 @@ fn oversized_vp9_inter_frame_is_refused_and_video_carries_on() {
     }
 }
 
+/// Participants 0 and 1 talk, then 1 leaves; returns the mesh (2 not joined yet) and the
+/// encrypted DTLS records (content type 23: SCTP under that session's keys) 1 sent to 0
+fn a_session_that_left() -> (Mesh, Vec<Vec<u8>>) {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    let captured: Rc<RefCell<Vec<Vec<u8>>>> = Rc::default();
+    let cap = captured.clone();
+    let link: crate::tests::LinkFn = Box::new(move |from, to, t| {
+        if from == 1 && to == 0 && t.contents.first() == Some(&23) {
+            cap.borrow_mut().push(t.contents.clone());
+        }
+        Some(Duration::from_millis(10))
+    });
+    let mut m = Mesh::new((0..3).map(|_| data_config()).collect(), link);
+    for i in 0..2 {
+        m.with(i, |p, _| p.join(room(), Some(Mesh::id(i)))).unwrap();
+        m.run_for(Duration::from_millis(20));
+    }
+    assert!(m.run_until(Duration::from_secs(5), |m| m.parts[0]
+        .is_connected(&Mesh::id(1))));
+    m.with(1, |p, _| p.broadcast(DataMessage::Binary(vec![1; 500])))
+        .unwrap();
+    m.run_for(Duration::from_millis(200));
+    m.with(1, |p, _| p.leave());
+    m.run_for(Duration::from_millis(100));
+    let stale = captured.borrow().clone();
+    assert!(!stale.is_empty(), "no encrypted record captured");
+    (m, stale)
+}
+
+fn room() -> crate::signal::RoomId {
+    crate::signal::RoomId::new("room").unwrap()
+}
+
+/// Participant 2 (joined) and 0 connect within `limit`, and a message from 2 reaches 0
+fn next_peer_connects_and_talks(m: &mut Mesh, limit: Duration) {
+    assert!(
+        m.run_until(limit, |m| m.parts[0].is_connected(&Mesh::id(2))
+            && m.parts[2].is_connected(&Mesh::id(0))),
+        "the next peer never connected"
+    );
+    m.with(2, |p, _| p.broadcast(DataMessage::Binary(vec![2; 333])))
+        .unwrap();
+    m.run_for(Duration::from_millis(500));
+    assert_eq!(received(m, 0, 2, 333), 1);
+}
+
 /// A new peer's address was an earlier peer's a moment ago (a driver that binds a fresh
 /// ephemeral port gets a recently freed one): encrypted DTLS records that the earlier session
 /// sent after it was gone here arrive from the new peer's address just before the new peer
@@ -427,51 +475,14 @@ fn oversized_vp9_inter_frame_is_refused_and_video_carries_on() {
 /// peer connects and data flows.
 #[test]
 fn stale_records_from_a_reused_address_do_not_break_the_next_peer() {
-    use std::cell::RefCell;
-    use std::rc::Rc;
-
-    let captured: Rc<RefCell<Vec<Vec<u8>>>> = Rc::default();
-    let cap = captured.clone();
-    let link: crate::tests::LinkFn = Box::new(move |from, to, t| {
-        // DTLS application data (content type 23): SCTP under the session's keys.
-        if from == 1 && to == 0 && t.contents.first() == Some(&23) {
-            cap.borrow_mut().push(t.contents.clone());
-        }
-        Some(Duration::from_millis(10))
-    });
-    let mut m = Mesh::new((0..3).map(|_| data_config()).collect(), link);
-    let room = crate::signal::RoomId::new("room").unwrap();
-    for i in 0..2 {
-        m.with(i, |p, _| p.join(room.clone(), Some(Mesh::id(i))))
-            .unwrap();
-        m.run_for(Duration::from_millis(20));
-    }
-    assert!(m.run_until(Duration::from_secs(5), |m| m.parts[0]
-        .is_connected(&Mesh::id(1))));
-    m.with(1, |p, _| p.broadcast(DataMessage::Binary(vec![1; 500])))
-        .unwrap();
-    m.run_for(Duration::from_millis(200));
-    m.with(1, |p, _| p.leave());
-    m.run_for(Duration::from_millis(100));
-    let stale = captured.borrow().clone();
-    assert!(!stale.is_empty(), "no encrypted record captured");
+    let (mut m, stale) = a_session_that_left();
     // The earlier session's records, from the address the next peer is about to use.
     let reused = m.addr(2);
     for record in &stale {
         m.inject(0, reused, record);
     }
-    m.with(2, |p, _| p.join(room.clone(), Some(Mesh::id(2))))
-        .unwrap();
-    assert!(
-        m.run_until(Duration::from_secs(5), |m| m.parts[0]
-            .is_connected(&Mesh::id(2))
-            && m.parts[2].is_connected(&Mesh::id(0))),
-        "the next peer never connected"
-    );
-    m.with(2, |p, _| p.broadcast(DataMessage::Binary(vec![2; 333])))
-        .unwrap();
-    m.run_for(Duration::from_millis(200));
-    assert_eq!(received(&m, 0, 2, 333), 1);
+    m.with(2, |p, _| p.join(room(), Some(Mesh::id(2)))).unwrap();
+    next_peer_connects_and_talks(&mut m, Duration::from_secs(5));
     let stray = m.parts[0].drop_counters().unroutable_datagrams;
     assert!(stray >= stale.len() as u64, "{stray} unroutable");
 }
@@ -479,61 +490,21 @@ fn stale_records_from_a_reused_address_do_not_break_the_next_peer() {
 /// Encrypted DTLS records of an earlier session keep arriving from the new peer's address,
 /// each many times, while the new peer's handshake runs (a stale session still sending, or
 /// an attacker replaying what it saw). Repeats used to panic the DTLS stack. No panic, and
-/// the new peer connects (or heals) and data flows.
+/// the new peer connects (those after its hello still fail that handshake, which the connect
+/// timeout replaces: dimpl 0.9 discards them) and data flows.
 #[test]
 fn replayed_records_during_a_handshake_neither_panic_nor_stop_the_peer() {
-    use std::cell::RefCell;
-    use std::rc::Rc;
-
-    let captured: Rc<RefCell<Vec<Vec<u8>>>> = Rc::default();
-    let cap = captured.clone();
-    let link: crate::tests::LinkFn = Box::new(move |from, to, t| {
-        if from == 1 && to == 0 && t.contents.first() == Some(&23) {
-            cap.borrow_mut().push(t.contents.clone());
-        }
-        Some(Duration::from_millis(10))
-    });
-    let mut m = Mesh::new((0..3).map(|_| data_config()).collect(), link);
-    let room = crate::signal::RoomId::new("room").unwrap();
-    for i in 0..2 {
-        m.with(i, |p, _| p.join(room.clone(), Some(Mesh::id(i))))
-            .unwrap();
-        m.run_for(Duration::from_millis(20));
-    }
-    assert!(m.run_until(Duration::from_secs(5), |m| m.parts[0]
-        .is_connected(&Mesh::id(1))));
-    m.with(1, |p, _| p.broadcast(DataMessage::Binary(vec![1; 500])))
-        .unwrap();
-    m.run_for(Duration::from_millis(200));
-    m.with(1, |p, _| p.leave());
-    m.run_for(Duration::from_millis(100));
-    let stale = captured.borrow().clone();
-    assert!(!stale.is_empty(), "no encrypted record captured");
+    let (mut m, stale) = a_session_that_left();
     let reused = m.addr(2);
-    m.with(2, |p, _| p.join(room.clone(), Some(Mesh::id(2))))
-        .unwrap();
+    m.with(2, |p, _| p.join(room(), Some(Mesh::id(2)))).unwrap();
     for _ in 0..200 {
         for record in &stale {
             m.inject(0, reused, record);
         }
         m.run_for(Duration::from_millis(1));
     }
-    assert!(
-        m.run_until(Duration::from_secs(20), |m| m.parts[0]
-            .is_connected(&Mesh::id(2))
-            && m.parts[2].is_connected(&Mesh::id(0))),
-        "the next peer never connected"
-    );
-    m.with(2, |p, _| p.broadcast(DataMessage::Binary(vec![2; 333])))
-        .unwrap();
-    m.run_for(Duration::from_millis(500));
-    assert_eq!(received(&m, 0, 2, 333), 1);
+    next_peer_connects_and_talks(&mut m, Duration::from_secs(20));
     let rejected = m.parts[0].peer_stats(&Mesh::id(2)).unwrap().dtls_rejected;
-    println!(
-        "connected at {:?}; rejected {rejected}; p0 events: {:?}",
-        m.elapsed(),
-        breakages(&m, 0)
-    );
     assert!(rejected > 0, "no repeat reached the peer");
 }
 
