@@ -271,15 +271,21 @@ impl Pushback {
                 (None, None) => return,
             };
             let cap = (from * DECREASE).max(FLOOR);
-            if self.cap.is_none() {
-                tracing::debug!(queue_ms = queue.as_millis(), cap = cap as u64, "pushback");
-            }
+            tracing::debug!(
+                queue_ms = queue.as_millis(),
+                sent = sent.unwrap_or(0),
+                cap = cap as u64,
+                "pushback: a queue builds"
+            );
             self.cap = Some(cap);
         } else if queue < LOW {
             if let Some(c) = self.cap {
                 let grown = c * INCREASE;
                 self.cap = match estimate {
-                    Some(e) if grown >= f64::from(e) => None,
+                    Some(e) if grown >= f64::from(e) => {
+                        tracing::debug!(estimate = e, "pushback: cap lifted");
+                        None
+                    }
                     _ => Some(grown),
                 };
             }
