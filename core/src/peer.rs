@@ -186,7 +186,7 @@ pub(crate) struct Peer {
     /// Whether str0m sends video with its estimator on and pushback is wanted (then the
     /// path is probed)
     bwe: bool,
-    /// The local and remote address str0m last sent on (the path in use)
+    /// The local and remote address str0m last sent DTLS, RTP or RTCP on (the path in use)
     path: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
     /// A probe to hand on with the next drain
     probe_out: Option<Transmit>,
@@ -1435,7 +1435,11 @@ impl Peer {
                         break;
                     }
                     str0m::Output::Transmit(t) => {
-                        self.path = Some((t.source, t.destination));
+                        // Media and DTLS go on the nominated pair; ICE checks may go on
+                        // any (RFC 7983: STUN's first byte is 0–3).
+                        if t.contents.first().is_some_and(|b| *b > 3) {
+                            self.path = Some((t.source, t.destination));
+                        }
                         self.stats.datagrams_sent += 1;
                         self.rate.sent.add(self.now, t.contents.len());
                         out.push(PeerOutput::Transmit(Transmit {
