@@ -14,8 +14,9 @@ use crate::codec::{I420Frame, VideoCodec};
 use crate::config::{Config, MediaKind};
 use crate::error::{CommandError, InputError, SignalProblem, TransportError};
 use crate::event::{DataMessage, Event, FailReason, LeaveReason, ReconnectKind};
+use crate::ice::stun;
 use crate::media::{Encoders, Encoding, MediaOut};
-use crate::peer::{Health, Peer, PeerOutput, Role};
+use crate::peer::{dtls_record_header, Health, Peer, PeerOutput, Role};
 use crate::pipeline::TrackId;
 use crate::recovery::{Action, CircuitState};
 use crate::shared::{Input, Output, Receive, TimeoutReason};
@@ -124,13 +125,9 @@ const STRAY_TTL: Duration = Duration::from_millis(250);
 /// Whether an unroutable datagram may be a remote's first, early one: a STUN message or a
 /// plaintext DTLS handshake record (epoch 0, a ClientHello). An encrypted record, SRTP or
 /// SRTCP only follows a handshake with this side, so from an address no peer accepts it is
-/// stale or forged (RFC 7983 demultiplexing by first byte; RFC 6347 record header).
+/// stale or forged (RFC 7983 demultiplexing by first byte).
 fn worth_holding(contents: &[u8]) -> bool {
-    match contents.first() {
-        Some(0..=3) => true,
-        Some(22) => contents.get(3..5) == Some(&[0, 0]),
-        _ => false,
-    }
+    stun::is_stun(contents) || matches!(dtls_record_header(contents), Some((22, 0, _)))
 }
 
 /// A peer we know is in the room, with candidates that arrived before its offer
@@ -1012,18 +1009,14 @@ impl Participant {
     fn route(&mut self, now: Instant, recv: Receive<'_>) -> Routed {
         let len = recv.contents.len();
         // Answers to our own round-trip probes (see `pushback`) stop here.
-        if crate::ice::stun::is_stun(recv.contents) {
-            if let Ok(msg) = crate::ice::stun::Message::parse(recv.contents) {
-                if matches!(
-                    msg.class,
-                    crate::ice::stun::Class::Success | crate::ice::stun::Class::Error
-                ) && self
+        if let Ok(msg) = stun::Message::parse(recv.contents) {
+            if matches!(msg.class, stun::Class::Success | stun::Class::Error)
+                && self
                     .peers
                     .values_mut()
                     .any(|p| p.take_probe_answer(now, &msg))
-                {
-                    return Routed::Delivered(Ok(()));
-                }
+            {
+                return Routed::Delivered(Ok(()));
             }
         }
         // Parsing and matching run str0m on unauthenticated bytes from anyone: a panic in

@@ -65,21 +65,28 @@ struct EarlyRecords {
     seen: Vec<(u16, u64)>,
 }
 
+/// The content type, epoch and sequence number of the DTLS 1.2 record a datagram starts
+/// with (RFC 6347 header: type, version (2), epoch (2), sequence (6), length (2)), if it
+/// starts with one
+pub(crate) fn dtls_record_header(datagram: &[u8]) -> Option<(u8, u16, u64)> {
+    let header = datagram.get(..13).filter(|h| (20..=25).contains(&h[0]))?;
+    let epoch = u16::from_be_bytes([header[3], header[4]]);
+    let mut seq = [0u8; 8];
+    seq[2..].copy_from_slice(&header[5..11]);
+    Some((header[0], epoch, u64::from_be_bytes(seq)))
+}
+
 impl EarlyRecords {
     /// Whether to refuse `datagram`; anything not a DTLS 1.2 record passes
     fn refuses(&mut self, datagram: &[u8]) -> bool {
-        // RFC 6347 record header: type, version (2), epoch (2), sequence (6), length (2).
-        let Some(header) = datagram.get(..13).filter(|h| (20..=25).contains(&h[0])) else {
+        let Some((kind, epoch, seq)) = dtls_record_header(datagram) else {
             return false;
         };
-        let epoch = u16::from_be_bytes([header[3], header[4]]);
         if epoch == 0 {
-            self.heard_hello |= header[0] == 22;
+            self.heard_hello |= kind == 22;
             return false;
         }
-        let mut seq = [0u8; 8];
-        seq[2..].copy_from_slice(&header[5..11]);
-        let key = (epoch, u64::from_be_bytes(seq));
+        let key = (epoch, seq);
         if !self.heard_hello || self.seen.contains(&key) {
             return true;
         }
@@ -1067,17 +1074,10 @@ impl Peer {
                 "the connection is being replaced".into(),
             ));
         }
-        let rtc = &mut self.rtc;
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(rtc))) {
-            Ok(t) => Ok(t),
-            Err(panic) => {
-                let error = TransportError::panicked(panic_detail(&*panic));
-                tracing::warn!(peer = %self.info.peer_id, %error, "remote description dropped");
-                self.panicked = true;
-                self.set_broken(error.clone());
-                Err(SdpRejection::Unacceptable(error.detail))
-            }
-        }
+        self.catch_panic(|p| f(&mut p.rtc)).map_err(|error| {
+            self.set_broken(error.clone());
+            SdpRejection::Unacceptable(error.detail)
+        })
     }
 
     /// Starts or stops probing the path's round trip (while str0m sends video with its
@@ -1157,15 +1157,18 @@ impl Peer {
         if self.panicked {
             return Ok(T::default());
         }
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self))) {
-            Ok(res) => res,
-            Err(panic) => {
-                self.panicked = true;
-                let detail = panic_detail(&*panic);
-                tracing::warn!(peer = %self.info.peer_id, %detail, "str0m panicked; the connection is dropped");
-                Err(TransportError::panicked(detail))
-            }
-        }
+        self.catch_panic(f)?
+    }
+
+    /// Runs `f`; a panic in it marks this peer's `Rtc` as not to be used again and comes
+    /// back as the error
+    fn catch_panic<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> Result<T, TransportError> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self))).map_err(|panic| {
+            self.panicked = true;
+            let error = TransportError::panicked(panic_detail(&*panic));
+            tracing::warn!(peer = %self.info.peer_id, %error, "the connection is dropped");
+            error
+        })
     }
 
     /// The codec we send video with to this peer (first of our preference it accepted)
@@ -1296,8 +1299,7 @@ impl Peer {
     }
 
     fn receive_rtc(&mut self, input: str0m::Input<'_>) -> Result<(), TransportError> {
-        let res = self.rtc.handle_input(input);
-        match res {
+        match self.rtc.handle_input(input) {
             Ok(()) => Ok(()),
             // What DTLS refuses in a datagram is dropped, not fatal: before the handshake
             // completes nothing is authenticated (a plaintext alert or garbage from a
@@ -1723,7 +1725,7 @@ impl Peer {
         }
         if let Some(t) = self.rate.pushback.poll_timeout() {
             if t < best.0 {
-                best = (t, TimeoutReason::Playout);
+                best = (t, TimeoutReason::Ice);
             }
         }
         let recovery = self.recovery.poll_timeout().filter(|_| signaling);

@@ -301,15 +301,18 @@ mod tests {
         Some(("10.0.0.1:1".parse().unwrap(), "10.0.0.2:2".parse().unwrap()))
     }
 
-    /// Runs probes every interval for `secs`: each is answered after `rtt(t)` unless that
-    /// is `None` (lost); returns the cap after each probe
+    /// Runs probes every interval for `secs` from a fresh `Pushback` (`prefix`): each is
+    /// answered after `rtt(t)` unless that is `None` (lost); returns it and the cap after
+    /// each probe
     fn run(
-        p: &mut Pushback,
-        start: Instant,
+        prefix: u8,
         secs: f64,
         sent: u32,
         mut rtt: impl FnMut(f64) -> Option<f64>,
-    ) -> Vec<(f64, Option<u32>)> {
+    ) -> (Pushback, Vec<(f64, Option<u32>)>) {
+        #[allow(clippy::disallowed_methods)] // reason: anchor for virtual time
+        let start = Instant::now();
+        let mut p = Pushback::new([prefix; 4]);
         let mut answers: Vec<(Instant, TransactionId)> = Vec::new();
         let mut caps = Vec::new();
         let mut t = start;
@@ -331,7 +334,7 @@ mod tests {
             }
             caps.push(((t - start).as_secs_f64(), p.cap()));
         }
-        caps
+        (p, caps)
     }
 
     fn normal(rng: &mut fastrand::Rng) -> f64 {
@@ -342,13 +345,10 @@ mod tests {
 
     #[test]
     fn jitter_and_lost_probes_alone_never_cap() {
-        #[allow(clippy::disallowed_methods)] // reason: anchor for virtual time
-        let start = Instant::now();
         let mut rng = fastrand::Rng::with_seed(5);
-        let mut p = Pushback::new([1, 2, 3, 4]);
         // Two minutes: 50 ms round trip, each way Gaussian jitter of σ = 20 ms, 5 % of
         // probes lost.
-        let caps = run(&mut p, start, 120.0, 1_000_000, |_| {
+        let (p, caps) = run(1, 120.0, 1_000_000, |_| {
             if rng.f64() < 0.05 {
                 return None;
             }
@@ -366,24 +366,16 @@ mod tests {
 
     #[test]
     fn probes_nobody_answers_never_cap() {
-        #[allow(clippy::disallowed_methods)] // reason: anchor for virtual time
-        let start = Instant::now();
-        let mut p = Pushback::new([7, 7, 7, 7]);
         // Answered for 5 s, then never again (a remote that stops answering).
-        let caps = run(&mut p, start, 20.0, 1_000_000, |t| {
-            (t < 5.0).then_some(0.02)
-        });
+        let (_, caps) = run(7, 20.0, 1_000_000, |t| (t < 5.0).then_some(0.02));
         assert!(caps.iter().all(|(_, c)| c.is_none()), "{caps:?}");
     }
 
     #[test]
     fn a_growing_queue_caps_within_a_few_probes_and_the_cap_goes_once_it_drains() {
-        #[allow(clippy::disallowed_methods)] // reason: anchor for virtual time
-        let start = Instant::now();
-        let mut p = Pushback::new([9, 9, 9, 9]);
         // 20 ms round trip for 10 s; then a queue growing 1.4 s per second (1.2 Mbit/s into
         // 500 kbit/s) up to 1 s, held for 3 s, drained in 1 s, then none.
-        let caps = run(&mut p, start, 30.0, 1_200_000, |t| {
+        let (_, caps) = run(9, 30.0, 1_200_000, |t| {
             let q = if t < 10.0 {
                 0.0
             } else if t < 10.7 {

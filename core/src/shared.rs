@@ -81,6 +81,7 @@ pub enum TimeoutReason {
     PeerDeadline,
     /// Audio playout or video release
     Playout,
-    /// STUN/TURN: a retransmission, a refresh, or releasing the allocations after leaving
+    /// STUN/TURN: a retransmission, a refresh, releasing the allocations after leaving, or
+    /// a round-trip probe of a peer's path
     Ice,
 }

@@ -357,14 +357,7 @@ fn lte_run(up: &str, down: &str, seed: u64) -> Outcome {
             "cellular = { mean_kbps = 3000, seed = 12 }",
             &format!("capacity_trace = {down:?}"),
         );
-    let text = match std::env::var("RATE_PUSHBACK") {
-        Ok(pushback) => text.replace(
-            "rate_adaptation = true",
-            &format!("rate_adaptation = true\npushback = {pushback}"),
-        ),
-        Err(_) => text,
-    };
-    run_text(&text, seed)
+    run_text(&pushback_override(text), seed)
 }
 
 /// The fast peers' video between themselves with and without a slow fifth peer: kbit/s
@@ -383,19 +376,31 @@ fn fast_pairs_video(out: &Outcome) -> Vec<f64> {
 }
 
 /// The full scenarios on more seeds, with every figure printed
-/// A scenario of the sweep; `RATE_PUSHBACK=false` turns the senders' pushback off (to
+/// A scenario of the sweep, with the senders' pushback as `RATE_PUSHBACK` says (to
 /// compare; the LTE traces' runs follow it too)
 fn sweep_file(name: &str, seed: u64) -> Outcome {
-    let Ok(pushback) = std::env::var("RATE_PUSHBACK") else {
+    if std::env::var_os("RATE_PUSHBACK").is_none() {
         return run_file(name, seed);
-    };
+    }
     let path = scenarios_dir().join(format!("{name}.toml"));
-    let text = std::fs::read_to_string(&path).unwrap();
-    let text = text.replace(
-        "rate_adaptation = true",
-        &format!("rate_adaptation = true\npushback = {pushback}"),
-    );
+    let text = pushback_override(std::fs::read_to_string(&path).unwrap());
     run_text(&text, seed)
+}
+
+/// `text` with `pushback = $RATE_PUSHBACK` among the participant settings, if that is set
+fn pushback_override(text: String) -> String {
+    match std::env::var("RATE_PUSHBACK") {
+        Ok(pushback) => with_participant(&text, &format!("pushback = {pushback}")),
+        Err(_) => text,
+    }
+}
+
+/// `text` with `line` added to its participant settings (after `rate_adaptation = true`)
+fn with_participant(text: &str, line: &str) -> String {
+    text.replace(
+        "rate_adaptation = true",
+        &format!("rate_adaptation = true\n{line}"),
+    )
 }
 
 #[test]
@@ -486,10 +491,7 @@ fn pushback_gets_a_sender_below_a_capacity_drop_without_the_receivers_help() {
     let mut without = Vec::new();
     for seed in [1, 2] {
         for pushback in [true, false] {
-            let t = text.replace(
-                "rate_adaptation = true",
-                &format!("rate_adaptation = true\nremb = false\npushback = {pushback}"),
-            );
+            let t = with_participant(&text, &format!("remb = false\npushback = {pushback}"));
             let out = run_text(&t, seed);
             let (a, b) = (host(&out, "alice"), host(&out, "bob"));
             for (from, to) in [(a, b), (b, a)] {
