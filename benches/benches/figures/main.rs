@@ -2,7 +2,7 @@
 //! mesh with media, the simulator's speed, memory
 //!
 //! Not a timed test: run it with `cargo bench -p meshrtc-benches --bench figures
-//! [section...] [--rounds N]` (sections: `connect`, `throughput`, `media`, `sim`, `mesh`,
+//! -- [section...] [--rounds N]` (sections: `connect`, `throughput`, `media`, `sim`, `mesh`,
 //! `memory`; none means all) and read the printed table. Everything runs on loopback
 //! (127.0.0.1) or in memory in this process.
 //!
@@ -113,7 +113,7 @@ async fn throughput(url: &str) {
          median (min-max) of {rounds} interleaved rounds ==",
         THROUGHPUT_BYTES >> 20
     );
-    for size in [1024, 16 * 1024] {
+    for size in sizes() {
         let mut ceiling = Vec::new();
         let mut mesh = Vec::new();
         let mut mesh_gap = Vec::new();
@@ -178,6 +178,20 @@ async fn throughput(url: &str) {
         "  webrtc-rs figures: cargo bench -p meshrtc-benches --bench figures \
          --features webrtc-rs throughput"
     );
+}
+
+/// Throughput message sizes: `MESHRTC_BENCH_SIZES` in KiB, comma-separated (default 1,16)
+fn sizes() -> Vec<usize> {
+    std::env::var("MESHRTC_BENCH_SIZES")
+        .ok()
+        .map(|v| {
+            v.split(',')
+                .filter_map(|k| k.trim().parse::<usize>().ok())
+                .map(|k| k * 1024)
+                .collect::<Vec<_>>()
+        })
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| vec![1024, 16 * 1024])
 }
 
 /// Throughput rounds: `--rounds N` (default 5)
