@@ -603,6 +603,9 @@ impl Encoders {
             main_drain,
         ) {
             if let Some(video) = encoders.main.encode(frame, pts)? {
+                if video.keyframe {
+                    tracing::debug!(bytes = video.data.len(), "main encoding: keyframe");
+                }
                 encoders.main_budget.add(video.data.len());
                 out.push(EncodedFrame {
                     encoding: Encoding::Main,

@@ -525,3 +525,47 @@ fn pushback_gets_a_sender_below_a_capacity_drop_without_the_receivers_help() {
         "pushback should be sooner: {with:?} against {without:?}"
     );
 }
+
+/// The capacity step as a browser's peer sees it (no REMB), every figure of the low phase
+/// printed: `RATE_SEEDS=1,2,3 cargo test --release -p meshrtc-sim --test sim
+/// low_phase_without_remb -- --ignored --nocapture`
+#[test]
+#[ignore = "a measurement: a minute in release"]
+fn low_phase_without_remb() {
+    let (drop, back) = (20.0, 40.0);
+    let seeds: Vec<u64> = std::env::var("RATE_SEEDS")
+        .ok()
+        .and_then(|s| s.split(',').map(|x| x.parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 2, 3]);
+    let text = std::fs::read_to_string(scenarios_dir().join("capacity-step.toml")).unwrap();
+    let text = pushback_override(with_participant(&text, "remb = false"));
+    for seed in seeds {
+        let out = run_text(&text, seed);
+        let (a, b) = (host(&out, "alice"), host(&out, "bob"));
+        for (from, to) in [(a, b), (b, a)] {
+            let s = step(&out.sim, from, to, drop, back);
+            let below = below_after(&out.sim, from, to, drop, 500.0).unwrap_or(f64::INFINITY);
+            let low_video = rates(&out.sim, from, to, drop + 5.0, back).1;
+            let est = mean_over(
+                out.sim.rate_samples(from, to),
+                secs(drop + 5.0),
+                secs(back),
+                |x| x.estimate_kbps,
+            )
+            .unwrap_or(f64::NAN);
+            println!(
+                "no-remb seed {seed} {from:?}→{to:?}: below 500 {below:.1} s after the drop; low \
+                 phase video {low_video:.0} kbit/s, sent {:.0}, estimate {est:.0}; low video p95 \
+                 {:.0} ms, audio late {:.1} %; longest video gap {:.0} ms (low phase {:.0}); \
+                 video {:.0} before, {:.0} at 5-10 s after the recovery",
+                s.sent_low,
+                s.low.video_p95_ms,
+                s.low.audio_late * 100.0,
+                s.whole.video_gap_ms,
+                s.low.video_gap_ms,
+                s.video_before,
+                s.video_after,
+            );
+        }
+    }
+}
