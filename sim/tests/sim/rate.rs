@@ -151,6 +151,33 @@ struct Step {
     video_after: f64,
 }
 
+/// The capacity step's bounds (issue 17) counted over every direction of every seed: one
+/// line to compare settings by, as single directions swing widely from seed to seed
+fn print_step_summary(label: &str, steps: &[Step]) {
+    let n = steps.len();
+    if n == 0 {
+        return;
+    }
+    let count = |f: &dyn Fn(&Step) -> bool| steps.iter().filter(|s| f(s)).count();
+    let mean = |f: &dyn Fn(&Step) -> f64| steps.iter().map(f).sum::<f64>() / n as f64;
+    println!(
+        "{label} summary, {n} directions: sent < 500 kbit/s 2-4 s after the drop {}/{n}; \
+         low-phase video p95 < 200 ms {}/{n} (mean {:.0} ms); audio late < 1 % {}/{n} (mean \
+         {:.1} %); no video gap > 1 s {}/{n}; video 5-10 s after the recovery >= 70 % of before \
+         {}/{n}; means: sent in the low phase {:.0} kbit/s, video before {:.0}, after {:.0}",
+        count(&|s| s.sent_after_2s < 500.0),
+        count(&|s| s.low.video_p95_ms < 200.0),
+        mean(&|s| s.low.video_p95_ms),
+        count(&|s| s.low.audio_late < 0.01),
+        mean(&|s| s.low.audio_late * 100.0),
+        count(&|s| s.whole.video_gap_ms <= 1000.0),
+        count(&|s| s.video_after >= 0.7 * s.video_before),
+        mean(&|s| s.sent_low),
+        mean(&|s| s.video_before),
+        mean(&|s| s.video_after),
+    );
+}
+
 fn step(sim: &Sim, from: HostId, to: HostId, drop: f64, back: f64) -> Step {
     Step {
         sent_after_2s: rates(sim, from, to, drop + 2.0, drop + 4.0).0,
@@ -411,6 +438,8 @@ fn rate_sweep() {
         .and_then(|s| s.split(',').map(|x| x.parse().ok()).collect())
         .unwrap_or_else(|| vec![1, 2, 3]);
     let mut problems = Vec::new();
+    let mut steps = Vec::new();
+    let mut cellular = Vec::new();
     for &seed in &seeds {
         let out = sweep_file("capacity-step", seed);
         let (a, b) = (host(&out, "alice"), host(&out, "bob"));
@@ -433,18 +462,21 @@ fn rate_sweep() {
             if s.low.audio_late > 0.05 {
                 problems.push(format!("capacity-step {seed}: {s:?}"));
             }
+            steps.push(s);
         }
         let out = sweep_file("rate-cellular", seed);
         let (p, d) = (host(&out, "phone"), host(&out, "desk"));
         for (from, to) in [(p, d), (d, p)] {
             let w = window(&out.sim, from, to, secs(5.0), secs(57.0));
             println!("rate-cellular seed {seed} {from:?}→{to:?}: {w:?}");
+            cellular.push(w);
         }
         for (up, down) in lte_traces() {
             let out = lte_run(&up, &down, seed);
             for (from, to) in [(p, d), (d, p)] {
                 let w = window(&out.sim, from, to, secs(5.0), secs(57.0));
                 println!("{up} seed {seed} {from:?}→{to:?}: {w:?}");
+                cellular.push(w);
             }
         }
         let slow = fast_pairs_video(&sweep_file("rate-slow-peer", seed));
@@ -464,6 +496,19 @@ fn rate_sweep() {
         if worst < 0.7 {
             problems.push(format!("rate-slow-peer {seed}: worst pair at {worst}"));
         }
+    }
+    print_step_summary("capacity-step", &steps);
+    if !cellular.is_empty() {
+        let n = cellular.len();
+        let mean = |f: &dyn Fn(&Window) -> f64| cellular.iter().map(f).sum::<f64>() / n as f64;
+        println!(
+            "cellular summary (rate-cellular and the LTE traces), {n} directions: audio p99 < \
+             200 ms {}/{n}; means: audio p99 {:.0} ms, audio late {:.0} %, video frames {:.0}",
+            cellular.iter().filter(|w| w.audio_p99_ms < 200.0).count(),
+            mean(&|w| w.audio_p99_ms),
+            mean(&|w| w.audio_late * 100.0),
+            mean(&|w| w.video_frames as f64),
+        );
     }
     assert!(problems.is_empty(), "{problems:#?}");
 }
@@ -539,6 +584,7 @@ fn low_phase_without_remb() {
         .unwrap_or_else(|| vec![1, 2, 3]);
     let text = std::fs::read_to_string(scenarios_dir().join("capacity-step.toml")).unwrap();
     let text = pushback_override(with_participant(&text, "remb = false"));
+    let mut steps = Vec::new();
     for seed in seeds {
         let out = run_text(&text, seed);
         let (a, b) = (host(&out, "alice"), host(&out, "bob"));
@@ -566,6 +612,8 @@ fn low_phase_without_remb() {
                 s.video_before,
                 s.video_after,
             );
+            steps.push(s);
         }
     }
+    print_step_summary("no-remb capacity-step", &steps);
 }
