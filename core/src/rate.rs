@@ -32,7 +32,7 @@
 //! estimates and applies its `Decision`; `Route` keeps a peer on one encoding until a
 //! keyframe of the next one is there to switch on.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use str0m::bwe::BweKind;
@@ -579,9 +579,29 @@ pub(crate) struct PeerRate {
     remote_cap: Option<RemoteCap>,
     /// The desired bitrate str0m's estimator was last given
     desired: Option<u32>,
+    /// str0m's estimates of the last [`DROP_WINDOW`], as a monotonic queue whose front is
+    /// their highest
+    recent: VecDeque<(Instant, u32)>,
+    /// After a drop, until str0m's estimate is back to [`DROP_SHARE`] of it: the highest
+    /// estimate before the drop
+    drop_peak: Option<u32>,
     /// Our round-trip probes of the path and the cap they put on the estimate
     pub(crate) pushback: Pushback,
 }
+
+/// A fall of str0m's estimate below this share of its highest in [`DROP_WINDOW`] is a drop
+/// of the path (str0m's own large-drop rule uses the same share)
+const DROP_SHARE: f64 = 0.66;
+
+/// How far back a drop is looked for
+const DROP_WINDOW: Duration = Duration::from_secs(5);
+
+/// After a drop, str0m may probe up to this many times its estimate (its probes go at up to
+/// twice the desired bitrate: four times the estimate, as GoogCC's probes after a drop)
+const DESIRED_OVER_ESTIMATE: f64 = 2.0;
+
+/// ... but never below this
+const MIN_DESIRED_BPS: u32 = 300_000;
 
 /// Reported loss from which str0m's estimate is loss-limited (its loss controller keeps
 /// the estimate near the acknowledged rate; GoogCC holds between 2 and 10 %)
@@ -664,10 +684,26 @@ impl PeerRate {
     /// What str0m's estimator may probe up to at `now`: `full` (all the media we would
     /// send), below the receiver's standing request and our pushback; `Some` when that
     /// differs from what was last set
+    ///
+    /// After str0m's estimate dropped, and until it is back to [`DROP_SHARE`] of where it
+    /// was, also not above [`DESIRED_OVER_ESTIMATE`] times that estimate: str0m's periodic
+    /// probes while the sender is application-limited go at twice the desired bitrate, so
+    /// with everything we would send desired (1.4 Mbit/s) they went at 2.8 Mbit/s into a
+    /// path that had fallen to 500 kbit/s — a queue, a delay-based decrease to 0.85 of what
+    /// was acknowledged. Near the estimate each probe still doubles it, as GoogCC's do. At
+    /// the start of a call `full` stands, so the first probes reach the path's rate at once;
+    /// a drop-free call never sees the limit.
     pub(crate) fn desired_change(&mut self, now: Instant, full: u32) -> Option<u32> {
         let want = self.remote_cap.map_or(full, |c| c.limit(now).min(full));
         // Nor above our own pushback: str0m's probes (padding) would fill the queue again.
         let want = self.pushback.cap().map_or(want, |c| c.min(want));
+        let want = match self.estimate {
+            Some(e) if self.drop_peak.is_some() => {
+                let near = (f64::from(e) * DESIRED_OVER_ESTIMATE) as u32;
+                want.min(near.max(MIN_DESIRED_BPS))
+            }
+            _ => want,
+        };
         // Small steps as the request grows back are not worth a call each.
         let set = self.desired.unwrap_or(full);
         let moved = want < set || f64::from(want) > f64::from(set) * 1.1 || want == full;
@@ -678,11 +714,37 @@ impl PeerRate {
         None
     }
 
+    /// Notes str0m's estimate `bps` at `now`: a drop when it is below [`DROP_SHARE`] of the
+    /// highest of the last [`DROP_WINDOW`]
+    fn note_drop(&mut self, now: Instant, bps: u32) {
+        while self.recent.back().is_some_and(|&(_, e)| e <= bps) {
+            self.recent.pop_back();
+        }
+        self.recent.push_back((now, bps));
+        while self
+            .recent
+            .front()
+            .is_some_and(|&(t, _)| now.saturating_duration_since(t) > DROP_WINDOW)
+        {
+            self.recent.pop_front();
+        }
+        let highest = self.recent.front().map_or(bps, |&(_, e)| e);
+        if f64::from(bps) < f64::from(highest) * DROP_SHARE {
+            self.drop_peak = Some(self.drop_peak.map_or(highest, |p| p.max(highest)));
+        } else if self
+            .drop_peak
+            .is_some_and(|p| f64::from(bps) >= f64::from(p) * DROP_SHARE)
+        {
+            self.drop_peak = None;
+        }
+    }
+
     /// A new estimate from str0m: its own (TWCC), or the receiver's request (REMB)
     pub(crate) fn handle_estimate(&mut self, kind: BweKind, now: Instant) {
         match kind {
             BweKind::Twcc { estimate, .. } => {
                 let bps = estimate.as_u64().min(u64::from(u32::MAX)) as u32;
+                self.note_drop(now, bps);
                 if self.estimate != Some(bps) {
                     self.estimate = Some(bps);
                     self.changed = true;
@@ -1022,5 +1084,49 @@ mod tests {
         assert_eq!(m.kbps(), None);
         m.sample(at(t0, 0.5), 63_500);
         assert_eq!(m.kbps(), Some(1000.0));
+    }
+
+    #[test]
+    fn after_a_drop_str0m_probes_near_its_estimate() {
+        use str0m::bwe::Bitrate;
+        let twcc = |bps: u64| BweKind::Twcc {
+            estimate: Bitrate::bps(bps),
+            can_probe: true,
+        };
+        let t0 = Instant::now();
+        let full = 1_400_000;
+        let mut r = PeerRate::default();
+        // A call ramping up: everything we would send is desired, so that the first probes
+        // find the path's rate.
+        for (i, bps) in [300_000, 900_000, 1_800_000, 2_500_000]
+            .into_iter()
+            .enumerate()
+        {
+            r.handle_estimate(twcc(bps), at(t0, i as f64));
+            r.desired_change(at(t0, i as f64), full);
+        }
+        assert_eq!(r.desired, Some(full));
+        // The path falls: str0m's estimate to 600 kbit/s within 5 s of 2.5 Mbit/s.
+        r.handle_estimate(twcc(600_000), at(t0, 5.0));
+        assert_eq!(r.desired_change(at(t0, 5.0), full), Some(1_200_000));
+        r.handle_estimate(twcc(200_000), at(t0, 6.0));
+        assert_eq!(r.desired_change(at(t0, 6.0), full), Some(400_000));
+        // Never below the least desired.
+        r.handle_estimate(twcc(100_000), at(t0, 7.0));
+        assert_eq!(r.desired_change(at(t0, 7.0), full), Some(MIN_DESIRED_BPS));
+        // It follows the estimate back up, as long as it is short of where it was...
+        r.handle_estimate(twcc(450_000), at(t0, 12.0));
+        assert_eq!(r.desired_change(at(t0, 12.0), full), Some(900_000));
+        r.handle_estimate(twcc(1_200_000), at(t0, 25.0));
+        assert_eq!(r.desired_change(at(t0, 25.0), full), Some(full));
+        // (a limit of 2.4 Mbit/s is above everything we would send anyway)
+        r.handle_estimate(twcc(1_500_000), at(t0, 26.0));
+        assert_eq!(r.desired_change(at(t0, 26.0), full), None);
+        // ... and once it is back to two thirds of the 2.5 Mbit/s before the drop, the limit
+        // is gone for good: a gentle decrease (a delay-based 0.85) is no drop.
+        r.handle_estimate(twcc(1_700_000), at(t0, 27.0));
+        r.handle_estimate(twcc(1_450_000), at(t0, 28.0));
+        assert_eq!(r.desired_change(at(t0, 28.0), full), None);
+        assert!(r.drop_peak.is_none());
     }
 }
