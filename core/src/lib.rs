@@ -62,6 +62,7 @@ mod config;
 mod congestion;
 mod error;
 mod event;
+mod extreme;
 pub mod ice;
 pub mod media;
 mod participant;

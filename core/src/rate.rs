@@ -32,7 +32,7 @@
 //! estimates and applies its `Decision`; `Route` keeps a peer on one encoding until a
 //! keyframe of the next one is there to switch on.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use str0m::bwe::BweKind;
@@ -41,6 +41,7 @@ use str0m::stats::MediaEgressStats;
 
 use crate::codec::degrade::QualityLimitation;
 use crate::congestion::RemoteCap;
+use crate::extreme::WindowMax;
 use crate::media::{Encoding, MediaConfig};
 use crate::pushback::Pushback;
 use crate::signal::PeerId;
@@ -579,9 +580,8 @@ pub(crate) struct PeerRate {
     remote_cap: Option<RemoteCap>,
     /// The desired bitrate str0m's estimator was last given
     desired: Option<u32>,
-    /// str0m's estimates of the last [`DROP_WINDOW`], as a monotonic queue whose front is
-    /// their highest
-    recent: VecDeque<(Instant, u32)>,
+    /// The highest of str0m's estimates of the last [`DROP_WINDOW`]
+    recent: WindowMax<u32>,
     /// After a drop, until str0m's estimate is back to [`DROP_SHARE`] of it: the highest
     /// estimate before the drop
     drop_peak: Option<u32>,
@@ -717,18 +717,7 @@ impl PeerRate {
     /// Notes str0m's estimate `bps` at `now`: a drop when it is below [`DROP_SHARE`] of the
     /// highest of the last [`DROP_WINDOW`]
     fn note_drop(&mut self, now: Instant, bps: u32) {
-        while self.recent.back().is_some_and(|&(_, e)| e <= bps) {
-            self.recent.pop_back();
-        }
-        self.recent.push_back((now, bps));
-        while self
-            .recent
-            .front()
-            .is_some_and(|&(t, _)| now.saturating_duration_since(t) > DROP_WINDOW)
-        {
-            self.recent.pop_front();
-        }
-        let highest = self.recent.front().map_or(bps, |&(_, e)| e);
+        let highest = self.recent.push(now, bps, DROP_WINDOW);
         if f64::from(bps) < f64::from(highest) * DROP_SHARE {
             self.drop_peak = Some(self.drop_peak.map_or(highest, |p| p.max(highest)));
         } else if self

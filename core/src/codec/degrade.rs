@@ -33,10 +33,10 @@
 //! [`handle_encoded`]: DegradationController::handle_encoded
 //! [`current`]: DegradationController::current
 
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::Scale;
+use crate::extreme::WindowMin;
 
 /// How far back [`DegradationController::should_encode`] looks for the least delay between
 /// a frame's capture and its handover to the encoder
@@ -202,9 +202,8 @@ pub struct DegradationController {
     /// Until when the encoder is busy with frames handed to it (handover time plus the
     /// encode times reported since)
     busy_until: Option<Instant>,
-    /// Handover delays (`now - capture`) of the last [`HANDOVER_WINDOW`], as a monotonic
-    /// queue whose front is their least
-    handover: VecDeque<(Instant, Duration)>,
+    /// The least handover delay (`now - capture`) of the last [`HANDOVER_WINDOW`]
+    handover: WindowMin<Duration>,
     last_cpu_drop: Option<Instant>,
     frames_dropped: u64,
     /// The latest time seen, for re-evaluating when the capture changes
@@ -227,7 +226,7 @@ impl DegradationController {
             overuse_since: None,
             underuse_since: None,
             busy_until: None,
-            handover: VecDeque::new(),
+            handover: WindowMin::default(),
             last_cpu_drop: None,
             frames_dropped: 0,
             last_now: None,
@@ -286,7 +285,7 @@ impl DegradationController {
     pub fn should_encode(&mut self, capture: Instant, now: Instant) -> bool {
         self.update(now.max(capture));
         let lag = now.saturating_duration_since(capture);
-        let floor = self.handover_floor(now.max(capture), lag);
+        let floor = self.handover.push(now.max(capture), lag, HANDOVER_WINDOW);
         let slack = self.frame_interval() / 2;
         if self.busy_until.is_some_and(|b| b > capture + floor + slack) {
             self.frames_dropped += 1;
@@ -294,22 +293,6 @@ impl DegradationController {
             return false;
         }
         true
-    }
-
-    /// Adds a handover delay seen at `now`; the least of the last [`HANDOVER_WINDOW`]
-    fn handover_floor(&mut self, now: Instant, lag: Duration) -> Duration {
-        let w = &mut self.handover;
-        while w.back().is_some_and(|&(_, l)| l >= lag) {
-            w.pop_back();
-        }
-        w.push_back((now, lag));
-        while w
-            .front()
-            .is_some_and(|&(t, _)| now.saturating_duration_since(t) > HANDOVER_WINDOW)
-        {
-            w.pop_front();
-        }
-        w.front().map_or(lag, |&(_, l)| l)
     }
 
     /// Records that the frame captured at `capture` took `encode_time` to encode, ending at

@@ -151,6 +151,14 @@ struct Step {
     video_after: f64,
 }
 
+/// The seeds of the rate measurements: `RATE_SEEDS` (comma-separated), or 1, 2 and 3
+fn rate_seeds() -> Vec<u64> {
+    std::env::var("RATE_SEEDS")
+        .ok()
+        .and_then(|s| s.split(',').map(|x| x.parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 2, 3])
+}
+
 /// The capacity step's bounds (issue 17) counted over every direction of every seed: one
 /// line to compare settings by, as single directions swing widely from seed to seed
 fn print_step_summary(label: &str, steps: &[Step]) {
@@ -433,10 +441,7 @@ fn with_participant(text: &str, line: &str) -> String {
 #[test]
 #[ignore = "a sweep: minutes in release"]
 fn rate_sweep() {
-    let seeds: Vec<u64> = std::env::var("RATE_SEEDS")
-        .ok()
-        .and_then(|s| s.split(',').map(|x| x.parse().ok()).collect())
-        .unwrap_or_else(|| vec![1, 2, 3]);
+    let seeds = rate_seeds();
     let mut problems = Vec::new();
     let mut steps = Vec::new();
     let mut cellular = Vec::new();
@@ -578,10 +583,7 @@ fn pushback_gets_a_sender_below_a_capacity_drop_without_the_receivers_help() {
 #[ignore = "a measurement: a minute in release"]
 fn low_phase_without_remb() {
     let (drop, back) = (20.0, 40.0);
-    let seeds: Vec<u64> = std::env::var("RATE_SEEDS")
-        .ok()
-        .and_then(|s| s.split(',').map(|x| x.parse().ok()).collect())
-        .unwrap_or_else(|| vec![1, 2, 3]);
+    let seeds = rate_seeds();
     let text = std::fs::read_to_string(scenarios_dir().join("capacity-step.toml")).unwrap();
     let text = pushback_override(with_participant(&text, "remb = false"));
     let mut steps = Vec::new();
