@@ -189,6 +189,11 @@ impl QueueGuard {
         Some((rate * share).max(long * LONG_SHARE).max(1.0) as u32)
     }
 
+    /// Whether the path has a queue now
+    pub(crate) fn congested(&self) -> bool {
+        self.congested
+    }
+
     /// Whether a queue the guard saw has drained since it was last asked
     pub(crate) fn take_drained(&mut self) -> bool {
         std::mem::take(&mut self.drained)

@@ -959,6 +959,9 @@ impl PeerMedia {
                 if let Some(jb) = &mut self.jitter {
                     jb.path_queue_drained(now);
                 }
+                // What video lagged by while the queue lasted (frames lost in it, the
+                // keyframe that repaired them) describes a path that is gone.
+                self.behind.clear();
             }
             self.drift
                 .handle_sample(DRIFT_AUDIO, now, ticks as f64 / AUDIO_RATE as f64);
@@ -1040,9 +1043,16 @@ impl PeerMedia {
             if let Some(ideal) = ideal {
                 // How far this frame is behind its audio (negative: ahead). Audio should wait
                 // for what video *usually* needs — a high quantile over the last seconds —
-                // not for one slow keyframe.
-                let behind = local_secs(now, ideal);
-                self.behind.push_back((now, behind + self.sync_delay));
+                // not for one slow keyframe. Nor for a queue on the path: while one lasts
+                // (the receiver's guard sees it in the audio's one-way delay) video lags by
+                // the frames lost in it and the keyframe that repairs them, and audio held
+                // back for that stayed late for seconds after the queue had drained
+                // (up to 260 ms more, 2–7 s after a capacity drop in the simulator).
+                let queue = self.guard.as_ref().is_some_and(QueueGuard::congested);
+                if !queue {
+                    let behind = local_secs(now, ideal);
+                    self.behind.push_back((now, behind + self.sync_delay));
+                }
                 while self
                     .behind
                     .front()
@@ -1050,10 +1060,12 @@ impl PeerMedia {
                 {
                     self.behind.pop_front();
                 }
-                let mut v: Vec<f64> = self.behind.iter().map(|b| b.1).collect();
-                v.sort_by(f64::total_cmp);
-                let q = v[((v.len() - 1) as f64 * 0.9).round() as usize];
-                self.sync_wanted = if q > 0.0 { (q + 0.005).min(1.0) } else { 0.0 };
+                if !self.behind.is_empty() {
+                    let mut v: Vec<f64> = self.behind.iter().map(|b| b.1).collect();
+                    v.sort_by(f64::total_cmp);
+                    let q = v[((v.len() - 1) as f64 * 0.9).round() as usize];
+                    self.sync_wanted = if q > 0.0 { (q + 0.005).min(1.0) } else { 0.0 };
+                }
                 render_at = render_at.min(now + self.max_video_hold);
             }
             self.video_queue.push_back(Pending {

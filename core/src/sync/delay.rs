@@ -64,6 +64,12 @@ const EPISODE_MARGIN: f64 = 0.1;
 /// Frames the fast window must hold to say so
 const EPISODE_MIN_FRAMES: usize = 20;
 
+/// How long after a queue drained (as the receiver's queue guard saw it) the window restarts
+/// there (seconds): long enough for a choice from the frames since (25 of 20 ms audio),
+/// short enough that playout is not held at the queue's delay for long (a full fast window,
+/// 2 s, kept audio 300 ms late for 2 s after a 950 ms queue, 3.6 % of a 15 s low phase)
+const DRAIN_SETTLE: f64 = 0.5;
+
 /// Settings of a [`DelayEstimator`], in seconds
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct DelaySettings {
@@ -146,10 +152,10 @@ impl DelayEstimator {
         if let Some(recent) = self.episode_over(arrival) {
             horizon = horizon.max(recent);
         }
-        // A queue the receiver saw build and drain: once a fast window of frames has come
+        // A queue the receiver saw build and drain: once half a second of frames has come
         // since, the frames before the drain describe a path that is gone.
         if let Some(t) = self.drained_at {
-            if arrival >= t + self.settings.fast_window {
+            if arrival >= t + DRAIN_SETTLE {
                 horizon = horizon.max(t);
                 self.drained_at = None;
             }
@@ -162,7 +168,7 @@ impl DelayEstimator {
     }
 
     /// The path had a queue that has now drained (at `at`, in arrival seconds; the receiver's
-    /// queue guard saw it): a fast window later, the window restarts at `at`. The episode
+    /// queue guard saw it): [`DRAIN_SETTLE`] later, the window restarts at `at`. The episode
     /// rule below does that by itself only when the frames since are far faster than the set
     /// point and evenly spread; after a capacity drop the sender's smaller video still leaves
     /// 40–60 ms bursts every few seconds, and the set point stayed 130 ms up, all audio late,
@@ -392,7 +398,7 @@ mod tests {
     }
 
     #[test]
-    fn a_queue_seen_to_drain_is_forgotten_a_fast_window_later() {
+    fn a_queue_seen_to_drain_is_forgotten_half_a_second_later() {
         // A path with a 50 ms burst every 2 s (which keeps the episode rule from ending an
         // episode by itself), and 3 s of a queue (200 ms) from 10 s.
         let queue = |i: usize| {
@@ -417,6 +423,11 @@ mod tests {
             let m = i as f64 * 0.02;
             e.add(m + 0.030 + queue(i), m);
             i += 1;
+            if i == 730 {
+                // 0.6 s after the drain
+                let s = e.set_point().unwrap();
+                assert!(s < clean + 0.005, "{s} {clean}");
+            }
         }
         let s = e.set_point().unwrap();
         assert!(s < clean + 0.005, "{s} {clean}");

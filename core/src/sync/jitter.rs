@@ -352,7 +352,7 @@ impl AudioJitterBuffer {
     }
 
     /// The path had a queue that drained at `at` (the receiver's queue guard saw it): the
-    /// delay choice forgets what arrived before once a fast window of frames has come since
+    /// delay choice forgets what arrived before half a second after the drain
     pub fn path_queue_drained(&mut self, at: Instant) {
         if let Some((origin_local, _)) = self.origin {
             self.estimator.queue_drained(local_secs(at, origin_local));
@@ -375,6 +375,12 @@ impl AudioJitterBuffer {
         let m = (media_ticks - origin_media) as f64 / self.config.rate as f64;
         self.estimator.add(a, m);
         self.update_target();
+        tracing::trace!(
+            transit_ms = (a - m * self.estimator.scale()) * 1e3,
+            set_point_ms = self.setpoint * 1e3,
+            sync_delay_ms = self.sync_delay * 1e3,
+            "audio frame"
+        );
 
         match &self.playout {
             Some(p) if media_ticks < p.decode_pos => {
@@ -536,7 +542,17 @@ impl AudioJitterBuffer {
             // path, a whole backlog arrives at once behind it: start from the newest part.
             self.catch_up(tick);
         }
+        let concealed_before = self.stats.concealed_samples;
         let mut concealed = self.fill(consume, tick);
+        if self.stats.concealed_samples > concealed_before {
+            tracing::trace!(
+                concealed_ms =
+                    (self.stats.concealed_samples - concealed_before) as f64 * 1e3 / rate,
+                playing_ms = self.current_delay(tick, play_pos).unwrap_or(f64::NAN) * 1e3,
+                set_point_ms = self.setpoint * 1e3,
+                "audio concealed"
+            );
+        }
         // The media time of the chunk's first sample (a gap skipped at the start of the
         // chunk moves it past `play_pos`).
         let media_ticks = self.sync.runs.front().map_or(play_pos, |r| r.media);
