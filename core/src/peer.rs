@@ -149,6 +149,9 @@ pub(crate) struct Peer {
     window: SendWindow,
     connected_at: Option<Instant>,
     dtls_connected: bool,
+    /// When DTLS first refused a datagram before the handshake completed (see
+    /// [`HANDSHAKE_GRACE`])
+    dtls_refused_at: Option<Instant>,
     /// str0m panicked on this connection: its `Rtc` is left alone until it is replaced
     panicked: bool,
     /// What came before the DTLS handshake completed (see [`Peer::refuses_early_record`])
@@ -335,6 +338,7 @@ impl Peer {
             window: SendWindow::new(SCTP_BUFFER),
             connected_at: None,
             dtls_connected: false,
+            dtls_refused_at: None,
             panicked: false,
             early_records: EarlyRecords::default(),
             ice_disconnected_since: None,
@@ -922,7 +926,7 @@ impl Peer {
             return Health::Dead;
         }
         let Some(connected_at) = self.connected_at else {
-            if now >= self.created + config.connect_timeout {
+            if now >= self.connecting_deadline(config) {
                 return Health::Dead;
             }
             return Health::Connecting;
@@ -935,10 +939,20 @@ impl Peer {
         Health::Up
     }
 
+    /// When a connection that has not come up is given up: the connect timeout, or sooner
+    /// once DTLS refused something during the handshake and it has not completed since
+    fn connecting_deadline(&self, config: &Config) -> Instant {
+        let timeout = self.created + config.connect_timeout;
+        match self.dtls_refused_at {
+            Some(t) if !self.dtls_connected => timeout.min(t + HANDSHAKE_GRACE),
+            _ => timeout,
+        }
+    }
+
     /// When [`health`](Self::health) changes by itself, at the latest
     pub(crate) fn health_deadline(&self, config: &Config) -> Option<Instant> {
         let at = match self.connected_at {
-            None => self.created + config.connect_timeout,
+            None => self.connecting_deadline(config),
             Some(c)
                 if self.ice_disconnected_since.is_none()
                     && !self.restarting
@@ -1310,6 +1324,9 @@ impl Peer {
             {
                 self.stats.dtls_rejected += 1;
                 tracing::debug!(peer = %self.info.peer_id, error = %e, "datagram refused by dtls dropped");
+                if !self.dtls_connected {
+                    self.dtls_refused_at.get_or_insert(self.now);
+                }
                 Ok(())
             }
             Err(e) => Err(TransportError::from_rtc(&e)),
@@ -1754,6 +1771,14 @@ pub(crate) enum Health {
     /// It cannot come back by itself: closed, or never connected in time
     Dead,
 }
+
+/// How long a handshake may go on after DTLS refused one of its datagrams (a record of a
+/// stale session on the same address, a forgery, a replay) before the connection is given
+/// up and made again. Such a record can leave the handshake unable to complete (dimpl fails
+/// it when the record is decrypted: `decryption failed`, `signature verification failed`),
+/// and the connect timeout (15 s) was then the only way out; a handshake that is fine
+/// completes within a few round trips.
+const HANDSHAKE_GRACE: Duration = Duration::from_secs(2);
 
 /// A connected peer sends something at least every few seconds (STUN consent checks, RTCP,
 /// SCTP heartbeats); nothing for this long means the path is broken
