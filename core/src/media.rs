@@ -1005,6 +1005,7 @@ impl PeerMedia {
             }
             if !data.contiguous && !keyframe {
                 // Packets were lost: the decoder cannot continue without a keyframe.
+                tracing::trace!(waiting = self.waiting_keyframe, "video frame after a loss");
                 self.waiting_keyframe = true;
                 self.request_keyframe(rtc, now);
             }
@@ -1259,6 +1260,11 @@ impl PeerMedia {
                 .expect("found above; panic means bug");
             self.video_queue_bytes -= p.bytes();
             self.video_stats.frames_rendered += 1;
+            tracing::trace!(
+                ticks = p.media_ticks,
+                keyframe = p.keyframe,
+                "video frame rendered"
+            );
             if let Some(ideal) = p.ideal {
                 self.video_stats.av_offset_ms = Some(local_secs(now, ideal) * 1000.0);
             }

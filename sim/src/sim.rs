@@ -1582,6 +1582,9 @@ impl Sim {
             }
         }
         if !targets.is_empty() {
+            // Log lines of the sending host say who and when, as those of its inputs do.
+            let at = self.now as f64 / 1e9;
+            let _span = tracing::debug_span!("host", host = from, t = at).entered();
             let capture = self.anchor.instant(local);
             let incarnation = self.hosts[from].incarnation;
             let m = &mut self.media[i];
