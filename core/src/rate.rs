@@ -653,6 +653,14 @@ impl PeerRate {
                     corr *= 1.1;
                 }
                 corr = corr.clamp(0.3, 1.0);
+                tracing::debug!(
+                    estimate,
+                    sent = sent as u32,
+                    correction = format!("{corr:.2}"),
+                    lossy,
+                    capped,
+                    "rate: correction"
+                );
             }
             self.correction = Some((corr, now));
         } else {
