@@ -326,7 +326,7 @@ fn competing_flows_share_fairly() {
 /// fades are deep (see the report of issue 17); asserted: audio is far less late than with
 /// fixed bitrates, and video keeps rendering.
 #[test]
-#[ignore = "fails at 180p: audio p99 not lower than with fixed bitrates on seed 1 (suspected receive side, see docs/rate/README.md)"]
+#[ignore = "fails at 180p, seed 1 phone→desk: audio p99 576 ms adaptive against 675 ms fixed (bound: below 0.75 of it), audio late 56 % against 100 % (2026-12-07)"]
 fn adaptation_keeps_audio_closer_to_time_over_lte_like_capacity() {
     let text = |adapt: bool| {
         let t = std::fs::read_to_string(scenarios_dir().join("rate-cellular.toml"))
@@ -337,7 +337,10 @@ fn adaptation_keeps_audio_closer_to_time_over_lte_like_capacity() {
             .replace("bitrate_kbps = 1200", "bitrate_kbps = 500")
             .replace("duration_s = 60", "duration_s = 30")
             .replace("stop_s = 58", "stop_s = 28");
-        format!("{t}\n[participant]\nrate_adaptation = {adapt}\n")
+        t.replace(
+            "rate_adaptation = true",
+            &format!("rate_adaptation = {adapt}"),
+        )
     };
     let seed = 1;
     let out = run_text(&text(true), seed);
