@@ -500,6 +500,13 @@ fn pushback_override(text: String) -> String {
     }
 }
 
+/// Whether the sweep runs `case` ("cellular": `rate-cellular` and the LTE traces, "slow":
+/// the slow peer): `RATE_CASES` (comma-separated) names them, all when unset; the capacity
+/// step always runs
+fn sweep_case(case: &str) -> bool {
+    std::env::var("RATE_CASES").map_or(true, |v| v.split(',').any(|c| c.trim() == case))
+}
+
 /// `text` with `line` added to its participant settings (after `rate_adaptation = true`)
 fn with_participant(text: &str, line: &str) -> String {
     text.replace(
@@ -539,37 +546,41 @@ fn rate_sweep() {
             }
             steps.push(s);
         }
-        let out = sweep_file("rate-cellular", seed);
-        let (p, d) = (host(&out, "phone"), host(&out, "desk"));
-        for (from, to) in [(p, d), (d, p)] {
-            let w = window(&out.sim, from, to, secs(5.0), secs(57.0));
-            println!("rate-cellular seed {seed} {from:?}→{to:?}: {w:?}");
-            cellular.push(w);
-        }
-        for (up, down) in lte_traces() {
-            let out = lte_run(&up, &down, seed);
+        if sweep_case("cellular") {
+            let out = sweep_file("rate-cellular", seed);
+            let (p, d) = (host(&out, "phone"), host(&out, "desk"));
             for (from, to) in [(p, d), (d, p)] {
                 let w = window(&out.sim, from, to, secs(5.0), secs(57.0));
-                println!("{up} seed {seed} {from:?}→{to:?}: {w:?}");
+                println!("rate-cellular seed {seed} {from:?}→{to:?}: {w:?}");
                 cellular.push(w);
             }
+            for (up, down) in lte_traces() {
+                let out = lte_run(&up, &down, seed);
+                for (from, to) in [(p, d), (d, p)] {
+                    let w = window(&out.sim, from, to, secs(5.0), secs(57.0));
+                    println!("{up} seed {seed} {from:?}→{to:?}: {w:?}");
+                    cellular.push(w);
+                }
+            }
         }
-        let slow = fast_pairs_video(&sweep_file("rate-slow-peer", seed));
-        let base = fast_pairs_video(&sweep_file("rate-slow-peer-baseline", seed));
-        let worst = slow
-            .iter()
-            .zip(&base)
-            .map(|(s, b)| s / b)
-            .fold(f64::INFINITY, f64::min);
-        println!(
-            "rate-slow-peer seed {seed}: fast pairs' video {:.0} kbit/s mean vs {:.0} without \
-             the slow peer; worst pair at {:.0} %",
-            slow.iter().sum::<f64>() / slow.len() as f64,
-            base.iter().sum::<f64>() / base.len() as f64,
-            worst * 100.0
-        );
-        if worst < 0.7 {
-            problems.push(format!("rate-slow-peer {seed}: worst pair at {worst}"));
+        if sweep_case("slow") {
+            let slow = fast_pairs_video(&sweep_file("rate-slow-peer", seed));
+            let base = fast_pairs_video(&sweep_file("rate-slow-peer-baseline", seed));
+            let worst = slow
+                .iter()
+                .zip(&base)
+                .map(|(s, b)| s / b)
+                .fold(f64::INFINITY, f64::min);
+            println!(
+                "rate-slow-peer seed {seed}: fast pairs' video {:.0} kbit/s mean vs {:.0} without \
+                 the slow peer; worst pair at {:.0} %",
+                slow.iter().sum::<f64>() / slow.len() as f64,
+                base.iter().sum::<f64>() / base.len() as f64,
+                worst * 100.0
+            );
+            if worst < 0.7 {
+                problems.push(format!("rate-slow-peer {seed}: worst pair at {worst}"));
+            }
         }
     }
     print_step_summary("capacity-step", &steps);
