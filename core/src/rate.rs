@@ -659,6 +659,8 @@ impl PeerRate {
                     correction = format!("{corr:.2}"),
                     lossy,
                     capped,
+                    video_kbps = self.video_sent.kbps().map(|k| k as u32),
+                    audio_kbps = self.audio_sent.kbps().map(|k| k as u32),
                     "rate: correction"
                 );
             }

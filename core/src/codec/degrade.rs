@@ -420,6 +420,16 @@ impl DegradationController {
         }
         if self.level() != before {
             self.last_change = Some(now);
+            if let Some(l) = self.current() {
+                tracing::debug!(
+                    width = l.width,
+                    height = l.height,
+                    fps = l.fps,
+                    bitrate = self.bitrate_bps,
+                    cpu = self.cpu_level > 0,
+                    "degradation: level"
+                );
+            }
         }
     }
 }
