@@ -8,7 +8,8 @@
 //! ```
 //!
 //! Sections: `costs` (video encode/decode), `opus`, `second` (one encode against two),
-//! `temporal` (VP8 temporal layers), `ladder` (PSNR per size and bitrate); all by default.
+//! `temporal` (VP8 temporal layers), `ladder` (PSNR per size and bitrate), `keyframes`
+//! (periodic keyframes' size and quality against the frames between them); all by default.
 //!
 //! Times are CPU time of the calling thread (`CLOCK_THREAD_CPUTIME_ID`, so builds running
 //! alongside do not inflate them; wall time if that clock is missing). "Core %" is
@@ -57,6 +58,9 @@ fn main() {
     }
     if want("temporal") {
         temporal(frames);
+    }
+    if want("keyframes") {
+        keyframes(frames);
     }
     if want("ladder") {
         ladder(frames);
@@ -296,6 +300,63 @@ fn ladder(frames: u64) {
         }
         println!();
     }
+}
+
+/// Periodic keyframes (every 2 s) at 640x360 30 fps with sensor noise: their size in bytes
+/// and in frames' worth of the target, and the coding PSNR of keyframes against the frames
+/// between them (after the first second)
+fn keyframes(frames: u64) {
+    let (w, h) = (640, 360);
+    let input = noisy_frames(w, h, frames.max(150));
+    println!("keyframes: {w}x{h} noisy source at 30 fps, a keyframe every 2 s");
+    println!(
+        "{:<6} {:>7} {:>9} {:>8} {:>9} {:>9}",
+        "codec", "kbit/s", "key bytes", "frames", "key PSNR", "rest PSNR"
+    );
+    for codec in [VideoCodec::Vp8, VideoCodec::Vp9]
+        .into_iter()
+        .filter(|c| c.is_supported())
+    {
+        for kbps in [300, 600, 1200] {
+            let mut enc = video_encoder(VideoEncoderConfig {
+                bitrate_bps: kbps * 1000,
+                ..VideoEncoderConfig::new(codec, w, h)
+            })
+            .expect("encoder");
+            let mut dec = video_decoder(codec).expect("decoder");
+            let (mut key_bytes, mut key_psnr, mut rest_psnr) = (Vec::new(), Vec::new(), Vec::new());
+            for (i, frame) in input.iter().enumerate() {
+                let pts = Duration::from_secs(i as u64) / 30;
+                let Some(e) = enc.encode(frame, pts).expect("encode") else {
+                    continue;
+                };
+                let Some(out) = dec.decode(&e.data).expect("decode") else {
+                    continue;
+                };
+                if i < 30 {
+                    continue;
+                }
+                if e.keyframe {
+                    key_bytes.push(e.data.len() as f64);
+                    key_psnr.push(psnr(frame, &out));
+                } else {
+                    rest_psnr.push(psnr(frame, &out));
+                }
+            }
+            let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+            let per_frame = f64::from(kbps) * 1000.0 / 8.0 / 30.0;
+            println!(
+                "{:<6} {:>7} {:>9.0} {:>8.1} {:>9.2} {:>9.2}",
+                codec.name(),
+                kbps,
+                mean(&key_bytes),
+                mean(&key_bytes) / per_frame,
+                mean(&key_psnr),
+                mean(&rest_psnr)
+            );
+        }
+    }
+    println!();
 }
 
 fn bench_video(codec: VideoCodec, label: &str, bitrate: u32, input: &[I420Frame]) {

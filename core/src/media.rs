@@ -997,6 +997,12 @@ impl PeerMedia {
                 return;
             };
             self.video_stats.frames_received += 1;
+            tracing::trace!(
+                ticks,
+                contiguous = data.contiguous,
+                bytes = data.data.len(),
+                "video frame received"
+            );
             self.video_stats.codec = Some(codec);
             let keyframe = is_keyframe(codec, &data.data);
             if keyframe {

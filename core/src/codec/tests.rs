@@ -370,3 +370,50 @@ fn vp8_base_temporal_layer_decodes_alone() {
         ));
     }
 }
+
+/// A periodic keyframe of VP8 or VP9 at 640x360 and 1.2 Mbit/s is at most about three
+/// frames' worth of the target (`MAX_INTRA_PCT` in `vpx.rs`): str0m's pacer lets 40 ms of
+/// its rate out at once, and a 28 kB keyframe (libwebrtc's 900 %) reached the path in bursts
+/// that its overuse detector took for congestion
+#[test]
+fn vpx_keyframes_are_a_few_frames_worth() {
+    let (w, h, bitrate) = (640, 360, 1_200_000u32);
+    let per_frame = f64::from(bitrate) / 8.0 / 30.0;
+    let src = TestPattern::new(w, h);
+    for codec in compiled().filter(|c| matches!(c, VideoCodec::Vp8 | VideoCodec::Vp9)) {
+        let mut enc = video_encoder(VideoEncoderConfig {
+            bitrate_bps: bitrate,
+            keyframe_interval: Duration::from_secs(1),
+            ..VideoEncoderConfig::new(codec, w, h)
+        })
+        .unwrap();
+        // Noise the encoder cannot predict, as from a camera sensor.
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut noise = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % 13) as i32 - 6
+        };
+        let keys: Vec<usize> = (0..91)
+            .filter_map(|i| {
+                let mut f = src.frame(i);
+                for p in f.y.iter_mut() {
+                    *p = (i32::from(*p) + noise()).clamp(0, 255) as u8;
+                }
+                let e = enc.encode(&f, pts(i)).unwrap()?;
+                // The first keyframe starts from an empty rate-control buffer.
+                (e.keyframe && i > 0).then_some(e.data.len())
+            })
+            .collect();
+        assert_eq!(keys.len(), 3, "{}: {keys:?}", codec.name());
+        for k in keys {
+            let frames = k as f64 / per_frame;
+            assert!(
+                frames < 4.0,
+                "{}: keyframe of {k} bytes, {frames:.1} frames",
+                codec.name()
+            );
+        }
+    }
+}

@@ -47,6 +47,19 @@ use super::{
 /// Timebase of the pts we hand libvpx: the 90 kHz RTP video clock
 const TIMEBASE_HZ: u64 = 90_000;
 
+/// Largest keyframe, in percent of the per-frame target: three frames' worth
+///
+/// libwebrtc's formula (optimal buffer 600 ms × 0.5 × fps / 10) gives 900 % at 30 fps, a
+/// 28 kB keyframe at 640x360 and 1.2 Mbit/s. str0m's pacer lets 40 ms of its rate out at
+/// once, so such a keyframe reaches the path in bursts of about 10 kB; on the capacity step
+/// of the simulator the periodic keyframes and the one of a step up in size set off
+/// str0m's overuse detection, and its estimate fell to 0.85 of what was acknowledged (2.8
+/// → 0.24 Mbit/s seen) just after the path had come back. At 300 % (libwebrtc's least)
+/// the keyframe is 16 kB and 5 dB worse than the frames around it, which win back all but
+/// 0.2 dB of their PSNR within the 2 s (`codec_bench keyframes`); the capacity step recovers
+/// to 70 % of its rate in 33 of 48 directions instead of 23 (`docs/rate/README.md`).
+const MAX_INTRA_PCT: c_int = 300;
+
 /// A libvpx codec context, destroyed on drop
 ///
 /// Boxed so it never moves after init: libvpx's API expects a context to stay where it was
@@ -288,11 +301,8 @@ impl Encoder {
 
     /// Controls that follow the frame rate
     fn rate_controls(&mut self) -> Result<(), CodecError> {
-        // Cap keyframe size at a few frames' worth of bits, as libwebrtc does:
-        // optimal buffer (ms) * 0.5 * fps / 10, in percent of the per-frame target.
-        let max_intra_pct = (600 * self.cfg.fps / 20).max(300) as c_int;
         self.ctx
-            .control(VP8E_SET_MAX_INTRA_BITRATE_PCT, max_intra_pct)
+            .control(VP8E_SET_MAX_INTRA_BITRATE_PCT, MAX_INTRA_PCT)
     }
 
     /// Hands the changed `enc` to libvpx
