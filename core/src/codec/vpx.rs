@@ -299,7 +299,8 @@ impl Encoder {
         Ok(())
     }
 
-    /// Controls that follow the frame rate
+    /// The keyframe cap ([`MAX_INTRA_PCT`]; libvpx applies it to the per-frame target,
+    /// which follows the frame rate), set again whenever the rate changes
     fn rate_controls(&mut self) -> Result<(), CodecError> {
         self.ctx
             .control(VP8E_SET_MAX_INTRA_BITRATE_PCT, MAX_INTRA_PCT)
