@@ -55,8 +55,8 @@ const TIMEBASE_HZ: u64 = 90_000;
 /// of the simulator the periodic keyframes and the one of a step up in size set off
 /// str0m's overuse detection, and its estimate fell to 0.85 of what was acknowledged (2.8
 /// → 0.24 Mbit/s seen) just after the path had come back. At 300 % (libwebrtc's least)
-/// the keyframe is 16 kB and 5 dB worse than the frames around it, which win back all but
-/// 0.2 dB of their PSNR within the 2 s (`codec_bench keyframes`); the capacity step recovers
+/// the keyframe is 16 kB and 5 dB worse than the frames around it, whose mean PSNR moves
+/// by 0.2 dB (`codec_bench keyframes`); the capacity step recovers
 /// to 70 % of its rate in 33 of 48 directions instead of 23 (`docs/rate/README.md`).
 const MAX_INTRA_PCT: c_int = 300;
 
