@@ -66,12 +66,12 @@ struct Window {
     video_frames: usize,
 }
 
-fn quantile(v: &mut [f64], q: f64) -> f64 {
-    if v.is_empty() {
+/// The `q` quantile of `sorted` (ascending)
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
         return f64::NAN;
     }
-    v.sort_by(f64::total_cmp);
-    v[((v.len() - 1) as f64 * q).round() as usize]
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
 fn window(sim: &Sim, from: HostId, to: HostId, start: Duration, end: Duration) -> Window {
@@ -86,7 +86,8 @@ fn window(sim: &Sim, from: HostId, to: HostId, start: Duration, end: Duration) -
             .map(|s| s.delay.as_secs_f64() * 1000.0)
             .collect();
         w.video_frames = d.len();
-        w.video_p95_ms = quantile(&mut d, 0.95);
+        d.sort_by(f64::total_cmp);
+        w.video_p95_ms = quantile(&d, 0.95);
         let mut shown: Vec<Duration> = st
             .samples
             .iter()
@@ -120,8 +121,9 @@ fn window(sim: &Sim, from: HostId, to: HostId, start: Duration, end: Duration) -
             .filter(|s| inside(s.captured_at) && s.delay <= cfg.late_after)
             .count() as f64;
         w.audio_late = (1.0 - on_time / sent).max(0.0);
-        w.audio_p99_ms = quantile(&mut d, 0.99);
-        w.audio_p50_ms = quantile(&mut d, 0.5);
+        d.sort_by(f64::total_cmp);
+        w.audio_p99_ms = quantile(&d, 0.99);
+        w.audio_p50_ms = quantile(&d, 0.5);
     } else {
         w.audio_late = 1.0;
     }
@@ -278,21 +280,30 @@ fn a_capacity_step_is_followed_down_and_back_up() {
 /// 12.3 % of it, bob→alice; seeds 1–6 in `rate_sweep` print every direction)
 #[test]
 fn audio_is_on_time_once_the_queue_of_a_capacity_drop_has_drained() {
-    for seed in [1, 4] {
+    for (seed, from, to, s) in capacity_steps(&[1, 4]) {
+        assert!(
+            s.low.audio_late < 0.01,
+            "seed {seed} {from:?}→{to:?}: {s:?}"
+        );
+        assert!(
+            s.low.video_p95_ms < 200.0,
+            "seed {seed} {from:?}→{to:?}: {s:?}"
+        );
+    }
+}
+
+/// `scenarios/capacity-step.toml` (drop at 20 s, back at 40 s) run with each of `seeds`:
+/// both directions' [`Step`] per seed
+fn capacity_steps(seeds: &[u64]) -> Vec<(u64, HostId, HostId, Step)> {
+    let mut steps = Vec::new();
+    for &seed in seeds {
         let out = run_file("capacity-step", seed);
         let (a, b) = (host(&out, "alice"), host(&out, "bob"));
         for (from, to) in [(a, b), (b, a)] {
-            let s = step(&out.sim, from, to, 20.0, 40.0);
-            assert!(
-                s.low.audio_late < 0.01,
-                "seed {seed} {from:?}→{to:?}: {s:?}"
-            );
-            assert!(
-                s.low.video_p95_ms < 200.0,
-                "seed {seed} {from:?}→{to:?}: {s:?}"
-            );
+            steps.push((seed, from, to, step(&out.sim, from, to, 20.0, 40.0)));
         }
     }
+    steps
 }
 
 /// After the capacity comes back, the video rate is back above 70 % of what it was within
@@ -302,20 +313,15 @@ fn audio_is_on_time_once_the_queue_of_a_capacity_drop_has_drained() {
 /// two whose video came back to 17–36 % before that (`rate_sweep` prints every direction)
 #[test]
 fn video_comes_back_after_a_capacity_drop() {
-    for seed in [1, 7] {
-        let out = run_file("capacity-step", seed);
-        let (a, b) = (host(&out, "alice"), host(&out, "bob"));
-        for (from, to) in [(a, b), (b, a)] {
-            let s = step(&out.sim, from, to, 20.0, 40.0);
-            eprintln!(
-                "seed {seed} {from:?}→{to:?}: video {:.0} kbit/s before, {:.0} at 5-10 s after",
-                s.video_before, s.video_after
-            );
-            assert!(
-                s.video_after > 0.7 * s.video_before,
-                "seed {seed} {from:?}→{to:?}: {s:?}"
-            );
-        }
+    for (seed, from, to, s) in capacity_steps(&[1, 7]) {
+        eprintln!(
+            "seed {seed} {from:?}→{to:?}: video {:.0} kbit/s before, {:.0} at 5-10 s after",
+            s.video_before, s.video_after
+        );
+        assert!(
+            s.video_after > 0.7 * s.video_before,
+            "seed {seed} {from:?}→{to:?}: {s:?}"
+        );
     }
 }
 
