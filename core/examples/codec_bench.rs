@@ -24,7 +24,7 @@
 use std::time::{Duration, Instant};
 
 use meshrtc::codec::scale::Scaler;
-use meshrtc::codec::testsrc::{psnr, TestPattern, Tone};
+use meshrtc::codec::testsrc::{psnr, SensorNoise, TestPattern, Tone};
 use meshrtc::codec::{
     video_decoder, video_encoder, AdaptiveEncoder, I420Frame, OpusConfig, OpusDecoder, OpusEncoder,
     Scale, VideoCodec, VideoEncoderConfig, VideoTarget,
@@ -156,22 +156,11 @@ fn costs(frames: u64) {
 /// the clean pattern and is closer to what a camera gives
 fn noisy_frames(w: u32, h: u32, frames: u64) -> Vec<I420Frame> {
     let source = TestPattern::new(w, h);
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let mut noise = move |amp: i32| {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state % (2 * amp as u64 + 1)) as i32 - amp
-    };
+    let mut noise = SensorNoise::default();
     (0..frames)
         .map(|i| {
             let mut f = source.frame(i);
-            for p in f.y.iter_mut() {
-                *p = (i32::from(*p) + noise(6)).clamp(0, 255) as u8;
-            }
-            for p in f.u.iter_mut().chain(f.v.iter_mut()) {
-                *p = (i32::from(*p) + noise(3)).clamp(0, 255) as u8;
-            }
+            noise.apply(&mut f, 6, 3);
             f
         })
         .collect()

@@ -1074,8 +1074,8 @@ impl PeerMedia {
                 }
                 if !self.behind.is_empty() {
                     let mut v: Vec<f64> = self.behind.iter().map(|b| b.1).collect();
-                    v.sort_by(f64::total_cmp);
-                    let q = v[v.len() / 2];
+                    let mid = v.len() / 2;
+                    let (_, &mut q, _) = v.select_nth_unstable_by(mid, f64::total_cmp);
                     self.sync_wanted = if q > 0.0 { (q + 0.005).min(1.0) } else { 0.0 };
                 }
                 render_at = render_at.min(now + self.max_video_hold);

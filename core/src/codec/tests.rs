@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use quickcheck::{Arbitrary, Gen};
 
-use super::testsrc::{psnr, TestPattern};
+use super::testsrc::{psnr, SensorNoise, TestPattern};
 use super::*;
 
 /// Lowest acceptable PSNR of a decoded 320x180 test-pattern frame at 500 kbit/s, in dB
@@ -388,19 +388,11 @@ fn vpx_keyframes_are_a_few_frames_worth() {
         })
         .unwrap();
         // Noise the encoder cannot predict, as from a camera sensor.
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut noise = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % 13) as i32 - 6
-        };
+        let mut noise = SensorNoise::default();
         let keys: Vec<usize> = (0..91)
             .filter_map(|i| {
                 let mut f = src.frame(i);
-                for p in f.y.iter_mut() {
-                    *p = (i32::from(*p) + noise()).clamp(0, 255) as u8;
-                }
+                noise.apply(&mut f, 6, 0);
                 let e = enc.encode(&f, pts(i)).unwrap()?;
                 // The first keyframe starts from an empty rate-control buffer.
                 (e.keyframe && i > 0).then_some(e.data.len())
