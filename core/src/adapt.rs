@@ -68,7 +68,10 @@ impl Adaptation {
             if !p.can_send_media() || p.video_send_codec().is_none() {
                 continue;
             }
-            if let Some(e) = p.rate.effective_estimate(now, ctl.usable()) {
+            if let Some(e) = p
+                .rate
+                .effective_estimate(now, ctl.usable(), ctl.floor_estimate())
+            {
                 paths.push((id.clone(), e));
             }
         }

@@ -100,21 +100,26 @@ pub struct RateConfig {
 
 impl Default for RateConfig {
     fn default() -> Self {
-        Self {
-            enabled: false,
-            initial_bps: 300_000,
-            usable: 0.9,
-            low_encoding: true,
-            low_enter_ratio: 2.0,
-            low_leave_ratio: 1.4,
-            min_interval: Duration::from_secs(1),
-            deadband: 0.1,
-            emergency: 0.75,
-            min_audio_bps: 16_000,
-            receiver_requests: true,
-            pushback: true,
-        }
+        Self::DEFAULT
     }
+}
+
+impl RateConfig {
+    /// The defaults, as a constant
+    pub const DEFAULT: Self = Self {
+        enabled: false,
+        initial_bps: 300_000,
+        usable: 0.85,
+        low_encoding: true,
+        low_enter_ratio: 2.0,
+        low_leave_ratio: 1.4,
+        min_interval: Duration::from_secs(1),
+        deadband: 0.1,
+        emergency: 0.75,
+        min_audio_bps: 16_000,
+        receiver_requests: true,
+        pushback: true,
+    };
 }
 
 /// Send-side rates towards one peer (`bitrate` in the stats of `contracts/cli.md`), kbit/s
@@ -232,6 +237,14 @@ impl RateController {
     /// The share of an estimate media may use
     pub(crate) fn usable(&self) -> f64 {
         self.cfg.usable
+    }
+
+    /// The estimate at and below which every target is at its floor (the least audio, its
+    /// packet headers and the least video, with the headroom)
+    pub(crate) fn floor_estimate(&self) -> u32 {
+        let least_audio = self.cfg.min_audio_bps.min(self.max_audio_bps);
+        let media = least_audio + self.audio_overhead_bps + MIN_VIDEO_BPS;
+        (f64::from(media) / self.cfg.usable) as u32
     }
 
     /// The main encoding's target in force
@@ -631,7 +644,18 @@ impl PeerRate {
     /// what we send, so sending more than its usable share is no sign of overhead, and
     /// scaling it down would spiral (less sent, lower estimate, lower targets; on a lossy
     /// but uncongested path, video frames skipped for a budget the path did not need).
-    pub(crate) fn effective_estimate(&mut self, now: Instant, usable: f64) -> Option<u32> {
+    ///
+    /// Nor does it take the estimate below `floor`, the estimate at which every target is
+    /// at its floor already: below it a lower correction changes nothing that is sent, it
+    /// only delays the climb when the path recovers. At 130 kbit/s headers, feedback and
+    /// probes alone exceeded the usable share, the correction sank to its least (0.3) and
+    /// took 6 s to grow back after the path had (capacity step, seed 17).
+    pub(crate) fn effective_estimate(
+        &mut self,
+        now: Instant,
+        usable: f64,
+        floor: u32,
+    ) -> Option<u32> {
         let estimate = self.path_estimate(now)?;
         // A fresh request from the receiver already says what arrives: no correction down.
         let capped = self.remote_cap.is_some_and(|c| c.holding(now));
@@ -652,7 +676,8 @@ impl PeerRate {
                 } else if sent < allowed * 0.95 || lossy {
                     corr *= 1.1;
                 }
-                corr = corr.clamp(0.3, 1.0);
+                let least = (f64::from(floor) / f64::from(estimate.max(1))).clamp(0.3, 1.0);
+                corr = corr.clamp(least, 1.0);
                 tracing::debug!(
                     estimate,
                     sent = sent as u32,
@@ -818,12 +843,19 @@ mod tests {
         PeerId::new(s).unwrap()
     }
 
+    /// A controller for 1.2 Mbit/s of video and 32 kbit/s of Opus in 20 ms packets; the
+    /// figures below are worked out with a usable share of 0.9
     fn ctl() -> (RateController, Instant) {
         (
-            RateController::new(RateConfig::default(), 1_200_000, 32_000, 20),
+            RateController::new(USABLE_09, 1_200_000, 32_000, 20),
             Instant::now(),
         )
     }
+
+    const USABLE_09: RateConfig = RateConfig {
+        usable: 0.9,
+        ..RateConfig::DEFAULT
+    };
 
     fn at(t0: Instant, s: f64) -> Instant {
         t0 + Duration::from_secs_f64(s)
@@ -934,7 +966,7 @@ mod tests {
     fn no_low_encoding_when_it_is_off_or_not_worth_it() {
         let cfg = RateConfig {
             low_encoding: false,
-            ..RateConfig::default()
+            ..USABLE_09
         };
         let mut c = RateController::new(cfg, 1_200_000, 32_000, 20);
         let t0 = Instant::now();
@@ -1024,7 +1056,7 @@ mod tests {
                 r.sent.add(at(t0, t), 597);
             }
             t += 0.1;
-            used.push(r.effective_estimate(at(t0, t), 0.9).unwrap());
+            used.push(r.effective_estimate(at(t0, t), 0.9, 0).unwrap());
         }
         let last = *used.last().unwrap();
         assert!((60_000..150_000).contains(&last), "{used:?}");
@@ -1032,9 +1064,44 @@ mod tests {
         while t < 12.0 {
             r.sent.add(at(t0, t), 97);
             t += 0.1;
-            used.push(r.effective_estimate(at(t0, t), 0.9).unwrap());
+            used.push(r.effective_estimate(at(t0, t), 0.9, 0).unwrap());
         }
         assert_eq!(*used.last().unwrap(), 200_000, "{used:?}");
+    }
+
+    #[test]
+    fn the_correction_stops_where_every_target_is_at_its_floor() {
+        // 130 kbit/s estimated, 150 sent: headers, feedback and probes alone are more than
+        // the usable share, and the targets are at their floors (about 101 kbit/s of
+        // estimate for Opus at 16 kbit/s with headers and video at 50).
+        let (ctl, t0) = ctl();
+        let floor = ctl.floor_estimate();
+        assert!((95_000..110_000).contains(&floor), "{floor}");
+        let mut r = PeerRate {
+            estimate: Some(130_000),
+            ..PeerRate::default()
+        };
+        let mut t = 0.0;
+        let mut used = 0;
+        while t < 10.0 {
+            for _ in 0..3 {
+                r.sent.add(at(t0, t), 597);
+            }
+            t += 0.1;
+            used = r.effective_estimate(at(t0, t), 0.9, floor).unwrap();
+        }
+        assert!(floor - used <= 1, "{used} against a floor of {floor}");
+        // The path recovers: str0m's estimate goes to 2 Mbit/s and the estimate used
+        // follows within a second and a half, not the 6 s from a correction of 0.3.
+        r.estimate = Some(2_000_000);
+        let recovered = (1..=30)
+            .map(|i| t + f64::from(i) * 0.1)
+            .find(|&s| {
+                r.sent.add(at(t0, s), 597);
+                r.effective_estimate(at(t0, s), 0.9, floor).unwrap() >= 1_500_000
+            })
+            .unwrap_or(f64::INFINITY);
+        assert!(recovered - t <= 1.5, "{:.1} s", recovered - t);
     }
 
     #[test]
@@ -1053,7 +1120,7 @@ mod tests {
                 r.sent.add(at(t0, t), 597);
             }
             t += 0.1;
-            assert_eq!(r.effective_estimate(at(t0, t), 0.9), Some(200_000));
+            assert_eq!(r.effective_estimate(at(t0, t), 0.9, 0), Some(200_000));
         }
         // Below the threshold, the same sending is corrected.
         r.video_loss = Some(0.01);
@@ -1062,9 +1129,9 @@ mod tests {
                 r.sent.add(at(t0, t), 597);
             }
             t += 0.1;
-            r.effective_estimate(at(t0, t), 0.9);
+            r.effective_estimate(at(t0, t), 0.9, 0);
         }
-        assert!(r.effective_estimate(at(t0, t), 0.9).unwrap() < 150_000);
+        assert!(r.effective_estimate(at(t0, t), 0.9, 0).unwrap() < 150_000);
     }
 
     #[test]

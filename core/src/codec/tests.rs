@@ -409,3 +409,47 @@ fn vpx_keyframes_are_a_few_frames_worth() {
         }
     }
 }
+
+/// libvpx keeps its target when the degradation ladder encodes fewer frames than the camera
+/// captures: 30 fps capture at 150 kbit/s encoded at 20 fps (two frames of three), 15 and
+/// 10 fps. The wrapper once gave each frame the time since the previous one as its duration,
+/// and VP8 sent 203 kbit/s at the 20 fps rung.
+#[test]
+fn vpx_holds_its_target_when_frames_are_left_out() {
+    let (w, h, target) = (320, 180, 150_000u32);
+    let src = TestPattern::new(w, h);
+    for codec in compiled().filter(|c| matches!(c, VideoCodec::Vp8 | VideoCodec::Vp9)) {
+        // The frames of 30 fps a rung keeps: two of three, one of two, one of three.
+        for (fps, kept, of) in [(20, 2, 3), (15, 1, 2), (10, 1, 3)] {
+            let mut enc = video_encoder(VideoEncoderConfig {
+                bitrate_bps: target,
+                keyframe_interval: Duration::from_secs(60),
+                ..VideoEncoderConfig::new(codec, w, h)
+            })
+            .unwrap();
+            enc.set_rates(target, fps).unwrap();
+            let mut noise = SensorNoise::default();
+            // Six seconds; the rate over the last four, after the first keyframe has settled.
+            let mut bytes = 0usize;
+            for i in (0..180u64).filter(|i| i % of < kept) {
+                let mut f = src.frame(i);
+                noise.apply(&mut f, 6, 0);
+                if let Some(e) = enc.encode(&f, pts(i)).unwrap() {
+                    if i >= 60 {
+                        bytes += e.data.len();
+                    }
+                }
+            }
+            let sent = bytes as f64 * 8.0 / 4.0;
+            let ratio = sent / f64::from(target);
+            eprintln!("{} at {fps} fps: {:.0} kbit/s", codec.name(), sent / 1000.0);
+            assert!(
+                (0.5..1.2).contains(&ratio),
+                "{} at {fps} fps of 30: {:.0} kbit/s for a {} kbit/s target",
+                codec.name(),
+                sent / 1000.0,
+                target / 1000
+            );
+        }
+    }
+}

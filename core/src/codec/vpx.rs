@@ -150,7 +150,8 @@ pub(super) struct Encoder {
     keyframes: KeyframeSchedule,
     /// Ticks per frame at the nominal rate
     duration: c_ulong,
-    last_pts: Option<i64>,
+    /// The last frame's pts as handed to libvpx and as captured, in ticks
+    last_pts: Option<(i64, i64)>,
     /// Position in the temporal layer pattern of the next frame
     layer_index: usize,
 }
@@ -313,25 +314,30 @@ impl Encoder {
         self.ctx.check(err, "vpx config set")
     }
 
-    /// `pts` in timebase ticks, strictly increasing as libvpx requires, and the frame's
-    /// duration: the time since the previous frame (libvpx budgets bits per frame from
-    /// it, so frames dropped upstream leave the next ones more bits), at most two nominal
-    /// frame intervals: frames skipped for a full bitrate budget must not be paid back in
-    /// one frame (a 10 kB inter frame at 50 kbit/s after 1.6 s of skips, which was skipped
-    /// for in turn: seconds of frozen video on a cellular path)
+    /// The pts and duration libvpx gets for a frame captured at `pts`, in timebase ticks
+    ///
+    /// Every frame lasts the nominal interval, and the pts advances by the time since the
+    /// previous frame, at least one tick (libvpx requires it to increase) and at most two
+    /// nominal intervals. libvpx times a frame from the end (pts plus duration) of the one
+    /// before, so this tells it the real frame rate. Giving each frame the time since the
+    /// previous one as its duration instead made every other frame of a 30 fps capture
+    /// encoded at 20 fps (33 and 67 ms apart in turn) end where its predecessor had: libvpx
+    /// budgeted as if at 10 fps and sent 1.35–2.7 times its target. The cap keeps frames
+    /// skipped for a full bitrate budget from being paid back in one frame (a 10 kB inter
+    /// frame at 50 kbit/s after 1.6 s of skips, itself skipped in turn: seconds of frozen
+    /// video on a cellular path).
     fn ticks(&mut self, pts: Duration) -> (i64, c_ulong) {
-        let ticks = (pts.as_nanos() * u128::from(TIMEBASE_HZ) / 1_000_000_000)
-            .min(i64::MAX as u128 / 2) as i64;
-        let (ticks, duration) = match self.last_pts {
-            Some(last) if ticks <= last => (last + 1, 1),
-            Some(last) => {
+        let input = (pts.as_nanos() * u128::from(TIMEBASE_HZ) / 1_000_000_000)
+            .min(i64::MAX as u128 / 4) as i64;
+        let out = match self.last_pts {
+            Some((last_out, last_in)) => {
                 let cap = (2 * self.duration).min(TIMEBASE_HZ as c_ulong) as i64;
-                (ticks, (ticks - last).min(cap) as c_ulong)
+                last_out + (input - last_in).clamp(1, cap)
             }
-            None => (ticks, self.duration),
+            None => input,
         };
-        self.last_pts = Some(ticks);
-        (ticks, duration)
+        self.last_pts = Some((out, input));
+        (out, self.duration)
     }
 }
 
