@@ -281,12 +281,6 @@ impl Peer {
             .set_local_ice_credentials(creds)
             .set_stats_interval(Some(Duration::from_secs(1)))
             .set_sctp_max_buffered_amount(SCTP_BUFFER)
-            // The SCTP association's parameters ride in the SDP (`a=sctp-init`, SNAP), so it
-            // is up with DTLS: its own 4-way handshake retransmits after 3 s, 6 s, 12 s,
-            // and over a 15 % loss path it kept a data channel shut for 10–15 s after DTLS
-            // in one handshake of seven. A remote that does not take it answers without
-            // the attribute and the handshake happens as before.
-            .set_snap_enabled(true)
             // Sender reports every second for both kinds: lip-sync, latency and drift from
             // reports all start from the first pair of them.
             .set_rtcp_report_interval_audio(Duration::from_secs(1))
