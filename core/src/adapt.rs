@@ -59,6 +59,7 @@ impl Adaptation {
         }
         self.last_run = Some(now);
         let mut paths = Vec::with_capacity(peers.len());
+        let (usable, floor) = (ctl.usable(), ctl.floor_estimate());
         let mut loss = None::<f32>;
         for (id, p) in peers.iter_mut() {
             p.rate.changed = false;
@@ -68,10 +69,7 @@ impl Adaptation {
             if !p.can_send_media() || p.video_send_codec().is_none() {
                 continue;
             }
-            if let Some(e) = p
-                .rate
-                .effective_estimate(now, ctl.usable(), ctl.floor_estimate())
-            {
+            if let Some(e) = p.rate.effective_estimate(now, usable, floor) {
                 paths.push((id.clone(), e));
             }
         }

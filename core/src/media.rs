@@ -822,6 +822,8 @@ pub(crate) struct PeerMedia {
     last_sync_step: Option<Instant>,
     /// (arrival, how far behind its audio a video frame would be with no sync delay)
     behind: VecDeque<(Instant, f64)>,
+    /// Scratch for the median of `behind` (one per video frame: kept, not reallocated)
+    behind_scratch: Vec<f64>,
     decoders: BTreeMap<VideoCodec, Box<dyn codec::VideoDecoder>>,
     waiting_keyframe: bool,
     last_pli: Option<Instant>,
@@ -874,6 +876,7 @@ impl PeerMedia {
             sync_wanted: 0.0,
             last_sync_step: None,
             behind: VecDeque::new(),
+            behind_scratch: Vec::new(),
             decoders: BTreeMap::new(),
             waiting_keyframe: false,
             last_pli: None,
@@ -1073,7 +1076,9 @@ impl PeerMedia {
                     self.behind.pop_front();
                 }
                 if !self.behind.is_empty() {
-                    let mut v: Vec<f64> = self.behind.iter().map(|b| b.1).collect();
+                    let v = &mut self.behind_scratch;
+                    v.clear();
+                    v.extend(self.behind.iter().map(|b| b.1));
                     let mid = v.len() / 2;
                     let (_, &mut q, _) = v.select_nth_unstable_by(mid, f64::total_cmp);
                     self.sync_wanted = if q > 0.0 { (q + 0.005).min(1.0) } else { 0.0 };

@@ -100,26 +100,21 @@ pub struct RateConfig {
 
 impl Default for RateConfig {
     fn default() -> Self {
-        Self::DEFAULT
+        Self {
+            enabled: false,
+            initial_bps: 300_000,
+            usable: 0.85,
+            low_encoding: true,
+            low_enter_ratio: 2.0,
+            low_leave_ratio: 1.4,
+            min_interval: Duration::from_secs(1),
+            deadband: 0.1,
+            emergency: 0.75,
+            min_audio_bps: 16_000,
+            receiver_requests: true,
+            pushback: true,
+        }
     }
-}
-
-impl RateConfig {
-    /// The defaults, as a constant
-    pub const DEFAULT: Self = Self {
-        enabled: false,
-        initial_bps: 300_000,
-        usable: 0.85,
-        low_encoding: true,
-        low_enter_ratio: 2.0,
-        low_leave_ratio: 1.4,
-        min_interval: Duration::from_secs(1),
-        deadband: 0.1,
-        emergency: 0.75,
-        min_audio_bps: 16_000,
-        receiver_requests: true,
-        pushback: true,
-    };
 }
 
 /// Send-side rates towards one peer (`bitrate` in the stats of `contracts/cli.md`), kbit/s
@@ -847,15 +842,17 @@ mod tests {
     /// figures below are worked out with a usable share of 0.9
     fn ctl() -> (RateController, Instant) {
         (
-            RateController::new(USABLE_09, 1_200_000, 32_000, 20),
+            RateController::new(usable_09(), 1_200_000, 32_000, 20),
             Instant::now(),
         )
     }
 
-    const USABLE_09: RateConfig = RateConfig {
-        usable: 0.9,
-        ..RateConfig::DEFAULT
-    };
+    fn usable_09() -> RateConfig {
+        RateConfig {
+            usable: 0.9,
+            ..RateConfig::default()
+        }
+    }
 
     fn at(t0: Instant, s: f64) -> Instant {
         t0 + Duration::from_secs_f64(s)
@@ -966,7 +963,7 @@ mod tests {
     fn no_low_encoding_when_it_is_off_or_not_worth_it() {
         let cfg = RateConfig {
             low_encoding: false,
-            ..USABLE_09
+            ..usable_09()
         };
         let mut c = RateController::new(cfg, 1_200_000, 32_000, 20);
         let t0 = Instant::now();
