@@ -495,6 +495,10 @@ function setupChannel(p, dc) {
     log(p.id, 'data channel open after', p.r.connect_ms.toFixed(1), 'ms');
     for (const size of cfg.probeSizes) sendBinaryProbe(p, size);
     for (let i = 0; i < cfg.burst; i++) sendTextProbe(p);
+    if (cfg.probeSizes.length + cfg.burst > 0) {
+      log(p.id, 'sent at open:', cfg.probeSizes.length, 'binary,', cfg.burst, 'text; channel id', dc.id,
+        'buffered', dc.bufferedAmount);
+    }
     p.timer = setInterval(() => {
       if (send(p, JSON.stringify({ ping: p.nextPing, from: myId }))) {
         p.nextPing += 1;

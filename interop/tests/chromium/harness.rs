@@ -563,6 +563,12 @@ impl World {
         .arg(&stats_path)
         .args(["--bind", "127.0.0.1"])
         .args(extra)
+        // Data channels' state changes (few lines) for the diagnostics; RUST_LOG overrides.
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG")
+                .unwrap_or_else(|_| "warn,str0m::sctp=debug,str0m::channel=debug".into()),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log_file(&stderr_path)?);
@@ -634,15 +640,27 @@ impl World {
             "==== diagnostics of {} (room {}, signal {})",
             self.name, self.room, self.signal.url
         );
+        // meshrtc's side first: its warnings and figures are short, while a page's report
+        // is long (CI's log keeps only a part of a failure's output).
+        for (id, p) in &self.peers {
+            let _ = writeln!(s, "---- meshrtc peer {id}");
+            for l in p.stdout.all() {
+                let _ = writeln!(s, "  stdout: {l}");
+            }
+            let err = p.stderr();
+            let lines: Vec<&str> = err.lines().collect();
+            for l in &lines[lines.len().saturating_sub(80)..] {
+                let _ = writeln!(s, "  stderr: {l}");
+            }
+            if let Ok(stats) = fs::read_to_string(&p.stats_path) {
+                let _ = writeln!(s, "  stats: {stats}");
+            }
+        }
         for (tag, b) in &self.browsers {
             let _ = writeln!(s, "---- page {tag}: {}", b.url);
             match self.pages.report(tag) {
                 Some(r) => {
-                    let _ = writeln!(
-                        s,
-                        "report: {}",
-                        serde_json::to_string_pretty(&r).unwrap_or_default()
-                    );
+                    let _ = writeln!(s, "report: {}", compact_report(&r));
                 }
                 None => {
                     let _ = writeln!(s, "no report received");
@@ -663,22 +681,30 @@ impl World {
                 }
             }
         }
-        for (id, p) in &self.peers {
-            let _ = writeln!(s, "---- meshrtc peer {id}");
-            for l in p.stdout.all() {
-                let _ = writeln!(s, "  stdout: {l}");
-            }
-            let err = p.stderr();
-            let lines: Vec<&str> = err.lines().collect();
-            for l in &lines[lines.len().saturating_sub(80)..] {
-                let _ = writeln!(s, "  stderr: {l}");
-            }
-            if let Ok(stats) = fs::read_to_string(&p.stats_path) {
-                let _ = writeln!(s, "  stats: {stats}");
-            }
-        }
         s
     }
+}
+
+/// A page report for the diagnostics: pretty, except that each `history` sample (a row of
+/// numbers, up to 240 per peer) takes one line
+fn compact_report(r: &Value) -> String {
+    let mut r = r.clone();
+    let mut rows = Vec::new();
+    if let Some(peers) = r.get_mut("peers").and_then(Value::as_object_mut) {
+        for (id, p) in peers.iter_mut() {
+            if let Some(h) = p.get_mut("history").map(Value::take) {
+                for row in h.as_array().into_iter().flatten() {
+                    rows.push(format!("  history {id}: {row}"));
+                }
+            }
+        }
+    }
+    let mut out = serde_json::to_string_pretty(&r).unwrap_or_default();
+    for row in rows {
+        out.push('\n');
+        out.push_str(&row);
+    }
+    out
 }
 
 /// Runs one interop test: skips without Chromium (unless CI), serialises with the other

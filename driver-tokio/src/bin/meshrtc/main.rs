@@ -364,12 +364,14 @@ fn main() -> ExitCode {
 }
 
 /// Logs go to stderr, as text or JSON lines; `RUST_LOG` sets the filter (default: warnings
-/// only)
+/// only). Colours only on a terminal, not in a file or pipe.
 fn init_tracing(format: LogFormat) {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
