@@ -225,8 +225,7 @@ impl RateController {
 
     /// What to ask str0m's estimator to probe up to: all the media we would send
     pub(crate) fn desired_bps(&self) -> u32 {
-        let media = self.max_video_bps + self.max_audio_bps + self.audio_overhead_bps;
-        (f64::from(media) / self.cfg.usable) as u32
+        self.estimate_for(self.max_video_bps + self.max_audio_bps + self.audio_overhead_bps)
     }
 
     /// The share of an estimate media may use
@@ -237,9 +236,17 @@ impl RateController {
     /// The estimate at and below which every target is at its floor (the least audio, its
     /// packet headers and the least video, with the headroom)
     pub(crate) fn floor_estimate(&self) -> u32 {
-        let least_audio = self.cfg.min_audio_bps.min(self.max_audio_bps);
-        let media = least_audio + self.audio_overhead_bps + MIN_VIDEO_BPS;
+        self.estimate_for(self.least_audio_bps() + self.audio_overhead_bps + MIN_VIDEO_BPS)
+    }
+
+    /// The estimate whose usable share is `media` bit/s
+    fn estimate_for(&self, media: u32) -> u32 {
         (f64::from(media) / self.cfg.usable) as u32
+    }
+
+    /// The least audio bitrate: the configured floor, or all of it for a low maximum
+    fn least_audio_bps(&self) -> u32 {
+        self.cfg.min_audio_bps.min(self.max_audio_bps)
     }
 
     /// The main encoding's target in force
@@ -407,10 +414,7 @@ impl RateController {
         let slowest = paths.iter().map(|(_, e)| *e).min().unwrap_or(u32::MAX);
         let room = ((f64::from(slowest) * self.cfg.usable) as u32)
             .saturating_sub(self.audio_overhead_bps + MIN_VIDEO_BPS);
-        let want = room.clamp(
-            self.cfg.min_audio_bps.min(self.max_audio_bps),
-            self.max_audio_bps,
-        );
+        let want = room.clamp(self.least_audio_bps(), self.max_audio_bps);
         let before = self.audio_bps();
         // Audio steps down at once (it only does when video is at its floor already), and
         // back up no more than once per interval.
