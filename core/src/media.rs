@@ -899,6 +899,14 @@ impl PeerMedia {
         self.drift_estimate.and_then(|e| e.significant_ppm())
     }
 
+    /// The drift estimate whether or not it is told apart from zero, in ppm (with a finite
+    /// uncertainty)
+    pub(crate) fn drift_estimate_ppm(&self) -> Option<f64> {
+        self.drift_estimate
+            .filter(|e| e.uncertainty_ppm().is_finite())
+            .map(|e| e.ppm)
+    }
+
     /// Half the 95% interval of the drift estimate, in ppm
     pub(crate) fn drift_uncertainty_ppm(&self) -> Option<f64> {
         self.drift_estimate
@@ -1153,8 +1161,10 @@ impl PeerMedia {
         self.last_drift_update = Some(now);
         if let Some(e) = self.drift.estimate() {
             self.drift_estimate = Some(e);
+            // Playout follows only a drift told apart from zero: an estimate whose interval
+            // spans zero (a short window with lagging video, say) is as likely noise.
             if let Some(jb) = &mut self.jitter {
-                jb.set_drift_ppm(e.ppm);
+                jb.set_drift_ppm(e.significant_ppm().unwrap_or(0.0));
             }
         }
     }

@@ -601,6 +601,7 @@ impl Peer {
         s.circuit = self.recovery.circuit();
         s.clock_drift_ppm = self.media.drift_ppm();
         s.clock_drift_uncertainty_ppm = self.media.drift_uncertainty_ppm();
+        s.clock_drift_estimate_ppm = self.media.drift_estimate_ppm();
         s.report_clock_drift_ppm = self.media.report_drift_ppm();
         // `s.audio`/`s.video` hold what earlier connections to this peer received (a full
         // reconnect carries them over): counters go on from there.

@@ -47,6 +47,10 @@ pub struct PeerStats {
     /// Half the 95% interval of that estimate (ppm): the drift lies within
     /// `estimate ± this`; there whenever an estimate is
     pub clock_drift_uncertainty_ppm: Option<f64>,
+    /// The estimate itself, shown or not (ppm): with the uncertainty, for combining it with
+    /// other views of the same clocks (the other direction's estimate reads about its
+    /// negative)
+    pub clock_drift_estimate_ppm: Option<f64>,
     /// The same drift estimated from RTCP sender reports (the sender's wall clock), ppm;
     /// `None` while smaller than its uncertainty
     pub report_clock_drift_ppm: Option<f64>,

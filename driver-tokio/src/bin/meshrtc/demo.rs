@@ -218,7 +218,8 @@ struct PairRow {
     jitter_ms: Option<f64>,
     /// Worse of the two directions' audio loss fractions
     loss: Option<f64>,
-    /// Largest clock-drift estimate of the two directions (ppm)
+    /// How fast the second peer's clock runs against the first's (ppm), from both directions
+    /// (see [`pair_drift`]); `None` while it cannot be told apart from zero
     drift: Option<f64>,
 }
 
@@ -265,14 +266,34 @@ fn pair_rows(reports: &[(PeerId, Report)], media: &Media) -> Vec<PairRow> {
                     .iter()
                     .filter_map(|a| a.packets_lost_fraction.map(f64::from))
                     .reduce(f64::max),
-                drift: ends
-                    .iter()
-                    .filter_map(|s| s.clock_drift_ppm)
-                    .reduce(|x, y| if x.abs() >= y.abs() { x } else { y }),
+                drift: pair_drift(stats(media, a, b), stats(media, b, a)),
             });
         }
     }
     rows
+}
+
+/// How fast b's clock runs against a's (ppm), from what a measured of b and b of a
+///
+/// Clock drift reads with opposite signs in the two directions (b fast for a is a slow for
+/// b), while a change of delay on the machine (a busy start, other load) reads with the same
+/// sign in both: half the difference keeps the first and cancels the second. Shown only when
+/// it is larger than its 95% interval; with one direction alone, that direction's figure.
+fn pair_drift(at_a: Option<&PeerStats>, at_b: Option<&PeerStats>) -> Option<f64> {
+    let view = |s: Option<&PeerStats>| {
+        let s = s?;
+        Some((s.clock_drift_estimate_ppm?, s.clock_drift_uncertainty_ppm?))
+    };
+    match (view(at_a), view(at_b)) {
+        (Some((x, ux)), Some((y, uy))) => {
+            let (d, u) = ((x - y) / 2.0, ux.hypot(uy) / 2.0);
+            (d.abs() >= u).then_some(d)
+        }
+        _ => [at_a, at_b]
+            .into_iter()
+            .flatten()
+            .find_map(|s| s.clock_drift_ppm),
+    }
 }
 
 fn print_table(rows: &[PairRow]) {
@@ -334,5 +355,30 @@ mod tests {
             assert!(px <= last, "{peers} peers: {w}x{h}@{fps}");
             last = px;
         }
+    }
+
+    fn drift(estimate: f64, uncertainty: f64) -> PeerStats {
+        PeerStats {
+            clock_drift_estimate_ppm: Some(estimate),
+            clock_drift_uncertainty_ppm: Some(uncertainty),
+            clock_drift_ppm: (estimate.abs() >= uncertainty).then_some(estimate),
+            ..PeerStats::default()
+        }
+    }
+
+    #[test]
+    fn a_pair_shows_drift_only_when_the_directions_disagree_in_sign() {
+        // b 40 ppm fast for a, a 40 ppm slow for b: a drift of 40.
+        let shown = pair_drift(Some(&drift(42.0, 20.0)), Some(&drift(-38.0, 20.0)));
+        assert!((shown.unwrap() - 40.0).abs() < 1e-9);
+        // Both directions' delay shrinking alike (a busy start): no drift, although each
+        // direction alone would show one.
+        assert_eq!(
+            pair_drift(Some(&drift(30.0, 20.0)), Some(&drift(26.0, 20.0))),
+            None
+        );
+        // One direction only: its own figure, gated by its own interval.
+        assert_eq!(pair_drift(Some(&drift(30.0, 20.0)), None), Some(30.0));
+        assert_eq!(pair_drift(None, Some(&drift(10.0, 20.0))), None);
     }
 }
