@@ -129,6 +129,15 @@ pub struct BitrateStats {
     pub video_sent_kbps: Option<f64>,
     /// Audio sent to this peer over the last stats interval
     pub audio_sent_kbps: Option<f64>,
+    /// Of the estimate's parts: str0m's own (TWCC) estimate, before the receiver's request
+    /// and our pushback cap it
+    pub sender_estimate_kbps: Option<f64>,
+    /// Of the estimate's parts: the receiver's request (REMB) in force
+    pub receiver_limit_kbps: Option<f64>,
+    /// Of the estimate's parts: our pushback's cap while a queue drains
+    pub pushback_cap_kbps: Option<f64>,
+    /// What str0m's estimator was last told it may probe up to
+    pub desired_kbps: Option<f64>,
 }
 
 /// The video we send to one peer
@@ -704,6 +713,20 @@ impl PeerRate {
             Some(cap) => Some(estimate.map_or(cap, |e| e.min(cap))),
             None => estimate,
         }
+    }
+
+    /// The estimate's parts (str0m's, the receiver's limit, our pushback cap) and the desired
+    /// bitrate last set, for the stats
+    pub(crate) fn estimate_parts(
+        &self,
+        now: Instant,
+    ) -> (Option<u32>, Option<u32>, Option<u32>, Option<u32>) {
+        (
+            self.estimate,
+            self.remote_cap.map(|c| c.limit(now)),
+            self.pushback.cap(),
+            self.desired,
+        )
     }
 
     /// The path's estimate without our own pushback (see [`Pushback`])
