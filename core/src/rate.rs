@@ -608,6 +608,8 @@ pub(crate) struct PeerRate {
     drop_peak: Option<u32>,
     /// Our round-trip probes of the path and the cap they put on the estimate
     pub(crate) pushback: Pushback,
+    /// Since when str0m's estimate has stayed within 5% of the value here
+    still: Option<(Instant, u32)>,
 }
 
 /// A fall of str0m's estimate below this share of its highest in [`DROP_WINDOW`] is a drop
@@ -623,6 +625,13 @@ const DESIRED_OVER_ESTIMATE: f64 = 2.0;
 
 /// ... but never below this
 const MIN_DESIRED_BPS: u32 = 300_000;
+
+/// How long an estimate stays put after a drop before the desired bitrate is nudged up, and
+/// how long each nudge and each pause lasts
+const NUDGE_EVERY: Duration = Duration::from_secs(2);
+
+/// How much a nudge raises the desired bitrate
+const NUDGE: f64 = 1.25;
 
 /// Reported loss from which str0m's estimate is loss-limited (its loss controller keeps
 /// the estimate near the acknowledged rate; GoogCC holds between 2 and 10 %)
@@ -757,7 +766,18 @@ impl PeerRate {
         let want = match self.estimate {
             Some(e) if self.drop_peak.is_some() => {
                 let near = (f64::from(e) * DESIRED_OVER_ESTIMATE) as u32;
-                want.min(near.max(MIN_DESIRED_BPS))
+                let near = near.max(MIN_DESIRED_BPS);
+                // An estimate that stays put below what we would send: every other
+                // NUDGE_EVERY, a little more desired. A rise of the desired bitrate is what
+                // makes str0m probe while we send below its estimate (its allocation probe).
+                let still_for = self.still.map_or(Duration::ZERO, |(t, _)| now - t);
+                let nudged = still_for >= NUDGE_EVERY
+                    && (still_for.as_millis() / NUDGE_EVERY.as_millis()) % 2 == 1;
+                if nudged {
+                    want.min((f64::from(near) * NUDGE) as u32)
+                } else {
+                    want.min(near)
+                }
             }
             _ => want,
         };
@@ -791,6 +811,12 @@ impl PeerRate {
             BweKind::Twcc { estimate, .. } => {
                 let bps = estimate.as_u64().min(u64::from(u32::MAX)) as u32;
                 self.note_drop(now, bps);
+                if !self
+                    .still
+                    .is_some_and(|(_, e)| (f64::from(bps) / f64::from(e) - 1.0).abs() <= 0.05)
+                {
+                    self.still = Some((now, bps));
+                }
                 if self.estimate != Some(bps) {
                     self.estimate = Some(bps);
                     self.changed = true;
@@ -1218,5 +1244,35 @@ mod tests {
         r.handle_estimate(twcc(1_450_000), at(t0, 28.0));
         assert_eq!(r.desired_change(at(t0, 28.0), full), None);
         assert!(r.drop_peak.is_none());
+    }
+
+    #[test]
+    fn an_estimate_that_stays_put_after_a_drop_gets_nudged() {
+        use str0m::bwe::Bitrate;
+        let twcc = |bps: u64| BweKind::Twcc {
+            estimate: Bitrate::bps(bps),
+            can_probe: true,
+        };
+        let t0 = Instant::now();
+        let full = 1_400_000;
+        let mut r = PeerRate::default();
+        r.handle_estimate(twcc(2_500_000), t0);
+        r.desired_change(t0, full);
+        // A drop to 350 kbit/s, where str0m's estimate then stays (within 5%).
+        r.handle_estimate(twcc(350_000), at(t0, 1.0));
+        assert_eq!(r.desired_change(at(t0, 1.0), full), Some(700_000));
+        r.handle_estimate(twcc(360_000), at(t0, 2.0));
+        assert_eq!(r.desired_change(at(t0, 2.5), full), None);
+        // Two seconds still: a quarter more desired (a rise is what makes str0m probe while
+        // we send below its estimate), for two seconds, then back, and again.
+        assert_eq!(r.desired_change(at(t0, 3.0), full), Some(900_000));
+        assert_eq!(r.desired_change(at(t0, 4.5), full), None);
+        assert_eq!(r.desired_change(at(t0, 5.0), full), Some(720_000));
+        assert_eq!(r.desired_change(at(t0, 7.0), full), Some(900_000));
+        // An estimate that moves starts the count again.
+        r.handle_estimate(twcc(500_000), at(t0, 7.5));
+        assert_eq!(r.desired_change(at(t0, 7.5), full), Some(1_000_000));
+        assert_eq!(r.desired_change(at(t0, 9.0), full), None);
+        assert_eq!(r.desired_change(at(t0, 9.5), full), Some(1_250_000));
     }
 }
