@@ -21,14 +21,15 @@
 //! one point — its mean for least squares, its lowest sample for the envelope — and a line is
 //! fitted through those points; the scatter of the points around it gives the standard error
 //! of its slope. Batches absorb the correlation between neighbouring packets (queues,
-//! scheduling) that makes the textbook per-sample standard error far too small. The envelope's
-//! error also counts how far its slope is from the line through the lowest samples: when the
-//! noise has no sharp lower edge (a sender whose wake-ups are late by an amount that changes
-//! from second to second, as on a busy machine) the two disagree, whatever the scatter says.
-//! The estimator with the smaller error is shown; with i.i.d. noise that is least squares for
-//! Gaussian jitter and the envelope for queueing and uniform jitter. While the window is too
-//! short for batches, the shape of the least-squares residuals picks: near-zero skew with
-//! Gaussian-like kurtosis selects least squares, anything else the envelope.
+//! scheduling) that makes the textbook per-sample standard error far too small. The estimator
+//! whose points scatter less is shown; with i.i.d. noise that is least squares for Gaussian
+//! jitter and the envelope for queueing and uniform jitter. The envelope's error then also
+//! counts how far its slope is from the line through the lowest samples: when the noise has
+//! no sharp lower edge (a sender whose wake-ups are late by an amount that changes from
+//! second to second, as on a busy machine) the two disagree, whatever the scatter says. While
+//! the window is too short for batches, the shape of the least-squares residuals picks:
+//! near-zero skew with Gaussian-like kurtosis selects least squares, anything else the
+//! envelope.
 //!
 //! The 95% interval is Student's t for the batches' degrees of freedom times the standard
 //! error (2.3 of them for one stream's ten batches, not 2).
@@ -240,8 +241,8 @@ impl DriftEstimator {
         };
         let gaussian_like = skew.abs() < 0.5 && kurtosis > 2.4;
 
-        // Each estimator with its error from batches; the more precise one is shown. The
-        // envelope's error then also counts how far its slope is from the line through the
+        // Each estimator with its error from batches; the one whose points scatter less is
+        // shown. The envelope's error then also counts how far its slope is from the line through the
         // batches' lowest samples: two readings of the same lower edge that disagree say that
         // the edge is not sharp (a sender woken late by varying amounts, say), whatever the
         // scatter of the lowest samples alone suggests.
