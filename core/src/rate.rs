@@ -908,6 +908,14 @@ mod tests {
         }
     }
 
+    /// str0m's own estimate of `bps`
+    fn twcc(bps: u64) -> BweKind {
+        BweKind::Twcc {
+            estimate: str0m::bwe::Bitrate::bps(bps),
+            can_probe: true,
+        }
+    }
+
     fn at(t0: Instant, s: f64) -> Instant {
         t0 + Duration::from_secs_f64(s)
     }
@@ -1205,11 +1213,6 @@ mod tests {
 
     #[test]
     fn after_a_drop_str0m_probes_near_its_estimate() {
-        use str0m::bwe::Bitrate;
-        let twcc = |bps: u64| BweKind::Twcc {
-            estimate: Bitrate::bps(bps),
-            can_probe: true,
-        };
         let t0 = Instant::now();
         let full = 1_400_000;
         let mut r = PeerRate::default();
@@ -1249,11 +1252,6 @@ mod tests {
 
     #[test]
     fn an_estimate_that_stays_put_after_a_drop_gets_nudged() {
-        use str0m::bwe::Bitrate;
-        let twcc = |bps: u64| BweKind::Twcc {
-            estimate: Bitrate::bps(bps),
-            can_probe: true,
-        };
         let t0 = Instant::now();
         let full = 1_400_000;
         let mut r = PeerRate::default();

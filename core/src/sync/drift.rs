@@ -252,8 +252,14 @@ impl DriftEstimator {
             (e, l) if e.is_infinite() && l.is_infinite() => !gaussian_like,
             (e, l) => e < l,
         };
-        let (slope, std_error, method) = match self.envelope_slope() {
-            Some(s) if envelope_first => {
+        // The hull is walked only when it is the one shown.
+        let envelope = if envelope_first {
+            self.envelope_slope()
+        } else {
+            None
+        };
+        let (slope, std_error, method) = match envelope {
+            Some(s) => {
                 let miss = s - batches.lowest.slope;
                 (
                     s,
@@ -541,17 +547,31 @@ mod tests {
     }
 
     /// Estimates after `secs` of 20 ms packets with `noise`, for seeds 1..=40
-    fn estimates(
+    ///
+    /// `noise()` makes each seed's noise afresh (it may keep state along the call).
+    fn estimates<N: FnMut(&mut fastrand::Rng) -> f64>(
         ppm: f64,
         secs: f64,
-        noise: impl Fn(&mut fastrand::Rng) -> f64,
+        noise: impl Fn() -> N,
     ) -> Vec<DriftEstimate> {
         (1..=40)
             .map(|seed| {
                 let mut rng = fastrand::Rng::with_seed(seed);
+                let mut noise = noise();
                 run(ppm, secs, 20.0, || noise(&mut rng))
             })
             .collect()
+    }
+
+    /// Of `est`: how many are shown (told apart from zero), and how many have `truth` within
+    /// their interval
+    fn shown_and_covered(est: &[DriftEstimate], truth: f64) -> (usize, usize) {
+        let shown = est.iter().filter(|e| e.significant_ppm().is_some()).count();
+        let covered = est
+            .iter()
+            .filter(|e| (e.ppm - truth).abs() <= e.uncertainty_ppm())
+            .count();
+        (shown, covered)
     }
 
     /// Scheduling-like noise: mostly a fraction of a millisecond, sometimes a few, no sharp
@@ -573,20 +593,18 @@ mod tests {
             (250.0, "scheduling"),
         ] {
             let est = if method == "gaussian" {
-                estimates(truth, 10.0, |r| 0.002 * crate::sync::gaussian(r))
+                estimates(truth, 10.0, || {
+                    |r: &mut fastrand::Rng| 0.002 * crate::sync::gaussian(r)
+                })
             } else {
-                estimates(truth, 10.0, scheduling)
+                estimates(truth, 10.0, || scheduling)
             };
-            let covered = est
-                .iter()
-                .filter(|e| (e.ppm - truth).abs() <= e.uncertainty_ppm())
-                .count();
+            let (shown, covered) = shown_and_covered(&est, truth);
             // A 95% interval: at least 34 of 40 (a little slack for the batch estimate).
             assert!(
                 covered >= 34,
                 "{method} {truth}: {covered}/40 covered: {est:?}"
             );
-            let shown = est.iter().filter(|e| e.significant_ppm().is_some()).count();
             if truth == 0.0 {
                 // An estimate of a zero drift is shown only when its interval misses zero.
                 assert!(shown <= 6, "{method}: {shown}/40 shown as nonzero");
@@ -618,18 +636,8 @@ mod tests {
     #[test]
     fn a_sender_woken_late_by_varying_amounts_reads_as_no_drift() {
         for truth in [0.0, 300.0] {
-            let est: Vec<DriftEstimate> = (1..=40)
-                .map(|seed| {
-                    let mut rng = fastrand::Rng::with_seed(seed);
-                    let mut noise = creeping_early_wakeups();
-                    run(truth, 10.0, 20.0, || noise(&mut rng))
-                })
-                .collect();
-            let shown = est.iter().filter(|e| e.significant_ppm().is_some()).count();
-            let covered = est
-                .iter()
-                .filter(|e| (e.ppm - truth).abs() <= e.uncertainty_ppm())
-                .count();
+            let est = estimates(truth, 10.0, creeping_early_wakeups);
+            let (shown, covered) = shown_and_covered(&est, truth);
             assert!(covered >= 36, "{truth}: {covered}/40 covered: {est:?}");
             if truth == 0.0 {
                 assert!(shown <= 3, "{shown}/40 shown as nonzero: {est:?}");
