@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::codec::{AudioParams, I420Frame, VideoCodec};
+use crate::compete;
 use crate::config::Config;
 use crate::error::CommandError;
 use crate::media::{Encoders, Encoding, MediaConfig};
@@ -63,6 +64,22 @@ impl Adaptation {
         let mut loss = None::<f32>;
         for (id, p) in peers.iter_mut() {
             p.rate.changed = false;
+            if ctl.competes() {
+                let r = &mut p.rate;
+                let path = compete::PathView {
+                    standing: r.pushback.standing_queue(now, compete::SPAN),
+                    recent: r.pushback.standing_queue(now, compete::RECENT),
+                    estimate: r.estimate,
+                    // Read only while competing: reading the meter starts it.
+                    sent: r.compete.target().and_then(|_| r.sent.bps(now)),
+                    floor,
+                };
+                r.compete.update(now, path);
+                if let Some(bps) = r.compete.reset_due(now, r.estimate) {
+                    tracing::debug!(peer = %id, bps, "rate: str0m's estimate reset to the competing rate");
+                    p.reset_estimate(bps);
+                }
+            }
             if let Some(l) = p.rate.audio_loss {
                 loss = Some(loss.map_or(l, |m| m.max(l)));
             }
@@ -165,6 +182,7 @@ impl Adaptation {
             receiver_limit_kbps: receiver.map(kbps),
             pushback_cap_kbps: pushback.map(kbps),
             desired_kbps: desired.map(kbps),
+            competing_kbps: r.compete.target().map(kbps),
         });
         s.video_sent = codec.map(|c| {
             let e = encoders.video_send_stats(c, encoding);

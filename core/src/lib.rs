@@ -58,6 +58,7 @@
 mod adapt;
 pub mod clock;
 pub mod codec;
+mod compete;
 mod config;
 mod congestion;
 mod error;

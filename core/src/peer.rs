@@ -482,8 +482,6 @@ impl Peer {
         self.recv_tracks.iter_mut().find(|t| t.mid == mid)
     }
 
-    /// Pauses or resumes what we send of `kind` to this peer; the m-line direction follows
-    /// at the next [`direction_offer`](Self::direction_offer)
     /// What str0m's bandwidth estimator may probe up to
     pub(crate) fn set_desired_bitrate(&mut self, bps: u32) {
         self.rtc
@@ -491,6 +489,14 @@ impl Peer {
             .set_desired_bitrate(Bitrate::bps(u64::from(bps)));
     }
 
+    /// Starts str0m's bandwidth estimator afresh from `bps` (its only way to set the
+    /// estimate; see [`Competition`](crate::compete::Competition))
+    pub(crate) fn reset_estimate(&mut self, bps: u32) {
+        self.rtc.bwe().reset(Bitrate::bps(u64::from(bps)));
+    }
+
+    /// Pauses or resumes what we send of `kind` to this peer; the m-line direction follows
+    /// at the next [`direction_offer`](Self::direction_offer)
     pub(crate) fn set_send_paused(&mut self, kind: crate::MediaKind, paused: bool) {
         self.send_paused[kind_index(kind)] = paused;
     }
@@ -1458,7 +1464,12 @@ impl Peer {
                         // Media and DTLS go on the nominated pair; ICE checks may go on
                         // any (RFC 7983: STUN's first byte is 0–3).
                         if t.contents.first().is_some_and(|b| *b > 3) {
-                            self.path = Some((t.source, t.destination));
+                            let path = Some((t.source, t.destination));
+                            if self.path.is_some() && self.path != path {
+                                // Round trips of another path say nothing of this one.
+                                self.rate.pushback.forget_round_trips();
+                            }
+                            self.path = path;
                         }
                         self.stats.datagrams_sent += 1;
                         self.rate.sent.add(self.now, t.contents.len());

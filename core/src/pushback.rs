@@ -57,6 +57,10 @@ const INCREASE: f64 = 1.03;
 /// The cap never goes below this (bit/s): audio, the least video and their headers still
 /// fit (below it video would stop altogether; a path narrower than this cannot be helped)
 const FLOOR: f64 = 150_000.0;
+/// How long each second's median round trip is remembered for telling a standing queue
+/// (another flow's, which never drains for long) from the path: longer than
+/// [`BASE_WINDOW`], which a queue standing for half a minute would become part of
+const FLOOR_WINDOW: Duration = Duration::from_secs(300);
 /// An unanswered probe counts as lost after this
 const LOST_AFTER: Duration = Duration::from_secs(2);
 /// Without answers for this long the cap goes (the probes cannot show a queue)
@@ -78,6 +82,10 @@ pub(crate) struct Pushback {
     recent: VecDeque<Duration>,
     /// (bin start, least round trip in it) over [`BASE_WINDOW`], oldest first
     bins: VecDeque<(Instant, Duration)>,
+    /// The round trips answered in the current second, and when it began
+    second: (Option<Instant>, Vec<Duration>),
+    /// (second, median round trip in it) over [`FLOOR_WINDOW`], oldest first
+    medians: VecDeque<(Instant, Duration)>,
     /// The queue delay at the last probe
     last_queue: Option<Duration>,
     /// When a probe was last answered
@@ -188,19 +196,8 @@ impl Pushback {
             self.recent.pop_front();
         }
         self.recent.push_back(rtt);
-        while self
-            .bins
-            .front()
-            .is_some_and(|(t, _)| now.saturating_duration_since(*t) > BASE_WINDOW)
-        {
-            self.bins.pop_front();
-        }
-        match self.bins.back_mut() {
-            Some((t, least)) if now.saturating_duration_since(*t) < BIN => {
-                *least = (*least).min(rtt)
-            }
-            _ => self.bins.push_back((now, rtt)),
-        }
+        keep_least(&mut self.bins, now, rtt, BIN, BASE_WINDOW);
+        self.keep_median(now, rtt);
         self.last_answer = Some(now);
         self.answered += 1;
         true
@@ -243,6 +240,73 @@ impl Pushback {
             .map(|at| now.saturating_duration_since(at));
         let rtt = answered.into_iter().chain(waited).max()?;
         Some(rtt.saturating_sub(base))
+    }
+
+    /// Forgets the round trips measured (the media moved to another path)
+    pub(crate) fn forget_round_trips(&mut self) {
+        self.recent.clear();
+        self.bins.clear();
+        self.second = (None, Vec::new());
+        self.medians.clear();
+        self.last_queue = None;
+    }
+
+    /// Adds round trip `rtt` at `now` to the current second, closing it (its median kept
+    /// over [`FLOOR_WINDOW`]) when a new one begins
+    fn keep_median(&mut self, now: Instant, rtt: Duration) {
+        let (start, samples) = &mut self.second;
+        if let Some(at) = *start {
+            if now.saturating_duration_since(at) >= BIN {
+                samples.sort();
+                if let Some(m) = samples.get(samples.len() / 2) {
+                    self.medians.push_back((at, *m));
+                }
+                samples.clear();
+                *start = None;
+            }
+        }
+        if start.is_none() {
+            *start = Some(now);
+        }
+        samples.push(rtt);
+        while self
+            .medians
+            .front()
+            .is_some_and(|(t, _)| now.saturating_duration_since(*t) > FLOOR_WINDOW)
+        {
+            self.medians.pop_front();
+        }
+    }
+
+    /// The queue that stood on the path over the last `span`: the mean over its seconds of
+    /// each second's median round trip, less the least such median of the last
+    /// [`FLOOR_WINDOW`]. Medians of a second, not single round trips, so that jitter does
+    /// not read as much of a queue: with σ = 20 ms of one-way jitter a second's median
+    /// wanders by about 11 ms, and the mean of ten stands about 30 ms above the least of
+    /// two minutes of them (a lowest tenth instead of the least would halve that, but a
+    /// loss-based flow that started a few seconds into the call then sets the floor too). A queue of ours drains within a second or two of our sending less; one
+    /// that a loss-based flow keeps full drains only when that flow halves its window.
+    /// `None` until answers cover most of `span` and the floor is older than it (a path
+    /// measured only with a queue on it has no floor to compare with).
+    pub(crate) fn standing_queue(&self, now: Instant, span: Duration) -> Option<Duration> {
+        let oldest = self.medians.front()?.0;
+        if now.saturating_duration_since(oldest) < span
+            || self
+                .last_answer
+                .is_none_or(|at| now.saturating_duration_since(at) > BIN * 2)
+        {
+            return None;
+        }
+        let floor = self.medians.iter().map(|(_, rtt)| *rtt).min()?;
+        let since = now.checked_sub(span)?;
+        let recent: Vec<Duration> = self
+            .medians
+            .iter()
+            .filter(|(t, _)| *t >= since)
+            .map(|(_, rtt)| rtt.saturating_sub(floor))
+            .collect();
+        let covered = recent.len() as u32 * BIN * 10 >= span * 6;
+        covered.then(|| recent.iter().sum::<Duration>() / recent.len() as u32)
     }
 
     /// The cap on the path's estimate, bit/s
@@ -293,6 +357,27 @@ impl Pushback {
     }
 }
 
+/// Adds round trip `rtt` at `now` to `bins` of width `bin` (each holding its least) and
+/// forgets the bins older than `window`
+fn keep_least(
+    bins: &mut VecDeque<(Instant, Duration)>,
+    now: Instant,
+    rtt: Duration,
+    bin: Duration,
+    window: Duration,
+) {
+    while bins
+        .front()
+        .is_some_and(|(t, _)| now.saturating_duration_since(*t) > window)
+    {
+        bins.pop_front();
+    }
+    match bins.back_mut() {
+        Some((t, least)) if now.saturating_duration_since(*t) < bin => *least = (*least).min(rtt),
+        _ => bins.push_back((now, rtt)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -302,19 +387,25 @@ mod tests {
     }
 
     /// Runs probes every interval for `secs` from a fresh `Pushback` (`prefix`): each is
-    /// answered after `rtt(t)` unless that is `None` (lost); returns it and the cap after
-    /// each probe
+    /// answered after `rtt(t)` unless that is `None` (lost); returns it, the cap after each
+    /// probe and the standing queue of the last 10 s then
+    #[allow(clippy::type_complexity)] // reason: a test helper's result, read field by field
     fn run(
         prefix: u8,
         secs: f64,
         sent: u32,
         mut rtt: impl FnMut(f64) -> Option<f64>,
-    ) -> (Pushback, Vec<(f64, Option<u32>)>) {
+    ) -> (
+        Pushback,
+        Vec<(f64, Option<u32>)>,
+        Vec<(f64, Option<Duration>)>,
+    ) {
         #[allow(clippy::disallowed_methods)] // reason: anchor for virtual time
         let start = Instant::now();
         let mut p = Pushback::new([prefix; 4]);
         let mut answers: Vec<(Instant, TransactionId)> = Vec::new();
         let mut caps = Vec::new();
+        let mut standing = Vec::new();
         let mut t = start;
         let end = start + Duration::from_secs_f64(secs);
         p.set_active(start, true);
@@ -333,8 +424,10 @@ mod tests {
                 }
             }
             caps.push(((t - start).as_secs_f64(), p.cap()));
+            let span = Duration::from_secs(10);
+            standing.push(((t - start).as_secs_f64(), p.standing_queue(t, span)));
         }
-        (p, caps)
+        (p, caps, standing)
     }
 
     fn normal(rng: &mut fastrand::Rng) -> f64 {
@@ -348,7 +441,7 @@ mod tests {
         let mut rng = fastrand::Rng::with_seed(5);
         // Two minutes: 50 ms round trip, each way Gaussian jitter of σ = 20 ms, 5 % of
         // probes lost.
-        let (p, caps) = run(1, 120.0, 1_000_000, |_| {
+        let (p, caps, standing) = run(1, 120.0, 1_000_000, |_| {
             if rng.f64() < 0.05 {
                 return None;
             }
@@ -362,12 +455,15 @@ mod tests {
             &capped[..capped.len().min(5)]
         );
         assert!(p.answered > 1000);
+        // Nor does it read as a standing queue of 40 ms (another flow's, to `compete.rs`).
+        let most = standing.iter().filter_map(|(_, s)| *s).max().unwrap();
+        assert!(most < Duration::from_millis(40), "{most:?}");
     }
 
     #[test]
     fn probes_nobody_answers_never_cap() {
         // Answered for 5 s, then never again (a remote that stops answering).
-        let (_, caps) = run(7, 20.0, 1_000_000, |t| (t < 5.0).then_some(0.02));
+        let (_, caps, _) = run(7, 20.0, 1_000_000, |t| (t < 5.0).then_some(0.02));
         assert!(caps.iter().all(|(_, c)| c.is_none()), "{caps:?}");
     }
 
@@ -375,7 +471,7 @@ mod tests {
     fn a_growing_queue_caps_within_a_few_probes_and_the_cap_goes_once_it_drains() {
         // 20 ms round trip for 10 s; then a queue growing 1.4 s per second (1.2 Mbit/s into
         // 500 kbit/s) up to 1 s, held for 3 s, drained in 1 s, then none.
-        let (_, caps) = run(9, 30.0, 1_200_000, |t| {
+        let (_, caps, _) = run(9, 30.0, 1_200_000, |t| {
             let q = if t < 10.0 {
                 0.0
             } else if t < 10.7 {
@@ -408,5 +504,47 @@ mod tests {
         // Gone once the queue has drained and the cap grew past the estimate again.
         let last = caps.last().unwrap();
         assert_eq!(last.1, None, "{last:?}");
+    }
+
+    #[test]
+    fn a_queue_kept_full_by_a_loss_based_flow_stands() {
+        // 40 ms round trip for 12 s; then a TCP-like sawtooth: the queue climbs from 10 to
+        // 150 ms over 3 s and falls back at once, again and again.
+        let mut rng = fastrand::Rng::with_seed(3);
+        let (_, _, standing) = run(11, 60.0, 100_000, |t| {
+            let q = if t < 12.0 {
+                0.0
+            } else {
+                0.01 + 0.14 * ((t - 12.0) % 3.0) / 3.0
+            };
+            Some(0.04 + q + 0.002 * normal(&mut rng).abs())
+        });
+        let at = |s: f64| standing.iter().find(|(t, _)| *t >= s).unwrap().1;
+        // Not before the floor is 10 s old, and no queue in the first seconds.
+        assert_eq!(at(5.0), None);
+        assert!(
+            at(11.0).unwrap() < Duration::from_millis(5),
+            "{:?}",
+            at(11.0)
+        );
+        // Once the span holds only the sawtooth: its mean, about 80 ms.
+        for s in [23.0, 35.0, 59.0] {
+            let q = at(s).unwrap();
+            assert!(
+                q > Duration::from_millis(60) && q < Duration::from_millis(100),
+                "{s}: {q:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn another_path_forgets_the_round_trips() {
+        let (mut p, _, _) = run(13, 30.0, 100_000, |_| Some(0.02));
+        #[allow(clippy::disallowed_methods)] // reason: anchor for virtual time
+        let now = Instant::now() + Duration::from_secs(31);
+        let span = Duration::from_secs(10);
+        assert_eq!(p.standing_queue(now, span), Some(Duration::ZERO));
+        p.forget_round_trips();
+        assert_eq!(p.standing_queue(now, span), None);
     }
 }

@@ -40,6 +40,7 @@ use str0m::media::Mid;
 use str0m::stats::MediaEgressStats;
 
 use crate::codec::degrade::QualityLimitation;
+use crate::compete::Competition;
 use crate::congestion::RemoteCap;
 use crate::extreme::WindowMax;
 use crate::media::{Encoding, MediaConfig};
@@ -96,6 +97,15 @@ pub struct RateConfig {
     /// rate below what was sent while a queue builds, before the estimate notices (see
     /// `pushback.rs`)
     pub pushback: bool,
+    /// As a sender, let loss instead of delay set the rate towards a peer while a queue
+    /// stands on its path though we send at our floor: a loss-based flow (a download)
+    /// shares the path (see `compete.rs`; needs `pushback`'s round-trip probes). Default
+    /// false: it wins the call a share of such a path (two calls beside an AIMD flow on
+    /// 3 Mbit/s: 0.7–1.1 Mbit/s each instead of 0.13) but not a smooth one (video p95
+    /// 450–950 ms instead of 180, freezes up to 2.7 s; the starved call ran 10 fps at
+    /// 50 kbit/s without freezes), and on a deep-queued cellular path it can mistake a fade
+    /// for another flow (docs/rate/README.md)
+    pub compete: bool,
 }
 
 impl Default for RateConfig {
@@ -113,6 +123,7 @@ impl Default for RateConfig {
             min_audio_bps: 16_000,
             receiver_requests: true,
             pushback: true,
+            compete: false,
         }
     }
 }
@@ -138,6 +149,9 @@ pub struct BitrateStats {
     pub pushback_cap_kbps: Option<f64>,
     /// What str0m's estimator was last told it may probe up to
     pub desired_kbps: Option<f64>,
+    /// While a loss-based flow holds a queue on the path: the TCP-friendly rate we hold
+    /// against it
+    pub competing_kbps: Option<f64>,
 }
 
 /// The video we send to one peer
@@ -235,6 +249,11 @@ impl RateController {
     /// What to ask str0m's estimator to probe up to: all the media we would send
     pub(crate) fn desired_bps(&self) -> u32 {
         self.estimate_for(self.max_video_bps + self.max_audio_bps + self.audio_overhead_bps)
+    }
+
+    /// Whether senders compete with loss-based flows (see [`RateConfig::compete`])
+    pub(crate) fn competes(&self) -> bool {
+        self.cfg.compete
     }
 
     /// The share of an estimate media may use
@@ -610,6 +629,8 @@ pub(crate) struct PeerRate {
     pub(crate) pushback: Pushback,
     /// Since when str0m's estimate has stayed within 5% of the value here
     still: Option<(Instant, u32)>,
+    /// Whether a loss-based flow shares the path, and the rate held against it
+    pub(crate) compete: Competition,
 }
 
 /// A fall of str0m's estimate below this share of its highest in [`DROP_WINDOW`] is a drop
@@ -717,12 +738,17 @@ impl PeerRate {
     /// The path's estimate at `now`: str0m's, within what the receiver last asked for
     /// while that request stands (see [`RemoteCap`]: it grows back within seconds) and
     /// within what our round-trip probes allow (see [`Pushback`])
+    ///
+    /// While a loss-based flow shares the path, the rate held against it instead (see
+    /// [`Competition`]): str0m's estimate, the receiver's requests and our pushback all see
+    /// that flow's queue as ours.
     pub(crate) fn path_estimate(&self, now: Instant) -> Option<u32> {
         let estimate = self.path_estimate_uncapped(now);
-        match self.pushback.cap() {
+        let estimate = match self.pushback.cap() {
             Some(cap) => Some(estimate.map_or(cap, |e| e.min(cap))),
             None => estimate,
-        }
+        };
+        self.compete.target().or(estimate)
     }
 
     /// The estimate's parts (str0m's, the receiver's limit, our pushback cap) and the desired
@@ -847,11 +873,13 @@ impl PeerRate {
             self.audio_sent.sample(st.timestamp, st.bytes);
             if let Some(loss) = st.loss {
                 self.audio_loss = Some(loss);
+                self.compete.note_loss(st.timestamp, loss);
             }
         } else if Some(st.mid) == video {
             self.video_sent.sample(st.timestamp, st.bytes);
             if let Some(loss) = st.loss {
                 self.video_loss = Some(loss);
+                self.compete.note_loss(st.timestamp, loss);
             }
         }
     }

@@ -1,5 +1,5 @@
 //! Where the delay of a rate scenario comes from, over time: per direction and interval,
-//! what the sender estimates (and the parts of it: str0m's, the receiver's request, our pushback cap, the desired bitrate str0m probes up to), targets and sends (kbit/s), the wait of the last packet in the
+//! what the sender estimates (and the parts of it: str0m's, the receiver's request, our pushback cap, the desired bitrate str0m probes up to, the rate held against a loss-based flow), targets and sends (kbit/s), the wait of the last packet in the
 //! bottleneck queue, the audio jitter buffer's target, the lip-sync delay added to audio, and
 //! the capture-to-playout delays (count, p50, max) of audio and video captured in the interval
 //!
@@ -96,7 +96,7 @@ fn main() {
         (d.len(), q(0.5), q(1.0))
     };
     println!(
-        "{:>7} {:>11} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>9} {:>8} {:>8} {:>8} {:>8} {:>18} {:>18}",
+        "{:>7} {:>11} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>9} {:>8} {:>8} {:>8} {:>8} {:>18} {:>18}",
         "t_s",
         "dir",
         "est",
@@ -104,6 +104,7 @@ fn main() {
         "remb",
         "push",
         "want",
+        "cmp",
         "tgt",
         "sent",
         "queue",
@@ -125,7 +126,7 @@ fn main() {
         let (an, ap, am) = delays(a, b, "audio", t - step, t);
         let (vn, vp, vm) = delays(a, b, "video", t - step, t);
         println!(
-            "{:>7.2} {:>11} {:>6.0} {:>6.0} {:>6.0} {:>6.0} {:>6.0} {:>6.0} {:>6.0} {:>7.0}ms {:>6.0}ms {:>6.0}ms {:>6.0}ms {:>8} {:>4}/{:>5.0}/{:>5.0}ms {:>4}/{:>5.0}/{:>5.0}ms",
+            "{:>7.2} {:>11} {:>6.0} {:>6.0} {:>6.0} {:>6.0} {:>6.0} {:>6.0} {:>6.0} {:>6.0} {:>7.0}ms {:>6.0}ms {:>6.0}ms {:>6.0}ms {:>8} {:>4}/{:>5.0}/{:>5.0}ms {:>4}/{:>5.0}/{:>5.0}ms",
             t.as_secs_f64(),
             format!("{}→{}", p.names[a], p.names[b]),
             rate.available_outgoing_kbps.unwrap_or(f64::NAN),
@@ -133,6 +134,7 @@ fn main() {
             rate.receiver_limit_kbps.unwrap_or(f64::NAN),
             rate.pushback_cap_kbps.unwrap_or(f64::NAN),
             rate.desired_kbps.unwrap_or(f64::NAN),
+            rate.competing_kbps.unwrap_or(f64::NAN),
             rate.video_target_kbps.unwrap_or(f64::NAN),
             rate.video_sent_kbps.unwrap_or(f64::NAN) + rate.audio_sent_kbps.unwrap_or(f64::NAN),
             backlog_ms,

@@ -114,6 +114,9 @@ pub struct ParticipantSpec {
     pub remb: Option<bool>,
     /// Senders probe round trips and push back before the estimate falls (default true)
     pub pushback: Option<bool>,
+    /// Senders let loss set their rate while a loss-based flow keeps a queue standing on
+    /// the path (default false, as the core's)
+    pub compete: Option<bool>,
 }
 
 /// A queue that several directed links share
@@ -877,6 +880,9 @@ impl Scenario {
         }
         if let Some(on) = self.participant.remb {
             participant.media.rate.receiver_requests = on;
+        }
+        if let Some(on) = self.participant.compete {
+            participant.media.rate.compete = on;
         }
         if let Some(on) = self.participant.pushback {
             participant.media.rate.pushback = on;

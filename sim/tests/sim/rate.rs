@@ -325,31 +325,40 @@ fn video_comes_back_after_a_capacity_drop() {
     }
 }
 
-/// Two meshrtc flows and an AIMD (TCP-like) flow through one queue: the issue's fairness
-/// bound (no flow below half its share after 20 s)
+/// Two meshrtc flows and an AIMD (TCP-like) flow through one queue, with
+/// `RateConfig::compete` on: the issue's fairness bound (no flow below half its share after
+/// 20 s), and video still rendering (at least 5 frames a second over 30–40 s). The media
+/// figures of the last 10 s are printed: the share costs smoothness (docs/rate/README.md).
 ///
-/// Fails today: str0m's delay-based estimator backs off whenever the AIMD flow fills the
-/// queue, and the meshrtc flows end at about a quarter of their share (see the report of
-/// issue 17). Kept to measure progress.
+/// str0m's delay-based estimator alone backs off whenever the AIMD flow fills the queue;
+/// without `compete` the meshrtc flows end at 121–139 kbit/s of their 1000 (see
+/// `compete.rs`). Seeds: `RATE_SEEDS`, 1–3 by default.
 #[test]
-#[ignore = "known gap: delay-based estimation yields to loss-based cross traffic"]
 fn competing_flows_share_fairly() {
-    let out = run_file("rate-competing-flows", 1);
-    let sim = &out.sim;
-    let carol = host(&out, "carol");
-    let share = 3000.0 / 3.0;
-    let cross = sim
-        .cross_stats(0)
-        .mean_kbps(secs(20.0), secs(40.0))
-        .unwrap_or(0.0);
-    let mut flows = vec![cross];
-    for name in ["alice", "bob"] {
-        let from = host(&out, name);
-        let s = sim.rate_samples(from, carol);
-        flows.push(mean_over(s, secs(20.0), secs(40.0), |x| Some(x.delivered_kbps)).unwrap());
+    for seed in rate_seeds() {
+        let out = run_file("rate-competing-flows", seed);
+        let sim = &out.sim;
+        let carol = host(&out, "carol");
+        let share = 3000.0 / 3.0;
+        let cross = sim
+            .cross_stats(0)
+            .mean_kbps(secs(20.0), secs(40.0))
+            .unwrap_or(0.0);
+        let mut flows = vec![cross];
+        for name in ["alice", "bob"] {
+            let from = host(&out, name);
+            let s = sim.rate_samples(from, carol);
+            flows.push(mean_over(s, secs(20.0), secs(40.0), |x| Some(x.delivered_kbps)).unwrap());
+            let w = window(sim, from, carol, secs(30.0), secs(40.0));
+            eprintln!("seed {seed} {name}→carol 30-40 s: {w:?}");
+            assert!(w.video_frames >= 50, "seed {seed} {name}: {w:?}");
+        }
+        eprintln!("seed {seed}: cross, alice, bob: {flows:?} kbit/s");
+        assert!(
+            flows.iter().all(|f| *f > share / 2.0),
+            "seed {seed}: {flows:?}"
+        );
     }
-    eprintln!("cross, alice, bob: {flows:?} kbit/s");
-    assert!(flows.iter().all(|f| *f > share / 2.0), "{flows:?}");
 }
 
 /// Audio over an LTE-like capacity: the synthetic trace of `scenarios/rate-cellular.toml`
