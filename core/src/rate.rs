@@ -100,11 +100,11 @@ pub struct RateConfig {
     /// As a sender, let loss instead of delay set the rate towards a peer while a queue
     /// stands on its path though we send at our floor: a loss-based flow (a download)
     /// shares the path (see `compete.rs`; needs `pushback`'s round-trip probes). Default
-    /// false: it wins the call a share of such a path (two calls beside an AIMD flow on
-    /// 3 Mbit/s: 0.7–1.1 Mbit/s each instead of 0.13) but not a smooth one (video p95
-    /// 450–950 ms instead of 180, freezes up to 2.7 s; the starved call ran 10 fps at
-    /// 50 kbit/s without freezes), and on a deep-queued cellular path it can mistake a fade
-    /// for another flow (docs/rate/README.md)
+    /// false: it wins the call its share of such a path (two calls beside an AIMD flow on
+    /// 3 Mbit/s: 0.7–1.2 Mbit/s each instead of 0.13) but not a smooth one (video p95 mostly
+    /// 300–460 ms instead of 180, freezes of about a second, a few up to 5.5 s; the starved
+    /// call ran 10 fps at 50 kbit/s without freezes), and on a deep-queued cellular path it
+    /// can mistake a fade for another flow (docs/rate/README.md)
     pub compete: bool,
 }
 
@@ -790,6 +790,9 @@ impl PeerRate {
         let want = self.remote_cap.map_or(full, |c| c.limit(now).min(full));
         // Nor above our own pushback: str0m's probes (padding) would fill the queue again.
         let want = self.pushback.cap().map_or(want, |c| c.min(want));
+        // Nor, while competing, above the target: each reset of str0m's estimator starts
+        // its initial probes again, at up to twice the desired bitrate, into a full queue.
+        let want = self.compete.target().map_or(want, |t| t.min(want));
         let want = match self.estimate {
             Some(e) if self.drop_peak.is_some() => {
                 let near = (f64::from(e) * DESIRED_OVER_ESTIMATE) as u32;
