@@ -280,14 +280,15 @@ impl Pushback {
 
     /// The queue that stood on the path over the last `span`: the mean over its seconds of
     /// each second's median round trip, less the least such median of the last
-    /// [`FLOOR_WINDOW`]. Medians of a second, not single round trips, so that jitter does
-    /// not read as much of a queue: with σ = 20 ms of one-way jitter a second's median
-    /// wanders by about 11 ms, and the mean of ten stands about 30 ms above the least of
-    /// two minutes of them (a lowest tenth instead of the least would halve that, but a
-    /// loss-based flow that started a few seconds into the call then sets the floor too). A queue of ours drains within a second or two of our sending less; one
-    /// that a loss-based flow keeps full drains only when that flow halves its window.
-    /// `None` until answers cover most of `span` and the floor is older than it (a path
-    /// measured only with a queue on it has no floor to compare with).
+    /// [`FLOOR_WINDOW`]. A queue of ours drains within a second or two of our sending less;
+    /// one that a loss-based flow keeps full drains only when that flow halves its window.
+    /// Medians of a second, not single round trips, so that jitter reads as little queue:
+    /// with σ = 20 ms of one-way jitter each way, the mean of ten medians stood up to 36 ms
+    /// above the least of two minutes of them (the unit test below). A lowest tenth instead
+    /// of the least would halve that, but then a loss-based flow that started a few seconds
+    /// into the call sets the floor too. `None` until answers cover most of `span` and the
+    /// floor is older than it (a path measured only with a queue on it has no floor to
+    /// compare with).
     pub(crate) fn standing_queue(&self, now: Instant, span: Duration) -> Option<Duration> {
         let oldest = self.medians.front()?.0;
         if now.saturating_duration_since(oldest) < span

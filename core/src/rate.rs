@@ -149,8 +149,8 @@ pub struct BitrateStats {
     pub pushback_cap_kbps: Option<f64>,
     /// What str0m's estimator was last told it may probe up to
     pub desired_kbps: Option<f64>,
-    /// While a loss-based flow holds a queue on the path: the TCP-friendly rate we hold
-    /// against it
+    /// While a loss-based flow holds a queue on the path (with `RateConfig::compete`): the
+    /// loss-driven rate we hold against it
     pub competing_kbps: Option<f64>,
 }
 
