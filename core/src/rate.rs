@@ -1305,4 +1305,43 @@ mod tests {
         assert_eq!(r.desired_change(at(t0, 5.0), full), None);
         assert_eq!(r.desired_change(at(t0, 5.5), full), Some(1_250_000));
     }
+
+    /// While competing with a loss-based flow, the target is the path's estimate, whatever
+    /// str0m, the receiver or our pushback say, and str0m may probe no higher than it (each
+    /// reset of its estimator starts its initial probes again)
+    #[test]
+    fn competing_sets_the_estimate_and_caps_the_desired_bitrate() {
+        let t0 = Instant::now();
+        let full = 2_400_000;
+        let mut r = PeerRate::default();
+        r.handle_estimate(twcc(110_000), t0);
+        assert_eq!(r.desired_change(t0, full), Some(full));
+        // str0m at our floor under a standing 80 ms queue for 6 s: competing begins at
+        // str0m's estimate and grows (nothing lost, 150 kbit/s sent).
+        let view = crate::compete::PathView {
+            standing: Some(Duration::from_millis(80)),
+            recent: Some(Duration::from_millis(80)),
+            estimate: Some(110_000),
+            sent: Some(150_000),
+            floor: 100_000,
+        };
+        for i in 0..=24 {
+            let now = at(t0, f64::from(i) * 0.25);
+            r.compete.note_loss(now, 0.0);
+            r.compete.update(now, view);
+        }
+        let target = r.compete.target().unwrap();
+        assert!(target > 110_000 && target <= 235_000, "{target}");
+        assert_eq!(r.path_estimate(at(t0, 6.0)), Some(target));
+        assert_eq!(r.desired_change(at(t0, 6.0), full), Some(target));
+        // The queue drains (the other flow left): str0m's estimate and the full desired
+        // bitrate again.
+        let drained = crate::compete::PathView {
+            standing: Some(Duration::from_millis(5)),
+            ..view
+        };
+        r.compete.update(at(t0, 7.0), drained);
+        assert_eq!(r.path_estimate(at(t0, 7.0)), Some(110_000));
+        assert_eq!(r.desired_change(at(t0, 7.0), full), Some(full));
+    }
 }
