@@ -172,17 +172,17 @@ impl Adaptation {
             (Some(c), Encoding::Low) => c.low_target(),
         };
         let codec = peer.sent_video_codec();
-        let (sender, receiver, pushback, desired) = r.estimate_parts(now);
+        let parts = r.estimate_parts(now);
         s.bitrate = Some(BitrateStats {
             available_outgoing_kbps: r.path_estimate(now).map(kbps),
             video_target_kbps: codec.and(target).map(kbps),
             video_sent_kbps: r.video_sent.kbps(),
             audio_sent_kbps: r.audio_sent.kbps(),
-            sender_estimate_kbps: sender.map(kbps),
-            receiver_limit_kbps: receiver.map(kbps),
-            pushback_cap_kbps: pushback.map(kbps),
-            desired_kbps: desired.map(kbps),
-            competing_kbps: r.compete.target().map(kbps),
+            sender_estimate_kbps: parts.sender.map(kbps),
+            receiver_limit_kbps: parts.receiver.map(kbps),
+            pushback_cap_kbps: parts.pushback.map(kbps),
+            desired_kbps: parts.desired.map(kbps),
+            competing_kbps: parts.competing.map(kbps),
         });
         s.video_sent = codec.map(|c| {
             let e = encoders.video_send_stats(c, encoding);

@@ -91,7 +91,7 @@ const CUT: f64 = 0.7;
 const CUT_EVERY: Duration = Duration::from_secs(2);
 /// Least time between two resets of str0m's estimator
 const RESET_EVERY: Duration = Duration::from_millis(300);
-/// str0m's estimate is reset when below this share of the target
+/// str0m's estimate is reset when below this share of the target (or above its inverse)
 const RESET_BELOW: f64 = 0.9;
 
 /// Whether a loss-based flow shares one peer's path, and the rate we hold against it
@@ -256,8 +256,9 @@ impl Competition {
         self.target.map(|(t, _)| t.min(f64::from(u32::MAX)) as u32)
     }
 
-    /// The bitrate to reset str0m's estimator to at `now`, when its `estimate` lags the
-    /// target and the last reset is [`RESET_EVERY`] old
+    /// The bitrate to reset str0m's estimator to at `now`: the estimate it had when we began,
+    /// at once, after finding the queue to be ours; while competing, the target, when its
+    /// `estimate` is more than a tenth off it and the last reset is [`RESET_EVERY`] old
     pub(crate) fn reset_due(&mut self, now: Instant, estimate: Option<u32>) -> Option<u32> {
         if let Some(bps) = self.restore.take() {
             self.last_reset = Some(now);

@@ -300,14 +300,17 @@ impl Pushback {
         }
         let floor = self.medians.iter().map(|(_, rtt)| *rtt).min()?;
         let since = now.checked_sub(span)?;
-        let recent: Vec<Duration> = self
+        // The medians are oldest first: the span's are the last ones.
+        let (n, sum) = self
             .medians
             .iter()
-            .filter(|(t, _)| *t >= since)
-            .map(|(_, rtt)| rtt.saturating_sub(floor))
-            .collect();
-        let covered = recent.len() as u32 * BIN * 10 >= span * 6;
-        covered.then(|| recent.iter().sum::<Duration>() / recent.len() as u32)
+            .rev()
+            .take_while(|(t, _)| *t >= since)
+            .fold((0u32, Duration::ZERO), |(n, sum), (_, rtt)| {
+                (n + 1, sum + rtt.saturating_sub(floor))
+            });
+        let covered = n * BIN * 10 >= span * 6;
+        covered.then(|| sum / n)
     }
 
     /// The cap on the path's estimate, bit/s

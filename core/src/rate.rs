@@ -633,6 +633,21 @@ pub(crate) struct PeerRate {
     pub(crate) compete: Competition,
 }
 
+/// What a path's estimate is made of at one moment (bit/s; see [`BitrateStats`])
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct EstimateParts {
+    /// str0m's own estimate
+    pub(crate) sender: Option<u32>,
+    /// The receiver's request in force
+    pub(crate) receiver: Option<u32>,
+    /// Our pushback's cap
+    pub(crate) pushback: Option<u32>,
+    /// What str0m was last told it may probe up to
+    pub(crate) desired: Option<u32>,
+    /// While competing with a loss-based flow, the target that replaces the rest
+    pub(crate) competing: Option<u32>,
+}
+
 /// A fall of str0m's estimate below this share of its highest in [`DROP_WINDOW`] is a drop
 /// of the path (str0m's own large-drop rule uses the same share)
 const DROP_SHARE: f64 = 0.66;
@@ -751,18 +766,15 @@ impl PeerRate {
         self.compete.target().or(estimate)
     }
 
-    /// The estimate's parts (str0m's, the receiver's limit, our pushback cap) and the desired
-    /// bitrate last set, for the stats
-    pub(crate) fn estimate_parts(
-        &self,
-        now: Instant,
-    ) -> (Option<u32>, Option<u32>, Option<u32>, Option<u32>) {
-        (
-            self.estimate,
-            self.remote_cap.map(|c| c.limit(now)),
-            self.pushback.cap(),
-            self.desired,
-        )
+    /// The estimate's parts and the desired bitrate last set, for the stats
+    pub(crate) fn estimate_parts(&self, now: Instant) -> EstimateParts {
+        EstimateParts {
+            sender: self.estimate,
+            receiver: self.remote_cap.map(|c| c.limit(now)),
+            pushback: self.pushback.cap(),
+            desired: self.desired,
+            competing: self.compete.target(),
+        }
     }
 
     /// The path's estimate without our own pushback (see [`Pushback`])
